@@ -1,0 +1,67 @@
+//! How a server instance is set up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of one server instance. [`ServerConfig::new`] gives the defaults an operator would
+/// pick; every field is public so an embedding program can change any of them.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where to listen. Port 0 picks a free port (see `Server::local_addr`).
+    pub listen: SocketAddr,
+    /// The TLS settings (certificate, key, versions).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Worker arbiters (threads) connections are spread over.
+    pub workers: usize,
+    /// Live connections above which new sockets are closed at accept.
+    pub max_connections: usize,
+    /// Time a client gets to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time without a byte from the client (or with a write stalled) before the connection is
+    /// closed. `None` disables it.
+    pub idle_timeout: Option<Duration>,
+    /// Time a graceful close gets to flush, send `close_notify` and see the client finish,
+    /// before the connection stops anyway.
+    pub close_timeout: Duration,
+    /// Size of each read from a client.
+    pub read_buffer: usize,
+    /// `listen(2)` backlog.
+    pub backlog: u32,
+}
+
+impl ServerConfig {
+    /// Defaults: one worker per core, 10,000 connections, 10 s handshake, 5 min idle, 2 s close.
+    pub fn new(listen: SocketAddr, tls: Arc<rustls::ServerConfig>) -> Self {
+        ServerConfig {
+            listen,
+            tls,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+            close_timeout: Duration::from_secs(2),
+            read_buffer: 16 * 1024,
+            backlog: 1024,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), crate::ServerError> {
+        let fail = |why: &str| Err(crate::ServerError::Config(why.to_string()));
+        if self.workers == 0 {
+            return fail("workers must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return fail("max_connections must be at least 1");
+        }
+        if self.read_buffer == 0 {
+            return fail("read_buffer must be at least 1 byte");
+        }
+        if self.handshake_timeout.is_zero() || self.close_timeout.is_zero() {
+            return fail("handshake and close timeouts must be above zero");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,481 @@
+//! `Connection`: one client's TLS connection, from registration to disposal.
+
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use slog::{debug, error, info, o, warn, Logger};
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::dispose_guard::DisposeGuard;
+use crate::fault::{FaultPoint, Faults};
+use crate::messages::{Close, CloseMode, Inbound, ReadOutcome, ReaderFinished, StopReader};
+use crate::{
+    ConnId, ConnInfo, DisposeReason, HandlerRegistry, Protocol, Reader, ServerConfig, Session,
+    SessionError, Stats,
+};
+
+/// The server side of a TLS stream over TCP.
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The states of a connection. They only move forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// In the registry; the actor has not started.
+    Registered,
+    /// The TLS handshake is running.
+    Handshaking,
+    /// TLS is up; the reader and the session are running.
+    Open,
+    /// Closing: flushing, sending `close_notify`, waiting (bounded) for the client to finish.
+    Closing,
+    /// Stopped; its `Dispose` is sent.
+    Disposed,
+}
+
+/// What every connection of one server shares.
+pub(crate) struct ConnectionEnv {
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) protocol: Arc<dyn Protocol>,
+    pub(crate) config: ServerConfig,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) faults: Faults,
+    pub(crate) registry: Addr<HandlerRegistry>,
+    pub(crate) log: Logger,
+    /// Set by the shutdown protocol before it asks the registry to close everything. A
+    /// connection that starts after that closes at once: its `Register` may have reached the
+    /// registry after the registry's `CloseAll` went out.
+    pub(crate) draining: AtomicBool,
+}
+
+/// One client's connection: runs the TLS handshake, owns the write half and the session, and
+/// supervises its `Reader` child.
+///
+/// Every way the connection ends goes through [`Connection::begin_close`] or a direct
+/// `ctx.stop()`, and so through `stopped()`, the only place that sends `Dispose`. The first
+/// reason recorded is the one reported.
+pub struct Connection {
+    id: ConnId,
+    peer: SocketAddr,
+    env: Arc<ConnectionEnv>,
+    log: Logger,
+    state: ConnState,
+    socket: Option<std::net::TcpStream>,
+    writer: Option<WriteHalf<TlsStream>>,
+    write_in_flight: bool,
+    reader: Option<Addr<Reader>>,
+    reader_done: bool,
+    session: Option<Box<dyn Session>>,
+    reply: Vec<u8>,
+    reason: Option<DisposeReason>,
+    clean_eof: Option<bool>,
+    /// Set while a message handler runs; still set in `stopped()` only if a handler unwound.
+    in_handler: bool,
+    last_read: Instant,
+    registered_at: Instant,
+    guard: DisposeGuard,
+}
+
+/// Why a handshake did not produce a stream.
+enum HandshakeError {
+    TimedOut,
+    Failed(io::Error),
+}
+
+impl Connection {
+    pub(crate) fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        socket: std::net::TcpStream,
+        env: Arc<ConnectionEnv>,
+    ) -> Self {
+        let log = env
+            .log
+            .new(o!("conn_id" => id.0, "peer" => peer.to_string()));
+        let guard = DisposeGuard::new(id, env.registry.clone(), log.clone());
+        let now = Instant::now();
+        Connection {
+            id,
+            peer,
+            env,
+            log,
+            state: ConnState::Registered,
+            socket: Some(socket),
+            writer: None,
+            write_in_flight: false,
+            reader: None,
+            reader_done: false,
+            session: None,
+            reply: Vec::new(),
+            reason: None,
+            clean_eof: None,
+            in_handler: false,
+            last_read: now,
+            registered_at: now,
+            guard,
+        }
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.env.faults
+    }
+
+    /// Starts closing with `reason` (kept only if no reason was recorded before). An open
+    /// connection closes gracefully, bounded by the close timeout; one without a TLS session yet
+    /// stops at once.
+    fn begin_close(&mut self, reason: DisposeReason, ctx: &mut Context<Self>) {
+        self.reason.get_or_insert(reason);
+        match self.state {
+            ConnState::Closing | ConnState::Disposed => {}
+            ConnState::Registered | ConnState::Handshaking => ctx.stop(),
+            ConnState::Open => {
+                self.state = ConnState::Closing;
+                // A write in flight holds the write half; its completion finishes the close.
+                if !self.write_in_flight {
+                    self.finish_close(ctx);
+                }
+            }
+        }
+    }
+
+    /// Writes what is left of the reply, sends `close_notify` and shuts the TCP write side
+    /// (FIN), then stops once the client has finished too, or after the close timeout. Lingering
+    /// until the client's FIN keeps an unread byte from turning our close into a reset, which
+    /// could destroy the `close_notify` before the client reads it.
+    fn finish_close(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut writer) = self.writer.take() else {
+            ctx.stop();
+            return;
+        };
+        let pending = std::mem::take(&mut self.reply);
+        let limit = self.env.config.close_timeout;
+        let shutdown = async move {
+            let _ = tokio::time::timeout(limit, async {
+                if !pending.is_empty() {
+                    writer.write_all(&pending).await?;
+                }
+                // tokio-rustls: queue close_notify, flush it, then shutdown(SHUT_WR) the socket.
+                writer.shutdown().await
+            })
+            .await;
+        };
+        ctx.spawn(shutdown.into_actor(self).map(move |(), act, ctx| {
+            if act.reader_done {
+                ctx.stop();
+            } else {
+                ctx.run_later(limit, |_, ctx| ctx.stop());
+            }
+        }));
+    }
+
+    /// Runs a session callback, turning a panic or a protocol error into a disposal reason.
+    fn run_session(
+        &mut self,
+        call: impl FnOnce(&mut dyn Session, &mut Vec<u8>) -> Result<(), SessionError>,
+    ) -> Result<(), DisposeReason> {
+        let inject_panic = self.faults().is_on(FaultPoint::SessionPanic);
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let reply = &mut self.reply;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if inject_panic {
+                panic!("injected session panic");
+            }
+            call(session.as_mut(), reply)
+        }));
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                warn!(self.log, "session refused input"; "error" => %e);
+                self.reply.clear();
+                Err(DisposeReason::ProtocolError)
+            }
+            Err(_) => {
+                error!(self.log, "session panicked; closing this connection only");
+                self.reply.clear();
+                // A panicked session may be in any state: drop it, and a panic in its Drop too.
+                let broken = self.session.take();
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(broken)));
+                Err(DisposeReason::SessionPanic)
+            }
+        }
+    }
+
+    /// Writes the pending reply, then resolves. The reader waits for this before reading again.
+    fn write_reply(&mut self) -> ResponseActFuture<Self, ()> {
+        if self.reply.is_empty() {
+            return Box::pin(fut::ready(()));
+        }
+        let Some(mut writer) = self.writer.take() else {
+            self.reply.clear();
+            return Box::pin(fut::ready(()));
+        };
+        let mut data = std::mem::take(&mut self.reply);
+        let stall_limit = self.env.config.idle_timeout;
+        self.write_in_flight = true;
+        let write = async move {
+            let result = with_limit(stall_limit, async {
+                writer.write_all(&data).await?;
+                writer.flush().await
+            })
+            .await;
+            data.clear();
+            (writer, data, result)
+        };
+        Box::pin(
+            write
+                .into_actor(self)
+                .map(|(writer, data, result), act, ctx| {
+                    act.write_in_flight = false;
+                    act.writer = Some(writer);
+                    // Keep the buffer for the next reply unless one chunk made it large.
+                    if act.reply.is_empty() && data.capacity() <= 4 * act.env.config.read_buffer {
+                        act.reply = data;
+                    }
+                    if let Err(e) = &result {
+                        debug!(act.log, "write failed"; "error" => %e);
+                        act.reason.get_or_insert(DisposeReason::WriterError);
+                    }
+                    match act.state {
+                        ConnState::Open if result.is_err() => {
+                            act.begin_close(DisposeReason::WriterError, ctx)
+                        }
+                        // A close was asked for while this write held the write half.
+                        ConnState::Closing => act.finish_close(ctx),
+                        _ => {}
+                    }
+                }),
+        )
+    }
+
+    fn handshake_done(
+        &mut self,
+        result: Result<TlsStream, HandshakeError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.state != ConnState::Handshaking {
+            return;
+        }
+        let stream = match result {
+            Ok(stream) => stream,
+            Err(HandshakeError::TimedOut) => {
+                debug!(self.log, "handshake timed out");
+                return self.begin_close(DisposeReason::HandshakeTimeout, ctx);
+            }
+            Err(HandshakeError::Failed(e)) => {
+                debug!(self.log, "handshake failed"; "error" => %e);
+                return self.begin_close(DisposeReason::HandshakeFailed, ctx);
+            }
+        };
+        // On failure the state stays Handshaking and stopped() ends the handshake count.
+        self.env.stats.handshake_ended();
+        self.state = ConnState::Open;
+        self.last_read = Instant::now();
+        let info = ConnInfo {
+            id: self.id,
+            peer: self.peer,
+        };
+        let protocol = Arc::clone(&self.env.protocol);
+        match catch_unwind(AssertUnwindSafe(|| protocol.open(&info))) {
+            Ok(session) => self.session = Some(session),
+            Err(_) => {
+                error!(self.log, "protocol panicked opening a session");
+                return self.begin_close(DisposeReason::SessionPanic, ctx);
+            }
+        }
+        let (read_half, write_half) = tokio::io::split(stream);
+        self.writer = Some(write_half);
+        let me = ctx.address();
+        let reader = Reader::new(
+            read_half,
+            me.clone().recipient(),
+            me.recipient(),
+            self.env.config.read_buffer,
+            self.env.faults.clone(),
+        );
+        self.reader = Some(reader.start());
+        if let Some(limit) = self.env.config.idle_timeout {
+            self.arm_idle_timer(limit, ctx);
+        }
+    }
+
+    /// One timer per idle period, not per read: on expiry it re-arms for what is left.
+    fn arm_idle_timer(&self, after: Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(after, |act, ctx| {
+            let (Some(limit), ConnState::Open) = (act.env.config.idle_timeout, act.state) else {
+                return;
+            };
+            let idle = act.last_read.elapsed();
+            if idle >= limit {
+                act.begin_close(DisposeReason::IdleTimeout, ctx);
+            } else {
+                act.arm_idle_timer(limit - idle, ctx);
+            }
+        });
+    }
+}
+
+/// Runs `work` under an optional time limit; running out is a `TimedOut` I/O error.
+async fn with_limit(
+    limit: Option<Duration>,
+    work: impl std::future::Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    match limit {
+        None => work.await,
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled"))),
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.faults().is_on(FaultPoint::AfterRegisterBeforeStart) {
+            warn!(
+                self.log,
+                "fault injected: failing after register, before start"
+            );
+            return self.begin_close(DisposeReason::StartFailed, ctx);
+        }
+        if self.env.draining.load(Ordering::SeqCst) {
+            return self.begin_close(DisposeReason::Shutdown, ctx);
+        }
+        let tcp = match self.socket.take().map(TcpStream::from_std) {
+            Some(Ok(tcp)) => tcp,
+            Some(Err(e)) => {
+                warn!(self.log, "cannot adopt the accepted socket"; "error" => %e);
+                return self.begin_close(DisposeReason::StartFailed, ctx);
+            }
+            None => return self.begin_close(DisposeReason::StartFailed, ctx),
+        };
+        // Small TLS records (handshake flights, echoes) must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        self.state = ConnState::Handshaking;
+        self.env.stats.handshake_started();
+        let acceptor = self.env.acceptor.clone();
+        let limit = self.env.config.handshake_timeout;
+        let inject_failure = self.faults().is_on(FaultPoint::DuringHandshake);
+        let handshake = async move {
+            if inject_failure {
+                return Err(HandshakeError::Failed(io::Error::other(
+                    "injected handshake failure",
+                )));
+            }
+            match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                Err(_) => Err(HandshakeError::TimedOut),
+                Ok(Err(e)) => Err(HandshakeError::Failed(e)),
+                Ok(Ok(stream)) => Ok(stream),
+            }
+        };
+        ctx.spawn(
+            handshake
+                .into_actor(self)
+                .map(|result, act, ctx| act.handshake_done(result, ctx)),
+        );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.state == ConnState::Handshaking {
+            self.env.stats.handshake_ended();
+        }
+        self.state = ConnState::Disposed;
+        // A reader parked in a read would otherwise keep the socket open: stop it explicitly.
+        if let Some(reader) = self.reader.take() {
+            reader.do_send(StopReader);
+        }
+        let reason = match self.reason {
+            Some(reason) => reason,
+            // A handler unwound: actix ran this hook while dropping the panicked actor.
+            None if self.in_handler || std::thread::panicking() => DisposeReason::SessionPanic,
+            // Stopped with no reason recorded: its arbiter is being torn down.
+            None => DisposeReason::Shutdown,
+        };
+        info!(self.log, "disposed";
+            "reason" => reason.as_str(),
+            "close_notify" => self.clean_eof,
+            "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64);
+        self.guard.dispose(reason);
+    }
+}
+
+impl Handler<Inbound> for Connection {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
+        self.in_handler = true;
+        self.last_read = Instant::now();
+        if self.faults().is_on(FaultPoint::ConnectionPanic) {
+            panic!("injected connection panic");
+        }
+        // While closing, the client's bytes are drained and dropped (lingering close).
+        if self.state != ConnState::Open {
+            self.in_handler = false;
+            return Box::pin(fut::ready(()));
+        }
+        let result = self.run_session(|session, reply| session.on_data(&msg.0, reply));
+        let write = match result {
+            Ok(()) => self.write_reply(),
+            Err(reason) => {
+                self.begin_close(reason, ctx);
+                Box::pin(fut::ready(()))
+            }
+        };
+        self.in_handler = false;
+        write
+    }
+}
+
+impl Handler<ReaderFinished> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReaderFinished, ctx: &mut Self::Context) {
+        self.reader_done = true;
+        self.reader = None;
+        match self.state {
+            ConnState::Open => {}
+            // Lingering close: the client has finished too, nothing is left to wait for.
+            ConnState::Closing => return ctx.stop(),
+            _ => return,
+        }
+        match msg.0 {
+            ReadOutcome::PeerEof { close_notify } => {
+                self.clean_eof = Some(close_notify);
+                let reason = self
+                    .run_session(|session, reply| {
+                        session.on_peer_finished(reply);
+                        Ok(())
+                    })
+                    .err()
+                    .unwrap_or(DisposeReason::PeerEof);
+                self.begin_close(reason, ctx);
+            }
+            ReadOutcome::Failed(e) => {
+                debug!(self.log, "read failed"; "error" => %e);
+                self.begin_close(DisposeReason::ReaderError, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<Close> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        match msg.mode {
+            CloseMode::Graceful => self.begin_close(msg.reason, ctx),
+            CloseMode::Force => {
+                self.reason.get_or_insert(msg.reason);
+                ctx.stop();
+            }
+        }
+    }
+}

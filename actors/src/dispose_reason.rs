@@ -1,0 +1,107 @@
+//! Why a connection ended: the label of every disposal.
+
+use std::fmt;
+
+/// Why a connection was disposed. Each variant is one way a connection can end; all of them
+/// reach the registry through the same `Connection::stopped()` hook.
+///
+/// The snake_case names ([`DisposeReason::as_str`]) are part of the binary's contract: they are
+/// the `reason` label of `tlsvisor_connections_disposed_total` and the `reason` field of the
+/// disposal log line.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DisposeReason {
+    /// The client finished: TLS `close_notify`, or a TCP FIN without it (logged as unclean).
+    PeerEof,
+    /// Reading from the client failed: a TLS error (bad record, bad MAC) or an I/O error.
+    ReaderError,
+    /// Writing to the client failed or stalled past the idle timeout.
+    WriterError,
+    /// The TLS handshake failed: not TLS, no shared parameters, a reset mid-handshake.
+    HandshakeFailed,
+    /// The TLS handshake did not finish within the handshake timeout.
+    HandshakeTimeout,
+    /// Nothing was read from the client within the idle timeout.
+    IdleTimeout,
+    /// The connection was registered but could not be started (Garnet's scenario).
+    StartFailed,
+    /// The session (protocol code) panicked while handling this connection.
+    SessionPanic,
+    /// The session rejected what the client sent.
+    ProtocolError,
+    /// The server shut down while the connection was live.
+    Shutdown,
+    /// An operator or embedding program closed this one connection.
+    Killed,
+}
+
+impl DisposeReason {
+    /// Every reason, in a fixed order (metrics expose each one, zero or not).
+    pub const ALL: [DisposeReason; 11] = [
+        DisposeReason::PeerEof,
+        DisposeReason::ReaderError,
+        DisposeReason::WriterError,
+        DisposeReason::HandshakeFailed,
+        DisposeReason::HandshakeTimeout,
+        DisposeReason::IdleTimeout,
+        DisposeReason::StartFailed,
+        DisposeReason::SessionPanic,
+        DisposeReason::ProtocolError,
+        DisposeReason::Shutdown,
+        DisposeReason::Killed,
+    ];
+
+    /// The snake_case word used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisposeReason::PeerEof => "peer_eof",
+            DisposeReason::ReaderError => "reader_error",
+            DisposeReason::WriterError => "writer_error",
+            DisposeReason::HandshakeFailed => "handshake_failed",
+            DisposeReason::HandshakeTimeout => "handshake_timeout",
+            DisposeReason::IdleTimeout => "idle_timeout",
+            DisposeReason::StartFailed => "start_failed",
+            DisposeReason::SessionPanic => "session_panic",
+            DisposeReason::ProtocolError => "protocol_error",
+            DisposeReason::Shutdown => "shutdown",
+            DisposeReason::Killed => "killed",
+        }
+    }
+
+    /// Position in [`DisposeReason::ALL`], for per-reason counters.
+    pub(crate) fn index(self) -> usize {
+        DisposeReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(DisposeReason::ALL.len() - 1)
+    }
+}
+
+impl fmt::Display for DisposeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trips_for_every_reason() {
+        for (i, reason) in DisposeReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+    }
+
+    #[test]
+    fn names_are_snake_case_and_unique() {
+        let mut names: Vec<_> = DisposeReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert!(names
+            .iter()
+            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DisposeReason::ALL.len());
+    }
+}

@@ -1,0 +1,98 @@
+//! Typed errors of the crate.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Starting a server failed.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The configuration cannot work (zero workers, zero max connections, …).
+    Config(String),
+    /// `Server::start` was called outside a running actix system.
+    NoSystem,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Config(why) => write!(f, "invalid server configuration: {why}"),
+            ServerError::NoSystem => {
+                f.write_str("Server::start must run inside an actix system (actix_rt::System)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Bind { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Loading a certificate chain and private key failed.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum TlsConfigError {
+    /// A file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The PEM text holds no certificate.
+    NoCertificate,
+    /// The PEM text holds no private key, or one rustls cannot parse.
+    NoPrivateKey,
+    /// rustls refused the certificate and key (mismatch, unsupported key type, …).
+    Rustls(rustls::Error),
+}
+
+impl fmt::Display for TlsConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsConfigError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            TlsConfigError::NoCertificate => f.write_str("no PEM certificate found"),
+            TlsConfigError::NoPrivateKey => f.write_str("no usable PEM private key found"),
+            TlsConfigError::Rustls(e) => write!(f, "certificate and key rejected: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsConfigError::Read { source, .. } => Some(source),
+            TlsConfigError::Rustls(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A session refused what the client sent; the connection is disposed with
+/// [`DisposeReason::ProtocolError`](crate::DisposeReason::ProtocolError).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionError(pub String);
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "protocol error: {}", self.0)
+    }
+}
+
+impl std::error::Error for SessionError {}

@@ -1,0 +1,71 @@
+//! Supervised TLS connections as actix actors.
+//!
+//! Each accepted TLS connection is a [`Connection`] actor with a [`Reader`] child, started on
+//! one of the worker arbiters by the [`ConnectionSupervisor`], and recorded in the
+//! [`HandlerRegistry`] before its handshake begins:
+//!
+//! ```text
+//! ConnectionSupervisor        binds, accepts, admits, owns the shutdown protocol
+//! ├── HandlerRegistry         the one record of live connections; applies Dispose exactly once
+//! └── Connection  (×N, spread over worker arbiters)
+//!     └── Reader              reads decrypted bytes, reports EOF/failure to its parent
+//! ```
+//!
+//! # The lifecycle guarantee
+//!
+//! A connection moves `Registered → Handshaking → Open → Closing → Disposed`. Every way it ends
+//! (peer EOF, a read or write failure, a handshake failure or timeout, an idle timeout, a
+//! failure before start, a session panic, a kill, a shutdown) stops the `Connection` actor, and
+//! its `stopped()` hook is the only place that sends [`Dispose`]. The registry removes an id
+//! once and counts any second `Dispose` as a duplicate; `accepted == active + disposed` holds
+//! in every [`Snapshot`].
+//!
+//! # Where it does not hold
+//!
+//! - With `panic = "abort"` no hook runs on a panic: the process is gone, and so is the registry.
+//! - If actix drops a connection without running `stopped()`, its drop guard sends the
+//!   `Dispose` instead, counted as a fallback ([`Ledger::fallbacks`]).
+//! - A connection admitted while its worker arbiter is being stopped is never started nor
+//!   registered: its socket is dropped with the arbiter's queue (only during shutdown).
+//! - Dropping the actix system without [`Server::shutdown`] drops connections without a
+//!   graceful close; their `Dispose` may reach a registry that is already gone.
+//!
+//! ARCHITECTURE.md in the repository walks through each disposal path.
+
+mod config;
+mod conn_id;
+mod connection;
+#[cfg(feature = "dev-certs")]
+mod dev_certs;
+mod dispose_guard;
+mod dispose_reason;
+mod error;
+mod fault;
+pub mod messages;
+mod protocol;
+mod reader;
+mod registry;
+mod server;
+mod stats;
+mod supervisor;
+mod tls;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::ServerConfig;
+pub use conn_id::ConnId;
+pub use connection::{ConnState, Connection};
+#[cfg(feature = "dev-certs")]
+pub use dev_certs::{DevCerts, DEV_CERT_NAMES};
+pub use dispose_reason::DisposeReason;
+pub use error::{ServerError, SessionError, TlsConfigError};
+pub use fault::{FaultPoint, Faults};
+pub use messages::{CloseMode, Dispose, DisposedVia, ShutdownReport};
+pub use protocol::{ConnInfo, Echo, Protocol, Session};
+pub use reader::Reader;
+pub use registry::{DisposalAudit, DisposalRecord, HandlerRegistry};
+pub use server::{Server, ServerBuilder};
+pub use stats::{Ledger, RejectReason, Snapshot, Stats};
+pub use supervisor::ConnectionSupervisor;
+pub use tls::{server_config_from_files, server_config_from_pem};

@@ -1,0 +1,153 @@
+//! Every message of the actor tree, one struct each.
+//!
+//! Ordering that the design relies on: `Register` for an id is sent from the worker arbiter
+//! before its `Connection` is started, and `Dispose` only from that `Connection`'s stop hook (or
+//! its drop guard) on the same thread, afterwards. Both go through the registry's one mailbox,
+//! so the registry always sees `Register` before `Dispose` for the same id.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::{Message, WeakAddr};
+use bytes::Bytes;
+
+use crate::{ConnId, Connection, DisposeReason};
+
+/// Worker arbiter → registry, before the `Connection` starts: records a live connection. The
+/// registry keeps only a weak address, so the entry never keeps a dead connection alive.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    /// The connection's id.
+    pub id: ConnId,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Used to ask the connection to close (shutdown, kill).
+    pub connection: WeakAddr<Connection>,
+}
+
+/// How a disposal reached the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisposedVia {
+    /// `Connection::stopped()`: the one intended path.
+    StopHook,
+    /// The drop guard, because the connection was dropped without `stopped()` running.
+    Fallback,
+}
+
+/// `Connection::stopped()` (or its drop guard) → registry: the connection is gone. The registry
+/// removes the id exactly once; a second `Dispose` for the same id changes nothing but the
+/// duplicate counter.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct Dispose {
+    /// The connection's id.
+    pub id: ConnId,
+    /// Why it ended.
+    pub reason: DisposeReason,
+    /// Which path sent it.
+    pub via: DisposedVia,
+}
+
+/// How a connection is asked to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Flush, send `close_notify`, shut the TCP write side, wait briefly for the peer, stop.
+    Graceful,
+    /// Stop now; the socket is closed when the actor and its reader are dropped.
+    Force,
+}
+
+/// Registry (shutdown, kill) → `Connection`: close with this reason. A connection already
+/// closing keeps its first reason; a forced close always stops it at once.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Close {
+    /// How to close.
+    pub mode: CloseMode,
+    /// The reason recorded if the connection had none yet.
+    pub reason: DisposeReason,
+}
+
+/// Supervisor → registry: send `Close` to every live connection. Replies with how many were
+/// asked.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "usize")]
+pub struct CloseAll(pub Close);
+
+/// Anyone → registry: close one connection with reason `killed`. Replies whether the id was
+/// live.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "bool")]
+pub struct Kill {
+    /// The connection to close.
+    pub id: ConnId,
+    /// Graceful (close_notify first) or forced.
+    pub mode: CloseMode,
+}
+
+/// Anyone → registry: resolves once no connection is registered (at once if none is).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct WaitEmpty;
+
+/// Anyone → registry: the ids of the live connections, in id order.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Vec<ConnId>")]
+pub struct LiveConnections;
+
+/// `Reader` → its `Connection`: decrypted bytes from the client. The reply comes once the bytes
+/// are handled and any answer written, and the reader does not read again before it: this is the
+/// backpressure between the two directions.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Inbound(pub Bytes);
+
+/// How a reader's loop ended.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// The client finished; `close_notify` tells whether it sent TLS `close_notify` first.
+    PeerEof {
+        /// Whether the client ended the TLS session properly.
+        close_notify: bool,
+    },
+    /// Reading failed (a TLS protocol error, a reset, an injected fault).
+    Failed(io::Error),
+}
+
+/// `Reader` → its `Connection`, once: the read side is finished. The reader stops after
+/// sending it.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ReaderFinished(pub ReadOutcome);
+
+/// `Connection` → its `Reader`, from the connection's stop hook: stop now and drop the read
+/// half. Without it a reader parked in a read would keep the socket open (Garnet's CLOSE-WAIT).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct StopReader;
+
+/// Owner → supervisor: run the shutdown protocol (stop accepting, close every connection
+/// gracefully, wait up to `grace`, force the rest). Replies once the registry is empty or the
+/// forced closes have been given their bounded time.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "ShutdownReport")]
+pub struct Shutdown {
+    /// How long connections get to close gracefully.
+    pub grace: Duration,
+}
+
+/// What a shutdown did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections asked to close gracefully.
+    pub asked_to_close: usize,
+    /// Connections still live at the grace deadline and closed by force.
+    pub forced: usize,
+    /// Connections still registered when the shutdown gave up waiting (0 unless a guarantee
+    /// broke; see ARCHITECTURE.md).
+    pub left_registered: usize,
+    /// How long the protocol took.
+    pub elapsed: Duration,
+}

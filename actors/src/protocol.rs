@@ -1,0 +1,61 @@
+//! The seam between the supervisor and what is spoken over a connection.
+
+use std::net::SocketAddr;
+
+use crate::{ConnId, SessionError};
+
+/// What a session knows about its connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The connection's id (also in every log line of the connection).
+    pub id: ConnId,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// A protocol served by a server: a factory of sessions, shared by every worker.
+pub trait Protocol: Send + Sync + 'static {
+    /// A name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Creates the session of a connection whose TLS handshake just finished. Runs on the
+    /// connection's worker thread.
+    fn open(&self, info: &ConnInfo) -> Box<dyn Session>;
+}
+
+/// One connection's protocol state. Called from the connection's actor only, one call at a
+/// time, so it needs no locking.
+///
+/// A panic in a session is caught by the connection and ends it with reason `session_panic`;
+/// the server and the other connections carry on.
+pub trait Session: 'static {
+    /// Handles decrypted bytes from the client; appends anything to send back to `reply`.
+    /// The reply is written (and flushed) before the client's next bytes are read.
+    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<(), SessionError>;
+
+    /// The client finished sending; a last reply may be appended before `close_notify`.
+    fn on_peer_finished(&mut self, _reply: &mut Vec<u8>) {}
+}
+
+/// Writes back every byte it receives: the test and benchmark protocol.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl Protocol for Echo {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+
+    fn open(&self, _info: &ConnInfo) -> Box<dyn Session> {
+        Box::new(EchoSession)
+    }
+}
+
+struct EchoSession;
+
+impl Session for EchoSession {
+    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<(), SessionError> {
+        reply.extend_from_slice(input);
+        Ok(())
+    }
+}

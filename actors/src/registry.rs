@@ -1,0 +1,214 @@
+//! `HandlerRegistry`: the one record of live connections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use actix::WeakAddr;
+use slog::{warn, Logger};
+use tokio::sync::oneshot;
+
+use crate::messages::{
+    Close, CloseAll, Dispose, DisposedVia, Kill, LiveConnections, Register, WaitEmpty,
+};
+use crate::{ConnId, Connection, DisposeReason, Stats};
+
+/// Capacity for `send`s to the registry. `Register` and `Dispose` use `do_send`, which ignores
+/// capacity, so a burst of disposals never blocks a connection's stop hook.
+const MAILBOX_CAPACITY: usize = 4096;
+
+/// One disposal as the registry received it, duplicates included (for tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DisposalRecord {
+    /// The connection.
+    pub id: ConnId,
+    /// The reason it carried.
+    pub reason: DisposeReason,
+    /// Which path sent it.
+    pub via: DisposedVia,
+    /// Whether the registry applied it (false: a duplicate).
+    pub applied: bool,
+}
+
+/// Every `Dispose` the registry received, in order. Only a test harness turns this on: it grows
+/// with every connection.
+pub type DisposalAudit = Arc<Mutex<Vec<DisposalRecord>>>;
+
+struct Entry {
+    connection: WeakAddr<Connection>,
+}
+
+/// The one record of live connections. It applies `Dispose` exactly once per id and keeps the
+/// books (`Stats`) so that `accepted == active + disposed` holds whenever they are read.
+///
+/// It holds weak addresses only: an entry never keeps a stopped connection alive, and a
+/// connection that is gone simply misses a `Close`.
+pub struct HandlerRegistry {
+    entries: HashMap<ConnId, Entry>,
+    stats: Arc<Stats>,
+    empty_waiters: Vec<oneshot::Sender<()>>,
+    audit: Option<DisposalAudit>,
+    log: Logger,
+}
+
+impl HandlerRegistry {
+    /// A registry keeping its books in `stats`.
+    pub fn new(stats: Arc<Stats>, log: Logger) -> Self {
+        HandlerRegistry {
+            entries: HashMap::new(),
+            stats,
+            empty_waiters: Vec::new(),
+            audit: None,
+            log,
+        }
+    }
+
+    /// Records every `Dispose` received into `audit` (tests count disposals per id with it).
+    pub fn with_audit(mut self, audit: DisposalAudit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    fn notify_if_empty(&mut self) {
+        if self.entries.is_empty() {
+            for waiter in self.empty_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    fn close(&self, id: ConnId, entry: &Entry, close: Close) -> bool {
+        match entry.connection.upgrade() {
+            Some(addr) => {
+                addr.do_send(close);
+                true
+            }
+            None => {
+                // The actor is gone but its Dispose is still on its way (queued behind this
+                // message): nothing to ask, the entry leaves when the Dispose arrives.
+                slog::debug!(self.log, "close skipped: connection already stopped"; "conn_id" => id.0);
+                false
+            }
+        }
+    }
+}
+
+impl Actor for HandlerRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+}
+
+impl Handler<Register> for HandlerRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Register, _ctx: &mut Self::Context) {
+        let fresh = self
+            .entries
+            .insert(
+                msg.id,
+                Entry {
+                    connection: msg.connection,
+                },
+            )
+            .is_none();
+        // Ids are never reused, so a second Register is a bug upstream; the books stay honest
+        // by counting the connection once.
+        if fresh {
+            self.stats.update_ledger(|l| {
+                l.accepted += 1;
+                l.active += 1;
+            });
+        } else {
+            warn!(self.log, "id registered twice"; "conn_id" => msg.id.0, "peer" => %msg.peer);
+        }
+    }
+}
+
+impl Handler<Dispose> for HandlerRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dispose, _ctx: &mut Self::Context) {
+        let applied = self.entries.remove(&msg.id).is_some();
+        self.stats.update_ledger(|l| {
+            if applied {
+                l.active -= 1;
+                l.disposed[msg.reason.index()] += 1;
+                if msg.via == DisposedVia::Fallback {
+                    l.fallbacks += 1;
+                }
+            } else {
+                l.duplicates += 1;
+            }
+        });
+        if applied {
+            self.stats.release_admission();
+        } else {
+            warn!(self.log, "duplicate dispose ignored";
+                "conn_id" => msg.id.0, "reason" => msg.reason.as_str());
+        }
+        if let Some(audit) = &self.audit {
+            audit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(DisposalRecord {
+                    id: msg.id,
+                    reason: msg.reason,
+                    via: msg.via,
+                    applied,
+                });
+        }
+        self.notify_if_empty();
+    }
+}
+
+impl Handler<CloseAll> for HandlerRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CloseAll, _ctx: &mut Self::Context) -> usize {
+        self.entries
+            .iter()
+            .filter(|(id, entry)| self.close(**id, entry, msg.0))
+            .count()
+    }
+}
+
+impl Handler<Kill> for HandlerRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Kill, _ctx: &mut Self::Context) -> bool {
+        let close = Close {
+            mode: msg.mode,
+            reason: DisposeReason::Killed,
+        };
+        match self.entries.get(&msg.id) {
+            Some(entry) => self.close(msg.id, entry, close),
+            None => false,
+        }
+    }
+}
+
+impl Handler<WaitEmpty> for HandlerRegistry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: WaitEmpty, _ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.empty_waiters.push(tx);
+        self.notify_if_empty();
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<LiveConnections> for HandlerRegistry {
+    type Result = Vec<ConnId>;
+
+    fn handle(&mut self, _msg: LiveConnections, _ctx: &mut Self::Context) -> Vec<ConnId> {
+        let mut ids: Vec<_> = self.entries.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+}

@@ -1,0 +1,188 @@
+//! `Server`: starts one supervisor tree and owns its shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_rt::Arbiter;
+use slog::{info, o, Logger};
+use tokio::net::TcpSocket;
+use tokio_rustls::TlsAcceptor;
+
+use crate::connection::ConnectionEnv;
+use crate::messages::{Kill, LiveConnections, Shutdown, ShutdownReport};
+use crate::registry::DisposalAudit;
+use crate::{
+    CloseMode, ConnId, ConnectionSupervisor, Faults, HandlerRegistry, Protocol, ServerConfig,
+    ServerError, Stats,
+};
+
+/// Builds a [`Server`].
+pub struct ServerBuilder {
+    config: ServerConfig,
+    protocol: Arc<dyn Protocol>,
+    log: Logger,
+    faults: Faults,
+    audit: Option<DisposalAudit>,
+}
+
+impl ServerBuilder {
+    /// Logs through `log` (a child per connection carries `conn_id` and `peer`).
+    pub fn logger(mut self, log: Logger) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Uses this fault set; switching points on in it affects this server only.
+    #[cfg(feature = "fault-injection")]
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Records every `Dispose` the registry receives (unbounded: for tests).
+    pub fn audit(mut self, audit: DisposalAudit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Binds, starts the worker arbiters, the registry and the supervisor. Must run inside an
+    /// actix system; the registry and the supervisor live on the calling arbiter.
+    pub fn start(self) -> Result<Server, ServerError> {
+        self.config.validate()?;
+        if actix_rt::System::try_current().is_none() {
+            return Err(ServerError::NoSystem);
+        }
+        let addr = self.config.listen;
+        let bind_error = |source| ServerError::Bind { addr, source };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(bind_error)?;
+        // Lets a restarted server bind while old connections sit in TIME-WAIT.
+        socket.set_reuseaddr(true).map_err(bind_error)?;
+        socket.bind(addr).map_err(bind_error)?;
+        let listener = socket.listen(self.config.backlog).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+
+        let log = self.log.new(o!("listen" => local_addr.to_string()));
+        let stats = Arc::new(Stats::default());
+        let mut registry = HandlerRegistry::new(Arc::clone(&stats), log.clone());
+        if let Some(audit) = self.audit {
+            registry = registry.with_audit(audit);
+        }
+        let registry = registry.start();
+        let workers: Vec<Arbiter> = (0..self.config.workers).map(|_| Arbiter::new()).collect();
+        let env = Arc::new(ConnectionEnv {
+            acceptor: TlsAcceptor::from(Arc::clone(&self.config.tls)),
+            protocol: self.protocol,
+            config: self.config,
+            stats: Arc::clone(&stats),
+            faults: self.faults.clone(),
+            registry: registry.clone(),
+            log: log.clone(),
+            draining: AtomicBool::new(false),
+        });
+        info!(log, "listening"; "protocol" => env.protocol.name(), "workers" => workers.len());
+        let handles = workers.iter().map(|w| w.handle()).collect();
+        let supervisor = ConnectionSupervisor::new(listener, handles, env).start();
+        Ok(Server {
+            supervisor,
+            registry,
+            workers,
+            local_addr,
+            stats,
+            faults: self.faults,
+            log,
+        })
+    }
+}
+
+/// A running supervisor tree: the supervisor, the registry, the worker arbiters.
+///
+/// Dropping a `Server` without [`Server::shutdown`] leaves its actors running until the actix
+/// system stops, and the system's stop drops connections without the shutdown protocol: call
+/// `shutdown`.
+pub struct Server {
+    supervisor: Addr<ConnectionSupervisor>,
+    registry: Addr<HandlerRegistry>,
+    workers: Vec<Arbiter>,
+    local_addr: SocketAddr,
+    stats: Arc<Stats>,
+    faults: Faults,
+    log: Logger,
+}
+
+impl Server {
+    /// A builder serving `protocol` with `config`.
+    pub fn builder(config: ServerConfig, protocol: impl Protocol) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            protocol: Arc::new(protocol),
+            log: Logger::root(slog::Discard, o!()),
+            faults: Faults::default(),
+            audit: None,
+        }
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The registry, for embedding programs (e.g. [`Kill`], [`LiveConnections`]).
+    pub fn registry(&self) -> Addr<HandlerRegistry> {
+        self.registry.clone()
+    }
+
+    /// The fault set of this server (points can be switched on only with `fault-injection`).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Closes one connection with reason `killed`. Returns whether it was live.
+    pub async fn kill(&self, id: ConnId, mode: CloseMode) -> bool {
+        self.registry.send(Kill { id, mode }).await.unwrap_or(false)
+    }
+
+    /// Runs the shutdown protocol: stop accepting (the port is free once this starts), ask
+    /// every connection to close gracefully, wait for the registry to empty or `grace` to pass,
+    /// force the rest, then stop and join the worker arbiters.
+    ///
+    /// Joining blocks the calling thread for as long as the workers take to drop what is left
+    /// on them (milliseconds: every connection is already closed or forced by then).
+    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        let mut report = self
+            .supervisor
+            .send(Shutdown { grace })
+            .await
+            .unwrap_or_default();
+        for worker in &self.workers {
+            worker.stop();
+        }
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+        // Whatever a worker dropped on its way out has sent its Dispose by now; let it land.
+        report.left_registered = self
+            .registry
+            .send(LiveConnections)
+            .await
+            .map(|ids| ids.len())
+            .unwrap_or(report.left_registered);
+        info!(self.log, "shutdown complete";
+            "forced" => report.forced,
+            "left_registered" => report.left_registered,
+            "elapsed_ms" => report.elapsed.as_millis() as u64);
+        report
+    }
+}

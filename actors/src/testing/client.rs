@@ -1,0 +1,132 @@
+//! A blocking TLS client for tests.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+/// How long any single read or write may block before a test call fails (a hang, not a result).
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A client configuration trusting the PEM CA certificate(s) in `ca_pem`.
+pub fn client_config(ca_pem: &[u8]) -> io::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| io::Error::other(format!("bad CA PEM: {e}")))?;
+        roots.add(cert).map_err(io::Error::other)?;
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// What a client saw when the server ended the connection.
+#[derive(Debug)]
+pub enum CloseSeen {
+    /// TLS `close_notify`, then a TCP FIN: a graceful close.
+    CloseNotifyThenEof,
+    /// `close_notify`, but the socket then reported an error (a reset).
+    CloseNotifyThenError(io::Error),
+    /// A TCP FIN without `close_notify`.
+    EofWithoutCloseNotify,
+    /// An error before any close (a reset, a TLS alert).
+    Error(io::Error),
+}
+
+/// A blocking TLS client over a real TCP socket.
+pub struct TlsClient {
+    stream: StreamOwned<ClientConnection, TcpStream>,
+}
+
+impl TlsClient {
+    /// Connects to `addr` as `localhost` and completes the handshake.
+    pub fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<TlsClient> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let mut stream = StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(TlsClient { stream })
+    }
+
+    /// Sends `data` and reads back exactly as many bytes.
+    pub fn echo(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
+        self.stream.write_all(data)?;
+        self.stream.flush()?;
+        let mut back = vec![0; data.len()];
+        self.stream.read_exact(&mut back)?;
+        Ok(back)
+    }
+
+    /// Writes `data` and flushes it to the socket.
+    pub fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.stream.write_all(data)?;
+        self.stream.flush()
+    }
+
+    /// Reads exactly `len` bytes.
+    pub fn receive(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        self.stream.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads until the server closes and reports how it closed. Data before the close is
+    /// discarded.
+    pub fn read_until_close(&mut self) -> CloseSeen {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return CloseSeen::EofWithoutCloseNotify
+                }
+                Err(e) => return CloseSeen::Error(e),
+            }
+        }
+        // close_notify arrived; rustls stops reading the socket there, so look at the socket
+        // itself: a graceful close is a FIN (read = 0), a reset is an error.
+        match self.stream.sock.read(&mut buf) {
+            Ok(_) => CloseSeen::CloseNotifyThenEof,
+            Err(e) => CloseSeen::CloseNotifyThenError(e),
+        }
+    }
+
+    /// Sends `close_notify`, shuts the write side and waits for the server to finish.
+    pub fn close(mut self) -> CloseSeen {
+        self.stream.conn.send_close_notify();
+        let flushed = self
+            .stream
+            .conn
+            .complete_io(&mut self.stream.sock)
+            .and_then(|_| self.stream.sock.shutdown(Shutdown::Write));
+        if let Err(e) = flushed {
+            return CloseSeen::Error(e);
+        }
+        self.read_until_close()
+    }
+
+    /// Shuts the TCP socket down without `close_notify`, as a crashed client would.
+    pub fn drop_abruptly(self) {
+        let _ = self.stream.sock.shutdown(Shutdown::Both);
+    }
+
+    /// The TCP socket, for raw writes (corrupt records) and options.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.stream.sock
+    }
+}

@@ -1,0 +1,224 @@
+//! `TestServer`: a real server on its own thread and actix system, for tests.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use slog::{o, Logger};
+use tokio::sync::oneshot;
+
+use super::{client_config, eventually, TlsClient};
+use crate::{
+    ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, Protocol, Server, ServerConfig,
+    ShutdownReport, Snapshot, Stats,
+};
+
+/// Grace a dropped `TestServer` gives its connections.
+const DROP_GRACE: Duration = Duration::from_secs(2);
+
+/// Sets up a [`TestServer`].
+pub struct TestServerBuilder {
+    configure: Vec<Box<dyn FnOnce(&mut ServerConfig) + Send>>,
+    log: Logger,
+}
+
+impl TestServerBuilder {
+    /// Changes the server's configuration (listen address and TLS are the harness's own).
+    pub fn config(mut self, change: impl FnOnce(&mut ServerConfig) + Send + 'static) -> Self {
+        self.configure.push(Box::new(change));
+        self
+    }
+
+    /// Logs through `log` instead of discarding.
+    pub fn logger(mut self, log: Logger) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Starts `protocol` on 127.0.0.1, port 0, with freshly generated certificates.
+    pub fn start(self, protocol: impl Protocol) -> TestServer {
+        let certs = DevCerts::generate().expect("generate test certificates");
+        let tls = certs.server_config().expect("test certificates load");
+        let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), tls);
+        for change in self.configure {
+            change(&mut config);
+        }
+        let faults = Faults::default();
+        let audit: DisposalAudit = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
+        let thread_faults = faults.clone();
+        let thread_audit = Arc::clone(&audit);
+        let log = self.log;
+        let thread = std::thread::Builder::new()
+            .name("tlsvisor-test-server".into())
+            .spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    let builder = Server::builder(config, protocol)
+                        .logger(log)
+                        .audit(thread_audit);
+                    #[cfg(feature = "fault-injection")]
+                    let builder = builder.faults(thread_faults);
+                    #[cfg(not(feature = "fault-injection"))]
+                    let _ = thread_faults;
+                    let server = match builder.start() {
+                        Ok(server) => server,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return ShutdownReport::default();
+                        }
+                    };
+                    let _ = ready_tx.send(Ok((server.local_addr(), server.stats())));
+                    let grace = stop_rx.await.unwrap_or(DROP_GRACE);
+                    server.shutdown(grace).await
+                })
+            })
+            .expect("spawn the test server thread");
+        let (addr, stats) = ready_rx
+            .recv()
+            .expect("test server thread reports")
+            .unwrap_or_else(|e| panic!("test server failed to start: {e}"));
+        TestServer {
+            addr,
+            stats,
+            faults,
+            audit,
+            certs,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A server on its own thread and actix system, listening on a free loopback port. Dropping it
+/// runs the shutdown protocol and joins the thread.
+pub struct TestServer {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    faults: Faults,
+    audit: DisposalAudit,
+    certs: DevCerts,
+    stop: Option<oneshot::Sender<Duration>>,
+    thread: Option<JoinHandle<ShutdownReport>>,
+}
+
+impl TestServer {
+    /// A builder with the default configuration and no logging.
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder {
+            configure: Vec::new(),
+            log: Logger::root(slog::Discard, o!()),
+        }
+    }
+
+    /// Starts `protocol` with the defaults.
+    pub fn start(protocol: impl Protocol) -> TestServer {
+        TestServer::builder().start(protocol)
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.stats.snapshot()
+    }
+
+    /// This server's fault set.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The certificates the server uses (clients trust `ca_cert_pem`).
+    pub fn certs(&self) -> &DevCerts {
+        &self.certs
+    }
+
+    /// A TLS client connected to this server, handshake done.
+    pub fn connect(&self) -> io::Result<TlsClient> {
+        TlsClient::connect(self.addr, client_config(self.certs.ca_cert_pem.as_bytes())?)
+    }
+
+    /// Waits up to `within` for the counters to satisfy `check`; panics with `what` and the last
+    /// snapshot if they never do.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&Snapshot) -> bool,
+    ) -> Snapshot {
+        let mut last = self.snapshot();
+        let held = eventually(within, || {
+            last = self.snapshot();
+            assert!(
+                last.ledger.is_balanced(),
+                "accepted != active + disposed: {:?}",
+                last.ledger
+            );
+            check(&last)
+        });
+        assert!(
+            held,
+            "timed out waiting for {what}; last snapshot: {last:?}"
+        );
+        last
+    }
+
+    /// Waits until no connection is live.
+    pub fn wait_idle(&self, within: Duration) -> Snapshot {
+        self.wait_for("active == 0", within, |s| s.ledger.active == 0)
+    }
+
+    /// Every `Dispose` the registry received so far, in order, duplicates included.
+    pub fn disposals(&self) -> Vec<DisposalRecord> {
+        self.audit.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asserts that every accepted id was disposed exactly once, and that the duplicate and
+    /// fallback counters are 0. Returns the reason of each id.
+    pub fn assert_each_disposed_once(&self) -> BTreeMap<ConnId, DisposalRecord> {
+        let ledger = self.snapshot().ledger;
+        let mut by_id: BTreeMap<ConnId, DisposalRecord> = BTreeMap::new();
+        for record in self.disposals() {
+            assert!(record.applied, "duplicate dispose: {record:?}");
+            let previous = by_id.insert(record.id, record.clone());
+            assert!(previous.is_none(), "id disposed twice: {record:?}");
+        }
+        assert_eq!(ledger.duplicates, 0, "duplicate counter: {ledger:?}");
+        assert_eq!(ledger.fallbacks, 0, "fallback counter: {ledger:?}");
+        let disposed_ids: Vec<u64> = by_id.keys().map(|id| id.0).collect();
+        let expected: Vec<u64> = (0..ledger.accepted).collect();
+        assert_eq!(
+            disposed_ids, expected,
+            "every accepted id is disposed (ledger {ledger:?})"
+        );
+        by_id
+    }
+
+    /// Runs the shutdown protocol with `grace` and joins the server's thread.
+    pub fn shutdown(mut self, grace: Duration) -> ShutdownReport {
+        self.stop_and_join(grace)
+    }
+
+    fn stop_and_join(&mut self, grace: Duration) -> ShutdownReport {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_default(),
+            None => ShutdownReport::default(),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop_and_join(DROP_GRACE);
+    }
+}

@@ -1,0 +1,30 @@
+//! The public test harness (feature `testing`): what this crate's own tests use, offered to
+//! anyone testing a protocol on top of it.
+//!
+//! - [`TestServer`]: a server on its own thread and actix system, on a free port, shut down and
+//!   joined on drop, with its counters, its disposal audit and (with `fault-injection`) its own
+//!   fault set.
+//! - [`TlsClient`]: a blocking rustls client over a real socket, with the rude moves tests need
+//!   (drop without `close_notify`, raw bytes on the socket).
+//! - [`leak`]: open fds, threads and RSS of a process, and sockets in CLOSE-WAIT on a port.
+
+mod client;
+mod harness;
+pub mod leak;
+
+pub use client::{client_config, CloseSeen, TlsClient};
+pub use harness::{TestServer, TestServerBuilder};
+
+/// Polls `check` every 10 ms until it holds or `within` passes; returns whether it held.
+pub fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,225 @@
+//! Each way a connection ends, over real sockets and real TLS, asserting its disposal reason and
+//! that every accepted id is disposed exactly once.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use tlsvisor_actors::testing::{leak, CloseSeen, TestServer};
+use tlsvisor_actors::{DisposeReason, Echo};
+
+/// A ceiling only a hang reaches.
+const HANG: Duration = Duration::from_secs(20);
+
+fn reasons(server: &TestServer) -> Vec<DisposeReason> {
+    server
+        .assert_each_disposed_once()
+        .values()
+        .map(|r| r.reason)
+        .collect()
+}
+
+#[test]
+fn garnet_parity_abrupt_client_drops_leave_the_registry() {
+    let server = TestServer::start(Echo);
+    let mut clients: Vec<_> = (0..5).map(|_| server.connect().unwrap()).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let msg = format!("hello {i}");
+        assert_eq!(client.echo(msg.as_bytes()).unwrap(), msg.as_bytes());
+    }
+    assert_eq!(server.snapshot().ledger.active, 5);
+    let before = server.snapshot().ledger.disposed_total();
+
+    for client in clients {
+        client.drop_abruptly();
+    }
+    let after = server.wait_idle(HANG);
+    assert_eq!(after.ledger.disposed_total(), before + 5);
+
+    let mut fresh = server.connect().unwrap();
+    assert_eq!(fresh.echo(b"still serving").unwrap(), b"still serving");
+    drop(fresh);
+    server.wait_idle(HANG);
+    assert!(reasons(&server)
+        .iter()
+        .all(|r| *r == DisposeReason::PeerEof));
+    assert_eq!(leak::close_wait_on_port(server.addr().port()).unwrap(), 0);
+}
+
+#[test]
+fn clean_close_is_peer_eof_and_the_client_sees_close_notify() {
+    let server = TestServer::start(Echo);
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"ping").unwrap(), b"ping");
+    match client.close() {
+        CloseSeen::CloseNotifyThenEof => {}
+        other => panic!("expected close_notify then EOF, got {other:?}"),
+    }
+    server.wait_idle(HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::PeerEof]);
+}
+
+#[test]
+fn eof_without_close_notify_is_peer_eof() {
+    let server = TestServer::start(Echo);
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"ping").unwrap(), b"ping");
+    client.tcp().shutdown(std::net::Shutdown::Write).unwrap();
+    server.wait_idle(HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::PeerEof]);
+    assert_eq!(leak::close_wait_on_port(server.addr().port()).unwrap(), 0);
+}
+
+#[test]
+fn bytes_sent_before_close_are_all_echoed() {
+    let server = TestServer::start(Echo);
+    let mut client = server.connect().unwrap();
+    let payload: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    client.send(&payload).unwrap();
+    assert_eq!(client.receive(payload.len()).unwrap(), payload);
+    assert!(matches!(client.close(), CloseSeen::CloseNotifyThenEof));
+    server.wait_idle(HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::PeerEof]);
+}
+
+#[test]
+fn garbage_instead_of_client_hello_is_handshake_failed() {
+    let server = TestServer::start(Echo);
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(HANG)).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // The server answers with an alert or nothing, then closes: the read ends.
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+    server.wait_idle(HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::HandshakeFailed]);
+    assert_eq!(server.snapshot().handshakes_in_progress, 0);
+}
+
+#[test]
+fn corrupted_record_mid_stream_is_reader_error() {
+    let server = TestServer::start(Echo);
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"before").unwrap(), b"before");
+    // An application-data record whose ciphertext is noise: decryption must fail.
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x30];
+    record.extend((0..0x30).map(|i| (i * 37 + 11) as u8));
+    client
+        .tcp()
+        .try_clone()
+        .unwrap()
+        .write_all(&record)
+        .unwrap();
+    assert!(!matches!(
+        client.read_until_close(),
+        CloseSeen::CloseNotifyThenEof
+    ));
+    server.wait_idle(HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::ReaderError]);
+}
+
+#[test]
+fn silent_client_is_handshake_timeout() {
+    let server = TestServer::builder()
+        .config(|c| c.handshake_timeout = Duration::from_millis(300))
+        .start(Echo);
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(HANG)).unwrap();
+    server.wait_for("the handshake to start", HANG, |s| {
+        s.handshakes_in_progress == 1
+    });
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+    server.wait_idle(HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::HandshakeTimeout]);
+    assert_eq!(server.snapshot().handshakes_in_progress, 0);
+}
+
+#[test]
+fn idle_client_is_closed_gracefully_with_idle_timeout() {
+    let server = TestServer::builder()
+        .config(|c| c.idle_timeout = Some(Duration::from_millis(300)))
+        .start(Echo);
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"once").unwrap(), b"once");
+    match client.read_until_close() {
+        CloseSeen::CloseNotifyThenEof => {}
+        other => panic!("expected close_notify then EOF, got {other:?}"),
+    }
+    drop(client);
+    server.wait_idle(HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::IdleTimeout]);
+}
+
+#[test]
+fn shutdown_closes_live_clients_with_close_notify_not_reset() {
+    let server = TestServer::start(Echo);
+    let port = server.addr().port();
+    let mut clients: Vec<_> = (0..5).map(|_| server.connect().unwrap()).collect();
+    for client in &mut clients {
+        assert_eq!(client.echo(b"live").unwrap(), b"live");
+    }
+    assert_eq!(server.snapshot().ledger.active, 5);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| std::thread::spawn(move || client.read_until_close()))
+        .collect();
+
+    let started = Instant::now();
+    let report = server.shutdown(Duration::from_secs(5));
+    for reader in readers {
+        match reader.join().unwrap() {
+            CloseSeen::CloseNotifyThenEof => {}
+            other => panic!("expected close_notify then EOF, got {other:?}"),
+        }
+    }
+    assert_eq!(report.asked_to_close, 5);
+    assert_eq!(report.forced, 0);
+    assert_eq!(report.left_registered, 0);
+    assert!(started.elapsed() < HANG);
+    // The port is free again once shutdown is done.
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("port freed by shutdown");
+}
+
+#[test]
+fn shutdown_forces_clients_that_never_finish_within_grace() {
+    let server = TestServer::builder()
+        .config(|c| c.close_timeout = Duration::from_secs(30))
+        .start(Echo);
+    // Clients that complete the handshake and then never read nor close.
+    let clients: Vec<_> = (0..3).map(|_| server.connect().unwrap()).collect();
+    server.wait_for("3 open", HANG, |s| {
+        s.ledger.active == 3 && s.handshakes_in_progress == 0
+    });
+    let started = Instant::now();
+    let report = server.shutdown(Duration::from_millis(300));
+    let took = started.elapsed();
+    assert_eq!(report.forced, 3, "{report:?}");
+    assert_eq!(report.left_registered, 0, "{report:?}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    drop(clients);
+}
+
+#[test]
+fn connections_over_the_limit_are_rejected_at_accept() {
+    let server = TestServer::builder()
+        .config(|c| c.max_connections = 2)
+        .start(Echo);
+    let mut a = server.connect().unwrap();
+    let mut b = server.connect().unwrap();
+    assert!(
+        server.connect().is_err(),
+        "third connection must be refused"
+    );
+    let snap = server.wait_for("one rejection", HANG, |s| s.rejected[0] == 1);
+    assert_eq!(snap.ledger.accepted, 2);
+    assert_eq!(a.echo(b"a").unwrap(), b"a");
+    assert_eq!(b.echo(b"b").unwrap(), b"b");
+    drop((a, b));
+    server.wait_idle(HANG);
+    let mut c = server.connect().unwrap();
+    assert_eq!(c.echo(b"c").unwrap(), b"c");
+    drop(c);
+    server.wait_idle(HANG);
+    server.assert_each_disposed_once();
+}
