@@ -101,7 +101,10 @@ impl TlsClient {
         // close_notify arrived; rustls stops reading the socket there, so look at the socket
         // itself: a graceful close is a FIN (read = 0), a reset is an error.
         match self.stream.sock.read(&mut buf) {
-            Ok(_) => CloseSeen::CloseNotifyThenEof,
+            Ok(0) => CloseSeen::CloseNotifyThenEof,
+            Ok(n) => CloseSeen::CloseNotifyThenError(io::Error::other(format!(
+                "{n} bytes after close_notify"
+            ))),
             Err(e) => CloseSeen::CloseNotifyThenError(e),
         }
     }

@@ -20,9 +20,12 @@ use crate::{
 /// Grace a dropped `TestServer` gives its connections.
 const DROP_GRACE: Duration = Duration::from_secs(2);
 
+/// A change to a test server's configuration, applied on its thread.
+type ConfigChange = Box<dyn FnOnce(&mut ServerConfig) + Send>;
+
 /// Sets up a [`TestServer`].
 pub struct TestServerBuilder {
-    configure: Vec<Box<dyn FnOnce(&mut ServerConfig) + Send>>,
+    configure: Vec<ConfigChange>,
     log: Logger,
 }
 

@@ -1,0 +1,78 @@
+//! The built-in development certificate and `tlsvisor gen-certs`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tlsvisor_actors::DevCerts;
+
+use crate::BoxError;
+
+/// The first lines of every file `gen-certs` writes. PEM readers skip text outside the
+/// `-----BEGIN` markers, so the warning travels with the key material.
+const DEV_ONLY_BANNER: &str =
+    "# tlsvisor DEVELOPMENT certificate material, made by `tlsvisor gen-certs`.\n\
+# Anyone with these files can impersonate the server: never use them in production.\n";
+
+/// The development server certificate and key compiled into the binary (from `certs/`, made by
+/// `tlsvisor gen-certs --out certs`). Clients trust `certs/ca.crt`.
+pub const BUILT_IN_CERT: &str = include_str!("../certs/server.crt");
+const BUILT_IN_KEY: &str = include_str!("../certs/server.key");
+
+/// The TLS configuration of the built-in development certificate.
+pub fn built_in() -> Result<Arc<rustls::ServerConfig>, BoxError> {
+    Ok(tlsvisor_actors::server_config_from_pem(
+        BUILT_IN_CERT.as_bytes(),
+        BUILT_IN_KEY.as_bytes(),
+    )?)
+}
+
+/// Writes a fresh CA and server certificate into `out`. Keys are written readable by the owner
+/// only.
+pub fn generate_into(out: &Path) -> Result<(), BoxError> {
+    let certs = DevCerts::generate()?;
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let files = [
+        ("ca.crt", &certs.ca_cert_pem, false),
+        ("ca.key", &certs.ca_key_pem, true),
+        ("server.crt", &certs.server_cert_pem, false),
+        ("server.key", &certs.server_key_pem, true),
+    ];
+    for (name, pem, secret) in files {
+        let path = out.join(name);
+        write_file(&path, &format!("{DEV_ONLY_BANNER}{pem}"), secret)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, text: &str, secret: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if secret {
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_certificate_loads() {
+        built_in().unwrap();
+    }
+
+    #[test]
+    fn generated_files_load_and_are_marked_for_development() {
+        let dir = std::env::temp_dir().join(format!("tlsvisor-certs-{}", std::process::id()));
+        generate_into(&dir).unwrap();
+        let cert = std::fs::read(dir.join("server.crt")).unwrap();
+        let key = std::fs::read(dir.join("server.key")).unwrap();
+        assert!(String::from_utf8_lossy(&key).starts_with("# tlsvisor DEVELOPMENT"));
+        tlsvisor_actors::server_config_from_pem(&cert, &key).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

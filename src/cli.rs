@@ -1,0 +1,171 @@
+//! The command line: `tlsvisor [serve FLAGS | gen-certs --out DIR]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// A TLS connection supervisor: terminates TLS, serves `echo` or proxies to a plaintext
+/// upstream, and disposes every connection exactly once.
+///
+/// With no command it serves `echo` on 127.0.0.1:8443 with the built-in development
+/// certificate.
+#[derive(Debug, Parser)]
+#[command(name = "tlsvisor", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve TLS connections.
+    Serve(Box<ServeArgs>),
+    /// Write a development CA and a server certificate and key (for localhost) into a folder.
+    GenCerts {
+        /// Folder to write ca.crt, ca.key, server.crt and server.key into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Flags of `serve`. Each may also be set in the `--config` file under the same name; a flag
+/// wins over the file.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServeArgs {
+    /// A TOML file with any of these settings (keys named like the flags, e.g. `max-connections`).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8443].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain [default: the built-in development certificate].
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// What to speak over each connection [default: echo].
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolKind>,
+    /// Plaintext upstream HOST:PORT for `--protocol proxy`.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Worker threads connections are spread over [default: one per core].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Live connections above which new ones are refused at accept [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Time a client gets to finish the TLS handshake [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub handshake_timeout: Option<Duration>,
+    /// Time without a byte from the client before it is closed; 0 disables [default: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Time a graceful close gets (flush, close_notify, wait for the client) [default: 2s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub close_timeout: Option<Duration>,
+    /// Time connections get to close on SIGTERM/SIGINT before they are forced [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// Log format [default: term].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Least severe level logged [default: info].
+    #[arg(long, value_enum)]
+    pub log_level: Option<LogLevel>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProtocolKind {
+    /// Write back every decrypted byte.
+    Echo,
+    /// Forward decrypted bytes to a plaintext TCP upstream.
+    Proxy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Term,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// Reads `500ms`, `5s`, `2m`, `1h`; a bare `0` is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (durations read like 500ms, 5s, 2m)"))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_the_contract() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn config_file_keys_are_the_flag_names() {
+        let args: ServeArgs = toml::from_str(
+            r#"
+            listen = "127.0.0.1:9000"
+            max-connections = 7
+            handshake-timeout = "250ms"
+            log-format = "json"
+            protocol = "echo"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(args.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(args.max_connections, Some(7));
+        assert_eq!(args.handshake_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(args.log_format, Some(LogFormat::Json));
+        assert!(toml::from_str::<ServeArgs>("no-such-key = 1").is_err());
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,39 @@
+//! The process's slog logger: human-readable on a terminal, or JSON lines.
+
+use slog::{o, Drain, Level, Logger};
+
+use crate::cli::{LogFormat, LogLevel};
+
+/// Log records queued for the writer thread before new ones are dropped (and the drop counted
+/// in a log line): a burst of disposals must never block a connection on logging.
+const QUEUE: usize = 8192;
+
+/// Builds the root logger, writing to stderr. Keep the guard alive until exit: dropping it
+/// flushes the queue.
+pub fn build(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGuard) {
+    let level = match level {
+        LogLevel::Error => Level::Error,
+        LogLevel::Warn => Level::Warning,
+        LogLevel::Info => Level::Info,
+        LogLevel::Debug => Level::Debug,
+        LogLevel::Trace => Level::Trace,
+    };
+    let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match format {
+        LogFormat::Term => {
+            let decorator = slog_term::TermDecorator::new().stderr().build();
+            Box::new(slog_term::FullFormat::new(decorator).build().fuse())
+        }
+        LogFormat::Json => Box::new(
+            slog_json::Json::new(std::io::stderr())
+                .add_default_keys()
+                .build()
+                .fuse(),
+        ),
+    };
+    let (drain, guard) = slog_async::Async::new(drain.filter_level(level).fuse())
+        .chan_size(QUEUE)
+        .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
+        .thread_name("tlsvisor-log".into())
+        .build_with_guard();
+    (Logger::root(drain.fuse(), o!()), guard)
+}

@@ -1,0 +1,170 @@
+//! The effective settings of `serve`: flags over the config file over defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{LogFormat, LogLevel, ProtocolKind, ServeArgs};
+use crate::BoxError;
+
+/// Where the server's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// The development certificate compiled into the binary.
+    BuiltIn,
+    /// PEM files.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub cert: CertSource,
+    pub protocol: ProtocolKind,
+    pub upstream: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub workers: usize,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub close_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub log_level: LogLevel,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            cert: CertSource::BuiltIn,
+            protocol: ProtocolKind::Echo,
+            upstream: None,
+            metrics_listen: None,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+            close_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Term,
+            log_level: LogLevel::Info,
+        }
+    }
+}
+
+impl Settings {
+    /// Resolves the flags, reading `--config` if given.
+    pub fn resolve(flags: ServeArgs) -> Result<Settings, BoxError> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                toml::from_str::<ServeArgs>(&text)
+                    .map_err(|e| format!("bad config {}: {e}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        let d = Settings::default();
+        let cert = match (flags.cert.or(file.cert), flags.key.or(file.key)) {
+            (None, None) => CertSource::BuiltIn,
+            (Some(cert), Some(key)) => CertSource::Files { cert, key },
+            _ => return Err("--cert and --key go together".into()),
+        };
+        let settings = Settings {
+            listen: flags.listen.or(file.listen).unwrap_or(d.listen),
+            cert,
+            protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
+            upstream: flags.upstream.or(file.upstream),
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            workers: flags.workers.or(file.workers).unwrap_or(d.workers),
+            max_connections: flags
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            handshake_timeout: flags
+                .handshake_timeout
+                .or(file.handshake_timeout)
+                .unwrap_or(d.handshake_timeout),
+            // Zero means "never": an operator switching the idle timeout off.
+            idle_timeout: match flags.idle_timeout.or(file.idle_timeout) {
+                Some(t) if t.is_zero() => None,
+                Some(t) => Some(t),
+                None => d.idle_timeout,
+            },
+            close_timeout: flags
+                .close_timeout
+                .or(file.close_timeout)
+                .unwrap_or(d.close_timeout),
+            shutdown_grace: flags
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(d.shutdown_grace),
+            log_format: flags.log_format.or(file.log_format).unwrap_or(d.log_format),
+            log_level: flags.log_level.or(file.log_level).unwrap_or(d.log_level),
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), BoxError> {
+        match (self.protocol, &self.upstream) {
+            (ProtocolKind::Proxy, None) => {
+                Err("--protocol proxy needs --upstream HOST:PORT".into())
+            }
+            (ProtocolKind::Echo, Some(_)) => {
+                Err("--upstream is only used with --protocol proxy".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("tlsvisor-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tlsvisor.toml");
+        std::fs::write(
+            &path,
+            "workers = 3\nmax-connections = 50\nidle-timeout = \"0\"\n",
+        )
+        .unwrap();
+        let flags = ServeArgs {
+            config: Some(path),
+            max_connections: Some(9),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(flags).unwrap();
+        assert_eq!(s.workers, 3);
+        assert_eq!(s.max_connections, 9);
+        assert_eq!(s.idle_timeout, None);
+        assert_eq!(s.listen, Settings::default().listen);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cert_and_key_go_together() {
+        let flags = ServeArgs {
+            cert: Some("a.pem".into()),
+            ..ServeArgs::default()
+        };
+        assert!(Settings::resolve(flags).is_err());
+    }
+
+    #[test]
+    fn proxy_needs_an_upstream() {
+        let flags = ServeArgs {
+            protocol: Some(ProtocolKind::Proxy),
+            ..ServeArgs::default()
+        };
+        assert!(Settings::resolve(flags).is_err());
+    }
+}
