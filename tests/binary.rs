@@ -1,0 +1,189 @@
+//! The `tlsvisor` binary end to end: real process, real signals, real scrapes, a crowd of
+//! clients in another process killed with SIGKILL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::crowd::{self, Crowd};
+use common::{Tlsvisor, HANG};
+use tlsvisor_actors::testing::{eventually, leak, CloseSeen, TlsClient};
+
+/// The crowd process re-enters the test binary here (see tests/common/crowd.rs).
+#[test]
+fn crowd_child() {
+    crowd::child_main_if_asked();
+}
+
+#[test]
+fn no_arguments_serves_echo_on_8443_with_the_development_certificate() {
+    let mut server = Tlsvisor::spawn_default();
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"hello 8443").unwrap(), b"hello 8443");
+    drop(client);
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(HANG).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let warned = server
+        .raw_lines()
+        .iter()
+        .any(|l| l.contains("BUILT-IN DEVELOPMENT CERTIFICATE"));
+    assert!(
+        warned,
+        "the development certificate must be announced loudly"
+    );
+}
+
+#[test]
+fn metrics_logs_and_sigterm_with_live_clients() {
+    let mut server = Tlsvisor::serve(&["--shutdown-grace", "5s"]);
+    let before = server.scrape();
+    for name in [
+        "tlsvisor_connections_active",
+        "tlsvisor_connections_accepted_total",
+        "tlsvisor_dispose_duplicates_total",
+        "tlsvisor_dispose_fallback_total",
+        "tlsvisor_handshakes_in_progress",
+        "tlsvisor_connections_rejected_total{reason=\"max_connections\"}",
+        "process_open_fds",
+        "process_threads",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(before.0.contains_key(name), "missing {name}");
+    }
+
+    let mut clients: Vec<TlsClient> = (0..10).map(|_| server.connect().unwrap()).collect();
+    for client in &mut clients {
+        assert_eq!(client.echo(b"live").unwrap(), b"live");
+    }
+    let during = server.scrape();
+    assert_eq!(during.get("tlsvisor_connections_active"), 10.0);
+    assert_eq!(during.get("tlsvisor_connections_accepted_total"), 10.0);
+
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| std::thread::spawn(move || c.read_until_close()))
+        .collect();
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    for reader in readers {
+        let seen = reader.join().unwrap();
+        assert!(
+            matches!(seen, CloseSeen::CloseNotifyThenEof),
+            "each client sees close_notify then EOF, got {seen:?}"
+        );
+    }
+    let status = server.wait_exit(HANG).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5) + Duration::from_secs(3));
+
+    let disposals = server.logs_with("disposed");
+    assert_eq!(disposals.len(), 10, "one log line per disposal");
+    assert!(disposals.iter().all(|d| d["reason"] == "shutdown"));
+    assert!(disposals
+        .iter()
+        .all(|d| d["conn_id"].is_u64() && d["peer"].is_string()));
+}
+
+#[test]
+fn burst_of_1000_sigkilled_clients_is_cleaned_up() {
+    const CROWD: usize = 1000;
+    let server = Tlsvisor::serve(&["--workers", "2"]);
+    let pid = server.pid();
+    let port = server.listen.port();
+    // Warm up every lazily made resource (a metrics worker thread, the first connection).
+    let mut warm = server.connect().unwrap();
+    assert_eq!(warm.echo(b"warm").unwrap(), b"warm");
+    drop(warm);
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == 0.0));
+    let fds_before = leak::open_fds(pid).unwrap();
+    let threads_before = leak::threads(pid).unwrap();
+
+    let crowd = Crowd::gather(server.listen, CROWD);
+    let during = server.scrape();
+    assert_eq!(during.get("tlsvisor_connections_active"), CROWD as f64);
+    let threads_during = leak::threads(pid).unwrap();
+    let rss_during = leak::rss_bytes(pid).unwrap();
+
+    let killed_at = Instant::now();
+    crowd.kill();
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == 0.0));
+    let to_active_zero = killed_at.elapsed();
+    assert!(eventually(HANG, || leak::close_wait_on_port(port).unwrap() == 0));
+    let to_no_close_wait = killed_at.elapsed();
+
+    let after = server.scrape();
+    assert_eq!(after.get("tlsvisor_dispose_duplicates_total"), 0.0);
+    assert_eq!(after.get("tlsvisor_dispose_fallback_total"), 0.0);
+    assert_eq!(
+        after.get("tlsvisor_connections_accepted_total"),
+        (CROWD + 1) as f64
+    );
+    assert!(eventually(HANG, || leak::open_fds(pid).unwrap() == fds_before));
+    assert_eq!(leak::threads(pid).unwrap(), threads_before);
+    assert_eq!(threads_during, threads_before, "no thread per connection");
+    eprintln!(
+        "burst {CROWD}: active 0 after {to_active_zero:?}, no CLOSE-WAIT after {to_no_close_wait:?}; \
+         during: {threads_during} threads, RSS {} KiB, peak RSS {} KiB; fds back to {fds_before}",
+        rss_during / 1024,
+        leak::peak_rss_bytes(pid).unwrap() / 1024
+    );
+}
+
+#[test]
+fn sigterm_with_1000_live_clients_exits_0_and_each_sees_close_notify() {
+    const CROWD: usize = 1000;
+    let mut server = Tlsvisor::serve(&["--shutdown-grace", "10s"]);
+    let crowd = Crowd::gather(server.listen, CROWD);
+    assert_eq!(
+        server.scrape().get("tlsvisor_connections_active"),
+        CROWD as f64
+    );
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(HANG).expect("exits after SIGTERM");
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    let summary = crowd.summary();
+    assert_eq!(summary.close_notify, CROWD, "{summary:?}");
+    let disposals = server.logs_with("disposed");
+    assert_eq!(disposals.len(), CROWD);
+    assert!(disposals.iter().all(|d| d["reason"] == "shutdown"));
+    eprintln!("SIGTERM with {CROWD} live connections: exited 0 after {took:?}");
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error_not_a_panic() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["serve", "--protocol", "proxy"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+
+    let out = run(&["serve", "--handshake-timeout", "soon"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("500ms"));
+
+    let out = run(&[
+        "serve",
+        "--cert",
+        "/nonexistent.pem",
+        "--key",
+        "/nonexistent.key",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
+    for out in [&out] {
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}

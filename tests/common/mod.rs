@@ -1,0 +1,257 @@
+//! Driving the real `tlsvisor` binary: start it, read its JSON logs, scrape its metrics, signal
+//! it, and hold many client connections from a second process.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+pub mod crowd;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tlsvisor_actors::testing::{client_config, eventually, TlsClient};
+
+/// A ceiling only a hang reaches.
+pub const HANG: Duration = Duration::from_secs(30);
+
+/// The development CA the built-in certificate chains to.
+pub fn dev_ca() -> Vec<u8> {
+    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.crt")).unwrap()
+}
+
+/// A running `tlsvisor` process with JSON logs.
+pub struct Tlsvisor {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Tlsvisor {
+    /// Starts `tlsvisor serve` on a free port with JSON logs, metrics on a free port, and
+    /// `extra` flags.
+    pub fn serve(extra: &[&str]) -> Tlsvisor {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        Tlsvisor::spawn(&args)
+    }
+
+    /// Starts the binary with exactly `args` (which must ask for JSON logs).
+    pub fn spawn(args: &[&str]) -> Tlsvisor {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tlsvisor");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "msg": "(not json)", "raw": line }));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let mut server = Tlsvisor {
+            child,
+            listen: "0.0.0.0:0".parse().unwrap(),
+            metrics: None,
+            logs,
+        };
+        let wants_metrics = args.contains(&"--metrics-listen");
+        let found = eventually(HANG, || {
+            let listen = server.log_field("listening", "listen");
+            let metrics = server.log_field("metrics listening", "metrics_listen");
+            if let Some(listen) = listen {
+                server.listen = listen.parse().unwrap();
+                server.metrics = metrics.map(|m| m.parse().unwrap());
+                return !wants_metrics || server.metrics.is_some();
+            }
+            false
+        });
+        assert!(
+            found,
+            "tlsvisor never logged its addresses: {:?}",
+            server.logs()
+        );
+        server
+    }
+
+    /// Starts the binary with no arguments (echo on 127.0.0.1:8443, built-in certificate,
+    /// terminal logs) and waits until it accepts.
+    pub fn spawn_default() -> Tlsvisor {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tlsvisor");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::json!({ "raw": line }));
+            }
+        });
+        let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert!(
+            eventually(HANG, || TcpStream::connect(listen).is_ok()),
+            "nothing accepts on {listen}"
+        );
+        Tlsvisor {
+            child,
+            listen,
+            metrics: None,
+            logs,
+        }
+    }
+
+    /// Log lines that were not JSON (terminal format), as printed.
+    pub fn raw_lines(&self) -> Vec<String> {
+        self.logs()
+            .iter()
+            .filter_map(|v| v["raw"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every log record so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Log records whose message is `msg`.
+    pub fn logs_with(&self, msg: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .into_iter()
+            .filter(|v| v["msg"] == msg)
+            .collect()
+    }
+
+    fn log_field(&self, msg: &str, field: &str) -> Option<String> {
+        self.logs_with(msg)
+            .first()
+            .and_then(|v| v[field].as_str().map(str::to_string))
+    }
+
+    /// A TLS client trusting the development CA.
+    pub fn connect(&self) -> std::io::Result<TlsClient> {
+        TlsClient::connect(self.listen, client_config(&dev_ca())?)
+    }
+
+    /// Scrapes `/metrics` and checks the ledger invariant in the same scrape.
+    pub fn scrape(&self) -> Metrics {
+        let metrics = Metrics::parse(&http_get(
+            self.metrics.expect("metrics enabled"),
+            "/metrics",
+        ));
+        let disposed: f64 = metrics.sum("tlsvisor_connections_disposed_total");
+        assert_eq!(
+            metrics.get("tlsvisor_connections_accepted_total"),
+            metrics.get("tlsvisor_connections_active") + disposed,
+            "accepted == active + disposed must hold in every scrape"
+        );
+        metrics
+    }
+
+    /// Sends a signal (`libc::SIGTERM`, `libc::SIGKILL`, ...).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Tlsvisor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET (the metrics endpoint is the only HTTP the tests speak).
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(HANG)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// A parsed Prometheus text exposition: `name{labels}` → value.
+pub struct Metrics(pub HashMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                Some((key.to_string(), value.parse().ok()?))
+            })
+            .collect();
+        Metrics(samples)
+    }
+
+    /// One sample; panics if absent.
+    pub fn get(&self, key: &str) -> f64 {
+        *self.0.get(key).unwrap_or_else(|| panic!("no sample {key}"))
+    }
+
+    /// The sum of every sample of a family.
+    pub fn sum(&self, family: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| *k == family || k.starts_with(&format!("{family}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    pub fn disposed(&self, reason: &str) -> f64 {
+        self.get(&format!(
+            "tlsvisor_connections_disposed_total{{reason=\"{reason}\"}}"
+        ))
+    }
+}
