@@ -11,6 +11,22 @@
 //!     └── Reader              reads decrypted bytes, reports EOF/failure to its parent
 //! ```
 //!
+//! # Serving a protocol
+//!
+//! ```no_run
+//! use tlsvisor_actors::{server_config_from_files, Echo, Server, ServerConfig};
+//!
+//! actix_rt::System::new().block_on(async {
+//!     let tls = server_config_from_files("server.crt".as_ref(), "server.key".as_ref())?;
+//!     let config = ServerConfig::new("127.0.0.1:8443".parse()?, tls);
+//!     let server = Server::builder(config, Echo).start()?;
+//!     // ... until you decide to stop:
+//!     let report = server.shutdown(std::time::Duration::from_secs(10)).await;
+//!     assert_eq!(report.left_registered, 0);
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! });
+//! ```
+//!
 //! # The lifecycle guarantee
 //!
 //! A connection moves `Registered → Handshaking → Open → Closing → Disposed`. Every way it ends

@@ -212,3 +212,104 @@ impl Handler<LiveConnections> for HandlerRegistry {
         ids
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispose_guard::DisposeGuard;
+    use crate::messages::DisposedVia;
+
+    fn discard() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    /// A registered id whose connection never existed: a mailbox with no actor behind it.
+    fn register(registry: &Addr<HandlerRegistry>, id: u64) {
+        let mailbox = Context::<Connection>::new();
+        registry.do_send(Register {
+            id: ConnId(id),
+            peer: ([127, 0, 0, 1], 1).into(),
+            connection: mailbox.address().downgrade(),
+        });
+    }
+
+    async fn settle(registry: &Addr<HandlerRegistry>) -> Vec<ConnId> {
+        registry.send(LiveConnections).await.unwrap()
+    }
+
+    #[test]
+    fn a_second_dispose_is_counted_and_changes_nothing() {
+        actix_rt::System::new().block_on(async {
+            let stats = Arc::new(Stats::default());
+            let registry = HandlerRegistry::new(Arc::clone(&stats), discard()).start();
+            register(&registry, 1);
+            register(&registry, 2);
+            let dispose = Dispose {
+                id: ConnId(1),
+                reason: DisposeReason::PeerEof,
+                via: DisposedVia::StopHook,
+            };
+            registry.do_send(dispose.clone());
+            registry.do_send(dispose);
+            assert_eq!(settle(&registry).await, vec![ConnId(2)]);
+            let ledger = stats.ledger();
+            assert_eq!(ledger.accepted, 2);
+            assert_eq!(ledger.active, 1);
+            assert_eq!(ledger.disposed_for(DisposeReason::PeerEof), 1);
+            assert_eq!(ledger.duplicates, 1);
+            assert!(ledger.is_balanced());
+        });
+    }
+
+    #[test]
+    fn a_guard_dropped_without_the_stop_hook_disposes_as_a_counted_fallback() {
+        actix_rt::System::new().block_on(async {
+            let stats = Arc::new(Stats::default());
+            let registry = HandlerRegistry::new(Arc::clone(&stats), discard()).start();
+            register(&registry, 7);
+            drop(DisposeGuard::new(ConnId(7), registry.clone(), discard()));
+            assert!(settle(&registry).await.is_empty());
+            let ledger = stats.ledger();
+            assert_eq!(ledger.fallbacks, 1);
+            assert_eq!(ledger.disposed_for(DisposeReason::Shutdown), 1);
+            assert_eq!(ledger.duplicates, 0);
+        });
+    }
+
+    #[test]
+    fn a_discharged_guard_sends_nothing_more_when_dropped() {
+        actix_rt::System::new().block_on(async {
+            let stats = Arc::new(Stats::default());
+            let registry = HandlerRegistry::new(Arc::clone(&stats), discard()).start();
+            register(&registry, 3);
+            let mut guard = DisposeGuard::new(ConnId(3), registry.clone(), discard());
+            guard.dispose(DisposeReason::IdleTimeout);
+            guard.dispose(DisposeReason::Killed);
+            drop(guard);
+            assert!(settle(&registry).await.is_empty());
+            let ledger = stats.ledger();
+            assert_eq!(ledger.disposed_for(DisposeReason::IdleTimeout), 1);
+            assert_eq!(ledger.disposed_total(), 1);
+            assert_eq!((ledger.fallbacks, ledger.duplicates), (0, 0));
+        });
+    }
+
+    #[test]
+    fn wait_empty_resolves_when_the_last_connection_leaves() {
+        actix_rt::System::new().block_on(async {
+            let stats = Arc::new(Stats::default());
+            let registry = HandlerRegistry::new(stats, discard()).start();
+            register(&registry, 1);
+            let waiting = registry.send(WaitEmpty);
+            registry.do_send(Dispose {
+                id: ConnId(1),
+                reason: DisposeReason::Shutdown,
+                via: DisposedVia::StopHook,
+            });
+            tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+                .await
+                .expect("WaitEmpty resolves")
+                .unwrap();
+        });
+    }
+}

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use tlsvisor_actors::testing::{leak, CloseSeen, TestServer};
-use tlsvisor_actors::{DisposeReason, Echo};
+use tlsvisor_actors::{CloseMode, ConnId, DisposeReason, Echo};
 
 /// A ceiling only a hang reaches.
 const HANG: Duration = Duration::from_secs(20);
@@ -222,4 +222,28 @@ fn connections_over_the_limit_are_rejected_at_accept() {
     drop(c);
     server.wait_idle(HANG);
     server.assert_each_disposed_once();
+}
+
+#[test]
+fn a_killed_connection_is_closed_gracefully_with_reason_killed() {
+    let server = TestServer::start(Echo);
+    let mut victim = server.connect().unwrap();
+    let mut bystander = server.connect().unwrap();
+    assert_eq!(victim.echo(b"v").unwrap(), b"v");
+    assert_eq!(bystander.echo(b"b").unwrap(), b"b");
+    server.kill(ConnId(0), CloseMode::Graceful);
+    match victim.read_until_close() {
+        CloseSeen::CloseNotifyThenEof => {}
+        other => panic!("expected close_notify then EOF, got {other:?}"),
+    }
+    drop(victim);
+    server.wait_for("the kill", HANG, |s| {
+        s.ledger.disposed_for(DisposeReason::Killed) == 1
+    });
+    assert_eq!(bystander.echo(b"still here").unwrap(), b"still here");
+    drop(bystander);
+    server.wait_idle(HANG);
+    let by_id = server.assert_each_disposed_once();
+    assert_eq!(by_id[&ConnId(0)].reason, DisposeReason::Killed);
+    assert_eq!(by_id[&ConnId(1)].reason, DisposeReason::PeerEof);
 }

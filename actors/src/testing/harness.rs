@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use actix::Addr;
 use slog::{o, Logger};
 use tokio::sync::oneshot;
 
 use super::{client_config, eventually, TlsClient};
+use crate::messages::Kill;
 use crate::{
-    ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, Protocol, Server, ServerConfig,
-    ShutdownReport, Snapshot, Stats,
+    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, Protocol,
+    Server, ServerConfig, ShutdownReport, Snapshot, Stats,
 };
 
 /// Grace a dropped `TestServer` gives its connections.
@@ -75,19 +77,21 @@ impl TestServerBuilder {
                             return ShutdownReport::default();
                         }
                     };
-                    let _ = ready_tx.send(Ok((server.local_addr(), server.stats())));
+                    let _ =
+                        ready_tx.send(Ok((server.local_addr(), server.stats(), server.registry())));
                     let grace = stop_rx.await.unwrap_or(DROP_GRACE);
                     server.shutdown(grace).await
                 })
             })
             .expect("spawn the test server thread");
-        let (addr, stats) = ready_rx
+        let (addr, stats, registry) = ready_rx
             .recv()
             .expect("test server thread reports")
             .unwrap_or_else(|e| panic!("test server failed to start: {e}"));
         TestServer {
             addr,
             stats,
+            registry,
             faults,
             audit,
             certs,
@@ -102,6 +106,7 @@ impl TestServerBuilder {
 pub struct TestServer {
     addr: SocketAddr,
     stats: Arc<Stats>,
+    registry: Addr<HandlerRegistry>,
     faults: Faults,
     audit: DisposalAudit,
     certs: DevCerts,
@@ -131,6 +136,11 @@ impl TestServer {
     /// The server's counters now.
     pub fn snapshot(&self) -> Snapshot {
         self.stats.snapshot()
+    }
+
+    /// Asks the registry to close connection `id` with reason `killed`.
+    pub fn kill(&self, id: ConnId, mode: CloseMode) {
+        self.registry.do_send(Kill { id, mode });
     }
 
     /// This server's fault set.

@@ -1,0 +1,210 @@
+//! Against programs this project did not write, from Debian's packages: `openssl s_client`,
+//! `openssl verify`, `promtool` and a real Prometheus server. Run with `--features interop`;
+//! `.ci/run` installs the programs.
+#![cfg(feature = "interop")]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{http_get, Tlsvisor, HANG};
+use tlsvisor_actors::testing::eventually;
+
+/// `openssl s_client` connected to `addr`, verifying the server against `ca`.
+fn s_client(addr: SocketAddr, ca: &str, extra: &[&str]) -> Child {
+    Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-CAfile", ca])
+        .args(["-servername", "localhost", "-verify_return_error", "-quiet"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed (apt-get install openssl)")
+}
+
+fn dev_ca_path() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.crt").to_string()
+}
+
+fn wait_child(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "child did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn openssl_s_client_echoes_and_sees_the_sigterm_close() {
+    let mut server = Tlsvisor::serve(&[]);
+    let mut client = s_client(server.listen, &dev_ca_path(), &[]);
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    stdin.write_all(b"hello from openssl\n").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "hello from openssl\n");
+
+    server.signal(libc::SIGTERM);
+    // s_client ends when the server's close_notify and FIN arrive, though its stdin is open.
+    let client_status = wait_child(&mut client, HANG);
+    assert!(client_status.success(), "{client_status:?}");
+    let status = server.wait_exit(HANG).expect("exits after SIGTERM");
+    assert!(status.success());
+    let disposals = server.logs_with("disposed");
+    assert_eq!(disposals.len(), 1);
+    assert_eq!(disposals[0]["reason"], "shutdown");
+    drop(stdin);
+}
+
+#[test]
+fn openssl_s_client_clean_close_is_peer_eof() {
+    let server = Tlsvisor::serve(&[]);
+    let mut client = s_client(server.listen, &dev_ca_path(), &["-no_ign_eof"]);
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    stdin.write_all(b"one line\n").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "one line\n");
+    drop(stdin); // s_client sends close_notify on stdin EOF
+    wait_child(&mut client, HANG);
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == 0.0));
+    let metrics = server.scrape();
+    assert_eq!(metrics.disposed("peer_eof"), 1.0);
+    let disposals = server.logs_with("disposed");
+    assert_eq!(disposals[0]["close_notify"], true);
+}
+
+#[test]
+fn generated_certificates_verify_with_openssl_and_serve() {
+    let dir = std::env::temp_dir().join(format!("tlsvisor-interop-certs-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args(["gen-certs", "--out", dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ca = dir.join("ca.crt");
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile", ca.to_str().unwrap()])
+        .arg(dir.join("server.crt"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let server = Tlsvisor::serve(&[
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let mut client = s_client(server.listen, ca.to_str().unwrap(), &["-no_ign_eof"]);
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    stdin.write_all(b"own certs\n").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "own certs\n");
+    drop(stdin);
+    wait_child(&mut client, HANG);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn promtool_accepts_the_exposition() {
+    let server = Tlsvisor::serve(&[]);
+    let body = http_get(server.metrics.unwrap(), "/metrics");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (apt-get install prometheus)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_real_prometheus_scrapes_tlsvisor() {
+    let server = Tlsvisor::serve(&[]);
+    let mut client = server.connect().unwrap();
+    assert_eq!(
+        client.echo(b"seen by prometheus").unwrap(),
+        b"seen by prometheus"
+    );
+
+    let dir = std::env::temp_dir().join(format!("tlsvisor-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tlsvisor\n    \
+             static_configs:\n      - targets: ['{}']\n",
+            server.metrics.unwrap()
+        ),
+    )
+    .unwrap();
+    let web = free_port();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is installed (apt-get install prometheus)");
+    let query = format!("/api/v1/query?query=tlsvisor_connections_active");
+    let scraped = eventually(Duration::from_secs(60), || {
+        std::net::TcpStream::connect(web).is_ok() && {
+            let body = http_get_lenient(web, &query);
+            body.contains("\"status\":\"success\"") && body.contains("\"1\"]")
+        }
+    });
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        scraped,
+        "prometheus never reported tlsvisor_connections_active = 1"
+    );
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// GET that returns "" on any failure (Prometheus answers 503 while it starts).
+fn http_get_lenient(addr: SocketAddr, path: &str) -> String {
+    std::panic::catch_unwind(|| http_get(addr, path)).unwrap_or_default()
+}
