@@ -181,10 +181,10 @@ fn a_real_prometheus_scrapes_tlsvisor() {
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus is installed (apt-get install prometheus)");
-    let query = format!("/api/v1/query?query=tlsvisor_connections_active");
+    let query = "/api/v1/query?query=tlsvisor_connections_active";
     let scraped = eventually(Duration::from_secs(60), || {
         std::net::TcpStream::connect(web).is_ok() && {
-            let body = http_get_lenient(web, &query);
+            let body = http_get_lenient(web, query);
             body.contains("\"status\":\"success\"") && body.contains("\"1\"]")
         }
     });
