@@ -56,9 +56,14 @@ fn metrics_logs_and_sigterm_with_live_clients() {
     for client in &mut clients {
         assert_eq!(client.echo(b"live").unwrap(), b"live");
     }
-    let during = server.scrape();
-    assert_eq!(during.get("tlsvisor_connections_active"), 10.0);
-    assert_eq!(during.get("tlsvisor_connections_accepted_total"), 10.0);
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == 10.0));
+    assert_eq!(
+        server.scrape().get("tlsvisor_connections_accepted_total"),
+        10.0
+    );
 
     let readers: Vec<_> = clients
         .into_iter()
@@ -103,8 +108,10 @@ fn burst_of_1000_sigkilled_clients_is_cleaned_up() {
     let threads_before = leak::threads(pid).unwrap();
 
     let crowd = Crowd::gather(server.listen, CROWD);
-    let during = server.scrape();
-    assert_eq!(during.get("tlsvisor_connections_active"), CROWD as f64);
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == CROWD as f64));
     let threads_during = leak::threads(pid).unwrap();
     let rss_during = leak::rss_bytes(pid).unwrap();
 
@@ -141,10 +148,10 @@ fn sigterm_with_1000_live_clients_exits_0_and_each_sees_close_notify() {
     const CROWD: usize = 1000;
     let mut server = Tlsvisor::serve(&["--shutdown-grace", "10s"]);
     let crowd = Crowd::gather(server.listen, CROWD);
-    assert_eq!(
-        server.scrape().get("tlsvisor_connections_active"),
-        CROWD as f64
-    );
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == CROWD as f64));
     let started = Instant::now();
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(HANG).expect("exits after SIGTERM");

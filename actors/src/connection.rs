@@ -1,5 +1,7 @@
 //! `Connection`: one client's TLS connection, from registration to disposal.
 
+mod proxy;
+
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -9,17 +11,20 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use slog::{debug, error, info, o, warn, Logger};
-use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::dispose_guard::DisposeGuard;
 use crate::fault::{FaultPoint, Faults};
-use crate::messages::{Close, CloseMode, Inbound, ReadOutcome, ReaderFinished, StopReader};
+use crate::messages::{Close, CloseMode, Inbound, ReadOutcome, ReaderFinished, Side, StopReader};
+use crate::reader::{ClientReader, Reader};
 use crate::{
-    ConnId, ConnInfo, DisposeReason, HandlerRegistry, Protocol, Reader, ServerConfig, Session,
+    ConnId, ConnInfo, DisposeReason, HandlerRegistry, Protocol, ProxyConfig, ServerConfig, Session,
     SessionError, Stats,
 };
+
+use self::proxy::UpstreamLink;
 
 /// The server side of a TLS stream over TCP.
 pub(crate) type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -31,7 +36,7 @@ pub enum ConnState {
     Registered,
     /// The TLS handshake is running.
     Handshaking,
-    /// TLS is up; the reader and the session are running.
+    /// TLS is up; the readers and the session (or the upstream) are running.
     Open,
     /// Closing: flushing, sending `close_notify`, waiting (bounded) for the client to finish.
     Closing,
@@ -39,10 +44,18 @@ pub enum ConnState {
     Disposed,
 }
 
+/// What a server does with each connection's bytes.
+pub(crate) enum Service {
+    /// Hand them to a session of this protocol, write back its replies.
+    Sessions(Arc<dyn Protocol>),
+    /// Forward them to a plaintext upstream, and the upstream's bytes back.
+    Proxy(ProxyConfig),
+}
+
 /// What every connection of one server shares.
 pub(crate) struct ConnectionEnv {
     pub(crate) acceptor: TlsAcceptor,
-    pub(crate) protocol: Arc<dyn Protocol>,
+    pub(crate) service: Service,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<Stats>,
     pub(crate) faults: Faults,
@@ -54,8 +67,8 @@ pub(crate) struct ConnectionEnv {
     pub(crate) draining: AtomicBool,
 }
 
-/// One client's connection: runs the TLS handshake, owns the write half and the session, and
-/// supervises its `Reader` child.
+/// One client's connection: runs the TLS handshake, owns the TLS write half and the session
+/// (or the upstream link), and supervises its reader children.
 ///
 /// Every way the connection ends goes through [`Connection::begin_close`] or a direct
 /// `ctx.stop()`, and so through `stopped()`, the only place that sends `Dispose`. The first
@@ -63,15 +76,20 @@ pub(crate) struct ConnectionEnv {
 pub struct Connection {
     id: ConnId,
     peer: SocketAddr,
+    /// Our address as the client sees it (the PROXY header's destination).
+    local: Option<SocketAddr>,
     env: Arc<ConnectionEnv>,
     log: Logger,
     state: ConnState,
     socket: Option<std::net::TcpStream>,
     writer: Option<WriteHalf<TlsStream>>,
     write_in_flight: bool,
-    reader: Option<Addr<Reader>>,
+    reader: Option<Addr<ClientReader>>,
     reader_done: bool,
+    /// The graceful close has flushed (or given up on) `close_notify` and the FIN.
+    close_sent: bool,
     session: Option<Box<dyn Session>>,
+    upstream: Option<UpstreamLink>,
     reply: Vec<u8>,
     reason: Option<DisposeReason>,
     clean_eof: Option<bool>,
@@ -103,6 +121,7 @@ impl Connection {
         Connection {
             id,
             peer,
+            local: None,
             env,
             log,
             state: ConnState::Registered,
@@ -111,7 +130,9 @@ impl Connection {
             write_in_flight: false,
             reader: None,
             reader_done: false,
+            close_sent: false,
             session: None,
+            upstream: None,
             reply: Vec::new(),
             reason: None,
             clean_eof: None,
@@ -166,6 +187,7 @@ impl Connection {
             .await;
         };
         ctx.spawn(shutdown.into_actor(self).map(move |(), act, ctx| {
+            act.close_sent = true;
             if act.reader_done {
                 ctx.stop();
             } else {
@@ -208,25 +230,39 @@ impl Connection {
         }
     }
 
-    /// Writes the pending reply, then resolves. The reader waits for this before reading again.
+    /// Writes the session's pending reply to the client.
     fn write_reply(&mut self) -> ResponseActFuture<Self, ()> {
         if self.reply.is_empty() {
             return Box::pin(fut::ready(()));
         }
+        let data = std::mem::take(&mut self.reply);
+        self.write_to_client(data, |act, mut data| {
+            // Keep the buffer for the next reply unless one chunk made it large.
+            data.clear();
+            if act.reply.is_empty() && data.capacity() <= 4 * act.env.config.read_buffer {
+                act.reply = data;
+            }
+        })
+    }
+
+    /// Writes `data` to the client and flushes it, then hands the buffer back to `recycle`.
+    /// The reader that produced the data waits for this to resolve before reading again.
+    fn write_to_client<B: AsRef<[u8]> + 'static>(
+        &mut self,
+        data: B,
+        recycle: impl FnOnce(&mut Self, B) + 'static,
+    ) -> ResponseActFuture<Self, ()> {
         let Some(mut writer) = self.writer.take() else {
-            self.reply.clear();
             return Box::pin(fut::ready(()));
         };
-        let mut data = std::mem::take(&mut self.reply);
         let stall_limit = self.env.config.idle_timeout;
         self.write_in_flight = true;
         let write = async move {
             let result = with_limit(stall_limit, async {
-                writer.write_all(&data).await?;
+                writer.write_all(data.as_ref()).await?;
                 writer.flush().await
             })
             .await;
-            data.clear();
             (writer, data, result)
         };
         Box::pin(
@@ -235,10 +271,7 @@ impl Connection {
                 .map(|(writer, data, result), act, ctx| {
                     act.write_in_flight = false;
                     act.writer = Some(writer);
-                    // Keep the buffer for the next reply unless one chunk made it large.
-                    if act.reply.is_empty() && data.capacity() <= 4 * act.env.config.read_buffer {
-                        act.reply = data;
-                    }
+                    recycle(act, data);
                     if let Err(e) = &result {
                         debug!(act.log, "write failed"; "error" => %e);
                         act.reason.get_or_insert(DisposeReason::WriterError);
@@ -278,32 +311,43 @@ impl Connection {
         self.env.stats.handshake_ended();
         self.state = ConnState::Open;
         self.last_read = Instant::now();
-        let info = ConnInfo {
-            id: self.id,
-            peer: self.peer,
-        };
-        let protocol = Arc::clone(&self.env.protocol);
-        match catch_unwind(AssertUnwindSafe(|| protocol.open(&info))) {
-            Ok(session) => self.session = Some(session),
-            Err(_) => {
-                error!(self.log, "protocol panicked opening a session");
-                return self.begin_close(DisposeReason::SessionPanic, ctx);
-            }
-        }
         let (read_half, write_half) = tokio::io::split(stream);
         self.writer = Some(write_half);
+        if let Some(limit) = self.env.config.idle_timeout {
+            self.arm_idle_timer(limit, ctx);
+        }
+        match &self.env.service {
+            Service::Sessions(protocol) => {
+                let info = ConnInfo {
+                    id: self.id,
+                    peer: self.peer,
+                };
+                let protocol = Arc::clone(protocol);
+                match catch_unwind(AssertUnwindSafe(|| protocol.open(&info))) {
+                    Ok(session) => self.session = Some(session),
+                    Err(_) => {
+                        error!(self.log, "protocol panicked opening a session");
+                        self.start_client_reader(read_half, ctx);
+                        return self.begin_close(DisposeReason::SessionPanic, ctx);
+                    }
+                }
+                self.start_client_reader(read_half, ctx);
+            }
+            // The client is read once the upstream is there to take its bytes.
+            Service::Proxy(_) => self.connect_upstream(read_half, ctx),
+        }
+    }
+
+    fn start_client_reader(&mut self, half: ReadHalf<TlsStream>, ctx: &mut Context<Self>) {
         let me = ctx.address();
         let reader = Reader::new(
-            read_half,
-            me.clone().recipient(),
-            me.recipient(),
+            half,
+            Side::Client,
+            (me.clone().recipient(), me.recipient()),
             self.env.config.read_buffer,
             self.env.faults.clone(),
         );
         self.reader = Some(reader.start());
-        if let Some(limit) = self.env.config.idle_timeout {
-            self.arm_idle_timer(limit, ctx);
-        }
     }
 
     /// One timer per idle period, not per read: on expiry it re-arms for what is left.
@@ -319,6 +363,39 @@ impl Connection {
                 act.arm_idle_timer(limit - idle, ctx);
             }
         });
+    }
+
+    /// The client finished sending or failed.
+    fn client_finished(&mut self, outcome: ReadOutcome, ctx: &mut Context<Self>) {
+        self.reader_done = true;
+        self.reader = None;
+        match self.state {
+            ConnState::Open => {}
+            // Lingering close: the client has finished too. Stop, unless our close_notify is
+            // still being flushed; that future stops the actor once it is done.
+            ConnState::Closing if self.close_sent => return ctx.stop(),
+            _ => return,
+        }
+        match outcome {
+            ReadOutcome::PeerEof { clean } => {
+                self.clean_eof = Some(clean);
+                if self.upstream.is_some() {
+                    return self.client_eof_to_upstream(ctx);
+                }
+                let reason = self
+                    .run_session(|session, reply| {
+                        session.on_peer_finished(reply);
+                        Ok(())
+                    })
+                    .err()
+                    .unwrap_or(DisposeReason::PeerEof);
+                self.begin_close(reason, ctx);
+            }
+            ReadOutcome::Failed(e) => {
+                debug!(self.log, "read failed"; "error" => %e);
+                self.begin_close(DisposeReason::ReaderError, ctx);
+            }
+        }
     }
 }
 
@@ -359,6 +436,7 @@ impl Actor for Connection {
         };
         // Small TLS records (handshake flights, echoes) must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
+        self.local = tcp.local_addr().ok();
         self.state = ConnState::Handshaking;
         self.env.stats.handshake_started();
         let acceptor = self.env.acceptor.clone();
@@ -388,10 +466,11 @@ impl Actor for Connection {
             self.env.stats.handshake_ended();
         }
         self.state = ConnState::Disposed;
-        // A reader parked in a read would otherwise keep the socket open: stop it explicitly.
+        // A reader parked in a read would otherwise keep its socket open: stop it explicitly.
         if let Some(reader) = self.reader.take() {
             reader.do_send(StopReader);
         }
+        self.release_upstream();
         let reason = match self.reason {
             Some(reason) => reason,
             // A handler unwound: actix ran this hook while dropping the panicked actor.
@@ -416,21 +495,22 @@ impl Handler<Inbound> for Connection {
         if self.faults().is_on(FaultPoint::ConnectionPanic) {
             panic!("injected connection panic");
         }
-        // While closing, the client's bytes are drained and dropped (lingering close).
-        if self.state != ConnState::Open {
-            self.in_handler = false;
-            return Box::pin(fut::ready(()));
-        }
-        let result = self.run_session(|session, reply| session.on_data(&msg.0, reply));
-        let write = match result {
-            Ok(()) => self.write_reply(),
-            Err(reason) => {
-                self.begin_close(reason, ctx);
-                Box::pin(fut::ready(()))
+        let done = if self.state != ConnState::Open {
+            // While closing, the client's bytes are drained and dropped (lingering close).
+            Box::pin(fut::ready(())) as ResponseActFuture<Self, ()>
+        } else if self.upstream.is_some() {
+            self.forward(msg, ctx)
+        } else {
+            match self.run_session(|session, reply| session.on_data(&msg.bytes, reply)) {
+                Ok(()) => self.write_reply(),
+                Err(reason) => {
+                    self.begin_close(reason, ctx);
+                    Box::pin(fut::ready(()))
+                }
             }
         };
         self.in_handler = false;
-        write
+        done
     }
 }
 
@@ -438,30 +518,9 @@ impl Handler<ReaderFinished> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: ReaderFinished, ctx: &mut Self::Context) {
-        self.reader_done = true;
-        self.reader = None;
-        match self.state {
-            ConnState::Open => {}
-            // Lingering close: the client has finished too, nothing is left to wait for.
-            ConnState::Closing => return ctx.stop(),
-            _ => return,
-        }
-        match msg.0 {
-            ReadOutcome::PeerEof { close_notify } => {
-                self.clean_eof = Some(close_notify);
-                let reason = self
-                    .run_session(|session, reply| {
-                        session.on_peer_finished(reply);
-                        Ok(())
-                    })
-                    .err()
-                    .unwrap_or(DisposeReason::PeerEof);
-                self.begin_close(reason, ctx);
-            }
-            ReadOutcome::Failed(e) => {
-                debug!(self.log, "read failed"; "error" => %e);
-                self.begin_close(DisposeReason::ReaderError, ctx);
-            }
+        match msg.side {
+            Side::Client => self.client_finished(msg.outcome, ctx),
+            Side::Upstream => self.upstream_finished(msg.outcome, ctx),
         }
     }
 }

@@ -33,11 +33,17 @@ pub enum DisposeReason {
     Shutdown,
     /// An operator or embedding program closed this one connection.
     Killed,
+    /// Proxy: the upstream refused, was unreachable, or did not accept within the timeout.
+    UpstreamConnectFailed,
+    /// Proxy: the upstream finished first, and both directions are now done.
+    UpstreamEof,
+    /// Proxy: reading from or writing to the upstream failed (a reset mid-stream).
+    UpstreamError,
 }
 
 impl DisposeReason {
     /// Every reason, in a fixed order (metrics expose each one, zero or not).
-    pub const ALL: [DisposeReason; 11] = [
+    pub const ALL: [DisposeReason; 14] = [
         DisposeReason::PeerEof,
         DisposeReason::ReaderError,
         DisposeReason::WriterError,
@@ -49,6 +55,9 @@ impl DisposeReason {
         DisposeReason::ProtocolError,
         DisposeReason::Shutdown,
         DisposeReason::Killed,
+        DisposeReason::UpstreamConnectFailed,
+        DisposeReason::UpstreamEof,
+        DisposeReason::UpstreamError,
     ];
 
     /// The snake_case word used in metrics and logs.
@@ -65,6 +74,9 @@ impl DisposeReason {
             DisposeReason::ProtocolError => "protocol_error",
             DisposeReason::Shutdown => "shutdown",
             DisposeReason::Killed => "killed",
+            DisposeReason::UpstreamConnectFailed => "upstream_connect_failed",
+            DisposeReason::UpstreamEof => "upstream_eof",
+            DisposeReason::UpstreamError => "upstream_error",
         }
     }
 

@@ -65,6 +65,7 @@ mod server;
 mod stats;
 mod supervisor;
 mod tls;
+mod upstream;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -77,11 +78,14 @@ pub use dev_certs::{DevCerts, DEV_CERT_NAMES};
 pub use dispose_reason::DisposeReason;
 pub use error::{ServerError, SessionError, TlsConfigError};
 pub use fault::{FaultPoint, Faults};
-pub use messages::{CloseMode, Dispose, DisposedVia, ShutdownReport};
+pub use messages::{CloseMode, Dispose, DisposedVia, ShutdownReport, Side};
 pub use protocol::{ConnInfo, Echo, Protocol, Session};
-pub use reader::Reader;
+pub use reader::{ClientReader, Reader, UpstreamReader};
 pub use registry::{DisposalAudit, DisposalRecord, HandlerRegistry};
 pub use server::{Server, ServerBuilder};
-pub use stats::{Ledger, RejectReason, Snapshot, Stats};
+pub use stats::{
+    LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
+};
 pub use supervisor::ConnectionSupervisor;
 pub use tls::{server_config_from_files, server_config_from_pem};
+pub use upstream::{proxy_header_bytes, ProxyConfig, ProxyHeader};

@@ -97,30 +97,50 @@ pub struct WaitEmpty;
 #[rtype(result = "Vec<ConnId>")]
 pub struct LiveConnections;
 
-/// `Reader` → its `Connection`: decrypted bytes from the client. The reply comes once the bytes
-/// are handled and any answer written, and the reader does not read again before it: this is the
-/// backpressure between the two directions.
+/// Which side of a connection a reader reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The TLS client.
+    Client,
+    /// The plaintext upstream of a proxying connection.
+    Upstream,
+}
+
+/// A `Reader` → its `Connection`: bytes read from one side (decrypted, for the client). The
+/// reply comes once the bytes are handled and written onwards, and the reader does not read
+/// again before it: this is the backpressure between the two directions.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Inbound(pub Bytes);
+pub struct Inbound {
+    /// Where the bytes came from.
+    pub side: Side,
+    /// The bytes.
+    pub bytes: Bytes,
+}
 
 /// How a reader's loop ended.
 #[derive(Debug)]
 pub enum ReadOutcome {
-    /// The client finished; `close_notify` tells whether it sent TLS `close_notify` first.
+    /// The side finished sending. `clean` is false when a TLS client closed TCP without
+    /// `close_notify` (always true for a plain TCP upstream).
     PeerEof {
-        /// Whether the client ended the TLS session properly.
-        close_notify: bool,
+        /// Whether the side ended properly.
+        clean: bool,
     },
     /// Reading failed (a TLS protocol error, a reset, an injected fault).
     Failed(io::Error),
 }
 
-/// `Reader` → its `Connection`, once: the read side is finished. The reader stops after
-/// sending it.
+/// A `Reader` → its `Connection`, once: that side's reading is finished. The reader stops
+/// after sending it.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct ReaderFinished(pub ReadOutcome);
+pub struct ReaderFinished {
+    /// Which side finished.
+    pub side: Side,
+    /// How.
+    pub outcome: ReadOutcome,
+}
 
 /// `Connection` → its `Reader`, from the connection's stop hook: stop now and drop the read
 /// half. Without it a reader parked in a read would keep the socket open (Garnet's CLOSE-WAIT).

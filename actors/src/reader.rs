@@ -1,43 +1,52 @@
-//! `Reader`: the child actor that reads decrypted bytes for its `Connection`.
+//! `Reader`: a child actor that reads one side of a connection for its `Connection`.
 
 use std::io;
 
 use actix::prelude::*;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, ReadHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadHalf};
+use tokio::net::tcp::OwnedReadHalf;
 
 use crate::connection::TlsStream;
 use crate::fault::{FaultPoint, Faults};
-use crate::messages::{Inbound, ReadOutcome, ReaderFinished, StopReader};
+use crate::messages::{Inbound, ReadOutcome, ReaderFinished, Side, StopReader};
 
-/// Reads the client's side of one TLS stream and hands each chunk to its parent `Connection`,
-/// waiting for the parent to handle it before reading again (backpressure).
+/// Reads the client's decrypted bytes.
+pub type ClientReader = Reader<ReadHalf<TlsStream>>;
+
+/// Reads the proxy upstream's bytes (the second child of a proxying `Connection`).
+pub type UpstreamReader = Reader<OwnedReadHalf>;
+
+/// Reads one side of a connection and hands each chunk to its parent `Connection`, waiting for
+/// the parent to handle it before reading again (backpressure).
 ///
 /// It ends in one of two ways, and owns its read half until then:
 /// - the read side finishes (EOF, `close_notify`, an error): it sends `ReaderFinished` and stops;
 /// - its parent stops and sends `StopReader`: it stops at once, whatever read was pending.
 ///
-/// Stopping drops the read half; the socket closes once the parent's write half is dropped too.
-pub struct Reader {
-    half: Option<ReadHalf<TlsStream>>,
+/// Stopping drops the read half; a socket closes once the parent's write half is dropped too.
+pub struct Reader<R> {
+    half: Option<R>,
+    side: Side,
     inbound: Recipient<Inbound>,
     finished: Recipient<ReaderFinished>,
     buffer_size: usize,
     faults: Faults,
 }
 
-impl Reader {
+impl<R: AsyncRead + Unpin + 'static> Reader<R> {
     pub(crate) fn new(
-        half: ReadHalf<TlsStream>,
-        inbound: Recipient<Inbound>,
-        finished: Recipient<ReaderFinished>,
+        half: R,
+        side: Side,
+        parent: (Recipient<Inbound>, Recipient<ReaderFinished>),
         buffer_size: usize,
         faults: Faults,
     ) -> Self {
         Reader {
             half: Some(half),
-            inbound,
-            finished,
+            side,
+            inbound: parent.0,
+            finished: parent.1,
             buffer_size,
             faults,
         }
@@ -45,41 +54,42 @@ impl Reader {
 }
 
 /// Reads until the stream ends or the parent is gone.
-async fn read_loop(
-    mut half: ReadHalf<TlsStream>,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut half: R,
+    side: Side,
     inbound: Recipient<Inbound>,
     buffer_size: usize,
     faults: Faults,
 ) -> Option<ReadOutcome> {
     let mut buf = BytesMut::new();
     loop {
-        if faults.is_on(FaultPoint::ReaderError) {
+        if side == Side::Client && faults.is_on(FaultPoint::ReaderError) {
             return Some(ReadOutcome::Failed(io::Error::other(
                 "injected reader error",
             )));
         }
+        // Reclaims the previous chunk's allocation once the parent has dropped it.
         buf.reserve(buffer_size);
         match half.read_buf(&mut buf).await {
-            // rustls reports a clean end (close_notify received) as a zero-length read…
-            Ok(0) => return Some(ReadOutcome::PeerEof { close_notify: true }),
+            // A zero-length read is a clean end: TLS close_notify, or a plain TCP FIN…
+            Ok(0) => return Some(ReadOutcome::PeerEof { clean: true }),
             Ok(_) => {
-                if inbound.send(Inbound(buf.split().freeze())).await.is_err() {
+                let bytes = buf.split().freeze();
+                if inbound.send(Inbound { side, bytes }).await.is_err() {
                     // The parent is gone; its stop hook already owns the disposal.
                     return None;
                 }
             }
-            // …and a TCP FIN without close_notify as UnexpectedEof.
+            // …while rustls reports a TCP FIN without close_notify as UnexpectedEof.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Some(ReadOutcome::PeerEof {
-                    close_notify: false,
-                })
+                return Some(ReadOutcome::PeerEof { clean: false })
             }
             Err(e) => return Some(ReadOutcome::Failed(e)),
         }
     }
 }
 
-impl Actor for Reader {
+impl<R: AsyncRead + Unpin + 'static> Actor for Reader<R> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -89,20 +99,24 @@ impl Actor for Reader {
         };
         let work = read_loop(
             half,
+            self.side,
             self.inbound.clone(),
             self.buffer_size,
             self.faults.clone(),
         );
         ctx.spawn(work.into_actor(self).map(|outcome, act, ctx| {
             if let Some(outcome) = outcome {
-                act.finished.do_send(ReaderFinished(outcome));
+                act.finished.do_send(ReaderFinished {
+                    side: act.side,
+                    outcome,
+                });
             }
             ctx.stop();
         }));
     }
 }
 
-impl Handler<StopReader> for Reader {
+impl<R: AsyncRead + Unpin + 'static> Handler<StopReader> for Reader<R> {
     type Result = ();
 
     fn handle(&mut self, _msg: StopReader, ctx: &mut Self::Context) {

@@ -11,18 +11,18 @@ use slog::{info, o, Logger};
 use tokio::net::TcpSocket;
 use tokio_rustls::TlsAcceptor;
 
-use crate::connection::ConnectionEnv;
+use crate::connection::{ConnectionEnv, Service};
 use crate::messages::{Kill, LiveConnections, Shutdown, ShutdownReport};
 use crate::registry::DisposalAudit;
 use crate::{
-    CloseMode, ConnId, ConnectionSupervisor, Faults, HandlerRegistry, Protocol, ServerConfig,
-    ServerError, Stats,
+    CloseMode, ConnId, ConnectionSupervisor, Faults, HandlerRegistry, Protocol, ProxyConfig,
+    ServerConfig, ServerError, Stats,
 };
 
 /// Builds a [`Server`].
 pub struct ServerBuilder {
     config: ServerConfig,
-    protocol: Arc<dyn Protocol>,
+    service: Service,
     log: Logger,
     faults: Faults,
     audit: Option<DisposalAudit>,
@@ -79,7 +79,7 @@ impl ServerBuilder {
         let workers: Vec<Arbiter> = (0..self.config.workers).map(|_| Arbiter::new()).collect();
         let env = Arc::new(ConnectionEnv {
             acceptor: TlsAcceptor::from(Arc::clone(&self.config.tls)),
-            protocol: self.protocol,
+            service: self.service,
             config: self.config,
             stats: Arc::clone(&stats),
             faults: self.faults.clone(),
@@ -87,7 +87,11 @@ impl ServerBuilder {
             log: log.clone(),
             draining: AtomicBool::new(false),
         });
-        info!(log, "listening"; "protocol" => env.protocol.name(), "workers" => workers.len());
+        let protocol = match &env.service {
+            Service::Sessions(protocol) => protocol.name(),
+            Service::Proxy(_) => "proxy",
+        };
+        info!(log, "listening"; "protocol" => protocol, "workers" => workers.len());
         let handles = workers.iter().map(|w| w.handle()).collect();
         let supervisor = ConnectionSupervisor::new(listener, handles, env).start();
         Ok(Server {
@@ -120,9 +124,18 @@ pub struct Server {
 impl Server {
     /// A builder serving `protocol` with `config`.
     pub fn builder(config: ServerConfig, protocol: impl Protocol) -> ServerBuilder {
+        Server::builder_for(config, Service::Sessions(Arc::new(protocol)))
+    }
+
+    /// A builder for a TLS-terminating proxy to a plaintext upstream.
+    pub fn proxy(config: ServerConfig, proxy: ProxyConfig) -> ServerBuilder {
+        Server::builder_for(config, Service::Proxy(proxy))
+    }
+
+    fn builder_for(config: ServerConfig, service: Service) -> ServerBuilder {
         ServerBuilder {
             config,
-            protocol: Arc::new(protocol),
+            service,
             log: Logger::root(slog::Discard, o!()),
             faults: Faults::default(),
             audit: None,

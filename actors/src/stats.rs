@@ -58,6 +58,43 @@ impl Ledger {
     }
 }
 
+/// Upper bounds (seconds) of the upstream connect latency histogram's buckets.
+pub const CONNECT_LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A histogram of upstream connect latencies, lock-free.
+#[derive(Debug, Default)]
+struct LatencyHistogram {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    buckets: [AtomicU64; CONNECT_LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// A point-in-time copy of the connect latency histogram.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatencySnapshot {
+    /// Cumulative counts, one per bound of [`CONNECT_LATENCY_BUCKETS`].
+    pub cumulative: Vec<u64>,
+    /// All observations (the +Inf bucket).
+    pub count: u64,
+    /// Sum of observations, in seconds.
+    pub sum_seconds: f64,
+}
+
+/// Proxy traffic counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxySnapshot {
+    /// Bytes read from clients and written to upstreams.
+    pub bytes_client_to_upstream: u64,
+    /// Bytes read from upstreams and written to clients.
+    pub bytes_upstream_to_client: u64,
+    /// Upstream sockets open now.
+    pub upstreams_open: i64,
+    /// Upstream connect latencies (successful connects).
+    pub connect_latency: LatencySnapshot,
+}
+
 /// A consistent view of every counter, taken at one instant.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -69,6 +106,8 @@ pub struct Snapshot {
     pub rejected: [u64; RejectReason::ALL.len()],
     /// Errors returned by `accept(2)`.
     pub accept_errors: u64,
+    /// Proxy traffic (all zero when not proxying).
+    pub proxy: ProxySnapshot,
 }
 
 /// Shared, lock-light counters of one server instance.
@@ -78,6 +117,10 @@ pub struct Stats {
     handshakes_in_progress: AtomicI64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     accept_errors: AtomicU64,
+    bytes_client_to_upstream: AtomicU64,
+    bytes_upstream_to_client: AtomicU64,
+    upstreams_open: AtomicI64,
+    connect_latency: LatencyHistogram,
     /// Admitted by the supervisor and not yet disposed: the admission gate's count. It runs ahead
     /// of `ledger.active` by the connections whose `Register` is still in flight.
     admitted: AtomicUsize,
@@ -91,7 +134,54 @@ impl Stats {
             handshakes_in_progress: self.handshakes_in_progress.load(Ordering::Relaxed),
             rejected: std::array::from_fn(|i| self.rejected[i].load(Ordering::Relaxed)),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            proxy: self.proxy_snapshot(),
         }
+    }
+
+    fn proxy_snapshot(&self) -> ProxySnapshot {
+        let h = &self.connect_latency;
+        let mut running = 0;
+        let mut cumulative = Vec::with_capacity(CONNECT_LATENCY_BUCKETS.len());
+        for bucket in &h.buckets[..CONNECT_LATENCY_BUCKETS.len()] {
+            running += bucket.load(Ordering::Relaxed);
+            cumulative.push(running);
+        }
+        let count = running + h.buckets[CONNECT_LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        ProxySnapshot {
+            bytes_client_to_upstream: self.bytes_client_to_upstream.load(Ordering::Relaxed),
+            bytes_upstream_to_client: self.bytes_upstream_to_client.load(Ordering::Relaxed),
+            upstreams_open: self.upstreams_open.load(Ordering::Relaxed),
+            connect_latency: LatencySnapshot {
+                cumulative,
+                count,
+                sum_seconds: h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            },
+        }
+    }
+
+    pub(crate) fn proxied(&self, from: crate::messages::Side, bytes: usize) {
+        let counter = match from {
+            crate::messages::Side::Client => &self.bytes_client_to_upstream,
+            crate::messages::Side::Upstream => &self.bytes_upstream_to_client,
+        };
+        counter.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn upstream_opened(&self, latency: std::time::Duration) {
+        self.upstreams_open.fetch_add(1, Ordering::Relaxed);
+        let seconds = latency.as_secs_f64();
+        let slot = CONNECT_LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(CONNECT_LATENCY_BUCKETS.len());
+        let h = &self.connect_latency;
+        h.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        h.sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn upstream_closed(&self) {
+        self.upstreams_open.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The registry's books alone.
@@ -142,5 +232,26 @@ impl Stats {
 
     pub(crate) fn release_admission(&self) {
         self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn connect_latency_buckets_are_cumulative() {
+        let stats = Stats::default();
+        stats.upstream_opened(Duration::from_micros(300));
+        stats.upstream_opened(Duration::from_millis(30));
+        stats.upstream_opened(Duration::from_secs(9));
+        let h = stats.snapshot().proxy.connect_latency;
+        assert_eq!(h.count, 3);
+        assert_eq!(h.cumulative[0], 1); // <= 0.5 ms
+        assert_eq!(h.cumulative[6], 2); // <= 50 ms
+        assert_eq!(*h.cumulative.last().unwrap(), 2); // <= 5 s; 9 s is only in +Inf
+        assert!((h.sum_seconds - 9.0303).abs() < 1e-6);
+        assert_eq!(stats.snapshot().proxy.upstreams_open, 3);
     }
 }

@@ -56,7 +56,7 @@ fn injected_handshake_failure_is_handshake_failed() {
     let server = TestServer::start(Echo);
     server.faults().enable(FaultPoint::DuringHandshake);
     assert!(server.connect().is_err());
-    server.wait_idle(HANG);
+    server.wait_disposed(1, HANG);
     assert_eq!(only_reason(&server), vec![DisposeReason::HandshakeFailed]);
     assert_eq!(server.snapshot().handshakes_in_progress, 0);
 }
@@ -67,7 +67,7 @@ fn injected_reader_failure_is_reader_error() {
     server.faults().enable(FaultPoint::ReaderError);
     let mut client = server.connect().unwrap();
     let _ = client.read_until_close();
-    server.wait_idle(HANG);
+    server.wait_disposed(1, HANG);
     assert_eq!(only_reason(&server), vec![DisposeReason::ReaderError]);
 }
 
@@ -109,7 +109,7 @@ fn a_panic_in_the_connection_actor_still_disposes_once() {
     victim.send(b"boom").unwrap();
     let _ = victim.read_until_close();
     drop(victim);
-    let snap = server.wait_idle(HANG);
+    let snap = server.wait_disposed(1, HANG);
     server.faults().disable(FaultPoint::ConnectionPanic);
     assert_eq!(snap.ledger.disposed_for(DisposeReason::SessionPanic), 1);
     assert_eq!(snap.ledger.duplicates, 0);

@@ -27,7 +27,7 @@ fn garnet_parity_abrupt_client_drops_leave_the_registry() {
         let msg = format!("hello {i}");
         assert_eq!(client.echo(msg.as_bytes()).unwrap(), msg.as_bytes());
     }
-    assert_eq!(server.snapshot().ledger.active, 5);
+    server.wait_for("5 active", HANG, |s| s.ledger.active == 5);
     let before = server.snapshot().ledger.disposed_total();
 
     for client in clients {
@@ -55,7 +55,7 @@ fn clean_close_is_peer_eof_and_the_client_sees_close_notify() {
         CloseSeen::CloseNotifyThenEof => {}
         other => panic!("expected close_notify then EOF, got {other:?}"),
     }
-    server.wait_idle(HANG);
+    server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::PeerEof]);
 }
 
@@ -65,7 +65,7 @@ fn eof_without_close_notify_is_peer_eof() {
     let mut client = server.connect().unwrap();
     assert_eq!(client.echo(b"ping").unwrap(), b"ping");
     client.tcp().shutdown(std::net::Shutdown::Write).unwrap();
-    server.wait_idle(HANG);
+    server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::PeerEof]);
     assert_eq!(leak::close_wait_on_port(server.addr().port()).unwrap(), 0);
 }
@@ -78,7 +78,7 @@ fn bytes_sent_before_close_are_all_echoed() {
     client.send(&payload).unwrap();
     assert_eq!(client.receive(payload.len()).unwrap(), payload);
     assert!(matches!(client.close(), CloseSeen::CloseNotifyThenEof));
-    server.wait_idle(HANG);
+    server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::PeerEof]);
 }
 
@@ -91,7 +91,7 @@ fn garbage_instead_of_client_hello_is_handshake_failed() {
     // The server answers with an alert or nothing, then closes: the read ends.
     let mut sink = Vec::new();
     let _ = raw.read_to_end(&mut sink);
-    server.wait_idle(HANG);
+    server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::HandshakeFailed]);
     assert_eq!(server.snapshot().handshakes_in_progress, 0);
 }
@@ -114,7 +114,7 @@ fn corrupted_record_mid_stream_is_reader_error() {
         client.read_until_close(),
         CloseSeen::CloseNotifyThenEof
     ));
-    server.wait_idle(HANG);
+    server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::ReaderError]);
 }
 
@@ -130,7 +130,7 @@ fn silent_client_is_handshake_timeout() {
     });
     let mut sink = Vec::new();
     let _ = raw.read_to_end(&mut sink);
-    server.wait_idle(HANG);
+    server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::HandshakeTimeout]);
     assert_eq!(server.snapshot().handshakes_in_progress, 0);
 }
@@ -147,7 +147,7 @@ fn idle_client_is_closed_gracefully_with_idle_timeout() {
         other => panic!("expected close_notify then EOF, got {other:?}"),
     }
     drop(client);
-    server.wait_idle(HANG);
+    server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::IdleTimeout]);
 }
 
@@ -159,7 +159,7 @@ fn shutdown_closes_live_clients_with_close_notify_not_reset() {
     for client in &mut clients {
         assert_eq!(client.echo(b"live").unwrap(), b"live");
     }
-    assert_eq!(server.snapshot().ledger.active, 5);
+    server.wait_for("5 active", HANG, |s| s.ledger.active == 5);
     let readers: Vec<_> = clients
         .into_iter()
         .map(|mut client| std::thread::spawn(move || client.read_until_close()))

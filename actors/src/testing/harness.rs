@@ -183,9 +183,18 @@ impl TestServer {
         last
     }
 
-    /// Waits until no connection is live.
+    /// Waits until no connection is live. Only meaningful once the connections of interest are
+    /// known to be registered (a `Register` may still be in flight right after a connect): use
+    /// [`TestServer::wait_disposed`] otherwise.
     pub fn wait_idle(&self, within: Duration) -> Snapshot {
         self.wait_for("active == 0", within, |s| s.ledger.active == 0)
+    }
+
+    /// Waits until at least `count` connections were disposed and none is live.
+    pub fn wait_disposed(&self, count: u64, within: Duration) -> Snapshot {
+        self.wait_for(&format!("{count} disposed, 0 active"), within, |s| {
+            s.ledger.disposed_total() >= count && s.ledger.active == 0
+        })
     }
 
     /// Every `Dispose` the registry received so far, in order, duplicates included.

@@ -1,0 +1,191 @@
+//! The proxy half of a `Connection`: the upstream socket, its reader, and the half-close rules.
+//!
+//! Bytes flow both ways at once, each direction with one chunk in flight: a reader does not
+//! read again until its chunk is written to the other side. When one side finishes, what it
+//! sent has therefore already been written onwards; the other side's write direction is then
+//! shut (a FIN upstream, `close_notify` and a FIN to the client), and the other direction keeps
+//! flowing until its side finishes too.
+
+use actix::prelude::*;
+use slog::{debug, warn};
+use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::net::tcp::OwnedWriteHalf;
+
+use super::{with_limit, ConnState, Connection, Service, TlsStream};
+use crate::messages::{Inbound, ReadOutcome, Side, StopReader};
+use crate::reader::{Reader, UpstreamReader};
+use crate::{upstream, DisposeReason};
+
+/// A proxying connection's upstream side.
+pub(super) struct UpstreamLink {
+    /// `None` while a write is in flight, and for good once the client has finished (dropping
+    /// an owned write half shuts the socket's write side: the upstream sees a FIN).
+    writer: Option<OwnedWriteHalf>,
+    reader: Option<Addr<UpstreamReader>>,
+    read_done: bool,
+    /// Which side finished first: the disposal reason of a normal end.
+    first_finished: Option<Side>,
+}
+
+impl Connection {
+    /// Opens the upstream, then starts reading both sides. The client is not read before the
+    /// upstream is there to take its bytes; if the upstream cannot be reached the client is read
+    /// only to drain it while it gets `close_notify`.
+    pub(super) fn connect_upstream(
+        &mut self,
+        client: ReadHalf<TlsStream>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Service::Proxy(config) = &self.env.service else {
+            return self.start_client_reader(client, ctx);
+        };
+        let config = config.clone();
+        let peer = self.peer;
+        let local = self.local.unwrap_or(peer);
+        let connecting = async move { upstream::connect(&config, peer, local).await };
+        ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {
+            act.start_client_reader(client, ctx);
+            if act.state != ConnState::Open {
+                return;
+            }
+            let (stream, latency) = match result {
+                Ok(connected) => connected,
+                Err(e) => {
+                    warn!(act.log, "upstream connect failed"; "error" => %e);
+                    return act.begin_close(DisposeReason::UpstreamConnectFailed, ctx);
+                }
+            };
+            act.env.stats.upstream_opened(latency);
+            let (read_half, write_half) = stream.into_split();
+            let me = ctx.address();
+            let reader = Reader::new(
+                read_half,
+                Side::Upstream,
+                (me.clone().recipient(), me.recipient()),
+                act.env.config.read_buffer,
+                act.env.faults.clone(),
+            )
+            .start();
+            act.upstream = Some(UpstreamLink {
+                writer: Some(write_half),
+                reader: Some(reader),
+                read_done: false,
+                first_finished: None,
+            });
+        }));
+    }
+
+    /// Forwards a chunk to the other side; resolves once it is written.
+    pub(super) fn forward(
+        &mut self,
+        msg: Inbound,
+        _ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ()> {
+        match msg.side {
+            Side::Upstream => self.write_to_client(msg.bytes, |act, bytes| {
+                act.env.stats.proxied(Side::Upstream, bytes.len())
+            }),
+            Side::Client => self.write_to_upstream(msg.bytes),
+        }
+    }
+
+    fn write_to_upstream(&mut self, bytes: bytes::Bytes) -> ResponseActFuture<Self, ()> {
+        let Some(mut writer) = self.upstream.as_mut().and_then(|link| link.writer.take()) else {
+            return Box::pin(fut::ready(()));
+        };
+        let stall_limit = self.env.config.idle_timeout;
+        let write = async move {
+            let result = with_limit(stall_limit, writer.write_all(&bytes)).await;
+            (writer, bytes.len(), result)
+        };
+        Box::pin(
+            write
+                .into_actor(self)
+                .map(|(writer, len, result), act, ctx| {
+                    if let Some(link) = act.upstream.as_mut() {
+                        link.writer = Some(writer);
+                    }
+                    match result {
+                        Ok(()) => act.env.stats.proxied(Side::Client, len),
+                        Err(e) => {
+                            debug!(act.log, "upstream write failed"; "error" => %e);
+                            act.begin_close(DisposeReason::UpstreamError, ctx);
+                        }
+                    }
+                }),
+        )
+    }
+
+    /// The client finished sending; all of it is upstream already. Pass the FIN on.
+    pub(super) fn client_eof_to_upstream(&mut self, ctx: &mut Context<Self>) {
+        if let Some(link) = self.upstream.as_mut() {
+            link.first_finished.get_or_insert(Side::Client);
+            // Dropping the owned write half is shutdown(SHUT_WR): the upstream reads EOF.
+            link.writer = None;
+        }
+        self.finish_if_both_done(ctx);
+    }
+
+    pub(super) fn upstream_finished(&mut self, outcome: ReadOutcome, ctx: &mut Context<Self>) {
+        let Some(link) = self.upstream.as_mut() else {
+            return;
+        };
+        link.read_done = true;
+        link.reader = None;
+        if self.state != ConnState::Open {
+            return;
+        }
+        match outcome {
+            ReadOutcome::PeerEof { .. } => {
+                link.first_finished.get_or_insert(Side::Upstream);
+                self.shut_client_write(ctx);
+            }
+            ReadOutcome::Failed(e) => {
+                debug!(self.log, "upstream read failed"; "error" => %e);
+                self.begin_close(DisposeReason::UpstreamError, ctx);
+            }
+        }
+    }
+
+    /// The upstream finished and all it sent is written to the client: send `close_notify` and
+    /// a FIN, and keep reading the client until it finishes too.
+    fn shut_client_write(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut writer) = self.writer.take() else {
+            self.close_sent = true;
+            return self.finish_if_both_done(ctx);
+        };
+        let limit = self.env.config.close_timeout;
+        let shutdown = async move {
+            let _ = tokio::time::timeout(limit, writer.shutdown()).await;
+        };
+        ctx.spawn(shutdown.into_actor(self).map(|(), act, ctx| {
+            act.close_sent = true;
+            act.finish_if_both_done(ctx);
+        }));
+    }
+
+    /// Stops once both sides have finished and both write directions are shut.
+    fn finish_if_both_done(&mut self, ctx: &mut Context<Self>) {
+        let Some(link) = self.upstream.as_ref() else {
+            return;
+        };
+        if self.state == ConnState::Open && self.reader_done && link.read_done && self.close_sent {
+            let reason = match link.first_finished {
+                Some(Side::Upstream) => DisposeReason::UpstreamEof,
+                _ => DisposeReason::PeerEof,
+            };
+            self.reason.get_or_insert(reason);
+            ctx.stop();
+        }
+    }
+
+    /// From the stop hook: stop the upstream reader and close the upstream socket.
+    pub(super) fn release_upstream(&mut self) {
+        if let Some(link) = self.upstream.take() {
+            if let Some(reader) = link.reader {
+                reader.do_send(StopReader);
+            }
+            self.env.stats.upstream_closed();
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The proxy's upstream: where it is, how to reach it, what to tell it about the client.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Which PROXY protocol header (HAProxy's specification) to send before the client's bytes, so
+/// the upstream sees the client's address rather than ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyHeader {
+    /// The text header: `PROXY TCP4 <client> <server> <client port> <server port>\r\n`.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// Where a proxying server forwards its clients.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// `HOST:PORT` of the plaintext upstream. An IP literal is used as is; a host name is
+    /// resolved at every connect (on tokio's blocking pool).
+    pub upstream: String,
+    /// Time to establish the upstream TCP connection (and send the PROXY header).
+    pub connect_timeout: Duration,
+    /// The PROXY protocol header to send, if any.
+    pub proxy_header: Option<ProxyHeader>,
+}
+
+impl ProxyConfig {
+    /// Forwards to `upstream` with a 5 s connect timeout and no PROXY header.
+    pub fn new(upstream: impl Into<String>) -> Self {
+        ProxyConfig {
+            upstream: upstream.into(),
+            connect_timeout: Duration::from_secs(5),
+            proxy_header: None,
+        }
+    }
+}
+
+/// The PROXY protocol header telling the upstream that `client` connected to `server`.
+///
+/// Mixed address families (an IPv4 client on an IPv6 listener) cannot be expressed as TCP4 or
+/// TCP6: v1 sends `PROXY UNKNOWN`, v2 sends the `LOCAL`-less unspecified family, and the
+/// upstream uses the real connection's addresses.
+pub fn proxy_header_bytes(version: ProxyHeader, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    match version {
+        ProxyHeader::V1 => {
+            let addresses = match (client, server) {
+                (SocketAddr::V4(c), SocketAddr::V4(s)) => {
+                    ppp::v1::Addresses::new_tcp4(*c.ip(), *s.ip(), c.port(), s.port())
+                }
+                (SocketAddr::V6(c), SocketAddr::V6(s)) => {
+                    ppp::v1::Addresses::new_tcp6(*c.ip(), *s.ip(), c.port(), s.port())
+                }
+                _ => ppp::v1::Addresses::Unknown,
+            };
+            addresses.to_string().into_bytes()
+        }
+        ProxyHeader::V2 => {
+            let version_command = ppp::v2::Version::Two | ppp::v2::Command::Proxy;
+            let builder = match (client, server) {
+                (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+                    ppp::v2::Builder::with_addresses(
+                        version_command,
+                        ppp::v2::Protocol::Stream,
+                        (client, server),
+                    )
+                }
+                _ => ppp::v2::Builder::with_addresses(
+                    version_command,
+                    ppp::v2::Protocol::Unspecified,
+                    ppp::v2::Addresses::Unspecified,
+                ),
+            };
+            // Building writes into a Vec, which cannot fail; an empty header would be rejected
+            // by the upstream, which is the safe way for this to go wrong.
+            builder.build().unwrap_or_default()
+        }
+    }
+}
+
+/// Opens the upstream connection for `client`, sends the PROXY header if configured, and
+/// reports how long it took.
+pub(crate) async fn connect(
+    config: &ProxyConfig,
+    client: SocketAddr,
+    server: SocketAddr,
+) -> io::Result<(TcpStream, Duration)> {
+    let started = Instant::now();
+    let attempt = async {
+        let mut stream = TcpStream::connect(config.upstream.as_str()).await?;
+        // Small requests (redis commands) must not wait for Nagle on either side.
+        stream.set_nodelay(true)?;
+        if let Some(version) = config.proxy_header {
+            stream
+                .write_all(&proxy_header_bytes(version, client, server))
+                .await?;
+        }
+        Ok(stream)
+    };
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(Ok(stream)) => Ok((stream, started.elapsed())),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no connection within {:?}", config.connect_timeout),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The v1 example of the specification (section 2.1).
+    #[test]
+    fn v1_matches_the_specification_example() {
+        let header = proxy_header_bytes(
+            ProxyHeader::V1,
+            "192.168.0.1:56324".parse().unwrap(),
+            "192.168.0.11:443".parse().unwrap(),
+        );
+        assert_eq!(header, b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n");
+        let parsed = ppp::v1::Header::try_from(std::str::from_utf8(&header).unwrap()).unwrap();
+        assert_eq!(parsed.addresses.to_string().as_bytes(), &header[..]);
+    }
+
+    #[test]
+    fn v1_ipv6_and_mixed_families() {
+        let header = proxy_header_bytes(
+            ProxyHeader::V1,
+            "[::1]:1000".parse().unwrap(),
+            "[::2]:443".parse().unwrap(),
+        );
+        assert_eq!(header, b"PROXY TCP6 ::1 ::2 1000 443\r\n");
+        let mixed = proxy_header_bytes(
+            ProxyHeader::V1,
+            "127.0.0.1:1000".parse().unwrap(),
+            "[::1]:443".parse().unwrap(),
+        );
+        assert_eq!(mixed, b"PROXY UNKNOWN\r\n");
+    }
+
+    /// The v2 layout of the specification (section 2.2): the 12-byte signature, version 2 and
+    /// PROXY command (0x21), TCP over IPv4 (0x11), a 12-byte address block, then source address,
+    /// destination address, source port, destination port, in network order.
+    #[test]
+    fn v2_matches_the_specification_layout() {
+        let header = proxy_header_bytes(
+            ProxyHeader::V2,
+            "192.168.0.1:56324".parse().unwrap(),
+            "192.168.0.11:443".parse().unwrap(),
+        );
+        let mut expected = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        expected.extend_from_slice(&[0x21, 0x11, 0x00, 0x0C]);
+        expected.extend_from_slice(&[192, 168, 0, 1, 192, 168, 0, 11]);
+        expected.extend_from_slice(&56324u16.to_be_bytes());
+        expected.extend_from_slice(&443u16.to_be_bytes());
+        assert_eq!(header, expected);
+        let parsed = ppp::v2::Header::try_from(&header[..]).unwrap();
+        assert_eq!(parsed.command, ppp::v2::Command::Proxy);
+        assert_eq!(
+            parsed.addresses,
+            ppp::v2::Addresses::from((
+                "192.168.0.1:56324".parse::<SocketAddr>().unwrap(),
+                "192.168.0.11:443".parse::<SocketAddr>().unwrap()
+            ))
+        );
+    }
+
+    #[test]
+    fn v2_ipv6_is_tcp_over_ipv6_with_36_address_bytes() {
+        let header = proxy_header_bytes(
+            ProxyHeader::V2,
+            "[2001:db8::1]:1000".parse().unwrap(),
+            "[2001:db8::2]:443".parse().unwrap(),
+        );
+        assert_eq!(&header[12..16], &[0x21, 0x21, 0x00, 36]);
+        assert_eq!(header.len(), 16 + 36);
+    }
+}
