@@ -55,6 +55,13 @@ pub struct ServeArgs {
     /// Plaintext upstream HOST:PORT for `--protocol proxy`.
     #[arg(long)]
     pub upstream: Option<String>,
+    /// Time to connect to the upstream (proxy) [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub upstream_connect_timeout: Option<Duration>,
+    /// Send a PROXY protocol header (v1 text or v2 binary) to the upstream (proxy).
+    #[arg(long, value_enum)]
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -95,6 +102,15 @@ pub enum ProtocolKind {
     Echo,
     /// Forward decrypted bytes to a plaintext TCP upstream.
     Proxy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyProtocolVersion {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]

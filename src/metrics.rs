@@ -5,10 +5,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 use prometheus::{Encoder, Registry, TextEncoder};
 use slog::{info, warn, Logger};
-use tlsvisor_actors::{DisposeReason, RejectReason, Stats};
+use tlsvisor_actors::{
+    DisposeReason, LatencySnapshot, RejectReason, Stats, CONNECT_LATENCY_BUCKETS,
+};
 
 use crate::BoxError;
 
@@ -20,7 +24,7 @@ struct StatsCollector {
 }
 
 /// (name, help, type) of every family the collector emits.
-const FAMILIES: [(&str, &str, MetricType); 8] = [
+const FAMILIES: [(&str, &str, MetricType); 12] = [
     (
         "tlsvisor_connections_active",
         "Connections registered and not yet disposed.",
@@ -60,6 +64,26 @@ const FAMILIES: [(&str, &str, MetricType); 8] = [
         "tlsvisor_accept_errors_total",
         "Errors returned by accept(2).",
         MetricType::COUNTER,
+    ),
+    (
+        "tlsvisor_proxy_bytes_client_to_upstream_total",
+        "Bytes read from clients and written to upstreams.",
+        MetricType::COUNTER,
+    ),
+    (
+        "tlsvisor_proxy_bytes_upstream_to_client_total",
+        "Bytes read from upstreams and written to clients.",
+        MetricType::COUNTER,
+    ),
+    (
+        "tlsvisor_upstream_connections_open",
+        "Upstream connections open.",
+        MetricType::GAUGE,
+    ),
+    (
+        "tlsvisor_upstream_connect_seconds",
+        "Time to connect to the upstream (successful connects).",
+        MetricType::HISTOGRAM,
     ),
 ];
 
@@ -114,6 +138,32 @@ fn family(index: usize, samples: Vec<(Option<&str>, f64)>) -> MetricFamily {
     family
 }
 
+fn latency_family(index: usize, latency: &LatencySnapshot) -> MetricFamily {
+    let (name, help, kind) = FAMILIES[index];
+    let mut histogram = Histogram::default();
+    histogram.set_sample_count(latency.count);
+    histogram.set_sample_sum(latency.sum_seconds);
+    let buckets = CONNECT_LATENCY_BUCKETS
+        .iter()
+        .zip(&latency.cumulative)
+        .map(|(bound, count)| {
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(*bound);
+            bucket.set_cumulative_count(*count);
+            bucket
+        })
+        .collect();
+    histogram.set_bucket(buckets);
+    let mut metric = Metric::default();
+    metric.set_histogram(histogram);
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.mut_metric().push(metric);
+    family
+}
+
 impl Collector for StatsCollector {
     fn desc(&self) -> Vec<&Desc> {
         self.descs.iter().collect()
@@ -145,6 +195,10 @@ impl Collector for StatsCollector {
                     .collect(),
             ),
             family(7, one(snap.accept_errors)),
+            family(8, one(snap.proxy.bytes_client_to_upstream)),
+            family(9, one(snap.proxy.bytes_upstream_to_client)),
+            family(10, vec![(None, snap.proxy.upstreams_open as f64)]),
+            latency_family(11, &snap.proxy.connect_latency),
         ]
     }
 }

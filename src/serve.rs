@@ -2,9 +2,11 @@
 
 use actix_rt::signal::unix::{signal, SignalKind};
 use slog::{error, info, warn, Logger};
-use tlsvisor_actors::{server_config_from_files, Echo, Server, ServerConfig};
+use tlsvisor_actors::{
+    server_config_from_files, Echo, ProxyConfig, ProxyHeader, Server, ServerConfig,
+};
 
-use crate::cli::ProtocolKind;
+use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::logging;
 use crate::metrics::MetricsServer;
 use crate::settings::{CertSource, Settings};
@@ -24,9 +26,6 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
         }
         CertSource::Files { cert, key } => server_config_from_files(cert, key)?,
     };
-    if settings.protocol == ProtocolKind::Proxy {
-        return Err("--protocol proxy is not available yet".into());
-    }
     let mut config = ServerConfig::new(settings.listen, tls);
     config.workers = settings.workers;
     config.max_connections = settings.max_connections;
@@ -42,7 +41,19 @@ async fn serve(settings: Settings, config: ServerConfig, log: Logger) -> Result<
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
 
-    let server = Server::builder(config, Echo).logger(log.clone()).start()?;
+    let builder = match (settings.protocol, &settings.upstream) {
+        (ProtocolKind::Proxy, Some(upstream)) => {
+            let mut proxy = ProxyConfig::new(upstream.clone());
+            proxy.connect_timeout = settings.upstream_connect_timeout;
+            proxy.proxy_header = settings.proxy_protocol.map(|v| match v {
+                ProxyProtocolVersion::V1 => ProxyHeader::V1,
+                ProxyProtocolVersion::V2 => ProxyHeader::V2,
+            });
+            Server::proxy(config, proxy)
+        }
+        _ => Server::builder(config, Echo),
+    };
+    let server = builder.logger(log.clone()).start()?;
     let metrics = settings
         .metrics_listen
         .map(|addr| MetricsServer::start(addr, server.stats(), log.clone()))

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{LogFormat, LogLevel, ProtocolKind, ServeArgs};
+use crate::cli::{LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs};
 use crate::BoxError;
 
 /// Where the server's certificate comes from.
@@ -23,6 +23,8 @@ pub struct Settings {
     pub cert: CertSource,
     pub protocol: ProtocolKind,
     pub upstream: Option<String>,
+    pub upstream_connect_timeout: Duration,
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
     pub metrics_listen: Option<SocketAddr>,
     pub workers: usize,
     pub max_connections: usize,
@@ -41,6 +43,8 @@ impl Default for Settings {
             cert: CertSource::BuiltIn,
             protocol: ProtocolKind::Echo,
             upstream: None,
+            upstream_connect_timeout: Duration::from_secs(5),
+            proxy_protocol: None,
             metrics_listen: None,
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -79,6 +83,11 @@ impl Settings {
             cert,
             protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
             upstream: flags.upstream.or(file.upstream),
+            upstream_connect_timeout: flags
+                .upstream_connect_timeout
+                .or(file.upstream_connect_timeout)
+                .unwrap_or(d.upstream_connect_timeout),
+            proxy_protocol: flags.proxy_protocol.or(file.proxy_protocol),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             workers: flags.workers.or(file.workers).unwrap_or(d.workers),
             max_connections: flags
