@@ -111,16 +111,36 @@ impl TlsClient {
 
     /// Sends `close_notify`, shuts the write side and waits for the server to finish.
     pub fn close(mut self) -> CloseSeen {
-        self.stream.conn.send_close_notify();
-        let flushed = self
-            .stream
-            .conn
-            .complete_io(&mut self.stream.sock)
-            .and_then(|_| self.stream.sock.shutdown(Shutdown::Write));
-        if let Err(e) = flushed {
+        if let Err(e) = self.finish_sending() {
             return CloseSeen::Error(e);
         }
         self.read_until_close()
+    }
+
+    /// Half-closes: sends `close_notify` and shuts the TCP write side, and can still read.
+    pub fn finish_sending(&mut self) -> io::Result<()> {
+        self.stream.conn.send_close_notify();
+        while self.stream.conn.wants_write() {
+            self.stream.conn.write_tls(&mut self.stream.sock)?;
+        }
+        self.stream.sock.shutdown(Shutdown::Write)
+    }
+
+    /// Reads everything until the server closes; returns the bytes and how it closed.
+    pub fn receive_until_close(&mut self) -> (Vec<u8>, CloseSeen) {
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return (all, CloseSeen::EofWithoutCloseNotify)
+                }
+                Err(e) => return (all, CloseSeen::Error(e)),
+            }
+        }
+        (all, self.read_until_close())
     }
 
     /// Shuts the TCP socket down without `close_notify`, as a crashed client would.

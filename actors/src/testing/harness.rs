@@ -16,7 +16,7 @@ use super::{client_config, eventually, TlsClient};
 use crate::messages::Kill;
 use crate::{
     CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, Protocol,
-    Server, ServerConfig, ShutdownReport, Snapshot, Stats,
+    ProxyConfig, Server, ServerConfig, ShutdownReport, Snapshot, Stats,
 };
 
 /// Grace a dropped `TestServer` gives its connections.
@@ -46,6 +46,18 @@ impl TestServerBuilder {
 
     /// Starts `protocol` on 127.0.0.1, port 0, with freshly generated certificates.
     pub fn start(self, protocol: impl Protocol) -> TestServer {
+        self.start_with(move |config| Server::builder(config, protocol))
+    }
+
+    /// Starts a TLS-terminating proxy to `proxy.upstream`.
+    pub fn start_proxy(self, proxy: ProxyConfig) -> TestServer {
+        self.start_with(move |config| Server::proxy(config, proxy))
+    }
+
+    fn start_with(
+        self,
+        make: impl FnOnce(ServerConfig) -> crate::ServerBuilder + Send + 'static,
+    ) -> TestServer {
         let certs = DevCerts::generate().expect("generate test certificates");
         let tls = certs.server_config().expect("test certificates load");
         let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), tls);
@@ -63,9 +75,7 @@ impl TestServerBuilder {
             .name("tlsvisor-test-server".into())
             .spawn(move || {
                 actix_rt::System::new().block_on(async move {
-                    let builder = Server::builder(config, protocol)
-                        .logger(log)
-                        .audit(thread_audit);
+                    let builder = make(config).logger(log).audit(thread_audit);
                     #[cfg(feature = "fault-injection")]
                     let builder = builder.faults(thread_faults);
                     #[cfg(not(feature = "fault-injection"))]

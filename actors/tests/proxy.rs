@@ -1,0 +1,313 @@
+//! The TLS-terminating proxy over real sockets: integrity both ways, half-close in both orders,
+//! each failure with its reason, PROXY headers byte for byte, backpressure.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::Hasher;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use tlsvisor_actors::testing::leak::{self, TcpState};
+use tlsvisor_actors::testing::upstream::{self, pattern};
+use tlsvisor_actors::testing::{CloseSeen, TestServer, TestUpstream};
+use tlsvisor_actors::{DisposeReason, ProxyConfig, ProxyHeader};
+
+/// A ceiling only a hang reaches.
+const HANG: Duration = Duration::from_secs(30);
+const BULK: usize = 64 * 1024 * 1024;
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
+fn proxy_to(addr: SocketAddr) -> TestServer {
+    TestServer::builder().start_proxy(ProxyConfig::new(addr.to_string()))
+}
+
+fn only_reason(server: &TestServer) -> DisposeReason {
+    let by_id = server.assert_each_disposed_once();
+    assert_eq!(by_id.len(), 1, "{by_id:?}");
+    by_id.values().next().unwrap().reason
+}
+
+/// No socket of ours to the upstream is left open or half-closed.
+fn assert_upstream_sockets_closed(upstream: SocketAddr) {
+    let port = upstream.port();
+    let open = || {
+        leak::sockets_to_remote_port(port, TcpState::Established).unwrap()
+            + leak::sockets_to_remote_port(port, TcpState::CloseWait).unwrap()
+    };
+    assert!(
+        tlsvisor_actors::testing::eventually(HANG, || open() == 0),
+        "{} sockets to the upstream still open",
+        open()
+    );
+}
+
+#[test]
+fn bulk_both_ways_with_the_client_half_closing_first() {
+    // The upstream answers only after the client's EOF reached it: the FIN went through while
+    // the other direction stayed open.
+    let up = TestUpstream::start(|mut s: TcpStream| {
+        let got = upstream::read_to_eof(&mut s).unwrap();
+        s.write_all(&pattern(2, BULK)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        (got.len(), hash(&got))
+    });
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    let sent = pattern(1, BULK);
+    client.send(&sent).unwrap();
+    client.finish_sending().unwrap();
+    let (received, close) = client.receive_until_close();
+    assert!(matches!(close, CloseSeen::CloseNotifyThenEof), "{close:?}");
+    assert_eq!(received.len(), BULK);
+    assert_eq!(hash(&received), hash(&pattern(2, BULK)));
+    assert_eq!(up.next_report(HANG), Some((BULK, hash(&sent))));
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::PeerEof);
+    let proxy = server.snapshot().proxy;
+    assert_eq!(proxy.bytes_client_to_upstream, BULK as u64);
+    assert_eq!(proxy.bytes_upstream_to_client, BULK as u64);
+    assert_eq!(proxy.upstreams_open, 0);
+    assert_upstream_sockets_closed(up.addr());
+}
+
+#[test]
+fn bulk_both_ways_with_the_upstream_closing_first() {
+    // The upstream sends everything and finishes before it reads a byte.
+    let up = TestUpstream::start(|mut s: TcpStream| {
+        s.write_all(&pattern(4, BULK)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let got = upstream::read_to_eof(&mut s).unwrap();
+        (got.len(), hash(&got))
+    });
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    let (received, close) = client.receive_until_close();
+    assert!(matches!(close, CloseSeen::CloseNotifyThenEof), "{close:?}");
+    assert_eq!(received.len(), BULK);
+    assert_eq!(hash(&received), hash(&pattern(4, BULK)));
+    // close_notify received, the client's direction is still open.
+    let sent = pattern(3, BULK);
+    client.send(&sent).unwrap();
+    client.finish_sending().unwrap();
+    assert_eq!(up.next_report(HANG), Some((BULK, hash(&sent))));
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::UpstreamEof);
+    assert_upstream_sockets_closed(up.addr());
+}
+
+#[test]
+fn refused_upstream_is_upstream_connect_failed_and_the_client_gets_close_notify() {
+    let nobody = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = proxy_to(nobody);
+    let mut client = server.connect().unwrap();
+    match client.read_until_close() {
+        CloseSeen::CloseNotifyThenEof => {}
+        other => panic!("expected close_notify then EOF, got {other:?}"),
+    }
+    drop(client);
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::UpstreamConnectFailed);
+    assert_eq!(server.snapshot().proxy.upstreams_open, 0);
+}
+
+#[test]
+fn slow_upstream_is_upstream_connect_failed_after_the_timeout() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (full, addr) = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    });
+    let fillers: Vec<_> = (0..4)
+        .filter_map(|_| {
+            let s = socket_with_timeout(addr);
+            s.ok()
+        })
+        .collect();
+    let mut config = ProxyConfig::new(addr.to_string());
+    config.connect_timeout = Duration::from_millis(300);
+    let server = TestServer::builder().start_proxy(config);
+    let mut client = server.connect().unwrap();
+    let connected = std::time::Instant::now();
+    match client.read_until_close() {
+        CloseSeen::CloseNotifyThenEof => {}
+        other => panic!("expected close_notify then EOF, got {other:?}"),
+    }
+    // It waited for the timeout: the upstream neither refused nor answered.
+    assert!(connected.elapsed() >= Duration::from_millis(250));
+    drop(client);
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::UpstreamConnectFailed);
+    drop((fillers, full));
+}
+
+fn socket_with_timeout(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+}
+
+#[test]
+fn upstream_reset_mid_stream_is_upstream_error() {
+    let up = TestUpstream::start(|mut s: TcpStream| {
+        let mut first = [0u8; 5];
+        s.read_exact(&mut first).unwrap();
+        upstream::reset(s);
+    });
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    client.send(b"hello").unwrap();
+    up.next_report(HANG).unwrap();
+    match client.read_until_close() {
+        CloseSeen::CloseNotifyThenEof => {}
+        other => panic!("expected close_notify then EOF, got {other:?}"),
+    }
+    drop(client);
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::UpstreamError);
+    assert_upstream_sockets_closed(up.addr());
+}
+
+#[test]
+fn upstream_finishing_at_once_is_upstream_eof_once_the_client_finishes() {
+    let up = TestUpstream::start(|s: TcpStream| {
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut s = s;
+        upstream::read_to_eof(&mut s).unwrap().len()
+    });
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    let (nothing, close) = client.receive_until_close();
+    assert!(nothing.is_empty());
+    assert!(matches!(close, CloseSeen::CloseNotifyThenEof), "{close:?}");
+    client.send(b"late but delivered").unwrap();
+    client.finish_sending().unwrap();
+    assert_eq!(up.next_report(HANG), Some(b"late but delivered".len()));
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::UpstreamEof);
+    assert_upstream_sockets_closed(up.addr());
+}
+
+#[test]
+fn client_gone_closes_the_upstream_side() {
+    let up = TestUpstream::start(upstream::echo);
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"ping").unwrap(), b"ping");
+    client.drop_abruptly();
+    // The upstream sees the FIN the client's end turned into, and finishes.
+    assert_eq!(up.next_report(HANG).unwrap().unwrap(), 4);
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::PeerEof);
+    assert_upstream_sockets_closed(up.addr());
+}
+
+#[test]
+fn shutdown_closes_both_sides_of_proxied_connections() {
+    let up = TestUpstream::start(upstream::echo);
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"ping").unwrap(), b"ping");
+    let reader = std::thread::spawn(move || client.read_until_close());
+    let report = server.shutdown(Duration::from_secs(5));
+    assert!(matches!(
+        reader.join().unwrap(),
+        CloseSeen::CloseNotifyThenEof
+    ));
+    assert_eq!(report.left_registered, 0);
+    assert_upstream_sockets_closed(up.addr());
+}
+
+#[test]
+fn a_client_the_upstream_does_not_read_is_not_read_either() {
+    // The upstream never reads: the proxy must stop reading the client rather than buffer.
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+    let up = TestUpstream::start(move |s: TcpStream| {
+        let _ = release_rx.lock().unwrap().recv_timeout(HANG);
+        drop(s);
+    });
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    client
+        .tcp()
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let mut accepted = 0usize;
+    while accepted < BULK && client.send(&chunk).is_ok() {
+        accepted += chunk.len();
+    }
+    assert!(
+        accepted < BULK / 2,
+        "the proxy took {accepted} bytes the upstream never read"
+    );
+    eprintln!("backpressure: the client could write {accepted} bytes the upstream never read");
+    release_tx.send(()).unwrap();
+    drop(client);
+    server.wait_disposed(1, HANG);
+}
+
+/// What a recording upstream reads before the client's first byte: the PROXY header, read
+/// until its CRLF (v1) or as long as `v2_len` says (v2).
+fn header_seen_by_upstream(
+    version: ProxyHeader,
+    v2_len: usize,
+) -> (Vec<u8>, SocketAddr, SocketAddr) {
+    let up = TestUpstream::start(move |mut s: TcpStream| {
+        let mut header = Vec::new();
+        let mut byte = [0u8; 1];
+        while match version {
+            ProxyHeader::V1 => !header.ends_with(b"\r\n"),
+            ProxyHeader::V2 => header.len() < v2_len,
+        } {
+            s.read_exact(&mut byte).unwrap();
+            header.push(byte[0]);
+        }
+        header
+    });
+    let mut config = ProxyConfig::new(up.addr().to_string());
+    config.proxy_header = Some(version);
+    let server = TestServer::builder().start_proxy(config);
+    let client = server.connect().unwrap();
+    let client_addr = client.tcp().local_addr().unwrap();
+    let header = up.next_report(HANG).unwrap();
+    (header, client_addr, server.addr())
+}
+
+// The expected bytes are spelled out from the specification (HAProxy's proxy-protocol.txt),
+// not produced by the code under test.
+
+#[test]
+fn proxy_protocol_v1_header_byte_for_byte() {
+    let (header, client, server) = header_seen_by_upstream(ProxyHeader::V1, 0);
+    let expected = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+        client.port(),
+        server.port()
+    );
+    assert_eq!(String::from_utf8(header).unwrap(), expected);
+}
+
+#[test]
+fn proxy_protocol_v2_header_byte_for_byte() {
+    let (header, client, server) = header_seen_by_upstream(ProxyHeader::V2, 16 + 12);
+    let mut expected = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    // version 2 + PROXY, TCP over IPv4, 12 address bytes, then addresses and ports.
+    expected.extend_from_slice(&[0x21, 0x11, 0x00, 12, 127, 0, 0, 1, 127, 0, 0, 1]);
+    expected.extend_from_slice(&client.port().to_be_bytes());
+    expected.extend_from_slice(&server.port().to_be_bytes());
+    assert_eq!(header, expected);
+}
