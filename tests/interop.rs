@@ -208,3 +208,152 @@ fn free_port() -> SocketAddr {
 fn http_get_lenient(addr: SocketAddr, path: &str) -> String {
     std::panic::catch_unwind(|| http_get(addr, path)).unwrap_or_default()
 }
+
+/// A plaintext `redis-server` on a free loopback port, without persistence.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let addr = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        assert!(
+            eventually(HANG, || std::net::TcpStream::connect(addr).is_ok()),
+            "redis-server did not listen"
+        );
+        Redis { child, addr }
+    }
+
+    /// `connected_clients` as redis reports it (this query's own connection included).
+    fn connected_clients(&self) -> u64 {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()])
+            .args(["INFO", "clients"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `redis-cli --tls` against tlsvisor at `addr`, with `args`, feeding `stdin`.
+fn redis_cli_tls(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut cli = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &dev_ca_path(), "--sni", "localhost"])
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli is installed (apt-get install redis-tools)");
+    cli.stdin.take().unwrap().write_all(stdin).unwrap();
+    cli.wait_with_output().unwrap()
+}
+
+#[test]
+fn redis_cli_through_the_proxy_ping_and_a_1_mib_value() {
+    let redis = Redis::start();
+    let server = Tlsvisor::serve(&["--protocol", "proxy", "--upstream", &redis.addr.to_string()]);
+
+    let ping = redis_cli_tls(server.listen, &["PING"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&ping.stdout).trim(),
+        "PONG",
+        "{ping:?}"
+    );
+
+    let value: String = (0..1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let set = redis_cli_tls(server.listen, &["-x", "SET", "big"], value.as_bytes());
+    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK", "{set:?}");
+    let get = redis_cli_tls(server.listen, &["--raw", "GET", "big"], b"");
+    assert_eq!(get.stdout.len(), value.len() + 1);
+    assert!(get.stdout.starts_with(value.as_bytes()));
+
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == 0.0));
+    let metrics = server.scrape();
+    assert!(metrics.get("tlsvisor_proxy_bytes_client_to_upstream_total") > 1_048_576.0);
+    assert!(metrics.get("tlsvisor_proxy_bytes_upstream_to_client_total") > 1_048_576.0);
+    assert_eq!(metrics.get("tlsvisor_upstream_connections_open"), 0.0);
+    assert_eq!(metrics.get("tlsvisor_upstream_connect_seconds_count"), 3.0);
+    // Every upstream connection is gone from redis's side too.
+    assert!(eventually(HANG, || redis.connected_clients() == 1));
+}
+
+#[test]
+fn redis_benchmark_through_the_proxy_completes_without_errors() {
+    let redis = Redis::start();
+    let server = Tlsvisor::serve(&["--protocol", "proxy", "--upstream", &redis.addr.to_string()]);
+    // redis-benchmark --tls hangs rather than failing in some setups: bound it.
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "redis-benchmark",
+            "--tls",
+            "--cacert",
+            &dev_ca_path(),
+        ])
+        .args(["--sni", "localhost", "-h", "127.0.0.1"])
+        .args(["-p", &server.listen.port().to_string()])
+        .args(["-n", "20000", "-c", "50", "-t", "ping,set,get", "-q"])
+        .output()
+        .expect("redis-benchmark is installed (apt-get install redis-tools)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report.matches("requests per second").count(), 4, "{report}");
+    assert!(!report.to_lowercase().contains("error"), "{report}");
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == 0.0));
+    let metrics = server.scrape();
+    assert_eq!(
+        metrics.get("tlsvisor_connections_disposed_total{reason=\"upstream_error\"}"),
+        0.0
+    );
+    assert_eq!(metrics.get("tlsvisor_dispose_duplicates_total"), 0.0);
+    assert!(eventually(HANG, || redis.connected_clients() == 1));
+}
+
+#[test]
+fn openssl_s_client_through_the_proxy_speaks_to_redis() {
+    let redis = Redis::start();
+    let server = Tlsvisor::serve(&["--protocol", "proxy", "--upstream", &redis.addr.to_string()]);
+    let mut client = s_client(server.listen, &dev_ca_path(), &["-no_ign_eof"]);
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    stdin.write_all(b"PING\r\n").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "+PONG\r\n");
+    drop(stdin);
+    wait_child(&mut client, HANG);
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == 0.0));
+    assert_eq!(server.scrape().disposed("peer_eof"), 1.0);
+}
