@@ -147,6 +147,8 @@ async fn run_crowd(addr: SocketAddr, size: usize) -> CrowdSummary {
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
             let mut tls = connector.connect(name, tcp).await.unwrap();
             tls.write_all(b"x").await.unwrap();
+            // write_all only hands the byte to rustls: flush the record out.
+            tls.flush().await.unwrap();
             let mut one = [0u8; 1];
             tls.read_exact(&mut one).await.unwrap();
             drop(permit);
