@@ -30,10 +30,12 @@ pub fn build(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGu
                 .fuse(),
         ),
     };
-    let (drain, guard) = slog_async::Async::new(drain.filter_level(level).fuse())
+    let (drain, guard) = slog_async::Async::new(drain)
         .chan_size(QUEUE)
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .thread_name("tlsvisor-log".into())
         .build_with_guard();
-    (Logger::root(drain.fuse(), o!()), guard)
+    // Filter before the queue, on the calling thread: a record below the level is dropped
+    // there instead of being serialized and shipped to the writer thread to be dropped.
+    (Logger::root(drain.filter_level(level).fuse(), o!()), guard)
 }
