@@ -55,9 +55,9 @@ impl Settings {
                 handshakes: 5000,
                 requests: 100_000,
                 bulk_bytes: 1 << 30,
-                idle: vec![2000, 20_000],
-                bursts: vec![1000, 10_000],
-                sigterm_crowd: 10_000,
+                idle: vec![2000, report::LARGE],
+                bursts: vec![1000, report::LARGE],
+                sigterm_crowd: report::LARGE,
             }
         }
     }

@@ -31,6 +31,12 @@ pub enum Measure {
 
 use Measure::*;
 
+/// The large connection count. The issue asks for 20,000 idle and 10,000 killed, but this
+/// machine's hard RLIMIT_NOFILE is 20,000 and the sandbox cannot raise it (no
+/// CAP_SYS_RESOURCE): a proxy holds two descriptors per connection, so 9,000 is the most every
+/// server here can hold.
+pub const LARGE: usize = 9_000;
+
 /// (measure, label, compared to the best peer as a ratio, target ratio)
 const LINES: [(Measure, &str, bool, Option<f64>); 20] = [
     (
@@ -108,13 +114,13 @@ const LINES: [(Measure, &str, bool, Option<f64>); 20] = [
     ),
     (
         IdleRssLarge,
-        "RSS per idle connection at 20,000: KiB",
+        "RSS per idle connection at 9,000: KiB",
         true,
         Some(0.75),
     ),
     (
         IdleThreadsLarge,
-        "threads with 20,000 idle connections",
+        "threads with 9,000 idle connections",
         false,
         None,
     ),
@@ -132,19 +138,19 @@ const LINES: [(Measure, &str, bool, Option<f64>); 20] = [
     ),
     (
         BurstLargeMs,
-        "10,000 clients SIGKILLed: ms to no CLOSE-WAIT",
+        "9,000 clients SIGKILLed: ms to no CLOSE-WAIT",
         false,
         None,
     ),
     (
         BurstLargeActiveMs,
-        "10,000 clients SIGKILLed: ms to active 0",
+        "9,000 clients SIGKILLed: ms to active 0",
         false,
         None,
     ),
     (
         SigtermExitMs,
-        "SIGTERM with 10,000 live connections: ms to exit",
+        "SIGTERM with 9,000 live connections: ms to exit",
         false,
         None,
     ),
@@ -152,6 +158,11 @@ const LINES: [(Measure, &str, bool, Option<f64>); 20] = [
 
 /// The servers that are peers (not ours) for "best peer".
 const PEERS: [&str; 5] = ["stunnel", "haproxy", "hitch", "nginx", "redis-tls"];
+
+/// The peers that do tlsvisor's job (a TLS front before a separate upstream). redis-tls is
+/// redis itself: its CPU per request includes running the command, and it skips the hop that
+/// a proxy adds, so it is also shown apart.
+const PROXY_PEERS: [&str; 4] = ["stunnel", "haproxy", "hitch", "nginx"];
 
 /// One server's results.
 #[derive(Debug)]
@@ -185,8 +196,12 @@ impl Row {
 }
 
 fn best_peer(rows: &[Row], measure: Measure) -> Option<(&'static str, f64)> {
+    best_of(rows, measure, &PEERS)
+}
+
+fn best_of(rows: &[Row], measure: Measure, among: &[&str]) -> Option<(&'static str, f64)> {
     rows.iter()
-        .filter(|r| PEERS.contains(&r.name))
+        .filter(|r| among.contains(&r.name))
         .filter_map(|r| r.get(measure).map(|v| (r.name, v)))
         .filter(|(_, v)| *v > 0.0)
         .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -257,9 +272,10 @@ pub fn write(docs: &Path, rows: &[Row], machine: &str, versions: &[String]) {
     let _ = writeln!(md, "## tlsvisor against the best peer\n");
     let _ = writeln!(
         md,
-        "| measure | tlsvisor / best peer | best peer | target | tlsvisor / bare-rustls |"
+        "| measure | tlsvisor / best peer | best peer | target | \
+         tlsvisor / best proxy peer | tlsvisor / bare-rustls |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
     let bare = rows.iter().find(|r| r.name == "bare-rustls");
     let ours = rows.iter().find(|r| r.name == "tlsvisor");
     for (m, label, ratio, target, peer) in ratios(rows, "tlsvisor") {
@@ -272,9 +288,13 @@ pub fn write(docs: &Path, rows: &[Row], machine: &str, versions: &[String]) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
             _ => "—".to_string(),
         };
+        let vs_proxies = match (ours.and_then(|r| r.get(m)), best_of(rows, m, &PROXY_PEERS)) {
+            (Some(a), Some((name, b))) => format!("{:.2} ({name})", a / b),
+            _ => "—".to_string(),
+        };
         let _ = writeln!(
             md,
-            "| {label} | {ratio:.2} | {peer} | {verdict} | {vs_bare} |"
+            "| {label} | {ratio:.2} | {peer} | {verdict} | {vs_proxies} | {vs_bare} |"
         );
     }
 
