@@ -5,7 +5,7 @@ mod proxy;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,8 @@ pub(crate) struct ConnectionEnv {
     pub(crate) faults: Faults,
     pub(crate) registry: Addr<HandlerRegistry>,
     pub(crate) log: Logger,
+    /// The next connection id (shared by the acceptors of every worker).
+    pub(crate) next_id: AtomicU64,
     /// Set by the shutdown protocol before it asks the registry to close everything. A
     /// connection that starts after that closes at once: its `Register` may have reached the
     /// registry after the registry's `CloseAll` went out.

@@ -1,14 +1,16 @@
 //! Supervised TLS connections as actix actors.
 //!
 //! Each accepted TLS connection is a [`Connection`] actor with a [`Reader`] child, started on
-//! one of the worker arbiters by the [`ConnectionSupervisor`], and recorded in the
-//! [`HandlerRegistry`] before its handshake begins:
+//! the worker arbiter whose [`Acceptor`] accepted it, and recorded in the [`HandlerRegistry`]
+//! before its handshake begins:
 //!
 //! ```text
-//! ConnectionSupervisor        binds, accepts, admits, owns the shutdown protocol
+//! ConnectionSupervisor        owns the acceptors and the shutdown protocol
 //! ├── HandlerRegistry         the one record of live connections; applies Dispose exactly once
-//! └── Connection  (×N, spread over worker arbiters)
-//!     └── Reader              reads decrypted bytes, reports EOF/failure to its parent
+//! ├── Acceptor    (×workers)  accepts and admits on one worker arbiter
+//! └── Connection  (×N, on the worker that accepted it)
+//!     ├── Reader              reads decrypted bytes, reports EOF/failure to its parent
+//!     └── UpstreamReader      proxy only: reads the upstream
 //! ```
 //!
 //! # Serving a protocol
@@ -41,13 +43,12 @@
 //! - With `panic = "abort"` no hook runs on a panic: the process is gone, and so is the registry.
 //! - If actix drops a connection without running `stopped()`, its drop guard sends the
 //!   `Dispose` instead, counted as a fallback ([`Ledger::fallbacks`]).
-//! - A connection admitted while its worker arbiter is being stopped is never started nor
-//!   registered: its socket is dropped with the arbiter's queue (only during shutdown).
 //! - Dropping the actix system without [`Server::shutdown`] drops connections without a
 //!   graceful close; their `Dispose` may reach a registry that is already gone.
 //!
 //! ARCHITECTURE.md in the repository walks through each disposal path.
 
+mod acceptor;
 mod config;
 mod conn_id;
 mod connection;
@@ -70,6 +71,7 @@ mod upstream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use acceptor::Acceptor;
 pub use config::ServerConfig;
 pub use conn_id::ConnId;
 pub use connection::{ConnState, Connection};

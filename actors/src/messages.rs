@@ -148,6 +148,12 @@ pub struct ReaderFinished {
 #[rtype(result = "()")]
 pub struct StopReader;
 
+/// Supervisor → each `Acceptor`, first step of the shutdown: stop accepting and close the
+/// acceptor's copies of the listening socket. The reply comes once they are closed.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct StopAccepting;
+
 /// Owner → supervisor: run the shutdown protocol (stop accepting, close every connection
 /// gracefully, wait up to `grace`, force the rest). Replies once the registry is empty or the
 /// forced closes have been given their bounded time.

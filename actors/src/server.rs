@@ -1,7 +1,7 @@
 //! `Server`: starts one supervisor tree and owns its shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use crate::connection::{ConnectionEnv, Service};
 use crate::messages::{Kill, LiveConnections, Shutdown, ShutdownReport};
 use crate::registry::DisposalAudit;
 use crate::{
-    CloseMode, ConnId, ConnectionSupervisor, Faults, HandlerRegistry, Protocol, ProxyConfig,
-    ServerConfig, ServerError, Stats,
+    Acceptor, CloseMode, ConnId, ConnectionSupervisor, Faults, HandlerRegistry, Protocol,
+    ProxyConfig, ServerConfig, ServerError, Stats,
 };
 
 /// Builds a [`Server`].
@@ -85,15 +85,26 @@ impl ServerBuilder {
             faults: self.faults.clone(),
             registry: registry.clone(),
             log: log.clone(),
+            next_id: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         });
         let protocol = match &env.service {
             Service::Sessions(protocol) => protocol.name(),
             Service::Proxy(_) => "proxy",
         };
+        // One listening socket; each worker accepts on its own descriptor of it (a dup).
+        let listener = listener.into_std().map_err(bind_error)?;
+        let mut acceptors = Vec::with_capacity(workers.len());
+        for worker in &workers {
+            let copy = listener.try_clone().map_err(bind_error)?;
+            let env = Arc::clone(&env);
+            acceptors.push(Acceptor::start_in_arbiter(&worker.handle(), move |_| {
+                Acceptor::new(copy, env)
+            }));
+        }
+        drop(listener);
         info!(log, "listening"; "protocol" => protocol, "workers" => workers.len());
-        let handles = workers.iter().map(|w| w.handle()).collect();
-        let supervisor = ConnectionSupervisor::new(listener, handles, env).start();
+        let supervisor = ConnectionSupervisor::new(acceptors, env).start();
         Ok(Server {
             supervisor,
             registry,
