@@ -72,7 +72,7 @@ pub(crate) struct ConnectionEnv {
 /// One client's connection: runs the TLS handshake, owns the TLS write half and the session
 /// (or the upstream link), and supervises its reader children.
 ///
-/// Every way the connection ends goes through [`Connection::begin_close`] or a direct
+/// Every way the connection ends goes through `Connection::begin_close` or a direct
 /// `ctx.stop()`, and so through `stopped()`, the only place that sends `Dispose`. The first
 /// reason recorded is the one reported.
 pub struct Connection {
