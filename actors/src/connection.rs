@@ -358,6 +358,11 @@ impl Connection {
             let (Some(limit), ConnState::Open) = (act.env.config.idle_timeout, act.state) else {
                 return;
             };
+            // A write in flight is the client not reading, not the client idle: the write's own
+            // stall limit ends that one, as a writer_error.
+            if act.write_in_flight {
+                return act.arm_idle_timer(limit, ctx);
+            }
             let idle = act.last_read.elapsed();
             if idle >= limit {
                 act.begin_close(DisposeReason::IdleTimeout, ctx);

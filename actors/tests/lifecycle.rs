@@ -247,3 +247,22 @@ fn a_killed_connection_is_closed_gracefully_with_reason_killed() {
     assert_eq!(by_id[&ConnId(0)].reason, DisposeReason::Killed);
     assert_eq!(by_id[&ConnId(1)].reason, DisposeReason::PeerEof);
 }
+
+#[test]
+fn a_client_that_never_reads_its_echo_is_writer_error() {
+    let server = TestServer::builder()
+        .config(|c| c.idle_timeout = Some(Duration::from_millis(500)))
+        .start(Echo);
+    let mut client = server.connect().unwrap();
+    client
+        .tcp()
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Keep sending, never read: the echoes fill every buffer and the server's write stalls.
+    let chunk = vec![1u8; 64 * 1024];
+    let sending = std::time::Instant::now();
+    while client.send(&chunk).is_ok() && sending.elapsed() < HANG {}
+    server.wait_disposed(1, HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::WriterError]);
+    assert_eq!(leak::close_wait_on_port(server.addr().port()).unwrap(), 0);
+}
