@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs};
+use tlsvisor_actors::ServerConfig;
+
 use crate::BoxError;
 
 /// Where the server's certificate comes from.
@@ -46,13 +48,11 @@ impl Default for Settings {
             upstream_connect_timeout: Duration::from_secs(5),
             proxy_protocol: None,
             metrics_listen: None,
-            workers: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            max_connections: 10_000,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Some(Duration::from_secs(300)),
-            close_timeout: Duration::from_secs(2),
+            workers: ServerConfig::default_workers(),
+            max_connections: ServerConfig::DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: Some(ServerConfig::DEFAULT_IDLE_TIMEOUT),
+            close_timeout: ServerConfig::DEFAULT_CLOSE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Term,
             log_level: LogLevel::Info,

@@ -37,16 +37,30 @@ impl ServerConfig {
         ServerConfig {
             listen,
             tls,
-            workers: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            max_connections: 10_000,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Some(Duration::from_secs(300)),
-            close_timeout: Duration::from_secs(2),
+            workers: ServerConfig::default_workers(),
+            max_connections: ServerConfig::DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: Some(ServerConfig::DEFAULT_IDLE_TIMEOUT),
+            close_timeout: ServerConfig::DEFAULT_CLOSE_TIMEOUT,
             read_buffer: 64 * 1024,
             backlog: 1024,
         }
+    }
+
+    /// Default live-connection limit.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+    /// Default time to finish the TLS handshake.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default time without a byte from the client.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Default time a graceful close gets.
+    pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// One worker per core (1 if the core count cannot be read).
+    pub fn default_workers() -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     }
 
     pub(crate) fn validate(&self) -> Result<(), crate::ServerError> {

@@ -49,24 +49,7 @@ impl Tlsvisor {
 
     /// Starts the binary with exactly `args` (which must ask for JSON logs).
     pub fn spawn(args: &[&str]) -> Tlsvisor {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tlsvisor");
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| serde_json::json!({ "msg": "(not json)", "raw": line }));
-                sink.lock().unwrap().push(value);
-            }
-        });
+        let (child, logs) = start_collecting_logs(args);
         let mut server = Tlsvisor {
             child,
             listen: "0.0.0.0:0".parse().unwrap(),
@@ -95,23 +78,7 @@ impl Tlsvisor {
     /// Starts the binary with no arguments (echo on 127.0.0.1:8443, built-in certificate,
     /// terminal logs) and waits until it accepts.
     pub fn spawn_default() -> Tlsvisor {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tlsvisor");
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock()
-                    .unwrap()
-                    .push(serde_json::json!({ "raw": line }));
-            }
-        });
+        let (child, logs) = start_collecting_logs(&[]);
         let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
         assert!(
             eventually(HANG, || TcpStream::connect(listen).is_ok()),
@@ -195,6 +162,30 @@ impl Tlsvisor {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Starts the binary with `args` and a thread that keeps every stderr line: a JSON log record
+/// as it is, any other line as `{"msg": "(not json)", "raw": line}`.
+fn start_collecting_logs(args: &[&str]) -> (Child, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tlsvisor");
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&logs);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| serde_json::json!({ "msg": "(not json)", "raw": line }));
+            sink.lock().unwrap().push(value);
+        }
+    });
+    (child, logs)
 }
 
 impl Drop for Tlsvisor {
