@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use slog::{debug, error, info, o, warn, Logger};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -341,15 +341,25 @@ impl Connection {
     }
 
     fn start_client_reader(&mut self, half: ReadHalf<TlsStream>, ctx: &mut Context<Self>) {
+        self.reader = Some(self.spawn_reader(half, Side::Client, ctx));
+    }
+
+    /// Starts a reader child for one side, on this arbiter, reporting to this connection.
+    fn spawn_reader<R: AsyncRead + Unpin + 'static>(
+        &self,
+        half: R,
+        side: Side,
+        ctx: &mut Context<Self>,
+    ) -> Addr<Reader<R>> {
         let me = ctx.address();
-        let reader = Reader::new(
+        Reader::new(
             half,
-            Side::Client,
+            side,
             (me.clone().recipient(), me.recipient()),
             self.env.config.read_buffer,
             self.env.faults.clone(),
-        );
-        self.reader = Some(reader.start());
+        )
+        .start()
     }
 
     /// One timer per idle period, not per read: on expiry it re-arms for what is left.

@@ -13,7 +13,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use super::{with_limit, ConnState, Connection, Service, TlsStream};
 use crate::messages::{Inbound, ReadOutcome, Side, StopReader};
-use crate::reader::{Reader, UpstreamReader};
+use crate::reader::UpstreamReader;
 use crate::{upstream, DisposeReason};
 
 /// A proxying connection's upstream side.
@@ -57,15 +57,7 @@ impl Connection {
             };
             act.env.stats.upstream_opened(latency);
             let (read_half, write_half) = stream.into_split();
-            let me = ctx.address();
-            let reader = Reader::new(
-                read_half,
-                Side::Upstream,
-                (me.clone().recipient(), me.recipient()),
-                act.env.config.read_buffer,
-                act.env.faults.clone(),
-            )
-            .start();
+            let reader = act.spawn_reader(read_half, Side::Upstream, ctx);
             act.upstream = Some(UpstreamLink {
                 writer: Some(write_half),
                 reader: Some(reader),

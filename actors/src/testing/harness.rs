@@ -58,8 +58,8 @@ impl TestServerBuilder {
         self,
         make: impl FnOnce(ServerConfig) -> crate::ServerBuilder + Send + 'static,
     ) -> TestServer {
-        let certs = DevCerts::generate().expect("generate test certificates");
-        let tls = certs.server_config().expect("test certificates load");
+        let certs = DevCerts::generate().expect("generate test certificates"); // harness setup: failing here fails the test
+        let tls = certs.server_config().expect("test certificates load"); // harness setup: failing here fails the test
         let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), tls);
         for change in self.configure {
             change(&mut config);
@@ -93,10 +93,10 @@ impl TestServerBuilder {
                     server.shutdown(grace).await
                 })
             })
-            .expect("spawn the test server thread");
+            .expect("spawn the test server thread"); // harness setup: failing here fails the test
         let (addr, stats, registry) = ready_rx
             .recv()
-            .expect("test server thread reports")
+            .expect("test server thread reports") // harness setup: failing here fails the test
             .unwrap_or_else(|e| panic!("test server failed to start: {e}"));
         TestServer {
             addr,

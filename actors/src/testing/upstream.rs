@@ -19,10 +19,10 @@ pub struct TestUpstream<R> {
 impl<R: Send + 'static> TestUpstream<R> {
     /// Listens on 127.0.0.1, a free port.
     pub fn start(handler: impl Fn(TcpStream) -> R + Send + Sync + Clone + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test upstream");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test upstream"); // harness setup: failing here fails the test
         let addr = listener
             .local_addr()
-            .expect("a bound listener has an address");
+            .expect("a bound listener has an address"); // harness setup: failing here fails the test
         let (tx, reports) = mpsc::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop_seen = Arc::clone(&stopping);
