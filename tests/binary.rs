@@ -21,8 +21,9 @@ fn no_arguments_serves_echo_on_8443_with_the_development_certificate() {
     let mut client = server.connect().unwrap();
     assert_eq!(client.echo(b"hello 8443").unwrap(), b"hello 8443");
     drop(client);
-    server.signal(libc::SIGTERM);
-    let status = server.wait_exit(HANG).expect("exits after SIGTERM");
+    // Ctrl-C in a terminal: SIGINT runs the same graceful shutdown as SIGTERM.
+    server.signal(libc::SIGINT);
+    let status = server.wait_exit(HANG).expect("exits after SIGINT");
     assert!(status.success(), "{status:?}");
     let warned = server
         .raw_lines()
