@@ -516,7 +516,7 @@ impl Handler<Inbound> for Connection {
             // While closing, the client's bytes are drained and dropped (lingering close).
             Box::pin(fut::ready(())) as ResponseActFuture<Self, ()>
         } else if self.upstream.is_some() {
-            self.forward(msg, ctx)
+            self.forward(msg)
         } else {
             match self.run_session(|session, reply| session.on_data(&msg.bytes, reply)) {
                 Ok(()) => self.write_reply(),

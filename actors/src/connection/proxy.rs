@@ -68,11 +68,7 @@ impl Connection {
     }
 
     /// Forwards a chunk to the other side; resolves once it is written.
-    pub(super) fn forward(
-        &mut self,
-        msg: Inbound,
-        _ctx: &mut Context<Self>,
-    ) -> ResponseActFuture<Self, ()> {
+    pub(super) fn forward(&mut self, msg: Inbound) -> ResponseActFuture<Self, ()> {
         match msg.side {
             Side::Upstream => self.write_to_client(msg.bytes, |act, bytes| {
                 act.env.stats.proxied(Side::Upstream, bytes.len())
