@@ -173,7 +173,11 @@ impl Connection {
     /// could destroy the `close_notify` before the client reads it.
     fn finish_close(&mut self, ctx: &mut Context<Self>) {
         let Some(mut writer) = self.writer.take() else {
-            ctx.stop();
+            // No write half: either it is shut already, or a proxy half-close is shutting it
+            // right now, and that future's completion ends the close.
+            if self.close_sent {
+                ctx.stop();
+            }
             return;
         };
         let pending = std::mem::take(&mut self.reply);
@@ -188,14 +192,26 @@ impl Connection {
             })
             .await;
         };
-        ctx.spawn(shutdown.into_actor(self).map(move |(), act, ctx| {
-            act.close_sent = true;
-            if act.reader_done {
-                ctx.stop();
-            } else {
-                ctx.run_later(limit, |_, ctx| ctx.stop());
-            }
-        }));
+        ctx.spawn(
+            shutdown
+                .into_actor(self)
+                .map(|(), act, ctx| act.close_notify_sent(ctx)),
+        );
+    }
+
+    /// Our `close_notify` and FIN are out (or the close timeout gave up on them). Closing: stop
+    /// once the client has finished, or after the close timeout. Still open: a proxy
+    /// half-close, which goes on until both sides are done.
+    fn close_notify_sent(&mut self, ctx: &mut Context<Self>) {
+        self.close_sent = true;
+        if self.state == ConnState::Open {
+            return self.finish_if_both_done(ctx);
+        }
+        if self.reader_done {
+            ctx.stop();
+        } else {
+            ctx.run_later(self.env.config.close_timeout, |_, ctx| ctx.stop());
+        }
     }
 
     /// Runs a session callback, turning a panic or a protocol error into a disposal reason.

@@ -311,3 +311,28 @@ fn proxy_protocol_v2_header_byte_for_byte() {
     expected.extend_from_slice(&server.port().to_be_bytes());
     assert_eq!(header, expected);
 }
+
+#[test]
+fn shutdown_during_a_half_close_closes_both_sides() {
+    // The upstream finishes at once; the client got close_notify but keeps its direction open.
+    let up = TestUpstream::start(|s: TcpStream| {
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut s = s;
+        upstream::read_to_eof(&mut s).unwrap().len()
+    });
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    let (nothing, close) = client.receive_until_close();
+    assert!(nothing.is_empty());
+    assert!(matches!(close, CloseSeen::CloseNotifyThenEof), "{close:?}");
+    client.send(b"still sending").unwrap();
+    server.wait_for("the bytes forwarded", HANG, |s| {
+        s.ledger.active == 1 && s.proxy.bytes_client_to_upstream == 13
+    });
+    let report = server.shutdown(Duration::from_secs(5));
+    assert_eq!(report.forced, 0, "{report:?}");
+    assert_eq!(report.left_registered, 0, "{report:?}");
+    // The upstream got what the client sent, then our FIN when the connection stopped.
+    assert_eq!(up.next_report(HANG), Some(b"still sending".len()));
+    assert_upstream_sockets_closed(up.addr());
+}

@@ -139,21 +139,21 @@ impl Connection {
     /// a FIN, and keep reading the client until it finishes too.
     fn shut_client_write(&mut self, ctx: &mut Context<Self>) {
         let Some(mut writer) = self.writer.take() else {
-            self.close_sent = true;
-            return self.finish_if_both_done(ctx);
+            return self.close_notify_sent(ctx);
         };
         let limit = self.env.config.close_timeout;
         let shutdown = async move {
             let _ = tokio::time::timeout(limit, writer.shutdown()).await;
         };
-        ctx.spawn(shutdown.into_actor(self).map(|(), act, ctx| {
-            act.close_sent = true;
-            act.finish_if_both_done(ctx);
-        }));
+        ctx.spawn(
+            shutdown
+                .into_actor(self)
+                .map(|(), act, ctx| act.close_notify_sent(ctx)),
+        );
     }
 
     /// Stops once both sides have finished and both write directions are shut.
-    fn finish_if_both_done(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn finish_if_both_done(&mut self, ctx: &mut Context<Self>) {
         let Some(link) = self.upstream.as_ref() else {
             return;
         };
