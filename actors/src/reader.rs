@@ -53,6 +53,21 @@ impl<R: AsyncRead + Unpin + 'static> Reader<R> {
     }
 }
 
+/// The smallest read, and the size an idle reader waits with.
+const MIN_READ: usize = 1024;
+
+/// Doubles the read size after a read that filled it (a stream is flowing), halves it after a
+/// read that used less than a quarter (back to small for an idle connection).
+fn next_read_size(want: usize, got: usize, max: usize) -> usize {
+    if got >= want {
+        (want * 2).min(max)
+    } else if got < want / 4 {
+        (want / 2).max(MIN_READ.min(max))
+    } else {
+        want
+    }
+}
+
 /// Reads until the stream ends or the parent is gone.
 async fn read_loop<R: AsyncRead + Unpin>(
     mut half: R,
@@ -61,20 +76,23 @@ async fn read_loop<R: AsyncRead + Unpin>(
     buffer_size: usize,
     faults: Faults,
 ) -> Option<ReadOutcome> {
-    let mut buf = BytesMut::new();
+    let mut want = MIN_READ.min(buffer_size);
     loop {
         if side == Side::Client && faults.is_on(FaultPoint::ReaderError) {
             return Some(ReadOutcome::Failed(io::Error::other(
                 "injected reader error",
             )));
         }
-        // Reclaims the previous chunk's allocation once the parent has dropped it.
-        buf.reserve(buffer_size);
+        // A fresh buffer per read, sized by the last reads: the chunk takes its allocation
+        // along and frees it once written, and a reader parked on an idle connection holds
+        // only a small buffer.
+        let mut buf = BytesMut::with_capacity(want);
         match half.read_buf(&mut buf).await {
             // A zero-length read is a clean end: TLS close_notify, or a plain TCP FIN…
             Ok(0) => return Some(ReadOutcome::PeerEof { clean: true }),
-            Ok(_) => {
-                let bytes = buf.split().freeze();
+            Ok(n) => {
+                want = next_read_size(want, n, buffer_size);
+                let bytes = buf.freeze();
                 if inbound.send(Inbound { side, bytes }).await.is_err() {
                     // The parent is gone; its stop hook already owns the disposal.
                     return None;
@@ -123,5 +141,26 @@ impl<R: AsyncRead + Unpin + 'static> Handler<StopReader> for Reader<R> {
         // Stopping skips the spawned read (actix does not poll items once stopping) and drops
         // it with the context, read half included.
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_size_grows_while_full_and_shrinks_when_idle() {
+        let max = 64 * 1024;
+        let mut want = MIN_READ;
+        for _ in 0..10 {
+            want = next_read_size(want, want, max);
+        }
+        assert_eq!(want, max);
+        for _ in 0..10 {
+            want = next_read_size(want, 6, max);
+        }
+        assert_eq!(want, MIN_READ);
+        assert_eq!(next_read_size(4096, 2048, max), 4096);
+        assert_eq!(next_read_size(512, 512, 512), 512);
     }
 }
