@@ -159,6 +159,13 @@ impl Connection {
             ConnState::Registered | ConnState::Handshaking => ctx.stop(),
             ConnState::Open => {
                 self.state = ConnState::Closing;
+                // The upstream, if any, gets its FIN now rather than when the actor stops.
+                self.shut_upstream_write();
+                // One deadline for the whole close: a write in flight to a client that does not
+                // read must not hold a graceful close (a kill, a shutdown) open. The flush and
+                // the linger each get close_timeout; this bounds both together.
+                let deadline = self.env.config.close_timeout * 2;
+                ctx.run_later(deadline, |_, ctx| ctx.stop());
                 // A write in flight holds the write half; its completion finishes the close.
                 if !self.write_in_flight {
                     self.finish_close(ctx);
@@ -254,7 +261,7 @@ impl Connection {
             return Box::pin(fut::ready(()));
         }
         let data = std::mem::take(&mut self.reply);
-        self.write_to_client(data, |act, mut data| {
+        self.write_to_client(data, |act, mut data, _written| {
             // Keep the buffer for the next reply unless one chunk made it large.
             data.clear();
             if act.reply.is_empty() && data.capacity() <= 4 * act.env.config.read_buffer {
@@ -263,12 +270,13 @@ impl Connection {
         })
     }
 
-    /// Writes `data` to the client and flushes it, then hands the buffer back to `recycle`.
+    /// Writes `data` to the client and flushes it, then hands the buffer back to `recycle`
+    /// with whether the write succeeded.
     /// The reader that produced the data waits for this to resolve before reading again.
     fn write_to_client<B: AsRef<[u8]> + 'static>(
         &mut self,
         data: B,
-        recycle: impl FnOnce(&mut Self, B) + 'static,
+        recycle: impl FnOnce(&mut Self, B, bool) + 'static,
     ) -> ResponseActFuture<Self, ()> {
         let Some(mut writer) = self.writer.take() else {
             return Box::pin(fut::ready(()));
@@ -289,7 +297,7 @@ impl Connection {
                 .map(|(writer, data, result), act, ctx| {
                     act.write_in_flight = false;
                     act.writer = Some(writer);
-                    recycle(act, data);
+                    recycle(act, data, result.is_ok());
                     if let Err(e) = &result {
                         debug!(act.log, "write failed"; "error" => %e);
                         act.reason.get_or_insert(DisposeReason::WriterError);

@@ -231,7 +231,11 @@ impl Stats {
     }
 
     pub(crate) fn release_admission(&self) {
-        self.admitted.fetch_sub(1, Ordering::AcqRel);
+        // Saturating: a Register that did not come through admission (an embedding program
+        // sending its own) must not wrap the count and lock every later client out.
+        let _ = self
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 }
 

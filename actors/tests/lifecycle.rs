@@ -266,3 +266,25 @@ fn a_client_that_never_reads_its_echo_is_writer_error() {
     assert_eq!(reasons(&server), vec![DisposeReason::WriterError]);
     assert_eq!(leak::close_wait_on_port(server.addr().port()).unwrap(), 0);
 }
+
+#[test]
+fn a_graceful_kill_ends_even_while_a_write_to_the_client_is_stalled() {
+    // No idle timeout: only the close's own deadline can end a write the client never reads.
+    let server = TestServer::builder()
+        .config(|c| {
+            c.idle_timeout = None;
+            c.close_timeout = Duration::from_millis(300);
+        })
+        .start(Echo);
+    let mut client = server.connect().unwrap();
+    client
+        .tcp()
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    let sending = Instant::now();
+    while client.send(&chunk).is_ok() && sending.elapsed() < HANG {}
+    server.kill(ConnId(0), CloseMode::Graceful);
+    server.wait_disposed(1, HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::Killed]);
+}

@@ -336,3 +336,28 @@ fn shutdown_during_a_half_close_closes_both_sides() {
     assert_eq!(up.next_report(HANG), Some(b"still sending".len()));
     assert_upstream_sockets_closed(up.addr());
 }
+
+#[test]
+fn closing_a_proxied_connection_sends_the_upstream_its_fin_at_once() {
+    let up = TestUpstream::start(upstream::echo);
+    let mut config = ProxyConfig::new(up.addr().to_string());
+    config.connect_timeout = Duration::from_secs(5);
+    // A long linger: the client never finishes, so the connection itself stops only then.
+    let server = TestServer::builder()
+        .config(|c| c.close_timeout = Duration::from_secs(10))
+        .start_proxy(config);
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"ping").unwrap(), b"ping");
+    server.kill(
+        tlsvisor_actors::ConnId(0),
+        tlsvisor_actors::CloseMode::Graceful,
+    );
+    // The upstream reads EOF long before the connection's 10 s linger is over.
+    assert_eq!(
+        up.next_report(Duration::from_secs(5)).map(|r| r.unwrap()),
+        Some(4)
+    );
+    drop(client);
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::Killed);
+}

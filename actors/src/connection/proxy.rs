@@ -70,8 +70,10 @@ impl Connection {
     /// Forwards a chunk to the other side; resolves once it is written.
     pub(super) fn forward(&mut self, msg: Inbound) -> ResponseActFuture<Self, ()> {
         match msg.side {
-            Side::Upstream => self.write_to_client(msg.bytes, |act, bytes| {
-                act.env.stats.proxied(Side::Upstream, bytes.len())
+            Side::Upstream => self.write_to_client(msg.bytes, |act, bytes, written| {
+                if written {
+                    act.env.stats.proxied(Side::Upstream, bytes.len())
+                }
             }),
             Side::Client => self.write_to_upstream(msg.bytes),
         }
@@ -90,7 +92,8 @@ impl Connection {
             write
                 .into_actor(self)
                 .map(|(writer, len, result), act, ctx| {
-                    if let Some(link) = act.upstream.as_mut() {
+                    // Closing meanwhile: the write half stays dropped (the upstream has its FIN).
+                    if let (Some(link), ConnState::Open) = (act.upstream.as_mut(), act.state) {
                         link.writer = Some(writer);
                     }
                     match result {
@@ -164,6 +167,14 @@ impl Connection {
             };
             self.reason.get_or_insert(reason);
             ctx.stop();
+        }
+    }
+
+    /// Closing: the upstream gets a FIN at once (dropping an owned write half shuts the
+    /// socket's write side); what it still sends is drained until the connection stops.
+    pub(super) fn shut_upstream_write(&mut self) {
+        if let Some(link) = self.upstream.as_mut() {
+            link.writer = None;
         }
     }
 
