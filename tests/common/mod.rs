@@ -27,7 +27,10 @@ pub struct Tlsvisor {
     pub child: Child,
     pub listen: SocketAddr,
     pub metrics: Option<SocketAddr>,
-    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    logs: Logs,
+    /// The thread reading stderr; joined once the process has exited, so that every line the
+    /// process wrote is in `logs` before a test reads them.
+    collector: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Tlsvisor {
@@ -49,12 +52,13 @@ impl Tlsvisor {
 
     /// Starts the binary with exactly `args` (which must ask for JSON logs).
     pub fn spawn(args: &[&str]) -> Tlsvisor {
-        let (child, logs) = start_collecting_logs(args);
+        let (child, logs, collector) = start_collecting_logs(args);
         let mut server = Tlsvisor {
             child,
             listen: "0.0.0.0:0".parse().unwrap(),
             metrics: None,
             logs,
+            collector: Some(collector),
         };
         let wants_metrics = args.contains(&"--metrics-listen");
         let found = eventually(HANG, || {
@@ -78,7 +82,7 @@ impl Tlsvisor {
     /// Starts the binary with no arguments (echo on 127.0.0.1:8443, built-in certificate,
     /// terminal logs) and waits until it accepts.
     pub fn spawn_default() -> Tlsvisor {
-        let (child, logs) = start_collecting_logs(&[]);
+        let (child, logs, collector) = start_collecting_logs(&[]);
         let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
         assert!(
             eventually(HANG, || TcpStream::connect(listen).is_ok()),
@@ -89,6 +93,7 @@ impl Tlsvisor {
             listen,
             metrics: None,
             logs,
+            collector: Some(collector),
         }
     }
 
@@ -154,6 +159,10 @@ impl Tlsvisor {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The pipe is closed: the collector ends once it has read the last line.
+                if let Some(collector) = self.collector.take() {
+                    collector.join().unwrap();
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -166,7 +175,9 @@ impl Tlsvisor {
 
 /// Starts the binary with `args` and a thread that keeps every stderr line: a JSON log record
 /// as it is, any other line as `{"msg": "(not json)", "raw": line}`.
-fn start_collecting_logs(args: &[&str]) -> (Child, Arc<Mutex<Vec<serde_json::Value>>>) {
+type Logs = Arc<Mutex<Vec<serde_json::Value>>>;
+
+fn start_collecting_logs(args: &[&str]) -> (Child, Logs, std::thread::JoinHandle<()>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
         .args(args)
         .stdin(Stdio::null())
@@ -177,7 +188,7 @@ fn start_collecting_logs(args: &[&str]) -> (Child, Arc<Mutex<Vec<serde_json::Val
     let stderr = child.stderr.take().unwrap();
     let logs = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&logs);
-    std::thread::spawn(move || {
+    let collector = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             let value = serde_json::from_str(&line)
@@ -185,7 +196,7 @@ fn start_collecting_logs(args: &[&str]) -> (Child, Arc<Mutex<Vec<serde_json::Val
             sink.lock().unwrap().push(value);
         }
     });
-    (child, logs)
+    (child, logs, collector)
 }
 
 impl Drop for Tlsvisor {
