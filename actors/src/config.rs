@@ -24,8 +24,8 @@ pub struct ServerConfig {
     /// Time a graceful close gets to flush, send `close_notify` and see the client finish,
     /// before the connection stops anyway.
     pub close_timeout: Duration,
-    /// Most bytes read at once from one side (only the part data arrives in is touched, so an
-    /// idle connection does not hold it resident). Larger reads mean fewer writes per GiB.
+    /// Most bytes read at once from one side. Readers start small and grow toward this while
+    /// data flows, so it costs nothing on idle connections; larger means fewer writes per GiB.
     pub read_buffer: usize,
     /// `listen(2)` backlog.
     pub backlog: u32,
