@@ -254,14 +254,10 @@ fn a_client_that_never_reads_its_echo_is_writer_error() {
         .config(|c| c.idle_timeout = Some(Duration::from_millis(500)))
         .start(Echo);
     let mut client = server.connect().unwrap();
-    client
-        .tcp()
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
     // Keep sending, never read: the echoes fill every buffer and the server's write stalls.
-    let chunk = vec![1u8; 64 * 1024];
-    let sending = std::time::Instant::now();
-    while client.send(&chunk).is_ok() && sending.elapsed() < HANG {}
+    client
+        .send_until_blocked(Duration::from_millis(200), usize::MAX)
+        .unwrap();
     server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::WriterError]);
     assert_eq!(leak::close_wait_on_port(server.addr().port()).unwrap(), 0);
@@ -277,13 +273,10 @@ fn a_graceful_kill_ends_even_while_a_write_to_the_client_is_stalled() {
         })
         .start(Echo);
     let mut client = server.connect().unwrap();
+    // Keep sending, never read: the echoes fill every buffer and the server's write stalls.
     client
-        .tcp()
-        .set_write_timeout(Some(Duration::from_millis(200)))
+        .send_until_blocked(Duration::from_millis(200), usize::MAX)
         .unwrap();
-    let chunk = vec![1u8; 64 * 1024];
-    let sending = Instant::now();
-    while client.send(&chunk).is_ok() && sending.elapsed() < HANG {}
     server.kill(ConnId(0), CloseMode::Graceful);
     server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::Killed]);

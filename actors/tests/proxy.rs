@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tlsvisor_actors::testing::leak::{self, TcpState};
 use tlsvisor_actors::testing::upstream::{self, pattern};
-use tlsvisor_actors::testing::{CloseSeen, TestServer, TestUpstream};
+use tlsvisor_actors::testing::{CloseSeen, TestServer, TestUpstream, TlsClient};
 use tlsvisor_actors::{DisposeReason, ProxyConfig, ProxyHeader};
 
 /// A ceiling only a hang reaches.
@@ -180,8 +180,9 @@ fn upstream_reset_mid_stream_is_upstream_error() {
     assert_upstream_sockets_closed(up.addr());
 }
 
-#[test]
-fn upstream_finishing_at_once_is_upstream_eof_once_the_client_finishes() {
+/// A proxy to an upstream that finishes at once (and reads until the client does), and a
+/// client that has already seen the upstream's end as `close_notify`, with nothing before it.
+fn upstream_finished_first() -> (TestUpstream<usize>, TestServer, TlsClient) {
     let up = TestUpstream::start(|s: TcpStream| {
         s.shutdown(Shutdown::Write).unwrap();
         let mut s = s;
@@ -192,6 +193,12 @@ fn upstream_finishing_at_once_is_upstream_eof_once_the_client_finishes() {
     let (nothing, close) = client.receive_until_close();
     assert!(nothing.is_empty());
     assert!(matches!(close, CloseSeen::CloseNotifyThenEof), "{close:?}");
+    (up, server, client)
+}
+
+#[test]
+fn upstream_finishing_at_once_is_upstream_eof_once_the_client_finishes() {
+    let (up, server, mut client) = upstream_finished_first();
     client.send(b"late but delivered").unwrap();
     client.finish_sending().unwrap();
     assert_eq!(up.next_report(HANG), Some(b"late but delivered".len()));
@@ -241,15 +248,9 @@ fn a_client_the_upstream_does_not_read_is_not_read_either() {
     });
     let server = proxy_to(up.addr());
     let mut client = server.connect().unwrap();
-    client
-        .tcp()
-        .set_write_timeout(Some(Duration::from_millis(500)))
+    let accepted = client
+        .send_until_blocked(Duration::from_millis(500), BULK)
         .unwrap();
-    let chunk = vec![7u8; 64 * 1024];
-    let mut accepted = 0usize;
-    while accepted < BULK && client.send(&chunk).is_ok() {
-        accepted += chunk.len();
-    }
     assert!(
         accepted < BULK / 2,
         "the proxy took {accepted} bytes the upstream never read"
@@ -315,16 +316,7 @@ fn proxy_protocol_v2_header_byte_for_byte() {
 #[test]
 fn shutdown_during_a_half_close_closes_both_sides() {
     // The upstream finishes at once; the client got close_notify but keeps its direction open.
-    let up = TestUpstream::start(|s: TcpStream| {
-        s.shutdown(Shutdown::Write).unwrap();
-        let mut s = s;
-        upstream::read_to_eof(&mut s).unwrap().len()
-    });
-    let server = proxy_to(up.addr());
-    let mut client = server.connect().unwrap();
-    let (nothing, close) = client.receive_until_close();
-    assert!(nothing.is_empty());
-    assert!(matches!(close, CloseSeen::CloseNotifyThenEof), "{close:?}");
+    let (up, server, mut client) = upstream_finished_first();
     client.send(b"still sending").unwrap();
     server.wait_for("the bytes forwarded", HANG, |s| {
         s.ledger.active == 1 && s.proxy.bytes_client_to_upstream == 13

@@ -77,6 +77,19 @@ impl TlsClient {
         self.stream.flush()
     }
 
+    /// Writes 64 KiB chunks until a write blocks for `stall` (the server stopped reading),
+    /// `limit` bytes went out, or a write failed. Returns the bytes the socket accepted.
+    pub fn send_until_blocked(&mut self, stall: Duration, limit: usize) -> io::Result<usize> {
+        self.stream.sock.set_write_timeout(Some(stall))?;
+        let chunk = vec![0x5a_u8; 64 * 1024];
+        let mut accepted = 0;
+        while accepted < limit && self.send(&chunk).is_ok() {
+            accepted += chunk.len();
+        }
+        self.stream.sock.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(accepted)
+    }
+
     /// Reads exactly `len` bytes.
     pub fn receive(&mut self, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0; len];
