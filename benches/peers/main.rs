@@ -31,6 +31,10 @@ const SERVERS: [&str; 7] = [
 ];
 
 struct Settings {
+    /// Phases to run (`TLSVISOR_BENCH_PHASES`); all when unset.
+    phases: Option<Vec<String>>,
+    /// A quick or phase-limited run: its report does not replace docs/benchmarks.md.
+    partial: bool,
     handshakes: usize,
     requests: usize,
     bulk_bytes: usize,
@@ -41,8 +45,13 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Settings {
-        if std::env::var("TLSVISOR_BENCH_QUICK").is_ok() {
+        let phases = list_from_env("TLSVISOR_BENCH_PHASES");
+        let quick = std::env::var("TLSVISOR_BENCH_QUICK").is_ok();
+        let partial = quick || phases.is_some();
+        if quick {
             Settings {
+                phases,
+                partial,
                 handshakes: 1000,
                 requests: 20_000,
                 bulk_bytes: 128 << 20,
@@ -52,6 +61,8 @@ impl Settings {
             }
         } else {
             Settings {
+                phases,
+                partial,
                 handshakes: 5000,
                 requests: 100_000,
                 bulk_bytes: 1 << 30,
@@ -61,6 +72,21 @@ impl Settings {
             }
         }
     }
+}
+
+impl Settings {
+    fn runs(&self, phase: &str) -> bool {
+        self.phases
+            .as_ref()
+            .is_none_or(|phases| phases.iter().any(|p| p == phase))
+    }
+}
+
+/// A comma-separated list from the environment, if the variable is set.
+fn list_from_env(name: &str) -> Option<Vec<String>> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').map(str::to_string).collect())
 }
 
 /// A server under test.
@@ -528,9 +554,7 @@ fn main() {
     read_line_starting(&mut echo, "READY");
     wait_listening(env.redis_port);
 
-    let only: Option<Vec<String>> = std::env::var("TLSVISOR_BENCH_ONLY")
-        .ok()
-        .map(|v| v.split(',').map(str::to_string).collect());
+    let only = list_from_env("TLSVISOR_BENCH_ONLY");
     let mut rows = Vec::new();
     for name in SERVERS {
         if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
@@ -543,17 +567,25 @@ fn main() {
             Measure::IdleThreadsSmall,
             procfs::threads(server.pid) as f64,
         );
-        handshake_rows(&env, &s, &server, &mut row);
-        redis_benchmark_rows(&env, &s, &server, &mut row);
-        idle_rows(&env, &s, &server, &mut row);
-        burst_rows(&env, &s, &server, &mut row);
+        if s.runs("handshake") {
+            handshake_rows(&env, &s, &server, &mut row);
+        }
+        if s.runs("requests") {
+            redis_benchmark_rows(&env, &s, &server, &mut row);
+        }
+        if s.runs("idle") {
+            idle_rows(&env, &s, &server, &mut row);
+        }
+        if s.runs("burst") {
+            burst_rows(&env, &s, &server, &mut row);
+        }
         stop(&env, server);
-        if name != "redis-tls" {
+        if name != "redis-tls" && s.runs("bulk") {
             let server = start(&env, name, env.echo_port);
             bulk_rows(&env, &s, &server, &mut row);
             stop(&env, server);
         }
-        if name == "tlsvisor" {
+        if name == "tlsvisor" && s.runs("sigterm") {
             sigterm_row(&env, &s, &mut row);
         }
         eprintln!("{row:?}");
@@ -563,7 +595,12 @@ fn main() {
     let _ = echo.kill();
     let _ = redis.wait();
     let _ = echo.wait();
-    let docs = env.root.join("docs");
+    // Only a full run replaces the published report; a partial one goes under target/.
+    let docs = if s.partial || only.is_some() {
+        env.root.join("target/bench-partial")
+    } else {
+        env.root.join("docs")
+    };
     std::fs::create_dir_all(&docs).unwrap();
     report::write(&docs, &rows, &machine_line(), &versions());
     let _ = std::fs::remove_dir_all(&env.work);
