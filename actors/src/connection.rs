@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::dispose_guard::DisposeGuard;
 use crate::fault::{FaultPoint, Faults};
 use crate::messages::{Close, CloseMode, Inbound, ReadOutcome, ReaderFinished, Side, StopReader};
+use crate::read_ahead::ReadAhead;
 use crate::reader::{ClientReader, Reader};
 use crate::{
     ConnId, ConnInfo, DisposeReason, HandlerRegistry, Protocol, ProxyConfig, ServerConfig, Session,
@@ -26,8 +27,8 @@ use crate::{
 
 use self::proxy::UpstreamLink;
 
-/// The server side of a TLS stream over TCP.
-pub(crate) type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// The server side of a TLS stream over TCP (read ahead while the client streams).
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
 
 /// The states of a connection. They only move forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -489,7 +490,7 @@ impl Actor for Connection {
                     "injected handshake failure",
                 )));
             }
-            match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(limit, acceptor.accept(ReadAhead::new(tcp))).await {
                 Err(_) => Err(HandshakeError::TimedOut),
                 Ok(Err(e)) => Err(HandshakeError::Failed(e)),
                 Ok(Ok(stream)) => Ok(stream),

@@ -60,6 +60,7 @@ mod error;
 mod fault;
 pub mod messages;
 mod protocol;
+mod read_ahead;
 mod reader;
 mod registry;
 mod server;

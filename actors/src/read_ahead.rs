@@ -1,0 +1,237 @@
+//! `ReadAhead`: the client socket under TLS, reading ciphertext in large gulps while the client
+//! streams.
+//!
+//! rustls asks its transport for at most 4 KiB per `read_tls` call (its deframer buffer grows
+//! by 4 KiB at a time), so a client uploading through the proxy would cost one `read(2)` per
+//! 4 KiB — four system calls per full TLS record. This wrapper notices when a read fills the
+//! whole 4 KiB rustls offered (the client is sending faster than we read) and from then on reads
+//! up to [`GULP`] bytes at once into its own buffer, handing rustls 4 KiB slices from memory.
+//!
+//! The buffer exists only while the client streams: it is freed as soon as the socket has
+//! nothing more to give, so an idle connection holds no read-ahead memory. TLS still sees every
+//! byte in order; only the number of system calls changes.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The largest single read while the client streams: four full TLS records.
+pub const GULP: usize = 64 * 1024;
+
+/// A transport that reads ahead while its peer streams (see the module docs).
+#[derive(Debug)]
+pub struct ReadAhead<S> {
+    io: S,
+    /// Bytes read from `io` that rustls has not taken yet are `buf[start..end]`. Empty, with no
+    /// allocation, unless the client is streaming.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The last read filled everything that was asked for: more is probably waiting.
+    streaming: bool,
+}
+
+impl<S> ReadAhead<S> {
+    /// Wraps `io`; reads go straight through until the peer streams.
+    pub fn new(io: S) -> Self {
+        ReadAhead {
+            io,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            streaming: false,
+        }
+    }
+
+    /// The wrapped transport.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// Bytes read ahead and not yet handed out.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn hand_out(&mut self, out: &mut ReadBuf<'_>) {
+        let n = out.remaining().min(self.end - self.start);
+        out.put_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+    }
+
+    /// Gives the buffer back: nothing is waiting in it and the socket has gone quiet.
+    fn release(&mut self) {
+        self.buf = Vec::new();
+        self.start = 0;
+        self.end = 0;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.start < this.end {
+            this.hand_out(out);
+            if this.start == this.end && !this.streaming {
+                this.release();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if !this.streaming || out.remaining() >= GULP {
+            // Straight into the caller's buffer: no copy, no memory of our own.
+            this.release();
+            let asked = out.remaining();
+            let before = out.filled().len();
+            ready!(Pin::new(&mut this.io).poll_read(cx, out))?;
+            let got = out.filled().len() - before;
+            this.streaming = asked > 0 && got == asked;
+            return Poll::Ready(Ok(()));
+        }
+        if this.buf.len() < GULP {
+            this.buf = vec![0; GULP];
+        }
+        let mut ahead = ReadBuf::new(&mut this.buf);
+        match Pin::new(&mut this.io).poll_read(cx, &mut ahead) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
+                this.release();
+                return Poll::Ready(Err(e));
+            }
+            Poll::Pending => {
+                // Caught up with the client: stop holding memory for it.
+                this.release();
+                this.streaming = false;
+                return Poll::Pending;
+            }
+        }
+        let got = ahead.filled().len();
+        this.start = 0;
+        this.end = got;
+        // A short gulp means the client is not outrunning us any more; the next read after
+        // this data goes straight through again.
+        this.streaming = got == GULP;
+        this.hand_out(out);
+        if this.start == this.end && !this.streaming {
+            this.release();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads `total` bytes in 4 KiB asks, like rustls does, counting reads that reached the
+    /// socket.
+    async fn read_like_rustls(
+        reader: &mut ReadAhead<tokio::io::DuplexStream>,
+        total: usize,
+    ) -> Vec<u8> {
+        let mut got = Vec::with_capacity(total);
+        let mut chunk = [0u8; 4096];
+        while got.len() < total {
+            let n = reader.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "early EOF after {} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn bytes_arrive_in_order_across_gulps() {
+        let (mut client, server) = tokio::io::duplex(256 * 1024);
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        let mut reader = ReadAhead::new(server);
+        let got = read_like_rustls(&mut reader, data.len()).await;
+        assert_eq!(got, data);
+        drop(writer.await.unwrap());
+        let mut rest = [0u8; 16];
+        assert_eq!(
+            reader.read(&mut rest).await.unwrap(),
+            0,
+            "EOF passes through"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streaming_peer_is_read_in_gulps_and_the_buffer_is_freed_when_quiet() {
+        let (mut client, server) = tokio::io::duplex(4 * GULP);
+        client.write_all(&vec![7u8; 3 * GULP]).await.unwrap();
+        let mut reader = ReadAhead::new(server);
+        let mut chunk = [0u8; 4096];
+        // First ask fills 4 KiB: the reader switches to gulps.
+        assert_eq!(reader.read(&mut chunk).await.unwrap(), 4096);
+        assert_eq!(reader.read(&mut chunk).await.unwrap(), 4096);
+        assert_eq!(
+            reader.buffered(),
+            GULP - 4096,
+            "one gulp read, one slice handed out"
+        );
+        let rest = read_like_rustls(&mut reader, 3 * GULP - 2 * 4096).await;
+        assert!(rest.iter().all(|&b| b == 7));
+        // Nothing left: the next read parks, and parking gives the memory back.
+        let parked = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            reader.read(&mut chunk),
+        )
+        .await;
+        assert!(parked.is_err(), "no data, so the read waits");
+        assert_eq!(reader.buf.capacity(), 0, "no buffer held while waiting");
+        assert!(!reader.streaming);
+    }
+
+    #[tokio::test]
+    async fn a_trickling_peer_never_gets_a_buffer() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut reader = ReadAhead::new(server);
+        let mut chunk = [0u8; 4096];
+        for _ in 0..10 {
+            client.write_all(b"PING\r\n").await.unwrap();
+            assert_eq!(reader.read(&mut chunk).await.unwrap(), 6);
+            assert_eq!(reader.buf.capacity(), 0);
+        }
+    }
+}
