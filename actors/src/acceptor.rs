@@ -15,18 +15,20 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::connection::ConnectionEnv;
 use crate::fault::FaultPoint;
 use crate::messages::{Register, StopAccepting};
-use crate::{ConnId, Connection, RejectReason};
+use crate::{ConnId, Connection, HandlerRegistry, RejectReason};
 
 /// How long accepting pauses after the process ran out of file descriptors (or memory) for a
 /// new socket: retrying at once would spin on the same error while the backlog waits.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Accepts on its own copy (a `dup`) of the server's one listening socket, admits each socket
-/// under `max_connections`, and starts its `Connection` on this same arbiter.
+/// under `max_connections`, and starts its `Connection` on this same arbiter, registered with
+/// this arbiter's [`HandlerRegistry`].
 ///
 /// One acceptor runs on each worker arbiter. The kernel wakes them all for a new connection and
 /// one wins the `accept`; the connection then lives on the thread that accepted it, so a socket
-/// never moves between reactors and no other thread is woken to start it. An acceptor whose
+/// never moves between reactors, and its `Register` and `Dispose` go to a registry on the same
+/// thread: no other thread is woken to start or to end it. An acceptor whose
 /// worker is busy simply wins fewer accepts.
 pub struct Acceptor {
     listener: Option<std::net::TcpListener>,
@@ -35,15 +37,22 @@ pub struct Acceptor {
     polled: Rc<RefCell<Option<TcpListener>>>,
     accepting: Option<SpawnHandle>,
     env: Arc<ConnectionEnv>,
+    /// The registry on this acceptor's arbiter.
+    registry: Addr<HandlerRegistry>,
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: std::net::TcpListener, env: Arc<ConnectionEnv>) -> Self {
+    pub(crate) fn new(
+        listener: std::net::TcpListener,
+        env: Arc<ConnectionEnv>,
+        registry: Addr<HandlerRegistry>,
+    ) -> Self {
         Acceptor {
             listener: Some(listener),
             polled: Rc::new(RefCell::new(None)),
             accepting: None,
             env,
+            registry,
         }
     }
 
@@ -93,15 +102,16 @@ impl Acceptor {
         };
         let id = ConnId(self.env.next_id.fetch_add(1, Ordering::Relaxed));
         let env = Arc::clone(&self.env);
+        let registry = self.registry.clone();
         Connection::create(move |ctx| {
             // Registered before the actor starts, from the thread its stop hook will run on, so
             // the registry always gets this Register before the connection's Dispose.
-            env.registry.do_send(Register {
+            registry.do_send(Register {
                 id,
                 peer,
                 connection: ctx.address().downgrade(),
             });
-            Connection::new(id, peer, socket, env)
+            Connection::new(id, peer, socket, env, registry)
         });
     }
 }

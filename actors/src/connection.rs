@@ -60,13 +60,12 @@ pub(crate) struct ConnectionEnv {
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<Stats>,
     pub(crate) faults: Faults,
-    pub(crate) registry: Addr<HandlerRegistry>,
     pub(crate) log: Logger,
     /// The next connection id (shared by the acceptors of every worker).
     pub(crate) next_id: AtomicU64,
-    /// Set by the shutdown protocol before it asks the registry to close everything. A
-    /// connection that starts after that closes at once: its `Register` may have reached the
-    /// registry after the registry's `CloseAll` went out.
+    /// Set by the shutdown protocol before it asks the registries to close everything. A
+    /// connection that starts after that closes at once: its `Register` may have reached its
+    /// registry after that registry's `CloseAll` went out.
     pub(crate) draining: AtomicBool,
 }
 
@@ -110,16 +109,18 @@ enum HandshakeError {
 }
 
 impl Connection {
+    /// A connection registered with `registry`, the registry of the worker it runs on.
     pub(crate) fn new(
         id: ConnId,
         peer: SocketAddr,
         socket: std::net::TcpStream,
         env: Arc<ConnectionEnv>,
+        registry: Addr<HandlerRegistry>,
     ) -> Self {
         let log = env
             .log
             .new(o!("conn_id" => id.0, "peer" => peer.to_string()));
-        let guard = DisposeGuard::new(id, env.registry.clone(), log.clone());
+        let guard = DisposeGuard::new(id, registry, log.clone());
         let now = Instant::now();
         Connection {
             id,

@@ -1,12 +1,12 @@
 //! Supervised TLS connections as actix actors.
 //!
 //! Each accepted TLS connection is a [`Connection`] actor with a [`Reader`] child, started on
-//! the worker arbiter whose [`Acceptor`] accepted it, and recorded in the [`HandlerRegistry`]
-//! before its handshake begins:
+//! the worker arbiter whose [`Acceptor`] accepted it, and recorded in that worker's
+//! [`HandlerRegistry`] before its handshake begins:
 //!
 //! ```text
 //! ConnectionSupervisor        owns the acceptors and the shutdown protocol
-//! ├── HandlerRegistry         the one record of live connections; applies Dispose exactly once
+//! ├── HandlerRegistry (×workers) a worker's live connections; applies Dispose exactly once
 //! ├── Acceptor    (×workers)  accepts and admits on one worker arbiter
 //! └── Connection  (×N, on the worker that accepted it)
 //!     ├── Reader              reads decrypted bytes, reports EOF/failure to its parent
@@ -34,8 +34,9 @@
 //! A connection moves `Registered → Handshaking → Open → Closing → Disposed`. Every way it ends
 //! (peer EOF, a read or write failure, a handshake failure or timeout, an idle timeout, a
 //! failure before start, a session panic, a kill, a shutdown) stops the `Connection` actor, and
-//! its `stopped()` hook is the only place that sends [`Dispose`]. The registry removes an id
-//! once and counts any second `Dispose` as a duplicate; `accepted == active + disposed` holds
+//! its `stopped()` hook is the only place that sends [`Dispose`], to the registry on its own
+//! worker (an id lives on one worker only). The registry removes an id once and counts any
+//! second `Dispose` as a duplicate; `accepted == active + disposed` holds
 //! in every [`Snapshot`].
 //!
 //! # Where it does not hold
@@ -44,7 +45,9 @@
 //! - If actix drops a connection without running `stopped()`, its drop guard sends the
 //!   `Dispose` instead, counted as a fallback ([`Ledger::fallbacks`]).
 //! - Dropping the actix system without [`Server::shutdown`] drops connections without a
-//!   graceful close; their `Dispose` may reach a registry that is already gone.
+//!   graceful close; their `Dispose` may reach a registry that is already gone. The same holds
+//!   for a connection that ignores a forced close until its worker stops: it is reported in
+//!   `ShutdownReport::left_registered`.
 //!
 //! ARCHITECTURE.md in the repository walks through each disposal path.
 

@@ -1,4 +1,4 @@
-//! `HandlerRegistry`: the one record of live connections.
+//! `HandlerRegistry`: the record of the live connections of one worker.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,8 +38,10 @@ struct Entry {
     connection: WeakAddr<Connection>,
 }
 
-/// The one record of live connections. It applies `Dispose` exactly once per id and keeps the
-/// books (`Stats`) so that `accepted == active + disposed` holds whenever they are read.
+/// The record of the live connections of one worker arbiter (a server starts one per worker,
+/// on that worker, so `Register` and `Dispose` never cross threads). It applies `Dispose`
+/// exactly once per id and keeps the books (`Stats`, shared by every registry of a server, one
+/// lock) so that `accepted == active + disposed` holds whenever they are read.
 ///
 /// It holds weak addresses only: an entry never keeps a stopped connection alive, and a
 /// connection that is gone simply misses a `Close`.

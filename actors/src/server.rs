@@ -48,8 +48,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Binds, starts the worker arbiters, the registry and the supervisor. Must run inside an
-    /// actix system; the registry and the supervisor live on the calling arbiter.
+    /// Binds, starts the worker arbiters (each with its acceptor and its registry) and the
+    /// supervisor. Must run inside an actix system; the supervisor lives on the calling arbiter.
     pub fn start(self) -> Result<Server, ServerError> {
         self.config.validate()?;
         if actix_rt::System::try_current().is_none() {
@@ -71,19 +71,25 @@ impl ServerBuilder {
 
         let log = self.log.new(o!("listen" => local_addr.to_string()));
         let stats = Arc::new(Stats::default());
-        let mut registry = HandlerRegistry::new(Arc::clone(&stats), log.clone());
-        if let Some(audit) = self.audit {
-            registry = registry.with_audit(audit);
-        }
-        let registry = registry.start();
         let workers: Vec<Arbiter> = (0..self.config.workers).map(|_| Arbiter::new()).collect();
+        // A registry on each worker: a connection's Register and Dispose never leave its
+        // thread. The books they keep (`Stats`) are one, behind one lock.
+        let registries: Vec<Addr<HandlerRegistry>> = workers
+            .iter()
+            .map(|worker| {
+                let mut registry = HandlerRegistry::new(Arc::clone(&stats), log.clone());
+                if let Some(audit) = &self.audit {
+                    registry = registry.with_audit(Arc::clone(audit));
+                }
+                HandlerRegistry::start_in_arbiter(&worker.handle(), move |_| registry)
+            })
+            .collect();
         let env = Arc::new(ConnectionEnv {
             acceptor: TlsAcceptor::from(Arc::clone(&self.config.tls)),
             service: self.service,
             config: self.config,
             stats: Arc::clone(&stats),
             faults: self.faults.clone(),
-            registry: registry.clone(),
             log: log.clone(),
             next_id: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -95,19 +101,20 @@ impl ServerBuilder {
         // One listening socket; each worker accepts on its own descriptor of it (a dup).
         let listener = listener.into_std().map_err(bind_error)?;
         let mut acceptors = Vec::with_capacity(workers.len());
-        for worker in &workers {
+        for (worker, registry) in workers.iter().zip(&registries) {
             let copy = listener.try_clone().map_err(bind_error)?;
             let env = Arc::clone(&env);
+            let registry = registry.clone();
             acceptors.push(Acceptor::start_in_arbiter(&worker.handle(), move |_| {
-                Acceptor::new(copy, env)
+                Acceptor::new(copy, env, registry)
             }));
         }
         drop(listener);
         info!(log, "listening"; "protocol" => protocol, "workers" => workers.len());
-        let supervisor = ConnectionSupervisor::new(acceptors, env).start();
+        let supervisor = ConnectionSupervisor::new(acceptors, registries.clone(), env).start();
         Ok(Server {
             supervisor,
-            registry,
+            registries,
             workers,
             local_addr,
             stats,
@@ -117,14 +124,14 @@ impl ServerBuilder {
     }
 }
 
-/// A running supervisor tree: the supervisor, the registry, the worker arbiters.
+/// A running supervisor tree: the supervisor, the worker arbiters and their registries.
 ///
 /// Dropping a `Server` without [`Server::shutdown`] leaves its actors running until the actix
 /// system stops, and the system's stop drops connections without the shutdown protocol: call
 /// `shutdown`.
 pub struct Server {
     supervisor: Addr<ConnectionSupervisor>,
-    registry: Addr<HandlerRegistry>,
+    registries: Vec<Addr<HandlerRegistry>>,
     workers: Vec<Arbiter>,
     local_addr: SocketAddr,
     stats: Arc<Stats>,
@@ -163,9 +170,24 @@ impl Server {
         Arc::clone(&self.stats)
     }
 
-    /// The registry, for embedding programs (e.g. [`Kill`], [`LiveConnections`]).
-    pub fn registry(&self) -> Addr<HandlerRegistry> {
-        self.registry.clone()
+    /// The registries, one per worker, each holding the connections that run on its worker.
+    /// Embedding programs can send them [`Kill`] or [`LiveConnections`]; [`Server::kill`] and
+    /// [`Server::live_connections`] ask all of them.
+    pub fn registries(&self) -> &[Addr<HandlerRegistry>] {
+        &self.registries
+    }
+
+    /// Every connection registered now, on any worker.
+    pub async fn live_connections(&self) -> Vec<ConnId> {
+        let all =
+            futures::future::join_all(self.registries.iter().map(|r| r.send(LiveConnections)));
+        let mut ids: Vec<ConnId> = all
+            .await
+            .into_iter()
+            .flat_map(|ids| ids.unwrap_or_default())
+            .collect();
+        ids.sort();
+        ids
     }
 
     /// The fault set of this server (points can be switched on only with `fault-injection`).
@@ -175,7 +197,10 @@ impl Server {
 
     /// Closes one connection with reason `killed`. Returns whether it was live.
     pub async fn kill(&self, id: ConnId, mode: CloseMode) -> bool {
-        self.registry.send(Kill { id, mode }).await.unwrap_or(false)
+        // Only the registry of the connection's worker knows it; the others answer false.
+        let asked =
+            futures::future::join_all(self.registries.iter().map(|r| r.send(Kill { id, mode })));
+        asked.await.into_iter().any(|live| live.unwrap_or(false))
     }
 
     /// Runs the shutdown protocol: stop accepting (the port is free once this starts), ask
@@ -196,13 +221,9 @@ impl Server {
         for worker in self.workers {
             let _ = worker.join();
         }
-        // Whatever a worker dropped on its way out has sent its Dispose by now; let it land.
-        report.left_registered = self
-            .registry
-            .send(LiveConnections)
-            .await
-            .map(|ids| ids.len())
-            .unwrap_or(report.left_registered);
+        // The registries stopped with their workers; the books outlive them. A connection
+        // still registered here was dropped by its stopping worker without a Dispose.
+        report.left_registered = self.stats.ledger().active as usize;
         info!(self.log, "shutdown complete";
             "forced" => report.forced,
             "left_registered" => report.left_registered,

@@ -11,24 +11,62 @@ use crate::connection::ConnectionEnv;
 use crate::messages::{
     Close, CloseAll, CloseMode, LiveConnections, Shutdown, ShutdownReport, StopAccepting, WaitEmpty,
 };
-use crate::{Acceptor, DisposeReason};
+use crate::{Acceptor, DisposeReason, HandlerRegistry};
 
 /// How long forced closes get to reach the registry. A forced close is a `ctx.stop()`, so this
 /// only waits for worker threads to run it.
 const FORCE_WAIT: Duration = Duration::from_secs(2);
 
 /// The root of the tree: it starts nothing per connection (the [`Acceptor`] on each worker
-/// does), and runs the shutdown protocol over the acceptors and the registry.
+/// does), and runs the shutdown protocol over the acceptors and the registries (one per worker).
 ///
 /// It never does TLS work itself: a slow or hostile client can only hold its own connection.
 pub struct ConnectionSupervisor {
     acceptors: Vec<Addr<Acceptor>>,
+    registries: Registries,
     env: Arc<ConnectionEnv>,
 }
 
 impl ConnectionSupervisor {
-    pub(crate) fn new(acceptors: Vec<Addr<Acceptor>>, env: Arc<ConnectionEnv>) -> Self {
-        ConnectionSupervisor { acceptors, env }
+    pub(crate) fn new(
+        acceptors: Vec<Addr<Acceptor>>,
+        registries: Vec<Addr<HandlerRegistry>>,
+        env: Arc<ConnectionEnv>,
+    ) -> Self {
+        ConnectionSupervisor {
+            acceptors,
+            registries: Registries(registries),
+            env,
+        }
+    }
+}
+
+/// The registries of every worker, asked as one.
+#[derive(Clone)]
+struct Registries(Vec<Addr<HandlerRegistry>>);
+
+impl Registries {
+    /// Asks every registry to close its connections; how many were asked.
+    async fn close_all(&self, close: Close) -> usize {
+        futures::future::join_all(self.0.iter().map(|r| r.send(CloseAll(close))))
+            .await
+            .into_iter()
+            .map(|asked| asked.unwrap_or(0))
+            .sum()
+    }
+
+    /// Resolves once every registry is empty.
+    async fn wait_empty(&self) {
+        futures::future::join_all(self.0.iter().map(|r| r.send(WaitEmpty))).await;
+    }
+
+    /// Connections still registered anywhere.
+    async fn live(&self) -> usize {
+        futures::future::join_all(self.0.iter().map(|r| r.send(LiveConnections)))
+            .await
+            .into_iter()
+            .map(|ids| ids.map(|ids| ids.len()).unwrap_or(0))
+            .sum()
     }
 }
 
@@ -43,38 +81,32 @@ impl Handler<Shutdown> for ConnectionSupervisor {
         let started = Instant::now();
         let acceptors = std::mem::take(&mut self.acceptors);
         let env = Arc::clone(&self.env);
+        let registries = self.registries.clone();
         let protocol = async move {
-            let registry = env.registry.clone();
             let log = env.log.clone();
             // Every acceptor closes its copies of the listening socket before it answers.
             futures::future::join_all(acceptors.iter().map(|a| a.send(StopAccepting))).await;
             env.draining.store(true, Ordering::SeqCst);
             info!(log, "shutdown: stopped accepting, closing connections";
                 "grace_ms" => msg.grace.as_millis() as u64);
-            let close = |mode| {
-                CloseAll(Close {
-                    mode,
-                    reason: DisposeReason::Shutdown,
-                })
+            let close = |mode| Close {
+                mode,
+                reason: DisposeReason::Shutdown,
             };
             let mut report = ShutdownReport {
-                asked_to_close: registry.send(close(CloseMode::Graceful)).await.unwrap_or(0),
+                asked_to_close: registries.close_all(close(CloseMode::Graceful)).await,
                 ..ShutdownReport::default()
             };
-            let drained = tokio::time::timeout(msg.grace, registry.send(WaitEmpty))
+            let drained = tokio::time::timeout(msg.grace, registries.wait_empty())
                 .await
                 .is_ok();
             if !drained {
-                report.forced = registry.send(close(CloseMode::Force)).await.unwrap_or(0);
+                report.forced = registries.close_all(close(CloseMode::Force)).await;
                 warn!(log, "shutdown: grace period over, forcing the rest";
                     "forced" => report.forced);
-                let _ = tokio::time::timeout(FORCE_WAIT, registry.send(WaitEmpty)).await;
+                let _ = tokio::time::timeout(FORCE_WAIT, registries.wait_empty()).await;
             }
-            report.left_registered = registry
-                .send(LiveConnections)
-                .await
-                .map(|ids| ids.len())
-                .unwrap_or(0);
+            report.left_registered = registries.live().await;
             report.elapsed = started.elapsed();
             report
         };

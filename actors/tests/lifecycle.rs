@@ -249,6 +249,46 @@ fn a_killed_connection_is_closed_gracefully_with_reason_killed() {
 }
 
 #[test]
+fn each_worker_registers_its_own_connections_and_kills_reach_them() {
+    let server = TestServer::builder().config(|c| c.workers = 2).start(Echo);
+    let mut clients: Vec<_> = (0..16).map(|_| server.connect().unwrap()).collect();
+    for client in &mut clients {
+        assert_eq!(client.echo(b"x").unwrap(), b"x");
+    }
+    server.wait_for("16 live", HANG, |s| s.ledger.active == 16);
+    let by_worker = server.live_by_worker();
+    assert_eq!(by_worker.len(), 2, "one registry per worker");
+    let mut all: Vec<ConnId> = by_worker.concat();
+    all.sort();
+    assert_eq!(
+        all,
+        (0..16).map(ConnId).collect::<Vec<_>>(),
+        "each id in exactly one registry"
+    );
+    eprintln!(
+        "connections per worker: {:?}",
+        by_worker.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+
+    server.kill(ConnId(999), CloseMode::Graceful);
+    for id in all {
+        server.kill(id, CloseMode::Graceful);
+    }
+    for client in &mut clients {
+        let seen = client.read_until_close();
+        assert!(
+            matches!(seen, CloseSeen::CloseNotifyThenEof),
+            "expected close_notify then EOF, got {seen:?}"
+        );
+    }
+    drop(clients);
+    server.wait_idle(HANG);
+    let by_id = server.assert_each_disposed_once();
+    assert_eq!(by_id.len(), 16);
+    assert!(by_id.values().all(|r| r.reason == DisposeReason::Killed));
+}
+
+#[test]
 fn a_client_that_never_reads_its_echo_is_writer_error() {
     let server = TestServer::builder()
         .config(|c| c.idle_timeout = Some(Duration::from_millis(500)))

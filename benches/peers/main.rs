@@ -78,7 +78,7 @@ impl Settings {
     fn runs(&self, phase: &str) -> bool {
         self.phases
             .as_ref()
-            .is_none_or(|phases| phases.iter().any(|p| p == phase))
+            .map_or(true, |phases| phases.iter().any(|p| p == phase))
     }
 }
 

@@ -13,7 +13,7 @@ use slog::{o, Logger};
 use tokio::sync::oneshot;
 
 use super::{client_config, eventually, TlsClient};
-use crate::messages::Kill;
+use crate::messages::{Kill, LiveConnections};
 use crate::{
     CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, Protocol,
     ProxyConfig, Server, ServerConfig, ShutdownReport, Snapshot, Stats,
@@ -87,21 +87,24 @@ impl TestServerBuilder {
                             return ShutdownReport::default();
                         }
                     };
-                    let _ =
-                        ready_tx.send(Ok((server.local_addr(), server.stats(), server.registry())));
+                    let _ = ready_tx.send(Ok((
+                        server.local_addr(),
+                        server.stats(),
+                        server.registries().to_vec(),
+                    )));
                     let grace = stop_rx.await.unwrap_or(DROP_GRACE);
                     server.shutdown(grace).await
                 })
             })
             .expect("spawn the test server thread"); // harness setup: failing here fails the test
-        let (addr, stats, registry) = ready_rx
+        let (addr, stats, registries) = ready_rx
             .recv()
             .expect("test server thread reports") // harness setup: failing here fails the test
             .unwrap_or_else(|e| panic!("test server failed to start: {e}"));
         TestServer {
             addr,
             stats,
-            registry,
+            registries,
             faults,
             audit,
             certs,
@@ -116,7 +119,7 @@ impl TestServerBuilder {
 pub struct TestServer {
     addr: SocketAddr,
     stats: Arc<Stats>,
-    registry: Addr<HandlerRegistry>,
+    registries: Vec<Addr<HandlerRegistry>>,
     faults: Faults,
     audit: DisposalAudit,
     certs: DevCerts,
@@ -148,9 +151,22 @@ impl TestServer {
         self.stats.snapshot()
     }
 
-    /// Asks the registry to close connection `id` with reason `killed`.
+    /// Asks the registries to close connection `id` with reason `killed` (only the registry of
+    /// its worker knows it).
     pub fn kill(&self, id: ConnId, mode: CloseMode) {
-        self.registry.do_send(Kill { id, mode });
+        for registry in &self.registries {
+            registry.do_send(Kill { id, mode });
+        }
+    }
+
+    /// The ids registered now, per worker (one list per registry).
+    pub fn live_by_worker(&self) -> Vec<Vec<ConnId>> {
+        self.registries
+            .iter()
+            .map(|registry| {
+                futures::executor::block_on(registry.send(LiveConnections)).unwrap_or_default()
+            })
+            .collect()
     }
 
     /// This server's fault set.
