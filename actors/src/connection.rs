@@ -81,7 +81,6 @@ pub struct Connection {
     /// Our address as the client sees it (the PROXY header's destination).
     local: Option<SocketAddr>,
     env: Arc<ConnectionEnv>,
-    log: Logger,
     state: ConnState,
     socket: Option<std::net::TcpStream>,
     writer: Option<WriteHalf<TlsStream>>,
@@ -109,6 +108,14 @@ enum HandshakeError {
 }
 
 impl Connection {
+    /// The logger of this connection: the server's, with `conn_id` and `peer`. Built when a
+    /// record is written rather than kept, which saves an idle connection two allocations.
+    fn log(&self) -> Logger {
+        self.env
+            .log
+            .new(o!("conn_id" => self.id.0, "peer" => self.peer.to_string()))
+    }
+
     /// A connection registered with `registry`, the registry of the worker it runs on.
     pub(crate) fn new(
         id: ConnId,
@@ -117,17 +124,13 @@ impl Connection {
         env: Arc<ConnectionEnv>,
         registry: Addr<HandlerRegistry>,
     ) -> Self {
-        let log = env
-            .log
-            .new(o!("conn_id" => id.0, "peer" => peer.to_string()));
-        let guard = DisposeGuard::new(id, registry, log.clone());
+        let guard = DisposeGuard::new(id, registry, env.log.clone());
         let now = Instant::now();
         Connection {
             id,
             peer,
             local: None,
             env,
-            log,
             state: ConnState::Registered,
             socket: Some(socket),
             writer: None,
@@ -242,12 +245,12 @@ impl Connection {
         match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                warn!(self.log, "session refused input"; "error" => %e);
+                warn!(self.log(), "session refused input"; "error" => %e);
                 self.reply.clear();
                 Err(DisposeReason::ProtocolError)
             }
             Err(_) => {
-                error!(self.log, "session panicked; closing this connection only");
+                error!(self.log(), "session panicked; closing this connection only");
                 self.reply.clear();
                 // A panicked session may be in any state: drop it, and a panic in its Drop too.
                 let broken = self.session.take();
@@ -301,7 +304,7 @@ impl Connection {
                     act.writer = Some(writer);
                     recycle(act, data, result.is_ok());
                     if let Err(e) = &result {
-                        debug!(act.log, "write failed"; "error" => %e);
+                        debug!(act.log(), "write failed"; "error" => %e);
                         act.reason.get_or_insert(DisposeReason::WriterError);
                     }
                     match act.state {
@@ -327,11 +330,11 @@ impl Connection {
         let stream = match result {
             Ok(stream) => stream,
             Err(HandshakeError::TimedOut) => {
-                debug!(self.log, "handshake timed out");
+                debug!(self.log(), "handshake timed out");
                 return self.begin_close(DisposeReason::HandshakeTimeout, ctx);
             }
             Err(HandshakeError::Failed(e)) => {
-                debug!(self.log, "handshake failed"; "error" => %e);
+                debug!(self.log(), "handshake failed"; "error" => %e);
                 return self.begin_close(DisposeReason::HandshakeFailed, ctx);
             }
         };
@@ -354,7 +357,7 @@ impl Connection {
                 match catch_unwind(AssertUnwindSafe(|| protocol.open(&info))) {
                     Ok(session) => self.session = Some(session),
                     Err(_) => {
-                        error!(self.log, "protocol panicked opening a session");
+                        error!(self.log(), "protocol panicked opening a session");
                         self.start_client_reader(read_half, ctx);
                         return self.begin_close(DisposeReason::SessionPanic, ctx);
                     }
@@ -435,7 +438,7 @@ impl Connection {
                 self.begin_close(reason, ctx);
             }
             ReadOutcome::Failed(e) => {
-                debug!(self.log, "read failed"; "error" => %e);
+                debug!(self.log(), "read failed"; "error" => %e);
                 self.begin_close(DisposeReason::ReaderError, ctx);
             }
         }
@@ -461,7 +464,7 @@ impl Actor for Connection {
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.faults().is_on(FaultPoint::AfterRegisterBeforeStart) {
             warn!(
-                self.log,
+                self.log(),
                 "fault injected: failing after register, before start"
             );
             return self.begin_close(DisposeReason::StartFailed, ctx);
@@ -472,7 +475,7 @@ impl Actor for Connection {
         let tcp = match self.socket.take().map(TcpStream::from_std) {
             Some(Ok(tcp)) => tcp,
             Some(Err(e)) => {
-                warn!(self.log, "cannot adopt the accepted socket"; "error" => %e);
+                warn!(self.log(), "cannot adopt the accepted socket"; "error" => %e);
                 return self.begin_close(DisposeReason::StartFailed, ctx);
             }
             None => return self.begin_close(DisposeReason::StartFailed, ctx),
@@ -521,7 +524,7 @@ impl Actor for Connection {
             // Stopped with no reason recorded: its arbiter is being torn down.
             None => DisposeReason::Shutdown,
         };
-        info!(self.log, "disposed";
+        info!(self.log(), "disposed";
             "reason" => reason.as_str(),
             "close_notify" => self.clean_eof,
             "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64);

@@ -60,7 +60,7 @@ impl Drop for DisposeGuard {
             DisposeReason::Shutdown
         };
         error!(self.log, "connection dropped without its stop hook; disposing from the guard";
-            "reason" => reason.as_str());
+            "conn_id" => self.id.0, "reason" => reason.as_str());
         self.send(reason, DisposedVia::Fallback);
     }
 }

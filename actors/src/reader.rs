@@ -1,10 +1,12 @@
 //! `Reader`: a child actor that reads one side of a connection for its `Connection`.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Poll};
 
 use actix::prelude::*;
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadHalf};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf};
 use tokio::net::tcp::OwnedReadHalf;
 
 use crate::connection::TlsStream;
@@ -28,7 +30,8 @@ pub type UpstreamReader = Reader<OwnedReadHalf>;
 pub struct Reader<R> {
     half: Option<R>,
     side: Side,
-    inbound: Recipient<Inbound>,
+    /// Moved into the read loop when the reader starts (one handle fewer per reader).
+    inbound: Option<Recipient<Inbound>>,
     finished: Recipient<ReaderFinished>,
     buffer_size: usize,
     faults: Faults,
@@ -45,7 +48,7 @@ impl<R: AsyncRead + Unpin + 'static> Reader<R> {
         Reader {
             half: Some(half),
             side,
-            inbound: parent.0,
+            inbound: Some(parent.0),
             finished: parent.1,
             buffer_size,
             faults,
@@ -68,6 +71,27 @@ fn next_read_size(want: usize, got: usize, max: usize) -> usize {
     }
 }
 
+/// Reads one chunk of at most `want` bytes (empty at the end of the stream).
+///
+/// A fresh buffer per read, sized by the last reads: the chunk takes its allocation along and
+/// frees it once written. At the idle size the read goes into a stack array within a single
+/// poll, and only what arrived is copied out: a reader parked on an idle connection holds no
+/// buffer at all (2 KiB less per idle proxied connection, measured with massif).
+async fn read_chunk<R: AsyncRead + Unpin>(half: &mut R, want: usize) -> io::Result<Bytes> {
+    if want > MIN_READ {
+        let mut buf = BytesMut::with_capacity(want);
+        half.read_buf(&mut buf).await?;
+        return Ok(buf.freeze());
+    }
+    std::future::poll_fn(|cx| {
+        let mut stack = [0u8; MIN_READ];
+        let mut read = ReadBuf::new(&mut stack[..want]);
+        ready!(Pin::new(&mut *half).poll_read(cx, &mut read))?;
+        Poll::Ready(Ok(Bytes::copy_from_slice(read.filled())))
+    })
+    .await
+}
+
 /// Reads until the stream ends or the parent is gone.
 async fn read_loop<R: AsyncRead + Unpin>(
     mut half: R,
@@ -83,16 +107,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 "injected reader error",
             )));
         }
-        // A fresh buffer per read, sized by the last reads: the chunk takes its allocation
-        // along and frees it once written, and a reader parked on an idle connection holds
-        // only a small buffer.
-        let mut buf = BytesMut::with_capacity(want);
-        match half.read_buf(&mut buf).await {
+        match read_chunk(&mut half, want).await {
             // A zero-length read is a clean end: TLS close_notify, or a plain TCP FIN…
-            Ok(0) => return Some(ReadOutcome::PeerEof { clean: true }),
-            Ok(n) => {
-                want = next_read_size(want, n, buffer_size);
-                let bytes = buf.freeze();
+            Ok(bytes) if bytes.is_empty() => return Some(ReadOutcome::PeerEof { clean: true }),
+            Ok(bytes) => {
+                want = next_read_size(want, bytes.len(), buffer_size);
                 if inbound.send(Inbound { side, bytes }).await.is_err() {
                     // The parent is gone; its stop hook already owns the disposal.
                     return None;
@@ -111,14 +130,14 @@ impl<R: AsyncRead + Unpin + 'static> Actor for Reader<R> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(half) = self.half.take() else {
+        let (Some(half), Some(inbound)) = (self.half.take(), self.inbound.take()) else {
             ctx.stop();
             return;
         };
         let work = read_loop(
             half,
             self.side,
-            self.inbound.clone(),
+            inbound,
             self.buffer_size,
             self.faults.clone(),
         );

@@ -51,7 +51,7 @@ impl Connection {
             let (stream, latency) = match result {
                 Ok(connected) => connected,
                 Err(e) => {
-                    warn!(act.log, "upstream connect failed"; "error" => %e);
+                    warn!(act.log(), "upstream connect failed"; "error" => %e);
                     return act.begin_close(DisposeReason::UpstreamConnectFailed, ctx);
                 }
             };
@@ -99,7 +99,7 @@ impl Connection {
                     match result {
                         Ok(()) => act.env.stats.proxied(Side::Client, len),
                         Err(e) => {
-                            debug!(act.log, "upstream write failed"; "error" => %e);
+                            debug!(act.log(), "upstream write failed"; "error" => %e);
                             act.begin_close(DisposeReason::UpstreamError, ctx);
                         }
                     }
@@ -132,7 +132,7 @@ impl Connection {
                 self.shut_client_write(ctx);
             }
             ReadOutcome::Failed(e) => {
-                debug!(self.log, "upstream read failed"; "error" => %e);
+                debug!(self.log(), "upstream read failed"; "error" => %e);
                 self.begin_close(DisposeReason::UpstreamError, ctx);
             }
         }
