@@ -428,6 +428,9 @@ fn burst_rows(env: &Env, s: &Settings, server: &Running, row: &mut Row) {
         let killed = Instant::now();
         let _ = crowd.kill();
         let _ = crowd.wait();
+        // The clients' own teardown (the kernel closing their sockets) is inside every
+        // figure below; this says how much of it that was.
+        let crowd_gone = killed.elapsed();
         let port = server.addr.port();
         // CLOSE-WAIT first, over netlink, which costs the server nothing. A /metrics scrape
         // makes tlsvisor list /proc/self/fd (thousands of entries here), so scraping it every
@@ -439,11 +442,20 @@ fn burst_rows(env: &Env, s: &Settings, server: &Running, row: &mut Row) {
             wait_until(Duration::from_secs(60), || active(metrics) == Some(0.0))
                 .map(|_| killed.elapsed())
         });
-        let (cw, act) = if n <= 1000 {
-            (Measure::BurstSmallMs, Measure::BurstSmallActiveMs)
+        let (exit, cw, act) = if n <= 1000 {
+            (
+                Measure::BurstSmallExitMs,
+                Measure::BurstSmallMs,
+                Measure::BurstSmallActiveMs,
+            )
         } else {
-            (Measure::BurstLargeMs, Measure::BurstLargeActiveMs)
+            (
+                Measure::BurstLargeExitMs,
+                Measure::BurstLargeMs,
+                Measure::BurstLargeActiveMs,
+            )
         };
+        row.set(exit, crowd_gone.as_secs_f64() * 1e3);
         match close_wait_gone {
             Some(t) => row.set(cw, t.as_secs_f64() * 1e3),
             None => row.note(format!(
@@ -498,6 +510,12 @@ fn sigterm_row(env: &Env, s: &Settings, row: &mut Row) {
     let clean = read_line_starting(&mut crowd, "CLEAN");
     let _ = crowd.wait();
     row.set(Measure::SigtermExitMs, took.as_secs_f64() * 1e3);
+    if let Some(n) = clean
+        .strip_prefix("CLEAN ")
+        .and_then(|n| n.parse::<f64>().ok())
+    {
+        row.set(Measure::SigtermCleanShare, n / s.sigterm_crowd as f64);
+    }
     row.note(format!(
         "SIGTERM with {} live connections: exit {status}, {} after {took:?}",
         s.sigterm_crowd,
