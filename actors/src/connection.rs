@@ -524,7 +524,11 @@ impl Actor for Connection {
             // Stopped with no reason recorded: its arbiter is being torn down.
             None => DisposeReason::Shutdown,
         };
-        info!(self.log(), "disposed";
+        // Every connection writes this line: built on the server's logger with the connection's
+        // keys inline, so a filtered-out level costs no allocation.
+        info!(self.env.log, "disposed";
+            "conn_id" => self.id.0,
+            "peer" => %self.peer,
             "reason" => reason.as_str(),
             "close_notify" => self.clean_eof,
             "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64);
