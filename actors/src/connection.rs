@@ -1,5 +1,15 @@
 //! `Connection`: one client's TLS connection, from registration to disposal.
 
+/// Logs at `$level` on the server's logger with the connection's `conn_id` and `peer` inline.
+/// Nothing is built for a filtered-out record, and an idle connection keeps no logger of its
+/// own (a child `Logger` cost two allocations per connection).
+macro_rules! log_conn {
+    ($level:ident, $conn:expr, $msg:expr $(; $($kv:tt)*)?) => {
+        slog::$level!($conn.env.log, $msg;
+            "conn_id" => $conn.id.0, "peer" => %$conn.peer $(, $($kv)*)?)
+    };
+}
+
 mod proxy;
 
 use std::io;
@@ -10,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use slog::{debug, error, info, o, warn, Logger};
+use slog::Logger;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -63,9 +73,9 @@ pub(crate) struct ConnectionEnv {
     pub(crate) log: Logger,
     /// The next connection id (shared by the acceptors of every worker).
     pub(crate) next_id: AtomicU64,
-    /// Set by the shutdown protocol before it asks the registries to close everything. A
-    /// connection that starts after that closes at once: its `Register` may have reached its
-    /// registry after that registry's `CloseAll` went out.
+    /// Set by the shutdown protocol once accepting has stopped, before it asks the registries
+    /// to close everything. A connection that starts after that closes at once rather than
+    /// starting a handshake that the `Close` queued behind its start would abandon.
     pub(crate) draining: AtomicBool,
 }
 
@@ -108,14 +118,6 @@ enum HandshakeError {
 }
 
 impl Connection {
-    /// The logger of this connection: the server's, with `conn_id` and `peer`. Built when a
-    /// record is written rather than kept, which saves an idle connection two allocations.
-    fn log(&self) -> Logger {
-        self.env
-            .log
-            .new(o!("conn_id" => self.id.0, "peer" => self.peer.to_string()))
-    }
-
     /// A connection registered with `registry`, the registry of the worker it runs on.
     pub(crate) fn new(
         id: ConnId,
@@ -245,12 +247,16 @@ impl Connection {
         match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                warn!(self.log(), "session refused input"; "error" => %e);
+                log_conn!(warn, self, "session refused input"; "error" => %e);
                 self.reply.clear();
                 Err(DisposeReason::ProtocolError)
             }
             Err(_) => {
-                error!(self.log(), "session panicked; closing this connection only");
+                log_conn!(
+                    error,
+                    self,
+                    "session panicked; closing this connection only"
+                );
                 self.reply.clear();
                 // A panicked session may be in any state: drop it, and a panic in its Drop too.
                 let broken = self.session.take();
@@ -304,7 +310,7 @@ impl Connection {
                     act.writer = Some(writer);
                     recycle(act, data, result.is_ok());
                     if let Err(e) = &result {
-                        debug!(act.log(), "write failed"; "error" => %e);
+                        log_conn!(debug, act, "write failed"; "error" => %e);
                         act.reason.get_or_insert(DisposeReason::WriterError);
                     }
                     match act.state {
@@ -330,11 +336,11 @@ impl Connection {
         let stream = match result {
             Ok(stream) => stream,
             Err(HandshakeError::TimedOut) => {
-                debug!(self.log(), "handshake timed out");
+                log_conn!(debug, self, "handshake timed out");
                 return self.begin_close(DisposeReason::HandshakeTimeout, ctx);
             }
             Err(HandshakeError::Failed(e)) => {
-                debug!(self.log(), "handshake failed"; "error" => %e);
+                log_conn!(debug, self, "handshake failed"; "error" => %e);
                 return self.begin_close(DisposeReason::HandshakeFailed, ctx);
             }
         };
@@ -357,7 +363,7 @@ impl Connection {
                 match catch_unwind(AssertUnwindSafe(|| protocol.open(&info))) {
                     Ok(session) => self.session = Some(session),
                     Err(_) => {
-                        error!(self.log(), "protocol panicked opening a session");
+                        log_conn!(error, self, "protocol panicked opening a session");
                         self.start_client_reader(read_half, ctx);
                         return self.begin_close(DisposeReason::SessionPanic, ctx);
                     }
@@ -438,7 +444,7 @@ impl Connection {
                 self.begin_close(reason, ctx);
             }
             ReadOutcome::Failed(e) => {
-                debug!(self.log(), "read failed"; "error" => %e);
+                log_conn!(debug, self, "read failed"; "error" => %e);
                 self.begin_close(DisposeReason::ReaderError, ctx);
             }
         }
@@ -463,8 +469,9 @@ impl Actor for Connection {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.faults().is_on(FaultPoint::AfterRegisterBeforeStart) {
-            warn!(
-                self.log(),
+            log_conn!(
+                warn,
+                self,
                 "fault injected: failing after register, before start"
             );
             return self.begin_close(DisposeReason::StartFailed, ctx);
@@ -475,7 +482,7 @@ impl Actor for Connection {
         let tcp = match self.socket.take().map(TcpStream::from_std) {
             Some(Ok(tcp)) => tcp,
             Some(Err(e)) => {
-                warn!(self.log(), "cannot adopt the accepted socket"; "error" => %e);
+                log_conn!(warn, self, "cannot adopt the accepted socket"; "error" => %e);
                 return self.begin_close(DisposeReason::StartFailed, ctx);
             }
             None => return self.begin_close(DisposeReason::StartFailed, ctx),
@@ -524,11 +531,7 @@ impl Actor for Connection {
             // Stopped with no reason recorded: its arbiter is being torn down.
             None => DisposeReason::Shutdown,
         };
-        // Every connection writes this line: built on the server's logger with the connection's
-        // keys inline, so a filtered-out level costs no allocation.
-        info!(self.env.log, "disposed";
-            "conn_id" => self.id.0,
-            "peer" => %self.peer,
+        log_conn!(info, self, "disposed";
             "reason" => reason.as_str(),
             "close_notify" => self.clean_eof,
             "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64);

@@ -155,8 +155,8 @@ pub struct StopReader;
 pub struct StopAccepting;
 
 /// Owner → supervisor: run the shutdown protocol (stop accepting, close every connection
-/// gracefully, wait up to `grace`, force the rest). Replies once the registry is empty or the
-/// forced closes have been given their bounded time.
+/// gracefully, wait up to `grace`, force the rest). Replies once every registry is empty or
+/// the forced closes have been given their bounded time.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "ShutdownReport")]
 pub struct Shutdown {

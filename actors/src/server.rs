@@ -204,7 +204,7 @@ impl Server {
     }
 
     /// Runs the shutdown protocol: stop accepting (the port is free once this starts), ask
-    /// every connection to close gracefully, wait for the registry to empty or `grace` to pass,
+    /// every connection to close gracefully, wait for the registries to empty or `grace` to pass,
     /// force the rest, then stop and join the worker arbiters.
     ///
     /// Joining blocks the calling thread for as long as the workers take to drop what is left
@@ -222,7 +222,8 @@ impl Server {
             let _ = worker.join();
         }
         // The registries stopped with their workers; the books outlive them. A connection
-        // still registered here was dropped by its stopping worker without a Dispose.
+        // still counted here either outlived the forced close and was dropped by its stopping
+        // worker, or its Dispose was still queued in a registry when the worker stopped.
         report.left_registered = self.stats.ledger().active as usize;
         info!(self.log, "shutdown complete";
             "forced" => report.forced,

@@ -7,7 +7,6 @@
 //! flowing until its side finishes too.
 
 use actix::prelude::*;
-use slog::{debug, warn};
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::tcp::OwnedWriteHalf;
 
@@ -51,7 +50,7 @@ impl Connection {
             let (stream, latency) = match result {
                 Ok(connected) => connected,
                 Err(e) => {
-                    warn!(act.log(), "upstream connect failed"; "error" => %e);
+                    log_conn!(warn, act, "upstream connect failed"; "error" => %e);
                     return act.begin_close(DisposeReason::UpstreamConnectFailed, ctx);
                 }
             };
@@ -99,7 +98,7 @@ impl Connection {
                     match result {
                         Ok(()) => act.env.stats.proxied(Side::Client, len),
                         Err(e) => {
-                            debug!(act.log(), "upstream write failed"; "error" => %e);
+                            log_conn!(debug, act, "upstream write failed"; "error" => %e);
                             act.begin_close(DisposeReason::UpstreamError, ctx);
                         }
                     }
@@ -132,7 +131,7 @@ impl Connection {
                 self.shut_client_write(ctx);
             }
             ReadOutcome::Failed(e) => {
-                debug!(self.log(), "upstream read failed"; "error" => %e);
+                log_conn!(debug, self, "upstream read failed"; "error" => %e);
                 self.begin_close(DisposeReason::UpstreamError, ctx);
             }
         }
