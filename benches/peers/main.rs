@@ -34,6 +34,8 @@ const SERVERS: [&str; 7] = [
 const BURST_REPEATS: usize = 3;
 
 struct Settings {
+    /// Rounds of the CPU measurements (`TLSVISOR_BENCH_ROUNDS`; 2, or 1 in a quick run).
+    rounds: usize,
     /// Phases to run (`TLSVISOR_BENCH_PHASES`); all when unset.
     phases: Option<Vec<String>>,
     /// A quick or phase-limited run: its report does not replace docs/benchmarks.md.
@@ -51,8 +53,14 @@ impl Settings {
         let phases = list_from_env("TLSVISOR_BENCH_PHASES");
         let quick = std::env::var("TLSVISOR_BENCH_QUICK").is_ok();
         let partial = quick || phases.is_some();
+        let rounds = std::env::var("TLSVISOR_BENCH_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(if quick { 1 } else { 2 })
+            .max(1);
         if quick {
             Settings {
+                rounds,
                 phases,
                 partial,
                 handshakes: 1000,
@@ -64,6 +72,7 @@ impl Settings {
             }
         } else {
             Settings {
+                rounds,
                 phases,
                 partial,
                 handshakes: 5000,
@@ -617,41 +626,53 @@ fn main() {
     wait_listening(env.redis_port);
 
     let only = list_from_env("TLSVISOR_BENCH_ONLY");
-    let mut rows = Vec::new();
-    for name in SERVERS {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
-            continue;
+    let servers: Vec<&'static str> = SERVERS
+        .into_iter()
+        .filter(|name| only.as_ref().map_or(true, |o| o.iter().any(|n| n == name)))
+        .collect();
+    let mut rows: Vec<Row> = servers.iter().map(|name| Row::new(name)).collect();
+    // The CPU figures are measured in every round, in alternating server order, and each keeps
+    // its lowest value: interference from the rest of this VM only ever adds CPU, and a slow
+    // spell then hits both ends of the order. Memory, bursts and SIGTERM run once.
+    for round in 0..s.rounds {
+        let mut order: Vec<usize> = (0..servers.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
-        eprintln!("== {name}");
-        let mut row = Row::new(name);
-        let server = start(&env, name, env.redis_port);
-        row.set(
-            Measure::IdleThreadsSmall,
-            procfs::threads(server.pid) as f64,
-        );
-        if s.runs("handshake") {
-            handshake_rows(&env, &s, &server, &mut row);
-        }
-        if s.runs("requests") {
-            redis_benchmark_rows(&env, &s, &server, &mut row);
-        }
-        if s.runs("idle") {
-            idle_rows(&env, &s, &server, &mut row);
-        }
-        if s.runs("burst") {
-            burst_rows(&env, &s, &server, &mut row);
-        }
-        stop(&env, server);
-        if name != "redis-tls" && s.runs("bulk") {
-            let server = start(&env, name, env.echo_port);
-            bulk_rows(&env, &s, &server, &mut row);
+        for i in order {
+            let name = servers[i];
+            eprintln!("== {name} (round {} of {})", round + 1, s.rounds);
+            let first = round == 0;
+            let mut row = Row::new(name);
+            let server = start(&env, name, env.redis_port);
+            row.set(
+                Measure::IdleThreadsSmall,
+                procfs::threads(server.pid) as f64,
+            );
+            if s.runs("handshake") {
+                handshake_rows(&env, &s, &server, &mut row);
+            }
+            if s.runs("requests") {
+                redis_benchmark_rows(&env, &s, &server, &mut row);
+            }
+            if first && s.runs("idle") {
+                idle_rows(&env, &s, &server, &mut row);
+            }
+            if first && s.runs("burst") {
+                burst_rows(&env, &s, &server, &mut row);
+            }
             stop(&env, server);
+            if name != "redis-tls" && s.runs("bulk") {
+                let server = start(&env, name, env.echo_port);
+                bulk_rows(&env, &s, &server, &mut row);
+                stop(&env, server);
+            }
+            if first && name == "tlsvisor" && s.runs("sigterm") {
+                sigterm_row(&env, &s, &mut row);
+            }
+            eprintln!("{row:?}");
+            rows[i].merge(row);
         }
-        if name == "tlsvisor" && s.runs("sigterm") {
-            sigterm_row(&env, &s, &mut row);
-        }
-        eprintln!("{row:?}");
-        rows.push(row);
     }
     let _ = redis.kill();
     let _ = echo.kill();
