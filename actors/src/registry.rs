@@ -9,7 +9,7 @@ use slog::{warn, Logger};
 use tokio::sync::oneshot;
 
 use crate::messages::{
-    Close, CloseAll, Dispose, DisposedVia, Kill, LiveConnections, Register, WaitEmpty,
+    Close, CloseAll, CloseMode, Dispose, DisposedVia, Kill, LiveConnections, Register, WaitEmpty,
 };
 use crate::{ConnId, Connection, DisposeReason, Stats};
 
@@ -92,6 +92,48 @@ impl HandlerRegistry {
                 false
             }
         }
+    }
+}
+
+/// The registries of every worker of one server, asked as one (a connection is only ever in
+/// the registry of its own worker).
+#[derive(Clone)]
+pub(crate) struct Registries(pub(crate) Vec<Addr<HandlerRegistry>>);
+
+impl Registries {
+    /// Asks every registry to close its connections; how many were asked.
+    pub(crate) async fn close_all(&self, close: Close) -> usize {
+        futures::future::join_all(self.0.iter().map(|r| r.send(CloseAll(close))))
+            .await
+            .into_iter()
+            .map(|asked| asked.unwrap_or(0))
+            .sum()
+    }
+
+    /// Resolves once every registry is empty.
+    pub(crate) async fn wait_empty(&self) {
+        futures::future::join_all(self.0.iter().map(|r| r.send(WaitEmpty))).await;
+    }
+
+    /// The ids registered anywhere, in id order.
+    pub(crate) async fn live(&self) -> Vec<ConnId> {
+        let mut ids: Vec<ConnId> =
+            futures::future::join_all(self.0.iter().map(|r| r.send(LiveConnections)))
+                .await
+                .into_iter()
+                .flat_map(|ids| ids.unwrap_or_default())
+                .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Closes `id` with reason `killed` wherever it is; whether it was live. Only the
+    /// registry of the connection's worker knows it; the others answer false.
+    pub(crate) async fn kill(&self, id: ConnId, mode: CloseMode) -> bool {
+        futures::future::join_all(self.0.iter().map(|r| r.send(Kill { id, mode })))
+            .await
+            .into_iter()
+            .any(|live| live.unwrap_or(false))
     }
 }
 

@@ -12,8 +12,8 @@ use tokio::net::TcpSocket;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{ConnectionEnv, Service};
-use crate::messages::{Kill, LiveConnections, Shutdown, ShutdownReport};
-use crate::registry::DisposalAudit;
+use crate::messages::{Shutdown, ShutdownReport};
+use crate::registry::{DisposalAudit, Registries};
 use crate::{
     Acceptor, CloseMode, ConnId, ConnectionSupervisor, Faults, HandlerRegistry, Protocol,
     ProxyConfig, ServerConfig, ServerError, Stats,
@@ -111,6 +111,7 @@ impl ServerBuilder {
         }
         drop(listener);
         info!(log, "listening"; "protocol" => protocol, "workers" => workers.len());
+        let registries = Registries(registries);
         let supervisor = ConnectionSupervisor::new(acceptors, registries.clone(), env).start();
         Ok(Server {
             supervisor,
@@ -131,7 +132,7 @@ impl ServerBuilder {
 /// `shutdown`.
 pub struct Server {
     supervisor: Addr<ConnectionSupervisor>,
-    registries: Vec<Addr<HandlerRegistry>>,
+    registries: Registries,
     workers: Vec<Arbiter>,
     local_addr: SocketAddr,
     stats: Arc<Stats>,
@@ -171,23 +172,16 @@ impl Server {
     }
 
     /// The registries, one per worker, each holding the connections that run on its worker.
-    /// Embedding programs can send them [`Kill`] or [`LiveConnections`]; [`Server::kill`] and
+    /// Embedding programs can send them [`Kill`](crate::messages::Kill) or
+    /// [`LiveConnections`](crate::messages::LiveConnections); [`Server::kill`] and
     /// [`Server::live_connections`] ask all of them.
     pub fn registries(&self) -> &[Addr<HandlerRegistry>] {
-        &self.registries
+        &self.registries.0
     }
 
-    /// Every connection registered now, on any worker.
+    /// Every connection registered now, on any worker, in id order.
     pub async fn live_connections(&self) -> Vec<ConnId> {
-        let all =
-            futures::future::join_all(self.registries.iter().map(|r| r.send(LiveConnections)));
-        let mut ids: Vec<ConnId> = all
-            .await
-            .into_iter()
-            .flat_map(|ids| ids.unwrap_or_default())
-            .collect();
-        ids.sort();
-        ids
+        self.registries.live().await
     }
 
     /// The fault set of this server (points can be switched on only with `fault-injection`).
@@ -197,10 +191,7 @@ impl Server {
 
     /// Closes one connection with reason `killed`. Returns whether it was live.
     pub async fn kill(&self, id: ConnId, mode: CloseMode) -> bool {
-        // Only the registry of the connection's worker knows it; the others answer false.
-        let asked =
-            futures::future::join_all(self.registries.iter().map(|r| r.send(Kill { id, mode })));
-        asked.await.into_iter().any(|live| live.unwrap_or(false))
+        self.registries.kill(id, mode).await
     }
 
     /// Runs the shutdown protocol: stop accepting (the port is free once this starts), ask

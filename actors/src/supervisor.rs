@@ -8,10 +8,9 @@ use actix::prelude::*;
 use slog::{info, warn};
 
 use crate::connection::ConnectionEnv;
-use crate::messages::{
-    Close, CloseAll, CloseMode, LiveConnections, Shutdown, ShutdownReport, StopAccepting, WaitEmpty,
-};
-use crate::{Acceptor, DisposeReason, HandlerRegistry};
+use crate::messages::{Close, CloseMode, Shutdown, ShutdownReport, StopAccepting};
+use crate::registry::Registries;
+use crate::{Acceptor, DisposeReason};
 
 /// How long forced closes get to reach the registry. A forced close is a `ctx.stop()`, so this
 /// only waits for worker threads to run it.
@@ -30,43 +29,14 @@ pub struct ConnectionSupervisor {
 impl ConnectionSupervisor {
     pub(crate) fn new(
         acceptors: Vec<Addr<Acceptor>>,
-        registries: Vec<Addr<HandlerRegistry>>,
+        registries: Registries,
         env: Arc<ConnectionEnv>,
     ) -> Self {
         ConnectionSupervisor {
             acceptors,
-            registries: Registries(registries),
+            registries,
             env,
         }
-    }
-}
-
-/// The registries of every worker, asked as one.
-#[derive(Clone)]
-struct Registries(Vec<Addr<HandlerRegistry>>);
-
-impl Registries {
-    /// Asks every registry to close its connections; how many were asked.
-    async fn close_all(&self, close: Close) -> usize {
-        futures::future::join_all(self.0.iter().map(|r| r.send(CloseAll(close))))
-            .await
-            .into_iter()
-            .map(|asked| asked.unwrap_or(0))
-            .sum()
-    }
-
-    /// Resolves once every registry is empty.
-    async fn wait_empty(&self) {
-        futures::future::join_all(self.0.iter().map(|r| r.send(WaitEmpty))).await;
-    }
-
-    /// Connections still registered anywhere.
-    async fn live(&self) -> usize {
-        futures::future::join_all(self.0.iter().map(|r| r.send(LiveConnections)))
-            .await
-            .into_iter()
-            .map(|ids| ids.map(|ids| ids.len()).unwrap_or(0))
-            .sum()
     }
 }
 
@@ -106,7 +76,7 @@ impl Handler<Shutdown> for ConnectionSupervisor {
                     "forced" => report.forced);
                 let _ = tokio::time::timeout(FORCE_WAIT, registries.wait_empty()).await;
             }
-            report.left_registered = registries.live().await;
+            report.left_registered = registries.live().await.len();
             report.elapsed = started.elapsed();
             report
         };

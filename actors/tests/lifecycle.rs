@@ -279,9 +279,20 @@ fn each_worker_registers_its_own_connections_and_kills_reach_them() {
         "each id in exactly one registry"
     );
 
-    server.kill(ConnId(999), CloseMode::Graceful);
+    assert_eq!(
+        server.live_connections(),
+        all,
+        "the fan-out sees every worker"
+    );
+    assert!(
+        !server.kill(ConnId(999), CloseMode::Graceful),
+        "no such connection"
+    );
     for id in all {
-        server.kill(id, CloseMode::Graceful);
+        assert!(
+            server.kill(id, CloseMode::Graceful),
+            "{id} is live on some worker"
+        );
     }
     for client in &mut clients {
         let seen = client.read_until_close();

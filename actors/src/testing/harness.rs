@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use actix::Addr;
 use slog::{o, Logger};
 use tokio::sync::oneshot;
 
 use super::{client_config, eventually, TlsClient};
-use crate::messages::{Kill, LiveConnections};
+use crate::messages::LiveConnections;
+use crate::registry::Registries;
 use crate::{
-    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, Protocol,
-    ProxyConfig, Server, ServerConfig, ShutdownReport, Snapshot, Stats,
+    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, Protocol, ProxyConfig,
+    Server, ServerConfig, ShutdownReport, Snapshot, Stats,
 };
 
 /// Grace a dropped `TestServer` gives its connections.
@@ -104,7 +104,7 @@ impl TestServerBuilder {
         TestServer {
             addr,
             stats,
-            registries,
+            registries: Registries(registries),
             faults,
             audit,
             certs,
@@ -119,7 +119,7 @@ impl TestServerBuilder {
 pub struct TestServer {
     addr: SocketAddr,
     stats: Arc<Stats>,
-    registries: Vec<Addr<HandlerRegistry>>,
+    registries: Registries,
     faults: Faults,
     audit: DisposalAudit,
     certs: DevCerts,
@@ -151,17 +151,22 @@ impl TestServer {
         self.stats.snapshot()
     }
 
-    /// Asks the registries to close connection `id` with reason `killed` (only the registry of
-    /// its worker knows it).
-    pub fn kill(&self, id: ConnId, mode: CloseMode) {
-        for registry in &self.registries {
-            registry.do_send(Kill { id, mode });
-        }
+    /// Closes connection `id` with reason `killed`, as [`Server::kill`](crate::Server::kill)
+    /// does (only the registry of its worker knows it). Returns whether it was live.
+    pub fn kill(&self, id: ConnId, mode: CloseMode) -> bool {
+        futures::executor::block_on(self.registries.kill(id, mode))
+    }
+
+    /// Every id registered now, on any worker, in id order, as
+    /// [`Server::live_connections`](crate::Server::live_connections) answers.
+    pub fn live_connections(&self) -> Vec<ConnId> {
+        futures::executor::block_on(self.registries.live())
     }
 
     /// The ids registered now, per worker (one list per registry).
     pub fn live_by_worker(&self) -> Vec<Vec<ConnId>> {
         self.registries
+            .0
             .iter()
             .map(|registry| {
                 futures::executor::block_on(registry.send(LiveConnections)).unwrap_or_default()
