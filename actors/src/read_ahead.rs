@@ -45,13 +45,9 @@ impl<S> ReadAhead<S> {
         }
     }
 
-    /// The wrapped transport.
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-
     /// Bytes read ahead and not yet handed out.
-    pub fn buffered(&self) -> usize {
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
         self.end - self.start
     }
 

@@ -352,47 +352,28 @@ fn ratios(
         .collect()
 }
 
+/// How the figures were made, at the top of the report.
+const INTRO: &str = "\
+Made by `cargo bench --bench peers` (the peer harness, `benches/peers/`), one run, one machine.
+Every server fronts the same redis-server (or, for bulk, the same echo upstream) on loopback
+with the same ECDSA P-256 certificate; the client is tokio-rustls on one thread, X25519.
+On 2 cores the client shares the CPU, so rates are capped by the client: servers are
+compared by their own CPU per unit of work (utime+stime from /proc, all processes of the
+server), as a ratio to the best peer of the same run. `bare-rustls` is the floor: a
+tokio-rustls proxy with no supervision (`benches/peers/roles.rs`). redis-tls is redis's own
+TLS port: its CPU includes executing the commands, which the proxies leave to redis.
+CPU figures are measured in rounds (2 by default, servers in alternating order) and the
+lowest is shown: interference from the rest of the VM only adds CPU. Each round's value
+is in the notes. Memory, SIGKILL bursts (median of 3) and SIGTERM are measured once.
+";
+
 pub fn write(docs: &Path, rows: &[Row], machine: &str, versions: &[String]) {
     let mut md = String::new();
     let _ = writeln!(
         md,
         "# Benchmarks: tlsvisor against the TLS fronts users pick instead\n"
     );
-    let _ = writeln!(md, "Made by `cargo bench --bench peers` (the peer harness, `benches/peers/`), one run, one machine.");
-    let _ = writeln!(md, "Every server fronts the same redis-server (or, for bulk, the same echo upstream) on loopback");
-    let _ = writeln!(
-        md,
-        "with the same ECDSA P-256 certificate; the client is tokio-rustls on one thread, X25519."
-    );
-    let _ = writeln!(
-        md,
-        "On 2 cores the client shares the CPU, so rates are capped by the client: servers are"
-    );
-    let _ = writeln!(
-        md,
-        "compared by their own CPU per unit of work (utime+stime from /proc, all processes of the"
-    );
-    let _ = writeln!(
-        md,
-        "server), as a ratio to the best peer of the same run. `bare-rustls` is the floor: a"
-    );
-    let _ = writeln!(md, "tokio-rustls proxy with no supervision (`benches/peers/roles.rs`). redis-tls is redis's own");
-    let _ = writeln!(
-        md,
-        "TLS port: its CPU includes executing the commands, which the proxies leave to redis."
-    );
-    let _ = writeln!(
-        md,
-        "CPU figures are measured in rounds (2 by default, servers in alternating order) and the"
-    );
-    let _ = writeln!(
-        md,
-        "lowest is shown: interference from the rest of the VM only adds CPU. Each round's value"
-    );
-    let _ = writeln!(
-        md,
-        "is in the notes. Memory, SIGKILL bursts (median of 3) and SIGTERM are measured once.\n"
-    );
+    let _ = writeln!(md, "{INTRO}");
     let _ = writeln!(md, "- Machine: {machine}");
     let _ = writeln!(md, "- Date: run at {}", date());
     let _ = writeln!(md, "- Versions: {}\n", versions.join("; "));
