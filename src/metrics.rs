@@ -23,67 +23,92 @@ struct StatsCollector {
     descs: Vec<Desc>,
 }
 
-/// (name, help, type) of every family the collector emits.
-const FAMILIES: [(&str, &str, MetricType); 12] = [
+/// (name, help, type, label) of every family the collector emits.
+const FAMILIES: [(&str, &str, MetricType, Option<&str>); 14] = [
     (
         "tlsvisor_connections_active",
         "Connections registered and not yet disposed.",
         MetricType::GAUGE,
+        None,
     ),
     (
         "tlsvisor_connections_accepted_total",
         "Connections registered since start.",
         MetricType::COUNTER,
+        None,
     ),
     (
         "tlsvisor_connections_disposed_total",
         "Connections disposed, by reason.",
         MetricType::COUNTER,
+        Some("reason"),
     ),
     (
         "tlsvisor_dispose_duplicates_total",
         "Dispose messages for an id already disposed (should stay 0).",
         MetricType::COUNTER,
+        None,
     ),
     (
         "tlsvisor_dispose_fallback_total",
         "Disposals sent by the drop guard because the stop hook did not run (should stay 0).",
         MetricType::COUNTER,
+        None,
     ),
     (
         "tlsvisor_handshakes_in_progress",
         "Connections in the TLS handshake.",
         MetricType::GAUGE,
+        None,
     ),
     (
         "tlsvisor_connections_rejected_total",
         "Sockets closed at accept, by reason.",
         MetricType::COUNTER,
+        Some("reason"),
     ),
     (
         "tlsvisor_accept_errors_total",
         "Errors returned by accept(2).",
         MetricType::COUNTER,
+        None,
     ),
     (
         "tlsvisor_proxy_bytes_client_to_upstream_total",
         "Bytes read from clients and written to upstreams.",
         MetricType::COUNTER,
+        None,
     ),
     (
         "tlsvisor_proxy_bytes_upstream_to_client_total",
         "Bytes read from upstreams and written to clients.",
         MetricType::COUNTER,
+        None,
     ),
     (
         "tlsvisor_upstream_connections_open",
         "Upstream connections open.",
         MetricType::GAUGE,
+        None,
     ),
     (
         "tlsvisor_upstream_connect_seconds",
         "Time to connect to the upstream (successful connects).",
         MetricType::HISTOGRAM,
+        None,
+    ),
+    (
+        "tlsvisor_acceptors_paused",
+        "Acceptors not accepting now: at a connection or handshake limit, or backing off after \
+         the process ran out of file descriptors.",
+        MetricType::GAUGE,
+        None,
+    ),
+    (
+        "tlsvisor_worker_connections_accepted_total",
+        "Connections admitted, by the worker whose acceptor accepted them.",
+        MetricType::COUNTER,
+        Some("worker"),
     ),
 ];
 
@@ -91,17 +116,11 @@ impl StatsCollector {
     fn new(stats: Arc<Stats>) -> Result<Self, prometheus::Error> {
         let descs = FAMILIES
             .iter()
-            .map(|(name, help, _)| {
-                let labels = if name.ends_with("disposed_total") || name.ends_with("rejected_total")
-                {
-                    vec!["reason".to_string()]
-                } else {
-                    vec![]
-                };
+            .map(|(name, help, _, label)| {
                 Desc::new(
                     name.to_string(),
                     help.to_string(),
-                    labels,
+                    label.iter().map(|l| l.to_string()).collect(),
                     Default::default(),
                 )
             })
@@ -110,18 +129,19 @@ impl StatsCollector {
     }
 }
 
-fn family(index: usize, samples: Vec<(Option<&str>, f64)>) -> MetricFamily {
-    let (name, help, kind) = FAMILIES[index];
+/// One family of counters or gauges; each sample's label value goes with the family's label.
+fn family(index: usize, samples: Vec<(Option<String>, f64)>) -> MetricFamily {
+    let (name, help, kind, label_name) = FAMILIES[index];
     let mut family = MetricFamily::default();
     family.set_name(name.to_string());
     family.set_help(help.to_string());
     family.set_field_type(kind);
-    for (reason, value) in samples {
+    for (label_value, value) in samples {
         let mut metric = Metric::default();
-        if let Some(reason) = reason {
+        if let (Some(label_name), Some(label_value)) = (label_name, label_value) {
             let mut label = LabelPair::default();
-            label.set_name("reason".to_string());
-            label.set_value(reason.to_string());
+            label.set_name(label_name.to_string());
+            label.set_value(label_value);
             metric.set_label(vec![label]);
         }
         if kind == MetricType::COUNTER {
@@ -139,7 +159,7 @@ fn family(index: usize, samples: Vec<(Option<&str>, f64)>) -> MetricFamily {
 }
 
 fn latency_family(index: usize, latency: &LatencySnapshot) -> MetricFamily {
-    let (name, help, kind) = FAMILIES[index];
+    let (name, help, kind, _) = FAMILIES[index];
     let mut histogram = Histogram::default();
     histogram.set_sample_count(latency.count);
     histogram.set_sample_sum(latency.sum_seconds);
@@ -180,7 +200,7 @@ impl Collector for StatsCollector {
                 2,
                 DisposeReason::ALL
                     .iter()
-                    .map(|r| (Some(r.as_str()), l.disposed_for(*r) as f64))
+                    .map(|r| (Some(r.as_str().to_string()), l.disposed_for(*r) as f64))
                     .collect(),
             ),
             family(3, one(l.duplicates)),
@@ -191,7 +211,7 @@ impl Collector for StatsCollector {
                 RejectReason::ALL
                     .iter()
                     .zip(snap.rejected)
-                    .map(|(r, n)| (Some(r.as_str()), n as f64))
+                    .map(|(r, n)| (Some(r.as_str().to_string()), n as f64))
                     .collect(),
             ),
             family(7, one(snap.accept_errors)),
@@ -199,6 +219,15 @@ impl Collector for StatsCollector {
             family(9, one(snap.proxy.bytes_upstream_to_client)),
             family(10, vec![(None, snap.proxy.upstreams_open as f64)]),
             latency_family(11, &snap.proxy.connect_latency),
+            family(12, vec![(None, snap.acceptors_paused as f64)]),
+            family(
+                13,
+                snap.worker_accepted
+                    .iter()
+                    .enumerate()
+                    .map(|(worker, n)| (Some(worker.to_string()), *n as f64))
+                    .collect(),
+            ),
         ]
     }
 }

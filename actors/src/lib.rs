@@ -52,6 +52,7 @@
 //! ARCHITECTURE.md in the repository walks through each disposal path.
 
 mod acceptor;
+mod admission;
 mod config;
 mod conn_id;
 mod connection;
@@ -62,11 +63,13 @@ mod dispose_reason;
 mod error;
 mod fault;
 pub mod messages;
+mod per_ip;
 mod protocol;
 mod read_ahead;
 mod reader;
 mod registry;
 mod server;
+mod spare_fd;
 mod stats;
 mod supervisor;
 mod tls;
@@ -88,7 +91,7 @@ pub use messages::{CloseMode, Dispose, DisposedVia, ShutdownReport, Side};
 pub use protocol::{ConnInfo, Echo, Protocol, Session};
 pub use reader::{ClientReader, Reader, UpstreamReader};
 pub use registry::{DisposalAudit, DisposalRecord, HandlerRegistry};
-pub use server::{Server, ServerBuilder};
+pub use server::{Server, ServerBuilder, ServerHandle, SHUTDOWN_OVERHEAD};
 pub use stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };

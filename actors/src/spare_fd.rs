@@ -1,0 +1,59 @@
+//! The spare descriptor: how an acceptor sheds clients when the process is out of descriptors.
+//!
+//! When `accept` fails with `EMFILE`, the connection that woke the acceptor stays in the
+//! kernel's backlog, and so does every one behind it: the clients hang until they time out.
+//! Keeping one descriptor in reserve lets the acceptor close it, accept the waiting clients and
+//! close each at once (they see a prompt close and can retry elsewhere), then take the reserve
+//! back: the technique of libuv and haproxy. The reserve is per process, since the limit is.
+
+use std::fs::File;
+use std::io;
+use std::sync::Mutex;
+
+use mio::net::TcpListener;
+
+/// The reserve; `None` while in use, or while reopening it fails (retried on each use).
+static SPARE: Mutex<Option<File>> = Mutex::new(None);
+
+/// Most clients shed per episode, so one acceptor never spends long away from its worker.
+const SHED_BATCH: usize = 64;
+
+fn lock() -> std::sync::MutexGuard<'static, Option<File>> {
+    // Holds an Option<File>: always valid, even after a panic elsewhere.
+    SPARE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_spare() -> io::Result<File> {
+    File::open("/dev/null")
+}
+
+/// Takes the reserve if the process does not hold it yet.
+pub(crate) fn reserve() -> io::Result<()> {
+    let mut spare = lock();
+    if spare.is_none() {
+        *spare = Some(open_spare()?);
+    }
+    Ok(())
+}
+
+/// Gives the reserve up, accepts and closes the clients waiting on `listener` (up to a batch),
+/// and takes the reserve back. Returns how many were shed. Without a reserve (another acceptor
+/// holds the lock's slot empty because reopening failed) it still tries: a descriptor may have
+/// been freed since.
+pub(crate) fn shed_waiting_clients(listener: &TcpListener) -> u64 {
+    let mut spare = lock();
+    drop(spare.take());
+    let mut shed = 0;
+    while shed < SHED_BATCH as u64 {
+        match listener.accept() {
+            // Dropped at once: the client sees the connection closed.
+            Ok((socket, _)) => {
+                drop(socket);
+                shed += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    *spare = open_spare().ok();
+    shed
+}
