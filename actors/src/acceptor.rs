@@ -153,20 +153,17 @@ impl AcceptLoop {
                     return Some(accepted);
                 }
                 // accept(2) on a socket that is no longer listening.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return None,
-                Err(e) if is_client_gone(&e) => {
-                    self.env.stats.accept_error();
-                    self.warn("accept failed; accepting the next", &e);
+                Err(Failure { error, .. }) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    return None
                 }
-                Err(e) => {
+                Err(Failure { error, .. }) if is_client_gone(&error) => {
                     self.env.stats.accept_error();
-                    let shed = if is_out_of_descriptors(&e) {
-                        spare_fd::shed_waiting_clients(listener.get_ref())
-                    } else {
-                        0
-                    };
+                    self.warn("accept failed; accepting the next", &error);
+                }
+                Err(Failure { error, shed }) => {
+                    self.env.stats.accept_error();
                     self.env.stats.rejected(RejectReason::FdExhausted, shed);
-                    self.back_off(e, shed).await;
+                    self.back_off(error, shed).await;
                 }
             }
         }
@@ -238,22 +235,46 @@ impl AcceptLoop {
     }
 }
 
+/// A failed accept, and the clients shed because of it.
+struct Failure {
+    error: io::Error,
+    shed: u64,
+}
+
 /// One `accept4(2)` once the listener is readable, or the injected `EMFILE` of the
 /// `accept_error` fault point, which leaves the client in the backlog as the real one does.
+/// Out of descriptors, it sheds the waiting clients before it returns the error.
 async fn accept(
     listener: &AsyncFd<mio::net::TcpListener>,
     env: &ConnectionEnv,
-) -> io::Result<(mio::net::TcpStream, SocketAddr)> {
+) -> Result<(mio::net::TcpStream, SocketAddr), Failure> {
+    let failure = |error| Failure { error, shed: 0 };
     loop {
-        let mut ready = listener.readable().await?;
-        if env.faults.is_on(FaultPoint::AcceptError) {
-            return Err(io::Error::from_raw_os_error(libc::EMFILE));
-        }
-        match ready.try_io(|listener| listener.get_ref().accept()) {
-            Ok(result) => return result,
-            // Readiness was stale (another worker won this accept): wait for the next.
-            Err(_would_block) => continue,
-        }
+        let mut ready = listener.readable().await.map_err(failure)?;
+        let result = if env.faults.is_on(FaultPoint::AcceptError) {
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        } else {
+            match ready.try_io(|listener| listener.get_ref().accept()) {
+                Ok(result) => result,
+                // Readiness was stale (another worker won this accept): wait for the next.
+                Err(_would_block) => continue,
+            }
+        };
+        return match result {
+            Err(error) if is_out_of_descriptors(&error) => {
+                let shed = spare_fd::shed_waiting_clients(listener.get_ref());
+                // Emptied to EAGAIN: the next client is a new edge, so wait for it rather
+                // than wake on this stale readiness after the pause.
+                if shed.drained {
+                    ready.clear_ready();
+                }
+                Err(Failure {
+                    error,
+                    shed: shed.clients,
+                })
+            }
+            result => result.map_err(failure),
+        };
     }
 }
 

@@ -36,22 +36,35 @@ pub(crate) fn reserve() -> io::Result<()> {
     Ok(())
 }
 
+/// What one shedding did.
+pub(crate) struct Shed {
+    /// Clients accepted and closed.
+    pub(crate) clients: u64,
+    /// Whether the backlog was emptied (accept said `EAGAIN`).
+    pub(crate) drained: bool,
+}
+
 /// Gives the reserve up, accepts and closes the clients waiting on `listener` (up to a batch),
-/// and takes the reserve back. Returns how many were shed. Without a reserve (another acceptor
-/// holds the lock's slot empty because reopening failed) it still tries: a descriptor may have
-/// been freed since.
-pub(crate) fn shed_waiting_clients(listener: &TcpListener) -> u64 {
+/// and takes the reserve back. Without a reserve (reopening it failed last time) it still
+/// tries: a descriptor may have been freed since.
+pub(crate) fn shed_waiting_clients(listener: &TcpListener) -> Shed {
     let mut spare = lock();
     drop(spare.take());
-    let mut shed = 0;
-    while shed < SHED_BATCH as u64 {
+    let mut shed = Shed {
+        clients: 0,
+        drained: false,
+    };
+    while shed.clients < SHED_BATCH as u64 {
         match listener.accept() {
             // Dropped at once: the client sees the connection closed.
             Ok((socket, _)) => {
                 drop(socket);
-                shed += 1;
+                shed.clients += 1;
             }
-            Err(_) => break,
+            Err(e) => {
+                shed.drained = e.kind() == io::ErrorKind::WouldBlock;
+                break;
+            }
         }
     }
     *spare = open_spare().ok();

@@ -214,6 +214,13 @@ impl TestServer {
         TlsClient::connect(self.addr, client_config(self.certs.ca_cert_pem.as_bytes())?)
     }
 
+    /// A TLS client connected from the local address `source` (127.0.0.2 stands for another
+    /// client host), handshake done.
+    pub fn connect_from(&self, source: std::net::IpAddr) -> io::Result<TlsClient> {
+        let config = client_config(self.certs.ca_cert_pem.as_bytes())?;
+        TlsClient::connect_from(source, self.addr, config)
+    }
+
     /// Waits up to `within` for the counters to satisfy `check`; panics with `what` and the last
     /// snapshot if they never do.
     pub fn wait_for(

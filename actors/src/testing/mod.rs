@@ -14,7 +14,7 @@ mod harness;
 pub mod leak;
 pub mod upstream;
 
-pub use client::{client_config, CloseSeen, TlsClient};
+pub use client::{client_config, tcp_connect_from, CloseSeen, TlsClient};
 pub use harness::{TestServer, TestServerBuilder};
 pub use upstream::TestUpstream;
 
