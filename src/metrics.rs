@@ -1,20 +1,15 @@
 //! `/metrics`: the Prometheus text exposition of the server's counters and of the process.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
-use prometheus::{Encoder, Registry, TextEncoder};
-use slog::{info, warn, Logger};
+use prometheus::Registry;
 use tlsvisor_actors::{
     DisposeReason, LatencySnapshot, RejectReason, Stats, CONNECT_LATENCY_BUCKETS,
 };
-
-use crate::BoxError;
 
 /// Exposes one server's `Stats`, read as one snapshot per scrape so that
 /// `accepted == active + disposed` holds within every scrape.
@@ -232,70 +227,12 @@ impl Collector for StatsCollector {
     }
 }
 
-/// The `/metrics` endpoint on its own thread.
-pub struct MetricsServer {
-    http: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl MetricsServer {
-    /// Binds `addr` and serves the server's and the process's metrics.
-    pub fn start(addr: SocketAddr, stats: Arc<Stats>, log: Logger) -> Result<Self, BoxError> {
-        let registry = Registry::new();
-        registry.register(Box::new(StatsCollector::new(stats)?))?;
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
-        let http = Arc::new(
-            tiny_http::Server::http(addr)
-                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?,
-        );
-        let addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or("metrics listener has no IP address")?;
-        info!(log, "metrics listening"; "metrics_listen" => %addr);
-        let serving = Arc::clone(&http);
-        let thread = std::thread::Builder::new()
-            .name("tlsvisor-metrics".into())
-            .spawn(move || serve(&serving, &registry, &log))?;
-        Ok(MetricsServer {
-            http,
-            thread: Some(thread),
-        })
-    }
-}
-
-fn serve(http: &tiny_http::Server, registry: &Registry, log: &Logger) {
-    let encoder = TextEncoder::new();
-    let content_type =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], encoder.format_type().as_bytes()).ok();
-    for request in http.incoming_requests() {
-        if request.url() != "/metrics" {
-            let missing = tiny_http::Response::from_string("not found; try /metrics\n");
-            let _ = request.respond(missing.with_status_code(404));
-            continue;
-        }
-        let mut body = Vec::new();
-        if let Err(e) = encoder.encode(&registry.gather(), &mut body) {
-            warn!(log, "metrics encoding failed"; "error" => %e);
-            let failed = tiny_http::Response::from_string("encoding failed\n");
-            let _ = request.respond(failed.with_status_code(500));
-            continue;
-        }
-        let mut response = tiny_http::Response::from_data(body);
-        if let Some(header) = &content_type {
-            response = response.with_header(header.clone());
-        }
-        let _ = request.respond(response);
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.http.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+/// The registry a scrape gathers: the server's counters and the process's (`process_*`).
+pub fn registry(stats: Arc<Stats>) -> Result<Registry, prometheus::Error> {
+    let registry = Registry::new();
+    registry.register(Box::new(StatsCollector::new(stats)?))?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(registry)
 }

@@ -14,7 +14,7 @@ use tlsvisor_actors::{
 
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::logging;
-use crate::metrics::MetricsServer;
+use crate::metrics_http::MetricsServer;
 use crate::settings::{CertSource, Settings};
 use crate::{certs, BoxError};
 

@@ -121,7 +121,10 @@ impl AcceptLoop {
 
     /// Registers the listener with this worker's reactor, retrying (never giving up) if the
     /// kernel is short of memory for it.
-    async fn register(&mut self, listener: std::net::TcpListener) -> Option<AsyncFd<mio::net::TcpListener>> {
+    async fn register(
+        &mut self,
+        listener: std::net::TcpListener,
+    ) -> Option<AsyncFd<mio::net::TcpListener>> {
         let mut listener = mio::net::TcpListener::from_std(listener);
         loop {
             // tokio deprecated `try_new` for any `AsRawFd`, whose descriptor might change or
@@ -187,7 +190,12 @@ impl AcceptLoop {
 
     /// An accept succeeded: end the episode of failures, if any, and say so.
     fn resumed(&mut self) {
-        if let Some(episode) = self.pause.reset() {
+        let Some(episode) = self.pause.reset() else {
+            return;
+        };
+        // Under sustained pressure episodes end and begin many times a second: the line
+        // shares the warnings' rate limit.
+        if self.warnings.allow().is_some() {
             info!(self.env.log, "accepting again";
                 "worker" => self.worker,
                 "paused_ms" => episode.since.elapsed().as_millis() as u64,
@@ -251,6 +259,7 @@ async fn accept(
     let failure = |error| Failure { error, shed: 0 };
     loop {
         let mut ready = listener.readable().await.map_err(failure)?;
+        spare_fd::retake_if_lost();
         let result = if env.faults.is_on(FaultPoint::AcceptError) {
             Err(io::Error::from_raw_os_error(libc::EMFILE))
         } else {
@@ -371,9 +380,7 @@ mod tests {
     #[test]
     fn the_pause_doubles_to_a_second_and_resets_on_success() {
         let mut pause = Pause::default();
-        let delays: Vec<u64> = (0..10)
-            .map(|_| pause.next(1).as_millis() as u64)
-            .collect();
+        let delays: Vec<u64> = (0..10).map(|_| pause.next(1).as_millis() as u64).collect();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         let episode = pause.reset().expect("an episode");
         assert_eq!((episode.failures, episode.shed), (10, 10));

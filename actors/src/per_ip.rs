@@ -67,11 +67,7 @@ pub(crate) struct PerIpClaim {
 
 impl PerIpTable {
     /// Claims a connection and a handshake for `ip`, or nothing if either limit is reached.
-    pub(crate) fn claim(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        limits: PerIpLimits,
-    ) -> Option<PerIpClaim> {
+    pub(crate) fn claim(self: &Arc<Self>, ip: IpAddr, limits: PerIpLimits) -> Option<PerIpClaim> {
         if limits.is_off() {
             return Some(PerIpClaim {
                 connection: None,
@@ -82,7 +78,8 @@ impl PerIpTable {
         let mut table = self.lock();
         let counts = table.entry(key).or_default();
         let full = |count: usize, limit: usize| limit != 0 && count >= limit;
-        if full(counts.connections, limits.connections) || full(counts.handshakes, limits.handshakes)
+        if full(counts.connections, limits.connections)
+            || full(counts.handshakes, limits.handshakes)
         {
             // A full count is above 0, so the entry was there before this claim.
             return None;
@@ -183,11 +180,19 @@ mod tests {
             connections: 1,
             handshakes: 0,
         };
-        let held = table.claim("2001:db8:1:2::1".parse().unwrap(), one).unwrap();
-        assert!(table.claim("2001:db8:1:2::ffff".parse().unwrap(), one).is_none());
-        assert!(table.claim("2001:db8:1:3::1".parse().unwrap(), one).is_some());
+        let held = table
+            .claim("2001:db8:1:2::1".parse().unwrap(), one)
+            .unwrap();
+        assert!(table
+            .claim("2001:db8:1:2::ffff".parse().unwrap(), one)
+            .is_none());
+        assert!(table
+            .claim("2001:db8:1:3::1".parse().unwrap(), one)
+            .is_some());
         let v4 = table.claim("192.0.2.7".parse().unwrap(), one).unwrap();
-        assert!(table.claim("::ffff:192.0.2.7".parse().unwrap(), one).is_none());
+        assert!(table
+            .claim("::ffff:192.0.2.7".parse().unwrap(), one)
+            .is_none());
         drop((held, v4));
         assert_eq!(table.len(), 0);
     }

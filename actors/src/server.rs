@@ -239,11 +239,12 @@ impl Server {
         let started = Instant::now();
         // The supervisor bounds every step itself; this bound only guards against a bug there.
         let protocol_bound = STOP_ACCEPTING_WAIT + grace + FORCE_WAIT;
-        let mut report = tokio::time::timeout(protocol_bound, self.supervisor.send(Shutdown { grace }))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        let mut report =
+            tokio::time::timeout(protocol_bound, self.supervisor.send(Shutdown { grace }))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
         for worker in &self.workers {
             worker.stop();
         }

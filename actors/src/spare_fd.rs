@@ -8,12 +8,16 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use mio::net::TcpListener;
 
-/// The reserve; `None` while in use, or while reopening it fails (retried on each use).
+/// The reserve; `None` while in use, or while reopening it fails.
 static SPARE: Mutex<Option<File>> = Mutex::new(None);
+
+/// Whether `SPARE` holds a descriptor, read without the lock on every accept.
+static HELD: AtomicBool = AtomicBool::new(false);
 
 /// Most clients shed per episode, so one acceptor never spends long away from its worker.
 const SHED_BATCH: usize = 64;
@@ -32,8 +36,18 @@ pub(crate) fn reserve() -> io::Result<()> {
     let mut spare = lock();
     if spare.is_none() {
         *spare = Some(open_spare()?);
+        HELD.store(true, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Takes the reserve back if it was lost, before a new client can take the descriptor: while
+/// descriptors are short, another thread can take the one a shedding freed, and without the
+/// reserve the next `EMFILE` could shed no one. Costs one atomic load when it is held.
+pub(crate) fn retake_if_lost() {
+    if !HELD.load(Ordering::Relaxed) {
+        let _ = reserve();
+    }
 }
 
 /// What one shedding did.
@@ -49,6 +63,9 @@ pub(crate) struct Shed {
 /// tries: a descriptor may have been freed since.
 pub(crate) fn shed_waiting_clients(listener: &TcpListener) -> Shed {
     let mut spare = lock();
+    // Marked lost for the whole shedding: another thread about to take a descriptor first
+    // waits on the lock for the reserve to be back, instead of taking the one freed here.
+    HELD.store(false, Ordering::Relaxed);
     drop(spare.take());
     let mut shed = Shed {
         clients: 0,
@@ -68,5 +85,6 @@ pub(crate) fn shed_waiting_clients(listener: &TcpListener) -> Shed {
         }
     }
     *spare = open_spare().ok();
+    HELD.store(spare.is_some(), Ordering::Relaxed);
     shed
 }

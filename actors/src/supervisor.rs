@@ -74,8 +74,12 @@ impl Handler<Shutdown> for ConnectionSupervisor {
         let registries = self.registries.clone();
         let protocol = async move {
             // Every acceptor closes its descriptor of the listening socket as it stops.
-            let stopping = futures::future::join_all(acceptors.iter().map(|a| a.send(StopAccepting)));
-            if tokio::time::timeout(STOP_ACCEPTING_WAIT, stopping).await.is_err() {
+            let stopping =
+                futures::future::join_all(acceptors.iter().map(|a| a.send(StopAccepting)));
+            if tokio::time::timeout(STOP_ACCEPTING_WAIT, stopping)
+                .await
+                .is_err()
+            {
                 error!(log, "shutdown: an acceptor did not stop in time; its worker is stuck";
                     "waited_ms" => STOP_ACCEPTING_WAIT.as_millis() as u64);
             }
@@ -88,16 +92,23 @@ impl Handler<Shutdown> for ConnectionSupervisor {
                 reason: DisposeReason::Shutdown,
             };
             let mut report = ShutdownReport {
-                asked_to_close: registries.close_all(close(CloseMode::Graceful), grace_end).await,
+                asked_to_close: registries
+                    .close_all(close(CloseMode::Graceful), grace_end)
+                    .await,
                 ..ShutdownReport::default()
             };
             if !registries.wait_empty(grace_end).await {
                 let force_end = Instant::now() + FORCE_WAIT;
-                report.forced = registries.close_all(close(CloseMode::Force), force_end).await;
+                report.forced = registries
+                    .close_all(close(CloseMode::Force), force_end)
+                    .await;
                 warn!(log, "shutdown: grace period over, forcing the rest";
                     "forced" => report.forced);
                 if !registries.wait_empty(force_end).await {
-                    error!(log, "shutdown: a registry did not empty after the forced close");
+                    error!(
+                        log,
+                        "shutdown: a registry did not empty after the forced close"
+                    );
                 }
             }
             report.elapsed = started.elapsed();

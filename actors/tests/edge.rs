@@ -35,7 +35,10 @@ fn a_flood_from_one_address_is_held_to_its_limit_and_others_are_served() {
     for i in 0..50 {
         let started = Instant::now();
         let mut client = server.connect_from(ip("127.0.0.1")).unwrap();
-        assert_eq!(client.echo(format!("{i}").as_bytes()).unwrap(), format!("{i}").as_bytes());
+        assert_eq!(
+            client.echo(format!("{i}").as_bytes()).unwrap(),
+            format!("{i}").as_bytes()
+        );
         worst = worst.max(started.elapsed());
     }
     let flood = flood.join().unwrap();
@@ -47,7 +50,11 @@ fn a_flood_from_one_address_is_held_to_its_limit_and_others_are_served() {
     let snap = server.wait_for("the flood accepted or rejected", HANG, |s| {
         s.ledger.accepted + s.rejected[1] == 1_050
     });
-    assert_eq!(snap.rejected[1], 1_000 - 16, "per_ip_limit: all but 16 of the flood");
+    assert_eq!(
+        snap.rejected[1],
+        1_000 - 16,
+        "per_ip_limit: all but 16 of the flood"
+    );
     assert!(snap.handshakes_in_progress <= 16 + 1);
     drop(flood);
     let snap = server.wait_disposed(1_050 - 984, HANG);
@@ -68,8 +75,13 @@ fn a_client_address_gets_its_connections_and_no_more() {
         })
         .start(Echo);
     let local = ip("127.0.0.1");
-    let mut held: Vec<_> = (0..3).map(|_| server.connect_from(local).unwrap()).collect();
-    assert!(server.connect_from(local).is_err(), "a fourth is closed at accept");
+    let mut held: Vec<_> = (0..3)
+        .map(|_| server.connect_from(local).unwrap())
+        .collect();
+    assert!(
+        server.connect_from(local).is_err(),
+        "a fourth is closed at accept"
+    );
     let mut other = server.connect_from(ip("127.0.0.2")).unwrap();
     assert_eq!(other.echo(b"other host").unwrap(), b"other host");
     let snap = server.snapshot();

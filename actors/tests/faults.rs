@@ -132,7 +132,10 @@ fn emfile_at_accept_sheds_the_waiting_client_and_accepting_resumes() {
     for attempt in 0..3 {
         let started = Instant::now();
         assert!(server.connect().is_err(), "client {attempt} is shed");
-        assert!(started.elapsed() < HANG, "a shed client is closed, not left hanging");
+        assert!(
+            started.elapsed() < HANG,
+            "a shed client is closed, not left hanging"
+        );
     }
     let mut client = server.connect().unwrap();
     assert_eq!(client.echo(b"after").unwrap(), b"after");
@@ -169,7 +172,10 @@ fn after_an_emfile_episode_every_worker_accepts() {
         s.acceptors_paused == 0
     });
     assert!(shed >= 1, "the episode shed clients");
-    assert_eq!(snap.rejected[0], shed, "each shed client counted as fd_exhausted");
+    assert_eq!(
+        snap.rejected[0], shed,
+        "each shed client counted as fd_exhausted"
+    );
     assert!(
         snap.worker_accepted.iter().all(|n| *n > 0),
         "every worker accepts after the episode: {:?}",

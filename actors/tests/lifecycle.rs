@@ -232,11 +232,15 @@ fn connections_over_the_limit_wait_in_the_backlog_until_one_leaves() {
     assert_eq!(a.echo(b"a").unwrap(), b"a");
     assert_eq!(b.echo(b"b").unwrap(), b"b");
     drop(a);
-    done_rx.recv_timeout(HANG).expect("served once a slot is free");
+    done_rx
+        .recv_timeout(HANG)
+        .expect("served once a slot is free");
     waiting.join().unwrap();
     drop(b);
     server.wait_disposed(3, HANG);
-    server.wait_for("the acceptors polling again", HANG, |s| s.acceptors_paused == 0);
+    server.wait_for("the acceptors polling again", HANG, |s| {
+        s.acceptors_paused == 0
+    });
     server.assert_each_disposed_once();
 }
 

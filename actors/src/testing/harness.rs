@@ -191,10 +191,12 @@ impl TestServer {
         self.registries
             .iter()
             .map(|registry| {
-                block_on(async { tokio::time::timeout(ASK_WAIT, registry.send(LiveConnections)).await })
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default()
+                block_on(async {
+                    tokio::time::timeout(ASK_WAIT, registry.send(LiveConnections)).await
+                })
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
             })
             .collect()
     }
