@@ -22,7 +22,8 @@ use crate::{certs, BoxError};
 /// returns (exit code 0) once it is done.
 pub fn run(settings: Settings) -> Result<(), BoxError> {
     let (log, _flush_on_exit) = logging::build(settings.log_format, settings.log_level);
-    raise_fd_limit(&log);
+    let nofile = raise_fd_limit(&log);
+    warn_if_descriptors_short(&settings, nofile, &log);
     let tls = match &settings.cert {
         CertSource::BuiltIn => {
             warn!(log, "USING THE BUILT-IN DEVELOPMENT CERTIFICATE: anyone can impersonate this \
@@ -158,9 +159,31 @@ fn faults_from_env(log: &Logger) -> Result<tlsvisor_actors::Faults, BoxError> {
     Ok(faults)
 }
 
+/// Descriptors the process holds besides its connections: stdio, the reactors, the
+/// listener's copies, the metrics listener and its scrapes, the spare, with room to spare.
+const FIXED_DESCRIPTORS: u64 = 64;
+
+/// Says so at start-up when `--max-connections` cannot be reached within the open-files limit:
+/// past the limit, new clients are shed (`fd_exhausted`) rather than paused at
+/// `--max-connections`. Not clamped: the operator may know better (few proxied connections,
+/// say), and the shedding keeps the server serving either way.
+fn warn_if_descriptors_short(settings: &Settings, nofile: Option<u64>, log: &Logger) {
+    let per_connection = match settings.protocol {
+        ProtocolKind::Proxy => 2,
+        ProtocolKind::Echo => 1,
+    };
+    let needed = settings.max_connections as u64 * per_connection + FIXED_DESCRIPTORS;
+    if let Some(nofile) = nofile.filter(|n| *n < needed) {
+        warn!(log, "the open files limit is below what --max-connections needs; past it new \
+                    clients are shed as fd_exhausted";
+            "nofile" => nofile, "max_connections" => settings.max_connections,
+            "needed" => needed);
+    }
+}
+
 /// Raises the soft open-files limit to the hard limit: every connection is a descriptor, and the
-/// default soft limit (often 1024) is far below `--max-connections`.
-fn raise_fd_limit(log: &Logger) {
+/// default soft limit (often 1024) is far below `--max-connections`. Returns the limit in force.
+fn raise_fd_limit(log: &Logger) -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -174,7 +197,9 @@ fn raise_fd_limit(log: &Logger) {
     };
     if raised {
         info!(log, "open files limit"; "nofile" => limit.rlim_cur);
+        Some(limit.rlim_cur)
     } else {
         warn!(log, "could not raise the open files limit"; "error" => %std::io::Error::last_os_error());
+        None
     }
 }

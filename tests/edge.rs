@@ -76,6 +76,16 @@ fn after_fd_exhaustion_every_worker_accepts(workers: usize) {
         },
     );
     let baseline_fds = server.scrape().get("process_open_fds");
+    assert_eq!(
+        server
+            .logs_with(
+                "the open files limit is below what --max-connections needs; past it new \
+                 clients are shed as fd_exhausted"
+            )
+            .len(),
+        1,
+        "the start-up says the limit cannot hold --max-connections"
+    );
 
     let echoed = pressure(server.listen, 12, Duration::from_secs(4));
     let after = server.scrape_when_possible();

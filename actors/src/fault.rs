@@ -20,7 +20,7 @@ pub enum FaultPoint {
     SessionPanic,
     /// `accept(2)` fails with `EMFILE`, as when the process is out of descriptors: the
     /// client stays in the backlog, the acceptor sheds the waiting clients (reason
-    /// `fd_exhausted`) and backs off. With [`Faults::enable_times`], the next N accepts fail.
+    /// `fd_exhausted`) and backs off. With `Faults::enable_times`, the next N accepts fail.
     AcceptError,
     /// The `Connection` actor itself panics (outside the session's panic guard), so its drop
     /// guard is what disposes it. Exercises the fallback path.

@@ -48,6 +48,16 @@
 //!   graceful close; their `Dispose` may reach a registry that is already gone. The same holds
 //!   for a connection that ignores a forced close until its worker stops: it is reported in
 //!   `ShutdownReport::left_registered`.
+//! - A worker stuck in a protocol callback answers nothing: [`Server::shutdown`] still returns
+//!   within `grace` + [`SHUTDOWN_OVERHEAD`], abandoning that worker's thread, and reports its
+//!   connections in `left_registered` and the worker in `abandoned_workers`.
+//!
+//! # At the edge
+//!
+//! `max_connections` and `max_handshakes` pause accepting (clients wait in the kernel's
+//! backlog); the per-IP limits close a client over them at accept; running out of descriptors
+//! sheds the waiting clients on a spare descriptor and backs off, and accepting always resumes
+//! by itself. ARCHITECTURE.md has the details.
 //!
 //! ARCHITECTURE.md in the repository walks through each disposal path.
 
