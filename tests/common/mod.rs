@@ -37,17 +37,7 @@ impl Tlsvisor {
     /// Starts `tlsvisor serve` on a free port with JSON logs, metrics on a free port, and
     /// `extra` flags.
     pub fn serve(extra: &[&str]) -> Tlsvisor {
-        let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        Tlsvisor::spawn(&args)
+        Tlsvisor::serve_with(extra, &Limits::default())
     }
 
     /// Starts the binary with exactly `args` (which must ask for JSON logs).
