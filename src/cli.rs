@@ -181,9 +181,15 @@ mod tests {
             handshake-timeout = "250ms"
             log-format = "json"
             protocol = "echo"
+            max-handshakes = 64
+            max-connections-per-ip = 3
+            max-handshakes-per-ip = 0
             "#,
         )
         .unwrap();
+        assert_eq!(args.max_handshakes, Some(64));
+        assert_eq!(args.max_connections_per_ip, Some(3));
+        assert_eq!(args.max_handshakes_per_ip, Some(0));
         assert_eq!(args.listen, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(args.max_connections, Some(7));
         assert_eq!(args.handshake_timeout, Some(Duration::from_millis(250)));
