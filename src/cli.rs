@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// PEM private key of the certificate.
     #[arg(long)]
     pub key: Option<PathBuf>,
+    /// Poll the certificate and key files every second and reload them once they changed.
+    #[arg(long)]
+    #[serde(default)]
+    pub watch_certs: bool,
     /// What to speak over each connection [default: echo].
     #[arg(long, value_enum)]
     pub protocol: Option<ProtocolKind>,

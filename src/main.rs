@@ -5,8 +5,10 @@ mod certs;
 mod cli;
 mod logging;
 mod metrics;
+mod reload;
 mod serve;
 mod settings;
+mod tls_metrics;
 
 use std::process::ExitCode;
 

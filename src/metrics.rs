@@ -210,10 +210,19 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves the server's and the process's metrics.
-    pub fn start(addr: SocketAddr, stats: Arc<Stats>, log: Logger) -> Result<Self, BoxError> {
+    /// Binds `addr` and serves the server's and the process's metrics, and those of the
+    /// `extra` collectors (the TLS families).
+    pub fn start(
+        addr: SocketAddr,
+        stats: Arc<Stats>,
+        extra: Vec<Box<dyn Collector>>,
+        log: Logger,
+    ) -> Result<Self, BoxError> {
         let registry = Registry::new();
         registry.register(Box::new(StatsCollector::new(stats)?))?;
+        for collector in extra {
+            registry.register(collector)?;
+        }
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;

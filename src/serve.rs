@@ -2,41 +2,45 @@
 
 use actix_rt::signal::unix::{signal, SignalKind};
 use slog::{error, info, warn, Logger};
-use tlsvisor_actors::{
-    server_config_from_files, Echo, ProxyConfig, ProxyHeader, Server, ServerConfig,
-};
+use std::sync::Arc;
+
+use tlsvisor_actors::{Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerConfig};
 
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::logging;
 use crate::metrics::MetricsServer;
+use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
-use crate::{certs, BoxError};
+use crate::tls_metrics::TlsCollector;
+use crate::BoxError;
 
 /// Runs the server described by `settings` until a signal, then runs the shutdown protocol and
 /// returns (exit code 0) once it is done.
 pub fn run(settings: Settings) -> Result<(), BoxError> {
     let (log, _flush_on_exit) = logging::build(settings.log_format, settings.log_level);
     raise_fd_limit(&log);
-    let tls = match &settings.cert {
-        CertSource::BuiltIn => {
-            warn!(log, "USING THE BUILT-IN DEVELOPMENT CERTIFICATE: anyone can impersonate this \
-                        server; pass --cert and --key for real use";
-                "trust_for_testing" => "certs/ca.crt");
-            certs::built_in()?
-        }
-        CertSource::Files { cert, key } => server_config_from_files(cert, key)?,
-    };
-    let mut config = ServerConfig::new(settings.listen, tls);
+    if settings.cert == CertSource::BuiltIn {
+        warn!(log, "USING THE BUILT-IN DEVELOPMENT CERTIFICATE: anyone can impersonate this \
+                    server; pass --cert and --key for real use";
+            "trust_for_testing" => "certs/ca.crt");
+    }
+    let tls = reload::build_tls(&settings)?;
+    let mut config = ServerConfig::new(settings.listen, Arc::clone(tls.config()));
     config.workers = settings.workers;
     config.max_connections = settings.max_connections;
     config.handshake_timeout = settings.handshake_timeout;
     config.idle_timeout = settings.idle_timeout;
     config.close_timeout = settings.close_timeout;
 
-    actix_rt::System::new().block_on(serve(settings, config, log))
+    actix_rt::System::new().block_on(serve(settings, config, tls, log))
 }
 
-async fn serve(settings: Settings, config: ServerConfig, log: Logger) -> Result<(), BoxError> {
+async fn serve(
+    settings: Settings,
+    config: ServerConfig,
+    tls: LoadedTls,
+    log: Logger,
+) -> Result<(), BoxError> {
     // Installed before the server starts, so a signal sent as soon as it listens is handled.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -53,11 +57,23 @@ async fn serve(settings: Settings, config: ServerConfig, log: Logger) -> Result<
         }
         _ => Server::builder(config, Echo),
     };
-    let server = builder.logger(log.clone()).start()?;
+    let server = builder.logger(log.clone()).tls(tls).start()?;
     let metrics = settings
         .metrics_listen
-        .map(|addr| MetricsServer::start(addr, server.stats(), log.clone()))
+        .map(|addr| -> Result<_, BoxError> {
+            let tls_metrics = Box::new(TlsCollector::new(server.tls_reloader())?);
+            MetricsServer::start(addr, server.stats(), vec![tls_metrics], log.clone())
+        })
         .transpose()?;
+    let _watcher = match settings.watch_certs {
+        true => Some(CertWatcher::start(
+            settings.clone(),
+            server.tls_reloader(),
+            log.clone(),
+            reload::WATCH_INTERVAL,
+        )?),
+        false => None,
+    };
 
     let name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",

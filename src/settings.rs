@@ -23,6 +23,8 @@ pub enum CertSource {
 pub struct Settings {
     pub listen: SocketAddr,
     pub cert: CertSource,
+    /// Reload the TLS files when they change (polled).
+    pub watch_certs: bool,
     pub protocol: ProtocolKind,
     pub upstream: Option<String>,
     pub upstream_connect_timeout: Duration,
@@ -43,6 +45,7 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             cert: CertSource::BuiltIn,
+            watch_certs: false,
             protocol: ProtocolKind::Echo,
             upstream: None,
             upstream_connect_timeout: Duration::from_secs(5),
@@ -81,6 +84,7 @@ impl Settings {
         let settings = Settings {
             listen: flags.listen.or(file.listen).unwrap_or(d.listen),
             cert,
+            watch_certs: flags.watch_certs || file.watch_certs,
             protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
             upstream: flags.upstream.or(file.upstream),
             upstream_connect_timeout: flags

@@ -32,7 +32,7 @@ use crate::read_ahead::ReadAhead;
 use crate::reader::{ClientReader, Reader};
 use crate::{
     ConnId, ConnInfo, DisposeReason, HandlerRegistry, Protocol, ProxyConfig, ServerConfig, Session,
-    SessionError, Stats,
+    SessionError, Stats, TlsReloader,
 };
 
 use self::proxy::UpstreamLink;
@@ -65,7 +65,8 @@ pub(crate) enum Service {
 
 /// What every connection of one server shares.
 pub(crate) struct ConnectionEnv {
-    pub(crate) acceptor: TlsAcceptor,
+    /// The TLS configuration; each handshake takes the one current when it starts.
+    pub(crate) tls: TlsReloader,
     pub(crate) service: Service,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<Stats>,
@@ -492,7 +493,8 @@ impl Actor for Connection {
         self.local = tcp.local_addr().ok();
         self.state = ConnState::Handshaking;
         self.env.stats.handshake_started();
-        let acceptor = self.env.acceptor.clone();
+        // Taken now and kept: a reload during this handshake does not change it.
+        let acceptor = TlsAcceptor::from(Arc::clone(self.env.tls.current().config()));
         let limit = self.env.config.handshake_timeout;
         let inject_failure = self.faults().is_on(FaultPoint::DuringHandshake);
         let handshake = async move {

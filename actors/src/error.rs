@@ -59,6 +59,15 @@ pub enum TlsConfigError {
     NoPrivateKey,
     /// rustls refused the certificate and key (mismatch, unsupported key type, …).
     Rustls(rustls::Error),
+    /// A certificate's DER could not be read (serial, expiry, names).
+    Certificate(crate::X509Error),
+    /// Something is wrong with the content of one file.
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: Box<TlsConfigError>,
+    },
 }
 
 impl fmt::Display for TlsConfigError {
@@ -70,6 +79,8 @@ impl fmt::Display for TlsConfigError {
             TlsConfigError::NoCertificate => f.write_str("no PEM certificate found"),
             TlsConfigError::NoPrivateKey => f.write_str("no usable PEM private key found"),
             TlsConfigError::Rustls(e) => write!(f, "certificate and key rejected: {e}"),
+            TlsConfigError::Certificate(e) => e.fmt(f),
+            TlsConfigError::InFile { path, source } => write!(f, "{}: {source}", path.display()),
         }
     }
 }
@@ -79,6 +90,8 @@ impl std::error::Error for TlsConfigError {
         match self {
             TlsConfigError::Read { source, .. } => Some(source),
             TlsConfigError::Rustls(e) => Some(e),
+            TlsConfigError::Certificate(e) => Some(e),
+            TlsConfigError::InFile { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

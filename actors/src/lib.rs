@@ -70,7 +70,10 @@ mod server;
 mod stats;
 mod supervisor;
 mod tls;
+mod tls_reload;
+mod tls_source;
 mod upstream;
+mod x509;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -94,4 +97,7 @@ pub use stats::{
 };
 pub use supervisor::ConnectionSupervisor;
 pub use tls::{server_config_from_files, server_config_from_pem};
+pub use tls_reload::{TlsReloader, TlsSnapshot};
+pub use tls_source::{CertificateFiles, LoadedCertificate, LoadedTls, TlsSource};
 pub use upstream::{proxy_header_bytes, ProxyConfig, ProxyHeader};
+pub use x509::{CertificateInfo, X509Error};

@@ -49,17 +49,38 @@ pub struct TlsClient {
 impl TlsClient {
     /// Connects to `addr` as `localhost` and completes the handshake.
     pub fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<TlsClient> {
+        TlsClient::connect_as(addr, config, "localhost")
+    }
+
+    /// Connects to `addr` asking for (SNI) and verifying `server_name`, and completes the
+    /// handshake.
+    pub fn connect_as(
+        addr: SocketAddr,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<TlsClient> {
         let tcp = TcpStream::connect(addr)?;
         tcp.set_read_timeout(Some(IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
         tcp.set_nodelay(true)?;
-        let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+        let name = ServerName::try_from(server_name.to_string()).map_err(io::Error::other)?;
         let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
         let mut stream = StreamOwned::new(conn, tcp);
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
         }
         Ok(TlsClient { stream })
+    }
+
+    /// The certificate the server presented (its leaf).
+    pub fn server_certificate(&self) -> Option<CertificateDer<'static>> {
+        let chain = self.stream.conn.peer_certificates()?;
+        chain.first().map(|c| c.clone().into_owned())
+    }
+
+    /// The rustls connection, to read what was negotiated (version, cipher suite, ALPN).
+    pub fn connection(&self) -> &ClientConnection {
+        &self.stream.conn
     }
 
     /// Sends `data` and reads back exactly as many bytes.

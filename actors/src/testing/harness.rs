@@ -15,8 +15,8 @@ use super::{client_config, eventually, TlsClient};
 use crate::messages::LiveConnections;
 use crate::registry::Registries;
 use crate::{
-    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, Protocol, ProxyConfig,
-    Server, ServerConfig, ShutdownReport, Snapshot, Stats,
+    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, LoadedTls, Protocol,
+    ProxyConfig, Server, ServerConfig, ShutdownReport, Snapshot, Stats, TlsReloader,
 };
 
 /// Grace a dropped `TestServer` gives its connections.
@@ -29,9 +29,25 @@ type ConfigChange = Box<dyn FnOnce(&mut ServerConfig) + Send>;
 pub struct TestServerBuilder {
     configure: Vec<ConfigChange>,
     log: Logger,
+    certs: Option<DevCerts>,
+    tls: Option<LoadedTls>,
 }
 
 impl TestServerBuilder {
+    /// Uses these development certificates (the CA `connect` trusts, and the served
+    /// certificate unless [`TestServerBuilder::tls`] gives another).
+    pub fn certs(mut self, certs: DevCerts) -> Self {
+        self.certs = Some(certs);
+        self
+    }
+
+    /// Serves this TLS configuration (e.g. [`TlsSource::load`](crate::TlsSource::load) of files
+    /// signed by the CA given to [`TestServerBuilder::certs`]).
+    pub fn tls(mut self, tls: LoadedTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Changes the server's configuration (listen address and TLS are the harness's own).
     pub fn config(mut self, change: impl FnOnce(&mut ServerConfig) + Send + 'static) -> Self {
         self.configure.push(Box::new(change));
@@ -58,7 +74,11 @@ impl TestServerBuilder {
         self,
         make: impl FnOnce(ServerConfig) -> crate::ServerBuilder + Send + 'static,
     ) -> TestServer {
-        let certs = DevCerts::generate().expect("generate test certificates"); // harness setup: failing here fails the test
+        let certs = match self.certs {
+            Some(certs) => certs,
+            None => DevCerts::generate().expect("generate test certificates"), // harness setup: failing here fails the test
+        };
+        let loaded = self.tls;
         let tls = certs.server_config().expect("test certificates load"); // harness setup: failing here fails the test
         let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), tls);
         for change in self.configure {
@@ -75,7 +95,10 @@ impl TestServerBuilder {
             .name("tlsvisor-test-server".into())
             .spawn(move || {
                 actix_rt::System::new().block_on(async move {
-                    let builder = make(config).logger(log).audit(thread_audit);
+                    let mut builder = make(config).logger(log).audit(thread_audit);
+                    if let Some(loaded) = loaded {
+                        builder = builder.tls(loaded);
+                    }
                     #[cfg(feature = "fault-injection")]
                     let builder = builder.faults(thread_faults);
                     #[cfg(not(feature = "fault-injection"))]
@@ -91,13 +114,14 @@ impl TestServerBuilder {
                         server.local_addr(),
                         server.stats(),
                         server.registries().to_vec(),
+                        server.tls_reloader(),
                     )));
                     let grace = stop_rx.await.unwrap_or(DROP_GRACE);
                     server.shutdown(grace).await
                 })
             })
             .expect("spawn the test server thread"); // harness setup: failing here fails the test
-        let (addr, stats, registries) = ready_rx
+        let (addr, stats, registries, tls) = ready_rx
             .recv()
             .expect("test server thread reports") // harness setup: failing here fails the test
             .unwrap_or_else(|e| panic!("test server failed to start: {e}"));
@@ -108,6 +132,7 @@ impl TestServerBuilder {
             faults,
             audit,
             certs,
+            tls,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -123,6 +148,7 @@ pub struct TestServer {
     faults: Faults,
     audit: DisposalAudit,
     certs: DevCerts,
+    tls: TlsReloader,
     stop: Option<oneshot::Sender<Duration>>,
     thread: Option<JoinHandle<ShutdownReport>>,
 }
@@ -133,6 +159,8 @@ impl TestServer {
         TestServerBuilder {
             configure: Vec::new(),
             log: Logger::root(slog::Discard, o!()),
+            certs: None,
+            tls: None,
         }
     }
 
@@ -182,6 +210,12 @@ impl TestServer {
     /// The certificates the server uses (clients trust `ca_cert_pem`).
     pub fn certs(&self) -> &DevCerts {
         &self.certs
+    }
+
+    /// The handle that replaces the server's TLS configuration, as
+    /// [`Server::tls_reloader`](crate::Server::tls_reloader) gives it.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.tls.clone()
     }
 
     /// A TLS client connected to this server, handshake done.

@@ -1,0 +1,207 @@
+//! Certificates and TLS policy over real handshakes: reloads while connections live.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tlsvisor_actors::testing::{client_config, ScratchDir, TestServer, TlsClient};
+use tlsvisor_actors::{CertificateInfo, DevCerts, DisposeReason, Echo, TlsSource};
+
+/// A ceiling only a hang reaches.
+const HANG: Duration = Duration::from_secs(20);
+
+fn replace(path: &Path, text: &str) {
+    ScratchDir::replace(path, text).unwrap();
+}
+
+/// A server of `Echo` serving a fresh certificate from files in `scratch`.
+struct FromFiles {
+    certs: DevCerts,
+    cert: PathBuf,
+    key: PathBuf,
+    serial: String,
+    source: TlsSource,
+    server: TestServer,
+}
+
+fn serve_from_files(scratch: &ScratchDir) -> FromFiles {
+    let (cert, key) = (scratch.path("server.crt"), scratch.path("server.key"));
+    let certs = DevCerts::generate().unwrap();
+    let serial = rotate(&certs, &cert, &key);
+    let source = TlsSource::single(&cert, &key);
+    let server = TestServer::builder()
+        .certs(certs.clone())
+        .tls(source.load().unwrap())
+        .start(Echo);
+    FromFiles {
+        certs,
+        cert,
+        key,
+        serial,
+        source,
+        server,
+    }
+}
+
+/// Issues a new `localhost` certificate into `cert`/`key`; returns its serial.
+fn rotate(certs: &DevCerts, cert: &Path, key: &Path) -> String {
+    let (cert_pem, key_pem) = certs.issue_server(&["localhost"]).unwrap();
+    replace(cert, &cert_pem);
+    replace(key, &key_pem);
+    info_of_pem(&cert_pem).serial_hex
+}
+
+fn info_of_pem(pem: &str) -> CertificateInfo {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    CertificateInfo::from_der(&der).unwrap()
+}
+
+fn served_serial(client: &TlsClient) -> String {
+    let cert = client
+        .server_certificate()
+        .expect("the server sent a certificate");
+    CertificateInfo::from_der(&cert).unwrap().serial_hex
+}
+
+#[test]
+fn reloads_keep_live_connections_and_new_clients_see_the_new_certificate() {
+    const LIVE: usize = 500;
+    const RELOADS: usize = 20;
+    let scratch = ScratchDir::new("reload").unwrap();
+    let FromFiles {
+        certs,
+        cert,
+        key,
+        mut serial,
+        source,
+        server,
+    } = serve_from_files(&scratch);
+    let reloader = server.tls_reloader();
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let expiry = vec![(cert.display().to_string(), info_of_pem(&pem).not_after_unix)];
+    assert_eq!(reloader.snapshot().certificate_expiry, expiry);
+
+    let mut live: Vec<TlsClient> = (0..LIVE).map(|_| server.connect().unwrap()).collect();
+    server.wait_for("all live", HANG, |s| s.ledger.active == LIVE as u64);
+
+    // The books are watched the whole time: never unbalanced, never fewer than the live
+    // clients, and nothing disposed but the probes that close themselves.
+    let stop = AtomicBool::new(false);
+    let watcher = {
+        let (stop, stats_server) = (&stop, &server);
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(move || {
+                let mut samples = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let ledger = stats_server.snapshot().ledger;
+                    assert!(ledger.is_balanced(), "ledger blinked: {ledger:?}");
+                    assert!(
+                        ledger.active >= LIVE as u64,
+                        "a live connection went: {ledger:?}"
+                    );
+                    assert_eq!(
+                        ledger.disposed_total(),
+                        ledger.disposed_for(DisposeReason::PeerEof),
+                        "{ledger:?}"
+                    );
+                    samples += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                samples
+            });
+            for round in 0..RELOADS {
+                let previous = serial.clone();
+                serial = rotate(&certs, &cert, &key);
+                assert_ne!(serial, previous);
+                reloader.reload(source.load().unwrap());
+                for (i, client) in live.iter_mut().enumerate() {
+                    let msg = format!("round {round} client {i}");
+                    assert_eq!(client.echo(msg.as_bytes()).unwrap(), msg.as_bytes());
+                    // Live connections keep the certificate they started with.
+                }
+                let probe = server.connect().unwrap();
+                assert_eq!(served_serial(&probe), serial, "round {round}");
+                assert!(matches!(
+                    probe.close(),
+                    tlsvisor_actors::testing::CloseSeen::CloseNotifyThenEof
+                ));
+            }
+            stop.store(true, Ordering::Relaxed);
+            handle.join().unwrap()
+        })
+    };
+    assert!(watcher > 0);
+    let snapshot = reloader.snapshot();
+    assert_eq!(
+        (snapshot.reloads_ok, snapshot.reloads_failed),
+        (RELOADS as u64, 0)
+    );
+    for client in live.iter_mut() {
+        assert_eq!(client.echo(b"still here").unwrap(), b"still here");
+    }
+    assert_eq!(server.snapshot().ledger.active, LIVE as u64);
+    drop(live);
+    server.wait_idle(HANG);
+    server.assert_each_disposed_once();
+}
+
+#[test]
+fn a_broken_reload_keeps_the_old_certificate_and_names_the_file() {
+    let scratch = ScratchDir::new("broken").unwrap();
+    let FromFiles {
+        certs,
+        cert,
+        key,
+        serial,
+        source,
+        server,
+    } = serve_from_files(&scratch);
+    let reloader = server.tls_reloader();
+    let mut live = server.connect().unwrap();
+
+    // A key that is not PEM, then a key that belongs to another certificate.
+    let (_, other_key) = certs.issue_server(&["localhost"]).unwrap();
+    let (new_cert, _) = certs.issue_server(&["localhost"]).unwrap();
+    for (cert_pem, key_pem) in [
+        (None, "not a key\n".to_string()),
+        (Some(new_cert), other_key),
+    ] {
+        if let Some(cert_pem) = cert_pem {
+            replace(&cert, &cert_pem);
+        }
+        replace(&key, &key_pem);
+        let error = source.load().unwrap_err();
+        assert!(
+            error.to_string().contains(&key.display().to_string()),
+            "the error names the key file: {error}"
+        );
+        reloader.reload_failed();
+        let probe = server.connect().unwrap();
+        assert_eq!(served_serial(&probe), serial);
+        assert_eq!(live.echo(b"unaffected").unwrap(), b"unaffected");
+    }
+    let missing = TlsSource::single(scratch.path("nope.crt"), &key)
+        .load()
+        .unwrap_err();
+    assert!(missing.to_string().contains("nope.crt"), "{missing}");
+    let snapshot = reloader.snapshot();
+    assert_eq!((snapshot.reloads_ok, snapshot.reloads_failed), (0, 2));
+    drop(live);
+    server.wait_disposed(3, HANG);
+    server.assert_each_disposed_once();
+}
+
+#[test]
+fn a_plain_rustls_config_can_be_swapped_in() {
+    let server = TestServer::start(Echo);
+    let other = DevCerts::generate().unwrap();
+    server
+        .tls_reloader()
+        .reload_config(other.server_config().unwrap());
+    // The server now presents a certificate of another CA: the old trust fails, the new works.
+    assert!(server.connect().is_err());
+    let config = client_config(other.ca_cert_pem.as_bytes()).unwrap();
+    let mut client = TlsClient::connect(server.addr(), config).unwrap();
+    assert_eq!(client.echo(b"new ca").unwrap(), b"new ca");
+}
