@@ -43,12 +43,24 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8443].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// PEM certificate chain [default: the built-in development certificate].
+    /// PEM certificate chain; repeat for several names, chosen by SNI, the first the default
+    /// [default: the built-in development certificate].
     #[arg(long)]
-    pub cert: Option<PathBuf>,
-    /// PEM private key of the certificate.
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub cert: Vec<PathBuf>,
+    /// PEM private key of the certificate; repeated, paired in order with `--cert`.
     #[arg(long)]
-    pub key: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub key: Vec<PathBuf>,
+    /// The config file's `[[certificate]]` tables (`cert`, `key`), in order.
+    #[arg(skip)]
+    #[serde(default)]
+    pub certificate: Vec<CertificateEntry>,
+    /// Refuse a client whose SNI names no certificate (alert `unrecognized_name`) instead of
+    /// serving it the first certificate.
+    #[arg(long)]
+    #[serde(default)]
+    pub sni_strict: bool,
     /// Poll the certificate and key files every second and reload them once they changed.
     #[arg(long)]
     #[serde(default)]
@@ -97,6 +109,14 @@ pub struct ServeArgs {
     /// Least severe level logged [default: info].
     #[arg(long, value_enum)]
     pub log_level: Option<LogLevel>,
+}
+
+/// One `[[certificate]]` table of the config file.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -152,6 +172,20 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
         .map_err(serde::de::Error::custom)
 }
 
+/// A config-file key that takes one value or a list (`cert = "a.pem"` or `cert = ["a", "b"]`).
+fn de_one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(path) => vec![path],
+        OneOrMany::Many(paths) => paths,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +215,27 @@ mod tests {
         assert_eq!(args.handshake_timeout, Some(Duration::from_millis(250)));
         assert_eq!(args.log_format, Some(LogFormat::Json));
         assert!(toml::from_str::<ServeArgs>("no-such-key = 1").is_err());
+    }
+
+    #[test]
+    fn certificates_in_the_config_file() {
+        let args: ServeArgs = toml::from_str(
+            r#"
+            sni-strict = true
+            [[certificate]]
+            cert = "a.crt"
+            key = "a.key"
+            [[certificate]]
+            cert = "b.crt"
+            key = "b.key"
+            "#,
+        )
+        .unwrap();
+        assert!(args.sni_strict);
+        assert_eq!(args.certificate.len(), 2);
+        assert_eq!(args.certificate[1].key, PathBuf::from("b.key"));
+        let args: ServeArgs = toml::from_str("cert = \"a.crt\"\nkey = [\"a.key\"]").unwrap();
+        assert_eq!((args.cert.len(), args.key.len()), (1, 1));
     }
 
     #[test]

@@ -20,7 +20,10 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 pub fn tls_source(settings: &Settings) -> Option<TlsSource> {
     match &settings.cert {
         CertSource::BuiltIn => None,
-        CertSource::Files { cert, key } => Some(TlsSource::single(cert, key)),
+        CertSource::Files(pairs) => Some(TlsSource {
+            certificates: pairs.clone(),
+            sni_strict: settings.sni_strict,
+        }),
     }
 }
 

@@ -1,11 +1,10 @@
 //! The effective settings of `serve`: flags over the config file over defaults.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs};
-use tlsvisor_actors::ServerConfig;
+use tlsvisor_actors::{CertificateFiles, ServerConfig};
 
 use crate::BoxError;
 
@@ -14,8 +13,8 @@ use crate::BoxError;
 pub enum CertSource {
     /// The development certificate compiled into the binary.
     BuiltIn,
-    /// PEM files.
-    Files { cert: PathBuf, key: PathBuf },
+    /// PEM files: certificate and key pairs, the first the default (SNI picks the others).
+    Files(Vec<CertificateFiles>),
 }
 
 /// Everything `serve` needs, resolved.
@@ -25,6 +24,8 @@ pub struct Settings {
     pub cert: CertSource,
     /// Reload the TLS files when they change (polled).
     pub watch_certs: bool,
+    /// Refuse an SNI name no certificate serves.
+    pub sni_strict: bool,
     pub protocol: ProtocolKind,
     pub upstream: Option<String>,
     pub upstream_connect_timeout: Duration,
@@ -46,6 +47,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             cert: CertSource::BuiltIn,
             watch_certs: false,
+            sni_strict: false,
             protocol: ProtocolKind::Echo,
             upstream: None,
             upstream_connect_timeout: Duration::from_secs(5),
@@ -76,15 +78,18 @@ impl Settings {
             None => ServeArgs::default(),
         };
         let d = Settings::default();
-        let cert = match (flags.cert.or(file.cert), flags.key.or(file.key)) {
-            (None, None) => CertSource::BuiltIn,
-            (Some(cert), Some(key)) => CertSource::Files { cert, key },
-            _ => return Err("--cert and --key go together".into()),
+        let cert = match certificate_pairs(&flags)? {
+            Some(pairs) => CertSource::Files(pairs),
+            None => match certificate_pairs(&file)? {
+                Some(pairs) => CertSource::Files(pairs),
+                None => CertSource::BuiltIn,
+            },
         };
         let settings = Settings {
             listen: flags.listen.or(file.listen).unwrap_or(d.listen),
             cert,
             watch_certs: flags.watch_certs || file.watch_certs,
+            sni_strict: flags.sni_strict || file.sni_strict,
             protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
             upstream: flags.upstream.or(file.upstream),
             upstream_connect_timeout: flags
@@ -124,6 +129,9 @@ impl Settings {
     }
 
     fn check(&self) -> Result<(), BoxError> {
+        if self.sni_strict && self.cert == CertSource::BuiltIn {
+            return Err("--sni-strict needs --cert and --key".into());
+        }
         match (self.protocol, &self.upstream) {
             (ProtocolKind::Proxy, None) => {
                 Err("--protocol proxy needs --upstream HOST:PORT".into())
@@ -134,6 +142,33 @@ impl Settings {
             _ => Ok(()),
         }
     }
+}
+
+/// The certificate pairs one source of settings gives (`--cert`/`--key` in order, then the
+/// file's `[[certificate]]` tables), or `None` if it gives none.
+fn certificate_pairs(args: &ServeArgs) -> Result<Option<Vec<CertificateFiles>>, BoxError> {
+    if args.cert.len() != args.key.len() {
+        return Err(format!(
+            "--cert and --key go together, paired in order ({} --cert, {} --key)",
+            args.cert.len(),
+            args.key.len()
+        )
+        .into());
+    }
+    let pairs: Vec<CertificateFiles> = args
+        .cert
+        .iter()
+        .zip(&args.key)
+        .map(|(cert, key)| CertificateFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+        .chain(args.certificate.iter().map(|entry| CertificateFiles {
+            cert: entry.cert.clone(),
+            key: entry.key.clone(),
+        }))
+        .collect();
+    Ok((!pairs.is_empty()).then_some(pairs))
 }
 
 #[cfg(test)]
@@ -166,7 +201,8 @@ mod tests {
     #[test]
     fn cert_and_key_go_together() {
         let flags = ServeArgs {
-            cert: Some("a.pem".into()),
+            cert: vec!["a.pem".into(), "b.pem".into()],
+            key: vec!["a.key".into()],
             ..ServeArgs::default()
         };
         assert!(Settings::resolve(flags).is_err());

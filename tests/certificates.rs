@@ -5,23 +5,15 @@ mod common;
 
 use std::path::Path;
 
+use common::certs::{issue_into, path_in};
 use common::{Tlsvisor, HANG};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-use tlsvisor_actors::testing::{client_config, eventually, ScratchDir, TlsClient};
+use tlsvisor_actors::testing::{
+    client_config, client_config_accepting_any, eventually, ScratchDir, TlsClient,
+};
 use tlsvisor_actors::{CertificateInfo, DevCerts};
 
 fn replace(path: &str, text: &str) {
     ScratchDir::replace(path.as_ref(), text).unwrap();
-}
-
-fn path_in(scratch: &ScratchDir, file: &str) -> String {
-    scratch.path(file).display().to_string()
-}
-
-fn info_of_pem(pem: &str) -> CertificateInfo {
-    let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-    CertificateInfo::from_der(&der).unwrap()
 }
 
 /// The serial of the certificate a fresh client is served, as `name`.
@@ -32,22 +24,11 @@ fn served_serial(server: &Tlsvisor, ca: &str, name: &str) -> Option<String> {
     Some(CertificateInfo::from_der(&cert).unwrap().serial_hex)
 }
 
-fn issue(certs: &DevCerts, cert: &str, key: &str) -> CertificateInfo {
-    let (cert_pem, key_pem) = certs.issue_server(&["localhost"]).unwrap();
-    replace(cert, &cert_pem);
-    replace(key, &key_pem);
-    info_of_pem(&cert_pem)
-}
-
 #[test]
 fn watch_certs_reloads_changed_files_and_keeps_the_old_on_a_broken_key() {
     let scratch = ScratchDir::new("bin-watch").unwrap();
-    let (cert, key) = (
-        path_in(&scratch, "server.crt"),
-        path_in(&scratch, "server.key"),
-    );
     let certs = DevCerts::generate().unwrap();
-    let first = issue(&certs, &cert, &key);
+    let (cert, key, first) = issue_into(&scratch, &certs, "server", &["localhost"]);
     let server = Tlsvisor::serve(&["--cert", &cert, "--key", &key, "--watch-certs"]);
     let ca = certs.ca_cert_pem.clone();
     assert_eq!(
@@ -64,7 +45,7 @@ fn watch_certs_reloads_changed_files_and_keeps_the_old_on_a_broken_key() {
 
     let mut live =
         TlsClient::connect(server.listen, client_config(ca.as_bytes()).unwrap()).unwrap();
-    let second = issue(&certs, &cert, &key);
+    let (_, _, second) = issue_into(&scratch, &certs, "server", &["localhost"]);
     assert!(
         eventually(HANG, || served_serial(&server, &ca, "localhost")
             == Some(second.serial_hex.clone())),
@@ -122,4 +103,75 @@ fn a_broken_certificate_at_start_is_an_error_naming_the_file() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&cert), "{stderr}");
+}
+
+#[test]
+fn repeated_cert_and_key_serve_names_by_sni_and_strict_refuses_others() {
+    let scratch = ScratchDir::new("bin-sni").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (cert0, key0, default) = issue_into(&scratch, &certs, "0", &["localhost"]);
+    let (cert1, key1, a) = issue_into(&scratch, &certs, "1", &["a.test"]);
+    let (cert2, key2, b) = issue_into(&scratch, &certs, "2", &["*.b.test"]);
+    let flags = [
+        "--cert", &cert0, "--key", &key0, "--cert", &cert1, "--key", &key1, "--cert", &cert2,
+        "--key", &key2,
+    ];
+    let ca = certs.ca_cert_pem.clone();
+    let server = Tlsvisor::serve(&flags);
+    assert_eq!(
+        served_serial(&server, &ca, "a.test"),
+        Some(a.serial_hex.clone())
+    );
+    assert_eq!(
+        served_serial(&server, &ca, "w.b.test"),
+        Some(b.serial_hex.clone())
+    );
+    assert_eq!(
+        served_serial(&server, &ca, "localhost"),
+        Some(default.serial_hex.clone())
+    );
+    let any = client_config_accepting_any().unwrap();
+    let unknown = TlsClient::connect_as(server.listen, any.clone(), "c.test").unwrap();
+    let served = CertificateInfo::from_der(&unknown.server_certificate().unwrap()).unwrap();
+    assert_eq!(served.serial_hex, default.serial_hex);
+    let metrics = server.scrape();
+    for cert in [&cert0, &cert1, &cert2] {
+        let key = format!("tlsvisor_certificate_expiry_timestamp_seconds{{name=\"{cert}\"}}");
+        assert!(metrics.get(&key) > 0.0);
+    }
+    drop(server);
+
+    let strict: Vec<&str> = flags.iter().copied().chain(["--sni-strict"]).collect();
+    let server = Tlsvisor::serve(&strict);
+    let refused = TlsClient::connect_as(server.listen, any, "c.test").err();
+    assert!(
+        format!("{refused:?}").contains("UnrecognisedName"),
+        "{refused:?}"
+    );
+    assert_eq!(served_serial(&server, &ca, "a.test"), Some(a.serial_hex));
+    assert!(eventually(HANG, || server
+        .scrape()
+        .disposed("handshake_failed")
+        == 1.0));
+}
+
+#[test]
+fn overlapping_certificates_are_a_start_up_error_naming_both_files() {
+    let scratch = ScratchDir::new("bin-overlap").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (cert0, key0, _) = issue_into(&scratch, &certs, "0", &["a.test"]);
+    let (cert1, key1, _) = issue_into(&scratch, &certs, "1", &["a.test", "z.test"]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "--cert", &cert0, "--key", &key0, "--cert", &cert1, "--key", &key1,
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&cert0) && stderr.contains(&cert1),
+        "{stderr}"
+    );
 }

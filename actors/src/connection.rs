@@ -23,7 +23,6 @@ use actix::prelude::*;
 use slog::Logger;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::dispose_guard::DisposeGuard;
 use crate::fault::{FaultPoint, Faults};
@@ -494,7 +493,7 @@ impl Actor for Connection {
         self.state = ConnState::Handshaking;
         self.env.stats.handshake_started();
         // Taken now and kept: a reload during this handshake does not change it.
-        let acceptor = TlsAcceptor::from(Arc::clone(self.env.tls.current().config()));
+        let tls = self.env.tls.current();
         let limit = self.env.config.handshake_timeout;
         let inject_failure = self.faults().is_on(FaultPoint::DuringHandshake);
         let handshake = async move {
@@ -503,7 +502,7 @@ impl Actor for Connection {
                     "injected handshake failure",
                 )));
             }
-            match tokio::time::timeout(limit, acceptor.accept(ReadAhead::new(tcp))).await {
+            match tokio::time::timeout(limit, crate::handshake::accept(tls, tcp)).await {
                 Err(_) => Err(HandshakeError::TimedOut),
                 Ok(Err(e)) => Err(HandshakeError::Failed(e)),
                 Ok(Ok(stream)) => Ok(stream),

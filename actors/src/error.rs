@@ -61,6 +61,22 @@ pub enum TlsConfigError {
     Rustls(rustls::Error),
     /// A certificate's DER could not be read (serial, expiry, names).
     Certificate(crate::X509Error),
+    /// Two certificates of the same key type serve the same name: which one a client got would
+    /// depend on their order.
+    NameOverlap {
+        /// The name both claim.
+        name: String,
+        /// The earlier certificate file.
+        first: PathBuf,
+        /// The later certificate file.
+        second: PathBuf,
+    },
+    /// A certificate other than the first (the default) has no SAN DNS name, so no SNI can
+    /// ever select it.
+    Unselectable {
+        /// The certificate file.
+        path: PathBuf,
+    },
     /// Something is wrong with the content of one file.
     InFile {
         /// The file.
@@ -80,6 +96,22 @@ impl fmt::Display for TlsConfigError {
             TlsConfigError::NoPrivateKey => f.write_str("no usable PEM private key found"),
             TlsConfigError::Rustls(e) => write!(f, "certificate and key rejected: {e}"),
             TlsConfigError::Certificate(e) => e.fmt(f),
+            TlsConfigError::NameOverlap {
+                name,
+                first,
+                second,
+            } => write!(
+                f,
+                "{} and {} both serve {name} with the same key type",
+                first.display(),
+                second.display()
+            ),
+            TlsConfigError::Unselectable { path } => write!(
+                f,
+                "{}: no DNS name in its subjectAltName, so no client can select it (only the \
+                 first certificate, the default, may have none)",
+                path.display()
+            ),
             TlsConfigError::InFile { path, source } => write!(f, "{}: {source}", path.display()),
         }
     }

@@ -9,6 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 
+use crate::sni::{SniEntry, SniResolver};
 use crate::x509::CertificateInfo;
 use crate::TlsConfigError;
 
@@ -26,8 +27,12 @@ pub struct CertificateFiles {
 /// [`TlsReloader`](crate::TlsReloader).
 #[derive(Clone, Debug, Default)]
 pub struct TlsSource {
-    /// The server's certificate.
+    /// The server's certificates, chosen by SNI; the first is the default (no SNI, or a name
+    /// no certificate serves).
     pub certificates: Vec<CertificateFiles>,
+    /// Refuse a client whose SNI names no certificate (alert `unrecognized_name`) instead of
+    /// serving it the default.
+    pub sni_strict: bool,
 }
 
 /// A certificate the server loaded, for the expiry gauge.
@@ -45,6 +50,8 @@ pub struct LoadedCertificate {
 pub struct LoadedTls {
     config: Arc<rustls::ServerConfig>,
     certificates: Vec<LoadedCertificate>,
+    /// With `sni_strict`: the resolver that knows which names are served.
+    strict_sni: Option<Arc<SniResolver>>,
 }
 
 impl std::fmt::Debug for LoadedTls {
@@ -61,6 +68,16 @@ impl LoadedTls {
         LoadedTls {
             config,
             certificates: Vec::new(),
+            strict_sni: None,
+        }
+    }
+
+    /// Whether a client asking for `server_name` is refused (`--sni-strict` and no certificate
+    /// serves the name). A client sending no SNI gets the default certificate.
+    pub fn refuses(&self, server_name: Option<&str>) -> bool {
+        match (&self.strict_sni, server_name) {
+            (Some(resolver), Some(name)) => !resolver.serves(name),
+            _ => false,
         }
     }
 
@@ -83,6 +100,7 @@ impl TlsSource {
                 cert: cert.into(),
                 key: key.into(),
             }],
+            ..TlsSource::default()
         }
     }
 
@@ -98,29 +116,33 @@ impl TlsSource {
     /// error nothing is half-built, so a running server keeps what it has.
     pub fn load(&self) -> Result<LoadedTls, TlsConfigError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let [pair] = self.certificates.as_slice() else {
-            return Err(TlsConfigError::NoCertificate);
-        };
-        let (key, certificate) = load_pair(pair, &provider)?;
+        let mut entries = Vec::with_capacity(self.certificates.len());
+        let mut certificates = Vec::with_capacity(self.certificates.len());
+        for pair in &self.certificates {
+            let (key, certificate) = load_pair(pair, &provider)?;
+            entries.push(SniEntry {
+                names: certificate
+                    .info
+                    .dns_names
+                    .iter()
+                    .map(|n| n.to_ascii_lowercase())
+                    .collect(),
+                key,
+                file: certificate.name.clone(),
+            });
+            certificates.push(certificate);
+        }
+        let resolver = Arc::new(SniResolver::new(entries)?);
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(TlsConfigError::Rustls)?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Single(key)));
+            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
         Ok(LoadedTls {
             config: Arc::new(config),
-            certificates: vec![certificate],
+            certificates,
+            strict_sni: self.sni_strict.then_some(resolver),
         })
-    }
-}
-
-/// Serves one certificate whatever the client asks.
-#[derive(Debug)]
-struct Single(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for Single {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.0))
     }
 }
 

@@ -4,8 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tlsvisor_actors::testing::{client_config, ScratchDir, TestServer, TlsClient};
-use tlsvisor_actors::{CertificateInfo, DevCerts, DisposeReason, Echo, TlsSource};
+use tlsvisor_actors::testing::{
+    client_config, client_config_accepting_any, ScratchDir, TestServer, TlsClient,
+};
+use tlsvisor_actors::{
+    CertificateFiles, CertificateInfo, DevCerts, DisposeReason, Echo, TlsSource,
+};
 
 /// A ceiling only a hang reaches.
 const HANG: Duration = Duration::from_secs(20);
@@ -204,4 +208,121 @@ fn a_plain_rustls_config_can_be_swapped_in() {
     let config = client_config(other.ca_cert_pem.as_bytes()).unwrap();
     let mut client = TlsClient::connect(server.addr(), config).unwrap();
     assert_eq!(client.echo(b"new ca").unwrap(), b"new ca");
+}
+
+/// Certificates for the default `localhost`, `a.test` and `*.b.test`, written into `scratch`.
+fn three_names(scratch: &ScratchDir, certs: &DevCerts) -> (TlsSource, Vec<String>) {
+    let mut source = TlsSource::default();
+    let mut serials = Vec::new();
+    for (i, names) in [&["localhost"][..], &["a.test"], &["*.b.test"]]
+        .iter()
+        .enumerate()
+    {
+        let (cert, key) = (
+            scratch.path(&format!("{i}.crt")),
+            scratch.path(&format!("{i}.key")),
+        );
+        let (cert_pem, key_pem) = certs.issue_server(names).unwrap();
+        replace(&cert, &cert_pem);
+        replace(&key, &key_pem);
+        serials.push(info_of_pem(&cert_pem).serial_hex);
+        source.certificates.push(CertificateFiles { cert, key });
+    }
+    (source, serials)
+}
+
+#[test]
+fn sni_picks_the_certificate_by_san_and_the_first_is_the_default() {
+    let scratch = ScratchDir::new("sni").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (source, serials) = three_names(&scratch, &certs);
+    let server = TestServer::builder()
+        .certs(certs.clone())
+        .tls(source.load().unwrap())
+        .start(Echo);
+    let trusted = client_config(certs.ca_cert_pem.as_bytes()).unwrap();
+    for (name, serial) in [
+        ("localhost", &serials[0]),
+        ("a.test", &serials[1]),
+        ("x.b.test", &serials[2]),
+        ("X.B.Test", &serials[2]),
+    ] {
+        let mut client = TlsClient::connect_as(server.addr(), trusted.clone(), name).unwrap();
+        assert_eq!(&served_serial(&client), serial, "{name}");
+        assert_eq!(client.echo(name.as_bytes()).unwrap(), name.as_bytes());
+    }
+    // A name nobody serves, or a wildcard's own domain, or two labels deep: the default.
+    let any = client_config_accepting_any().unwrap();
+    for name in ["c.test", "b.test", "y.x.b.test"] {
+        let client = TlsClient::connect_as(server.addr(), any.clone(), name).unwrap();
+        assert_eq!(served_serial(&client), serials[0], "{name}");
+    }
+    // No SNI at all (an IP address as the name sends none): the default.
+    let client = TlsClient::connect_as(server.addr(), any, "127.0.0.1").unwrap();
+    assert_eq!(served_serial(&client), serials[0]);
+}
+
+#[test]
+fn sni_strict_refuses_an_unknown_name_with_unrecognized_name() {
+    let scratch = ScratchDir::new("sni-strict").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (mut source, serials) = three_names(&scratch, &certs);
+    source.sni_strict = true;
+    let server = TestServer::builder()
+        .certs(certs.clone())
+        .tls(source.load().unwrap())
+        .start(Echo);
+    let any = client_config_accepting_any().unwrap();
+    let error = TlsClient::connect_as(server.addr(), any.clone(), "c.test")
+        .err()
+        .expect("c.test is refused");
+    assert!(
+        format!("{error:?}").contains("AlertReceived(UnrecognisedName)"),
+        "{error:?}"
+    );
+    for (name, serial) in [("x.b.test", &serials[2]), ("127.0.0.1", &serials[0])] {
+        let client = TlsClient::connect_as(server.addr(), any.clone(), name).unwrap();
+        assert_eq!(
+            &served_serial(&client),
+            serial,
+            "{name} (an IP sends no SNI: the default)"
+        );
+    }
+    server.wait_disposed(3, HANG);
+    let reasons: Vec<_> = server
+        .assert_each_disposed_once()
+        .values()
+        .map(|r| r.reason)
+        .collect();
+    assert_eq!(reasons[0], DisposeReason::HandshakeFailed);
+}
+
+#[test]
+fn overlapping_or_unselectable_certificates_are_refused_naming_the_files() {
+    let scratch = ScratchDir::new("sni-overlap").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (mut source, _) = three_names(&scratch, &certs);
+    let (cert, key) = (scratch.path("3.crt"), scratch.path("3.key"));
+    let (cert_pem, key_pem) = certs.issue_server(&["z.test", "a.test"]).unwrap();
+    replace(&cert, &cert_pem);
+    replace(&key, &key_pem);
+    source.certificates.push(CertificateFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    });
+    let error = source.load().unwrap_err().to_string();
+    assert!(
+        error.contains("1.crt") && error.contains("3.crt"),
+        "{error}"
+    );
+    assert!(error.contains("a.test"), "{error}");
+
+    let (cert_pem, key_pem) = certs.issue_server(&[]).unwrap();
+    replace(&cert, &cert_pem);
+    replace(&key, &key_pem);
+    let error = source.load().unwrap_err().to_string();
+    assert!(
+        error.contains("3.crt") && error.contains("no DNS name"),
+        "{error}"
+    );
 }

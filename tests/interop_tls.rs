@@ -1,0 +1,85 @@
+//! Certificates and TLS policy against Debian's `openssl s_client`. Run with
+//! `--features interop` (`.ci/run` installs openssl).
+#![cfg(feature = "interop")]
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::certs::{info_of_pem, issue_into};
+use common::Tlsvisor;
+use tlsvisor_actors::testing::ScratchDir;
+use tlsvisor_actors::DevCerts;
+
+/// One `openssl s_client` handshake to `server` with `args` (stdin closed at once, so it ends
+/// right after the handshake).
+fn s_client(server: &Tlsvisor, args: &[&str]) -> Output {
+    Command::new("openssl")
+        .args(["s_client", "-connect", &server.listen.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed (apt-get install openssl)")
+}
+
+/// The serial of the certificate s_client printed.
+fn served_serial(output: &Output) -> Option<String> {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let begin = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    Some(info_of_pem(&text[begin..end]).serial_hex)
+}
+
+/// A server with `localhost` (the default), `a.test` and `b.test`; returns it with the three
+/// serials and the CA file.
+fn three_names(scratch: &ScratchDir, extra: &[&str]) -> (Tlsvisor, [String; 3], String) {
+    let certs = DevCerts::generate().unwrap();
+    let ca = scratch.path("ca.crt").display().to_string();
+    std::fs::write(&ca, &certs.ca_cert_pem).unwrap();
+    let (c0, k0, i0) = issue_into(scratch, &certs, "0", &["localhost"]);
+    let (c1, k1, i1) = issue_into(scratch, &certs, "1", &["a.test"]);
+    let (c2, k2, i2) = issue_into(scratch, &certs, "2", &["b.test"]);
+    let mut flags = vec![
+        "--cert", &c0, "--key", &k0, "--cert", &c1, "--key", &k1, "--cert", &c2, "--key", &k2,
+    ];
+    flags.extend_from_slice(extra);
+    let serials = [i0.serial_hex, i1.serial_hex, i2.serial_hex];
+    (Tlsvisor::serve(&flags), serials, ca)
+}
+
+#[test]
+fn openssl_servername_gets_its_own_certificate_and_no_sni_the_default() {
+    let scratch = ScratchDir::new("interop-sni").unwrap();
+    let (server, serials, ca) = three_names(&scratch, &[]);
+    for (name, serial) in [("a.test", &serials[1]), ("b.test", &serials[2])] {
+        let verified = [
+            "-CAfile",
+            &ca,
+            "-verify_return_error",
+            "-verify_hostname",
+            name,
+        ];
+        let output = s_client(
+            &server,
+            &[&["-servername", name][..], &verified[..]].concat(),
+        );
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(served_serial(&output).as_ref(), Some(serial), "{name}");
+    }
+    let output = s_client(&server, &["-noservername"]);
+    assert_eq!(served_serial(&output).as_ref(), Some(&serials[0]));
+    let output = s_client(&server, &["-servername", "c.test"]);
+    assert_eq!(served_serial(&output).as_ref(), Some(&serials[0]));
+}
+
+#[test]
+fn openssl_unknown_servername_with_sni_strict_gets_unrecognized_name() {
+    let scratch = ScratchDir::new("interop-sni-strict").unwrap();
+    let (server, serials, _) = three_names(&scratch, &["--sni-strict"]);
+    let output = s_client(&server, &["-servername", "c.test"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unrecognized name"), "{stderr}");
+    let output = s_client(&server, &["-servername", "a.test"]);
+    assert_eq!(served_serial(&output).as_ref(), Some(&serials[1]));
+}
