@@ -61,6 +61,28 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default)]
     pub sni_strict: bool,
+    /// Lowest TLS version accepted [default: 1.2].
+    #[arg(long, value_enum)]
+    pub tls_min_version: Option<TlsMinVersion>,
+    /// Cipher suites offered, comma-separated, by rustls or IANA name, in preference order
+    /// [default: rustls's].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_list")]
+    pub cipher_suites: Vec<String>,
+    /// Key-exchange groups offered, comma-separated (X25519, secp256r1, secp384r1)
+    /// [default: rustls's].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_list")]
+    pub kx_groups: Vec<String>,
+    /// Pick the cipher suite by the server's order rather than the client's.
+    #[arg(long)]
+    #[serde(default)]
+    pub prefer_server_cipher_order: bool,
+    /// ALPN protocols, comma-separated, in the server's order of preference (e.g.
+    /// `h2,http/1.1`); a client offering none of them is refused.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_list")]
+    pub alpn: Vec<String>,
     /// Poll the certificate and key files every second and reload them once they changed.
     #[arg(long)]
     #[serde(default)]
@@ -109,6 +131,19 @@ pub struct ServeArgs {
     /// Least severe level logged [default: info].
     #[arg(long, value_enum)]
     pub log_level: Option<LogLevel>,
+}
+
+/// `--tls-min-version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+pub enum TlsMinVersion {
+    /// TLS 1.2 and 1.3.
+    #[value(name = "1.2")]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[value(name = "1.3")]
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 /// One `[[certificate]]` table of the config file.
@@ -186,6 +221,20 @@ fn de_one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>
     })
 }
 
+/// A config-file list given as a list or as one comma-separated string, like the flag.
+fn de_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrList {
+        Text(String),
+        List(Vec<String>),
+    }
+    Ok(match TextOrList::deserialize(d)? {
+        TextOrList::Text(text) => text.split(',').map(|s| s.trim().to_string()).collect(),
+        TextOrList::List(list) => list,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +285,31 @@ mod tests {
         assert_eq!(args.certificate[1].key, PathBuf::from("b.key"));
         let args: ServeArgs = toml::from_str("cert = \"a.crt\"\nkey = [\"a.key\"]").unwrap();
         assert_eq!((args.cert.len(), args.key.len()), (1, 1));
+    }
+
+    #[test]
+    fn tls_policy_flags_and_keys() {
+        let cli = Cli::try_parse_from([
+            "tlsvisor",
+            "serve",
+            "--tls-min-version",
+            "1.3",
+            "--alpn",
+            "h2,http/1.1",
+            "--kx-groups",
+            "X25519",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve");
+        };
+        assert_eq!(args.tls_min_version, Some(TlsMinVersion::V1_3));
+        assert_eq!(args.alpn, ["h2", "http/1.1"]);
+        let args: ServeArgs =
+            toml::from_str("tls-min-version = \"1.2\"\nalpn = [\"h2\"]\ncipher-suites = \"A, B\"")
+                .unwrap();
+        assert_eq!(args.tls_min_version, Some(TlsMinVersion::V1_2));
+        assert_eq!(args.cipher_suites, ["A", "B"]);
     }
 
     #[test]

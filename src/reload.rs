@@ -16,24 +16,25 @@ use crate::BoxError;
 /// How often `--watch-certs` looks at the files' modification times.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The files the settings' TLS configuration is built from (none for the built-in certificate).
-pub fn tls_source(settings: &Settings) -> Option<TlsSource> {
-    match &settings.cert {
-        CertSource::BuiltIn => None,
-        CertSource::Files(pairs) => Some(TlsSource {
-            certificates: pairs.clone(),
-            sni_strict: settings.sni_strict,
-        }),
+/// What the settings' TLS configuration is built from: the certificate files (or the built-in
+/// development certificate) and the policy.
+pub fn tls_source(settings: &Settings) -> TlsSource {
+    let (certificates, built_in) = match &settings.cert {
+        CertSource::BuiltIn => (Vec::new(), Some(certs::built_in_pem())),
+        CertSource::Files(pairs) => (pairs.clone(), None),
+    };
+    TlsSource {
+        certificates,
+        sni_strict: settings.sni_strict,
+        policy: settings.tls_policy.clone(),
+        built_in,
     }
 }
 
 /// Reads every file of the TLS configuration and builds it, completely validated. An error
 /// names the file.
 pub fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
-    match tls_source(settings) {
-        None => Ok(LoadedTls::from_config(certs::built_in()?)),
-        Some(source) => Ok(source.load()?),
-    }
+    Ok(tls_source(settings).load()?)
 }
 
 /// Rebuilds the TLS configuration from the files and swaps it in; on any error keeps the one in
@@ -90,9 +91,7 @@ impl CertWatcher {
         log: Logger,
         interval: Duration,
     ) -> std::io::Result<CertWatcher> {
-        let files = tls_source(&settings)
-            .map(|source| source.files())
-            .unwrap_or_default();
+        let files = tls_source(&settings).files();
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("tlsvisor-watch-certs".into())

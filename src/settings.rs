@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::cli::{LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs};
-use tlsvisor_actors::{CertificateFiles, ServerConfig};
+use crate::cli::{
+    LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs, TlsMinVersion,
+};
+use tlsvisor_actors::{CertificateFiles, ServerConfig, TlsPolicy, TlsVersion};
 
 use crate::BoxError;
 
@@ -26,6 +28,8 @@ pub struct Settings {
     pub watch_certs: bool,
     /// Refuse an SNI name no certificate serves.
     pub sni_strict: bool,
+    /// Versions, suites, groups, ALPN.
+    pub tls_policy: TlsPolicy,
     pub protocol: ProtocolKind,
     pub upstream: Option<String>,
     pub upstream_connect_timeout: Duration,
@@ -48,6 +52,7 @@ impl Default for Settings {
             cert: CertSource::BuiltIn,
             watch_certs: false,
             sni_strict: false,
+            tls_policy: TlsPolicy::default(),
             protocol: ProtocolKind::Echo,
             upstream: None,
             upstream_connect_timeout: Duration::from_secs(5),
@@ -90,6 +95,17 @@ impl Settings {
             cert,
             watch_certs: flags.watch_certs || file.watch_certs,
             sni_strict: flags.sni_strict || file.sni_strict,
+            tls_policy: TlsPolicy {
+                min_version: match flags.tls_min_version.or(file.tls_min_version) {
+                    Some(TlsMinVersion::V1_3) => TlsVersion::Tls13,
+                    Some(TlsMinVersion::V1_2) | None => TlsVersion::Tls12,
+                },
+                cipher_suites: or_file(flags.cipher_suites, file.cipher_suites),
+                kx_groups: or_file(flags.kx_groups, file.kx_groups),
+                prefer_server_cipher_order: flags.prefer_server_cipher_order
+                    || file.prefer_server_cipher_order,
+                alpn: or_file(flags.alpn, file.alpn),
+            },
             protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
             upstream: flags.upstream.or(file.upstream),
             upstream_connect_timeout: flags
@@ -141,6 +157,15 @@ impl Settings {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// A list flag, or the file's list if the flag was not given.
+fn or_file(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
+    if flag.is_empty() {
+        file
+    } else {
+        flag
     }
 }
 

@@ -175,3 +175,62 @@ fn overlapping_certificates_are_a_start_up_error_naming_both_files() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_disposed_line_carries_the_negotiated_fields_and_never_none() {
+    let server = Tlsvisor::serve(&["--alpn", "h2,http/1.1", "--tls-min-version", "1.3"]);
+    let mut config = (*client_config(&common::dev_ca()).unwrap()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let mut client = TlsClient::connect(server.listen, std::sync::Arc::new(config)).unwrap();
+    assert_eq!(client.echo(b"fields").unwrap(), b"fields");
+    client.close();
+    // Not TLS at all: a failed handshake.
+    let mut plain = std::net::TcpStream::connect(server.listen).unwrap();
+    std::io::Write::write_all(&mut plain, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let _ = std::io::Read::read(&mut plain, &mut [0u8; 64]);
+    assert!(eventually(HANG, || server.logs_with("disposed").len() == 2));
+    let lines = server.logs_with("disposed");
+    let (open, failed) = if lines[0]["reason"] == "peer_eof" {
+        (&lines[0], &lines[1])
+    } else {
+        (&lines[1], &lines[0])
+    };
+    assert_eq!(open["reason"], "peer_eof");
+    assert_eq!(open["close_notify"], true);
+    assert_eq!(open["tls_version"], "TLSv1.3");
+    assert_eq!(open["alpn"], "h2");
+    assert_eq!(open["sni"], "localhost");
+    assert!(open["cipher"].as_str().unwrap().starts_with("TLS13_"));
+    assert!(open["handshake_ms"].is_u64());
+    assert_eq!(failed["reason"], "handshake_failed");
+    let failed = failed.as_object().unwrap();
+    for key in ["close_notify", "tls_version", "alpn", "handshake_ms"] {
+        assert!(!failed.contains_key(key), "{key} in {failed:?}");
+    }
+    assert!(
+        failed
+            .values()
+            .all(|v| v.as_str() != Some("None") && !v.is_null()),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn an_unknown_policy_name_is_a_start_up_error_listing_the_valid_ones() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kx-groups",
+            "X25519,ffdhe2048",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ffdhe2048") && stderr.contains("secp384r1"),
+        "{stderr}"
+    );
+}

@@ -7,8 +7,8 @@ mod common;
 use std::process::{Command, Output, Stdio};
 
 use common::certs::{info_of_pem, issue_into};
-use common::Tlsvisor;
-use tlsvisor_actors::testing::ScratchDir;
+use common::{Tlsvisor, HANG};
+use tlsvisor_actors::testing::{eventually, ScratchDir};
 use tlsvisor_actors::DevCerts;
 
 /// One `openssl s_client` handshake to `server` with `args` (stdin closed at once, so it ends
@@ -82,4 +82,41 @@ fn openssl_unknown_servername_with_sni_strict_gets_unrecognized_name() {
     assert!(stderr.contains("unrecognized name"), "{stderr}");
     let output = s_client(&server, &["-servername", "a.test"]);
     assert_eq!(served_serial(&output).as_ref(), Some(&serials[1]));
+}
+
+#[test]
+fn openssl_alpn_version_and_suites_follow_the_policy() {
+    let server = Tlsvisor::serve(&[
+        "--alpn",
+        "h2,http/1.1",
+        "--tls-min-version",
+        "1.3",
+        "--cipher-suites",
+        "TLS_AES_256_GCM_SHA384,TLS_CHACHA20_POLY1305_SHA256",
+    ]);
+    let output = s_client(
+        &server,
+        &["-alpn", "http/1.1,h2", "-servername", "localhost"],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("ALPN protocol: h2"), "{stdout}");
+    assert!(stdout.contains("TLSv1.3"), "{stdout}");
+    let output = s_client(&server, &["-alpn", "spdy/3"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no application protocol"), "{stderr}");
+    let output = s_client(&server, &["-tls1_2"]);
+    assert!(!output.status.success(), "TLS 1.2 is refused");
+    let output = s_client(&server, &["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("TLS_CHACHA20_POLY1305_SHA256"), "{stdout}");
+    let output = s_client(&server, &["-ciphersuites", "TLS_AES_128_GCM_SHA256"]);
+    assert!(
+        !output.status.success(),
+        "a suite the server does not offer"
+    );
+    assert!(eventually(HANG, || server
+        .logs_with("disposed")
+        .iter()
+        .any(|d| d["reason"] == "handshake_failed")));
 }

@@ -24,6 +24,7 @@ use slog::Logger;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
+use crate::access_log::DisposalFields;
 use crate::dispose_guard::DisposeGuard;
 use crate::fault::{FaultPoint, Faults};
 use crate::messages::{Close, CloseMode, Inbound, ReadOutcome, ReaderFinished, Side, StopReader};
@@ -31,7 +32,7 @@ use crate::read_ahead::ReadAhead;
 use crate::reader::{ClientReader, Reader};
 use crate::{
     ConnId, ConnInfo, DisposeReason, HandlerRegistry, Protocol, ProxyConfig, ServerConfig, Session,
-    SessionError, Stats, TlsReloader,
+    SessionError, Stats, TlsInfo, TlsReloader,
 };
 
 use self::proxy::UpstreamLink;
@@ -108,6 +109,10 @@ pub struct Connection {
     in_handler: bool,
     last_read: Instant,
     registered_at: Instant,
+    /// When the handshake finished, how long it took.
+    handshake_ms: Option<u64>,
+    /// What the handshake negotiated (boxed: an idle connection pays one pointer).
+    tls: Option<Box<TlsInfo>>,
     guard: DisposeGuard,
 }
 
@@ -148,6 +153,8 @@ impl Connection {
             in_handler: false,
             last_read: now,
             registered_at: now,
+            handshake_ms: None,
+            tls: None,
             guard,
         }
     }
@@ -346,6 +353,11 @@ impl Connection {
         };
         // On failure the state stays Handshaking and stopped() ends the handshake count.
         self.env.stats.handshake_ended();
+        // Handshaking starts right after registration, so the time since then is the
+        // handshake's.
+        self.handshake_ms = Some(self.registered_at.elapsed().as_millis() as u64);
+        let tls = TlsInfo::of(stream.get_ref().1);
+        self.tls = Some(Box::new(tls.clone()));
         self.state = ConnState::Open;
         self.last_read = Instant::now();
         let (read_half, write_half) = tokio::io::split(stream);
@@ -358,6 +370,7 @@ impl Connection {
                 let info = ConnInfo {
                     id: self.id,
                     peer: self.peer,
+                    tls: tls.clone(),
                 };
                 let protocol = Arc::clone(protocol);
                 match catch_unwind(AssertUnwindSafe(|| protocol.open(&info))) {
@@ -532,10 +545,15 @@ impl Actor for Connection {
             // Stopped with no reason recorded: its arbiter is being torn down.
             None => DisposeReason::Shutdown,
         };
+        let fields = DisposalFields {
+            close_notify: self.clean_eof,
+            handshake_ms: self.handshake_ms,
+            tls: self.tls.as_deref(),
+        };
         log_conn!(info, self, "disposed";
             "reason" => reason.as_str(),
-            "close_notify" => self.clean_eof,
-            "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64);
+            "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64,
+            fields);
         self.guard.dispose(reason);
     }
 }

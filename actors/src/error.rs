@@ -77,6 +77,17 @@ pub enum TlsConfigError {
         /// The certificate file.
         path: PathBuf,
     },
+    /// A name in the TLS policy (cipher suite, key-exchange group) that rustls does not offer.
+    UnknownName {
+        /// What kind of name.
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The names that would work.
+        valid: Vec<String>,
+    },
+    /// The TLS policy cannot work (no cipher suite left for the versions allowed, …).
+    Policy(String),
     /// Something is wrong with the content of one file.
     InFile {
         /// The file.
@@ -106,6 +117,10 @@ impl fmt::Display for TlsConfigError {
                 first.display(),
                 second.display()
             ),
+            TlsConfigError::UnknownName { what, name, valid } => {
+                write!(f, "unknown {what} {name:?}; valid: {}", valid.join(", "))
+            }
+            TlsConfigError::Policy(why) => write!(f, "TLS policy: {why}"),
             TlsConfigError::Unselectable { path } => write!(
                 f,
                 "{}: no DNS name in its subjectAltName, so no client can select it (only the \

@@ -52,6 +52,7 @@
 //! ARCHITECTURE.md in the repository walks through each disposal path.
 
 mod acceptor;
+mod access_log;
 mod config;
 mod conn_id;
 mod connection;
@@ -72,6 +73,8 @@ mod sni;
 mod stats;
 mod supervisor;
 mod tls;
+mod tls_info;
+mod tls_policy;
 mod tls_reload;
 mod tls_source;
 mod upstream;
@@ -99,7 +102,9 @@ pub use stats::{
 };
 pub use supervisor::ConnectionSupervisor;
 pub use tls::{server_config_from_files, server_config_from_pem};
+pub use tls_info::TlsInfo;
+pub use tls_policy::{TlsPolicy, TlsVersion};
 pub use tls_reload::{TlsReloader, TlsSnapshot};
-pub use tls_source::{CertificateFiles, LoadedCertificate, LoadedTls, TlsSource};
+pub use tls_source::{CertificateFiles, LoadedCertificate, LoadedTls, PemCertificate, TlsSource};
 pub use upstream::{proxy_header_bytes, ProxyConfig, ProxyHeader};
 pub use x509::{CertificateInfo, X509Error};

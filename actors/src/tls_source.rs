@@ -11,7 +11,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::sni::{SniEntry, SniResolver};
 use crate::x509::CertificateInfo;
-use crate::TlsConfigError;
+use crate::{TlsConfigError, TlsPolicy};
 
 /// A certificate chain and its private key, as PEM files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +33,21 @@ pub struct TlsSource {
     /// Refuse a client whose SNI names no certificate (alert `unrecognized_name`) instead of
     /// serving it the default.
     pub sni_strict: bool,
+    /// Versions, suites, groups, ALPN.
+    pub policy: TlsPolicy,
+    /// Served when `certificates` is empty (the binary's built-in development certificate).
+    pub built_in: Option<PemCertificate>,
+}
+
+/// A certificate chain and key given as PEM text rather than files.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemCertificate {
+    /// What to call it in errors and in the expiry gauge.
+    pub name: String,
+    /// PEM certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// PEM private key.
+    pub key_pem: Vec<u8>,
 }
 
 /// A certificate the server loaded, for the expiry gauge.
@@ -52,6 +67,15 @@ pub struct LoadedTls {
     certificates: Vec<LoadedCertificate>,
     /// With `sni_strict`: the resolver that knows which names are served.
     strict_sni: Option<Arc<SniResolver>>,
+}
+
+/// Leaves the key out of debug output.
+impl std::fmt::Debug for PemCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemCertificate")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for LoadedTls {
@@ -115,11 +139,22 @@ impl TlsSource {
     /// Reads and checks every file and builds the configuration. Any error names its file; on
     /// error nothing is half-built, so a running server keeps what it has.
     pub fn load(&self) -> Result<LoadedTls, TlsConfigError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (provider, versions) = self.policy.provider()?;
+        let provider = Arc::new(provider);
         let mut entries = Vec::with_capacity(self.certificates.len());
         let mut certificates = Vec::with_capacity(self.certificates.len());
+        let mut pems = Vec::with_capacity(self.certificates.len().max(1));
         for pair in &self.certificates {
-            let (key, certificate) = load_pair(pair, &provider)?;
+            let pem = (read_file(&pair.cert)?, read_file(&pair.key)?);
+            pems.push((pair.cert.clone(), pair.key.clone(), pem));
+        }
+        if let (true, Some(built_in)) = (pems.is_empty(), &self.built_in) {
+            let name = PathBuf::from(&built_in.name);
+            let pem = (built_in.cert_pem.clone(), built_in.key_pem.clone());
+            pems.push((name.clone(), name, pem));
+        }
+        for (cert, key, (cert_pem, key_pem)) in &pems {
+            let (key, certificate) = certified((cert, cert_pem), (key, key_pem), &provider)?;
             entries.push(SniEntry {
                 names: certificate
                     .info
@@ -133,11 +168,13 @@ impl TlsSource {
             certificates.push(certificate);
         }
         let resolver = Arc::new(SniResolver::new(entries)?);
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
             .map_err(TlsConfigError::Rustls)?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        config.ignore_client_order = self.policy.prefer_server_cipher_order;
+        config.alpn_protocols = self.policy.alpn_protocols();
         Ok(LoadedTls {
             config: Arc::new(config),
             certificates,
@@ -162,12 +199,12 @@ pub(crate) fn in_file(path: &Path) -> impl FnOnce(TlsConfigError) -> TlsConfigEr
     }
 }
 
-/// Every PEM certificate in `path`, at least one.
-pub(crate) fn read_certificates(
+/// Every PEM certificate in `pem` (the content of `path`), at least one.
+pub(crate) fn parse_certificates(
     path: &Path,
+    pem: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
-    let pem = read_file(path)?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
+    let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| TlsConfigError::NoCertificate)
         .map_err(in_file(path))?;
@@ -178,23 +215,24 @@ pub(crate) fn read_certificates(
 }
 
 /// A chain and its key, checked to belong together, and what the expiry gauge shows of it.
-fn load_pair(
-    pair: &CertificateFiles,
+/// `cert` and `key` name where the PEM came from, for errors.
+fn certified(
+    (cert, chain_pem): (&Path, &[u8]),
+    (key, key_pem): (&Path, &[u8]),
     provider: &Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<(Arc<CertifiedKey>, LoadedCertificate), TlsConfigError> {
-    let chain = read_certificates(&pair.cert)?;
+    let chain = parse_certificates(cert, chain_pem)?;
     let info = CertificateInfo::from_der(&chain[0])
         .map_err(TlsConfigError::Certificate)
-        .map_err(in_file(&pair.cert))?;
-    let key_pem = read_file(&pair.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|_| in_file(&pair.key)(TlsConfigError::NoPrivateKey))?;
+        .map_err(in_file(cert))?;
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| in_file(key)(TlsConfigError::NoPrivateKey))?;
     // Checks that the key is usable and matches the leaf's public key.
-    let certified = CertifiedKey::from_der(chain, key, provider)
+    let certified = CertifiedKey::from_der(chain, key_der, provider)
         .map_err(TlsConfigError::Rustls)
-        .map_err(in_file(&pair.key))?;
+        .map_err(in_file(key))?;
     let loaded = LoadedCertificate {
-        name: pair.cert.display().to_string(),
+        name: cert.display().to_string(),
         info,
     };
     Ok((Arc::new(certified), loaded))

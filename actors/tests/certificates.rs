@@ -4,11 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
 use tlsvisor_actors::testing::{
     client_config, client_config_accepting_any, ScratchDir, TestServer, TlsClient,
 };
+
 use tlsvisor_actors::{
-    CertificateFiles, CertificateInfo, DevCerts, DisposeReason, Echo, TlsSource,
+    CertificateFiles, CertificateInfo, ConnInfo, DevCerts, DisposeReason, Echo, Protocol, Session,
+    TlsPolicy, TlsSource, TlsVersion,
 };
 
 /// A ceiling only a hang reaches.
@@ -324,5 +327,141 @@ fn overlapping_or_unselectable_certificates_are_refused_naming_the_files() {
     assert!(
         error.contains("3.crt") && error.contains("no DNS name"),
         "{error}"
+    );
+}
+
+/// A protocol that echoes and records the `ConnInfo` of every session it opens.
+#[derive(Clone, Default)]
+struct Recording(Arc<Mutex<Vec<ConnInfo>>>);
+
+impl Protocol for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+
+    fn open(&self, info: &ConnInfo) -> Box<dyn Session> {
+        self.0.lock().unwrap().push(info.clone());
+        Echo.open(info)
+    }
+}
+
+/// A server of `Recording` with a fresh `localhost` certificate and `policy`.
+fn serve_policy(scratch: &ScratchDir, policy: TlsPolicy) -> (TestServer, Recording) {
+    let certs = DevCerts::generate().unwrap();
+    let (cert, key) = (scratch.path("server.crt"), scratch.path("server.key"));
+    rotate(&certs, &cert, &key);
+    let mut source = TlsSource::single(&cert, &key);
+    source.policy = policy;
+    let recording = Recording::default();
+    let server = TestServer::builder()
+        .certs(certs)
+        .tls(source.load().unwrap())
+        .start(recording.clone());
+    (server, recording)
+}
+
+/// A client config trusting the server's CA, with `alpn` and only `versions`.
+fn client_with(
+    server: &TestServer,
+    alpn: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = server.certs().ca_cert_pem.as_bytes();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+#[test]
+fn alpn_is_negotiated_in_the_servers_order_and_no_common_protocol_is_refused() {
+    let scratch = ScratchDir::new("alpn").unwrap();
+    let policy = TlsPolicy {
+        alpn: vec!["h2".into(), "http/1.1".into()],
+        prefer_server_cipher_order: true,
+        ..TlsPolicy::default()
+    };
+    let (server, recording) = serve_policy(&scratch, policy);
+    let both = client_with(&server, &["http/1.1", "h2"], rustls::ALL_VERSIONS);
+    let mut client = TlsClient::connect(server.addr(), both).unwrap();
+    assert_eq!(client.connection().alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(client.echo(b"alpn").unwrap(), b"alpn");
+    let old = client_with(&server, &["http/1.1"], rustls::ALL_VERSIONS);
+    let mut client_11 = TlsClient::connect(server.addr(), old).unwrap();
+    assert_eq!(
+        client_11.connection().alpn_protocol(),
+        Some(&b"http/1.1"[..])
+    );
+    // Each echo returns once its session is open: the recording keeps the connect order.
+    assert_eq!(client_11.echo(b"1.1").unwrap(), b"1.1");
+    let none = client_with(&server, &[], rustls::ALL_VERSIONS);
+    let mut no_alpn = TlsClient::connect(server.addr(), none).unwrap();
+    assert_eq!(no_alpn.echo(b"none").unwrap(), b"none");
+    drop(no_alpn);
+    let other = client_with(&server, &["spdy/3"], rustls::ALL_VERSIONS);
+    let refused = TlsClient::connect(server.addr(), other).err();
+    assert!(
+        format!("{refused:?}").contains("AlertReceived(NoApplicationProtocol)"),
+        "{refused:?}"
+    );
+    drop((client, client_11));
+    server.wait_disposed(4, HANG);
+    let reasons: Vec<_> = server
+        .assert_each_disposed_once()
+        .values()
+        .map(|r| r.reason)
+        .collect();
+    assert_eq!(reasons[3], DisposeReason::HandshakeFailed);
+    let infos = recording.0.lock().unwrap().clone();
+    let alpns: Vec<_> = infos.iter().map(|i| i.tls.alpn.clone()).collect();
+    assert_eq!(alpns, [Some("h2".into()), Some("http/1.1".into()), None]);
+    assert_eq!(infos[0].tls.server_name.as_deref(), Some("localhost"));
+    assert_eq!(infos[0].tls.version, Some("TLSv1.3"));
+}
+
+#[test]
+fn min_version_and_cipher_suites_are_enforced_and_reported() {
+    let scratch = ScratchDir::new("policy").unwrap();
+    let policy = TlsPolicy {
+        min_version: TlsVersion::Tls13,
+        cipher_suites: vec!["TLS_CHACHA20_POLY1305_SHA256".into()],
+        kx_groups: vec!["secp384r1".into()],
+        ..TlsPolicy::default()
+    };
+    let (server, recording) = serve_policy(&scratch, policy);
+    let tls12 = client_with(&server, &[], &[&rustls::version::TLS12]);
+    assert!(TlsClient::connect(server.addr(), tls12).is_err());
+    let any = client_with(&server, &[], rustls::ALL_VERSIONS);
+    let mut client = TlsClient::connect(server.addr(), any).unwrap();
+    assert_eq!(client.echo(b"policy").unwrap(), b"policy");
+    let info = recording.0.lock().unwrap()[0].tls.clone();
+    assert_eq!(info.version, Some("TLSv1.3"));
+    assert_eq!(info.cipher_suite, Some("TLS13_CHACHA20_POLY1305_SHA256"));
+    let group = client.connection().negotiated_key_exchange_group().unwrap();
+    assert_eq!(group.name(), rustls::NamedGroup::secp384r1);
+
+    let tls12_only = TlsPolicy {
+        cipher_suites: vec!["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into()],
+        ..TlsPolicy::default()
+    };
+    let (server, recording) = serve_policy(&ScratchDir::new("policy12").unwrap(), tls12_only);
+    let any = client_with(&server, &[], rustls::ALL_VERSIONS);
+    let mut client = TlsClient::connect(server.addr(), any).unwrap();
+    // The echo comes back once the session is open, so it is recorded by then.
+    assert_eq!(client.echo(b"1.2").unwrap(), b"1.2");
+    let info = recording.0.lock().unwrap()[0].tls.clone();
+    assert_eq!(info.version, Some("TLSv1.2"));
+    assert_eq!(
+        info.cipher_suite,
+        Some("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")
     );
 }
