@@ -83,6 +83,28 @@ pub struct ServeArgs {
     #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "de_list")]
     pub alpn: Vec<String>,
+    /// PEM bundle of the CAs client certificates must chain to; turns client verification on.
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// Whether clients must present a certificate [default: require, with --client-ca].
+    #[arg(long, value_enum)]
+    pub client_auth: Option<ClientAuthKind>,
+    /// CRL (PEM or DER) of revoked client certificates; repeatable.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub client_crl: Vec<PathBuf>,
+    /// Admit a verified client whose subject CN is this; repeatable (any match admits).
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_list")]
+    pub allow_cn: Vec<String>,
+    /// Admit a verified client with this SAN DNS name; repeatable.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_list")]
+    pub allow_dns_san: Vec<String>,
+    /// Admit a verified client with this SAN URI (e.g. a SPIFFE ID); repeatable.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_list")]
+    pub allow_uri_san: Vec<String>,
     /// Poll the certificate and key files every second and reload them once they changed.
     #[arg(long)]
     #[serde(default)]
@@ -131,6 +153,16 @@ pub struct ServeArgs {
     /// Least severe level logged [default: info].
     #[arg(long, value_enum)]
     pub log_level: Option<LogLevel>,
+}
+
+/// `--client-auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuthKind {
+    /// No certificate, no connection.
+    Require,
+    /// Clients without a certificate are admitted; a certificate given must verify.
+    Optional,
 }
 
 /// `--tls-min-version`.

@@ -28,6 +28,7 @@ pub fn tls_source(settings: &Settings) -> TlsSource {
         sni_strict: settings.sni_strict,
         policy: settings.tls_policy.clone(),
         built_in,
+        client_auth: settings.client_auth.clone(),
     }
 }
 

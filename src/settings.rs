@@ -4,9 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cli::{
-    LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs, TlsMinVersion,
+    ClientAuthKind, LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs,
+    TlsMinVersion,
 };
-use tlsvisor_actors::{CertificateFiles, ServerConfig, TlsPolicy, TlsVersion};
+use tlsvisor_actors::{
+    AllowList, CertificateFiles, ClientAuth, ClientAuthMode, ServerConfig, TlsPolicy, TlsVersion,
+};
 
 use crate::BoxError;
 
@@ -30,6 +33,8 @@ pub struct Settings {
     pub sni_strict: bool,
     /// Versions, suites, groups, ALPN.
     pub tls_policy: TlsPolicy,
+    /// Client certificate verification (mTLS).
+    pub client_auth: Option<ClientAuth>,
     pub protocol: ProtocolKind,
     pub upstream: Option<String>,
     pub upstream_connect_timeout: Duration,
@@ -53,6 +58,7 @@ impl Default for Settings {
             watch_certs: false,
             sni_strict: false,
             tls_policy: TlsPolicy::default(),
+            client_auth: None,
             protocol: ProtocolKind::Echo,
             upstream: None,
             upstream_connect_timeout: Duration::from_secs(5),
@@ -90,6 +96,7 @@ impl Settings {
                 None => CertSource::BuiltIn,
             },
         };
+        let client_auth = client_auth(&flags, &file)?;
         let settings = Settings {
             listen: flags.listen.or(file.listen).unwrap_or(d.listen),
             cert,
@@ -106,6 +113,7 @@ impl Settings {
                     || file.prefer_server_cipher_order,
                 alpn: or_file(flags.alpn, file.alpn),
             },
+            client_auth,
             protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
             upstream: flags.upstream.or(file.upstream),
             upstream_connect_timeout: flags
@@ -158,6 +166,36 @@ impl Settings {
             _ => Ok(()),
         }
     }
+}
+
+/// `--client-ca` and the flags that refine it (each from the flags, else from the file).
+fn client_auth(flags: &ServeArgs, file: &ServeArgs) -> Result<Option<ClientAuth>, BoxError> {
+    let pick = |flag: &Vec<String>, file: &Vec<String>| or_file(flag.clone(), file.clone());
+    let crls = match flags.client_crl.is_empty() {
+        true => file.client_crl.clone(),
+        false => flags.client_crl.clone(),
+    };
+    let allow = AllowList {
+        cns: pick(&flags.allow_cn, &file.allow_cn),
+        dns_sans: pick(&flags.allow_dns_san, &file.allow_dns_san),
+        uri_sans: pick(&flags.allow_uri_san, &file.allow_uri_san),
+    };
+    let mode = flags.client_auth.or(file.client_auth);
+    let Some(ca) = flags.client_ca.clone().or(file.client_ca.clone()) else {
+        if mode.is_some() || !crls.is_empty() || allow != AllowList::default() {
+            return Err("--client-auth, --client-crl and --allow-* need --client-ca".into());
+        }
+        return Ok(None);
+    };
+    Ok(Some(ClientAuth {
+        ca,
+        mode: match mode {
+            Some(ClientAuthKind::Optional) => ClientAuthMode::Optional,
+            Some(ClientAuthKind::Require) | None => ClientAuthMode::Require,
+        },
+        crls,
+        allow,
+    }))
 }
 
 /// A list flag, or the file's list if the flag was not given.

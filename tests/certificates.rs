@@ -234,3 +234,66 @@ fn an_unknown_policy_name_is_a_start_up_error_listing_the_valid_ones() {
         "{stderr}"
     );
 }
+
+#[test]
+fn client_certificates_are_verified_and_the_identity_is_logged() {
+    let scratch = ScratchDir::new("bin-mtls").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (cert, key, _) = issue_into(&scratch, &certs, "server", &["localhost"]);
+    let ca = path_in(&scratch, "client-ca.crt");
+    replace(&ca, &certs.ca_cert_pem);
+    let (alice_cert, alice_key) = certs.issue_client("alice", &[], &[]).unwrap();
+    let (bob_cert, bob_key) = certs.issue_client("bob", &[], &[]).unwrap();
+    let (revoked_cert, revoked_key) = certs.issue_client("alice", &[], &[]).unwrap();
+    let crl = path_in(&scratch, "clients.crl");
+    let revoked_serial = common::certs::info_of_pem(&revoked_cert).serial_hex;
+    replace(&crl, &certs.crl(&[&revoked_serial]).unwrap());
+    let server = Tlsvisor::serve(&[
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--client-ca",
+        &ca,
+        "--client-crl",
+        &crl,
+        "--allow-cn",
+        "alice",
+        "--allow-cn",
+        "carol",
+    ]);
+    let attempt = |cert: &str, key: &str| {
+        let config = tlsvisor_actors::testing::client_config_with_cert(
+            certs.ca_cert_pem.as_bytes(),
+            cert.as_bytes(),
+            key.as_bytes(),
+        )
+        .unwrap();
+        TlsClient::connect(server.listen, config).and_then(|mut c| c.echo(b"mtls").map(|_| c))
+    };
+    let alice = attempt(&alice_cert, &alice_key).expect("alice is admitted");
+    alice.close();
+    assert!(attempt(&bob_cert, &bob_key).is_err(), "bob is not listed");
+    assert!(attempt(&revoked_cert, &revoked_key).is_err(), "revoked");
+    assert!(eventually(HANG, || server
+        .scrape()
+        .disposed("client_auth_failed")
+        == 2.0));
+    assert!(eventually(HANG, || server.logs_with("disposed").len() == 3));
+    let lines = server.logs_with("disposed");
+    let admitted = lines.iter().find(|l| l["reason"] == "peer_eof").unwrap();
+    assert_eq!(admitted["client_cn"], "alice");
+    let alice_serial = common::certs::info_of_pem(&alice_cert).serial_hex;
+    assert_eq!(admitted["client_serial"], alice_serial.as_str());
+}
+
+#[test]
+fn client_auth_flags_without_a_client_ca_are_refused() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--allow-cn", "alice"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--client-ca"), "{stderr}");
+}

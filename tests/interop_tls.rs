@@ -120,3 +120,78 @@ fn openssl_alpn_version_and_suites_follow_the_policy() {
         .iter()
         .any(|d| d["reason"] == "handshake_failed")));
 }
+
+#[test]
+fn openssl_client_certificates_admitted_and_refused() {
+    let scratch = ScratchDir::new("interop-mtls").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (cert, key, _) = issue_into(&scratch, &certs, "server", &["localhost"]);
+    let ca = scratch.path("ca.crt").display().to_string();
+    std::fs::write(&ca, &certs.ca_cert_pem).unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = scratch.path(name).display().to_string();
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let (alice_cert, alice_key) = certs.issue_client("alice", &[], &[]).unwrap();
+    let (alice_cert, alice_key) = (
+        write("alice.crt", &alice_cert),
+        write("alice.key", &alice_key),
+    );
+    let (bob_cert, bob_key) = certs.issue_client("bob", &[], &[]).unwrap();
+    let (bob_cert, bob_key) = (write("bob.crt", &bob_cert), write("bob.key", &bob_key));
+    let server = Tlsvisor::serve(&[
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--client-ca",
+        &ca,
+        "--allow-cn",
+        "alice",
+    ]);
+    let mut alice = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &server.listen.to_string(),
+            "-quiet",
+            "-no_ign_eof",
+        ])
+        .args(["-CAfile", &ca, "-cert", &alice_cert, "-key", &alice_key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::{BufRead, Write};
+    let mut stdin = alice.stdin.take().unwrap();
+    stdin.write_all(b"alice here\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(alice.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "alice here\n");
+    drop(stdin); // s_client sends close_notify on stdin EOF
+    let _ = alice.wait();
+    for args in [&[][..], &["-cert", &bob_cert, "-key", &bob_key][..]] {
+        let output = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &server.listen.to_string(),
+                "-CAfile",
+                &ca,
+            ])
+            .args(args)
+            .stdin(Stdio::piped())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!stdout.contains("alice here"));
+    }
+    assert!(eventually(HANG, || server
+        .scrape()
+        .disposed("client_auth_failed")
+        == 2.0));
+}

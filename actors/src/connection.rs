@@ -348,7 +348,11 @@ impl Connection {
             }
             Err(HandshakeError::Failed(e)) => {
                 log_conn!(debug, self, "handshake failed"; "error" => %e);
-                return self.begin_close(DisposeReason::HandshakeFailed, ctx);
+                let reason = match crate::client_auth::is_client_auth_failure(&e) {
+                    true => DisposeReason::ClientAuthFailed,
+                    false => DisposeReason::HandshakeFailed,
+                };
+                return self.begin_close(reason, ctx);
             }
         };
         // On failure the state stays Handshaking and stopped() ends the handshake count.

@@ -46,6 +46,60 @@ impl DevCerts {
         issue_server(names, &ca, &ca_key)
     }
 
+    /// A client certificate (for mTLS) signed by this CA: subject CN `cn`, SAN DNS names
+    /// `dns` and SAN URIs `uris`, a fresh key and a random serial: (certificate PEM, key PEM).
+    pub fn issue_client(
+        &self,
+        cn: &str,
+        dns: &[&str],
+        uris: &[&str],
+    ) -> Result<(String, String), rcgen::Error> {
+        let (ca, ca_key) = self.ca()?;
+        let mut params =
+            CertificateParams::new(dns.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*uri).try_into()?));
+        }
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial()?);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A CRL of this CA revoking the certificates with these serials (lowercase hex, as
+    /// [`CertificateInfo::serial_hex`](crate::CertificateInfo::serial_hex) reads them), PEM.
+    pub fn crl(&self, revoked_serials_hex: &[&str]) -> Result<String, rcgen::Error> {
+        let (ca, ca_key) = self.ca()?;
+        let hex = |text: &str| -> Vec<u8> {
+            (0..text.len() / 2)
+                .filter_map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect()
+        };
+        let revoked_certs = revoked_serials_hex
+            .iter()
+            .map(|serial| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(hex(serial)),
+                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&ca, &ca_key)?.pem()
+    }
+
     /// The CA as rcgen can sign with: the same key and name as the CA certificate clients
     /// trust, so what it signs chains to that certificate.
     fn ca(&self) -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {

@@ -53,6 +53,7 @@
 
 mod acceptor;
 mod access_log;
+mod client_auth;
 mod config;
 mod conn_id;
 mod connection;
@@ -84,6 +85,7 @@ mod x509;
 pub mod testing;
 
 pub use acceptor::Acceptor;
+pub use client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
 pub use config::ServerConfig;
 pub use conn_id::ConnId;
 pub use connection::{ConnState, Connection};

@@ -2,6 +2,8 @@
 
 use rustls::ServerConnection;
 
+use crate::ClientIdentity;
+
 /// What the handshake of one connection negotiated.
 #[non_exhaustive]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -14,6 +16,8 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
     /// The application protocol agreed by ALPN (`h2`), if any.
     pub alpn: Option<String>,
+    /// The client's verified certificate identity (mTLS), if it presented one.
+    pub client: Option<ClientIdentity>,
 }
 
 impl TlsInfo {
@@ -32,6 +36,11 @@ impl TlsInfo {
             alpn: conn
                 .alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
+            // rustls hands over peer certificates only after verifying them.
+            client: conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(ClientIdentity::of),
         }
     }
 }
@@ -55,6 +64,18 @@ impl slog::KV for TlsInfo {
         }
         if let Some(alpn) = &self.alpn {
             out.emit_str("alpn", alpn)?;
+        }
+        if let Some(client) = &self.client {
+            if let Some(cn) = &client.cn {
+                out.emit_str("client_cn", cn)?;
+            }
+            out.emit_str("client_serial", &client.serial)?;
+            if !client.dns_sans.is_empty() {
+                out.emit_str("client_dns_san", &client.dns_sans.join(","))?;
+            }
+            if !client.uri_sans.is_empty() {
+                out.emit_str("client_uri_san", &client.uri_sans.join(","))?;
+            }
         }
         Ok(())
     }

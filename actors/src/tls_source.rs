@@ -9,6 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 
+use crate::client_auth::ClientAuth;
 use crate::sni::{SniEntry, SniResolver};
 use crate::x509::CertificateInfo;
 use crate::{TlsConfigError, TlsPolicy};
@@ -37,6 +38,8 @@ pub struct TlsSource {
     pub policy: TlsPolicy,
     /// Served when `certificates` is empty (the binary's built-in development certificate).
     pub built_in: Option<PemCertificate>,
+    /// Verify client certificates (mTLS).
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// A certificate chain and key given as PEM text rather than files.
@@ -133,6 +136,7 @@ impl TlsSource {
         self.certificates
             .iter()
             .flat_map(|pair| [pair.cert.clone(), pair.key.clone()])
+            .chain(self.client_auth.iter().flat_map(|c| c.files().cloned()))
             .collect()
     }
 
@@ -168,11 +172,15 @@ impl TlsSource {
             certificates.push(certificate);
         }
         let resolver = Arc::new(SniResolver::new(entries)?);
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions)
-            .map_err(TlsConfigError::Rustls)?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+            .map_err(TlsConfigError::Rustls)?;
+        let builder = match &self.client_auth {
+            Some(client_auth) => builder.with_client_cert_verifier(client_auth.verifier(provider)?),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config =
+            builder.with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
         config.ignore_client_order = self.policy.prefer_server_cipher_order;
         config.alpn_protocols = self.policy.alpn_protocols();
         Ok(LoadedTls {

@@ -292,11 +292,7 @@ fn sni_strict_refuses_an_unknown_name_with_unrecognized_name() {
         );
     }
     server.wait_disposed(3, HANG);
-    let reasons: Vec<_> = server
-        .assert_each_disposed_once()
-        .values()
-        .map(|r| r.reason)
-        .collect();
+    let reasons = server.disposal_reasons();
     assert_eq!(reasons[0], DisposeReason::HandshakeFailed);
 }
 
@@ -415,11 +411,7 @@ fn alpn_is_negotiated_in_the_servers_order_and_no_common_protocol_is_refused() {
     );
     drop((client, client_11));
     server.wait_disposed(4, HANG);
-    let reasons: Vec<_> = server
-        .assert_each_disposed_once()
-        .values()
-        .map(|r| r.reason)
-        .collect();
+    let reasons = server.disposal_reasons();
     assert_eq!(reasons[3], DisposeReason::HandshakeFailed);
     let infos = recording.0.lock().unwrap().clone();
     let alpns: Vec<_> = infos.iter().map(|i| i.tls.alpn.clone()).collect();

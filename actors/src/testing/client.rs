@@ -28,6 +28,34 @@ pub fn client_config(ca_pem: &[u8]) -> io::Result<Arc<ClientConfig>> {
     Ok(Arc::new(config))
 }
 
+/// A client configuration trusting `ca_pem` and presenting the client certificate `cert_pem`
+/// with key `key_pem` (mTLS).
+pub fn client_config_with_cert(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> io::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.map_err(io::Error::other)?)
+            .map_err(io::Error::other)?;
+    }
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io::Error::other)?;
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem).map_err(io::Error::other)?;
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(io::Error::other)?;
+    Ok(Arc::new(config))
+}
+
 /// A client configuration that accepts any server certificate (signatures are still checked),
 /// so that a test can look at which certificate a server chose for a name it does not serve.
 /// Never use it outside tests.

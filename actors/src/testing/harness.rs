@@ -288,6 +288,15 @@ impl TestServer {
         by_id
     }
 
+    /// The reason of each disposal in id order, after
+    /// [`TestServer::assert_each_disposed_once`].
+    pub fn disposal_reasons(&self) -> Vec<crate::DisposeReason> {
+        self.assert_each_disposed_once()
+            .values()
+            .map(|record| record.reason)
+            .collect()
+    }
+
     /// Runs the shutdown protocol with `grace` and joins the server's thread.
     pub fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         self.stop_and_join(grace)

@@ -16,7 +16,9 @@ pub mod leak;
 mod scratch;
 pub mod upstream;
 
-pub use client::{client_config, client_config_accepting_any, CloseSeen, TlsClient};
+pub use client::{
+    client_config, client_config_accepting_any, client_config_with_cert, CloseSeen, TlsClient,
+};
 pub use harness::{TestServer, TestServerBuilder};
 pub use scratch::ScratchDir;
 pub use upstream::TestUpstream;
