@@ -105,6 +105,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default, deserialize_with = "de_list")]
     pub allow_uri_san: Vec<String>,
+    /// Session ticket keys shared by several tlsvisor processes: one key per line, 96 hex
+    /// digits (`openssl rand -hex 48`), newest first; the first encrypts, all decrypt
+    /// [default: random keys per process, rotated every 6 h].
+    #[arg(long)]
+    pub ticket_key_file: Option<PathBuf>,
     /// Poll the certificate and key files every second and reload them once they changed.
     #[arg(long)]
     #[serde(default)]

@@ -29,6 +29,7 @@ pub fn tls_source(settings: &Settings) -> TlsSource {
         policy: settings.tls_policy.clone(),
         built_in,
         client_auth: settings.client_auth.clone(),
+        ticket_key_file: settings.ticket_key_file.clone(),
     }
 }
 

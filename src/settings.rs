@@ -1,6 +1,7 @@
 //! The effective settings of `serve`: flags over the config file over defaults.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{
@@ -35,6 +36,8 @@ pub struct Settings {
     pub tls_policy: TlsPolicy,
     /// Client certificate verification (mTLS).
     pub client_auth: Option<ClientAuth>,
+    /// Session ticket keys shared with other processes.
+    pub ticket_key_file: Option<PathBuf>,
     pub protocol: ProtocolKind,
     pub upstream: Option<String>,
     pub upstream_connect_timeout: Duration,
@@ -59,6 +62,7 @@ impl Default for Settings {
             sni_strict: false,
             tls_policy: TlsPolicy::default(),
             client_auth: None,
+            ticket_key_file: None,
             protocol: ProtocolKind::Echo,
             upstream: None,
             upstream_connect_timeout: Duration::from_secs(5),
@@ -114,6 +118,7 @@ impl Settings {
                 alpn: or_file(flags.alpn, file.alpn),
             },
             client_auth,
+            ticket_key_file: flags.ticket_key_file.or(file.ticket_key_file),
             protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
             upstream: flags.upstream.or(file.upstream),
             upstream_connect_timeout: flags

@@ -195,3 +195,65 @@ fn openssl_client_certificates_admitted_and_refused() {
         .disposed("client_auth_failed")
         == 2.0));
 }
+
+/// `openssl s_client` that sends a line, waits for its echo (so the TLS 1.3 tickets sent after
+/// the handshake have arrived), then closes; returns everything it printed.
+fn s_client_echo(server: &Tlsvisor, args: &[&str]) -> String {
+    use std::io::{BufRead, Write};
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &server.listen.to_string()])
+        .args([
+            "-CAfile",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.crt"),
+        ])
+        .args(["-servername", "localhost", "-no_ign_eof"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"ticket echo\n").unwrap();
+    let mut printed = String::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line == "ticket echo" {
+            break;
+        }
+    }
+    drop(stdin);
+    let _ = child.wait();
+    printed
+}
+
+#[test]
+fn openssl_session_from_one_instance_resumes_on_another_sharing_the_ticket_key_file() {
+    let scratch = ScratchDir::new("interop-tickets").unwrap();
+    let keys = scratch.path("tickets.key").display().to_string();
+    let key = Command::new("openssl")
+        .args(["rand", "-hex", "48"])
+        .output()
+        .unwrap();
+    std::fs::write(&keys, &key.stdout).unwrap();
+    let session = scratch.path("session.pem").display().to_string();
+    let a = Tlsvisor::serve(&["--ticket-key-file", &keys]);
+    let b = Tlsvisor::serve(&["--ticket-key-file", &keys]);
+    let c = Tlsvisor::serve(&[]);
+    for version in ["-tls1_3", "-tls1_2"] {
+        let first = s_client_echo(&a, &[version, "-sess_out", &session]);
+        assert!(first.contains("New, TLSv1"), "{first}");
+        let again = s_client_echo(&b, &[version, "-sess_in", &session]);
+        assert!(again.contains("Reused, TLSv1"), "{version}: {again}");
+        let elsewhere = s_client_echo(&c, &[version, "-sess_in", &session]);
+        assert!(elsewhere.contains("New, TLSv1"), "{version}: {elsewhere}");
+    }
+    assert!(eventually(HANG, || b
+        .logs_with("disposed")
+        .iter()
+        .filter(|d| d["resumed"] == true)
+        .count()
+        == 2));
+}

@@ -73,6 +73,7 @@ mod server;
 mod sni;
 mod stats;
 mod supervisor;
+mod tickets;
 mod tls;
 mod tls_info;
 mod tls_policy;
@@ -103,6 +104,7 @@ pub use stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };
 pub use supervisor::ConnectionSupervisor;
+pub use tickets::{TicketKeys, TICKET_LIFETIME_SECS};
 pub use tls::{server_config_from_files, server_config_from_pem};
 pub use tls_info::TlsInfo;
 pub use tls_policy::{TlsPolicy, TlsVersion};

@@ -18,6 +18,8 @@ pub struct TlsInfo {
     pub alpn: Option<String>,
     /// The client's verified certificate identity (mTLS), if it presented one.
     pub client: Option<ClientIdentity>,
+    /// The handshake resumed an earlier session (a ticket) instead of a full handshake.
+    pub resumed: bool,
 }
 
 impl TlsInfo {
@@ -36,6 +38,7 @@ impl TlsInfo {
             alpn: conn
                 .alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             // rustls hands over peer certificates only after verifying them.
             client: conn
                 .peer_certificates()
@@ -64,6 +67,9 @@ impl slog::KV for TlsInfo {
         }
         if let Some(alpn) = &self.alpn {
             out.emit_str("alpn", alpn)?;
+        }
+        if self.version.is_some() {
+            out.emit_bool("resumed", self.resumed)?;
         }
         if let Some(client) = &self.client {
             if let Some(cn) = &client.cn {

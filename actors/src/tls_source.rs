@@ -11,6 +11,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::client_auth::ClientAuth;
 use crate::sni::{SniEntry, SniResolver};
+use crate::tickets::{default_ticketer, TicketKeys};
 use crate::x509::CertificateInfo;
 use crate::{TlsConfigError, TlsPolicy};
 
@@ -40,6 +41,9 @@ pub struct TlsSource {
     pub built_in: Option<PemCertificate>,
     /// Verify client certificates (mTLS).
     pub client_auth: Option<ClientAuth>,
+    /// Session ticket keys shared with other processes ([`TicketKeys::from_file`]); without
+    /// it, tickets use per-process random keys rotated by rustls.
+    pub ticket_key_file: Option<PathBuf>,
 }
 
 /// A certificate chain and key given as PEM text rather than files.
@@ -137,6 +141,7 @@ impl TlsSource {
             .iter()
             .flat_map(|pair| [pair.cert.clone(), pair.key.clone()])
             .chain(self.client_auth.iter().flat_map(|c| c.files().cloned()))
+            .chain(self.ticket_key_file.iter().cloned())
             .collect()
     }
 
@@ -182,6 +187,10 @@ impl TlsSource {
         let mut config =
             builder.with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
         config.ignore_client_order = self.policy.prefer_server_cipher_order;
+        config.ticketer = match &self.ticket_key_file {
+            Some(path) => Arc::new(TicketKeys::from_file(path)?),
+            None => default_ticketer()?,
+        };
         config.alpn_protocols = self.policy.alpn_protocols();
         Ok(LoadedTls {
             config: Arc::new(config),

@@ -457,3 +457,42 @@ fn min_version_and_cipher_suites_are_enforced_and_reported() {
         Some("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")
     );
 }
+
+#[test]
+fn a_ticket_from_one_server_resumes_on_another_sharing_the_key_file() {
+    let scratch = ScratchDir::new("tickets").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (cert, key) = (scratch.path("server.crt"), scratch.path("server.key"));
+    rotate(&certs, &cert, &key);
+    let shared = scratch.path("tickets.key");
+    replace(&shared, &format!("{}\n", "5a".repeat(48)));
+    let other = scratch.path("other.key");
+    replace(&other, &format!("{}\n", "a5".repeat(48)));
+    let start = |keys: &Path| {
+        let mut source = TlsSource::single(&cert, &key);
+        source.ticket_key_file = Some(keys.to_path_buf());
+        let recording = Recording::default();
+        let server = TestServer::builder()
+            .certs(certs.clone())
+            .tls(source.load().unwrap())
+            .start(recording.clone());
+        (server, recording)
+    };
+    let (a, _) = start(&shared);
+    let (b, b_sessions) = start(&shared);
+    let (c, c_sessions) = start(&other);
+    // One client configuration: one session cache, keyed by the server name.
+    let config = client_config(certs.ca_cert_pem.as_bytes()).unwrap();
+    let kind = |server: &TestServer| {
+        let mut client = TlsClient::connect(server.addr(), config.clone()).unwrap();
+        // The echo also reads the tickets the server sends after the handshake.
+        assert_eq!(client.echo(b"t").unwrap(), b"t");
+        client.connection().handshake_kind()
+    };
+    assert_eq!(kind(&a), Some(rustls::HandshakeKind::Full));
+    assert_eq!(kind(&b), Some(rustls::HandshakeKind::Resumed));
+    assert!(b_sessions.0.lock().unwrap()[0].tls.resumed);
+    // Another key: the ticket does not open, a full handshake still serves the client.
+    assert_eq!(kind(&c), Some(rustls::HandshakeKind::Full));
+    assert!(!c_sessions.0.lock().unwrap()[0].tls.resumed);
+}
