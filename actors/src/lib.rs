@@ -110,5 +110,5 @@ pub use tls_info::TlsInfo;
 pub use tls_policy::{TlsPolicy, TlsVersion};
 pub use tls_reload::{TlsReloader, TlsSnapshot};
 pub use tls_source::{CertificateFiles, LoadedCertificate, LoadedTls, PemCertificate, TlsSource};
-pub use upstream::{proxy_header_bytes, ProxyConfig, ProxyHeader};
+pub use upstream::{proxy_header_bytes, proxy_header_with_tls, ProxyConfig, ProxyHeader};
 pub use x509::{CertificateInfo, X509Error};

@@ -1,15 +1,15 @@
 //! Client certificates (mTLS) over real handshakes: who is admitted, who is refused as
-//! `client_auth_failed`, and the identity sessions see.
+//! `client_auth_failed`, and the identity sessions and the proxy's upstream see.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tlsvisor_actors::testing::{
-    client_config, client_config_with_cert, ScratchDir, TestServer, TlsClient,
+    client_config, client_config_with_cert, ScratchDir, TestServer, TestUpstream, TlsClient,
 };
 use tlsvisor_actors::{
     AllowList, ClientAuth, ClientAuthMode, ClientIdentity, ConnInfo, DevCerts, DisposeReason, Echo,
-    Protocol, Session, TlsSource,
+    Protocol, ProxyConfig, ProxyHeader, Session, TlsSource,
 };
 
 /// A ceiling only a hang reaches.
@@ -30,13 +30,9 @@ impl Protocol for Identities {
     }
 }
 
-/// A server requiring client certificates from `certs`' CA under `client_auth` (its `ca` path
-/// is filled in here).
-fn serve(
-    scratch: &ScratchDir,
-    certs: &DevCerts,
-    mut client_auth: ClientAuth,
-) -> (TestServer, Identities) {
+/// A TLS source with a `localhost` certificate verifying clients from `certs`' CA under
+/// `client_auth` (its `ca` path is filled in here).
+fn mtls_source(scratch: &ScratchDir, certs: &DevCerts, mut client_auth: ClientAuth) -> TlsSource {
     let ca = scratch.path("client-ca.crt");
     ScratchDir::replace(&ca, &certs.ca_cert_pem).unwrap();
     let (cert, key) = (scratch.path("server.crt"), scratch.path("server.key"));
@@ -46,6 +42,16 @@ fn serve(
     client_auth.ca = ca;
     let mut source = TlsSource::single(&cert, &key);
     source.client_auth = Some(client_auth);
+    source
+}
+
+/// A server of `Identities` verifying clients as [`mtls_source`] says.
+fn serve(
+    scratch: &ScratchDir,
+    certs: &DevCerts,
+    client_auth: ClientAuth,
+) -> (TestServer, Identities) {
+    let source = mtls_source(scratch, certs, client_auth);
     let identities = Identities::default();
     let server = TestServer::builder()
         .certs(certs.clone())
@@ -172,4 +178,52 @@ fn a_bad_client_ca_file_is_an_error_naming_it() {
         source.files().contains(&ca),
         "--watch-certs watches the CA too"
     );
+}
+
+#[test]
+fn the_proxy_v2_header_carries_alpn_sni_and_the_client_cn() {
+    let scratch = ScratchDir::new("mtls-proxy").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let mut source = mtls_source(&scratch, &certs, ClientAuth::new(""));
+    source.policy.alpn = vec!["http/1.1".into()];
+    let up = TestUpstream::start(|mut s: std::net::TcpStream| {
+        use std::io::Read;
+        let mut fixed = [0u8; 16];
+        s.read_exact(&mut fixed).unwrap();
+        let mut rest = vec![0u8; usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))];
+        s.read_exact(&mut rest).unwrap();
+        rest
+    });
+    let mut proxy = ProxyConfig::new(up.addr().to_string());
+    proxy.proxy_header = Some(ProxyHeader::V2);
+    let server = TestServer::builder()
+        .certs(certs.clone())
+        .tls(source.load().unwrap())
+        .start_proxy(proxy);
+    let (cert, key) = certs.issue_client("alice", &[], &[]).unwrap();
+    let mut config = (*client_config_with_cert(
+        certs.ca_cert_pem.as_bytes(),
+        cert.as_bytes(),
+        key.as_bytes(),
+    )
+    .unwrap())
+    .clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let _client = TlsClient::connect(server.addr(), Arc::new(config)).unwrap();
+    let after_addresses = up.next_report(HANG).unwrap().split_off(12);
+    // PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY, then PP2_TYPE_SSL: client = SSL | CERT_CONN, verify = 0
+    // (a verified certificate), version, cipher, PP2_SUBTYPE_SSL_CN (0x22).
+    let mut expected = vec![0x01, 0x00, 8];
+    expected.extend_from_slice(b"http/1.1");
+    expected.extend_from_slice(&[0x02, 0x00, 9]);
+    expected.extend_from_slice(b"localhost");
+    let mut ssl = vec![0x03, 0, 0, 0, 0, 0x21, 0x00, 7];
+    ssl.extend_from_slice(b"TLSv1.3");
+    ssl.extend_from_slice(&[0x23, 0x00, 22]);
+    ssl.extend_from_slice(b"TLS_AES_256_GCM_SHA384");
+    ssl.extend_from_slice(&[0x22, 0x00, 5]);
+    ssl.extend_from_slice(b"alice");
+    expected.extend_from_slice(&[0x20, 0x00, ssl.len() as u8]);
+    expected.extend_from_slice(&ssl);
+    assert_eq!(after_addresses, expected);
 }
