@@ -52,7 +52,12 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
     pub key: Vec<PathBuf>,
-    /// The config file's `[[certificate]]` tables (`cert`, `key`), in order.
+    /// DER OCSP response to staple; repeated, paired in order with `--cert` (the first with
+    /// the first; certificates after the last response staple none).
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub ocsp_response: Vec<PathBuf>,
+    /// The config file's `[[certificate]]` tables (`cert`, `key`, `ocsp-response`), in order.
     #[arg(skip)]
     #[serde(default)]
     pub certificate: Vec<CertificateEntry>,
@@ -185,10 +190,12 @@ pub enum TlsMinVersion {
 
 /// One `[[certificate]]` table of the config file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CertificateEntry {
     pub cert: PathBuf,
     pub key: PathBuf,
+    #[serde(default)]
+    pub ocsp_response: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]

@@ -223,17 +223,23 @@ fn certificate_pairs(args: &ServeArgs) -> Result<Option<Vec<CertificateFiles>>, 
         )
         .into());
     }
+    if args.ocsp_response.len() > args.cert.len() {
+        return Err(
+            "--ocsp-response pairs in order with --cert: more responses than certificates".into(),
+        );
+    }
+    let mut ocsp = args.ocsp_response.iter().cloned();
     let pairs: Vec<CertificateFiles> = args
         .cert
         .iter()
         .zip(&args.key)
         .map(|(cert, key)| CertificateFiles {
-            cert: cert.clone(),
-            key: key.clone(),
+            ocsp: ocsp.next(),
+            ..CertificateFiles::new(cert, key)
         })
         .chain(args.certificate.iter().map(|entry| CertificateFiles {
-            cert: entry.cert.clone(),
-            key: entry.key.clone(),
+            ocsp: entry.ocsp_response.clone(),
+            ..CertificateFiles::new(&entry.cert, &entry.key)
         }))
         .collect();
     Ok((!pairs.is_empty()).then_some(pairs))

@@ -257,3 +257,81 @@ fn openssl_session_from_one_instance_resumes_on_another_sharing_the_ticket_key_f
         .count()
         == 2));
 }
+
+#[test]
+fn openssl_status_request_gets_the_stapled_ocsp_response() {
+    let scratch = ScratchDir::new("interop-ocsp").unwrap();
+    let dir = scratch.path("certs").display().to_string();
+    let generated = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args(["gen-certs", "--out", &dir])
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let file = |name: &str| format!("{dir}/{name}");
+    std::fs::write(file("index.txt"), "").unwrap();
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl").args(args).output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+    };
+    let (ca, cert, request) = (file("ca.crt"), file("server.crt"), file("req.der"));
+    openssl(&[
+        "ocsp",
+        "-issuer",
+        &ca,
+        "-cert",
+        &cert,
+        "-no_nonce",
+        "-reqout",
+        &request,
+    ]);
+    openssl(&[
+        "ocsp",
+        "-index",
+        &file("index.txt"),
+        "-rsigner",
+        &file("ca.crt"),
+        "-rkey",
+        &file("ca.key"),
+        "-CA",
+        &file("ca.crt"),
+        "-reqin",
+        &file("req.der"),
+        "-respout",
+        &file("resp.der"),
+        "-ndays",
+        "1",
+    ]);
+    let server = Tlsvisor::serve(&[
+        "--cert",
+        &file("server.crt"),
+        "--key",
+        &file("server.key"),
+        "--ocsp-response",
+        &file("resp.der"),
+    ]);
+    let output = s_client(&server, &["-status", "-servername", "localhost"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("OCSP Response Status: successful"),
+        "{stdout}"
+    );
+    // A file that is not DER is refused at start, naming it.
+    let refused = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            &file("server.crt"),
+        ])
+        .args([
+            "--key",
+            &file("server.key"),
+            "--ocsp-response",
+            &file("ca.crt"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("ca.crt"));
+}

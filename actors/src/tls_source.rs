@@ -22,6 +22,20 @@ pub struct CertificateFiles {
     pub cert: PathBuf,
     /// PEM private key of the leaf.
     pub key: PathBuf,
+    /// A DER OCSP response to staple (as `openssl ocsp -respout` writes it), refreshed by a
+    /// reload; rustls staples it to clients that ask (`status_request`).
+    pub ocsp: Option<PathBuf>,
+}
+
+impl CertificateFiles {
+    /// A chain and key without an OCSP response.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> CertificateFiles {
+        CertificateFiles {
+            cert: cert.into(),
+            key: key.into(),
+            ocsp: None,
+        }
+    }
 }
 
 /// Every file and setting the TLS configuration is made of. [`TlsSource::load`] reads them all
@@ -127,10 +141,7 @@ impl TlsSource {
     /// A source serving one certificate.
     pub fn single(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsSource {
         TlsSource {
-            certificates: vec![CertificateFiles {
-                cert: cert.into(),
-                key: key.into(),
-            }],
+            certificates: vec![CertificateFiles::new(cert, key)],
             ..TlsSource::default()
         }
     }
@@ -139,7 +150,9 @@ impl TlsSource {
     pub fn files(&self) -> Vec<PathBuf> {
         self.certificates
             .iter()
-            .flat_map(|pair| [pair.cert.clone(), pair.key.clone()])
+            .flat_map(|pair| [Some(&pair.cert), Some(&pair.key), pair.ocsp.as_ref()])
+            .flatten()
+            .cloned()
             .chain(self.client_auth.iter().flat_map(|c| c.files().cloned()))
             .chain(self.ticket_key_file.iter().cloned())
             .collect()
@@ -155,15 +168,21 @@ impl TlsSource {
         let mut pems = Vec::with_capacity(self.certificates.len().max(1));
         for pair in &self.certificates {
             let pem = (read_file(&pair.cert)?, read_file(&pair.key)?);
-            pems.push((pair.cert.clone(), pair.key.clone(), pem));
+            let ocsp = pair.ocsp.as_deref().map(read_ocsp).transpose()?;
+            pems.push((pair.cert.clone(), pair.key.clone(), pem, ocsp));
         }
         if let (true, Some(built_in)) = (pems.is_empty(), &self.built_in) {
             let name = PathBuf::from(&built_in.name);
             let pem = (built_in.cert_pem.clone(), built_in.key_pem.clone());
-            pems.push((name.clone(), name, pem));
+            pems.push((name.clone(), name, pem, None));
         }
-        for (cert, key, (cert_pem, key_pem)) in &pems {
-            let (key, certificate) = certified((cert, cert_pem), (key, key_pem), &provider)?;
+        for (cert, key, (cert_pem, key_pem), ocsp) in pems {
+            let (mut key, certificate) =
+                certified((&cert, &cert_pem), (&key, &key_pem), &provider)?;
+            if let Some(ocsp) = ocsp {
+                // Just built here, so this is the only reference: no copy is made.
+                Arc::make_mut(&mut key).ocsp = Some(ocsp);
+            }
             entries.push(SniEntry {
                 names: certificate
                     .info
@@ -198,6 +217,18 @@ impl TlsSource {
             strict_sni: self.sni_strict.then_some(resolver),
         })
     }
+}
+
+/// Reads a DER OCSP response: not parsed (the client checks it), but it must at least be a
+/// DER SEQUENCE, so that a PEM or empty file is caught at load, not by every client.
+fn read_ocsp(path: &Path) -> Result<Vec<u8>, TlsConfigError> {
+    let der = read_file(path)?;
+    if der.first() != Some(&0x30) {
+        return Err(in_file(path)(TlsConfigError::Policy(
+            "not a DER OCSP response (openssl ocsp -respout writes one)".into(),
+        )));
+    }
+    Ok(der)
 }
 
 /// Reads a file, naming it in the error.

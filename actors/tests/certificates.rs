@@ -229,7 +229,7 @@ fn three_names(scratch: &ScratchDir, certs: &DevCerts) -> (TlsSource, Vec<String
         replace(&cert, &cert_pem);
         replace(&key, &key_pem);
         serials.push(info_of_pem(&cert_pem).serial_hex);
-        source.certificates.push(CertificateFiles { cert, key });
+        source.certificates.push(CertificateFiles::new(cert, key));
     }
     (source, serials)
 }
@@ -305,10 +305,9 @@ fn overlapping_or_unselectable_certificates_are_refused_naming_the_files() {
     let (cert_pem, key_pem) = certs.issue_server(&["z.test", "a.test"]).unwrap();
     replace(&cert, &cert_pem);
     replace(&key, &key_pem);
-    source.certificates.push(CertificateFiles {
-        cert: cert.clone(),
-        key: key.clone(),
-    });
+    source
+        .certificates
+        .push(CertificateFiles::new(cert.clone(), key.clone()));
     let error = source.load().unwrap_err().to_string();
     assert!(
         error.contains("1.crt") && error.contains("3.crt"),
