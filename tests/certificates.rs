@@ -202,6 +202,10 @@ fn the_disposed_line_carries_the_negotiated_fields_and_never_none() {
     assert_eq!(open["sni"], "localhost");
     assert!(open["cipher"].as_str().unwrap().starts_with("TLS13_"));
     assert!(open["handshake_ms"].is_u64());
+    assert_eq!(
+        (open["bytes_in"].as_u64(), open["bytes_out"].as_u64()),
+        (Some(6), Some(6))
+    );
     assert_eq!(failed["reason"], "handshake_failed");
     let failed = failed.as_object().unwrap();
     for key in ["close_notify", "tls_version", "alpn", "handshake_ms"] {

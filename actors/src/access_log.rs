@@ -1,10 +1,15 @@
-//! The optional fields of a connection's one `disposed` log line (its access log).
+//! The fields of a connection's one `disposed` log line (its access log) beyond its id, peer,
+//! reason and lifetime.
 
 use crate::TlsInfo;
 
-/// Fields that exist only for some connections: each is written only when known, so a value
-/// is never `None` or Rust debug output. With JSON logs every key is documented in README.
+/// The sizes, always, and fields that exist only for some connections, each written only when
+/// known, so a value is never `None` or Rust debug output. README documents every JSON key.
 pub(crate) struct DisposalFields<'a> {
+    /// Decrypted bytes read from the client.
+    pub(crate) bytes_in: u64,
+    /// Decrypted bytes written to the client.
+    pub(crate) bytes_out: u64,
     /// Whether the client's end came with `close_notify` (known only when the client ended).
     pub(crate) close_notify: Option<bool>,
     /// Time the handshake took (known only when it finished).
@@ -15,6 +20,8 @@ pub(crate) struct DisposalFields<'a> {
 
 impl slog::KV for DisposalFields<'_> {
     fn serialize(&self, record: &slog::Record<'_>, out: &mut dyn slog::Serializer) -> slog::Result {
+        out.emit_u64("bytes_in", self.bytes_in)?;
+        out.emit_u64("bytes_out", self.bytes_out)?;
         if let Some(clean) = self.close_notify {
             out.emit_bool("close_notify", clean)?;
         }

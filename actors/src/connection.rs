@@ -111,6 +111,9 @@ pub struct Connection {
     registered_at: Instant,
     /// When the handshake finished, how long it took.
     handshake_ms: Option<u64>,
+    /// Decrypted bytes read from the client and written to it (the access log's sizes).
+    bytes_in: u64,
+    bytes_out: u64,
     /// What the handshake negotiated (boxed: an idle connection pays one pointer).
     tls: Option<Box<TlsInfo>>,
     guard: DisposeGuard,
@@ -154,6 +157,8 @@ impl Connection {
             last_read: now,
             registered_at: now,
             handshake_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
             tls: None,
             guard,
         }
@@ -315,6 +320,9 @@ impl Connection {
                 .map(|(writer, data, result), act, ctx| {
                     act.write_in_flight = false;
                     act.writer = Some(writer);
+                    if result.is_ok() {
+                        act.bytes_out += data.as_ref().len() as u64;
+                    }
                     recycle(act, data, result.is_ok());
                     if let Err(e) = &result {
                         log_conn!(debug, act, "write failed"; "error" => %e);
@@ -550,6 +558,8 @@ impl Actor for Connection {
             None => DisposeReason::Shutdown,
         };
         let fields = DisposalFields {
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
             close_notify: self.clean_eof,
             handshake_ms: self.handshake_ms,
             tls: self.tls.as_deref(),
@@ -568,6 +578,9 @@ impl Handler<Inbound> for Connection {
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
         self.in_handler = true;
         self.last_read = Instant::now();
+        if msg.side == Side::Client {
+            self.bytes_in += msg.bytes.len() as u64;
+        }
         if self.faults().is_on(FaultPoint::ConnectionPanic) {
             panic!("injected connection panic");
         }
