@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::certs::{issue_into, path_in};
+use common::certs::{alice_only, issue_into, path_in};
 use common::{Tlsvisor, HANG};
 use tlsvisor_actors::testing::{
     client_config, client_config_accepting_any, eventually, ScratchDir, TlsClient,
@@ -252,20 +252,9 @@ fn client_certificates_are_verified_and_the_identity_is_logged() {
     let crl = path_in(&scratch, "clients.crl");
     let revoked_serial = common::certs::info_of_pem(&revoked_cert).serial_hex;
     replace(&crl, &certs.crl(&[&revoked_serial]).unwrap());
-    let server = Tlsvisor::serve(&[
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--client-ca",
-        &ca,
-        "--client-crl",
-        &crl,
-        "--allow-cn",
-        "alice",
-        "--allow-cn",
-        "carol",
-    ]);
+    let mut flags = alice_only(&cert, &key, &ca);
+    flags.extend(["--client-crl", &crl, "--allow-cn", "carol"]);
+    let server = Tlsvisor::serve(&flags);
     let attempt = |cert: &str, key: &str| {
         let config = tlsvisor_actors::testing::client_config_with_cert(
             certs.ca_cert_pem.as_bytes(),

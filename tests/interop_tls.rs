@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::certs::{info_of_pem, issue_into};
+use common::certs::{alice_only, info_of_pem, issue_into};
 use common::{Tlsvisor, HANG};
 use tlsvisor_actors::testing::{eventually, ScratchDir};
 use tlsvisor_actors::DevCerts;
@@ -140,16 +140,7 @@ fn openssl_client_certificates_admitted_and_refused() {
     );
     let (bob_cert, bob_key) = certs.issue_client("bob", &[], &[]).unwrap();
     let (bob_cert, bob_key) = (write("bob.crt", &bob_cert), write("bob.key", &bob_key));
-    let server = Tlsvisor::serve(&[
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--client-ca",
-        &ca,
-        "--allow-cn",
-        "alice",
-    ]);
+    let server = Tlsvisor::serve(&alice_only(&cert, &key, &ca));
     let mut alice = Command::new("openssl")
         .args([
             "s_client",
@@ -334,4 +325,73 @@ fn openssl_status_request_gets_the_stapled_ocsp_response() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("ca.crt"));
+}
+
+#[test]
+fn curl_with_a_client_certificate_through_the_proxy_to_a_real_http_server() {
+    let scratch = ScratchDir::new("interop-curl").unwrap();
+    let site = scratch.path("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), "hello through tlsvisor\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut http = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(&site)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 is installed");
+    let upstream = format!("127.0.0.1:{port}");
+    assert!(eventually(HANG, || std::net::TcpStream::connect(&upstream).is_ok()));
+
+    let certs = DevCerts::generate().unwrap();
+    let (cert, key, _) = issue_into(&scratch, &certs, "server", &["localhost"]);
+    let ca = scratch.path("ca.crt").display().to_string();
+    std::fs::write(&ca, &certs.ca_cert_pem).unwrap();
+    let (alice_cert, alice_key) = certs.issue_client("alice", &[], &[]).unwrap();
+    let alice = scratch.path("alice.pem").display().to_string();
+    std::fs::write(&alice, format!("{alice_cert}{alice_key}")).unwrap();
+    let mut flags = alice_only(&cert, &key, &ca);
+    flags.extend([
+        "--protocol",
+        "proxy",
+        "--upstream",
+        &upstream,
+        "--alpn",
+        "http/1.1",
+    ]);
+    let server = Tlsvisor::serve(&flags);
+    let curl = |extra: &[&str]| {
+        let url = format!("https://localhost:{}/hello.txt", server.listen.port());
+        let resolve = format!("localhost:{}:127.0.0.1", server.listen.port());
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", "--cacert", &ca])
+            .args(["--resolve", &resolve, &url])
+            .args(extra)
+            .output()
+            .expect("curl is installed")
+    };
+    let fetched = curl(&["--cert", &alice]);
+    let _ = http.kill();
+    assert!(fetched.status.success(), "{fetched:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&fetched.stdout),
+        "hello through tlsvisor\n"
+    );
+    assert!(!curl(&[]).status.success(), "no client certificate");
+    assert!(eventually(HANG, || server
+        .scrape()
+        .disposed("client_auth_failed")
+        == 1.0));
+    let _ = http.wait();
 }

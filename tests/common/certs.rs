@@ -33,3 +33,18 @@ pub fn issue_into(
     ScratchDir::replace(key.as_ref(), &key_pem).unwrap();
     (cert, key, info_of_pem(&cert_pem))
 }
+
+/// The flags of a server with `cert`/`key` that admits the client `alice` of the CA in `ca`.
+pub fn alice_only<'a>(cert: &'a str, key: &'a str, ca: &'a str) -> Vec<&'a str> {
+    let flags = [
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "--client-ca",
+        ca,
+        "--allow-cn",
+        "alice",
+    ];
+    flags.to_vec()
+}
