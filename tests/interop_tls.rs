@@ -395,3 +395,28 @@ fn curl_with_a_client_certificate_through_the_proxy_to_a_real_http_server() {
         == 1.0));
     let _ = http.wait();
 }
+
+/// testssl.sh (Debian's `testssl.sh` package) against the default configuration: protocols,
+/// cipher suites and the known vulnerabilities rate nothing worse than OK. (Its certificate
+/// findings are about the development certificate, not the server, and are not scanned here.)
+#[test]
+fn testssl_rates_protocols_ciphers_and_vulnerabilities_ok() {
+    let scratch = ScratchDir::new("interop-testssl").unwrap();
+    let report = scratch.path("testssl.json");
+    let server = Tlsvisor::serve(&[]);
+    let output = Command::new("testssl")
+        .args(["--quiet", "--color", "0", "--warnings", "off", "--jsonfile"])
+        .arg(&report)
+        .args(["-p", "-e", "-U", &server.listen.to_string()])
+        .output()
+        .expect("testssl is installed (apt-get install testssl.sh)");
+    let findings: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&report).expect("testssl wrote its report"))
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert!(findings.len() > 20, "{findings:?}");
+    let bad: Vec<_> = findings
+        .iter()
+        .filter(|f| ["MEDIUM", "HIGH", "CRITICAL"].contains(&f["severity"].as_str().unwrap_or("")))
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
