@@ -420,3 +420,76 @@ fn testssl_rates_protocols_ciphers_and_vulnerabilities_ok() {
         .collect();
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+#[test]
+fn an_ecdsa_and_an_rsa_certificate_for_one_name_each_client_gets_one_it_can_verify() {
+    let scratch = ScratchDir::new("interop-rsa").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (ecdsa_cert, ecdsa_key, ecdsa) = issue_into(&scratch, &certs, "ecdsa", &["localhost"]);
+    let file = |name: &str| scratch.path(name).display().to_string();
+    std::fs::write(file("ca.crt"), &certs.ca_cert_pem).unwrap();
+    std::fs::write(file("ca.key"), &certs.ca_key_pem).unwrap();
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl").args(args).output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+    };
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &file("rsa.key"),
+        "-out",
+        &file("rsa.csr"),
+        "-subj",
+        "/CN=rsa",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &file("rsa.csr"),
+        "-CA",
+        &file("ca.crt"),
+        "-CAkey",
+        &file("ca.key"),
+        "-copy_extensions",
+        "copyall",
+        "-days",
+        "30",
+        "-out",
+        &file("rsa.crt"),
+    ]);
+    let rsa = info_of_pem(&std::fs::read_to_string(file("rsa.crt")).unwrap());
+    let (rsa_cert, rsa_key) = (file("rsa.crt"), file("rsa.key"));
+    let server = Tlsvisor::serve(&[
+        "--cert",
+        &ecdsa_cert,
+        "--key",
+        &ecdsa_key,
+        "--cert",
+        &rsa_cert,
+        "--key",
+        &rsa_key,
+    ]);
+    let ca = file("ca.crt");
+    for (sigalgs, serial) in [
+        ("ECDSA+SHA256", &ecdsa.serial_hex),
+        ("rsa_pss_rsae_sha256", &rsa.serial_hex),
+    ] {
+        let args = [
+            "-servername",
+            "localhost",
+            "-CAfile",
+            &ca,
+            "-sigalgs",
+            sigalgs,
+        ];
+        let output = s_client(&server, &args);
+        assert_eq!(served_serial(&output).as_ref(), Some(serial), "{sigalgs}");
+    }
+}
