@@ -100,15 +100,15 @@ pub struct ServeArgs {
     pub client_crl: Vec<PathBuf>,
     /// Admit a verified client whose subject CN is this; repeatable (any match admits).
     #[arg(long)]
-    #[serde(default, deserialize_with = "de_list")]
+    #[serde(default, deserialize_with = "de_one_or_many")]
     pub allow_cn: Vec<String>,
     /// Admit a verified client with this SAN DNS name; repeatable.
     #[arg(long)]
-    #[serde(default, deserialize_with = "de_list")]
+    #[serde(default, deserialize_with = "de_one_or_many")]
     pub allow_dns_san: Vec<String>,
     /// Admit a verified client with this SAN URI (e.g. a SPIFFE ID); repeatable.
     #[arg(long)]
-    #[serde(default, deserialize_with = "de_list")]
+    #[serde(default, deserialize_with = "de_one_or_many")]
     pub allow_uri_san: Vec<String>,
     /// Session ticket keys shared by several tlsvisor processes: one key per line, 96 hex
     /// digits (`openssl rand -hex 48`), newest first; the first encrypts, all decrypt
@@ -252,16 +252,21 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
 }
 
 /// A config-file key that takes one value or a list (`cert = "a.pem"` or `cert = ["a", "b"]`).
-fn de_one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+/// Names are never split at commas: a subject CN may contain one (`Acme, Inc.`).
+fn de_one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(PathBuf),
-        Many(Vec<PathBuf>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
     }
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(path) => vec![path],
-        OneOrMany::Many(paths) => paths,
+        OneOrMany::One(value) => vec![value],
+        OneOrMany::Many(values) => values,
     })
 }
 
@@ -329,6 +334,27 @@ mod tests {
         assert_eq!(args.certificate[1].key, PathBuf::from("b.key"));
         let args: ServeArgs = toml::from_str("cert = \"a.crt\"\nkey = [\"a.key\"]").unwrap();
         assert_eq!((args.cert.len(), args.key.len()), (1, 1));
+    }
+
+    #[test]
+    fn mtls_and_ticket_keys_in_the_config_file() {
+        let args: ServeArgs = toml::from_str(
+            r#"
+            client-ca = "ca.pem"
+            client-auth = "optional"
+            client-crl = ["a.crl", "b.crl"]
+            allow-cn = "Acme, Inc."
+            allow-uri-san = ["spiffe://a", "spiffe://b"]
+            ticket-key-file = "tickets.key"
+            watch-certs = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(args.client_auth, Some(ClientAuthKind::Optional));
+        assert_eq!(args.client_crl.len(), 2);
+        assert_eq!(args.allow_cn, ["Acme, Inc."]);
+        assert_eq!(args.allow_uri_san.len(), 2);
+        assert!(args.watch_certs && args.ticket_key_file.is_some());
     }
 
     #[test]

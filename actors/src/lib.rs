@@ -29,6 +29,14 @@
 //! });
 //! ```
 //!
+//! # TLS configuration and reloads
+//!
+//! [`TlsSource`] names every file and setting of the TLS configuration (certificates chosen by
+//! SNI, [`TlsPolicy`], [`ClientAuth`], ticket keys) and [`TlsSource::load`] builds a
+//! [`LoadedTls`] only once all of it checks out. A running server's [`TlsReloader`] swaps it
+//! whole: each connection keeps the configuration current when its handshake started, so a
+//! reload never touches a live connection, and a failed load changes nothing.
+//!
 //! # The lifecycle guarantee
 //!
 //! A connection moves `Registered → Handshaking → Open → Closing → Disposed`. Every way it ends
