@@ -74,6 +74,7 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // `new` refuses an empty list, so there is a first entry.
         let default = &self.entries[0];
         let name = hello.server_name().map(str::to_ascii_lowercase);
         let exact = |e: &&SniEntry| name.as_ref().is_some_and(|n| e.names.contains(n));

@@ -74,7 +74,10 @@ fn select<T: Clone>(
                 .ok_or_else(|| TlsConfigError::UnknownName {
                     what,
                     name: want.clone(),
-                    valid: all.iter().map(|item| names(item)[0].clone()).collect(),
+                    valid: all
+                        .iter()
+                        .filter_map(|item| names(item).into_iter().next())
+                        .collect(),
                 })
         })
         .collect()

@@ -270,6 +270,7 @@ fn certified(
     provider: &Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<(Arc<CertifiedKey>, LoadedCertificate), TlsConfigError> {
     let chain = parse_certificates(cert, chain_pem)?;
+    // `parse_certificates` returns at least one certificate: the leaf comes first.
     let info = CertificateInfo::from_der(&chain[0])
         .map_err(TlsConfigError::Certificate)
         .map_err(in_file(cert))?;
