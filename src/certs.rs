@@ -1,9 +1,8 @@
 //! The built-in development certificate and `tlsvisor gen-certs`.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use tlsvisor_actors::DevCerts;
+use tlsvisor_actors::{DevCerts, PemCertificate};
 
 use crate::BoxError;
 
@@ -18,12 +17,14 @@ const DEV_ONLY_BANNER: &str =
 pub const BUILT_IN_CERT: &str = include_str!("../certs/server.crt");
 const BUILT_IN_KEY: &str = include_str!("../certs/server.key");
 
-/// The TLS configuration of the built-in development certificate.
-pub fn built_in() -> Result<Arc<rustls::ServerConfig>, BoxError> {
-    Ok(tlsvisor_actors::server_config_from_pem(
-        BUILT_IN_CERT.as_bytes(),
-        BUILT_IN_KEY.as_bytes(),
-    )?)
+/// The built-in development certificate and key as PEM, for the TLS configuration to build
+/// with the operator's policy.
+pub fn built_in_pem() -> PemCertificate {
+    PemCertificate {
+        name: "built-in development certificate".to_string(),
+        cert_pem: BUILT_IN_CERT.as_bytes().to_vec(),
+        key_pem: BUILT_IN_KEY.as_bytes().to_vec(),
+    }
 }
 
 /// Writes a fresh CA and server certificate into `out`. Keys are written readable by the owner
@@ -62,7 +63,11 @@ mod tests {
 
     #[test]
     fn the_built_in_certificate_loads() {
-        built_in().unwrap();
+        let source = tlsvisor_actors::TlsSource {
+            built_in: Some(built_in_pem()),
+            ..Default::default()
+        };
+        source.load().unwrap();
     }
 
     #[test]

@@ -43,12 +43,82 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8443].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// PEM certificate chain [default: the built-in development certificate].
+    /// PEM certificate chain; repeat for several names, chosen by SNI, the first the default
+    /// [default: the built-in development certificate].
     #[arg(long)]
-    pub cert: Option<PathBuf>,
-    /// PEM private key of the certificate.
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub cert: Vec<PathBuf>,
+    /// PEM private key of the certificate; repeated, paired in order with `--cert`.
     #[arg(long)]
-    pub key: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub key: Vec<PathBuf>,
+    /// DER OCSP response to staple; repeated, paired in order with `--cert` (the first with
+    /// the first; certificates after the last response staple none).
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub ocsp_response: Vec<PathBuf>,
+    /// The config file's `[[certificate]]` tables (`cert`, `key`, `ocsp-response`), in order.
+    #[arg(skip)]
+    #[serde(default)]
+    pub certificate: Vec<CertificateEntry>,
+    /// Refuse a client whose SNI names no certificate (alert `unrecognized_name`) instead of
+    /// serving it the first certificate.
+    #[arg(long)]
+    #[serde(default)]
+    pub sni_strict: bool,
+    /// Lowest TLS version accepted [default: 1.2].
+    #[arg(long, value_enum)]
+    pub tls_min_version: Option<TlsMinVersion>,
+    /// Cipher suites offered, comma-separated, by rustls or IANA name, in preference order
+    /// [default: rustls's].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_list")]
+    pub cipher_suites: Vec<String>,
+    /// Key-exchange groups offered, comma-separated (X25519, secp256r1, secp384r1)
+    /// [default: rustls's].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_list")]
+    pub kx_groups: Vec<String>,
+    /// Pick the cipher suite by the server's order rather than the client's.
+    #[arg(long)]
+    #[serde(default)]
+    pub prefer_server_cipher_order: bool,
+    /// ALPN protocols, comma-separated, in the server's order of preference (e.g.
+    /// `h2,http/1.1`); a client offering none of them is refused.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_list")]
+    pub alpn: Vec<String>,
+    /// PEM bundle of the CAs client certificates must chain to; turns client verification on.
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// Whether clients must present a certificate [default: require, with --client-ca].
+    #[arg(long, value_enum)]
+    pub client_auth: Option<ClientAuthKind>,
+    /// CRL (PEM or DER) of revoked client certificates; repeatable.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub client_crl: Vec<PathBuf>,
+    /// Admit a verified client whose subject CN is this; repeatable (any match admits).
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub allow_cn: Vec<String>,
+    /// Admit a verified client with this SAN DNS name; repeatable.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub allow_dns_san: Vec<String>,
+    /// Admit a verified client with this SAN URI (e.g. a SPIFFE ID); repeatable.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub allow_uri_san: Vec<String>,
+    /// Session ticket keys shared by several tlsvisor processes: one key per line, 96 hex
+    /// digits (`openssl rand -hex 48`), newest first; the first encrypts, all decrypt
+    /// [default: random keys per process, rotated every 6 h].
+    #[arg(long)]
+    pub ticket_key_file: Option<PathBuf>,
+    /// Poll the certificate and key files every second and reload them once they changed.
+    #[arg(long)]
+    #[serde(default)]
+    pub watch_certs: bool,
     /// What to speak over each connection [default: echo].
     #[arg(long, value_enum)]
     pub protocol: Option<ProtocolKind>,
@@ -107,6 +177,39 @@ pub struct ServeArgs {
     pub log_level: Option<LogLevel>,
 }
 
+/// `--client-auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuthKind {
+    /// No certificate, no connection.
+    Require,
+    /// Clients without a certificate are admitted; a certificate given must verify.
+    Optional,
+}
+
+/// `--tls-min-version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+pub enum TlsMinVersion {
+    /// TLS 1.2 and 1.3.
+    #[value(name = "1.2")]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[value(name = "1.3")]
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// One `[[certificate]]` table of the config file.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CertificateEntry {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub ocsp_response: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProtocolKind {
@@ -160,6 +263,39 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
         .map_err(serde::de::Error::custom)
 }
 
+/// A config-file key that takes one value or a list (`cert = "a.pem"` or `cert = ["a", "b"]`).
+/// Names are never split at commas: a subject CN may contain one (`Acme, Inc.`).
+fn de_one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(value) => vec![value],
+        OneOrMany::Many(values) => values,
+    })
+}
+
+/// A config-file list given as a list or as one comma-separated string, like the flag.
+fn de_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrList {
+        Text(String),
+        List(Vec<String>),
+    }
+    Ok(match TextOrList::deserialize(d)? {
+        TextOrList::Text(text) => text.split(',').map(|s| s.trim().to_string()).collect(),
+        TextOrList::List(list) => list,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +331,73 @@ mod tests {
         assert_eq!(args.handshake_timeout, Some(Duration::from_millis(250)));
         assert_eq!(args.log_format, Some(LogFormat::Json));
         assert!(toml::from_str::<ServeArgs>("no-such-key = 1").is_err());
+    }
+
+    #[test]
+    fn certificates_in_the_config_file() {
+        let args: ServeArgs = toml::from_str(
+            r#"
+            sni-strict = true
+            [[certificate]]
+            cert = "a.crt"
+            key = "a.key"
+            [[certificate]]
+            cert = "b.crt"
+            key = "b.key"
+            "#,
+        )
+        .unwrap();
+        assert!(args.sni_strict);
+        assert_eq!(args.certificate.len(), 2);
+        assert_eq!(args.certificate[1].key, PathBuf::from("b.key"));
+        let args: ServeArgs = toml::from_str("cert = \"a.crt\"\nkey = [\"a.key\"]").unwrap();
+        assert_eq!((args.cert.len(), args.key.len()), (1, 1));
+    }
+
+    #[test]
+    fn mtls_and_ticket_keys_in_the_config_file() {
+        let args: ServeArgs = toml::from_str(
+            r#"
+            client-ca = "ca.pem"
+            client-auth = "optional"
+            client-crl = ["a.crl", "b.crl"]
+            allow-cn = "Acme, Inc."
+            allow-uri-san = ["spiffe://a", "spiffe://b"]
+            ticket-key-file = "tickets.key"
+            watch-certs = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(args.client_auth, Some(ClientAuthKind::Optional));
+        assert_eq!(args.client_crl.len(), 2);
+        assert_eq!(args.allow_cn, ["Acme, Inc."]);
+        assert_eq!(args.allow_uri_san.len(), 2);
+        assert!(args.watch_certs && args.ticket_key_file.is_some());
+    }
+
+    #[test]
+    fn tls_policy_flags_and_keys() {
+        let cli = Cli::try_parse_from([
+            "tlsvisor",
+            "serve",
+            "--tls-min-version",
+            "1.3",
+            "--alpn",
+            "h2,http/1.1",
+            "--kx-groups",
+            "X25519",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve");
+        };
+        assert_eq!(args.tls_min_version, Some(TlsMinVersion::V1_3));
+        assert_eq!(args.alpn, ["h2", "http/1.1"]);
+        let args: ServeArgs =
+            toml::from_str("tls-min-version = \"1.2\"\nalpn = [\"h2\"]\ncipher-suites = \"A, B\"")
+                .unwrap();
+        assert_eq!(args.tls_min_version, Some(TlsMinVersion::V1_2));
+        assert_eq!(args.cipher_suites, ["A", "B"]);
     }
 
     #[test]

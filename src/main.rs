@@ -6,8 +6,10 @@ mod cli;
 mod logging;
 mod metrics;
 mod metrics_http;
+mod reload;
 mod serve;
 mod settings;
+mod tls_metrics;
 
 use std::process::ExitCode;
 

@@ -227,10 +227,17 @@ impl Collector for StatsCollector {
     }
 }
 
-/// The registry a scrape gathers: the server's counters and the process's (`process_*`).
-pub fn registry(stats: Arc<Stats>) -> Result<Registry, prometheus::Error> {
+/// The registry a scrape gathers: the server's counters, the `extra` collectors (the TLS
+/// families) and the process's (`process_*`).
+pub fn registry(
+    stats: Arc<Stats>,
+    extra: Vec<Box<dyn Collector>>,
+) -> Result<Registry, prometheus::Error> {
     let registry = Registry::new();
     registry.register(Box::new(StatsCollector::new(stats)?))?;
+    for collector in extra {
+        registry.register(collector)?;
+    }
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;

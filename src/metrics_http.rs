@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use prometheus::core::Collector;
 use prometheus::{Encoder, Registry, TextEncoder};
 use slog::{info, warn, Logger};
 use tlsvisor_actors::Stats;
@@ -35,9 +36,15 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves the server's and the process's metrics at `/metrics`.
-    pub fn start(addr: SocketAddr, stats: Arc<Stats>, log: Logger) -> Result<Self, BoxError> {
-        let registry = registry(stats)?;
+    /// Binds `addr` and serves the server's and the process's metrics, and those of the
+    /// `extra` collectors, at `/metrics`.
+    pub fn start(
+        addr: SocketAddr,
+        stats: Arc<Stats>,
+        extra: Vec<Box<dyn Collector>>,
+        log: Logger,
+    ) -> Result<Self, BoxError> {
+        let registry = registry(stats, extra)?;
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
         let bound = listener.local_addr()?;

@@ -7,16 +7,19 @@ use std::time::{Duration, Instant};
 
 use actix_rt::signal::unix::{signal, Signal, SignalKind};
 use slog::{error, info, warn, Logger};
+use std::sync::Arc;
+
 use tlsvisor_actors::{
-    server_config_from_files, CloseMode, Echo, ProxyConfig, ProxyHeader, Server, ServerConfig,
-    ServerHandle, Stats,
+    CloseMode, Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerConfig, ServerHandle, Stats,
 };
 
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::logging;
 use crate::metrics_http::MetricsServer;
+use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
-use crate::{certs, BoxError};
+use crate::tls_metrics::TlsCollector;
+use crate::BoxError;
 
 /// Runs the server described by `settings` until a signal, then runs the shutdown protocol and
 /// returns (exit code 0) once it is done.
@@ -24,16 +27,13 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     let (log, _flush_on_exit) = logging::build(settings.log_format, settings.log_level);
     let nofile = raise_fd_limit(&log);
     warn_if_descriptors_short(&settings, nofile, &log);
-    let tls = match &settings.cert {
-        CertSource::BuiltIn => {
-            warn!(log, "USING THE BUILT-IN DEVELOPMENT CERTIFICATE: anyone can impersonate this \
-                        server; pass --cert and --key for real use";
-                "trust_for_testing" => "certs/ca.crt");
-            certs::built_in()?
-        }
-        CertSource::Files { cert, key } => server_config_from_files(cert, key)?,
-    };
-    let mut config = ServerConfig::new(settings.listen, tls);
+    if settings.cert == CertSource::BuiltIn {
+        warn!(log, "USING THE BUILT-IN DEVELOPMENT CERTIFICATE: anyone can impersonate this \
+                    server; pass --cert and --key for real use";
+            "trust_for_testing" => "certs/ca.crt");
+    }
+    let tls = reload::build_tls(&settings)?;
+    let mut config = ServerConfig::new(settings.listen, Arc::clone(tls.config()));
     config.workers = settings.workers;
     config.max_connections = settings.max_connections;
     config.max_handshakes = settings.max_handshakes;
@@ -43,7 +43,7 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     config.idle_timeout = settings.idle_timeout;
     config.close_timeout = settings.close_timeout;
 
-    actix_rt::System::new().block_on(serve(settings, config, log))
+    actix_rt::System::new().block_on(serve(settings, config, tls, log))
 }
 
 /// How long a forced shutdown waits for the registries to take the forced close, and then for
@@ -68,19 +68,28 @@ impl Signals {
         })
     }
 
-    /// The next SIGTERM or SIGINT, by name; SIGHUPs on the way are logged.
-    async fn next_stop(&mut self, log: &Logger) -> &'static str {
+    /// The next SIGTERM or SIGINT, by name; each SIGHUP on the way is logged and handed to
+    /// `on_hangup`.
+    async fn next_stop(&mut self, log: &Logger, mut on_hangup: impl FnMut()) -> &'static str {
         loop {
             tokio::select! {
                 _ = self.terminate.recv() => return "SIGTERM",
                 _ = self.interrupt.recv() => return "SIGINT",
-                _ = self.hangup.recv() => info!(log, "reload requested"; "signal" => "SIGHUP"),
+                _ = self.hangup.recv() => {
+                    info!(log, "reload requested"; "signal" => "SIGHUP");
+                    on_hangup();
+                }
             }
         }
     }
 }
 
-async fn serve(settings: Settings, config: ServerConfig, log: Logger) -> Result<(), BoxError> {
+async fn serve(
+    settings: Settings,
+    config: ServerConfig,
+    tls: LoadedTls,
+    log: Logger,
+) -> Result<(), BoxError> {
     let mut signals = Signals::install()?;
 
     let builder = match (settings.protocol, &settings.upstream) {
@@ -97,13 +106,30 @@ async fn serve(settings: Settings, config: ServerConfig, log: Logger) -> Result<
     };
     #[cfg(feature = "fault-injection")]
     let builder = builder.faults(faults_from_env(&log)?);
-    let server = builder.logger(log.clone()).start()?;
+    let server = builder.logger(log.clone()).tls(tls).start()?;
     let metrics = settings
         .metrics_listen
-        .map(|addr| MetricsServer::start(addr, server.stats(), log.clone()))
+        .map(|addr| -> Result<_, BoxError> {
+            let tls_metrics = Box::new(TlsCollector::new(server.tls_reloader())?);
+            MetricsServer::start(addr, server.stats(), vec![tls_metrics], log.clone())
+        })
         .transpose()?;
+    let _watcher = match settings.watch_certs {
+        true => Some(CertWatcher::start(
+            settings.clone(),
+            server.tls_reloader(),
+            log.clone(),
+            reload::WATCH_INTERVAL,
+        )?),
+        false => None,
+    };
 
-    let name = signals.next_stop(&log).await;
+    let reloader = server.tls_reloader();
+    let name = signals
+        .next_stop(&log, || {
+            reload::reload(&settings, &reloader, &log);
+        })
+        .await;
     info!(log, "signal received: shutting down";
         "signal" => name, "grace_ms" => settings.shutdown_grace.as_millis() as u64);
     let (handle, stats) = (server.handle(), server.stats());
@@ -111,7 +137,10 @@ async fn serve(settings: Settings, config: ServerConfig, log: Logger) -> Result<
     tokio::pin!(shutdown);
     let report = tokio::select! {
         report = &mut shutdown => report,
-        second = signals.next_stop(&log) => return force(second, &handle, &stats, &log).await,
+        // A reload during the shutdown would only touch handshakes that no longer start.
+        second = signals.next_stop(&log, || {}) => {
+            return force(second, &handle, &stats, &log).await
+        }
     };
     drop(metrics);
     if report.left_registered > 0 || report.abandoned_workers > 0 {

@@ -4,8 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs};
-use tlsvisor_actors::ServerConfig;
+use crate::cli::{
+    ClientAuthKind, LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs,
+    TlsMinVersion,
+};
+use tlsvisor_actors::{
+    AllowList, CertificateFiles, ClientAuth, ClientAuthMode, ServerConfig, TlsPolicy, TlsVersion,
+};
 
 use crate::BoxError;
 
@@ -14,8 +19,8 @@ use crate::BoxError;
 pub enum CertSource {
     /// The development certificate compiled into the binary.
     BuiltIn,
-    /// PEM files.
-    Files { cert: PathBuf, key: PathBuf },
+    /// PEM files: certificate and key pairs, the first the default (SNI picks the others).
+    Files(Vec<CertificateFiles>),
 }
 
 /// Everything `serve` needs, resolved.
@@ -23,6 +28,16 @@ pub enum CertSource {
 pub struct Settings {
     pub listen: SocketAddr,
     pub cert: CertSource,
+    /// Reload the TLS files when they change (polled).
+    pub watch_certs: bool,
+    /// Refuse an SNI name no certificate serves.
+    pub sni_strict: bool,
+    /// Versions, suites, groups, ALPN.
+    pub tls_policy: TlsPolicy,
+    /// Client certificate verification (mTLS).
+    pub client_auth: Option<ClientAuth>,
+    /// Session ticket keys shared with other processes.
+    pub ticket_key_file: Option<PathBuf>,
     pub protocol: ProtocolKind,
     pub upstream: Option<String>,
     pub upstream_connect_timeout: Duration,
@@ -48,6 +63,11 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             cert: CertSource::BuiltIn,
+            watch_certs: false,
+            sni_strict: false,
+            tls_policy: TlsPolicy::default(),
+            client_auth: None,
+            ticket_key_file: None,
             protocol: ProtocolKind::Echo,
             upstream: None,
             upstream_connect_timeout: Duration::from_secs(5),
@@ -81,14 +101,32 @@ impl Settings {
             None => ServeArgs::default(),
         };
         let d = Settings::default();
-        let cert = match (flags.cert.or(file.cert), flags.key.or(file.key)) {
-            (None, None) => CertSource::BuiltIn,
-            (Some(cert), Some(key)) => CertSource::Files { cert, key },
-            _ => return Err("--cert and --key go together".into()),
+        let cert = match certificate_pairs(&flags)? {
+            Some(pairs) => CertSource::Files(pairs),
+            None => match certificate_pairs(&file)? {
+                Some(pairs) => CertSource::Files(pairs),
+                None => CertSource::BuiltIn,
+            },
         };
+        let client_auth = client_auth(&flags, &file)?;
         let settings = Settings {
             listen: flags.listen.or(file.listen).unwrap_or(d.listen),
             cert,
+            watch_certs: flags.watch_certs || file.watch_certs,
+            sni_strict: flags.sni_strict || file.sni_strict,
+            tls_policy: TlsPolicy {
+                min_version: match flags.tls_min_version.or(file.tls_min_version) {
+                    Some(TlsMinVersion::V1_3) => TlsVersion::Tls13,
+                    Some(TlsMinVersion::V1_2) | None => TlsVersion::Tls12,
+                },
+                cipher_suites: or_file(flags.cipher_suites, file.cipher_suites),
+                kx_groups: or_file(flags.kx_groups, file.kx_groups),
+                prefer_server_cipher_order: flags.prefer_server_cipher_order
+                    || file.prefer_server_cipher_order,
+                alpn: or_file(flags.alpn, file.alpn),
+            },
+            client_auth,
+            ticket_key_file: flags.ticket_key_file.or(file.ticket_key_file),
             protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
             upstream: flags.upstream.or(file.upstream),
             upstream_connect_timeout: flags
@@ -134,6 +172,9 @@ impl Settings {
     }
 
     fn check(&self) -> Result<(), BoxError> {
+        if self.sni_strict && self.cert == CertSource::BuiltIn {
+            return Err("--sni-strict needs --cert and --key".into());
+        }
         match (self.protocol, &self.upstream) {
             (ProtocolKind::Proxy, None) => {
                 Err("--protocol proxy needs --upstream HOST:PORT".into())
@@ -144,6 +185,78 @@ impl Settings {
             _ => Ok(()),
         }
     }
+}
+
+/// `--client-ca` and the flags that refine it (each from the flags, else from the file).
+fn client_auth(flags: &ServeArgs, file: &ServeArgs) -> Result<Option<ClientAuth>, BoxError> {
+    let pick = |flag: &Vec<String>, file: &Vec<String>| or_file(flag.clone(), file.clone());
+    let crls = match flags.client_crl.is_empty() {
+        true => file.client_crl.clone(),
+        false => flags.client_crl.clone(),
+    };
+    let allow = AllowList {
+        cns: pick(&flags.allow_cn, &file.allow_cn),
+        dns_sans: pick(&flags.allow_dns_san, &file.allow_dns_san),
+        uri_sans: pick(&flags.allow_uri_san, &file.allow_uri_san),
+    };
+    let mode = flags.client_auth.or(file.client_auth);
+    let Some(ca) = flags.client_ca.clone().or(file.client_ca.clone()) else {
+        if mode.is_some() || !crls.is_empty() || allow != AllowList::default() {
+            return Err("--client-auth, --client-crl and --allow-* need --client-ca".into());
+        }
+        return Ok(None);
+    };
+    Ok(Some(ClientAuth {
+        ca,
+        mode: match mode {
+            Some(ClientAuthKind::Optional) => ClientAuthMode::Optional,
+            Some(ClientAuthKind::Require) | None => ClientAuthMode::Require,
+        },
+        crls,
+        allow,
+    }))
+}
+
+/// A list flag, or the file's list if the flag was not given.
+fn or_file(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
+    if flag.is_empty() {
+        file
+    } else {
+        flag
+    }
+}
+
+/// The certificate pairs one source of settings gives (`--cert`/`--key` in order, then the
+/// file's `[[certificate]]` tables), or `None` if it gives none.
+fn certificate_pairs(args: &ServeArgs) -> Result<Option<Vec<CertificateFiles>>, BoxError> {
+    if args.cert.len() != args.key.len() {
+        return Err(format!(
+            "--cert and --key go together, paired in order ({} --cert, {} --key)",
+            args.cert.len(),
+            args.key.len()
+        )
+        .into());
+    }
+    if args.ocsp_response.len() > args.cert.len() {
+        return Err(
+            "--ocsp-response pairs in order with --cert: more responses than certificates".into(),
+        );
+    }
+    let mut ocsp = args.ocsp_response.iter().cloned();
+    let pairs: Vec<CertificateFiles> = args
+        .cert
+        .iter()
+        .zip(&args.key)
+        .map(|(cert, key)| CertificateFiles {
+            ocsp: ocsp.next(),
+            ..CertificateFiles::new(cert, key)
+        })
+        .chain(args.certificate.iter().map(|entry| CertificateFiles {
+            ocsp: entry.ocsp_response.clone(),
+            ..CertificateFiles::new(&entry.cert, &entry.key)
+        }))
+        .collect();
+    Ok((!pairs.is_empty()).then_some(pairs))
 }
 
 #[cfg(test)]
@@ -176,7 +289,8 @@ mod tests {
     #[test]
     fn cert_and_key_go_together() {
         let flags = ServeArgs {
-            cert: Some("a.pem".into()),
+            cert: vec!["a.pem".into(), "b.pem".into()],
+            key: vec!["a.key".into()],
             ..ServeArgs::default()
         };
         assert!(Settings::resolve(flags).is_err());

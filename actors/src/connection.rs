@@ -23,8 +23,8 @@ use actix::prelude::*;
 use slog::Logger;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::DisposalFields;
 use crate::admission::{ConnectionSlot, HandshakeSlot, Limits};
 use crate::dispose_guard::DisposeGuard;
 use crate::fault::{FaultPoint, Faults};
@@ -33,7 +33,7 @@ use crate::read_ahead::ReadAhead;
 use crate::reader::{ClientReader, Reader};
 use crate::{
     ConnId, ConnInfo, DisposeReason, HandlerRegistry, Protocol, ProxyConfig, ServerConfig, Session,
-    SessionError, Stats,
+    SessionError, Stats, TlsInfo, TlsReloader,
 };
 
 use self::proxy::UpstreamLink;
@@ -66,7 +66,8 @@ pub(crate) enum Service {
 
 /// What every connection of one server shares.
 pub(crate) struct ConnectionEnv {
-    pub(crate) acceptor: TlsAcceptor,
+    /// The TLS configuration; each handshake takes the one current when it starts.
+    pub(crate) tls: TlsReloader,
     pub(crate) service: Service,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<Stats>,
@@ -112,6 +113,13 @@ pub struct Connection {
     in_handler: bool,
     last_read: Instant,
     registered_at: Instant,
+    /// When the handshake finished, how long it took.
+    handshake_ms: Option<u64>,
+    /// Decrypted bytes read from the client and written to it (the access log's sizes).
+    bytes_in: u64,
+    bytes_out: u64,
+    /// What the handshake negotiated (boxed: an idle connection pays one pointer).
+    tls: Option<Box<TlsInfo>>,
     guard: DisposeGuard,
 }
 
@@ -155,6 +163,10 @@ impl Connection {
             in_handler: false,
             last_read: now,
             registered_at: now,
+            handshake_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            tls: None,
             guard,
         }
     }
@@ -321,6 +333,9 @@ impl Connection {
                 .map(|(writer, data, result), act, ctx| {
                     act.write_in_flight = false;
                     act.writer = Some(writer);
+                    if result.is_ok() {
+                        act.bytes_out += data.as_ref().len() as u64;
+                    }
                     recycle(act, data, result.is_ok());
                     if let Err(e) = &result {
                         log_conn!(debug, act, "write failed"; "error" => %e);
@@ -356,9 +371,18 @@ impl Connection {
             }
             Err(HandshakeError::Failed(e)) => {
                 log_conn!(debug, self, "handshake failed"; "error" => %e);
-                return self.begin_close(DisposeReason::HandshakeFailed, ctx);
+                let reason = match crate::client_auth::is_client_auth_failure(&e) {
+                    true => DisposeReason::ClientAuthFailed,
+                    false => DisposeReason::HandshakeFailed,
+                };
+                return self.begin_close(reason, ctx);
             }
         };
+        // Handshaking starts right after registration, so the time since then is the
+        // handshake's.
+        self.handshake_ms = Some(self.registered_at.elapsed().as_millis() as u64);
+        let tls = TlsInfo::of(stream.get_ref().1);
+        self.tls = Some(Box::new(tls.clone()));
         self.state = ConnState::Open;
         self.last_read = Instant::now();
         let (read_half, write_half) = tokio::io::split(stream);
@@ -371,6 +395,7 @@ impl Connection {
                 let info = ConnInfo {
                     id: self.id,
                     peer: self.peer,
+                    tls: tls.clone(),
                 };
                 let protocol = Arc::clone(protocol);
                 match catch_unwind(AssertUnwindSafe(|| protocol.open(&info))) {
@@ -499,7 +524,8 @@ impl Actor for Connection {
         let _ = tcp.set_nodelay(true);
         self.local = tcp.local_addr().ok();
         self.state = ConnState::Handshaking;
-        let acceptor = self.env.acceptor.clone();
+        // Taken now and kept: a reload during this handshake does not change it.
+        let tls = self.env.tls.current();
         let limit = self.env.config.handshake_timeout;
         let inject_failure = self.faults().is_on(FaultPoint::DuringHandshake);
         let handshake = async move {
@@ -508,7 +534,7 @@ impl Actor for Connection {
                     "injected handshake failure",
                 )));
             }
-            match tokio::time::timeout(limit, acceptor.accept(ReadAhead::new(tcp))).await {
+            match tokio::time::timeout(limit, crate::handshake::accept(tls, tcp)).await {
                 Err(_) => Err(HandshakeError::TimedOut),
                 Ok(Err(e)) => Err(HandshakeError::Failed(e)),
                 Ok(Ok(stream)) => Ok(stream),
@@ -536,10 +562,17 @@ impl Actor for Connection {
             // Stopped with no reason recorded: its arbiter is being torn down.
             None => DisposeReason::Shutdown,
         };
+        let fields = DisposalFields {
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            close_notify: self.clean_eof,
+            handshake_ms: self.handshake_ms,
+            tls: self.tls.as_deref(),
+        };
         log_conn!(info, self, "disposed";
             "reason" => reason.as_str(),
-            "close_notify" => self.clean_eof,
-            "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64);
+            "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64,
+            fields);
         self.guard.dispose(reason);
     }
 }
@@ -550,6 +583,9 @@ impl Handler<Inbound> for Connection {
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
         self.in_handler = true;
         self.last_read = Instant::now();
+        if msg.side == Side::Client {
+            self.bytes_in += msg.bytes.len() as u64;
+        }
         if self.faults().is_on(FaultPoint::ConnectionPanic) {
             panic!("injected connection panic");
         }

@@ -39,11 +39,14 @@ pub enum DisposeReason {
     UpstreamEof,
     /// Proxy: reading from or writing to the upstream failed (a reset mid-stream).
     UpstreamError,
+    /// mTLS: the client presented no certificate when one is required, or one that did not
+    /// verify (unknown CA, expired, revoked by a CRL) or that the allow-list does not admit.
+    ClientAuthFailed,
 }
 
 impl DisposeReason {
     /// Every reason, in a fixed order (metrics expose each one, zero or not).
-    pub const ALL: [DisposeReason; 14] = [
+    pub const ALL: [DisposeReason; 15] = [
         DisposeReason::PeerEof,
         DisposeReason::ReaderError,
         DisposeReason::WriterError,
@@ -58,6 +61,7 @@ impl DisposeReason {
         DisposeReason::UpstreamConnectFailed,
         DisposeReason::UpstreamEof,
         DisposeReason::UpstreamError,
+        DisposeReason::ClientAuthFailed,
     ];
 
     /// The snake_case word used in metrics and logs.
@@ -77,6 +81,7 @@ impl DisposeReason {
             DisposeReason::UpstreamConnectFailed => "upstream_connect_failed",
             DisposeReason::UpstreamEof => "upstream_eof",
             DisposeReason::UpstreamError => "upstream_error",
+            DisposeReason::ClientAuthFailed => "client_auth_failed",
         }
     }
 

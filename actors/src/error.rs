@@ -59,6 +59,42 @@ pub enum TlsConfigError {
     NoPrivateKey,
     /// rustls refused the certificate and key (mismatch, unsupported key type, …).
     Rustls(rustls::Error),
+    /// A certificate's DER could not be read (serial, expiry, names).
+    Certificate(crate::X509Error),
+    /// Two certificates of the same key type serve the same name: which one a client got would
+    /// depend on their order.
+    NameOverlap {
+        /// The name both claim.
+        name: String,
+        /// The earlier certificate file.
+        first: PathBuf,
+        /// The later certificate file.
+        second: PathBuf,
+    },
+    /// A certificate other than the first (the default) has no SAN DNS name, so no SNI can
+    /// ever select it.
+    Unselectable {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// A name in the TLS policy (cipher suite, key-exchange group) that rustls does not offer.
+    UnknownName {
+        /// What kind of name.
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The names that would work.
+        valid: Vec<String>,
+    },
+    /// The TLS policy cannot work (no cipher suite left for the versions allowed, …).
+    Policy(String),
+    /// Something is wrong with the content of one file.
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: Box<TlsConfigError>,
+    },
 }
 
 impl fmt::Display for TlsConfigError {
@@ -70,6 +106,28 @@ impl fmt::Display for TlsConfigError {
             TlsConfigError::NoCertificate => f.write_str("no PEM certificate found"),
             TlsConfigError::NoPrivateKey => f.write_str("no usable PEM private key found"),
             TlsConfigError::Rustls(e) => write!(f, "certificate and key rejected: {e}"),
+            TlsConfigError::Certificate(e) => e.fmt(f),
+            TlsConfigError::NameOverlap {
+                name,
+                first,
+                second,
+            } => write!(
+                f,
+                "{} and {} both serve {name} with the same key type",
+                first.display(),
+                second.display()
+            ),
+            TlsConfigError::UnknownName { what, name, valid } => {
+                write!(f, "unknown {what} {name:?}; valid: {}", valid.join(", "))
+            }
+            TlsConfigError::Policy(why) => write!(f, "TLS policy: {why}"),
+            TlsConfigError::Unselectable { path } => write!(
+                f,
+                "{}: no DNS name in its subjectAltName, so no client can select it (only the \
+                 first certificate, the default, may have none)",
+                path.display()
+            ),
+            TlsConfigError::InFile { path, source } => write!(f, "{}: {source}", path.display()),
         }
     }
 }
@@ -79,6 +137,8 @@ impl std::error::Error for TlsConfigError {
         match self {
             TlsConfigError::Read { source, .. } => Some(source),
             TlsConfigError::Rustls(e) => Some(e),
+            TlsConfigError::Certificate(e) => Some(e),
+            TlsConfigError::InFile { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

@@ -29,6 +29,14 @@
 //! });
 //! ```
 //!
+//! # TLS configuration and reloads
+//!
+//! [`TlsSource`] names every file and setting of the TLS configuration (certificates chosen by
+//! SNI, [`TlsPolicy`], [`ClientAuth`], ticket keys) and [`TlsSource::load`] builds a
+//! [`LoadedTls`] only once all of it checks out. A running server's [`TlsReloader`] swaps it
+//! whole: each connection keeps the configuration current when its handshake started, so a
+//! reload never touches a live connection, and a failed load changes nothing.
+//!
 //! # The lifecycle guarantee
 //!
 //! A connection moves `Registered → Handshaking → Open → Closing → Disposed`. Every way it ends
@@ -62,7 +70,9 @@
 //! ARCHITECTURE.md in the repository walks through each disposal path.
 
 mod acceptor;
+mod access_log;
 mod admission;
+mod client_auth;
 mod config;
 mod conn_id;
 mod connection;
@@ -72,6 +82,7 @@ mod dispose_guard;
 mod dispose_reason;
 mod error;
 mod fault;
+mod handshake;
 pub mod messages;
 mod per_ip;
 mod protocol;
@@ -79,16 +90,24 @@ mod read_ahead;
 mod reader;
 mod registry;
 mod server;
+mod sni;
 mod spare_fd;
 mod stats;
 mod supervisor;
+mod tickets;
 mod tls;
+mod tls_info;
+mod tls_policy;
+mod tls_reload;
+mod tls_source;
 mod upstream;
+mod x509;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use acceptor::Acceptor;
+pub use client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
 pub use config::ServerConfig;
 pub use conn_id::ConnId;
 pub use connection::{ConnState, Connection};
@@ -106,5 +125,11 @@ pub use stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };
 pub use supervisor::ConnectionSupervisor;
+pub use tickets::{TicketKeys, TICKET_LIFETIME_SECS};
 pub use tls::{server_config_from_files, server_config_from_pem};
-pub use upstream::{proxy_header_bytes, ProxyConfig, ProxyHeader};
+pub use tls_info::TlsInfo;
+pub use tls_policy::{TlsPolicy, TlsVersion};
+pub use tls_reload::{TlsReloader, TlsSnapshot};
+pub use tls_source::{CertificateFiles, LoadedCertificate, LoadedTls, PemCertificate, TlsSource};
+pub use upstream::{proxy_header_bytes, proxy_header_with_tls, ProxyConfig, ProxyHeader};
+pub use x509::{CertificateInfo, X509Error};

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::{ConnId, SessionError};
+use crate::{ConnId, SessionError, TlsInfo};
 
 /// What a session knows about its connection.
 #[derive(Clone, Debug)]
@@ -11,6 +11,8 @@ pub struct ConnInfo {
     pub id: ConnId,
     /// The client's address.
     pub peer: SocketAddr,
+    /// What the TLS handshake negotiated (version, cipher suite, SNI, ALPN).
+    pub tls: TlsInfo,
 }
 
 /// A protocol served by a server: a factory of sessions, shared by every worker.

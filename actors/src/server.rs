@@ -9,7 +9,6 @@ use actix::prelude::*;
 use actix_rt::Arbiter;
 use slog::{info, o, Logger};
 use tokio::net::TcpSocket;
-use tokio_rustls::TlsAcceptor;
 
 use crate::admission::Limits;
 use crate::connection::{ConnectionEnv, Service};
@@ -18,7 +17,8 @@ use crate::registry::{DisposalAudit, Registries};
 use crate::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
 use crate::{
     spare_fd, Acceptor, CloseMode, ConnId, ConnectionSupervisor, DisposeReason, Faults,
-    HandlerRegistry, Protocol, ProxyConfig, ServerConfig, ServerError, Stats,
+    HandlerRegistry, LoadedTls, Protocol, ProxyConfig, ServerConfig, ServerError, Stats,
+    TlsReloader,
 };
 
 /// How long `Server::shutdown` waits for each worker thread to finish once it is told to stop.
@@ -40,9 +40,17 @@ pub struct ServerBuilder {
     log: Logger,
     faults: Faults,
     audit: Option<DisposalAudit>,
+    tls: Option<LoadedTls>,
 }
 
 impl ServerBuilder {
+    /// Serves `tls` instead of `ServerConfig::tls` (it carries the certificate list the
+    /// expiry gauge shows); [`Server::tls_reloader`] replaces it later.
+    pub fn tls(mut self, tls: LoadedTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Logs through `log` (a child per connection carries `conn_id` and `peer`).
     pub fn logger(mut self, log: Logger) -> Self {
         self.log = log;
@@ -104,8 +112,12 @@ impl ServerBuilder {
                 HandlerRegistry::start_in_arbiter(&worker.handle(), move |_| registry)
             })
             .collect();
+        let tls = TlsReloader::new(
+            self.tls
+                .unwrap_or_else(|| LoadedTls::from_config(Arc::clone(&self.config.tls))),
+        );
         let env = Arc::new(ConnectionEnv {
-            acceptor: TlsAcceptor::from(Arc::clone(&self.config.tls)),
+            tls: tls.clone(),
             service: self.service,
             config: self.config,
             stats: Arc::clone(&stats),
@@ -146,6 +158,7 @@ impl ServerBuilder {
             stats,
             faults: self.faults,
             log,
+            tls,
         })
     }
 }
@@ -163,6 +176,7 @@ pub struct Server {
     stats: Arc<Stats>,
     faults: Faults,
     log: Logger,
+    tls: TlsReloader,
 }
 
 impl Server {
@@ -183,6 +197,7 @@ impl Server {
             log: Logger::root(slog::Discard, o!()),
             faults: Faults::default(),
             audit: None,
+            tls: None,
         }
     }
 
@@ -194,6 +209,12 @@ impl Server {
     /// The server's counters.
     pub fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The handle that replaces the TLS configuration while the server runs (SIGHUP,
+    /// `--watch-certs`); live connections keep the configuration they started with.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.tls.clone()
     }
 
     /// The registries, one per worker, each holding the connections that run on its worker.

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::TlsInfo;
+
 /// Which PROXY protocol header (HAProxy's specification) to send before the client's bytes, so
 /// the upstream sees the client's address rather than ours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,12 +42,66 @@ impl ProxyConfig {
     }
 }
 
+/// PROXY v2 TLV types and SSL sub-types (HAProxy's proxy-protocol.txt, section 2.2).
+const PP2_TYPE_ALPN: u8 = 0x01;
+const PP2_TYPE_AUTHORITY: u8 = 0x02;
+const PP2_TYPE_SSL: u8 = 0x20;
+const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+/// `client` bits of `PP2_TYPE_SSL`: over TLS, and a client certificate on this connection.
+const PP2_CLIENT_SSL: u8 = 0x01;
+const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+
+/// The value of a `PP2_TYPE_SSL` TLV: client bits, `verify` (0 only when the client presented
+/// a certificate and it verified, as the specification says), then the version, the cipher
+/// (the IANA name, which is OpenSSL's for TLS 1.3) and, with a client certificate, its CN.
+fn ssl_tlv(tls: &TlsInfo) -> Vec<u8> {
+    let verified = tls.client.is_some();
+    let mut value = vec![PP2_CLIENT_SSL | if verified { PP2_CLIENT_CERT_CONN } else { 0 }];
+    value.extend_from_slice(&u32::from(!verified).to_be_bytes());
+    let mut sub = |kind: u8, text: &str| {
+        let bytes = text.as_bytes();
+        // Sub-TLV lengths are u16; these are names and a CN, far below that.
+        let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+        value.push(kind);
+        value.extend_from_slice(&len.to_be_bytes());
+        value.extend_from_slice(&bytes[..usize::from(len)]);
+    };
+    if let Some(version) = tls.version {
+        sub(PP2_SUBTYPE_SSL_VERSION, version);
+    }
+    if let Some(cipher) = tls.cipher_suite {
+        sub(
+            PP2_SUBTYPE_SSL_CIPHER,
+            &cipher.replacen("TLS13_", "TLS_", 1),
+        );
+    }
+    if let Some(cn) = tls.client.as_ref().and_then(|c| c.cn.as_deref()) {
+        sub(PP2_SUBTYPE_SSL_CN, cn);
+    }
+    value
+}
+
 /// The PROXY protocol header telling the upstream that `client` connected to `server`.
 ///
 /// Mixed address families (an IPv4 client on an IPv6 listener) cannot be expressed as TCP4 or
 /// TCP6: v1 sends `PROXY UNKNOWN`, v2 sends the `LOCAL`-less unspecified family, and the
 /// upstream uses the real connection's addresses.
 pub fn proxy_header_bytes(version: ProxyHeader, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    proxy_header_with_tls(version, client, server, None)
+}
+
+/// [`proxy_header_bytes`], and for v2 what the TLS handshake negotiated, as haproxy's
+/// `send-proxy-v2-ssl-cn` sends it: `PP2_TYPE_ALPN`, `PP2_TYPE_AUTHORITY` (the SNI) and
+/// `PP2_TYPE_SSL` with version, cipher and the client certificate's CN (mTLS). v1 has no
+/// room for them.
+pub fn proxy_header_with_tls(
+    version: ProxyHeader,
+    client: SocketAddr,
+    server: SocketAddr,
+    tls: Option<&TlsInfo>,
+) -> Vec<u8> {
     match version {
         ProxyHeader::V1 => {
             let addresses = match (client, server) {
@@ -75,9 +131,22 @@ pub fn proxy_header_bytes(version: ProxyHeader, client: SocketAddr, server: Sock
                     ppp::v2::Addresses::Unspecified,
                 ),
             };
-            // Building writes into a Vec, which cannot fail; an empty header would be rejected
-            // by the upstream, which is the safe way for this to go wrong.
-            builder.build().unwrap_or_default()
+            let mut with_tlvs = Ok(builder);
+            if let Some(tls) = tls {
+                let mut builder = with_tlvs;
+                if let Some(alpn) = &tls.alpn {
+                    builder = builder.and_then(|b| b.write_tlv(PP2_TYPE_ALPN, alpn.as_bytes()));
+                }
+                if let Some(name) = &tls.server_name {
+                    builder =
+                        builder.and_then(|b| b.write_tlv(PP2_TYPE_AUTHORITY, name.as_bytes()));
+                }
+                with_tlvs = builder.and_then(|b| b.write_tlv(PP2_TYPE_SSL, &ssl_tlv(tls)));
+            }
+            // Building writes into a Vec and fails only for a TLV over 64 KiB, which names and a
+            // CN are not; an empty header would be rejected by the upstream, which is the safe
+            // way for this to go wrong.
+            with_tlvs.and_then(|b| b.build()).unwrap_or_default()
         }
     }
 }
@@ -88,6 +157,7 @@ pub(crate) async fn connect(
     config: &ProxyConfig,
     client: SocketAddr,
     server: SocketAddr,
+    tls: Option<&TlsInfo>,
 ) -> io::Result<(TcpStream, Duration)> {
     let started = Instant::now();
     // The spare descriptor first: otherwise, at the open-files limit, the descriptor a
@@ -99,7 +169,7 @@ pub(crate) async fn connect(
         stream.set_nodelay(true)?;
         if let Some(version) = config.proxy_header {
             stream
-                .write_all(&proxy_header_bytes(version, client, server))
+                .write_all(&proxy_header_with_tls(version, client, server, tls))
                 .await?;
         }
         Ok(stream)

@@ -262,17 +262,17 @@ fn a_client_the_upstream_does_not_read_is_not_read_either() {
 }
 
 /// What a recording upstream reads before the client's first byte: the PROXY header, read
-/// until its CRLF (v1) or as long as `v2_len` says (v2).
-fn header_seen_by_upstream(
-    version: ProxyHeader,
-    v2_len: usize,
-) -> (Vec<u8>, SocketAddr, SocketAddr) {
+/// until its CRLF (v1) or as long as its length field says (v2).
+fn header_seen_by_upstream(version: ProxyHeader) -> (Vec<u8>, SocketAddr, SocketAddr) {
     let up = TestUpstream::start(move |mut s: TcpStream| {
         let mut header = Vec::new();
         let mut byte = [0u8; 1];
         while match version {
             ProxyHeader::V1 => !header.ends_with(b"\r\n"),
-            ProxyHeader::V2 => header.len() < v2_len,
+            ProxyHeader::V2 => {
+                header.len() < 16
+                    || header.len() < 16 + usize::from(u16::from_be_bytes([header[14], header[15]]))
+            }
         } {
             s.read_exact(&mut byte).unwrap();
             header.push(byte[0]);
@@ -293,7 +293,7 @@ fn header_seen_by_upstream(
 
 #[test]
 fn proxy_protocol_v1_header_byte_for_byte() {
-    let (header, client, server) = header_seen_by_upstream(ProxyHeader::V1, 0);
+    let (header, client, server) = header_seen_by_upstream(ProxyHeader::V1);
     let expected = format!(
         "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
         client.port(),
@@ -304,12 +304,26 @@ fn proxy_protocol_v1_header_byte_for_byte() {
 
 #[test]
 fn proxy_protocol_v2_header_byte_for_byte() {
-    let (header, client, server) = header_seen_by_upstream(ProxyHeader::V2, 16 + 12);
+    let (header, client, server) = header_seen_by_upstream(ProxyHeader::V2);
+    // TLVs (section 2.2.x): PP2_TYPE_AUTHORITY (0x02) with the SNI; PP2_TYPE_SSL (0x20) with
+    // client = PP2_CLIENT_SSL, verify = 1 (no client certificate), then the sub-TLVs
+    // PP2_SUBTYPE_SSL_VERSION (0x21) and PP2_SUBTYPE_SSL_CIPHER (0x23).
+    let mut tlvs = vec![0x02, 0x00, 9];
+    tlvs.extend_from_slice(b"localhost");
+    let mut ssl = vec![0x01, 0, 0, 0, 1, 0x21, 0x00, 7];
+    ssl.extend_from_slice(b"TLSv1.3");
+    ssl.extend_from_slice(&[0x23, 0x00, 22]);
+    ssl.extend_from_slice(b"TLS_AES_256_GCM_SHA384");
+    tlvs.extend_from_slice(&[0x20, 0x00, ssl.len() as u8]);
+    tlvs.extend_from_slice(&ssl);
     let mut expected = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    // version 2 + PROXY, TCP over IPv4, 12 address bytes, then addresses and ports.
-    expected.extend_from_slice(&[0x21, 0x11, 0x00, 12, 127, 0, 0, 1, 127, 0, 0, 1]);
+    // version 2 + PROXY, TCP over IPv4, the length of addresses and TLVs, then addresses and
+    // ports.
+    expected.extend_from_slice(&[0x21, 0x11, 0x00, 12 + tlvs.len() as u8]);
+    expected.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
     expected.extend_from_slice(&client.port().to_be_bytes());
     expected.extend_from_slice(&server.port().to_be_bytes());
+    expected.extend_from_slice(&tlvs);
     assert_eq!(header, expected);
 }
 

@@ -41,7 +41,8 @@ impl Connection {
         let config = config.clone();
         let peer = self.peer;
         let local = self.local.unwrap_or(peer);
-        let connecting = async move { upstream::connect(&config, peer, local).await };
+        let tls = self.tls.as_deref().cloned();
+        let connecting = async move { upstream::connect(&config, peer, local, tls.as_ref()).await };
         ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {
             act.start_client_reader(client, ctx);
             if act.state != ConnState::Open {

@@ -41,6 +41,90 @@ pub fn tcp_connect_from(source: IpAddr, to: SocketAddr) -> io::Result<TcpStream>
     Ok(socket.into())
 }
 
+/// A client configuration trusting `ca_pem` and presenting the client certificate `cert_pem`
+/// with key `key_pem` (mTLS).
+pub fn client_config_with_cert(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> io::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.map_err(io::Error::other)?)
+            .map_err(io::Error::other)?;
+    }
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io::Error::other)?;
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem).map_err(io::Error::other)?;
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(io::Error::other)?;
+    Ok(Arc::new(config))
+}
+
+/// A client configuration that accepts any server certificate (signatures are still checked),
+/// so that a test can look at which certificate a server chose for a name it does not serve.
+/// Never use it outside tests.
+pub fn client_config_accepting_any() -> io::Result<Arc<ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AcceptAny(Arc::clone(&provider)));
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Trusts every certificate; checks the handshake signatures with the provider's algorithms.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// What a client saw when the server ended the connection.
 #[derive(Debug)]
 pub enum CloseSeen {
@@ -62,7 +146,7 @@ pub struct TlsClient {
 impl TlsClient {
     /// Connects to `addr` as `localhost` and completes the handshake.
     pub fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<TlsClient> {
-        TlsClient::over(TcpStream::connect(addr)?, config)
+        TlsClient::connect_as(addr, config, "localhost")
     }
 
     /// Like [`TlsClient::connect`], from the local address `source` (see [`tcp_connect_from`]).
@@ -71,21 +155,46 @@ impl TlsClient {
         addr: SocketAddr,
         config: Arc<ClientConfig>,
     ) -> io::Result<TlsClient> {
-        TlsClient::over(tcp_connect_from(source, addr)?, config)
+        TlsClient::over(tcp_connect_from(source, addr)?, config, "localhost")
     }
 
-    /// Completes a handshake as `localhost` over a connected socket.
-    pub fn over(tcp: TcpStream, config: Arc<ClientConfig>) -> io::Result<TlsClient> {
+    /// Connects to `addr` asking for (SNI) and verifying `server_name`, and completes the
+    /// handshake.
+    pub fn connect_as(
+        addr: SocketAddr,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<TlsClient> {
+        TlsClient::over(TcpStream::connect(addr)?, config, server_name)
+    }
+
+    /// Completes a handshake as `server_name` over a connected socket.
+    pub fn over(
+        tcp: TcpStream,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<TlsClient> {
         tcp.set_read_timeout(Some(IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
         tcp.set_nodelay(true)?;
-        let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+        let name = ServerName::try_from(server_name.to_string()).map_err(io::Error::other)?;
         let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
         let mut stream = StreamOwned::new(conn, tcp);
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
         }
         Ok(TlsClient { stream })
+    }
+
+    /// The certificate the server presented (its leaf).
+    pub fn server_certificate(&self) -> Option<CertificateDer<'static>> {
+        let chain = self.stream.conn.peer_certificates()?;
+        chain.first().map(|c| c.clone().into_owned())
+    }
+
+    /// The rustls connection, to read what was negotiated (version, cipher suite, ALPN).
+    pub fn connection(&self) -> &ClientConnection {
+        &self.stream.conn
     }
 
     /// Sends `data` and reads back exactly as many bytes.

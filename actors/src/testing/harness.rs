@@ -14,9 +14,9 @@ use tokio::sync::oneshot;
 use super::{client_config, eventually, TlsClient};
 use crate::messages::LiveConnections;
 use crate::{
-    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, Protocol,
-    ProxyConfig, Server, ServerConfig, ServerHandle, ShutdownReport, Snapshot, Stats,
-    SHUTDOWN_OVERHEAD,
+    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, LoadedTls,
+    Protocol, ProxyConfig, Server, ServerConfig, ServerHandle, ShutdownReport, Snapshot, Stats,
+    TlsReloader, SHUTDOWN_OVERHEAD,
 };
 
 /// Grace a dropped `TestServer` gives its connections.
@@ -46,9 +46,25 @@ type ConfigChange = Box<dyn FnOnce(&mut ServerConfig) + Send>;
 pub struct TestServerBuilder {
     configure: Vec<ConfigChange>,
     log: Logger,
+    certs: Option<DevCerts>,
+    tls: Option<LoadedTls>,
 }
 
 impl TestServerBuilder {
+    /// Uses these development certificates (the CA `connect` trusts, and the served
+    /// certificate unless [`TestServerBuilder::tls`] gives another).
+    pub fn certs(mut self, certs: DevCerts) -> Self {
+        self.certs = Some(certs);
+        self
+    }
+
+    /// Serves this TLS configuration (e.g. [`TlsSource::load`](crate::TlsSource::load) of files
+    /// signed by the CA given to [`TestServerBuilder::certs`]).
+    pub fn tls(mut self, tls: LoadedTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Changes the server's configuration (listen address and TLS are the harness's own).
     pub fn config(mut self, change: impl FnOnce(&mut ServerConfig) + Send + 'static) -> Self {
         self.configure.push(Box::new(change));
@@ -75,7 +91,11 @@ impl TestServerBuilder {
         self,
         make: impl FnOnce(ServerConfig) -> crate::ServerBuilder + Send + 'static,
     ) -> TestServer {
-        let certs = DevCerts::generate().expect("generate test certificates"); // harness setup: failing here fails the test
+        let certs = match self.certs {
+            Some(certs) => certs,
+            None => DevCerts::generate().expect("generate test certificates"), // harness setup: failing here fails the test
+        };
+        let loaded = self.tls;
         let tls = certs.server_config().expect("test certificates load"); // harness setup: failing here fails the test
         let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), tls);
         for change in self.configure {
@@ -93,7 +113,10 @@ impl TestServerBuilder {
             .name("tlsvisor-test-server".into())
             .spawn(move || {
                 actix_rt::System::new().block_on(async move {
-                    let builder = make(config).logger(log).audit(thread_audit);
+                    let mut builder = make(config).logger(log).audit(thread_audit);
+                    if let Some(loaded) = loaded {
+                        builder = builder.tls(loaded);
+                    }
                     #[cfg(feature = "fault-injection")]
                     let builder = builder.faults(thread_faults);
                     #[cfg(not(feature = "fault-injection"))]
@@ -110,13 +133,14 @@ impl TestServerBuilder {
                         server.stats(),
                         server.handle(),
                         server.registries().to_vec(),
+                        server.tls_reloader(),
                     )));
                     let grace = stop_rx.await.unwrap_or(DROP_GRACE);
                     let _ = done_tx.send(server.shutdown(grace).await);
                 })
             })
             .expect("spawn the test server thread"); // harness setup: failing here fails the test
-        let (addr, stats, handle, registries) = ready_rx
+        let (addr, stats, handle, registries, tls) = ready_rx
             .recv()
             .expect("test server thread reports") // harness setup: failing here fails the test
             .unwrap_or_else(|e| panic!("test server failed to start: {e}"));
@@ -128,6 +152,7 @@ impl TestServerBuilder {
             faults,
             audit,
             certs,
+            tls,
             stop: Some(stop_tx),
             done: done_rx,
             thread: Some(thread),
@@ -145,6 +170,7 @@ pub struct TestServer {
     faults: Faults,
     audit: DisposalAudit,
     certs: DevCerts,
+    tls: TlsReloader,
     stop: Option<oneshot::Sender<Duration>>,
     done: mpsc::Receiver<ShutdownReport>,
     thread: Option<JoinHandle<()>>,
@@ -156,6 +182,8 @@ impl TestServer {
         TestServerBuilder {
             configure: Vec::new(),
             log: Logger::root(slog::Discard, o!()),
+            certs: None,
+            tls: None,
         }
     }
 
@@ -209,6 +237,12 @@ impl TestServer {
     /// The certificates the server uses (clients trust `ca_cert_pem`).
     pub fn certs(&self) -> &DevCerts {
         &self.certs
+    }
+
+    /// The handle that replaces the server's TLS configuration, as
+    /// [`Server::tls_reloader`](crate::Server::tls_reloader) gives it.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.tls.clone()
     }
 
     /// A TLS client connected to this server, handshake done.
@@ -292,6 +326,15 @@ impl TestServer {
     /// connection is live, or the counts drifted).
     pub fn per_ip_clients(&self) -> usize {
         self.snapshot().per_ip_clients
+    }
+
+    /// The reason of each disposal in id order, after
+    /// [`TestServer::assert_each_disposed_once`].
+    pub fn disposal_reasons(&self) -> Vec<crate::DisposeReason> {
+        self.assert_each_disposed_once()
+            .values()
+            .map(|record| record.reason)
+            .collect()
     }
 
     /// Runs the shutdown protocol with `grace` and joins the server's thread. Panics if the

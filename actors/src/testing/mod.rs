@@ -7,15 +7,21 @@
 //! - [`TlsClient`]: a blocking rustls client over a real socket, with the rude moves tests need
 //!   (drop without `close_notify`, raw bytes on the socket).
 //! - [`leak`]: open fds, threads and RSS of a process, and sockets in CLOSE-WAIT on a port.
+//! - [`ScratchDir`]: a folder of certificate files for one test, removed on drop.
 //! - [`upstream`]: a plaintext TCP upstream for proxy tests, and handlers (echo, reset, …).
 
 mod client;
 mod harness;
 pub mod leak;
+mod scratch;
 pub mod upstream;
 
-pub use client::{client_config, tcp_connect_from, CloseSeen, TlsClient};
+pub use client::{
+    client_config, client_config_accepting_any, client_config_with_cert, tcp_connect_from,
+    CloseSeen, TlsClient,
+};
 pub use harness::{TestServer, TestServerBuilder};
+pub use scratch::ScratchDir;
 pub use upstream::TestUpstream;
 
 /// Polls `check` every 10 ms until it holds or `within` passes; returns whether it held.

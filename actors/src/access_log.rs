@@ -1,0 +1,36 @@
+//! The fields of a connection's one `disposed` log line (its access log) beyond its id, peer,
+//! reason and lifetime.
+
+use crate::TlsInfo;
+
+/// The sizes, always, and fields that exist only for some connections, each written only when
+/// known, so a value is never `None` or Rust debug output. README documents every JSON key.
+pub(crate) struct DisposalFields<'a> {
+    /// Decrypted bytes read from the client.
+    pub(crate) bytes_in: u64,
+    /// Decrypted bytes written to the client.
+    pub(crate) bytes_out: u64,
+    /// Whether the client's end came with `close_notify` (known only when the client ended).
+    pub(crate) close_notify: Option<bool>,
+    /// Time the handshake took (known only when it finished).
+    pub(crate) handshake_ms: Option<u64>,
+    /// What the handshake negotiated.
+    pub(crate) tls: Option<&'a TlsInfo>,
+}
+
+impl slog::KV for DisposalFields<'_> {
+    fn serialize(&self, record: &slog::Record<'_>, out: &mut dyn slog::Serializer) -> slog::Result {
+        out.emit_u64("bytes_in", self.bytes_in)?;
+        out.emit_u64("bytes_out", self.bytes_out)?;
+        if let Some(clean) = self.close_notify {
+            out.emit_bool("close_notify", clean)?;
+        }
+        if let Some(ms) = self.handshake_ms {
+            out.emit_u64("handshake_ms", ms)?;
+        }
+        match self.tls {
+            Some(tls) => tls.serialize(record, out),
+            None => Ok(()),
+        }
+    }
+}

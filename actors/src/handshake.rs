@@ -1,0 +1,53 @@
+//! The server side of a TLS handshake: read the ClientHello, pick the configuration, finish.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::connection::TlsStream;
+use crate::read_ahead::ReadAhead;
+use crate::LoadedTls;
+
+/// A fatal `unrecognized_name` alert (RFC 6066) as a plaintext TLS record: before the
+/// ServerHello nothing is encrypted, so these seven bytes are the whole answer.
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// Runs the handshake on `tcp` with `tls`. The ClientHello is read first so that a
+/// `--sni-strict` server can refuse an unknown name with `unrecognized_name`, which rustls's
+/// certificate resolver cannot send (a resolver that finds nothing makes rustls send
+/// `access_denied`).
+pub(crate) async fn accept(tls: Arc<LoadedTls>, tcp: TcpStream) -> io::Result<TlsStream> {
+    let fd = tcp.as_raw_fd();
+    let start =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(tcp)).await?;
+    let server_name = start.client_hello().server_name().map(str::to_string);
+    if tls.refuses(server_name.as_deref()) {
+        send_alert(fd, &UNRECOGNIZED_NAME_ALERT);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "unrecognized_name: no certificate for {}",
+                server_name.unwrap_or_default()
+            ),
+        ));
+    }
+    start.into_stream(Arc::clone(tls.config())).await
+}
+
+/// Best effort: the socket's send buffer is empty this early, so a 7-byte send does not block;
+/// if it fails the client sees the connection close without the alert.
+fn send_alert(fd: std::os::fd::RawFd, alert: &[u8]) {
+    // SAFETY: `fd` belongs to the stream that `start` still owns (it is dropped after this
+    // returns), and send(2) only reads `alert.len()` bytes from the slice.
+    unsafe {
+        libc::send(
+            fd,
+            alert.as_ptr().cast(),
+            alert.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+    }
+}

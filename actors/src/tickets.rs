@@ -1,0 +1,288 @@
+//! Session tickets: stateless resumption keys shared by every worker, and, from a key file, by
+//! every tlsvisor process that shares the file.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::server::ProducesTickets;
+
+use crate::tls_source::{in_file, read_file};
+use crate::TlsConfigError;
+
+/// Length of a key name: the first bytes of every ticket, saying which key sealed it.
+const NAME_LEN: usize = 16;
+/// Length of an AES-256-GCM key.
+const KEY_LEN: usize = 32;
+/// How long a ticket is accepted after it was issued (rustls's own ticketer uses 12 h).
+pub const TICKET_LIFETIME_SECS: u32 = 12 * 60 * 60;
+
+/// One ticket key: a public name and a secret AEAD key.
+struct TicketKey {
+    name: [u8; NAME_LEN],
+    key: LessSafeKey,
+}
+
+/// Ticket keys from a file, newest first: the first seals new tickets, every key opens them,
+/// as nginx's `ssl_session_ticket_key` does. A ticket is `name ‖ nonce ‖ AES-256-GCM(issued-at
+/// ‖ session)`, the name authenticated as associated data, the nonce random (96 bits: a
+/// collision needs about 2^48 tickets under one key).
+pub struct TicketKeys {
+    keys: Vec<TicketKey>,
+    lifetime: u32,
+    rng: SystemRandom,
+    /// Seconds since the epoch (a parameter so that tests can move time).
+    now: fn() -> u64,
+}
+
+impl fmt::Debug for TicketKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names are public (they travel in every ticket); keys never appear.
+        f.debug_struct("TicketKeys")
+            .field("keys", &self.keys.len())
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl TicketKeys {
+    /// Reads a key file: one key per line as 96 hex digits (16 bytes of name, then 32 bytes of
+    /// key; `openssl rand -hex 48` makes one), newest first; blank lines and `#` comments are
+    /// skipped. An error names the file and the line, never the key.
+    pub fn from_file(path: &Path) -> Result<TicketKeys, TlsConfigError> {
+        let text = read_file(path)?;
+        let text = String::from_utf8_lossy(&text);
+        let mut secrets = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bytes = decode_hex(line).filter(|b| b.len() == NAME_LEN + KEY_LEN);
+            let bytes = bytes.ok_or_else(|| {
+                in_file(path)(TlsConfigError::Policy(format!(
+                    "line {}: a ticket key is 96 hex digits (openssl rand -hex 48)",
+                    number + 1
+                )))
+            })?;
+            secrets.push(bytes);
+        }
+        if secrets.is_empty() {
+            return Err(in_file(path)(TlsConfigError::Policy(
+                "no ticket key in the file".into(),
+            )));
+        }
+        TicketKeys::from_secrets(&secrets, TICKET_LIFETIME_SECS).map_err(|e| in_file(path)(e))
+    }
+
+    /// Keys from 48-byte secrets (name ‖ key), newest first.
+    pub fn from_secrets(secrets: &[Vec<u8>], lifetime: u32) -> Result<TicketKeys, TlsConfigError> {
+        let keys = secrets
+            .iter()
+            .map(|secret| {
+                let (name, key) = secret.split_at(NAME_LEN.min(secret.len()));
+                let name: [u8; NAME_LEN] = name
+                    .try_into()
+                    .map_err(|_| TlsConfigError::Policy("ticket key too short".into()))?;
+                let key = UnboundKey::new(&AES_256_GCM, key)
+                    .map_err(|_| TlsConfigError::Policy("ticket key of the wrong length".into()))?;
+                Ok(TicketKey {
+                    name,
+                    key: LessSafeKey::new(key),
+                })
+            })
+            .collect::<Result<Vec<_>, TlsConfigError>>()?;
+        if keys.is_empty() {
+            return Err(TlsConfigError::Policy("no ticket key".into()));
+        }
+        Ok(TicketKeys {
+            keys,
+            lifetime,
+            rng: SystemRandom::new(),
+            now: unix_now,
+        })
+    }
+}
+
+impl ProducesTickets for TicketKeys {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.lifetime
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let newest = self.keys.first()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut sealed = Vec::with_capacity(8 + plain.len() + 16);
+        sealed.extend_from_slice(&(self.now)().to_be_bytes());
+        sealed.extend_from_slice(plain);
+        newest
+            .key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&newest.name),
+                &mut sealed,
+            )
+            .ok()?;
+        let mut ticket = Vec::with_capacity(NAME_LEN + NONCE_LEN + sealed.len());
+        ticket.extend_from_slice(&newest.name);
+        ticket.extend_from_slice(&nonce);
+        ticket.extend_from_slice(&sealed);
+        Some(ticket)
+    }
+
+    fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        if ticket.len() < NAME_LEN + NONCE_LEN {
+            return None;
+        }
+        let (name, rest) = ticket.split_at(NAME_LEN);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let key = self.keys.iter().find(|k| k.name == name)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut sealed = sealed.to_vec();
+        let opened = key
+            .key
+            .open_in_place(nonce, Aad::from(&key.name), &mut sealed)
+            .ok()?;
+        let (issued, plain) = opened.split_at_checked(8)?;
+        let issued = u64::from_be_bytes(issued.try_into().ok()?);
+        let age = (self.now)().checked_sub(issued)?;
+        (age <= u64::from(self.lifetime)).then(|| plain.to_vec())
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Tickets without a key file: rustls's ticketer (random ChaCha20-Poly1305 keys rotated every
+/// 6 hours, tickets valid 12), one per process, so every worker and every reload shares it and
+/// a reload does not cost every client a full handshake.
+pub(crate) fn default_ticketer() -> Result<Arc<dyn ProducesTickets>, TlsConfigError> {
+    static TICKETER: OnceLock<Arc<dyn ProducesTickets>> = OnceLock::new();
+    if let Some(ticketer) = TICKETER.get() {
+        return Ok(Arc::clone(ticketer));
+    }
+    let made = rustls::crypto::ring::Ticketer::new().map_err(TlsConfigError::Rustls)?;
+    Ok(Arc::clone(TICKETER.get_or_init(|| made)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(name: u8, key: u8) -> Vec<u8> {
+        let mut secret = vec![name; NAME_LEN];
+        secret.extend_from_slice(&[key; KEY_LEN]);
+        secret
+    }
+
+    fn keys(secrets: &[Vec<u8>]) -> TicketKeys {
+        TicketKeys::from_secrets(secrets, 3600).unwrap()
+    }
+
+    #[test]
+    fn a_ticket_opens_with_the_same_keys_and_carries_its_key_name() {
+        let keys = keys(&[secret(1, 1)]);
+        let ticket = keys.encrypt(b"session state").unwrap();
+        assert_eq!(&ticket[..NAME_LEN], &[1; NAME_LEN]);
+        assert_eq!(keys.decrypt(&ticket).unwrap(), b"session state");
+        // Random nonces: the same state never makes the same ticket.
+        assert_ne!(keys.encrypt(b"session state").unwrap(), ticket);
+    }
+
+    #[test]
+    fn rotation_old_tickets_open_after_a_new_key_is_put_first() {
+        let old = keys(&[secret(1, 1)]);
+        let ticket = old.encrypt(b"before rotation").unwrap();
+        let rotated = keys(&[secret(2, 2), secret(1, 1)]);
+        assert_eq!(rotated.decrypt(&ticket).unwrap(), b"before rotation");
+        let new_ticket = rotated.encrypt(b"after").unwrap();
+        assert_eq!(&new_ticket[..NAME_LEN], &[2; NAME_LEN]);
+        // Once the old key is dropped from the file, its tickets stop opening.
+        let retired = keys(&[secret(2, 2)]);
+        assert_eq!(retired.decrypt(&ticket), None);
+        assert_eq!(retired.decrypt(&new_ticket).unwrap(), b"after");
+    }
+
+    #[test]
+    fn a_wrong_key_name_or_a_wrong_key_under_the_name_is_refused() {
+        let ticket = keys(&[secret(1, 1)]).encrypt(b"x").unwrap();
+        assert_eq!(keys(&[secret(9, 1)]).decrypt(&ticket), None);
+        assert_eq!(keys(&[secret(1, 9)]).decrypt(&ticket), None);
+    }
+
+    #[test]
+    fn tampering_anywhere_is_refused() {
+        let keys = keys(&[secret(1, 1)]);
+        let ticket = keys.encrypt(b"session state").unwrap();
+        for i in 0..ticket.len() {
+            let mut bad = ticket.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(keys.decrypt(&bad), None, "byte {i}");
+        }
+        assert_eq!(keys.decrypt(&ticket[..ticket.len() - 1]), None);
+        assert_eq!(keys.decrypt(&[]), None);
+    }
+
+    #[test]
+    fn an_expired_ticket_is_refused() {
+        let mut keys = keys(&[secret(1, 1)]);
+        keys.now = || 1_000_000;
+        let ticket = keys.encrypt(b"x").unwrap();
+        keys.now = || 1_000_000 + 3600;
+        assert_eq!(keys.decrypt(&ticket).unwrap(), b"x");
+        keys.now = || 1_000_000 + 3601;
+        assert_eq!(keys.decrypt(&ticket), None);
+        // Issued "in the future" (a clock stepped back across processes): refused, not trusted.
+        keys.now = || 999_999;
+        assert_eq!(keys.decrypt(&ticket), None);
+    }
+
+    #[test]
+    fn the_key_file_is_hex_lines_newest_first() {
+        let dir = std::env::temp_dir().join(format!("tlsvisor-tickets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tickets.key");
+        let line = |b: u8| format!("{:02x}", b).repeat(48);
+        std::fs::write(
+            &path,
+            format!("# rotated daily\n{}\n\n{}\n", line(2), line(1)),
+        )
+        .unwrap();
+        let keys = TicketKeys::from_file(&path).unwrap();
+        assert_eq!(keys.keys.len(), 2);
+        assert_eq!(keys.keys[0].name, [2; NAME_LEN]);
+        std::fs::write(&path, "abcd\n").unwrap();
+        let error = TicketKeys::from_file(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("tickets.key") && error.contains("line 1"),
+            "{error}"
+        );
+        assert!(
+            !format!("{keys:?}").contains("0202"),
+            "no key material in Debug"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

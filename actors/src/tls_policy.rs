@@ -1,0 +1,192 @@
+//! `TlsPolicy`: which TLS versions, cipher suites, key-exchange groups and application
+//! protocols a server offers.
+
+use rustls::crypto::CryptoProvider;
+use rustls::SupportedProtocolVersion;
+
+use crate::TlsConfigError;
+
+/// What `--tls-min-version 1.3` enables.
+static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// The lowest TLS version a server accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// The negotiable part of the TLS configuration. Empty lists mean rustls's defaults (its
+/// ring provider's suites and groups, in its order of preference).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// The lowest version accepted.
+    pub min_version: TlsVersion,
+    /// Cipher suites offered, by rustls or IANA name (`TLS13_AES_128_GCM_SHA256` or
+    /// `TLS_AES_128_GCM_SHA256`, `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`), in preference order.
+    pub cipher_suites: Vec<String>,
+    /// Key-exchange groups offered (`X25519`, `secp256r1`, `secp384r1`), in preference order.
+    pub kx_groups: Vec<String>,
+    /// Choose the cipher suite by the server's order rather than the client's.
+    pub prefer_server_cipher_order: bool,
+    /// ALPN protocols (`h2`, `http/1.1`), in the server's order of preference. A client that
+    /// offers ALPN but none of these is refused with `no_application_protocol`; one that
+    /// offers no ALPN is served without.
+    pub alpn: Vec<String>,
+}
+
+/// rustls's name of a cipher suite, and the IANA name where it differs (TLS 1.3 suites).
+fn suite_names(suite: &rustls::SupportedCipherSuite) -> (String, String) {
+    let rustls_name = suite
+        .suite()
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:?}", suite.suite()));
+    let iana = rustls_name.replacen("TLS13_", "TLS_", 1);
+    (rustls_name, iana)
+}
+
+fn group_name(group: &dyn rustls::crypto::SupportedKxGroup) -> String {
+    group
+        .name()
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:?}", group.name()))
+}
+
+/// Keeps the items of `all` that `wanted` names, in `wanted`'s order; an unknown name is an
+/// error listing the valid ones.
+fn select<T: Clone>(
+    what: &'static str,
+    wanted: &[String],
+    all: &[T],
+    names: impl Fn(&T) -> Vec<String>,
+) -> Result<Vec<T>, TlsConfigError> {
+    wanted
+        .iter()
+        .map(|want| {
+            all.iter()
+                .find(|item| names(item).iter().any(|n| n.eq_ignore_ascii_case(want)))
+                .cloned()
+                .ok_or_else(|| TlsConfigError::UnknownName {
+                    what,
+                    name: want.clone(),
+                    valid: all
+                        .iter()
+                        .filter_map(|item| names(item).into_iter().next())
+                        .collect(),
+                })
+        })
+        .collect()
+}
+
+impl TlsPolicy {
+    /// The ring provider narrowed to this policy's suites and groups, and the versions to
+    /// enable. Checks every name and that some suite is left for the versions allowed.
+    pub(crate) fn provider(
+        &self,
+    ) -> Result<(CryptoProvider, &'static [&'static SupportedProtocolVersion]), TlsConfigError>
+    {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if !self.cipher_suites.is_empty() {
+            provider.cipher_suites = select(
+                "cipher suite",
+                &self.cipher_suites,
+                &provider.cipher_suites,
+                |s| {
+                    let (rustls_name, iana) = suite_names(s);
+                    vec![rustls_name, iana]
+                },
+            )?;
+        }
+        if !self.kx_groups.is_empty() {
+            provider.kx_groups = select(
+                "key-exchange group",
+                &self.kx_groups,
+                &provider.kx_groups,
+                |g| vec![group_name(*g)],
+            )?;
+        }
+        let versions: &'static [&'static SupportedProtocolVersion] = match self.min_version {
+            TlsVersion::Tls12 => rustls::ALL_VERSIONS,
+            TlsVersion::Tls13 => TLS13_ONLY,
+        };
+        let usable = provider
+            .cipher_suites
+            .iter()
+            .any(|s| versions.iter().any(|v| s.version() == *v));
+        if !usable {
+            return Err(TlsConfigError::Policy(
+                "no cipher suite left for the TLS versions allowed (TLS 1.3 needs a TLS13_ suite)"
+                    .into(),
+            ));
+        }
+        Ok((provider, versions))
+    }
+
+    /// The ALPN protocols as rustls takes them.
+    pub(crate) fn alpn_protocols(&self) -> Vec<Vec<u8>> {
+        self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_by_rustls_or_iana_in_the_given_order() {
+        let policy = TlsPolicy {
+            cipher_suites: vec![
+                "TLS_CHACHA20_POLY1305_SHA256".into(),
+                "tls13_aes_128_gcm_sha256".into(),
+            ],
+            kx_groups: vec!["secp256r1".into(), "X25519".into()],
+            ..TlsPolicy::default()
+        };
+        let (provider, _) = policy.provider().unwrap();
+        let suites: Vec<_> = provider
+            .cipher_suites
+            .iter()
+            .map(|s| suite_names(s).0)
+            .collect();
+        assert_eq!(
+            suites,
+            ["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_128_GCM_SHA256"]
+        );
+        let groups: Vec<_> = provider.kx_groups.iter().map(|g| group_name(*g)).collect();
+        assert_eq!(groups, ["secp256r1", "X25519"]);
+    }
+
+    #[test]
+    fn an_unknown_name_lists_the_valid_ones() {
+        let policy = TlsPolicy {
+            kx_groups: vec!["ffdhe2048".into()],
+            ..TlsPolicy::default()
+        };
+        let error = policy.provider().unwrap_err().to_string();
+        assert!(
+            error.contains("ffdhe2048") && error.contains("X25519"),
+            "{error}"
+        );
+        let policy = TlsPolicy {
+            cipher_suites: vec!["TLS_RSA_WITH_RC4_128_SHA".into()],
+            ..TlsPolicy::default()
+        };
+        let error = policy.provider().unwrap_err().to_string();
+        assert!(error.contains("TLS13_AES_256_GCM_SHA384"), "{error}");
+    }
+
+    #[test]
+    fn tls13_only_needs_a_tls13_suite() {
+        let policy = TlsPolicy {
+            min_version: TlsVersion::Tls13,
+            cipher_suites: vec!["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into()],
+            ..TlsPolicy::default()
+        };
+        assert!(policy.provider().is_err());
+    }
+}

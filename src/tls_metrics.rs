@@ -1,0 +1,91 @@
+//! The TLS families of `/metrics`: reloads and certificate expiry, read from the server's
+//! [`TlsReloader`].
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use tlsvisor_actors::TlsReloader;
+
+const RELOADS: &str = "tlsvisor_tls_reloads_total";
+const EXPIRY: &str = "tlsvisor_certificate_expiry_timestamp_seconds";
+const RELOADS_HELP: &str = "TLS configuration reloads (SIGHUP, --watch-certs), by result.";
+const EXPIRY_HELP: &str = "notAfter of each certificate served, in Unix seconds.";
+
+/// Exposes a server's reload counts and the expiry of every certificate it serves now.
+pub struct TlsCollector {
+    reloader: TlsReloader,
+    descs: Vec<Desc>,
+}
+
+impl TlsCollector {
+    /// A collector reading `reloader` at each scrape.
+    pub fn new(reloader: TlsReloader) -> Result<TlsCollector, prometheus::Error> {
+        let desc = |name: &str, help: &str, label: &str| {
+            Desc::new(
+                name.to_string(),
+                help.to_string(),
+                vec![label.to_string()],
+                Default::default(),
+            )
+        };
+        Ok(TlsCollector {
+            reloader,
+            descs: vec![
+                desc(RELOADS, RELOADS_HELP, "result")?,
+                desc(EXPIRY, EXPIRY_HELP, "name")?,
+            ],
+        })
+    }
+}
+
+fn labelled(label: &str, value: &str) -> Metric {
+    let mut pair = LabelPair::default();
+    pair.set_name(label.to_string());
+    pair.set_value(value.to_string());
+    let mut metric = Metric::default();
+    metric.set_label(vec![pair]);
+    metric
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+impl Collector for TlsCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snap = self.reloader.snapshot();
+        let reloads = [("ok", snap.reloads_ok), ("failed", snap.reloads_failed)]
+            .into_iter()
+            .map(|(result, n)| {
+                let mut metric = labelled("result", result);
+                let mut counter = Counter::default();
+                counter.set_value(n as f64);
+                metric.set_counter(counter);
+                metric
+            })
+            .collect();
+        let expiry = snap
+            .certificate_expiry
+            .iter()
+            .map(|(name, not_after)| {
+                let mut metric = labelled("name", name);
+                let mut gauge = Gauge::default();
+                gauge.set_value(*not_after as f64);
+                metric.set_gauge(gauge);
+                metric
+            })
+            .collect();
+        vec![
+            family(RELOADS, RELOADS_HELP, MetricType::COUNTER, reloads),
+            family(EXPIRY, EXPIRY_HELP, MetricType::GAUGE, expiry),
+        ]
+    }
+}

@@ -1,0 +1,50 @@
+//! Certificate files for the binary's tests: issued by a development CA into a scratch folder.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tlsvisor_actors::testing::ScratchDir;
+use tlsvisor_actors::{CertificateInfo, DevCerts};
+
+/// Serial, expiry and names of the first certificate in `pem`.
+pub fn info_of_pem(pem: &str) -> CertificateInfo {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    CertificateInfo::from_der(&der).unwrap()
+}
+
+/// The path of `file` in `scratch`, as a flag value.
+pub fn path_in(scratch: &ScratchDir, file: &str) -> String {
+    scratch.path(file).display().to_string()
+}
+
+/// Issues a certificate for `names` into `{stem}.crt` and `{stem}.key` (replacing them by
+/// rename); returns the two paths and what the certificate holds.
+pub fn issue_into(
+    scratch: &ScratchDir,
+    certs: &DevCerts,
+    stem: &str,
+    names: &[&str],
+) -> (String, String, CertificateInfo) {
+    let (cert, key) = (
+        path_in(scratch, &format!("{stem}.crt")),
+        path_in(scratch, &format!("{stem}.key")),
+    );
+    let (cert_pem, key_pem) = certs.issue_server(names).unwrap();
+    ScratchDir::replace(cert.as_ref(), &cert_pem).unwrap();
+    ScratchDir::replace(key.as_ref(), &key_pem).unwrap();
+    (cert, key, info_of_pem(&cert_pem))
+}
+
+/// The flags of a server with `cert`/`key` that admits the client `alice` of the CA in `ca`.
+pub fn alice_only<'a>(cert: &'a str, key: &'a str, ca: &'a str) -> Vec<&'a str> {
+    let flags = [
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "--client-ca",
+        ca,
+        "--allow-cn",
+        "alice",
+    ];
+    flags.to_vec()
+}
