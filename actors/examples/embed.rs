@@ -1,0 +1,131 @@
+//! tlsvisor inside a larger actix system: the sessions of a TLS line protocol hand every line
+//! to an actor of the application (a `Journal`), by message, and the two are shut down
+//! together, in order: the TLS server first (no new line can arrive), then the journal is asked
+//! what it got, then the system stops.
+//!
+//! `cargo run -p tlsvisor-actors --features testing --example embed` serves on a free port,
+//! sends three lines from a client and exits.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use tlsvisor_actors::testing::{client_config, TlsClient};
+use tlsvisor_actors::{
+    ConnId, ConnInfo, DevCerts, Protocol, Server, ServerConfig, Session, SessionError,
+};
+
+/// The application's own actor: it keeps every line any client sent.
+#[derive(Default)]
+struct Journal {
+    lines: Vec<(ConnId, String)>,
+}
+
+impl Actor for Journal {
+    type Context = Context<Self>;
+}
+
+/// Session → journal: one line a client sent.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Append(ConnId, String);
+
+impl Handler<Append> for Journal {
+    type Result = ();
+
+    fn handle(&mut self, Append(id, line): Append, _ctx: &mut Self::Context) {
+        self.lines.push((id, line));
+    }
+}
+
+/// Anyone → journal: how many lines it holds.
+#[derive(Message)]
+#[rtype(result = "usize")]
+struct Count;
+
+impl Handler<Count> for Journal {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: Count, _ctx: &mut Self::Context) -> usize {
+        self.lines.len()
+    }
+}
+
+/// The protocol: every line goes to the journal, and the client gets `logged` back.
+struct Logged {
+    journal: Addr<Journal>,
+}
+
+impl Protocol for Logged {
+    fn name(&self) -> &'static str {
+        "logged"
+    }
+
+    fn open(&self, info: &ConnInfo) -> Box<dyn Session> {
+        Box::new(LoggedSession {
+            id: info.id,
+            journal: self.journal.clone(),
+            line: Vec::new(),
+        })
+    }
+}
+
+struct LoggedSession {
+    id: ConnId,
+    journal: Addr<Journal>,
+    line: Vec<u8>,
+}
+
+impl Session for LoggedSession {
+    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<(), SessionError> {
+        for &byte in input {
+            if byte != b'\n' {
+                self.line.push(byte);
+                continue;
+            }
+            let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
+            // A message to an actor on another arbiter: the session never waits for it.
+            self.journal.do_send(Append(self.id, line));
+            reply.extend_from_slice(b"logged\n");
+        }
+        Ok(())
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let certs = DevCerts::generate()?;
+    let tls = certs.server_config()?;
+    let ca = certs.ca_cert_pem.clone();
+    actix_rt::System::new().block_on(async move {
+        let journal = Journal::default().start();
+        let config = ServerConfig::new("127.0.0.1:0".parse()?, tls);
+        let protocol = Logged {
+            journal: journal.clone(),
+        };
+        let server = Server::builder(config, protocol).start()?;
+        let addr = server.local_addr();
+
+        // A client on a thread of its own (it blocks): three lines, three answers.
+        let client = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut client = TlsClient::connect(addr, client_config(ca.as_bytes())?)?;
+            for line in ["first", "second", "third"] {
+                client.send(format!("{line}\n").as_bytes())?;
+                assert_eq!(client.receive(7)?, b"logged\n");
+            }
+            client.close();
+            Ok(())
+        });
+        while !client.is_finished() {
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        client.join().map_err(|_| "the client panicked")??;
+
+        // In order: the TLS server first, so no session can append any more...
+        let report = server.shutdown(Duration::from_secs(2)).await;
+        // ...then the application's actors, which have every line by now.
+        let lines = journal.send(Count).await?;
+        println!("journal holds {lines} lines; tlsvisor shut down with {report:?}");
+        assert_eq!(lines, 3);
+        System::current().stop();
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
