@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 use crate::admission::Reserved;
 use crate::connection::ConnectionEnv;
 use crate::fault::FaultPoint;
-use crate::messages::{Register, StopAccepting};
+use crate::messages::StopAccepting;
+use crate::registration::Registration;
 use crate::{spare_fd, ConnId, Connection, HandlerRegistry, RejectReason};
 
 /// The first pause after the process ran out of descriptors (or memory) for a new socket;
@@ -230,15 +231,19 @@ impl AcceptLoop {
         let id = ConnId(env.next_id.fetch_add(1, Ordering::Relaxed));
         let env = Arc::clone(env);
         let registry = self.registry.clone();
+        let (connection_slot, handshake_slot) = slots;
         Connection::create(move |ctx| {
             // Registered before the actor starts, from the thread its stop hook will run on, so
             // the registry always gets this Register before the connection's Dispose.
-            registry.do_send(Register {
+            let registration = Registration::new(
                 id,
                 peer,
-                connection: ctx.address().downgrade(),
-            });
-            Connection::new(id, peer, tcp, env, registry, slots)
+                ctx.address().downgrade(),
+                registry,
+                env.log.clone(),
+            )
+            .holding(connection_slot);
+            Connection::new(id, peer, tcp, env, registration, handshake_slot)
         });
     }
 }

@@ -25,15 +25,15 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::access_log::DisposalFields;
-use crate::admission::{ConnectionSlot, HandshakeSlot, Limits};
-use crate::dispose_guard::DisposeGuard;
+use crate::admission::{HandshakeSlot, Limits};
 use crate::fault::{FaultPoint, Faults};
-use crate::messages::{Close, CloseMode, Inbound, ReadOutcome, ReaderFinished, Side, StopReader};
+use crate::messages::{Close, CloseMode, Inbound, ReadOutcome, ReaderFinished, Side};
 use crate::read_ahead::ReadAhead;
-use crate::reader::{ClientReader, Reader};
+use crate::reader::{Reader, ReaderHandle};
+use crate::registration::Registration;
 use crate::{
-    ConnId, ConnInfo, DisposeReason, HandlerRegistry, Protocol, ProxyConfig, ServerConfig, Session,
-    SessionError, Stats, TlsInfo, TlsReloader,
+    ConnId, ConnInfo, DisposeReason, Protocol, ProxyConfig, ServerConfig, Session, SessionError,
+    Stats, TlsInfo, TlsReloader,
 };
 
 use self::proxy::UpstreamLink;
@@ -100,7 +100,8 @@ pub struct Connection {
     handshake: Option<HandshakeSlot>,
     writer: Option<WriteHalf<TlsStream>>,
     write_in_flight: bool,
-    reader: Option<Addr<ClientReader>>,
+    /// The client reader lives while this handle does.
+    reader: Option<ReaderHandle>,
     reader_done: bool,
     /// The graceful close has flushed (or given up on) `close_notify` and the FIN.
     close_sent: bool,
@@ -120,7 +121,7 @@ pub struct Connection {
     bytes_out: u64,
     /// What the handshake negotiated (boxed: an idle connection pays one pointer).
     tls: Option<Box<TlsInfo>>,
-    guard: DisposeGuard,
+    registration: Registration,
 }
 
 /// Why a handshake did not produce a stream.
@@ -130,17 +131,16 @@ enum HandshakeError {
 }
 
 impl Connection {
-    /// A connection registered with `registry`, the registry of the worker it runs on.
-    /// Its connection slot is released with its `Dispose`.
+    /// A connection on the books through `registration`, holding its handshake slot until the
+    /// handshake ends.
     pub(crate) fn new(
         id: ConnId,
         peer: SocketAddr,
         socket: TcpStream,
         env: Arc<ConnectionEnv>,
-        registry: Addr<HandlerRegistry>,
-        (connection, handshake): (ConnectionSlot, HandshakeSlot),
+        registration: Registration,
+        handshake: HandshakeSlot,
     ) -> Self {
-        let guard = DisposeGuard::new(id, registry, env.log.clone()).holding(connection);
         let now = Instant::now();
         Connection {
             id,
@@ -167,7 +167,7 @@ impl Connection {
             bytes_in: 0,
             bytes_out: 0,
             tls: None,
-            guard,
+            registration,
         }
     }
 
@@ -297,13 +297,10 @@ impl Connection {
             return Box::pin(fut::ready(()));
         }
         let data = std::mem::take(&mut self.reply);
-        self.write_to_client(data, |act, mut data, _written| {
-            // Keep the buffer for the next reply unless one chunk made it large.
-            data.clear();
-            if act.reply.is_empty() && data.capacity() <= 4 * act.env.config.read_buffer {
-                act.reply = data;
-            }
-        })
+        // The buffer is freed once written: nothing is pending then (one chunk in flight), and
+        // a connection that streamed and went quiet must not keep what its largest reply
+        // needed (it kept up to 256 KiB before). A reply costs an allocation instead.
+        self.write_to_client(data, |_, _written_buffer, _| {})
     }
 
     /// Writes `data` to the client and flushes it, then hands the buffer back to `recycle`
@@ -417,22 +414,22 @@ impl Connection {
         self.reader = Some(self.spawn_reader(half, Side::Client, ctx));
     }
 
-    /// Starts a reader child for one side, on this arbiter, reporting to this connection.
+    /// Starts a reader child for one side, on this arbiter, reporting to this connection; it
+    /// lives as long as the returned handle, which this connection keeps.
     fn spawn_reader<R: AsyncRead + Unpin + 'static>(
         &self,
         half: R,
         side: Side,
         ctx: &mut Context<Self>,
-    ) -> Addr<Reader<R>> {
+    ) -> ReaderHandle {
         let me = ctx.address();
-        Reader::new(
+        Reader::start_child(
             half,
             side,
             (me.clone().recipient(), me.recipient()),
             self.env.config.read_buffer,
             self.env.faults.clone(),
         )
-        .start()
     }
 
     /// One timer per idle period, not per read: on expiry it re-arms for what is left.
@@ -548,12 +545,16 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.faults().is_on(FaultPoint::SkipStopHook) {
+            // As if actix had skipped the hook: the registration's Drop and the readers'
+            // handles are all that is left to dispose of this connection.
+            return;
+        }
         self.handshake = None;
         self.state = ConnState::Disposed;
-        // A reader parked in a read would otherwise keep its socket open: stop it explicitly.
-        if let Some(reader) = self.reader.take() {
-            reader.do_send(StopReader);
-        }
+        // The readers would go with this actor anyway (each stops when its handle, owned
+        // here, is dropped); dropping the handles now closes the sockets at once.
+        self.reader = None;
         self.release_upstream();
         let reason = match self.reason {
             Some(reason) => reason,
@@ -573,7 +574,7 @@ impl Actor for Connection {
             "reason" => reason.as_str(),
             "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64,
             fields);
-        self.guard.dispose(reason);
+        self.registration.dispose(reason);
     }
 }
 

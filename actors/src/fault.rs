@@ -29,11 +29,15 @@ pub enum FaultPoint {
     /// good, as under a protocol callback stuck in a blocking call. The shutdown must still
     /// finish within its bound, abandoning that worker.
     SessionHang,
+    /// `Connection::stopped()` returns at once, as if actix had skipped the hook: the
+    /// registration's `Drop` must dispose the connection (a counted fallback) and its readers,
+    /// which stop when the connection's handles drop, must still close the socket.
+    SkipStopHook,
 }
 
 impl FaultPoint {
     /// Every point.
-    pub const ALL: [FaultPoint; 7] = [
+    pub const ALL: [FaultPoint; 8] = [
         FaultPoint::AfterRegisterBeforeStart,
         FaultPoint::DuringHandshake,
         FaultPoint::ReaderError,
@@ -41,6 +45,7 @@ impl FaultPoint {
         FaultPoint::AcceptError,
         FaultPoint::ConnectionPanic,
         FaultPoint::SessionHang,
+        FaultPoint::SkipStopHook,
     ];
 
     /// The point's snake_case name (`after_register_before_start`, ...).
@@ -53,6 +58,7 @@ impl FaultPoint {
             FaultPoint::AcceptError => "accept_error",
             FaultPoint::ConnectionPanic => "connection_panic",
             FaultPoint::SessionHang => "session_hang",
+            FaultPoint::SkipStopHook => "skip_stop_hook",
         }
     }
 

@@ -1,9 +1,9 @@
 //! The server side of a TLS handshake: read the ClientHello, pick the configuration, finish.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -20,12 +20,13 @@ const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 /// certificate resolver cannot send (a resolver that finds nothing makes rustls send
 /// `access_denied`).
 pub(crate) async fn accept(tls: Arc<LoadedTls>, tcp: TcpStream) -> io::Result<TlsStream> {
-    let fd = tcp.as_raw_fd();
-    let start =
+    let mut start =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(tcp)).await?;
     let server_name = start.client_hello().server_name().map(str::to_string);
     if tls.refuses(server_name.as_deref()) {
-        send_alert(fd, &UNRECOGNIZED_NAME_ALERT);
+        // Best effort, within the handshake's own time limit: if it fails, the client sees
+        // the connection close without the alert.
+        let _ = start.io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -35,19 +36,4 @@ pub(crate) async fn accept(tls: Arc<LoadedTls>, tcp: TcpStream) -> io::Result<Tl
         ));
     }
     start.into_stream(Arc::clone(tls.config())).await
-}
-
-/// Best effort: the socket's send buffer is empty this early, so a 7-byte send does not block;
-/// if it fails the client sees the connection close without the alert.
-fn send_alert(fd: std::os::fd::RawFd, alert: &[u8]) {
-    // SAFETY: `fd` belongs to the stream that `start` still owns (it is dropped after this
-    // returns), and send(2) only reads `alert.len()` bytes from the slice.
-    unsafe {
-        libc::send(
-            fd,
-            alert.as_ptr().cast(),
-            alert.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        );
-    }
 }

@@ -1,8 +1,10 @@
 //! Supervised TLS connections as actix actors.
 //!
-//! Each accepted TLS connection is a [`Connection`] actor with a [`Reader`] child, started on
-//! the worker arbiter whose [`Acceptor`] accepted it, and recorded in that worker's
-//! [`HandlerRegistry`] before its handshake begins:
+//! Each accepted TLS connection is a `Connection` actor with a `Reader` child, started on the
+//! worker arbiter whose `Acceptor` accepted it, and recorded in that worker's `HandlerRegistry`
+//! before its handshake begins. These actors are the crate's own; what an embedding program
+//! uses is [`Server`] (start, [`ServerHandle`], shutdown), [`Protocol`] and [`Session`] (what
+//! is spoken), [`Stats`] (the books) and, with the `testing` feature, the test harness:
 //!
 //! ```text
 //! ConnectionSupervisor        owns the acceptors and the shutdown protocol
@@ -42,16 +44,21 @@
 //! A connection moves `Registered → Handshaking → Open → Closing → Disposed`. Every way it ends
 //! (peer EOF, a read or write failure, a handshake failure or timeout, an idle timeout, a
 //! failure before start, a session panic, a kill, a shutdown) stops the `Connection` actor, and
-//! its `stopped()` hook is the only place that sends [`Dispose`], to the registry on its own
-//! worker (an id lives on one worker only). The registry removes an id once and counts any
-//! second `Dispose` as a duplicate; `accepted == active + disposed` holds
-//! in every [`Snapshot`].
+//! its `stopped()` hook is the only place that sends `Dispose`, to the registry on its own
+//! worker (an id lives on one worker only). That is enforced by the types, not by care: a
+//! connection's registration is a value created as it is admitted (creating it sends
+//! `Register`), and only that value can send its one `Dispose`, from the stop hook or, if the
+//! hook never ran, from its `Drop`. The messages and the registry are private to the crate, so
+//! no code outside it can take a live connection off the books. The registry removes an id once
+//! and counts any second `Dispose` as a duplicate; `accepted == active + disposed` holds in
+//! every [`Snapshot`].
 //!
 //! # Where it does not hold
 //!
 //! - With `panic = "abort"` no hook runs on a panic: the process is gone, and so is the registry.
-//! - If actix drops a connection without running `stopped()`, its drop guard sends the
-//!   `Dispose` instead, counted as a fallback ([`Ledger::fallbacks`]).
+//! - If actix drops a connection without running `stopped()`, its registration sends the
+//!   `Dispose` instead, counted as a fallback ([`Ledger::fallbacks`]); its readers, which wait
+//!   on a token the connection owns, stop with it, so its socket still closes.
 //! - Dropping the actix system without [`Server::shutdown`] drops connections without a
 //!   graceful close; their `Dispose` may reach a registry that is already gone. The same holds
 //!   for a connection that ignores a forced close until its worker stops: it is reported in
@@ -69,6 +76,9 @@
 //!
 //! ARCHITECTURE.md in the repository walks through each disposal path.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
 mod acceptor;
 mod access_log;
 mod admission;
@@ -78,16 +88,16 @@ mod conn_id;
 mod connection;
 #[cfg(feature = "dev-certs")]
 mod dev_certs;
-mod dispose_guard;
 mod dispose_reason;
 mod error;
 mod fault;
 mod handshake;
-pub mod messages;
+mod messages;
 mod per_ip;
 mod protocol;
 mod read_ahead;
 mod reader;
+mod registration;
 mod registry;
 mod server;
 mod sni;
@@ -106,25 +116,29 @@ mod x509;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use acceptor::Acceptor;
+#[doc(hidden)]
+pub mod bench_hooks;
+
+use acceptor::Acceptor;
 pub use client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
 pub use config::ServerConfig;
 pub use conn_id::ConnId;
-pub use connection::{ConnState, Connection};
+use connection::Connection;
 #[cfg(feature = "dev-certs")]
 pub use dev_certs::{DevCerts, DEV_CERT_NAMES};
 pub use dispose_reason::DisposeReason;
 pub use error::{ServerError, SessionError, TlsConfigError};
 pub use fault::{FaultPoint, Faults};
-pub use messages::{CloseMode, Dispose, DisposedVia, ShutdownReport, Side};
+pub use messages::{CloseMode, DisposedVia, ShutdownReport, Side};
 pub use protocol::{ConnInfo, Echo, Protocol, Session};
-pub use reader::{ClientReader, Reader, UpstreamReader};
-pub use registry::{DisposalAudit, DisposalRecord, HandlerRegistry};
+use reader::{ClientReader, UpstreamReader};
+use registry::HandlerRegistry;
+pub use registry::{DisposalAudit, DisposalRecord};
 pub use server::{Server, ServerBuilder, ServerHandle, SHUTDOWN_OVERHEAD};
 pub use stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };
-pub use supervisor::ConnectionSupervisor;
+use supervisor::ConnectionSupervisor;
 pub use tickets::{TicketKeys, TICKET_LIFETIME_SECS};
 pub use tls::{server_config_from_files, server_config_from_pem};
 pub use tls_info::TlsInfo;

@@ -18,7 +18,7 @@ use crate::{ConnId, Connection, DisposeReason};
 /// registry keeps only a weak address, so the entry never keeps a dead connection alive.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Register {
+pub(crate) struct Register {
     /// The connection's id.
     pub id: ConnId,
     /// The client's address.
@@ -41,7 +41,7 @@ pub enum DisposedVia {
 /// duplicate counter.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
-pub struct Dispose {
+pub(crate) struct Dispose {
     /// The connection's id.
     pub id: ConnId,
     /// Why it ended.
@@ -141,12 +141,6 @@ pub struct ReaderFinished {
     /// How.
     pub outcome: ReadOutcome,
 }
-
-/// `Connection` → its `Reader`, from the connection's stop hook: stop now and drop the read
-/// half. Without it a reader parked in a read would keep the socket open (Garnet's CLOSE-WAIT).
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "()")]
-pub struct StopReader;
 
 /// Supervisor → each `Acceptor`, first step of the shutdown: stop accepting and close the
 /// acceptor's copies of the listening socket. The reply comes once they are closed.

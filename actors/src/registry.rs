@@ -200,6 +200,19 @@ impl Handler<Dispose> for HandlerRegistry {
 
     fn handle(&mut self, msg: Dispose, _ctx: &mut Self::Context) {
         let applied = self.entries.remove(&msg.id).is_some();
+        // The audit first: a test that saw the ledger change then reads the audit, and must
+        // find the record there.
+        if let Some(audit) = &self.audit {
+            audit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(DisposalRecord {
+                    id: msg.id,
+                    reason: msg.reason,
+                    via: msg.via,
+                    applied,
+                });
+        }
         self.stats.update_ledger(|l| {
             if applied {
                 l.active -= 1;
@@ -214,17 +227,6 @@ impl Handler<Dispose> for HandlerRegistry {
         if !applied {
             warn!(self.log, "duplicate dispose ignored";
                 "conn_id" => msg.id.0, "reason" => msg.reason.as_str());
-        }
-        if let Some(audit) = &self.audit {
-            audit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(DisposalRecord {
-                    id: msg.id,
-                    reason: msg.reason,
-                    via: msg.via,
-                    applied,
-                });
         }
         self.notify_if_empty();
     }
@@ -282,21 +284,23 @@ impl Handler<LiveConnections> for HandlerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispose_guard::DisposeGuard;
     use crate::messages::DisposedVia;
+    use crate::registration::Registration;
 
     fn discard() -> Logger {
         Logger::root(slog::Discard, slog::o!())
     }
 
-    /// A registered id whose connection never existed: a mailbox with no actor behind it.
-    fn register(registry: &Addr<HandlerRegistry>, id: u64) {
+    /// A registration whose connection never existed: a mailbox with no actor behind it.
+    fn register(registry: &Addr<HandlerRegistry>, id: u64) -> Registration {
         let mailbox = Context::<Connection>::new();
-        registry.do_send(Register {
-            id: ConnId(id),
-            peer: ([127, 0, 0, 1], 1).into(),
-            connection: mailbox.address().downgrade(),
-        });
+        Registration::new(
+            ConnId(id),
+            ([127, 0, 0, 1], 1).into(),
+            mailbox.address().downgrade(),
+            registry.clone(),
+            discard(),
+        )
     }
 
     async fn settle(registry: &Addr<HandlerRegistry>) -> Vec<ConnId> {
@@ -308,8 +312,8 @@ mod tests {
         actix_rt::System::new().block_on(async {
             let stats = Arc::new(Stats::default());
             let registry = HandlerRegistry::new(Arc::clone(&stats), discard()).start();
-            register(&registry, 1);
-            register(&registry, 2);
+            // Held to the end: dropping one sends its own Dispose.
+            let _registered = (register(&registry, 1), register(&registry, 2));
             let dispose = Dispose {
                 id: ConnId(1),
                 reason: DisposeReason::PeerEof,
@@ -332,8 +336,7 @@ mod tests {
         actix_rt::System::new().block_on(async {
             let stats = Arc::new(Stats::default());
             let registry = HandlerRegistry::new(Arc::clone(&stats), discard()).start();
-            register(&registry, 7);
-            drop(DisposeGuard::new(ConnId(7), registry.clone(), discard()));
+            drop(register(&registry, 7));
             assert!(settle(&registry).await.is_empty());
             let ledger = stats.ledger();
             assert_eq!(ledger.fallbacks, 1);
@@ -347,8 +350,7 @@ mod tests {
         actix_rt::System::new().block_on(async {
             let stats = Arc::new(Stats::default());
             let registry = HandlerRegistry::new(Arc::clone(&stats), discard()).start();
-            register(&registry, 3);
-            let mut guard = DisposeGuard::new(ConnId(3), registry.clone(), discard());
+            let mut guard = register(&registry, 3);
             guard.dispose(DisposeReason::IdleTimeout);
             guard.dispose(DisposeReason::Killed);
             drop(guard);
@@ -365,13 +367,9 @@ mod tests {
         actix_rt::System::new().block_on(async {
             let stats = Arc::new(Stats::default());
             let registry = HandlerRegistry::new(stats, discard()).start();
-            register(&registry, 1);
+            let mut registration = register(&registry, 1);
             let waiting = registry.send(WaitEmpty);
-            registry.do_send(Dispose {
-                id: ConnId(1),
-                reason: DisposeReason::Shutdown,
-                via: DisposedVia::StopHook,
-            });
+            registration.dispose(DisposeReason::Shutdown);
             tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
                 .await
                 .expect("WaitEmpty resolves")

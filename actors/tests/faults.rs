@@ -3,8 +3,8 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tlsvisor_actors::testing::{CloseSeen, TestServer};
-use tlsvisor_actors::{DisposeReason, Echo, FaultPoint};
+use tlsvisor_actors::testing::{eventually, leak, CloseSeen, TestServer};
+use tlsvisor_actors::{CloseMode, ConnId, DisposeReason, DisposedVia, Echo, FaultPoint};
 
 /// A ceiling only a hang reaches.
 const HANG: Duration = Duration::from_secs(20);
@@ -101,6 +101,42 @@ fn session_panic_closes_only_that_connection() {
     );
 }
 
+/// The stop hook skipped (as actix would skip it in a broken state): the registration's Drop
+/// disposes the connection as a counted fallback, and the reader, parked in a read on a client
+/// that stays connected and silent, stops with the connection that owns its handle: the client
+/// sees its connection closed and nothing is left open on the server's port.
+#[test]
+fn without_its_stop_hook_a_connection_is_still_disposed_and_its_socket_closed() {
+    let server = TestServer::start(Echo);
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"before").unwrap(), b"before");
+    server.faults().enable(FaultPoint::SkipStopHook);
+    assert!(server.kill(ConnId(0), CloseMode::Force));
+    let snap = server.wait_disposed(1, HANG);
+    assert_eq!(
+        snap.ledger.fallbacks, 1,
+        "disposed by the registration's Drop"
+    );
+    assert_eq!(snap.ledger.disposed_for(DisposeReason::Shutdown), 1);
+    // The client only reads: only the server closing the socket can end this.
+    match client.read_until_close() {
+        CloseSeen::EofWithoutCloseNotify | CloseSeen::Error(_) => {}
+        other => panic!("a forced close without the hook: {other:?}"),
+    }
+    let port = server.addr().port();
+    assert!(
+        eventually(HANG, || {
+            leak::sockets_on_local_port(port, leak::TcpState::Established).unwrap() == 0
+                && leak::close_wait_on_port(port).unwrap() == 0
+        }),
+        "the server's socket is closed"
+    );
+    server.faults().disable(FaultPoint::SkipStopHook);
+    let records = server.disposals();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].via, DisposedVia::Fallback);
+}
+
 #[test]
 fn a_panic_in_the_connection_actor_still_disposes_once() {
     let server = TestServer::start(Echo);
@@ -136,6 +172,11 @@ fn emfile_at_accept_sheds_the_waiting_client_and_accepting_resumes() {
             started.elapsed() < HANG,
             "a shed client is closed, not left hanging"
         );
+        // The shedding is over (the error is counted after it) before the next client comes:
+        // a client arriving during it would be shed with this one.
+        server.wait_for("the failed accept counted", HANG, |s| {
+            s.accept_errors == attempt + 1
+        });
     }
     let mut client = server.connect().unwrap();
     assert_eq!(client.echo(b"after").unwrap(), b"after");

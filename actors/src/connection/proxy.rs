@@ -11,8 +11,8 @@ use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::{with_limit, ConnState, Connection, Service, TlsStream};
-use crate::messages::{Inbound, ReadOutcome, Side, StopReader};
-use crate::reader::UpstreamReader;
+use crate::messages::{Inbound, ReadOutcome, Side};
+use crate::reader::ReaderHandle;
 use crate::{upstream, DisposeReason};
 
 /// A proxying connection's upstream side.
@@ -20,7 +20,8 @@ pub(super) struct UpstreamLink {
     /// `None` while a write is in flight, and for good once the client has finished (dropping
     /// an owned write half shuts the socket's write side: the upstream sees a FIN).
     writer: Option<OwnedWriteHalf>,
-    reader: Option<Addr<UpstreamReader>>,
+    /// The upstream reader lives while this handle does.
+    reader: Option<ReaderHandle>,
     read_done: bool,
     /// Which side finished first: the disposal reason of a normal end.
     first_finished: Option<Side>,
@@ -180,10 +181,8 @@ impl Connection {
 
     /// From the stop hook: stop the upstream reader and close the upstream socket.
     pub(super) fn release_upstream(&mut self) {
-        if let Some(link) = self.upstream.take() {
-            if let Some(reader) = link.reader {
-                reader.do_send(StopReader);
-            }
+        if self.upstream.take().is_some() {
+            // Dropping the link drops the reader's handle (it stops) and the write half.
             self.env.stats.upstream_closed();
         }
     }

@@ -154,7 +154,7 @@ impl TestServerBuilder {
             certs,
             tls,
             stop: Some(stop_tx),
-            done: done_rx,
+            done: Mutex::new(done_rx),
             thread: Some(thread),
         }
     }
@@ -172,7 +172,8 @@ pub struct TestServer {
     certs: DevCerts,
     tls: TlsReloader,
     stop: Option<oneshot::Sender<Duration>>,
-    done: mpsc::Receiver<ShutdownReport>,
+    /// Behind a lock only so that a `TestServer` can be shared with scoped threads.
+    done: Mutex<mpsc::Receiver<ShutdownReport>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -352,6 +353,8 @@ impl TestServer {
         }
         let report = self
             .done
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
             .recv_timeout(grace + SHUTDOWN_OVERHEAD + JOIN_MARGIN)
             .ok()?;
         // The report is the thread's last act: this join returns at once.

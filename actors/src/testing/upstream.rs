@@ -92,21 +92,8 @@ pub fn read_to_eof(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
 
 /// Closes `stream` with a reset (SO_LINGER 0), as a crashed upstream would.
 pub fn reset(stream: TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized linger struct.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    // Best effort: without the option the close is a plain FIN, which the test then sees.
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
     drop(stream);
 }
 

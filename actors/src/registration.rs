@@ -1,35 +1,54 @@
-//! The backstop behind `Connection::stopped()`.
+//! `Registration`: a connection's place in its worker's registry, held as a value.
 
-use actix::Addr;
+use std::net::SocketAddr;
+
+use actix::{Addr, WeakAddr};
 use slog::{error, Logger};
 
 use crate::admission::ConnectionSlot;
-use crate::messages::{Dispose, DisposedVia};
-use crate::{ConnId, DisposeReason, HandlerRegistry};
+use crate::messages::{Dispose, DisposedVia, Register};
+use crate::{ConnId, Connection, DisposeReason, HandlerRegistry};
 
-/// Owns the duty to send one connection's `Dispose`.
-///
-/// `Connection::stopped()` discharges it with [`DisposeGuard::dispose`]. If the connection is
-/// dropped without its stop hook having run (a panic unwinding in a state where actix skips the
-/// hook, a runtime torn down mid-poll) the guard's `Drop` sends the `Dispose` instead, marked
+/// The one way a connection enters and leaves the books: creating a `Registration` sends its
+/// `Register`, and it sends exactly one `Dispose`, either from
+/// [`Registration::dispose`] (called by `Connection::stopped()`, the one intended path) or, if
+/// the connection is dropped without its stop hook having run (a panic unwinding where actix
+/// skips the hook, a runtime torn down mid-poll), from its `Drop`, marked
 /// [`DisposedVia::Fallback`] so the registry counts it: a fallback is a bug to look at, not a
 /// second normal path.
-pub(crate) struct DisposeGuard {
+///
+/// `Register` and `Dispose` are crate-private and only this type sends them, so no code outside
+/// it can take a live connection off the books or put a phantom one on them.
+pub(crate) struct Registration {
     id: ConnId,
     registry: Addr<HandlerRegistry>,
-    discharged: bool,
+    disposed: bool,
     /// The connection's admission, given back as its `Dispose` is sent: the limits count
     /// exactly what the registry counts, and release on the same one path.
     slot: Option<ConnectionSlot>,
     log: Logger,
 }
 
-impl DisposeGuard {
-    pub(crate) fn new(id: ConnId, registry: Addr<HandlerRegistry>, log: Logger) -> Self {
-        DisposeGuard {
+impl Registration {
+    /// Registers connection `id` with `registry`, the registry of the worker it runs on. Call
+    /// it on that worker, before the connection starts: `Register` and the later `Dispose` then
+    /// go through one mailbox in order.
+    pub(crate) fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        connection: WeakAddr<Connection>,
+        registry: Addr<HandlerRegistry>,
+        log: Logger,
+    ) -> Self {
+        registry.do_send(Register {
+            id,
+            peer,
+            connection,
+        });
+        Registration {
             id,
             registry,
-            discharged: false,
+            disposed: false,
             slot: None,
             log,
         }
@@ -47,10 +66,10 @@ impl DisposeGuard {
     }
 
     fn send(&mut self, reason: DisposeReason, via: DisposedVia) {
-        if self.discharged {
+        if self.disposed {
             return;
         }
-        self.discharged = true;
+        self.disposed = true;
         self.slot = None;
         // do_send ignores the mailbox's capacity: a burst of disposals never waits here.
         self.registry.do_send(Dispose {
@@ -61,9 +80,9 @@ impl DisposeGuard {
     }
 }
 
-impl Drop for DisposeGuard {
+impl Drop for Registration {
     fn drop(&mut self) {
-        if self.discharged {
+        if self.disposed {
             return;
         }
         let reason = if std::thread::panicking() {
