@@ -272,6 +272,11 @@ fn client_certificates_are_verified_and_the_identity_is_logged() {
         .scrape()
         .disposed("client_auth_failed")
         == 2.0));
+    let expiry = format!("tlsvisor_certificate_expiry_timestamp_seconds{{name=\"{ca}#0\"}}");
+    assert!(
+        server.scrape().get(&expiry) > 0.0,
+        "the client CA's expiry is exposed"
+    );
     assert!(eventually(HANG, || server.logs_with("disposed").len() == 3));
     let lines = server.logs_with("disposed");
     let admitted = lines.iter().find(|l| l["reason"] == "peer_eof").unwrap();
