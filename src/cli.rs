@@ -138,9 +138,21 @@ pub struct ServeArgs {
     /// Worker threads connections are spread over [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Live connections above which new ones are refused at accept [default: 10000].
+    /// Live connections at which accepting pauses until one closes [default: 10000].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// TLS handshakes in progress at which accepting pauses until one ends [default: 256 per
+    /// worker].
+    #[arg(long)]
+    pub max_handshakes: Option<usize>,
+    /// Live connections per client address (IPv6: per /64); more are closed at accept; 0 = off
+    /// [default: 0].
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Handshakes in progress per client address (IPv6: per /64); more are closed at accept;
+    /// 0 = off [default: a quarter of --max-handshakes].
+    #[arg(long)]
+    pub max_handshakes_per_ip: Option<usize>,
     /// Time a client gets to finish the TLS handshake [default: 10s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -305,9 +317,15 @@ mod tests {
             handshake-timeout = "250ms"
             log-format = "json"
             protocol = "echo"
+            max-handshakes = 64
+            max-connections-per-ip = 3
+            max-handshakes-per-ip = 0
             "#,
         )
         .unwrap();
+        assert_eq!(args.max_handshakes, Some(64));
+        assert_eq!(args.max_connections_per_ip, Some(3));
+        assert_eq!(args.max_handshakes_per_ip, Some(0));
         assert_eq!(args.listen, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(args.max_connections, Some(7));
         assert_eq!(args.handshake_timeout, Some(Duration::from_millis(250)));

@@ -5,6 +5,7 @@ mod certs;
 mod cli;
 mod logging;
 mod metrics;
+mod metrics_http;
 mod reload;
 mod serve;
 mod settings;

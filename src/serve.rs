@@ -1,14 +1,21 @@
 //! `tlsvisor serve`: run a server until SIGTERM or SIGINT, then shut it down gracefully.
+//!
+//! SIGHUP never terminates the process. A second SIGTERM or SIGINT during the shutdown forces
+//! it: every connection is stopped at once and the process exits within a second, non-zero.
 
-use actix_rt::signal::unix::{signal, SignalKind};
+use std::time::{Duration, Instant};
+
+use actix_rt::signal::unix::{signal, Signal, SignalKind};
 use slog::{error, info, warn, Logger};
 use std::sync::Arc;
 
-use tlsvisor_actors::{Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerConfig};
+use tlsvisor_actors::{
+    CloseMode, Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerConfig, ServerHandle, Stats,
+};
 
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::logging;
-use crate::metrics::MetricsServer;
+use crate::metrics_http::MetricsServer;
 use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
 use crate::tls_metrics::TlsCollector;
@@ -18,7 +25,8 @@ use crate::BoxError;
 /// returns (exit code 0) once it is done.
 pub fn run(settings: Settings) -> Result<(), BoxError> {
     let (log, _flush_on_exit) = logging::build(settings.log_format, settings.log_level);
-    raise_fd_limit(&log);
+    let nofile = raise_fd_limit(&log);
+    warn_if_descriptors_short(&settings, nofile, &log);
     if settings.cert == CertSource::BuiltIn {
         warn!(log, "USING THE BUILT-IN DEVELOPMENT CERTIFICATE: anyone can impersonate this \
                     server; pass --cert and --key for real use";
@@ -28,11 +36,52 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     let mut config = ServerConfig::new(settings.listen, Arc::clone(tls.config()));
     config.workers = settings.workers;
     config.max_connections = settings.max_connections;
+    config.max_handshakes = settings.max_handshakes;
+    config.max_connections_per_ip = settings.max_connections_per_ip;
+    config.max_handshakes_per_ip = settings.max_handshakes_per_ip;
     config.handshake_timeout = settings.handshake_timeout;
     config.idle_timeout = settings.idle_timeout;
     config.close_timeout = settings.close_timeout;
 
     actix_rt::System::new().block_on(serve(settings, config, tls, log))
+}
+
+/// How long a forced shutdown waits for the registries to take the forced close, and then for
+/// the connections to go: together well under the second a second signal promises.
+const FORCE_ASK_WAIT: Duration = Duration::from_millis(300);
+const FORCE_DRAIN_WAIT: Duration = Duration::from_millis(300);
+
+/// The signals `serve` handles. Installed before the server starts, so a signal sent as soon
+/// as it listens is handled, and SIGHUP (whose default action terminates) never is fatal.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT, by name; each SIGHUP on the way is logged and handed to
+    /// `on_hangup`.
+    async fn next_stop(&mut self, log: &Logger, mut on_hangup: impl FnMut()) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return "SIGTERM",
+                _ = self.interrupt.recv() => return "SIGINT",
+                _ = self.hangup.recv() => {
+                    info!(log, "reload requested"; "signal" => "SIGHUP");
+                    on_hangup();
+                }
+            }
+        }
+    }
 }
 
 async fn serve(
@@ -41,9 +90,7 @@ async fn serve(
     tls: LoadedTls,
     log: Logger,
 ) -> Result<(), BoxError> {
-    // Installed before the server starts, so a signal sent as soon as it listens is handled.
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut signals = Signals::install()?;
 
     let builder = match (settings.protocol, &settings.upstream) {
         (ProtocolKind::Proxy, Some(upstream)) => {
@@ -57,6 +104,8 @@ async fn serve(
         }
         _ => Server::builder(config, Echo),
     };
+    #[cfg(feature = "fault-injection")]
+    let builder = builder.faults(faults_from_env(&log)?);
     let server = builder.logger(log.clone()).tls(tls).start()?;
     let metrics = settings
         .metrics_listen
@@ -75,24 +124,95 @@ async fn serve(
         false => None,
     };
 
-    let name = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    };
+    let reloader = server.tls_reloader();
+    let name = signals
+        .next_stop(&log, || {
+            reload::reload(&settings, &reloader, &log);
+        })
+        .await;
     info!(log, "signal received: shutting down";
         "signal" => name, "grace_ms" => settings.shutdown_grace.as_millis() as u64);
-    let report = server.shutdown(settings.shutdown_grace).await;
-    if report.left_registered > 0 {
-        error!(log, "connections still registered after shutdown";
-            "left_registered" => report.left_registered);
-    }
+    let (handle, stats) = (server.handle(), server.stats());
+    let shutdown = server.shutdown(settings.shutdown_grace);
+    tokio::pin!(shutdown);
+    let report = tokio::select! {
+        report = &mut shutdown => report,
+        // A reload during the shutdown would only touch handshakes that no longer start.
+        second = signals.next_stop(&log, || {}) => {
+            return force(second, &handle, &stats, &log).await
+        }
+    };
     drop(metrics);
+    if report.left_registered > 0 || report.abandoned_workers > 0 {
+        return Err(format!(
+            "shutdown incomplete: {} connections left registered, {} worker threads abandoned",
+            report.left_registered, report.abandoned_workers
+        )
+        .into());
+    }
     Ok(())
 }
 
+/// A second stop signal during the shutdown: stop every connection now (their sockets close
+/// without `close_notify`) and end the process with a failure status, whatever the grace
+/// period had left.
+async fn force(
+    signal: &str,
+    handle: &ServerHandle,
+    stats: &Stats,
+    log: &Logger,
+) -> Result<(), BoxError> {
+    let forced = handle.close_all(CloseMode::Force, FORCE_ASK_WAIT).await;
+    let deadline = Instant::now() + FORCE_DRAIN_WAIT;
+    while stats.ledger().active > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = stats.ledger().active;
+    error!(log, "second signal: shutdown forced";
+        "signal" => signal, "forced" => forced, "left_registered" => left);
+    Err(format!("shutdown forced by a second {signal} ({left} connections left registered)").into())
+}
+
+/// Fault points named in `TLSVISOR_FAULTS` (comma-separated, e.g. `session_hang`), switched on
+/// for this server: black-box tests of a build with `fault-injection` use them.
+#[cfg(feature = "fault-injection")]
+fn faults_from_env(log: &Logger) -> Result<tlsvisor_actors::Faults, BoxError> {
+    let faults = tlsvisor_actors::Faults::default();
+    let names = std::env::var("TLSVISOR_FAULTS").unwrap_or_default();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let point = tlsvisor_actors::FaultPoint::from_name(name)
+            .ok_or_else(|| format!("TLSVISOR_FAULTS: no fault point named {name}"))?;
+        warn!(log, "fault point switched on"; "fault" => name);
+        faults.enable(point);
+    }
+    Ok(faults)
+}
+
+/// Descriptors the process holds besides its connections: stdio, the reactors, the
+/// listener's copies, the metrics listener and its scrapes, the spare, with room to spare.
+const FIXED_DESCRIPTORS: u64 = 64;
+
+/// Says so at start-up when `--max-connections` cannot be reached within the open-files limit:
+/// past the limit, new clients are shed (`fd_exhausted`) rather than paused at
+/// `--max-connections`. Not clamped: the operator may know better (few proxied connections,
+/// say), and the shedding keeps the server serving either way.
+fn warn_if_descriptors_short(settings: &Settings, nofile: Option<u64>, log: &Logger) {
+    let per_connection = match settings.protocol {
+        ProtocolKind::Proxy => 2,
+        ProtocolKind::Echo => 1,
+    };
+    let needed = settings.max_connections as u64 * per_connection + FIXED_DESCRIPTORS;
+    if let Some(nofile) = nofile.filter(|n| *n < needed) {
+        warn!(log, "the open files limit is below what --max-connections needs; past it new \
+                    clients are shed as fd_exhausted";
+            "nofile" => nofile, "max_connections" => settings.max_connections,
+            "needed" => needed);
+    }
+}
+
 /// Raises the soft open-files limit to the hard limit: every connection is a descriptor, and the
-/// default soft limit (often 1024) is far below `--max-connections`.
-fn raise_fd_limit(log: &Logger) {
+/// default soft limit (often 1024) is far below `--max-connections`. Returns the limit in force.
+fn raise_fd_limit(log: &Logger) -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -106,7 +226,9 @@ fn raise_fd_limit(log: &Logger) {
     };
     if raised {
         info!(log, "open files limit"; "nofile" => limit.rlim_cur);
+        Some(limit.rlim_cur)
     } else {
         warn!(log, "could not raise the open files limit"; "error" => %std::io::Error::last_os_error());
+        None
     }
 }

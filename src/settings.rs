@@ -45,6 +45,11 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub workers: usize,
     pub max_connections: usize,
+    /// `None`: the library's default (256 per worker).
+    pub max_handshakes: Option<usize>,
+    pub max_connections_per_ip: usize,
+    /// `None`: the library's default (a quarter of the handshake limit); `Some(0)`: off.
+    pub max_handshakes_per_ip: Option<usize>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub close_timeout: Duration,
@@ -70,6 +75,9 @@ impl Default for Settings {
             metrics_listen: None,
             workers: ServerConfig::default_workers(),
             max_connections: ServerConfig::DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: None,
+            max_connections_per_ip: 0,
+            max_handshakes_per_ip: None,
             handshake_timeout: ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: Some(ServerConfig::DEFAULT_IDLE_TIMEOUT),
             close_timeout: ServerConfig::DEFAULT_CLOSE_TIMEOUT,
@@ -132,6 +140,12 @@ impl Settings {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(d.max_connections),
+            max_handshakes: flags.max_handshakes.or(file.max_handshakes),
+            max_connections_per_ip: flags
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(d.max_connections_per_ip),
+            max_handshakes_per_ip: flags.max_handshakes_per_ip.or(file.max_handshakes_per_ip),
             handshake_timeout: flags
                 .handshake_timeout
                 .or(file.handshake_timeout)

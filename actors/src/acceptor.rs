@@ -1,28 +1,32 @@
 //! `Acceptor`: accepts connections on one worker arbiter and starts them there.
 
-use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use slog::{debug, warn};
-use tokio::net::{TcpListener, TcpStream};
+use slog::{debug, info, warn};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 
+use crate::admission::Reserved;
 use crate::connection::ConnectionEnv;
 use crate::fault::FaultPoint;
 use crate::messages::{Register, StopAccepting};
-use crate::{ConnId, Connection, HandlerRegistry, RejectReason};
+use crate::{spare_fd, ConnId, Connection, HandlerRegistry, RejectReason};
 
-/// How long accepting pauses after the process ran out of file descriptors (or memory) for a
-/// new socket: retrying at once would spin on the same error while the backlog waits.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// The first pause after the process ran out of descriptors (or memory) for a new socket;
+/// each failure in a row doubles it, up to [`LONGEST_PAUSE`]. A disposal ends a pause early.
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+
+/// At most one warning line per worker per this period; the others are counted in the next.
+const WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// Accepts on its own copy (a `dup`) of the server's one listening socket, admits each socket
-/// under `max_connections`, and starts its `Connection` on this same arbiter, registered with
+/// (see `admission.rs`), and starts its `Connection` on this same arbiter, registered with
 /// this arbiter's [`HandlerRegistry`].
 ///
 /// One acceptor runs on each worker arbiter. The kernel wakes them all for a new connection and
@@ -30,12 +34,14 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// never moves between reactors, and its `Register` and `Dispose` go to a registry on the same
 /// thread: no other thread is woken to start or to end it. An acceptor whose
 /// worker is busy simply wins fewer accepts.
+///
+/// Accepting never stops for good: at a limit the acceptor waits for a slot, and when the
+/// process is out of descriptors it sheds the waiting clients and backs off, keeping its
+/// listener registered, so there is nothing to re-create (and fail to) when it resumes.
 pub struct Acceptor {
+    /// Moves into the accept loop when the actor starts.
     listener: Option<std::net::TcpListener>,
-    /// The reactor-registered copy the accept stream polls. Shared with the stream so that
-    /// `StopAccepting` can close it on the spot rather than when actix drops the stream.
-    polled: Rc<RefCell<Option<TcpListener>>>,
-    accepting: Option<SpawnHandle>,
+    worker: usize,
     env: Arc<ConnectionEnv>,
     /// The registry on this acceptor's arbiter.
     registry: Addr<HandlerRegistry>,
@@ -44,64 +50,185 @@ pub struct Acceptor {
 impl Acceptor {
     pub(crate) fn new(
         listener: std::net::TcpListener,
+        worker: usize,
         env: Arc<ConnectionEnv>,
         registry: Addr<HandlerRegistry>,
     ) -> Self {
         Acceptor {
             listener: Some(listener),
-            polled: Rc::new(RefCell::new(None)),
-            accepting: None,
+            worker,
             env,
             registry,
         }
     }
+}
 
-    fn start_accepting(&mut self, ctx: &mut Context<Self>) {
-        let Some(listener) = self.listener.as_ref().map(|l| l.try_clone()) else {
+impl Actor for Acceptor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(listener) = self.listener.take() else {
             return;
         };
-        // The listener is registered with this arbiter's reactor only while accepting.
-        let listener = match listener.and_then(TcpListener::from_std) {
-            Ok(listener) => listener,
+        let accepting = AcceptLoop {
+            worker: self.worker,
+            env: Arc::clone(&self.env),
+            registry: self.registry.clone(),
+            pause: Pause::default(),
+            warnings: Warnings::default(),
+        };
+        // A spawned future stops being polled once the actor stops (StopAccepting), and is
+        // dropped with it, closing this worker's descriptor of the listener.
+        ctx.spawn(fut::wrap_future(accepting.run(listener)));
+    }
+}
+
+impl Handler<StopAccepting> for Acceptor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopAccepting, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// The accept loop of one worker.
+struct AcceptLoop {
+    worker: usize,
+    env: Arc<ConnectionEnv>,
+    registry: Addr<HandlerRegistry>,
+    pause: Pause,
+    warnings: Warnings,
+}
+
+impl AcceptLoop {
+    async fn run(mut self, listener: std::net::TcpListener) {
+        let Some(listener) = self.register(listener).await else {
+            return;
+        };
+        loop {
+            // Room for one more connection and handshake first: at a limit the listener is not
+            // polled, and clients wait in the backlog rather than being accepted and closed.
+            let Some(reserved) = self.env.limits.reserve().await else {
+                return;
+            };
+            let Some((socket, peer)) = self.next_socket(&listener).await else {
+                debug!(self.env.log, "listener shut down"; "worker" => self.worker);
+                return;
+            };
+            self.admit(socket, peer, reserved);
+        }
+    }
+
+    /// Registers the listener with this worker's reactor, retrying (never giving up) if the
+    /// kernel is short of memory for it.
+    async fn register(
+        &mut self,
+        listener: std::net::TcpListener,
+    ) -> Option<AsyncFd<mio::net::TcpListener>> {
+        let mut listener = mio::net::TcpListener::from_std(listener);
+        loop {
+            // tokio deprecated `try_new` for any `AsRawFd`, whose descriptor might change or
+            // close under the reactor; a mio listener owns its descriptor until it is dropped,
+            // after the `AsyncFd` deregisters it, which is the contract of the `unsafe`
+            // replacement. The safe call keeps the crate free of `unsafe`.
+            #[allow(deprecated)]
+            match AsyncFd::try_new(listener) {
+                Ok(registered) => return Some(registered),
+                Err(e) => {
+                    let (back, e) = e.into_parts();
+                    listener = back;
+                    self.back_off(e, 0).await;
+                }
+            }
+        }
+    }
+
+    /// The next accepted socket. On a failure it backs off and tries again; `None` only once
+    /// the listening socket has been shut down (the shutdown protocol's first step).
+    async fn next_socket(
+        &mut self,
+        listener: &AsyncFd<mio::net::TcpListener>,
+    ) -> Option<(mio::net::TcpStream, SocketAddr)> {
+        loop {
+            match accept(listener, &self.env).await {
+                Ok(accepted) => {
+                    self.resumed();
+                    return Some(accepted);
+                }
+                // accept(2) on a socket that is no longer listening.
+                Err(Failure { error, .. }) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    return None
+                }
+                Err(Failure { error, .. }) if is_client_gone(&error) => {
+                    self.env.stats.accept_error();
+                    self.warn("accept failed; accepting the next", &error);
+                }
+                Err(Failure { error, shed }) => {
+                    self.env.stats.accept_error();
+                    self.env.stats.rejected(RejectReason::FdExhausted, shed);
+                    self.back_off(error, shed).await;
+                }
+            }
+        }
+    }
+
+    /// Pauses after a failure that retrying at once would repeat; a disposal (a descriptor
+    /// freed) ends the pause early.
+    async fn back_off(&mut self, e: io::Error, shed: u64) {
+        let delay = self.pause.next(shed);
+        if let Some(suppressed) = self.warnings.allow() {
+            warn!(self.env.log, "cannot accept: pausing this worker's acceptor";
+                "error" => %e, "worker" => self.worker, "shed" => shed,
+                "pause_ms" => delay.as_millis() as u64, "suppressed" => suppressed);
+        }
+        let _paused = self.env.stats.acceptor_paused();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.env.limits.next_disposal() => {}
+        }
+    }
+
+    /// An accept succeeded: end the episode of failures, if any, and say so.
+    fn resumed(&mut self) {
+        let Some(episode) = self.pause.reset() else {
+            return;
+        };
+        // Under sustained pressure episodes end and begin many times a second: the line
+        // shares the warnings' rate limit.
+        if self.warnings.allow().is_some() {
+            info!(self.env.log, "accepting again";
+                "worker" => self.worker,
+                "paused_ms" => episode.since.elapsed().as_millis() as u64,
+                "failures" => episode.failures, "shed" => episode.shed);
+        }
+    }
+
+    fn warn(&mut self, what: &str, e: &io::Error) {
+        if let Some(suppressed) = self.warnings.allow() {
+            warn!(self.env.log, "{}", what;
+                "error" => %e, "worker" => self.worker, "suppressed" => suppressed);
+        }
+    }
+
+    fn admit(&self, socket: mio::net::TcpStream, peer: SocketAddr, reserved: Reserved) {
+        let env = &self.env;
+        let Some(slots) = env.limits.admit(reserved, peer.ip()) else {
+            env.stats.rejected(RejectReason::PerIpLimit, 1);
+            debug!(env.log, "rejected: per-IP limit"; "peer" => %peer);
+            return;
+        };
+        // Already non-blocking (accept4 with SOCK_NONBLOCK): this only registers it.
+        let tcp = match TcpStream::from_std(socket.into()) {
+            Ok(tcp) => tcp,
             Err(e) => {
-                warn!(self.env.log, "cannot accept on this worker"; "error" => %e);
+                env.stats.accept_error();
+                warn!(env.log, "cannot register an accepted socket"; "error" => %e);
                 return;
             }
         };
-        *self.polled.borrow_mut() = Some(listener);
-        let polled = Rc::clone(&self.polled);
-        let accepts = futures::stream::poll_fn(move |cx| match polled.borrow().as_ref() {
-            Some(listener) => listener.poll_accept(cx).map(Some),
-            None => std::task::Poll::Ready(None),
-        });
-        self.accepting = Some(ctx.add_stream(accepts));
-    }
-
-    fn stop_polling(&mut self, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.accepting.take() {
-            ctx.cancel_future(handle);
-        }
-        self.polled.borrow_mut().take();
-    }
-
-    fn admit(&mut self, tcp: TcpStream, peer: SocketAddr) {
-        let stats = &self.env.stats;
-        if !stats.try_admit(self.env.config.max_connections) {
-            stats.rejected(RejectReason::MaxConnections);
-            debug!(self.env.log, "rejected: max connections"; "peer" => %peer);
-            return;
-        }
-        let socket = match tcp.into_std() {
-            Ok(socket) => socket,
-            Err(e) => {
-                stats.release_admission();
-                stats.accept_error();
-                warn!(self.env.log, "cannot take over an accepted socket"; "error" => %e);
-                return;
-            }
-        };
-        let id = ConnId(self.env.next_id.fetch_add(1, Ordering::Relaxed));
-        let env = Arc::clone(&self.env);
+        env.stats.worker_accepted(self.worker);
+        let id = ConnId(env.next_id.fetch_add(1, Ordering::Relaxed));
+        let env = Arc::clone(env);
         let registry = self.registry.clone();
         Connection::create(move |ctx| {
             // Registered before the actor starts, from the thread its stop hook will run on, so
@@ -111,61 +238,163 @@ impl Acceptor {
                 peer,
                 connection: ctx.address().downgrade(),
             });
-            Connection::new(id, peer, socket, env, registry)
+            Connection::new(id, peer, tcp, env, registry, slots)
         });
     }
 }
 
-/// Errors after which accepting again at once would fail the same way.
-fn is_resource_exhaustion(e: &io::Error) -> bool {
+/// A failed accept, and the clients shed because of it.
+struct Failure {
+    error: io::Error,
+    shed: u64,
+}
+
+/// One `accept4(2)` once the listener is readable, or the injected `EMFILE` of the
+/// `accept_error` fault point, which leaves the client in the backlog as the real one does.
+/// Out of descriptors, it sheds the waiting clients before it returns the error.
+async fn accept(
+    listener: &AsyncFd<mio::net::TcpListener>,
+    env: &ConnectionEnv,
+) -> Result<(mio::net::TcpStream, SocketAddr), Failure> {
+    let failure = |error| Failure { error, shed: 0 };
+    loop {
+        let mut ready = listener.readable().await.map_err(failure)?;
+        spare_fd::retake_if_lost();
+        let result = if env.faults.is_on(FaultPoint::AcceptError) {
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        } else {
+            match ready.try_io(|listener| listener.get_ref().accept()) {
+                Ok(result) => result,
+                // Readiness was stale (another worker won this accept): wait for the next.
+                Err(_would_block) => continue,
+            }
+        };
+        return match result {
+            Err(error) if is_out_of_descriptors(&error) => {
+                let shed = spare_fd::shed_waiting_clients(listener.get_ref());
+                // Emptied to EAGAIN: the next client is a new edge, so wait for it rather
+                // than wake on this stale readiness after the pause.
+                if shed.drained {
+                    ready.clear_ready();
+                }
+                Err(Failure {
+                    error,
+                    shed: shed.clients,
+                })
+            }
+            result => result.map_err(failure),
+        };
+    }
+}
+
+/// The process (`EMFILE`) or the system (`ENFILE`) is out of descriptors.
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Errors that concern only the client being accepted (Linux passes pending network errors
+/// through accept): the next accept may well succeed.
+fn is_client_gone(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
     )
 }
 
-impl Actor for Acceptor {
-    type Context = Context<Self>;
+/// The backoff of one acceptor: 5 ms doubling to 1 s while failures go on, reset by the next
+/// successful accept.
+#[derive(Default)]
+struct Pause {
+    episode: Option<Episode>,
+}
 
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.start_accepting(ctx);
+/// A run of failed accepts.
+struct Episode {
+    since: Instant,
+    failures: u32,
+    shed: u64,
+    next: Duration,
+}
+
+impl Pause {
+    /// The pause after one more failure (which shed `shed` clients).
+    fn next(&mut self, shed: u64) -> Duration {
+        let episode = self.episode.get_or_insert_with(|| Episode {
+            since: Instant::now(),
+            failures: 0,
+            shed: 0,
+            next: FIRST_PAUSE,
+        });
+        episode.failures += 1;
+        episode.shed += shed;
+        let delay = episode.next;
+        episode.next = (delay * 2).min(LONGEST_PAUSE);
+        delay
+    }
+
+    /// Ends the episode; returns it if there was one.
+    fn reset(&mut self) -> Option<Episode> {
+        self.episode.take()
     }
 }
 
-impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for Acceptor {
-    fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, ctx: &mut Self::Context) {
-        let item = match item {
-            Ok(_) if self.env.faults.is_on(FaultPoint::AcceptError) => {
-                Err(io::Error::other("injected accept error"))
+/// Rate limit of one acceptor's warnings.
+#[derive(Default)]
+struct Warnings {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Warnings {
+    /// Whether a line may be written now; if so, how many were suppressed since the last one.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < WARN_EVERY => {
+                self.suppressed += 1;
+                None
             }
-            item => item,
-        };
-        match item {
-            Ok((tcp, peer)) => self.admit(tcp, peer),
-            Err(e) => {
-                self.env.stats.accept_error();
-                warn!(self.env.log, "accept failed"; "error" => %e);
-                if is_resource_exhaustion(&e) {
-                    self.stop_polling(ctx);
-                    ctx.run_later(ACCEPT_PAUSE, |act, ctx| act.start_accepting(ctx));
-                }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
             }
         }
     }
-
-    fn finished(&mut self, _ctx: &mut Self::Context) {
-        // The accept stream never ends by itself; it is only cancelled. Do not stop.
-    }
 }
 
-impl Handler<StopAccepting> for Acceptor {
-    type Result = ();
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn handle(&mut self, _msg: StopAccepting, ctx: &mut Self::Context) {
-        self.stop_polling(ctx);
-        // Both copies of the listening socket are closed before the reply goes out: the port
-        // is free once every acceptor has answered.
-        self.listener = None;
-        ctx.stop();
+    #[test]
+    fn the_pause_doubles_to_a_second_and_resets_on_success() {
+        let mut pause = Pause::default();
+        let delays: Vec<u64> = (0..10).map(|_| pause.next(1).as_millis() as u64).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        let episode = pause.reset().expect("an episode");
+        assert_eq!((episode.failures, episode.shed), (10, 10));
+        assert!(pause.reset().is_none());
+        assert_eq!(pause.next(0), FIRST_PAUSE);
+    }
+
+    #[test]
+    fn warnings_are_one_per_period_with_a_count() {
+        let mut warnings = Warnings::default();
+        assert_eq!(warnings.allow(), Some(0));
+        assert_eq!(warnings.allow(), None);
+        assert_eq!(warnings.allow(), None);
+        warnings.last = Some(Instant::now() - WARN_EVERY);
+        assert_eq!(warnings.allow(), Some(2));
     }
 }

@@ -14,8 +14,21 @@ pub struct ServerConfig {
     pub tls: Arc<rustls::ServerConfig>,
     /// Worker arbiters (threads) connections are spread over.
     pub workers: usize,
-    /// Live connections above which new sockets are closed at accept.
+    /// Live connections at which the acceptors stop accepting until one is disposed (new
+    /// clients wait in the kernel's backlog meanwhile).
     pub max_connections: usize,
+    /// TLS handshakes in progress at which the acceptors stop accepting until one ends, for the
+    /// whole server. `None`: 256 per worker (actix-tls's per-worker default).
+    pub max_handshakes: Option<usize>,
+    /// Live connections one client address may hold (IPv6: one /64); a socket over it is closed
+    /// at accept. 0 switches it off (the default: clients behind one NAT or proxy share an
+    /// address, and `max_connections` already bounds the total).
+    pub max_connections_per_ip: usize,
+    /// Handshakes in progress one client address may hold (IPv6: one /64); a socket over it is
+    /// closed at accept. `None`: a quarter of the server-wide handshake limit, so one host
+    /// flooding silent sockets can never hold more than a quarter of the slots. `Some(0)`
+    /// switches it off.
+    pub max_handshakes_per_ip: Option<usize>,
     /// Time a client gets to finish the TLS handshake.
     pub handshake_timeout: Duration,
     /// Time without a byte from the client (or with a write stalled) before the connection is
@@ -39,12 +52,30 @@ impl ServerConfig {
             tls,
             workers: ServerConfig::default_workers(),
             max_connections: ServerConfig::DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: None,
+            max_connections_per_ip: 0,
+            max_handshakes_per_ip: None,
             handshake_timeout: ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: Some(ServerConfig::DEFAULT_IDLE_TIMEOUT),
             close_timeout: ServerConfig::DEFAULT_CLOSE_TIMEOUT,
             read_buffer: 64 * 1024,
             backlog: 1024,
         }
+    }
+
+    /// Default handshakes in progress per worker, when `max_handshakes` is `None`.
+    pub const DEFAULT_HANDSHAKES_PER_WORKER: usize = 256;
+
+    /// The server-wide handshake limit in force.
+    pub fn effective_max_handshakes(&self) -> usize {
+        self.max_handshakes
+            .unwrap_or(ServerConfig::DEFAULT_HANDSHAKES_PER_WORKER * self.workers)
+    }
+
+    /// The per-client handshake limit in force (0: off).
+    pub fn effective_max_handshakes_per_ip(&self) -> usize {
+        self.max_handshakes_per_ip
+            .unwrap_or_else(|| (self.effective_max_handshakes() / 4).max(1))
     }
 
     /// Default live-connection limit.
@@ -70,6 +101,9 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return fail("max_connections must be at least 1");
+        }
+        if self.effective_max_handshakes() == 0 {
+            return fail("max_handshakes must be at least 1");
         }
         if self.read_buffer == 0 {
             return fail("read_buffer must be at least 1 byte");

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::access_log::DisposalFields;
+use crate::admission::{ConnectionSlot, HandshakeSlot, Limits};
 use crate::dispose_guard::DisposeGuard;
 use crate::fault::{FaultPoint, Faults};
 use crate::messages::{Close, CloseMode, Inbound, ReadOutcome, ReaderFinished, Side, StopReader};
@@ -70,6 +71,7 @@ pub(crate) struct ConnectionEnv {
     pub(crate) service: Service,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) limits: Arc<Limits>,
     pub(crate) faults: Faults,
     pub(crate) log: Logger,
     /// The next connection id (shared by the acceptors of every worker).
@@ -93,7 +95,9 @@ pub struct Connection {
     local: Option<SocketAddr>,
     env: Arc<ConnectionEnv>,
     state: ConnState,
-    socket: Option<std::net::TcpStream>,
+    socket: Option<TcpStream>,
+    /// Held from accept until the handshake ends (the handshake limits and gauge).
+    handshake: Option<HandshakeSlot>,
     writer: Option<WriteHalf<TlsStream>>,
     write_in_flight: bool,
     reader: Option<Addr<ClientReader>>,
@@ -127,14 +131,16 @@ enum HandshakeError {
 
 impl Connection {
     /// A connection registered with `registry`, the registry of the worker it runs on.
+    /// Its connection slot is released with its `Dispose`.
     pub(crate) fn new(
         id: ConnId,
         peer: SocketAddr,
-        socket: std::net::TcpStream,
+        socket: TcpStream,
         env: Arc<ConnectionEnv>,
         registry: Addr<HandlerRegistry>,
+        (connection, handshake): (ConnectionSlot, HandshakeSlot),
     ) -> Self {
-        let guard = DisposeGuard::new(id, registry, env.log.clone());
+        let guard = DisposeGuard::new(id, registry, env.log.clone()).holding(connection);
         let now = Instant::now();
         Connection {
             id,
@@ -143,6 +149,7 @@ impl Connection {
             env,
             state: ConnState::Registered,
             socket: Some(socket),
+            handshake: Some(handshake),
             writer: None,
             write_in_flight: false,
             reader: None,
@@ -246,6 +253,12 @@ impl Connection {
         call: impl FnOnce(&mut dyn Session, &mut Vec<u8>) -> Result<(), SessionError>,
     ) -> Result<(), DisposeReason> {
         let inject_panic = self.faults().is_on(FaultPoint::SessionPanic);
+        if self.faults().is_on(FaultPoint::SessionHang) {
+            log_conn!(warn, self, "fault injected: the session never returns");
+            loop {
+                std::thread::park();
+            }
+        }
         let Some(session) = self.session.as_mut() else {
             return Ok(());
         };
@@ -348,6 +361,8 @@ impl Connection {
         if self.state != ConnState::Handshaking {
             return;
         }
+        // The handshake is over either way: its slot goes to the next client.
+        self.handshake = None;
         let stream = match result {
             Ok(stream) => stream,
             Err(HandshakeError::TimedOut) => {
@@ -363,8 +378,6 @@ impl Connection {
                 return self.begin_close(reason, ctx);
             }
         };
-        // On failure the state stays Handshaking and stopped() ends the handshake count.
-        self.env.stats.handshake_ended();
         // Handshaking starts right after registration, so the time since then is the
         // handshake's.
         self.handshake_ms = Some(self.registered_at.elapsed().as_millis() as u64);
@@ -504,19 +517,13 @@ impl Actor for Connection {
         if self.env.draining.load(Ordering::SeqCst) {
             return self.begin_close(DisposeReason::Shutdown, ctx);
         }
-        let tcp = match self.socket.take().map(TcpStream::from_std) {
-            Some(Ok(tcp)) => tcp,
-            Some(Err(e)) => {
-                log_conn!(warn, self, "cannot adopt the accepted socket"; "error" => %e);
-                return self.begin_close(DisposeReason::StartFailed, ctx);
-            }
-            None => return self.begin_close(DisposeReason::StartFailed, ctx),
+        let Some(tcp) = self.socket.take() else {
+            return self.begin_close(DisposeReason::StartFailed, ctx);
         };
         // Small TLS records (handshake flights, echoes) must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         self.local = tcp.local_addr().ok();
         self.state = ConnState::Handshaking;
-        self.env.stats.handshake_started();
         // Taken now and kept: a reload during this handshake does not change it.
         let tls = self.env.tls.current();
         let limit = self.env.config.handshake_timeout;
@@ -541,9 +548,7 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if self.state == ConnState::Handshaking {
-            self.env.stats.handshake_ended();
-        }
+        self.handshake = None;
         self.state = ConnState::Disposed;
         // A reader parked in a read would otherwise keep its socket open: stop it explicitly.
         if let Some(reader) = self.reader.take() {

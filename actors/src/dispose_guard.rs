@@ -3,6 +3,7 @@
 use actix::Addr;
 use slog::{error, Logger};
 
+use crate::admission::ConnectionSlot;
 use crate::messages::{Dispose, DisposedVia};
 use crate::{ConnId, DisposeReason, HandlerRegistry};
 
@@ -17,6 +18,9 @@ pub(crate) struct DisposeGuard {
     id: ConnId,
     registry: Addr<HandlerRegistry>,
     discharged: bool,
+    /// The connection's admission, given back as its `Dispose` is sent: the limits count
+    /// exactly what the registry counts, and release on the same one path.
+    slot: Option<ConnectionSlot>,
     log: Logger,
 }
 
@@ -26,8 +30,15 @@ impl DisposeGuard {
             id,
             registry,
             discharged: false,
+            slot: None,
             log,
         }
+    }
+
+    /// Releases `slot` when the `Dispose` is sent.
+    pub(crate) fn holding(mut self, slot: ConnectionSlot) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     /// Sends the connection's one `Dispose`. Later calls do nothing.
@@ -40,6 +51,7 @@ impl DisposeGuard {
             return;
         }
         self.discharged = true;
+        self.slot = None;
         // do_send ignores the mailbox's capacity: a burst of disposals never waits here.
         self.registry.do_send(Dispose {
             id: self.id,

@@ -18,29 +18,80 @@ pub enum FaultPoint {
     ReaderError,
     /// The session panics on the first bytes it gets. Reason `session_panic`.
     SessionPanic,
-    /// `accept(2)` reports an error for the next accepted socket, which is dropped.
+    /// `accept(2)` fails with `EMFILE`, as when the process is out of descriptors: the
+    /// client stays in the backlog, the acceptor sheds the waiting clients (reason
+    /// `fd_exhausted`) and backs off. With `Faults::enable_times`, the next N accepts fail.
     AcceptError,
     /// The `Connection` actor itself panics (outside the session's panic guard), so its drop
     /// guard is what disposes it. Exercises the fallback path.
     ConnectionPanic,
+    /// The session never returns from the first bytes it gets: the worker thread blocks for
+    /// good, as under a protocol callback stuck in a blocking call. The shutdown must still
+    /// finish within its bound, abandoning that worker.
+    SessionHang,
+}
+
+impl FaultPoint {
+    /// Every point.
+    pub const ALL: [FaultPoint; 7] = [
+        FaultPoint::AfterRegisterBeforeStart,
+        FaultPoint::DuringHandshake,
+        FaultPoint::ReaderError,
+        FaultPoint::SessionPanic,
+        FaultPoint::AcceptError,
+        FaultPoint::ConnectionPanic,
+        FaultPoint::SessionHang,
+    ];
+
+    /// The point's snake_case name (`after_register_before_start`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultPoint::AfterRegisterBeforeStart => "after_register_before_start",
+            FaultPoint::DuringHandshake => "during_handshake",
+            FaultPoint::ReaderError => "reader_error",
+            FaultPoint::SessionPanic => "session_panic",
+            FaultPoint::AcceptError => "accept_error",
+            FaultPoint::ConnectionPanic => "connection_panic",
+            FaultPoint::SessionHang => "session_hang",
+        }
+    }
+
+    /// The point named `name`, if any.
+    pub fn from_name(name: &str) -> Option<FaultPoint> {
+        FaultPoint::ALL.into_iter().find(|p| p.as_str() == name)
+    }
 }
 
 #[cfg(feature = "fault-injection")]
 mod enabled {
     use super::FaultPoint;
-    use std::collections::HashSet;
+    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
+
+    /// How long a point stays on.
+    #[derive(Clone, Copy, Debug)]
+    enum Times {
+        Always,
+        Next(u32),
+    }
 
     /// The fault points switched on for one server instance. Clones share the same set.
     #[derive(Clone, Debug, Default)]
     pub struct Faults {
-        on: Arc<Mutex<HashSet<FaultPoint>>>,
+        on: Arc<Mutex<HashMap<FaultPoint, Times>>>,
     }
 
     impl Faults {
         /// Switches a point on for every connection from now on.
         pub fn enable(&self, point: FaultPoint) {
-            self.lock().insert(point);
+            self.lock().insert(point, Times::Always);
+        }
+
+        /// Switches a point on for the next `times` times it is reached, then off.
+        pub fn enable_times(&self, point: FaultPoint, times: u32) {
+            if times > 0 {
+                self.lock().insert(point, Times::Next(times));
+            }
         }
 
         /// Switches a point off.
@@ -48,12 +99,23 @@ mod enabled {
             self.lock().remove(&point);
         }
 
-        /// Whether a point is on.
+        /// Whether a point fires here (counting down a point enabled for N times).
         pub fn is_on(&self, point: FaultPoint) -> bool {
-            self.lock().contains(&point)
+            let mut on = self.lock();
+            match on.get_mut(&point) {
+                None => false,
+                Some(Times::Always) => true,
+                Some(Times::Next(left)) => {
+                    *left -= 1;
+                    if *left == 0 {
+                        on.remove(&point);
+                    }
+                    true
+                }
+            }
         }
 
-        fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<FaultPoint>> {
+        fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FaultPoint, Times>> {
             // The set is only inserted into and read; a poisoned lock still holds a valid set.
             self.on.lock().unwrap_or_else(|p| p.into_inner())
         }

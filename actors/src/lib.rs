@@ -56,11 +56,22 @@
 //!   graceful close; their `Dispose` may reach a registry that is already gone. The same holds
 //!   for a connection that ignores a forced close until its worker stops: it is reported in
 //!   `ShutdownReport::left_registered`.
+//! - A worker stuck in a protocol callback answers nothing: [`Server::shutdown`] still returns
+//!   within `grace` + [`SHUTDOWN_OVERHEAD`], abandoning that worker's thread, and reports its
+//!   connections in `left_registered` and the worker in `abandoned_workers`.
+//!
+//! # At the edge
+//!
+//! `max_connections` and `max_handshakes` pause accepting (clients wait in the kernel's
+//! backlog); the per-IP limits close a client over them at accept; running out of descriptors
+//! sheds the waiting clients on a spare descriptor and backs off, and accepting always resumes
+//! by itself. ARCHITECTURE.md has the details.
 //!
 //! ARCHITECTURE.md in the repository walks through each disposal path.
 
 mod acceptor;
 mod access_log;
+mod admission;
 mod client_auth;
 mod config;
 mod conn_id;
@@ -73,12 +84,14 @@ mod error;
 mod fault;
 mod handshake;
 pub mod messages;
+mod per_ip;
 mod protocol;
 mod read_ahead;
 mod reader;
 mod registry;
 mod server;
 mod sni;
+mod spare_fd;
 mod stats;
 mod supervisor;
 mod tickets;
@@ -107,7 +120,7 @@ pub use messages::{CloseMode, Dispose, DisposedVia, ShutdownReport, Side};
 pub use protocol::{ConnInfo, Echo, Protocol, Session};
 pub use reader::{ClientReader, Reader, UpstreamReader};
 pub use registry::{DisposalAudit, DisposalRecord, HandlerRegistry};
-pub use server::{Server, ServerBuilder};
+pub use server::{Server, ServerBuilder, ServerHandle, SHUTDOWN_OVERHEAD};
 pub use stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };

@@ -172,8 +172,11 @@ pub struct ShutdownReport {
     /// Connections still live at the grace deadline and closed by force.
     pub forced: usize,
     /// Connections still registered when the shutdown gave up waiting (0 unless a guarantee
-    /// broke; see ARCHITECTURE.md).
+    /// broke or a worker is stuck; see ARCHITECTURE.md).
     pub left_registered: usize,
+    /// Worker threads that did not finish within their bound (stuck in a protocol callback,
+    /// say) and were abandoned.
+    pub abandoned_workers: usize,
     /// How long the protocol took.
     pub elapsed: Duration,
 }

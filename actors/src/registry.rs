@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use actix::prelude::*;
 use actix::WeakAddr;
@@ -97,40 +98,63 @@ impl HandlerRegistry {
 
 /// The registries of every worker of one server, asked as one (a connection is only ever in
 /// the registry of its own worker).
+///
+/// Every question has a deadline: a registry lives on its worker's thread, and a worker stuck
+/// in a protocol callback answers nothing. Such a registry's answer is missing, never awaited
+/// past the deadline.
 #[derive(Clone)]
 pub(crate) struct Registries(pub(crate) Vec<Addr<HandlerRegistry>>);
 
 impl Registries {
+    /// Sends `msg` to every registry; an answer is `None` if that registry did not give it by
+    /// `deadline`. Needs a tokio runtime (for the timer).
+    async fn ask_all<M>(&self, msg: M, deadline: Instant) -> Vec<Option<M::Result>>
+    where
+        M: Message + Clone + Send + 'static,
+        M::Result: Send,
+        HandlerRegistry: Handler<M>,
+    {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        futures::future::join_all(self.0.iter().map(|registry| {
+            let answer = registry.send(msg.clone());
+            async move { tokio::time::timeout_at(deadline, answer).await.ok()?.ok() }
+        }))
+        .await
+    }
+
     /// Asks every registry to close its connections; how many were asked.
-    pub(crate) async fn close_all(&self, close: Close) -> usize {
-        futures::future::join_all(self.0.iter().map(|r| r.send(CloseAll(close))))
+    pub(crate) async fn close_all(&self, close: Close, deadline: Instant) -> usize {
+        self.ask_all(CloseAll(close), deadline)
             .await
             .into_iter()
             .map(|asked| asked.unwrap_or(0))
             .sum()
     }
 
-    /// Resolves once every registry is empty.
-    pub(crate) async fn wait_empty(&self) {
-        futures::future::join_all(self.0.iter().map(|r| r.send(WaitEmpty))).await;
+    /// Resolves once every registry is empty (true), or at `deadline` (false).
+    pub(crate) async fn wait_empty(&self, deadline: Instant) -> bool {
+        self.ask_all(WaitEmpty, deadline)
+            .await
+            .iter()
+            .all(Option::is_some)
     }
 
-    /// The ids registered anywhere, in id order.
-    pub(crate) async fn live(&self) -> Vec<ConnId> {
-        let mut ids: Vec<ConnId> =
-            futures::future::join_all(self.0.iter().map(|r| r.send(LiveConnections)))
-                .await
-                .into_iter()
-                .flat_map(|ids| ids.unwrap_or_default())
-                .collect();
+    /// The ids registered in every registry that answered, in id order.
+    pub(crate) async fn live(&self, deadline: Instant) -> Vec<ConnId> {
+        let mut ids: Vec<ConnId> = self
+            .ask_all(LiveConnections, deadline)
+            .await
+            .into_iter()
+            .flat_map(Option::unwrap_or_default)
+            .collect();
         ids.sort();
         ids
     }
 
     /// Closes `id` with reason `killed` wherever it is; whether it was live. Only the
     /// registry of the connection's worker knows it; the others answer false.
-    pub(crate) async fn kill(&self, id: ConnId, mode: CloseMode) -> bool {
-        futures::future::join_all(self.0.iter().map(|r| r.send(Kill { id, mode })))
+    pub(crate) async fn kill(&self, id: ConnId, mode: CloseMode, deadline: Instant) -> bool {
+        self.ask_all(Kill { id, mode }, deadline)
             .await
             .into_iter()
             .any(|live| live.unwrap_or(false))
@@ -187,9 +211,7 @@ impl Handler<Dispose> for HandlerRegistry {
                 l.duplicates += 1;
             }
         });
-        if applied {
-            self.stats.release_admission();
-        } else {
+        if !applied {
             warn!(self.log, "duplicate dispose ignored";
                 "conn_id" => msg.id.0, "reason" => msg.reason.as_str());
         }

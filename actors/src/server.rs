@@ -3,20 +3,35 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_rt::Arbiter;
 use slog::{info, o, Logger};
 use tokio::net::TcpSocket;
 
+use crate::admission::Limits;
 use crate::connection::{ConnectionEnv, Service};
-use crate::messages::{Shutdown, ShutdownReport};
+use crate::messages::{Close, Shutdown, ShutdownReport};
 use crate::registry::{DisposalAudit, Registries};
+use crate::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
 use crate::{
-    Acceptor, CloseMode, ConnId, ConnectionSupervisor, Faults, HandlerRegistry, LoadedTls,
-    Protocol, ProxyConfig, ServerConfig, ServerError, Stats, TlsReloader,
+    spare_fd, Acceptor, CloseMode, ConnId, ConnectionSupervisor, DisposeReason, Faults,
+    HandlerRegistry, LoadedTls, Protocol, ProxyConfig, ServerConfig, ServerError, Stats,
+    TlsReloader,
 };
+
+/// How long `Server::shutdown` waits for each worker thread to finish once it is told to stop.
+const JOIN_WAIT: Duration = Duration::from_secs(1);
+
+/// How long the questions of [`ServerHandle`] wait for a registry: a worker stuck in a
+/// protocol callback never answers.
+const ASK_WAIT: Duration = Duration::from_secs(5);
+
+/// [`Server::shutdown`] returns within its grace period plus this, whatever the clients and the
+/// protocol do: stopping the acceptors (1 s at most), forcing what outlived the grace period
+/// (2 s), joining the worker threads (1 s).
+pub const SHUTDOWN_OVERHEAD: Duration = Duration::from_secs(4);
 
 /// Builds a [`Server`].
 pub struct ServerBuilder {
@@ -77,7 +92,13 @@ impl ServerBuilder {
         let local_addr = listener.local_addr().map_err(bind_error)?;
 
         let log = self.log.new(o!("listen" => local_addr.to_string()));
-        let stats = Arc::new(Stats::default());
+        // The reserve that lets an acceptor shed clients once descriptors run out; a process
+        // that cannot open one now has bigger problems, and accepting works without it.
+        if let Err(e) = spare_fd::reserve() {
+            slog::warn!(log, "cannot reserve a spare descriptor"; "error" => %e);
+        }
+        let stats = Arc::new(Stats::for_workers(self.config.workers));
+        let limits = Limits::new(&self.config, Arc::clone(&stats));
         let workers: Vec<Arbiter> = (0..self.config.workers).map(|_| Arbiter::new()).collect();
         // A registry on each worker: a connection's Register and Dispose never leave its
         // thread. The books they keep (`Stats`) are one, behind one lock.
@@ -100,6 +121,7 @@ impl ServerBuilder {
             service: self.service,
             config: self.config,
             stats: Arc::clone(&stats),
+            limits,
             faults: self.faults.clone(),
             log: log.clone(),
             next_id: AtomicU64::new(0),
@@ -112,18 +134,22 @@ impl ServerBuilder {
         // One listening socket; each worker accepts on its own descriptor of it (a dup).
         let listener = listener.into_std().map_err(bind_error)?;
         let mut acceptors = Vec::with_capacity(workers.len());
-        for (worker, registry) in workers.iter().zip(&registries) {
+        for (index, (worker, registry)) in workers.iter().zip(&registries).enumerate() {
             let copy = listener.try_clone().map_err(bind_error)?;
             let env = Arc::clone(&env);
             let registry = registry.clone();
             acceptors.push(Acceptor::start_in_arbiter(&worker.handle(), move |_| {
-                Acceptor::new(copy, env, registry)
+                Acceptor::new(copy, index, env, registry)
             }));
         }
-        drop(listener);
-        info!(log, "listening"; "protocol" => protocol, "workers" => workers.len());
+        info!(log, "listening"; "protocol" => protocol, "workers" => workers.len(),
+            "max_connections" => env.config.max_connections,
+            "max_handshakes" => env.config.effective_max_handshakes(),
+            "max_connections_per_ip" => env.config.max_connections_per_ip,
+            "max_handshakes_per_ip" => env.config.effective_max_handshakes_per_ip());
         let registries = Registries(registries);
-        let supervisor = ConnectionSupervisor::new(acceptors, registries.clone(), env).start();
+        let supervisor =
+            ConnectionSupervisor::new(acceptors, listener, registries.clone(), env).start();
         Ok(Server {
             supervisor,
             registries,
@@ -199,9 +225,18 @@ impl Server {
         &self.registries.0
     }
 
-    /// Every connection registered now, on any worker, in id order.
+    /// Every connection registered now, on any worker, in id order (a worker that does not
+    /// answer within 5 s is left out).
     pub async fn live_connections(&self) -> Vec<ConnId> {
-        self.registries.live().await
+        self.handle().live_connections().await
+    }
+
+    /// A handle to the running tree that can be sent to other tasks and threads, for what must
+    /// stay possible while [`Server::shutdown`] owns the server (forcing it, say).
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            registries: self.registries.clone(),
+        }
     }
 
     /// The fault set of this server (points can be switched on only with `fault-injection`).
@@ -211,35 +246,103 @@ impl Server {
 
     /// Closes one connection with reason `killed`. Returns whether it was live.
     pub async fn kill(&self, id: ConnId, mode: CloseMode) -> bool {
-        self.registries.kill(id, mode).await
+        self.handle().kill(id, mode).await
     }
 
-    /// Runs the shutdown protocol: stop accepting (the port is free once this starts), ask
+    /// Runs the shutdown protocol: stop accepting (the port stops accepting at once), ask
     /// every connection to close gracefully, wait for the registries to empty or `grace` to pass,
     /// force the rest, then stop and join the worker arbiters.
     ///
-    /// Joining blocks the calling thread for as long as the workers take to drop what is left
-    /// on them (milliseconds: every connection is already closed or forced by then).
+    /// Returns within `grace` + [`SHUTDOWN_OVERHEAD`] whatever happens. A worker stuck in a
+    /// protocol callback is abandoned (its thread is left running): its connections are
+    /// counted in `left_registered` and the worker in `abandoned_workers`.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
-        let mut report = self
-            .supervisor
-            .send(Shutdown { grace })
-            .await
-            .unwrap_or_default();
+        let started = Instant::now();
+        // The supervisor bounds every step itself; this bound only guards against a bug there.
+        let protocol_bound = STOP_ACCEPTING_WAIT + grace + FORCE_WAIT;
+        let mut report =
+            tokio::time::timeout(protocol_bound, self.supervisor.send(Shutdown { grace }))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
         for worker in &self.workers {
             worker.stop();
         }
-        for worker in self.workers {
-            let _ = worker.join();
-        }
+        report.abandoned_workers = join_within(self.workers, JOIN_WAIT).await;
         // The registries stopped with their workers; the books outlive them. A connection
-        // still counted here either outlived the forced close and was dropped by its stopping
-        // worker, or its Dispose was still queued in a registry when the worker stopped.
+        // still counted here outlived the forced close (its worker is stuck, or was dropped
+        // with its Dispose still queued).
         report.left_registered = self.stats.ledger().active as usize;
+        report.elapsed = started.elapsed();
+        if report.left_registered > 0 || report.abandoned_workers > 0 {
+            slog::error!(self.log, "shutdown incomplete: connections left registered";
+                "left_registered" => report.left_registered,
+                "abandoned_workers" => report.abandoned_workers);
+        }
         info!(self.log, "shutdown complete";
             "forced" => report.forced,
             "left_registered" => report.left_registered,
             "elapsed_ms" => report.elapsed.as_millis() as u64);
         report
+    }
+}
+
+/// Joins the worker threads, each on a thread of its own so that a stuck one is waited for
+/// only until `within` passes. Returns how many did not finish in time (they are abandoned).
+async fn join_within(workers: Vec<Arbiter>, within: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + within;
+    let joins = workers.into_iter().map(|worker| {
+        let (done, joined) = tokio::sync::oneshot::channel();
+        // If the thread cannot be spawned, `done` is dropped and the worker counts as abandoned.
+        let _ = std::thread::Builder::new()
+            .name("tlsvisor-join".into())
+            .spawn(move || {
+                let _ = done.send(worker.join().is_ok());
+            });
+        async move {
+            matches!(
+                tokio::time::timeout_at(deadline, joined).await,
+                Ok(Ok(true))
+            )
+        }
+    });
+    futures::future::join_all(joins)
+        .await
+        .into_iter()
+        .filter(|joined| !joined)
+        .count()
+}
+
+/// A cloneable, `Send` handle to a running server's registries.
+#[derive(Clone)]
+pub struct ServerHandle {
+    registries: Registries,
+}
+
+impl ServerHandle {
+    /// Every connection registered now, on any worker that answers within 5 s, in id order.
+    pub async fn live_connections(&self) -> Vec<ConnId> {
+        self.registries.live(Instant::now() + ASK_WAIT).await
+    }
+
+    /// Closes one connection with reason `killed`. Returns whether it was live.
+    pub async fn kill(&self, id: ConnId, mode: CloseMode) -> bool {
+        self.registries
+            .kill(id, mode, Instant::now() + ASK_WAIT)
+            .await
+    }
+
+    /// Asks every live connection to close with reason `shutdown` (forced: each stops at once
+    /// and its socket closes), waiting at most `within` for the registries to take the
+    /// request. Returns how many were asked. What a second SIGTERM does during a slow shutdown.
+    pub async fn close_all(&self, mode: CloseMode, within: Duration) -> usize {
+        let close = Close {
+            mode,
+            reason: DisposeReason::Shutdown,
+        };
+        self.registries
+            .close_all(close, Instant::now() + within)
+            .await
     }
 }

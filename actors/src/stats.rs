@@ -1,26 +1,35 @@
 //! Counters shared by the supervisor, the registry and the connections, read by metrics.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use crate::per_ip::PerIpTable;
 use crate::DisposeReason;
 
 /// Why an accepted socket was closed before it became a `Connection`.
+///
+/// The server-wide limits (`max_connections`, `max_handshakes`) reject nothing: at those, the
+/// acceptors stop accepting and clients wait in the kernel's backlog.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RejectReason {
-    /// `max_connections` connections were already live.
-    MaxConnections,
+    /// The process ran out of file descriptors: the socket was accepted on the spare
+    /// descriptor and closed at once, so the client sees a prompt close instead of a hang.
+    FdExhausted,
+    /// Its client address (IPv6: its /64) was at `max_connections_per_ip` or
+    /// `max_handshakes_per_ip`.
+    PerIpLimit,
 }
 
 impl RejectReason {
-    /// Every reason, in a fixed order.
-    pub const ALL: [RejectReason; 1] = [RejectReason::MaxConnections];
+    /// Every reason, in the order of their discriminants.
+    pub const ALL: [RejectReason; 2] = [RejectReason::FdExhausted, RejectReason::PerIpLimit];
 
     /// The snake_case word used as the `reason` label.
     pub fn as_str(self) -> &'static str {
         match self {
-            RejectReason::MaxConnections => "max_connections",
+            RejectReason::FdExhausted => "fd_exhausted",
+            RejectReason::PerIpLimit => "per_ip_limit",
         }
     }
 }
@@ -106,6 +115,13 @@ pub struct Snapshot {
     pub rejected: [u64; RejectReason::ALL.len()],
     /// Errors returned by `accept(2)`.
     pub accept_errors: u64,
+    /// Acceptors not polling their listener right now: waiting for a connection or handshake
+    /// slot, or backing off after the process ran out of descriptors.
+    pub acceptors_paused: i64,
+    /// Connections admitted by each worker's acceptor, indexed by worker.
+    pub worker_accepted: Vec<u64>,
+    /// Client addresses (IPv6: /64 prefixes) holding a per-IP slot; 0 once no connection is live.
+    pub per_ip_clients: usize,
     /// Proxy traffic (all zero when not proxying).
     pub proxy: ProxySnapshot,
 }
@@ -113,6 +129,10 @@ pub struct Snapshot {
 /// Shared, lock-light counters of one server instance.
 #[derive(Debug, Default)]
 pub struct Stats {
+    acceptors_paused: AtomicI64,
+    /// One counter per worker (empty for a `Stats` not made by a server).
+    worker_accepted: Box<[AtomicU64]>,
+    pub(crate) per_ip: Arc<PerIpTable>,
     ledger: Mutex<Ledger>,
     handshakes_in_progress: AtomicI64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
@@ -121,12 +141,17 @@ pub struct Stats {
     bytes_upstream_to_client: AtomicU64,
     upstreams_open: AtomicI64,
     connect_latency: LatencyHistogram,
-    /// Admitted by the supervisor and not yet disposed: the admission gate's count. It runs ahead
-    /// of `ledger.active` by the connections whose `Register` is still in flight.
-    admitted: AtomicUsize,
 }
 
 impl Stats {
+    /// Counters for a server with `workers` worker arbiters.
+    pub(crate) fn for_workers(workers: usize) -> Stats {
+        Stats {
+            worker_accepted: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            ..Stats::default()
+        }
+    }
+
     /// Takes a consistent snapshot.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -134,6 +159,13 @@ impl Stats {
             handshakes_in_progress: self.handshakes_in_progress.load(Ordering::Relaxed),
             rejected: std::array::from_fn(|i| self.rejected[i].load(Ordering::Relaxed)),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            acceptors_paused: self.paused_acceptors(),
+            worker_accepted: self
+                .worker_accepted
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect(),
+            per_ip_clients: self.per_ip.len(),
             proxy: self.proxy_snapshot(),
         }
     }
@@ -209,33 +241,41 @@ impl Stats {
         self.handshakes_in_progress.fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn rejected(&self, reason: RejectReason) {
-        let index = RejectReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.rejected[index].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn rejected(&self, reason: RejectReason, count: u64) {
+        // ALL lists the reasons in discriminant order.
+        self.rejected[reason as usize].fetch_add(count, Ordering::Relaxed);
     }
 
     pub(crate) fn accept_error(&self) {
         self.accept_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Claims a slot if fewer than `max` connections are admitted.
-    pub(crate) fn try_admit(&self, max: usize) -> bool {
-        self.admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
+    pub(crate) fn worker_accepted(&self, worker: usize) {
+        if let Some(counter) = self.worker_accepted.get(worker) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn release_admission(&self) {
-        // Saturating: a Register that did not come through admission (an embedding program
-        // sending its own) must not wrap the count and lock every later client out.
-        let _ = self
-            .admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    /// Counts an acceptor as paused until the returned mark is dropped (so a paused acceptor
+    /// that is cancelled, at shutdown, cannot leave the gauge up).
+    pub(crate) fn acceptor_paused(&self) -> AcceptorPaused<'_> {
+        self.acceptors_paused.fetch_add(1, Ordering::Relaxed);
+        AcceptorPaused { stats: self }
+    }
+
+    pub(crate) fn paused_acceptors(&self) -> i64 {
+        self.acceptors_paused.load(Ordering::Relaxed)
+    }
+}
+
+/// An acceptor counted in `acceptors_paused` while this lives.
+pub(crate) struct AcceptorPaused<'a> {
+    stats: &'a Stats,
+}
+
+impl Drop for AcceptorPaused<'_> {
+    fn drop(&mut self) {
+        self.stats.acceptors_paused.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -5,23 +5,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use slog::{info, warn};
+use slog::{error, info, warn};
 
 use crate::connection::ConnectionEnv;
 use crate::messages::{Close, CloseMode, Shutdown, ShutdownReport, StopAccepting};
 use crate::registry::Registries;
 use crate::{Acceptor, DisposeReason};
 
-/// How long forced closes get to reach the registry. A forced close is a `ctx.stop()`, so this
-/// only waits for worker threads to run it.
-const FORCE_WAIT: Duration = Duration::from_secs(2);
+/// How long the acceptors get to answer `StopAccepting`. The listening socket is shut down
+/// before they are asked, so one that does not answer (its worker is stuck) accepts nothing.
+pub(crate) const STOP_ACCEPTING_WAIT: Duration = Duration::from_secs(1);
+
+/// How long forced closes get to reach the registries. A forced close is a `ctx.stop()`, so
+/// this only waits for worker threads to run it.
+pub(crate) const FORCE_WAIT: Duration = Duration::from_secs(2);
 
 /// The root of the tree: it starts nothing per connection (the [`Acceptor`] on each worker
 /// does), and runs the shutdown protocol over the acceptors and the registries (one per worker).
 ///
 /// It never does TLS work itself: a slow or hostile client can only hold its own connection.
+/// Every step of its shutdown protocol has a deadline, so a worker stuck in a protocol callback
+/// delays it by those deadlines, never more.
 pub struct ConnectionSupervisor {
     acceptors: Vec<Addr<Acceptor>>,
+    /// The server's own descriptor of the listening socket, kept to shut it down for every
+    /// acceptor at once.
+    listener: Option<std::net::TcpListener>,
     registries: Registries,
     env: Arc<ConnectionEnv>,
 }
@@ -29,11 +38,13 @@ pub struct ConnectionSupervisor {
 impl ConnectionSupervisor {
     pub(crate) fn new(
         acceptors: Vec<Addr<Acceptor>>,
+        listener: std::net::TcpListener,
         registries: Registries,
         env: Arc<ConnectionEnv>,
     ) -> Self {
         ConnectionSupervisor {
             acceptors,
+            listener: Some(listener),
             registries,
             env,
         }
@@ -49,34 +60,57 @@ impl Handler<Shutdown> for ConnectionSupervisor {
 
     fn handle(&mut self, msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
         let started = Instant::now();
+        let log = self.env.log.clone();
+        // shutdown(SHUT_RD) of the one listening socket takes it out of LISTEN for every
+        // descriptor of it: no worker accepts again, even one too stuck to hear StopAccepting,
+        // and the clients still in its backlog are reset.
+        if let Some(listener) = self.listener.take() {
+            if let Err(e) = socket2::SockRef::from(&listener).shutdown(std::net::Shutdown::Read) {
+                warn!(log, "shutdown: cannot shut the listening socket"; "error" => %e);
+            }
+        }
         let acceptors = std::mem::take(&mut self.acceptors);
         let env = Arc::clone(&self.env);
         let registries = self.registries.clone();
         let protocol = async move {
-            let log = env.log.clone();
-            // Every acceptor closes its copies of the listening socket before it answers.
-            futures::future::join_all(acceptors.iter().map(|a| a.send(StopAccepting))).await;
+            // Every acceptor closes its descriptor of the listening socket as it stops.
+            let stopping =
+                futures::future::join_all(acceptors.iter().map(|a| a.send(StopAccepting)));
+            if tokio::time::timeout(STOP_ACCEPTING_WAIT, stopping)
+                .await
+                .is_err()
+            {
+                error!(log, "shutdown: an acceptor did not stop in time; its worker is stuck";
+                    "waited_ms" => STOP_ACCEPTING_WAIT.as_millis() as u64);
+            }
             env.draining.store(true, Ordering::SeqCst);
             info!(log, "shutdown: stopped accepting, closing connections";
                 "grace_ms" => msg.grace.as_millis() as u64);
+            let grace_end = Instant::now() + msg.grace;
             let close = |mode| Close {
                 mode,
                 reason: DisposeReason::Shutdown,
             };
             let mut report = ShutdownReport {
-                asked_to_close: registries.close_all(close(CloseMode::Graceful)).await,
+                asked_to_close: registries
+                    .close_all(close(CloseMode::Graceful), grace_end)
+                    .await,
                 ..ShutdownReport::default()
             };
-            let drained = tokio::time::timeout(msg.grace, registries.wait_empty())
-                .await
-                .is_ok();
-            if !drained {
-                report.forced = registries.close_all(close(CloseMode::Force)).await;
+            if !registries.wait_empty(grace_end).await {
+                let force_end = Instant::now() + FORCE_WAIT;
+                report.forced = registries
+                    .close_all(close(CloseMode::Force), force_end)
+                    .await;
                 warn!(log, "shutdown: grace period over, forcing the rest";
                     "forced" => report.forced);
-                let _ = tokio::time::timeout(FORCE_WAIT, registries.wait_empty()).await;
+                if !registries.wait_empty(force_end).await {
+                    error!(
+                        log,
+                        "shutdown: a registry did not empty after the forced close"
+                    );
+                }
             }
-            report.left_registered = registries.live().await.len();
             report.elapsed = started.elapsed();
             report
         };

@@ -160,6 +160,9 @@ pub(crate) async fn connect(
     tls: Option<&TlsInfo>,
 ) -> io::Result<(TcpStream, Duration)> {
     let started = Instant::now();
+    // The spare descriptor first: otherwise, at the open-files limit, the descriptor a
+    // shedding acceptor freed can end up here, leaving no reserve for the next EMFILE.
+    crate::spare_fd::retake_if_lost();
     let attempt = async {
         let mut stream = TcpStream::connect(config.upstream.as_str()).await?;
         // Small requests (redis commands) must not wait for Nagle on either side.

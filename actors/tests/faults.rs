@@ -121,14 +121,67 @@ fn a_panic_in_the_connection_actor_still_disposes_once() {
     assert_eq!(after.echo(b"worker survived").unwrap(), b"worker survived");
 }
 
+/// `accept(2)` failing with `EMFILE` (the `accept_error` point produces the real error and
+/// leaves the client in the backlog): the acceptor sheds the waiting client on the spare
+/// descriptor (a prompt close, not a hang), backs off, and accepts again.
 #[test]
-fn accept_errors_are_counted_and_accepting_goes_on() {
-    let server = TestServer::start(Echo);
-    server.faults().enable(FaultPoint::AcceptError);
-    assert!(server.connect().is_err());
-    server.wait_for("an accept error", HANG, |s| s.accept_errors >= 1);
-    server.faults().disable(FaultPoint::AcceptError);
+fn emfile_at_accept_sheds_the_waiting_client_and_accepting_resumes() {
+    // One worker: every injected EMFILE meets exactly one waiting client.
+    let server = TestServer::builder().config(|c| c.workers = 1).start(Echo);
+    server.faults().enable_times(FaultPoint::AcceptError, 3);
+    for attempt in 0..3 {
+        let started = Instant::now();
+        assert!(server.connect().is_err(), "client {attempt} is shed");
+        assert!(
+            started.elapsed() < HANG,
+            "a shed client is closed, not left hanging"
+        );
+    }
     let mut client = server.connect().unwrap();
-    assert_eq!(client.echo(b"ok").unwrap(), b"ok");
-    assert_eq!(server.snapshot().ledger.accepted, 1);
+    assert_eq!(client.echo(b"after").unwrap(), b"after");
+    let snap = server.snapshot();
+    assert_eq!(snap.accept_errors, 3);
+    assert_eq!(snap.rejected, [3, 0], "three shed as fd_exhausted");
+    assert_eq!(snap.ledger.accepted, 1, "a shed client is never registered");
+    assert_eq!(snap.worker_accepted, vec![1]);
+    assert_eq!(snap.acceptors_paused, 0);
+}
+
+/// With two workers, an EMFILE episode on both leaves each of them accepting afterwards.
+#[test]
+fn after_an_emfile_episode_every_worker_accepts() {
+    let server = TestServer::builder().config(|c| c.workers = 2).start(Echo);
+    server.faults().enable_times(FaultPoint::AcceptError, 8);
+    let mut shed = 0;
+    let mut clients = Vec::new();
+    // Each worker woken by a client consumes one injected failure; some meet no client.
+    while clients.len() < 200 {
+        match server.connect() {
+            Ok(mut client) => {
+                assert_eq!(client.echo(b"x").unwrap(), b"x");
+                clients.push(client);
+                let by_worker = server.snapshot().worker_accepted;
+                if by_worker.iter().all(|n| *n > 0) {
+                    break;
+                }
+            }
+            Err(_) => shed += 1,
+        }
+    }
+    let snap = server.wait_for("the acceptors polling again", HANG, |s| {
+        s.acceptors_paused == 0
+    });
+    assert!(shed >= 1, "the episode shed clients");
+    assert_eq!(
+        snap.rejected[0], shed,
+        "each shed client counted as fd_exhausted"
+    );
+    assert!(
+        snap.worker_accepted.iter().all(|n| *n > 0),
+        "every worker accepts after the episode: {:?}",
+        snap.worker_accepted
+    );
+    drop(clients);
+    server.wait_idle(HANG);
+    server.assert_each_disposed_once();
 }

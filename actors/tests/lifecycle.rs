@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tlsvisor_actors::testing::{leak, CloseSeen, TestServer};
+use tlsvisor_actors::testing::{leak, CloseSeen, TestServer, TlsClient};
 use tlsvisor_actors::{CloseMode, ConnId, DisposeReason, Echo};
 
 /// A ceiling only a hang reaches.
@@ -200,27 +200,47 @@ fn shutdown_forces_clients_that_never_finish_within_grace() {
     drop(clients);
 }
 
+/// At `max_connections` the acceptors stop accepting: a new client waits in the kernel's
+/// backlog (its TCP connect completes, its handshake does not start) and is served as soon as a
+/// live connection leaves, instead of being accepted and closed.
 #[test]
-fn connections_over_the_limit_are_rejected_at_accept() {
+fn connections_over_the_limit_wait_in_the_backlog_until_one_leaves() {
     let server = TestServer::builder()
         .config(|c| c.max_connections = 2)
         .start(Echo);
     let mut a = server.connect().unwrap();
     let mut b = server.connect().unwrap();
+    let certs = server.certs().ca_cert_pem.clone();
+    let addr = server.addr();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiting = std::thread::spawn(move || {
+        let config = tlsvisor_actors::testing::client_config(certs.as_bytes()).unwrap();
+        let mut client = TlsClient::connect(addr, config).unwrap();
+        done_tx.send(()).unwrap();
+        assert_eq!(client.echo(b"c").unwrap(), b"c");
+    });
+    server.wait_for("an acceptor paused at the limit", HANG, |s| {
+        s.acceptors_paused >= 1
+    });
     assert!(
-        server.connect().is_err(),
-        "third connection must be refused"
+        done_rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the third client must wait while two are live"
     );
-    let snap = server.wait_for("one rejection", HANG, |s| s.rejected[0] == 1);
+    let snap = server.snapshot();
     assert_eq!(snap.ledger.accepted, 2);
+    assert_eq!(snap.rejected, [0, 0], "nothing is rejected at this limit");
     assert_eq!(a.echo(b"a").unwrap(), b"a");
     assert_eq!(b.echo(b"b").unwrap(), b"b");
-    drop((a, b));
-    server.wait_idle(HANG);
-    let mut c = server.connect().unwrap();
-    assert_eq!(c.echo(b"c").unwrap(), b"c");
-    drop(c);
-    server.wait_idle(HANG);
+    drop(a);
+    done_rx
+        .recv_timeout(HANG)
+        .expect("served once a slot is free");
+    waiting.join().unwrap();
+    drop(b);
+    server.wait_disposed(3, HANG);
+    server.wait_for("the acceptors polling again", HANG, |s| {
+        s.acceptors_paused == 0
+    });
     server.assert_each_disposed_once();
 }
 

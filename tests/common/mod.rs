@@ -38,6 +38,16 @@ impl Tlsvisor {
     /// Starts `tlsvisor serve` on a free port with JSON logs, metrics on a free port, and
     /// `extra` flags.
     pub fn serve(extra: &[&str]) -> Tlsvisor {
+        Tlsvisor::serve_with(extra, &Limits::default())
+    }
+
+    /// Starts the binary with exactly `args` (which must ask for JSON logs).
+    pub fn spawn(args: &[&str]) -> Tlsvisor {
+        Tlsvisor::spawn_with(args, &Limits::default())
+    }
+
+    /// Starts `tlsvisor serve` as [`Tlsvisor::serve`] does, under `limits`.
+    pub fn serve_with(extra: &[&str], limits: &Limits) -> Tlsvisor {
         let mut args = vec![
             "serve",
             "--listen",
@@ -48,12 +58,12 @@ impl Tlsvisor {
             "json",
         ];
         args.extend_from_slice(extra);
-        Tlsvisor::spawn(&args)
+        Tlsvisor::spawn_with(&args, limits)
     }
 
-    /// Starts the binary with exactly `args` (which must ask for JSON logs).
-    pub fn spawn(args: &[&str]) -> Tlsvisor {
-        let (child, logs, collector) = start_collecting_logs(args);
+    /// Starts the binary with exactly `args` (which must ask for JSON logs) under `limits`.
+    pub fn spawn_with(args: &[&str], limits: &Limits) -> Tlsvisor {
+        let (child, logs, collector) = start_collecting_logs(args, limits);
         let mut server = Tlsvisor {
             child,
             listen: "0.0.0.0:0".parse().unwrap(),
@@ -83,7 +93,7 @@ impl Tlsvisor {
     /// Starts the binary with no arguments (echo on 127.0.0.1:8443, built-in certificate,
     /// terminal logs) and waits until it accepts.
     pub fn spawn_default() -> Tlsvisor {
-        let (child, logs, collector) = start_collecting_logs(&[]);
+        let (child, logs, collector) = start_collecting_logs(&[], &Limits::default());
         let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
         assert!(
             eventually(HANG, || TcpStream::connect(listen).is_ok()),
@@ -136,17 +146,37 @@ impl Tlsvisor {
 
     /// Scrapes `/metrics` and checks the ledger invariant in the same scrape.
     pub fn scrape(&self) -> Metrics {
-        let metrics = Metrics::parse(&http_get(
+        self.try_scrape().expect("scrape /metrics")
+    }
+
+    /// Scrapes until a scrape succeeds: while the process is out of descriptors, the metrics
+    /// listener cannot accept or read /proc either.
+    pub fn scrape_when_possible(&self) -> Metrics {
+        let mut last = self.try_scrape();
+        assert!(
+            eventually(HANG, || {
+                last = self.try_scrape();
+                last.is_ok()
+            }),
+            "no scrape succeeded: {:?}",
+            last.err()
+        );
+        last.unwrap()
+    }
+
+    /// Like [`Tlsvisor::scrape`]; an I/O failure or a non-200 answer is an error.
+    pub fn try_scrape(&self) -> std::io::Result<Metrics> {
+        let metrics = Metrics::parse(&try_http_get(
             self.metrics.expect("metrics enabled"),
             "/metrics",
-        ));
+        )?);
         let disposed: f64 = metrics.sum("tlsvisor_connections_disposed_total");
         assert_eq!(
             metrics.get("tlsvisor_connections_accepted_total"),
             metrics.get("tlsvisor_connections_active") + disposed,
             "accepted == active + disposed must hold in every scrape"
         );
-        metrics
+        Ok(metrics)
     }
 
     /// Sends a signal (`libc::SIGTERM`, `libc::SIGKILL`, ...).
@@ -178,8 +208,39 @@ impl Tlsvisor {
 /// as it is, any other line as `{"msg": "(not json)", "raw": line}`.
 type Logs = Arc<Mutex<Vec<serde_json::Value>>>;
 
-fn start_collecting_logs(args: &[&str]) -> (Child, Logs, std::thread::JoinHandle<()>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+/// What the process is started under: its own open-files limit, environment variables.
+#[derive(Default)]
+pub struct Limits {
+    /// `RLIMIT_NOFILE`, soft and hard, set in the child before it runs.
+    pub nofile: Option<u64>,
+    pub env: Vec<(&'static str, &'static str)>,
+}
+
+fn start_collecting_logs(
+    args: &[&str],
+    limits: &Limits,
+) -> (Child, Logs, std::thread::JoinHandle<()>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tlsvisor"));
+    command.envs(limits.env.iter().copied());
+    if let Some(nofile) = limits.nofile {
+        use std::os::unix::process::CommandExt;
+        let limit = libc::rlimit {
+            rlim_cur: nofile,
+            rlim_max: nofile,
+        };
+        // SAFETY: setrlimit is async-signal-safe and only reads `limit`, a copy owned by the
+        // closure; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -209,17 +270,26 @@ impl Drop for Tlsvisor {
 
 /// A plain HTTP/1.0 GET (the metrics endpoint is the only HTTP the tests speak).
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(HANG)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    try_http_get(addr, path).unwrap()
+}
+
+/// Like [`http_get`]; an I/O failure or a non-200 answer is an error.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(HANG))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "{head}"
-    );
-    body.to_string()
+    stream.read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+        {
+            Ok(body.to_string())
+        }
+        _ => Err(std::io::Error::other(format!(
+            "bad answer: {response:.200}"
+        ))),
+    }
 }
 
 /// A parsed Prometheus text exposition: `name{labels}` → value.

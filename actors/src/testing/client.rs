@@ -1,7 +1,7 @@
 //! A blocking TLS client for tests.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,19 @@ pub fn client_config(ca_pem: &[u8]) -> io::Result<Arc<ClientConfig>> {
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// A plain TCP connection to `to` from the address `source` (another loopback address such as
+/// 127.0.0.2 stands for another client host, for per-IP limits and floods).
+pub fn tcp_connect_from(source: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect(&to.into())?;
+    Ok(socket.into())
 }
 
 /// A client configuration trusting `ca_pem` and presenting the client certificate `cert_pem`
@@ -136,6 +149,15 @@ impl TlsClient {
         TlsClient::connect_as(addr, config, "localhost")
     }
 
+    /// Like [`TlsClient::connect`], from the local address `source` (see [`tcp_connect_from`]).
+    pub fn connect_from(
+        source: IpAddr,
+        addr: SocketAddr,
+        config: Arc<ClientConfig>,
+    ) -> io::Result<TlsClient> {
+        TlsClient::over(tcp_connect_from(source, addr)?, config, "localhost")
+    }
+
     /// Connects to `addr` asking for (SNI) and verifying `server_name`, and completes the
     /// handshake.
     pub fn connect_as(
@@ -143,7 +165,15 @@ impl TlsClient {
         config: Arc<ClientConfig>,
         server_name: &str,
     ) -> io::Result<TlsClient> {
-        let tcp = TcpStream::connect(addr)?;
+        TlsClient::over(TcpStream::connect(addr)?, config, server_name)
+    }
+
+    /// Completes a handshake as `server_name` over a connected socket.
+    pub fn over(
+        tcp: TcpStream,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<TlsClient> {
         tcp.set_read_timeout(Some(IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
         tcp.set_nodelay(true)?;

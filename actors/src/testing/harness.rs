@@ -13,14 +13,31 @@ use tokio::sync::oneshot;
 
 use super::{client_config, eventually, TlsClient};
 use crate::messages::LiveConnections;
-use crate::registry::Registries;
 use crate::{
-    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, LoadedTls, Protocol,
-    ProxyConfig, Server, ServerConfig, ShutdownReport, Snapshot, Stats, TlsReloader,
+    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, LoadedTls,
+    Protocol, ProxyConfig, Server, ServerConfig, ServerHandle, ShutdownReport, Snapshot, Stats,
+    TlsReloader, SHUTDOWN_OVERHEAD,
 };
 
 /// Grace a dropped `TestServer` gives its connections.
 const DROP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long past its own bound (grace + `SHUTDOWN_OVERHEAD`) the server's thread is waited for
+/// before it is given up on.
+const JOIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a question to one registry may take before the harness gives up on it.
+const ASK_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs `future` to completion on a small runtime of the calling thread (the server's questions
+/// use tokio's timer for their deadlines).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime") // harness plumbing: failing here fails the test
+        .block_on(future)
+}
 
 /// A change to a test server's configuration, applied on its thread.
 type ConfigChange = Box<dyn FnOnce(&mut ServerConfig) + Send>;
@@ -88,6 +105,7 @@ impl TestServerBuilder {
         let audit: DisposalAudit = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
+        let (done_tx, done_rx) = mpsc::channel::<ShutdownReport>();
         let thread_faults = faults.clone();
         let thread_audit = Arc::clone(&audit);
         let log = self.log;
@@ -107,33 +125,36 @@ impl TestServerBuilder {
                         Ok(server) => server,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e.to_string()));
-                            return ShutdownReport::default();
+                            return;
                         }
                     };
                     let _ = ready_tx.send(Ok((
                         server.local_addr(),
                         server.stats(),
+                        server.handle(),
                         server.registries().to_vec(),
                         server.tls_reloader(),
                     )));
                     let grace = stop_rx.await.unwrap_or(DROP_GRACE);
-                    server.shutdown(grace).await
+                    let _ = done_tx.send(server.shutdown(grace).await);
                 })
             })
             .expect("spawn the test server thread"); // harness setup: failing here fails the test
-        let (addr, stats, registries, tls) = ready_rx
+        let (addr, stats, handle, registries, tls) = ready_rx
             .recv()
             .expect("test server thread reports") // harness setup: failing here fails the test
             .unwrap_or_else(|e| panic!("test server failed to start: {e}"));
         TestServer {
             addr,
             stats,
-            registries: Registries(registries),
+            handle,
+            registries,
             faults,
             audit,
             certs,
             tls,
             stop: Some(stop_tx),
+            done: done_rx,
             thread: Some(thread),
         }
     }
@@ -144,13 +165,15 @@ impl TestServerBuilder {
 pub struct TestServer {
     addr: SocketAddr,
     stats: Arc<Stats>,
-    registries: Registries,
+    handle: ServerHandle,
+    registries: Vec<actix::Addr<HandlerRegistry>>,
     faults: Faults,
     audit: DisposalAudit,
     certs: DevCerts,
     tls: TlsReloader,
     stop: Option<oneshot::Sender<Duration>>,
-    thread: Option<JoinHandle<ShutdownReport>>,
+    done: mpsc::Receiver<ShutdownReport>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -182,22 +205,26 @@ impl TestServer {
     /// Closes connection `id` with reason `killed`, as [`Server::kill`](crate::Server::kill)
     /// does (only the registry of its worker knows it). Returns whether it was live.
     pub fn kill(&self, id: ConnId, mode: CloseMode) -> bool {
-        futures::executor::block_on(self.registries.kill(id, mode))
+        block_on(self.handle.kill(id, mode))
     }
 
     /// Every id registered now, on any worker, in id order, as
     /// [`Server::live_connections`](crate::Server::live_connections) answers.
     pub fn live_connections(&self) -> Vec<ConnId> {
-        futures::executor::block_on(self.registries.live())
+        block_on(self.handle.live_connections())
     }
 
     /// The ids registered now, per worker (one list per registry).
     pub fn live_by_worker(&self) -> Vec<Vec<ConnId>> {
         self.registries
-            .0
             .iter()
             .map(|registry| {
-                futures::executor::block_on(registry.send(LiveConnections)).unwrap_or_default()
+                block_on(async {
+                    tokio::time::timeout(ASK_WAIT, registry.send(LiveConnections)).await
+                })
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
             })
             .collect()
     }
@@ -221,6 +248,13 @@ impl TestServer {
     /// A TLS client connected to this server, handshake done.
     pub fn connect(&self) -> io::Result<TlsClient> {
         TlsClient::connect(self.addr, client_config(self.certs.ca_cert_pem.as_bytes())?)
+    }
+
+    /// A TLS client connected from the local address `source` (127.0.0.2 stands for another
+    /// client host), handshake done.
+    pub fn connect_from(&self, source: std::net::IpAddr) -> io::Result<TlsClient> {
+        let config = client_config(self.certs.ca_cert_pem.as_bytes())?;
+        TlsClient::connect_from(source, self.addr, config)
     }
 
     /// Waits up to `within` for the counters to satisfy `check`; panics with `what` and the last
@@ -288,6 +322,12 @@ impl TestServer {
         by_id
     }
 
+    /// Per-IP limit counts held now: the number of client addresses in the table (0 once no
+    /// connection is live, or the counts drifted).
+    pub fn per_ip_clients(&self) -> usize {
+        self.snapshot().per_ip_clients
+    }
+
     /// The reason of each disposal in id order, after
     /// [`TestServer::assert_each_disposed_once`].
     pub fn disposal_reasons(&self) -> Vec<crate::DisposeReason> {
@@ -297,24 +337,33 @@ impl TestServer {
             .collect()
     }
 
-    /// Runs the shutdown protocol with `grace` and joins the server's thread.
+    /// Runs the shutdown protocol with `grace` and joins the server's thread. Panics if the
+    /// server does not finish within its own bound (grace + `SHUTDOWN_OVERHEAD`) plus a margin.
     pub fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         self.stop_and_join(grace)
+            .unwrap_or_else(|| panic!("the test server did not shut down within its bound"))
     }
 
-    fn stop_and_join(&mut self, grace: Duration) -> ShutdownReport {
+    /// `None` if the server's thread did not finish in time; it is then left running.
+    fn stop_and_join(&mut self, grace: Duration) -> Option<ShutdownReport> {
+        let thread = self.thread.take()?;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(grace);
         }
-        match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or_default(),
-            None => ShutdownReport::default(),
-        }
+        let report = self
+            .done
+            .recv_timeout(grace + SHUTDOWN_OVERHEAD + JOIN_MARGIN)
+            .ok()?;
+        // The report is the thread's last act: this join returns at once.
+        let _ = thread.join();
+        Some(report)
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.stop_and_join(DROP_GRACE);
+        if self.thread.is_some() && self.stop_and_join(DROP_GRACE).is_none() {
+            eprintln!("tlsvisor TestServer: the server did not shut down in time; left running");
+        }
     }
 }

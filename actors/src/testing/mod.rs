@@ -17,7 +17,8 @@ mod scratch;
 pub mod upstream;
 
 pub use client::{
-    client_config, client_config_accepting_any, client_config_with_cert, CloseSeen, TlsClient,
+    client_config, client_config_accepting_any, client_config_with_cert, tcp_connect_from,
+    CloseSeen, TlsClient,
 };
 pub use harness::{TestServer, TestServerBuilder};
 pub use scratch::ScratchDir;

@@ -1,0 +1,131 @@
+//! Admission: the slots a socket must hold to become a `Connection`, and when they come back.
+//!
+//! The server-wide limits (`max_connections`, `max_handshakes`) are applied *before* `accept`:
+//! an acceptor first reserves room for one more connection and one more handshake, and while
+//! it cannot, it stops polling its listener, so new clients wait in the kernel's backlog
+//! instead of being accepted and closed. The per-client limits can only be applied after
+//! `accept` (the address is not known before): a client over its limit is closed at once.
+//!
+//! Every slot is a value that gives its count back when dropped. A connection holds its
+//! [`ConnectionSlot`] in its dispose guard (released as its `Dispose` is sent) and its
+//! [`HandshakeSlot`] until the handshake ends, so no count can outlive what it counts.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::per_ip::{PerIpLimits, PerIpSlot};
+use crate::{ServerConfig, Stats};
+
+/// The admission limits of one server, shared by its acceptors and connections.
+pub(crate) struct Limits {
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    per_ip: PerIpLimits,
+    stats: Arc<Stats>,
+    /// Woken when a connection is disposed: an acceptor paused by a shortage of descriptors
+    /// tries again at once instead of sleeping out its backoff.
+    disposed: Notify,
+}
+
+/// Room for one more connection and one more handshake, held by an acceptor while it waits
+/// for a socket to give it to.
+pub(crate) struct Reserved {
+    connection: OwnedSemaphorePermit,
+    handshake: OwnedSemaphorePermit,
+}
+
+impl Limits {
+    pub(crate) fn new(config: &ServerConfig, stats: Arc<Stats>) -> Arc<Limits> {
+        Arc::new(Limits {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            handshakes: Arc::new(Semaphore::new(config.effective_max_handshakes())),
+            per_ip: PerIpLimits {
+                connections: config.max_connections_per_ip,
+                handshakes: config.effective_max_handshakes_per_ip(),
+            },
+            stats,
+            disposed: Notify::new(),
+        })
+    }
+
+    /// Waits until one more connection and one more handshake fit; the acceptor counts as
+    /// paused while it waits. `None` only if the limits were closed (they never are).
+    pub(crate) async fn reserve(&self) -> Option<Reserved> {
+        let connection = acquire(&self.connections, &self.stats).await?;
+        let handshake = acquire(&self.handshakes, &self.stats).await?;
+        Some(Reserved {
+            connection,
+            handshake,
+        })
+    }
+
+    /// Turns a reservation into the slots of a connection from `ip`, or gives it back if that
+    /// client is at one of its own limits.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        reserved: Reserved,
+        ip: IpAddr,
+    ) -> Option<(ConnectionSlot, HandshakeSlot)> {
+        let claim = self.stats.per_ip.claim(ip, self.per_ip)?;
+        self.stats.handshake_started();
+        Some((
+            ConnectionSlot {
+                _permit: reserved.connection,
+                _per_ip: claim.connection,
+                limits: Arc::clone(self),
+            },
+            HandshakeSlot {
+                _permit: reserved.handshake,
+                _per_ip: claim.handshake,
+                stats: Arc::clone(&self.stats),
+            },
+        ))
+    }
+
+    /// Resolves at the next disposal (a descriptor freed).
+    pub(crate) async fn next_disposal(&self) {
+        self.disposed.notified().await
+    }
+}
+
+/// Takes a permit, marking the acceptor paused only if it has to wait for one.
+async fn acquire(semaphore: &Arc<Semaphore>, stats: &Stats) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = Arc::clone(semaphore).try_acquire_owned() {
+        return Some(permit);
+    }
+    let _paused = stats.acceptor_paused();
+    Arc::clone(semaphore).acquire_owned().await.ok()
+}
+
+/// A live connection's place under `max_connections` and its client's connection limit.
+/// Dropped when the connection's `Dispose` is sent.
+pub(crate) struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    _per_ip: Option<PerIpSlot>,
+    limits: Arc<Limits>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        // Only an acceptor paused for descriptors waits on this; skip the lock otherwise.
+        if self.limits.stats.paused_acceptors() > 0 {
+            self.limits.disposed.notify_waiters();
+        }
+    }
+}
+
+/// A handshake's place under `max_handshakes` and its client's handshake limit; counted in
+/// `handshakes_in_progress` from accept until it is dropped (when the handshake ends).
+pub(crate) struct HandshakeSlot {
+    _permit: OwnedSemaphorePermit,
+    _per_ip: Option<PerIpSlot>,
+    stats: Arc<Stats>,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.stats.handshake_ended();
+    }
+}

@@ -1,0 +1,158 @@
+//! The edge under pressure, in the library: per-client limits against a flood from another
+//! address, and a shutdown that a stuck protocol callback cannot hang.
+
+use std::net::{IpAddr, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tlsvisor_actors::testing::{tcp_connect_from, TestServer};
+use tlsvisor_actors::{
+    ConnInfo, DisposeReason, Echo, Protocol, Session, SessionError, SHUTDOWN_OVERHEAD,
+};
+
+/// A ceiling only a hang reaches.
+const HANG: Duration = Duration::from_secs(30);
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// 1,000 silent sockets from 127.0.0.2 against `max_handshakes_per_ip 16`: the flood holds 16
+/// handshakes and every other socket of it is closed at accept, while clients from 127.0.0.1
+/// go on being served promptly. Afterwards the per-IP table is empty.
+#[test]
+fn a_flood_from_one_address_is_held_to_its_limit_and_others_are_served() {
+    let server = TestServer::builder()
+        .config(|c| c.max_handshakes_per_ip = Some(16))
+        .start(Echo);
+    let addr = server.addr();
+    let flood = std::thread::spawn(move || {
+        (0..1_000)
+            .map(|_| tcp_connect_from(ip("127.0.0.2"), addr).expect("flood connect"))
+            .collect::<Vec<TcpStream>>()
+    });
+    let mut worst = Duration::ZERO;
+    for i in 0..50 {
+        let started = Instant::now();
+        let mut client = server.connect_from(ip("127.0.0.1")).unwrap();
+        assert_eq!(
+            client.echo(format!("{i}").as_bytes()).unwrap(),
+            format!("{i}").as_bytes()
+        );
+        worst = worst.max(started.elapsed());
+    }
+    let flood = flood.join().unwrap();
+    eprintln!("worst echo latency of a client from 127.0.0.1 during the flood: {worst:?}");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a client from another address waited {worst:?}"
+    );
+    let snap = server.wait_for("the flood accepted or rejected", HANG, |s| {
+        s.ledger.accepted + s.rejected[1] == 1_050
+    });
+    assert_eq!(
+        snap.rejected[1],
+        1_000 - 16,
+        "per_ip_limit: all but 16 of the flood"
+    );
+    assert!(snap.handshakes_in_progress <= 16 + 1);
+    drop(flood);
+    let snap = server.wait_disposed(1_050 - 984, HANG);
+    assert_eq!(snap.ledger.disposed_for(DisposeReason::HandshakeFailed), 16);
+    assert_eq!(snap.per_ip_clients, 0, "the per-IP table is empty");
+    assert_eq!(snap.handshakes_in_progress, 0);
+    server.assert_each_disposed_once();
+}
+
+/// `max_connections_per_ip`: a client address gets that many live connections; one more is
+/// closed at accept, another address is not affected, and a slot comes back on disposal.
+#[test]
+fn a_client_address_gets_its_connections_and_no_more() {
+    let server = TestServer::builder()
+        .config(|c| {
+            c.max_connections_per_ip = 3;
+            c.max_handshakes_per_ip = Some(0);
+        })
+        .start(Echo);
+    let local = ip("127.0.0.1");
+    let mut held: Vec<_> = (0..3)
+        .map(|_| server.connect_from(local).unwrap())
+        .collect();
+    assert!(
+        server.connect_from(local).is_err(),
+        "a fourth is closed at accept"
+    );
+    let mut other = server.connect_from(ip("127.0.0.2")).unwrap();
+    assert_eq!(other.echo(b"other host").unwrap(), b"other host");
+    let snap = server.snapshot();
+    assert_eq!(snap.rejected, [0, 1]);
+    assert_eq!(snap.per_ip_clients, 2);
+    drop(held.pop());
+    server.wait_for("one disposed", HANG, |s| s.ledger.disposed_total() == 1);
+    let mut again = server.connect_from(local).unwrap();
+    assert_eq!(again.echo(b"slot back").unwrap(), b"slot back");
+    drop((held, other, again));
+    let snap = server.wait_disposed(5, HANG);
+    assert_eq!(snap.per_ip_clients, 0, "the per-IP table is empty");
+    server.assert_each_disposed_once();
+}
+
+/// A session that blocks in `on_data` until the test opens the gate: it holds its worker
+/// thread, as a protocol callback stuck in a blocking call would.
+#[derive(Clone, Default)]
+struct Stuck {
+    gate: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Stuck {
+    fn open_gate(&self) {
+        let (open, wake) = &*self.gate;
+        *open.lock().unwrap() = true;
+        wake.notify_all();
+    }
+}
+
+impl Protocol for Stuck {
+    fn name(&self) -> &'static str {
+        "stuck"
+    }
+
+    fn open(&self, _info: &ConnInfo) -> Box<dyn Session> {
+        Box::new(self.clone())
+    }
+}
+
+impl Session for Stuck {
+    fn on_data(&mut self, _input: &[u8], _reply: &mut Vec<u8>) -> Result<(), SessionError> {
+        let (open, wake) = &*self.gate;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = wake.wait(open).unwrap();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_session_that_never_returns_cannot_hang_the_shutdown() {
+    let stuck = Stuck::default();
+    let server = TestServer::builder()
+        .config(|c| c.workers = 2)
+        .start(stuck.clone());
+    let mut victim = server.connect().unwrap();
+    victim.send(b"block").unwrap();
+    server.wait_for("the victim registered", HANG, |s| s.ledger.active == 1);
+    let grace = Duration::from_secs(1);
+    let started = Instant::now();
+    let report = server.shutdown(grace);
+    let took = started.elapsed();
+    assert!(
+        took <= grace + SHUTDOWN_OVERHEAD + Duration::from_millis(500),
+        "shutdown took {took:?}"
+    );
+    assert_eq!(report.left_registered, 1, "{report:?}");
+    assert_eq!(report.abandoned_workers, 1, "{report:?}");
+    // Let the abandoned worker go, so this test leaves no thread blocked behind it.
+    stuck.open_gate();
+    drop(victim);
+}
