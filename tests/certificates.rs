@@ -272,6 +272,11 @@ fn client_certificates_are_verified_and_the_identity_is_logged() {
         .scrape()
         .disposed("client_auth_failed")
         == 2.0));
+    let expiry = format!("tlsvisor_certificate_expiry_timestamp_seconds{{name=\"{ca}#0\"}}");
+    assert!(
+        server.scrape().get(&expiry) > 0.0,
+        "the client CA's expiry is exposed"
+    );
     assert!(eventually(HANG, || server.logs_with("disposed").len() == 3));
     let lines = server.logs_with("disposed");
     let admitted = lines.iter().find(|l| l["reason"] == "peer_eof").unwrap();
@@ -289,4 +294,57 @@ fn client_auth_flags_without_a_client_ca_are_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--client-ca"), "{stderr}");
+}
+
+#[test]
+fn sighup_reloads_the_files_and_a_broken_key_keeps_the_old_certificate() {
+    let scratch = ScratchDir::new("bin-sighup").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (cert, key, first) = issue_into(&scratch, &certs, "server", &["localhost"]);
+    let server = Tlsvisor::serve(&["--cert", &cert, "--key", &key]);
+    let ca = certs.ca_cert_pem.clone();
+    let mut live =
+        TlsClient::connect(server.listen, client_config(ca.as_bytes()).unwrap()).unwrap();
+    let (_, _, second) = issue_into(&scratch, &certs, "server", &["localhost"]);
+    // Without --watch-certs nothing changes until the signal.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        served_serial(&server, &ca, "localhost"),
+        Some(first.serial_hex)
+    );
+    server.signal(libc::SIGHUP);
+    assert!(eventually(HANG, || served_serial(
+        &server,
+        &ca,
+        "localhost"
+    ) == Some(second.serial_hex.clone())));
+    assert_eq!(live.echo(b"kept").unwrap(), b"kept");
+
+    replace(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    );
+    server.signal(libc::SIGHUP);
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_tls_reloads_total{result=\"failed\"}")
+        == 1.0));
+    let metrics = server.scrape();
+    assert_eq!(
+        metrics.get("tlsvisor_tls_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+    let failures = server.logs_with("TLS reload failed; keeping the previous configuration");
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0]["error"].as_str().unwrap().contains(&key));
+    assert_eq!(
+        served_serial(&server, &ca, "localhost"),
+        Some(second.serial_hex)
+    );
+    assert_eq!(live.echo(b"still kept").unwrap(), b"still kept");
+    // The probes close; the live client stays, through both reloads.
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == 1.0));
 }

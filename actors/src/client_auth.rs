@@ -13,7 +13,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::tls_source::{in_file, parse_certificates, read_file};
-use crate::{CertificateInfo, TlsConfigError};
+use crate::{CertificateInfo, LoadedCertificate, TlsConfigError};
 
 /// Whether a client must present a certificate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,13 +85,23 @@ impl ClientAuth {
         std::iter::once(&self.ca).chain(&self.crls)
     }
 
-    /// Reads the CA bundle and the CRLs and builds the verifier.
+    /// Reads the CA bundle and the CRLs and builds the verifier; also returns the CAs, for the
+    /// expiry gauge (`name` is `FILE#N`, the N-th certificate of the bundle from 0).
     pub(crate) fn verifier(
         &self,
         provider: Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<Arc<dyn ClientCertVerifier>, TlsConfigError> {
+    ) -> Result<(Arc<dyn ClientCertVerifier>, Vec<LoadedCertificate>), TlsConfigError> {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in parse_certificates(&self.ca, &read_file(&self.ca)?)? {
+        let mut cas = Vec::new();
+        let bundle = parse_certificates(&self.ca, &read_file(&self.ca)?)?;
+        for (index, cert) in bundle.into_iter().enumerate() {
+            let info = CertificateInfo::from_der(&cert)
+                .map_err(TlsConfigError::Certificate)
+                .map_err(in_file(&self.ca))?;
+            cas.push(LoadedCertificate {
+                name: format!("{}#{index}", self.ca.display()),
+                info,
+            });
             roots
                 .add(cert)
                 .map_err(TlsConfigError::Rustls)
@@ -121,12 +131,13 @@ impl ClientAuth {
             TlsConfigError::Policy(format!("client CA or CRL ({}): {e}", files.join(", ")))
         })?;
         if self.allow.is_empty() {
-            return Ok(inner);
+            return Ok((inner, cas));
         }
-        Ok(Arc::new(AllowListVerifier {
+        let verifier = Arc::new(AllowListVerifier {
             inner,
             allow: self.allow.clone(),
-        }))
+        });
+        Ok((verifier, cas))
     }
 }
 

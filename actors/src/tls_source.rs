@@ -131,7 +131,8 @@ impl LoadedTls {
         &self.config
     }
 
-    /// The certificates it serves.
+    /// The certificates it serves, then the client CAs it trusts (mTLS): every certificate
+    /// whose expiry matters to the operator.
     pub fn certificates(&self) -> &[LoadedCertificate] {
         &self.certificates
     }
@@ -200,7 +201,11 @@ impl TlsSource {
             .with_protocol_versions(versions)
             .map_err(TlsConfigError::Rustls)?;
         let builder = match &self.client_auth {
-            Some(client_auth) => builder.with_client_cert_verifier(client_auth.verifier(provider)?),
+            Some(client_auth) => {
+                let (verifier, cas) = client_auth.verifier(provider)?;
+                certificates.extend(cas);
+                builder.with_client_cert_verifier(verifier)
+            }
             None => builder.with_no_client_auth(),
         };
         let mut config =

@@ -227,3 +227,20 @@ fn the_proxy_v2_header_carries_alpn_sni_and_the_client_cn() {
     expected.extend_from_slice(&ssl);
     assert_eq!(after_addresses, expected);
 }
+
+#[test]
+fn the_client_cas_expiry_is_reported_with_the_server_certificates() {
+    let scratch = ScratchDir::new("mtls-expiry").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let loaded = mtls_source(&scratch, &certs, ClientAuth::new(""))
+        .load()
+        .unwrap();
+    let names: Vec<_> = loaded
+        .certificates()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let ca = scratch.path("client-ca.crt").display().to_string();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[1], format!("{ca}#0"));
+}
