@@ -12,7 +12,7 @@ use crate::messages::{Inbound, LiveConnections, Side};
 use crate::registration::Registration;
 use crate::{ClientReader, ConnId, Connection, DisposeReason, HandlerRegistry, UpstreamReader};
 
-/// `batch` connections registered and disposed as every connection is (a [`Registration`]
+/// `batch` connections registered and disposed as every connection is (a `Registration`
 /// each), `rounds` times, each round ending with a round trip so the registry applied them
 /// all. Must run inside an actix system. Returns the time taken.
 pub async fn register_and_dispose(rounds: u64, batch: u64) -> Duration {

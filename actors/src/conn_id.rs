@@ -4,7 +4,7 @@ use std::fmt;
 
 /// Names one accepted connection for its whole life, from `Register` to `Dispose`.
 ///
-/// Ids are handed out by the [`ConnectionSupervisor`](crate::ConnectionSupervisor) in accept
+/// Ids are handed out by the acceptors in accept
 /// order and never reused within one server instance, so a second `Dispose` for an id is always
 /// a duplicate, never a new connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

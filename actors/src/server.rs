@@ -217,11 +217,8 @@ impl Server {
         self.tls.clone()
     }
 
-    /// The registries, one per worker, each holding the connections that run on its worker.
-    /// Embedding programs can send them [`Kill`](crate::messages::Kill) or
-    /// [`LiveConnections`](crate::messages::LiveConnections); [`Server::kill`] and
-    /// [`Server::live_connections`] ask all of them.
-    pub fn registries(&self) -> &[Addr<HandlerRegistry>] {
+    /// The registries, one per worker (the test harness asks each on its own).
+    pub(crate) fn registries(&self) -> &[Addr<HandlerRegistry>] {
         &self.registries.0
     }
 
