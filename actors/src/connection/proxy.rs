@@ -10,7 +10,8 @@ use actix::prelude::*;
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::{with_limit, ConnState, Connection, Service, TlsStream};
+use super::session::with_limit;
+use super::{ConnState, Connection, Service, TlsStream};
 use crate::messages::{Inbound, ReadOutcome, Side};
 use crate::reader::ReaderHandle;
 use crate::{upstream, DisposeReason};

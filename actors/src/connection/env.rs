@@ -1,0 +1,36 @@
+//! What every connection of one server shares.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use slog::Logger;
+
+use crate::admission::Limits;
+use crate::fault::Faults;
+use crate::{Protocol, ProxyConfig, ServerConfig, Stats, TlsReloader};
+
+/// What a server does with each connection's bytes.
+pub(crate) enum Service {
+    /// Hand them to a session of this protocol, write back its replies.
+    Sessions(Arc<dyn Protocol>),
+    /// Forward them to a plaintext upstream, and the upstream's bytes back.
+    Proxy(ProxyConfig),
+}
+
+/// What every connection of one server shares.
+pub(crate) struct ConnectionEnv {
+    /// The TLS configuration; each handshake takes the one current when it starts.
+    pub(crate) tls: TlsReloader,
+    pub(crate) service: Service,
+    pub(crate) config: ServerConfig,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) faults: Faults,
+    pub(crate) log: Logger,
+    /// The next connection id (shared by the acceptors of every worker).
+    pub(crate) next_id: AtomicU64,
+    /// Set by the shutdown protocol once accepting has stopped, before it asks the registries
+    /// to close everything. A connection that starts after that closes at once rather than
+    /// starting a handshake that the `Close` queued behind its start would abandon.
+    pub(crate) draining: AtomicBool,
+}

@@ -1,0 +1,210 @@
+//! `Connection`: one client's TLS connection, from registration to disposal.
+
+/// Logs at `$level` on the server's logger with the connection's `conn_id` and `peer` inline.
+/// Nothing is built for a filtered-out record, and an idle connection keeps no logger of its
+/// own (a child `Logger` cost two allocations per connection).
+macro_rules! log_conn {
+    ($level:ident, $conn:expr, $msg:expr $(; $($kv:tt)*)?) => {
+        slog::$level!($conn.env.log, $msg;
+            "conn_id" => $conn.id.0, "peer" => %$conn.peer $(, $($kv)*)?)
+    };
+}
+
+mod close;
+mod env;
+mod proxy;
+mod session;
+mod start;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::io::WriteHalf;
+use tokio::net::TcpStream;
+
+use crate::access_log::DisposalFields;
+use crate::admission::HandshakeSlot;
+use crate::fault::{FaultPoint, Faults};
+use crate::messages::{ReaderFinished, Side};
+use crate::read_ahead::ReadAhead;
+use crate::reader::ReaderHandle;
+use crate::registration::Registration;
+use crate::{ConnId, DisposeReason, Session, TlsInfo};
+
+pub(crate) use self::env::{ConnectionEnv, Service};
+use self::proxy::UpstreamLink;
+
+/// The server side of a TLS stream over TCP (read ahead while the client streams).
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
+
+/// The states of a connection. They only move forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnState {
+    /// In the registry; the actor has not started.
+    Registered,
+    /// The TLS handshake is running.
+    Handshaking,
+    /// TLS is up; the readers and the session (or the upstream) are running.
+    Open,
+    /// Closing: flushing, sending `close_notify`, waiting (bounded) for the client to finish.
+    Closing,
+    /// Stopped; its `Dispose` is sent.
+    Disposed,
+}
+
+/// One client's connection: runs the TLS handshake, owns the TLS write half and the session
+/// (or the upstream link), and supervises its reader children.
+///
+/// Every way the connection ends goes through `Connection::begin_close` or a direct
+/// `ctx.stop()`, and so through `stopped()`, the only place that sends `Dispose`. The first
+/// reason recorded is the one reported.
+pub(crate) struct Connection {
+    id: ConnId,
+    peer: SocketAddr,
+    /// Our address as the client sees it (the PROXY header's destination).
+    local: Option<SocketAddr>,
+    env: Arc<ConnectionEnv>,
+    state: ConnState,
+    socket: Option<TcpStream>,
+    /// Held from accept until the handshake ends (the handshake limits and gauge).
+    handshake: Option<HandshakeSlot>,
+    writer: Option<WriteHalf<TlsStream>>,
+    write_in_flight: bool,
+    /// The client reader lives while this handle does.
+    reader: Option<ReaderHandle>,
+    reader_done: bool,
+    /// The graceful close has flushed (or given up on) `close_notify` and the FIN.
+    close_sent: bool,
+    session: Option<Box<dyn Session>>,
+    upstream: Option<UpstreamLink>,
+    reply: Vec<u8>,
+    reason: Option<DisposeReason>,
+    clean_eof: Option<bool>,
+    /// Set while a message handler runs; still set in `stopped()` only if a handler unwound.
+    in_handler: bool,
+    last_read: Instant,
+    registered_at: Instant,
+    /// When the handshake finished, how long it took.
+    handshake_ms: Option<u64>,
+    /// Decrypted bytes read from the client and written to it (the access log's sizes).
+    bytes_in: u64,
+    bytes_out: u64,
+    /// What the handshake negotiated (boxed: an idle connection pays one pointer).
+    tls: Option<Box<TlsInfo>>,
+    registration: Registration,
+}
+
+impl Connection {
+    /// A connection on the books through `registration`, holding its handshake slot until the
+    /// handshake ends.
+    pub(crate) fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        socket: TcpStream,
+        env: Arc<ConnectionEnv>,
+        registration: Registration,
+        handshake: HandshakeSlot,
+    ) -> Self {
+        let now = Instant::now();
+        Connection {
+            id,
+            peer,
+            local: None,
+            env,
+            state: ConnState::Registered,
+            socket: Some(socket),
+            handshake: Some(handshake),
+            writer: None,
+            write_in_flight: false,
+            reader: None,
+            reader_done: false,
+            close_sent: false,
+            session: None,
+            upstream: None,
+            reply: Vec::new(),
+            reason: None,
+            clean_eof: None,
+            in_handler: false,
+            last_read: now,
+            registered_at: now,
+            handshake_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            tls: None,
+            registration,
+        }
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.env.faults
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.faults().is_on(FaultPoint::AfterRegisterBeforeStart) {
+            log_conn!(
+                warn,
+                self,
+                "fault injected: failing after register, before start"
+            );
+            return self.begin_close(DisposeReason::StartFailed, ctx);
+        }
+        if self.env.draining.load(Ordering::SeqCst) {
+            return self.begin_close(DisposeReason::Shutdown, ctx);
+        }
+        let Some(tcp) = self.socket.take() else {
+            return self.begin_close(DisposeReason::StartFailed, ctx);
+        };
+        self.start_handshake(tcp, ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.faults().is_on(FaultPoint::SkipStopHook) {
+            // As if actix had skipped the hook: the registration's Drop and the readers'
+            // handles are all that is left to dispose of this connection.
+            return;
+        }
+        self.handshake = None;
+        self.state = ConnState::Disposed;
+        // The readers would go with this actor anyway (each stops when its handle, owned
+        // here, is dropped); dropping the handles now closes the sockets at once.
+        self.reader = None;
+        self.release_upstream();
+        let reason = match self.reason {
+            Some(reason) => reason,
+            // A handler unwound: actix ran this hook while dropping the panicked actor.
+            None if self.in_handler || std::thread::panicking() => DisposeReason::SessionPanic,
+            // Stopped with no reason recorded: its arbiter is being torn down.
+            None => DisposeReason::Shutdown,
+        };
+        let fields = DisposalFields {
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            close_notify: self.clean_eof,
+            handshake_ms: self.handshake_ms,
+            tls: self.tls.as_deref(),
+        };
+        log_conn!(info, self, "disposed";
+            "reason" => reason.as_str(),
+            "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64,
+            fields);
+        self.registration.dispose(reason);
+    }
+}
+
+impl Handler<ReaderFinished> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReaderFinished, ctx: &mut Self::Context) {
+        match msg.side {
+            Side::Client => self.client_finished(msg.outcome, ctx),
+            Side::Upstream => self.upstream_finished(msg.outcome, ctx),
+        }
+    }
+}

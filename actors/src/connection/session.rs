@@ -1,0 +1,163 @@
+//! The session side of a connection: calling the protocol's session (panics and errors become
+//! disposal reasons), and writing its replies to the client with backpressure.
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::io::AsyncWriteExt;
+
+use super::{ConnState, Connection};
+use crate::fault::FaultPoint;
+use crate::messages::{Inbound, Side};
+use crate::{DisposeReason, Session, SessionError};
+
+impl Connection {
+    /// Runs a session callback, turning a panic or a protocol error into a disposal reason.
+    pub(super) fn run_session(
+        &mut self,
+        call: impl FnOnce(&mut dyn Session, &mut Vec<u8>) -> Result<(), SessionError>,
+    ) -> Result<(), DisposeReason> {
+        let inject_panic = self.faults().is_on(FaultPoint::SessionPanic);
+        if self.faults().is_on(FaultPoint::SessionHang) {
+            log_conn!(warn, self, "fault injected: the session never returns");
+            loop {
+                std::thread::park();
+            }
+        }
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let reply = &mut self.reply;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if inject_panic {
+                panic!("injected session panic");
+            }
+            call(session.as_mut(), reply)
+        }));
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                log_conn!(warn, self, "session refused input"; "error" => %e);
+                self.reply.clear();
+                Err(DisposeReason::ProtocolError)
+            }
+            Err(_) => {
+                log_conn!(
+                    error,
+                    self,
+                    "session panicked; closing this connection only"
+                );
+                self.reply.clear();
+                // A panicked session may be in any state: drop it, and a panic in its Drop too.
+                let broken = self.session.take();
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(broken)));
+                Err(DisposeReason::SessionPanic)
+            }
+        }
+    }
+
+    /// Writes the session's pending reply to the client.
+    pub(super) fn write_reply(&mut self) -> ResponseActFuture<Self, ()> {
+        if self.reply.is_empty() {
+            return Box::pin(fut::ready(()));
+        }
+        let data = std::mem::take(&mut self.reply);
+        // The buffer is freed once written: nothing is pending then (one chunk in flight), and
+        // a connection that streamed and went quiet must not keep what its largest reply
+        // needed (it kept up to 256 KiB before). A reply costs an allocation instead.
+        self.write_to_client(data, |_, _written_buffer, _| {})
+    }
+
+    /// Writes `data` to the client and flushes it, then hands the buffer back to `recycle`
+    /// with whether the write succeeded.
+    /// The reader that produced the data waits for this to resolve before reading again.
+    pub(super) fn write_to_client<B: AsRef<[u8]> + 'static>(
+        &mut self,
+        data: B,
+        recycle: impl FnOnce(&mut Self, B, bool) + 'static,
+    ) -> ResponseActFuture<Self, ()> {
+        let Some(mut writer) = self.writer.take() else {
+            return Box::pin(fut::ready(()));
+        };
+        let stall_limit = self.env.config.idle_timeout;
+        self.write_in_flight = true;
+        let write = async move {
+            let result = with_limit(stall_limit, async {
+                writer.write_all(data.as_ref()).await?;
+                writer.flush().await
+            })
+            .await;
+            (writer, data, result)
+        };
+        Box::pin(
+            write
+                .into_actor(self)
+                .map(|(writer, data, result), act, ctx| {
+                    act.write_in_flight = false;
+                    act.writer = Some(writer);
+                    if result.is_ok() {
+                        act.bytes_out += data.as_ref().len() as u64;
+                    }
+                    recycle(act, data, result.is_ok());
+                    if let Err(e) = &result {
+                        log_conn!(debug, act, "write failed"; "error" => %e);
+                        act.reason.get_or_insert(DisposeReason::WriterError);
+                    }
+                    match act.state {
+                        ConnState::Open if result.is_err() => {
+                            act.begin_close(DisposeReason::WriterError, ctx)
+                        }
+                        // A close was asked for while this write held the write half.
+                        ConnState::Closing => act.finish_close(ctx),
+                        _ => {}
+                    }
+                }),
+        )
+    }
+}
+
+/// Runs `work` under an optional time limit; running out is a `TimedOut` I/O error.
+pub(super) async fn with_limit(
+    limit: Option<Duration>,
+    work: impl std::future::Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    match limit {
+        None => work.await,
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled"))),
+    }
+}
+
+impl Handler<Inbound> for Connection {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
+        self.in_handler = true;
+        self.last_read = Instant::now();
+        if msg.side == Side::Client {
+            self.bytes_in += msg.bytes.len() as u64;
+        }
+        if self.faults().is_on(FaultPoint::ConnectionPanic) {
+            panic!("injected connection panic");
+        }
+        let done = if self.state != ConnState::Open {
+            // While closing, the client's bytes are drained and dropped (lingering close).
+            Box::pin(fut::ready(())) as ResponseActFuture<Self, ()>
+        } else if self.upstream.is_some() {
+            self.forward(msg)
+        } else {
+            match self.run_session(|session, reply| session.on_data(&msg.bytes, reply)) {
+                Ok(()) => self.write_reply(),
+                Err(reason) => {
+                    self.begin_close(reason, ctx);
+                    Box::pin(fut::ready(()))
+                }
+            }
+        };
+        self.in_handler = false;
+        done
+    }
+}
