@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tlsvisor_actors::testing::{client_config, TlsClient};
 use tlsvisor_actors::{
-    ConnId, ConnInfo, DevCerts, Protocol, Server, ServerConfig, Session, SessionError,
+    ConnId, ConnInfo, DevCerts, Flow, Protocol, Server, ServerConfig, Session, SessionError,
 };
 
 /// The application's own actor: it keeps every line any client sent.
@@ -60,12 +60,12 @@ impl Protocol for Logged {
         "logged"
     }
 
-    fn open(&self, info: &ConnInfo) -> Box<dyn Session> {
-        Box::new(LoggedSession {
+    fn open(&self, info: &ConnInfo) -> Result<Box<dyn Session>, SessionError> {
+        Ok(Box::new(LoggedSession {
             id: info.id,
             journal: self.journal.clone(),
             line: Vec::new(),
-        })
+        }))
     }
 }
 
@@ -76,7 +76,7 @@ struct LoggedSession {
 }
 
 impl Session for LoggedSession {
-    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<(), SessionError> {
+    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<Flow, SessionError> {
         for &byte in input {
             if byte != b'\n' {
                 self.line.push(byte);
@@ -87,7 +87,7 @@ impl Session for LoggedSession {
             self.journal.do_send(Append(self.id, line));
             reply.extend_from_slice(b"logged\n");
         }
-        Ok(())
+        Ok(Flow::Continue)
     }
 }
 

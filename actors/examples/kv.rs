@@ -1,5 +1,6 @@
 //! A small key-value store over TLS, one command per line: `SET key value`, `GET key`,
-//! `DEL key`. Run it with `cargo run -p tlsvisor-actors --features testing --example kv`: it
+//! `DEL key`, `QUIT` (answered `BYE`, then the server closes). An unknown command is answered
+//! `ERR ...` and the connection closed: a session's last word before it hangs up. Run it with `cargo run -p tlsvisor-actors --features testing --example kv`: it
 //! serves on a free port, runs a client through a few commands, and shuts down. Its leak test,
 //! at the bottom, is what a protocol author writes with the public testkit.
 
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tlsvisor_actors::testing::TestServer;
-use tlsvisor_actors::{ConnInfo, Protocol, Session, SessionError};
+use tlsvisor_actors::{ConnInfo, Flow, Protocol, Session, SessionError};
 
 /// The longest line a client may send; a longer one ends its connection (`protocol_error`).
 const MAX_LINE: usize = 4096;
@@ -24,11 +25,11 @@ impl Protocol for Kv {
         "kv"
     }
 
-    fn open(&self, _info: &ConnInfo) -> Box<dyn Session> {
-        Box::new(KvSession {
+    fn open(&self, _info: &ConnInfo) -> Result<Box<dyn Session>, SessionError> {
+        Ok(Box::new(KvSession {
             store: Arc::clone(&self.store),
             line: Vec::new(),
-        })
+        }))
     }
 }
 
@@ -39,29 +40,34 @@ struct KvSession {
 }
 
 impl KvSession {
-    fn execute(&self, line: &str, reply: &mut Vec<u8>) -> Result<(), SessionError> {
+    /// Runs one command, appending its answer; whether the connection goes on.
+    fn execute(&self, line: &str, reply: &mut Vec<u8>) -> Flow {
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         let mut words = line.splitn(3, ' ');
-        let answer = match (words.next(), words.next(), words.next()) {
+        let (answer, flow) = match (words.next(), words.next(), words.next()) {
             (Some("SET"), Some(key), Some(value)) => {
                 store.insert(key.to_string(), value.to_string());
-                "OK".to_string()
+                ("OK".to_string(), Flow::Continue)
             }
-            (Some("GET"), Some(key), None) => store.get(key).cloned().unwrap_or("NIL".into()),
+            (Some("GET"), Some(key), None) => {
+                let value = store.get(key).cloned().unwrap_or("NIL".into());
+                (value, Flow::Continue)
+            }
             (Some("DEL"), Some(key), None) => match store.remove(key) {
-                Some(_) => "1".to_string(),
-                None => "0".to_string(),
+                Some(_) => ("1".to_string(), Flow::Continue),
+                None => ("0".to_string(), Flow::Continue),
             },
-            _ => return Err(SessionError(format!("unknown command: {line:.40}"))),
+            (Some("QUIT"), None, None) => ("BYE".to_string(), Flow::Close),
+            _ => (format!("ERR unknown command {line:.40}"), Flow::Close),
         };
         reply.extend_from_slice(answer.as_bytes());
         reply.push(b'\n');
-        Ok(())
+        flow
     }
 }
 
 impl Session for KvSession {
-    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<(), SessionError> {
+    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<Flow, SessionError> {
         for &byte in input {
             if byte != b'\n' {
                 self.line.push(byte);
@@ -72,9 +78,11 @@ impl Session for KvSession {
             }
             let line = std::mem::take(&mut self.line);
             let line = String::from_utf8(line).map_err(|_| SessionError("not UTF-8".into()))?;
-            self.execute(line.trim_end_matches('\r'), reply)?;
+            if self.execute(line.trim_end_matches('\r'), reply) == Flow::Close {
+                return Ok(Flow::Close);
+            }
         }
-        Ok(())
+        Ok(Flow::Continue)
     }
 }
 
@@ -96,6 +104,14 @@ fn main() {
         );
         assert_eq!(got, answer.as_bytes());
     }
+    client.send(b"QUIT\n").expect("send");
+    let (last, seen) = client.receive_until_close();
+    println!(
+        "QUIT -> {} then {seen:?}",
+        String::from_utf8_lossy(&last).trim()
+    );
+    assert_eq!(last, b"BYE\n");
+    // Our end of the close: the server lingers (bounded) until the client's FIN.
     drop(client);
     let report = server.shutdown(Duration::from_secs(2));
     println!("shut down: {report:?}");

@@ -27,7 +27,7 @@ pub enum DisposeReason {
     StartFailed,
     /// The session (protocol code) panicked while handling this connection.
     SessionPanic,
-    /// The session rejected what the client sent.
+    /// The session rejected what the client sent, or the protocol refused to open a session.
     ProtocolError,
     /// The server shut down while the connection was live.
     Shutdown,
@@ -42,11 +42,14 @@ pub enum DisposeReason {
     /// mTLS: the client presented no certificate when one is required, or one that did not
     /// verify (unknown CA, expired, revoked by a CRL) or that the allow-list does not admit.
     ClientAuthFailed,
+    /// The session ended the connection after its last reply ([`Flow::Close`](crate::Flow)):
+    /// a `QUIT`, or a final error message before hanging up.
+    SessionClosed,
 }
 
 impl DisposeReason {
     /// Every reason, in a fixed order (metrics expose each one, zero or not).
-    pub const ALL: [DisposeReason; 15] = [
+    pub const ALL: [DisposeReason; 16] = [
         DisposeReason::PeerEof,
         DisposeReason::ReaderError,
         DisposeReason::WriterError,
@@ -62,6 +65,7 @@ impl DisposeReason {
         DisposeReason::UpstreamEof,
         DisposeReason::UpstreamError,
         DisposeReason::ClientAuthFailed,
+        DisposeReason::SessionClosed,
     ];
 
     /// The snake_case word used in metrics and logs.
@@ -76,6 +80,7 @@ impl DisposeReason {
             DisposeReason::StartFailed => "start_failed",
             DisposeReason::SessionPanic => "session_panic",
             DisposeReason::ProtocolError => "protocol_error",
+            DisposeReason::SessionClosed => "session_closed",
             DisposeReason::Shutdown => "shutdown",
             DisposeReason::Killed => "killed",
             DisposeReason::UpstreamConnectFailed => "upstream_connect_failed",

@@ -21,8 +21,21 @@ pub trait Protocol: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Creates the session of a connection whose TLS handshake just finished. Runs on the
-    /// connection's worker thread.
-    fn open(&self, info: &ConnInfo) -> Box<dyn Session>;
+    /// connection's worker thread. An error refuses the connection: it is closed gracefully
+    /// (`close_notify`) with reason `protocol_error`.
+    fn open(&self, info: &ConnInfo) -> Result<Box<dyn Session>, SessionError>;
+}
+
+/// What the connection does once a session call has returned.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Write the reply (if any) and read on.
+    Continue,
+    /// Write the reply (if any), then close gracefully: `close_notify`, the TCP FIN, the
+    /// client's own end awaited (bounded). Reason `session_closed`. For a `QUIT`, or a last
+    /// `-ERR ...` before hanging up.
+    Close,
 }
 
 /// One connection's protocol state. Called from the connection's actor only, one call at a
@@ -32,8 +45,10 @@ pub trait Protocol: Send + Sync + 'static {
 /// the server and the other connections carry on.
 pub trait Session: 'static {
     /// Handles decrypted bytes from the client; appends anything to send back to `reply`.
-    /// The reply is written (and flushed) before the client's next bytes are read.
-    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<(), SessionError>;
+    /// The reply is written (and flushed) before the client's next bytes are read; then the
+    /// connection reads on or closes, as the [`Flow`] says. An error closes the connection
+    /// with reason `protocol_error`, discarding the reply.
+    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<Flow, SessionError>;
 
     /// The client finished sending; a last reply may be appended before `close_notify`.
     fn on_peer_finished(&mut self, _reply: &mut Vec<u8>) {}
@@ -48,16 +63,16 @@ impl Protocol for Echo {
         "echo"
     }
 
-    fn open(&self, _info: &ConnInfo) -> Box<dyn Session> {
-        Box::new(EchoSession)
+    fn open(&self, _info: &ConnInfo) -> Result<Box<dyn Session>, SessionError> {
+        Ok(Box::new(EchoSession))
     }
 }
 
 struct EchoSession;
 
 impl Session for EchoSession {
-    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<(), SessionError> {
+    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<Flow, SessionError> {
         reply.extend_from_slice(input);
-        Ok(())
+        Ok(Flow::Continue)
     }
 }

@@ -10,7 +10,7 @@ use tlsvisor_actors::testing::{
 
 use tlsvisor_actors::{
     CertificateFiles, CertificateInfo, ConnInfo, DevCerts, DisposeReason, Echo, Protocol, Session,
-    TlsPolicy, TlsSource, TlsVersion,
+    SessionError, TlsPolicy, TlsSource, TlsVersion,
 };
 
 /// A ceiling only a hang reaches.
@@ -320,7 +320,7 @@ impl Protocol for Recording {
         "recording"
     }
 
-    fn open(&self, info: &ConnInfo) -> Box<dyn Session> {
+    fn open(&self, info: &ConnInfo) -> Result<Box<dyn Session>, SessionError> {
         self.0.lock().unwrap().push(info.clone());
         Echo.open(info)
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tlsvisor_actors::testing::{tcp_connect_from, TestServer};
 use tlsvisor_actors::{
-    ConnInfo, DisposeReason, Echo, Protocol, Session, SessionError, SHUTDOWN_OVERHEAD,
+    ConnInfo, DisposeReason, Echo, Flow, Protocol, Session, SessionError, SHUTDOWN_OVERHEAD,
 };
 
 /// A ceiling only a hang reaches.
@@ -117,19 +117,19 @@ impl Protocol for Stuck {
         "stuck"
     }
 
-    fn open(&self, _info: &ConnInfo) -> Box<dyn Session> {
-        Box::new(self.clone())
+    fn open(&self, _info: &ConnInfo) -> Result<Box<dyn Session>, SessionError> {
+        Ok(Box::new(self.clone()))
     }
 }
 
 impl Session for Stuck {
-    fn on_data(&mut self, _input: &[u8], _reply: &mut Vec<u8>) -> Result<(), SessionError> {
+    fn on_data(&mut self, _input: &[u8], _reply: &mut Vec<u8>) -> Result<Flow, SessionError> {
         let (open, wake) = &*self.gate;
         let mut open = open.lock().unwrap();
         while !*open {
             open = wake.wait(open).unwrap();
         }
-        Ok(())
+        Ok(Flow::Continue)
     }
 }
 

@@ -6,7 +6,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use tlsvisor_actors::testing::{leak, CloseSeen, TestServer, TlsClient};
-use tlsvisor_actors::{CloseMode, ConnId, DisposeReason, Echo};
+use tlsvisor_actors::{
+    CloseMode, ConnId, ConnInfo, DisposeReason, Echo, Flow, Protocol, Session, SessionError,
+};
 
 /// A ceiling only a hang reaches.
 const HANG: Duration = Duration::from_secs(20);
@@ -360,4 +362,84 @@ fn a_graceful_kill_ends_even_while_a_write_to_the_client_is_stalled() {
     server.kill(ConnId(0), CloseMode::Graceful);
     server.wait_disposed(1, HANG);
     assert_eq!(reasons(&server), vec![DisposeReason::Killed]);
+}
+
+/// Answers `bye` to anything and ends the connection ([`Flow::Close`]); refuses every
+/// connection with an odd id when `refuse_odd_ids` is set (a fallible `open`).
+#[derive(Clone, Copy)]
+struct Bye {
+    refuse_odd_ids: bool,
+}
+
+impl Protocol for Bye {
+    fn name(&self) -> &'static str {
+        "bye"
+    }
+
+    fn open(&self, info: &ConnInfo) -> Result<Box<dyn Session>, SessionError> {
+        if self.refuse_odd_ids && info.id.0 % 2 == 1 {
+            return Err(SessionError("odd id".into()));
+        }
+        Ok(Box::new(*self))
+    }
+}
+
+impl Session for Bye {
+    fn on_data(&mut self, _input: &[u8], reply: &mut Vec<u8>) -> Result<Flow, SessionError> {
+        reply.extend_from_slice(b"bye\n");
+        Ok(Flow::Close)
+    }
+}
+
+#[test]
+fn a_session_can_answer_and_then_close() {
+    let server = TestServer::start(Bye {
+        refuse_odd_ids: false,
+    });
+    let mut client = server.connect().unwrap();
+    client.send(b"QUIT\n").unwrap();
+    let (last, seen) = client.receive_until_close();
+    assert_eq!(last, b"bye\n", "the last reply is written before the close");
+    assert!(
+        matches!(seen, CloseSeen::CloseNotifyThenEof),
+        "then a graceful close: {seen:?}"
+    );
+    drop(client);
+    server.wait_disposed(1, HANG);
+    let reasons: Vec<_> = server
+        .assert_each_disposed_once()
+        .values()
+        .map(|r| r.reason)
+        .collect();
+    assert_eq!(reasons, vec![DisposeReason::SessionClosed]);
+}
+
+#[test]
+fn a_protocol_can_refuse_a_connection() {
+    let server = TestServer::start(Bye {
+        refuse_odd_ids: true,
+    });
+    let (mut refused, mut served) = (0, 0);
+    // One at a time, so ids go 0, 1, 2, 3 in this order.
+    for id in 0..4 {
+        let mut client = server.connect().unwrap();
+        if id % 2 == 1 {
+            // Refused after the handshake: close_notify, and nothing else.
+            let (data, seen) = client.receive_until_close();
+            assert!(data.is_empty(), "a refused client gets no data");
+            assert!(matches!(seen, CloseSeen::CloseNotifyThenEof), "{seen:?}");
+            refused += 1;
+        } else {
+            client.send(b"hi\n").unwrap();
+            assert_eq!(client.receive_until_close().0, b"bye\n");
+            served += 1;
+        }
+    }
+    server.wait_disposed(refused + served, HANG);
+    let records = server.assert_each_disposed_once();
+    let protocol_errors = records
+        .values()
+        .filter(|r| r.reason == DisposeReason::ProtocolError)
+        .count() as u64;
+    assert_eq!(protocol_errors, refused);
 }

@@ -9,7 +9,7 @@ use tlsvisor_actors::testing::{
 };
 use tlsvisor_actors::{
     AllowList, ClientAuth, ClientAuthMode, ClientIdentity, ConnInfo, DevCerts, DisposeReason, Echo,
-    Protocol, ProxyConfig, ProxyHeader, Session, TlsSource,
+    Protocol, ProxyConfig, ProxyHeader, Session, SessionError, TlsSource,
 };
 
 /// A ceiling only a hang reaches.
@@ -24,7 +24,7 @@ impl Protocol for Identities {
         "identities"
     }
 
-    fn open(&self, info: &ConnInfo) -> Box<dyn Session> {
+    fn open(&self, info: &ConnInfo) -> Result<Box<dyn Session>, SessionError> {
         self.0.lock().unwrap().push(info.tls.client.clone());
         Echo.open(info)
     }

@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ConnState, Connection};
 use crate::messages::{Close, CloseMode, ReadOutcome};
-use crate::DisposeReason;
+use crate::{DisposeReason, Flow};
 
 impl Connection {
     /// Starts closing with `reason` (kept only if no reason was recorded before). An open
@@ -122,7 +122,8 @@ impl Connection {
                 let reason = self
                     .run_session(|session, reply| {
                         session.on_peer_finished(reply);
-                        Ok(())
+                        // The client is done either way; the connection closes after this.
+                        Ok(Flow::Close)
                     })
                     .err()
                     .unwrap_or(DisposeReason::PeerEof);

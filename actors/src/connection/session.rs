@@ -11,14 +11,14 @@ use tokio::io::AsyncWriteExt;
 use super::{ConnState, Connection};
 use crate::fault::FaultPoint;
 use crate::messages::{Inbound, Side};
-use crate::{DisposeReason, Session, SessionError};
+use crate::{DisposeReason, Flow, Session, SessionError};
 
 impl Connection {
     /// Runs a session callback, turning a panic or a protocol error into a disposal reason.
     pub(super) fn run_session(
         &mut self,
-        call: impl FnOnce(&mut dyn Session, &mut Vec<u8>) -> Result<(), SessionError>,
-    ) -> Result<(), DisposeReason> {
+        call: impl FnOnce(&mut dyn Session, &mut Vec<u8>) -> Result<Flow, SessionError>,
+    ) -> Result<Flow, DisposeReason> {
         let inject_panic = self.faults().is_on(FaultPoint::SessionPanic);
         if self.faults().is_on(FaultPoint::SessionHang) {
             log_conn!(warn, self, "fault injected: the session never returns");
@@ -26,8 +26,9 @@ impl Connection {
                 std::thread::park();
             }
         }
+        // No session: it was dropped after a panic, and the connection is closing.
         let Some(session) = self.session.as_mut() else {
-            return Ok(());
+            return Ok(Flow::Continue);
         };
         let reply = &mut self.reply;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -37,7 +38,7 @@ impl Connection {
             call(session.as_mut(), reply)
         }));
         match outcome {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(flow)) => Ok(flow),
             Ok(Err(e)) => {
                 log_conn!(warn, self, "session refused input"; "error" => %e);
                 self.reply.clear();
@@ -150,7 +151,13 @@ impl Handler<Inbound> for Connection {
             self.forward(msg)
         } else {
             match self.run_session(|session, reply| session.on_data(&msg.bytes, reply)) {
-                Ok(()) => self.write_reply(),
+                Ok(Flow::Continue) => self.write_reply(),
+                Ok(Flow::Close) => {
+                    // The write goes first: the close waits for it, then sends close_notify.
+                    let written = self.write_reply();
+                    self.begin_close(DisposeReason::SessionClosed, ctx);
+                    written
+                }
                 Err(reason) => {
                     self.begin_close(reason, ctx);
                     Box::pin(fut::ready(()))

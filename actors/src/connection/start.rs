@@ -97,7 +97,13 @@ impl Connection {
                 };
                 let protocol = Arc::clone(protocol);
                 match catch_unwind(AssertUnwindSafe(|| protocol.open(&info))) {
-                    Ok(session) => self.session = Some(session),
+                    Ok(Ok(session)) => self.session = Some(session),
+                    Ok(Err(e)) => {
+                        log_conn!(info, self, "protocol refused the connection"; "error" => %e);
+                        // Read on (and drop) while closing: the lingering close needs it.
+                        self.start_client_reader(read_half, ctx);
+                        return self.begin_close(DisposeReason::ProtocolError, ctx);
+                    }
                     Err(_) => {
                         log_conn!(error, self, "protocol panicked opening a session");
                         self.start_client_reader(read_half, ctx);
