@@ -34,3 +34,10 @@ pub(crate) struct ConnectionEnv {
     /// starting a handshake that the `Close` queued behind its start would abandon.
     pub(crate) draining: AtomicBool,
 }
+
+impl Service {
+    /// Whether each upstream connection starts with a PROXY protocol header.
+    pub(crate) fn sends_proxy_header(&self) -> bool {
+        matches!(self, Service::Proxy(proxy) if proxy.proxy_header.is_some())
+    }
+}

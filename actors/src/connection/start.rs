@@ -27,7 +27,11 @@ impl Connection {
     pub(super) fn start_handshake(&mut self, tcp: TcpStream, ctx: &mut Context<Self>) {
         // Small TLS records (handshake flights, echoes) must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
-        self.local = tcp.local_addr().ok();
+        // Our address as the client sees it only goes into a PROXY header: without one, no
+        // getsockname(2) per connection.
+        if self.env.service.sends_proxy_header() {
+            self.local = tcp.local_addr().ok();
+        }
         self.state = ConnState::Handshaking;
         // Taken now and kept: a reload during this handshake does not change it.
         let tls = self.env.tls.current();
