@@ -7,6 +7,7 @@ use std::time::Duration;
 /// Settings of one server instance. [`ServerConfig::new`] gives the defaults an operator would
 /// pick; every field is public so an embedding program can change any of them.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Where to listen. Port 0 picks a free port (see `Server::local_addr`).
     pub listen: SocketAddr,

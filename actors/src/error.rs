@@ -19,6 +19,8 @@ pub enum ServerError {
     Config(String),
     /// `Server::start` was called outside a running actix system.
     NoSystem,
+    /// A worker thread could not be started (the OS refused another thread).
+    WorkerSpawn,
 }
 
 impl fmt::Display for ServerError {
@@ -29,6 +31,7 @@ impl fmt::Display for ServerError {
             ServerError::NoSystem => {
                 f.write_str("Server::start must run inside an actix system (actix_rt::System)")
             }
+            ServerError::WorkerSpawn => f.write_str("cannot start a worker thread"),
         }
     }
 }

@@ -160,6 +160,7 @@ pub struct Shutdown {
 
 /// What a shutdown did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShutdownReport {
     /// Connections asked to close gracefully.
     pub asked_to_close: usize,

@@ -6,6 +6,7 @@ use crate::{ConnId, SessionError, TlsInfo};
 
 /// What a session knows about its connection.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ConnInfo {
     /// The connection's id (also in every log line of the connection).
     pub id: ConnId,

@@ -99,7 +99,7 @@ impl ServerBuilder {
         }
         let stats = Arc::new(Stats::for_workers(self.config.workers));
         let limits = Limits::new(&self.config, Arc::clone(&stats));
-        let workers: Vec<Arbiter> = (0..self.config.workers).map(|_| Arbiter::new()).collect();
+        let workers = start_workers(self.config.workers)?;
         // A registry on each worker: a connection's Register and Dispose never leave its
         // thread. The books they keep (`Stats`) are one, behind one lock.
         let registries: Vec<Addr<HandlerRegistry>> = workers
@@ -283,6 +283,24 @@ impl Server {
             "elapsed_ms" => report.elapsed.as_millis() as u64);
         report
     }
+}
+
+/// Starts `count` worker arbiters. actix panics when the OS refuses a thread; that becomes an
+/// error here, and the workers already started are stopped.
+fn start_workers(count: usize) -> Result<Vec<Arbiter>, ServerError> {
+    let mut workers = Vec::with_capacity(count);
+    for _ in 0..count {
+        match std::panic::catch_unwind(Arbiter::new) {
+            Ok(worker) => workers.push(worker),
+            Err(_) => {
+                for worker in &workers {
+                    worker.stop();
+                }
+                return Err(ServerError::WorkerSpawn);
+            }
+        }
+    }
+    Ok(workers)
 }
 
 /// Joins the worker threads, each on a thread of its own so that a stuck one is waited for

@@ -37,6 +37,7 @@ impl RejectReason {
 /// The registry's books. They live behind one lock so that a reader always sees
 /// `accepted == active + disposed`: the registry changes them together, in one critical section.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Ledger {
     /// Connections registered so far.
     pub accepted: u64,
@@ -82,6 +83,7 @@ struct LatencyHistogram {
 
 /// A point-in-time copy of the connect latency histogram.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct LatencySnapshot {
     /// Cumulative counts, one per bound of [`CONNECT_LATENCY_BUCKETS`].
     pub cumulative: Vec<u64>,
@@ -93,6 +95,7 @@ pub struct LatencySnapshot {
 
 /// Proxy traffic counters.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ProxySnapshot {
     /// Bytes read from clients and written to upstreams.
     pub bytes_client_to_upstream: u64,
@@ -106,6 +109,7 @@ pub struct ProxySnapshot {
 
 /// A consistent view of every counter, taken at one instant.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The registry's books.
     pub ledger: Ledger,

@@ -21,6 +21,7 @@ pub enum ProxyHeader {
 
 /// Where a proxying server forwards its clients.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ProxyConfig {
     /// `HOST:PORT` of the plaintext upstream. An IP literal is used as is; a host name is
     /// resolved at every connect (on tokio's blocking pool).

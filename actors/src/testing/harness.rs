@@ -11,12 +11,13 @@ use std::time::Duration;
 use slog::{o, Logger};
 use tokio::sync::oneshot;
 
-use super::{client_config, eventually, TlsClient};
+use super::leak::ServerSockets;
+use super::{client_config, eventually, LocalTestServer, TlsClient};
 use crate::messages::LiveConnections;
 use crate::{
-    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, LoadedTls,
-    Protocol, ProxyConfig, Server, ServerConfig, ServerHandle, ShutdownReport, Snapshot, Stats,
-    TlsReloader, SHUTDOWN_OVERHEAD,
+    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, Ledger,
+    LoadedTls, Protocol, ProxyConfig, Server, ServerConfig, ServerError, ServerHandle,
+    ShutdownReport, Snapshot, Stats, TlsReloader, SHUTDOWN_OVERHEAD,
 };
 
 /// Grace a dropped `TestServer` gives its connections.
@@ -87,40 +88,61 @@ impl TestServerBuilder {
         self.start_with(move |config| Server::proxy(config, proxy))
     }
 
-    fn start_with(
-        self,
-        make: impl FnOnce(ServerConfig) -> crate::ServerBuilder + Send + 'static,
-    ) -> TestServer {
+    /// Starts `protocol` in the caller's own actix system (an `#[actix_rt::test]`, an
+    /// application under test), with the same certificates, audit and fault set as
+    /// [`TestServerBuilder::start`]; its waits are async. Must be called inside a system.
+    pub fn start_local(self, protocol: impl Protocol) -> Result<LocalTestServer, ServerError> {
+        let setup = self.prepare();
+        let (certs, faults, audit) = (
+            setup.certs.clone(),
+            setup.faults.clone(),
+            Arc::clone(&setup.audit),
+        );
+        let config = setup.config.clone();
+        let server = setup.builder(Server::builder(config, protocol)).start()?;
+        Ok(LocalTestServer::new(server, certs, faults, audit))
+    }
+
+    /// Resolves what every way of starting shares: certificates, configuration, the audit.
+    fn prepare(self) -> Setup {
         let certs = match self.certs {
             Some(certs) => certs,
             None => DevCerts::generate().expect("generate test certificates"), // harness setup: failing here fails the test
         };
-        let loaded = self.tls;
         let tls = certs.server_config().expect("test certificates load"); // harness setup: failing here fails the test
         let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), tls);
         for change in self.configure {
             change(&mut config);
         }
-        let faults = Faults::default();
-        let audit: DisposalAudit = Arc::new(Mutex::new(Vec::new()));
+        Setup {
+            certs,
+            config,
+            loaded: self.tls,
+            faults: Faults::default(),
+            audit: Arc::new(Mutex::new(Vec::new())),
+            log: self.log,
+        }
+    }
+
+    fn start_with(
+        self,
+        make: impl FnOnce(ServerConfig) -> crate::ServerBuilder + Send + 'static,
+    ) -> TestServer {
+        let setup = self.prepare();
+        let (certs, faults, audit) = (
+            setup.certs.clone(),
+            setup.faults.clone(),
+            Arc::clone(&setup.audit),
+        );
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
         let (done_tx, done_rx) = mpsc::channel::<ShutdownReport>();
-        let thread_faults = faults.clone();
-        let thread_audit = Arc::clone(&audit);
-        let log = self.log;
         let thread = std::thread::Builder::new()
             .name("tlsvisor-test-server".into())
             .spawn(move || {
                 actix_rt::System::new().block_on(async move {
-                    let mut builder = make(config).logger(log).audit(thread_audit);
-                    if let Some(loaded) = loaded {
-                        builder = builder.tls(loaded);
-                    }
-                    #[cfg(feature = "fault-injection")]
-                    let builder = builder.faults(thread_faults);
-                    #[cfg(not(feature = "fault-injection"))]
-                    let _ = thread_faults;
+                    let config = setup.config.clone();
+                    let builder = setup.builder(make(config));
                     let server = match builder.start() {
                         Ok(server) => server,
                         Err(e) => {
@@ -158,6 +180,52 @@ impl TestServerBuilder {
             thread: Some(thread),
         }
     }
+}
+
+/// What every way of starting a test server shares.
+struct Setup {
+    certs: DevCerts,
+    config: ServerConfig,
+    loaded: Option<LoadedTls>,
+    faults: Faults,
+    audit: DisposalAudit,
+    log: Logger,
+}
+
+impl Setup {
+    /// `builder` with the harness's logger, audit, TLS and fault set.
+    fn builder(self, builder: crate::ServerBuilder) -> crate::ServerBuilder {
+        let mut builder = builder.logger(self.log).audit(self.audit);
+        if let Some(loaded) = self.loaded {
+            builder = builder.tls(loaded);
+        }
+        #[cfg(feature = "fault-injection")]
+        let builder = builder.faults(self.faults);
+        builder
+    }
+}
+
+/// Asserts that every accepted id of `ledger` was disposed exactly once in `records`, and that
+/// the duplicate and fallback counters are 0. Returns the record of each id.
+pub(super) fn each_disposed_once(
+    ledger: &Ledger,
+    records: Vec<DisposalRecord>,
+) -> BTreeMap<ConnId, DisposalRecord> {
+    let mut by_id: BTreeMap<ConnId, DisposalRecord> = BTreeMap::new();
+    for record in records {
+        assert!(record.applied, "duplicate dispose: {record:?}");
+        let previous = by_id.insert(record.id, record.clone());
+        assert!(previous.is_none(), "id disposed twice: {record:?}");
+    }
+    assert_eq!(ledger.duplicates, 0, "duplicate counter: {ledger:?}");
+    assert_eq!(ledger.fallbacks, 0, "fallback counter: {ledger:?}");
+    let disposed_ids: Vec<u64> = by_id.keys().map(|id| id.0).collect();
+    let expected: Vec<u64> = (0..ledger.accepted).collect();
+    assert_eq!(
+        disposed_ids, expected,
+        "every accepted id is disposed (ledger {ledger:?})"
+    );
+    by_id
 }
 
 /// A server on its own thread and actix system, listening on a free loopback port. Dropping it
@@ -305,22 +373,13 @@ impl TestServer {
     /// Asserts that every accepted id was disposed exactly once, and that the duplicate and
     /// fallback counters are 0. Returns the reason of each id.
     pub fn assert_each_disposed_once(&self) -> BTreeMap<ConnId, DisposalRecord> {
-        let ledger = self.snapshot().ledger;
-        let mut by_id: BTreeMap<ConnId, DisposalRecord> = BTreeMap::new();
-        for record in self.disposals() {
-            assert!(record.applied, "duplicate dispose: {record:?}");
-            let previous = by_id.insert(record.id, record.clone());
-            assert!(previous.is_none(), "id disposed twice: {record:?}");
-        }
-        assert_eq!(ledger.duplicates, 0, "duplicate counter: {ledger:?}");
-        assert_eq!(ledger.fallbacks, 0, "fallback counter: {ledger:?}");
-        let disposed_ids: Vec<u64> = by_id.keys().map(|id| id.0).collect();
-        let expected: Vec<u64> = (0..ledger.accepted).collect();
-        assert_eq!(
-            disposed_ids, expected,
-            "every accepted id is disposed (ledger {ledger:?})"
-        );
-        by_id
+        each_disposed_once(&self.snapshot().ledger, self.disposals())
+    }
+
+    /// Sockets on the server's port that are not listening: its connections, counted by state
+    /// (other servers of the same process are on other ports and do not count).
+    pub fn server_sockets(&self) -> io::Result<ServerSockets> {
+        ServerSockets::on_port(self.addr.port())
     }
 
     /// Per-IP limit counts held now: the number of client addresses in the table (0 once no

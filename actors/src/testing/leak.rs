@@ -73,6 +73,31 @@ pub fn sockets_to_remote_port(port: u16, state: TcpState) -> io::Result<usize> {
     count_sockets(state, |_local, remote| remote == port)
 }
 
+/// The sockets of one server, found by its port: what a leak check of that server alone looks
+/// at, so that other servers of the same test process (running in parallel) do not count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerSockets {
+    /// Connections open on the server's side.
+    pub established: usize,
+    /// Connections the peer closed and the server did not: Garnet's leak.
+    pub close_wait: usize,
+}
+
+impl ServerSockets {
+    /// The sockets whose local port is `port`, listening ones aside.
+    pub fn on_port(port: u16) -> io::Result<ServerSockets> {
+        Ok(ServerSockets {
+            established: sockets_on_local_port(port, TcpState::Established)?,
+            close_wait: sockets_on_local_port(port, TcpState::CloseWait)?,
+        })
+    }
+
+    /// Whether nothing of the server's connections is left open.
+    pub fn is_clean(&self) -> bool {
+        *self == ServerSockets::default()
+    }
+}
+
 /// CLOSE-WAIT sockets on the server's port: each one is a connection the peer finished and the
 /// server never closed.
 pub fn close_wait_on_port(port: u16) -> io::Result<usize> {
