@@ -129,6 +129,14 @@ impl Connection {
                     .unwrap_or(DisposeReason::PeerEof);
                 self.begin_close(reason, ctx);
             }
+            ReadOutcome::Failed(e) if is_reset(&e) => {
+                // The client's socket is gone (a reset: it was killed, or crashed): nothing
+                // can reach it, so no close_notify is attempted; a burst of killed clients
+                // costs one stop each.
+                log_conn!(debug, self, "connection reset by the client"; "error" => %e);
+                self.reason.get_or_insert(DisposeReason::ReaderError);
+                ctx.stop();
+            }
             ReadOutcome::Failed(e) => {
                 log_conn!(debug, self, "read failed"; "error" => %e);
                 self.begin_close(DisposeReason::ReaderError, ctx);
@@ -149,4 +157,14 @@ impl Handler<Close> for Connection {
             }
         }
     }
+}
+
+/// Whether a read failed because the peer's socket is gone (nothing more can be sent to it).
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+    )
 }
