@@ -7,7 +7,7 @@
 //! `accept` (the address is not known before): a client over its limit is closed at once.
 //!
 //! Every slot is a value that gives its count back when dropped. A connection holds its
-//! [`ConnectionSlot`] in its dispose guard (released as its `Dispose` is sent) and its
+//! [`ConnectionSlot`] in its `Registration` (released as its `Dispose` is sent) and its
 //! [`HandshakeSlot`] until the handshake ends, so no count can outlive what it counts.
 
 use std::net::IpAddr;

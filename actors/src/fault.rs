@@ -22,8 +22,9 @@ pub enum FaultPoint {
     /// client stays in the backlog, the acceptor sheds the waiting clients (reason
     /// `fd_exhausted`) and backs off. With `Faults::enable_times`, the next N accepts fail.
     AcceptError,
-    /// The `Connection` actor itself panics (outside the session's panic guard), so its drop
-    /// guard is what disposes it. Exercises the fallback path.
+    /// The `Connection` actor itself panics (outside the session's panic guard): actix runs
+    /// its stop hook while dropping it, or, if it did not, its registration's `Drop` disposes
+    /// it (the fallback path).
     ConnectionPanic,
     /// The session never returns from the first bytes it gets: the worker thread blocks for
     /// good, as under a protocol callback stuck in a blocking call. The shutdown must still

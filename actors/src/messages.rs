@@ -2,7 +2,7 @@
 //!
 //! Ordering that the design relies on: `Register` for an id is sent from the worker arbiter
 //! before its `Connection` is started, and `Dispose` only from that `Connection`'s stop hook (or
-//! its drop guard) on the same thread, afterwards. Both go through the registry's one mailbox,
+//! its `Registration`'s `Drop`) on the same thread, afterwards. Both go through the registry's one mailbox,
 //! so the registry always sees `Register` before `Dispose` for the same id.
 
 use std::io;
@@ -32,7 +32,8 @@ pub(crate) struct Register {
 pub enum DisposedVia {
     /// `Connection::stopped()`: the one intended path.
     StopHook,
-    /// The drop guard, because the connection was dropped without `stopped()` running.
+    /// The registration's `Drop`, because the connection was dropped without `stopped()`
+    /// running.
     Fallback,
 }
 
