@@ -8,7 +8,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,12 @@ use tlsvisor_actors::Stats;
 use crate::metrics::registry;
 use crate::BoxError;
 
-/// How long a scraper gets to send its request and read the answer.
+/// How long a scraper gets for its whole request and answer: one slow or silent client must
+/// not hold the endpoint (it answers one request at a time).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long dropping the server waits for its thread, which may be answering a slow client;
+/// past it the thread is left to finish on its own (the process is usually exiting).
+const STOP_WAIT: Duration = Duration::from_millis(200);
 /// The longest request head read; a scrape's is a few hundred bytes.
 const MAX_REQUEST: usize = 8 * 1024;
 /// Pauses after a failed accept: 10 ms doubling to 500 ms.
@@ -33,6 +37,8 @@ pub struct MetricsServer {
     listener: Arc<TcpListener>,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Closed when the thread ends.
+    finished: mpsc::Receiver<()>,
 }
 
 impl MetricsServer {
@@ -51,16 +57,21 @@ impl MetricsServer {
         info!(log, "metrics listening"; "metrics_listen" => %bound);
         let listener = Arc::new(listener);
         let stopping = Arc::new(AtomicBool::new(false));
+        let (finished_tx, finished) = mpsc::channel::<()>();
         let thread = {
             let (listener, stopping) = (Arc::clone(&listener), Arc::clone(&stopping));
             std::thread::Builder::new()
                 .name("tlsvisor-metrics".into())
-                .spawn(move || serve(&listener, &registry, &stopping, &log))?
+                .spawn(move || {
+                    serve(&listener, &registry, &stopping, &log);
+                    drop(finished_tx);
+                })?
         };
         Ok(MetricsServer {
             listener,
             stopping,
             thread: Some(thread),
+            finished,
         })
     }
 }
@@ -93,7 +104,7 @@ fn serve(listener: &TcpListener, registry: &Registry, stopping: &AtomicBool, log
 
 /// Reads one request head and answers it.
 fn answer(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0_u8; 1024];
@@ -106,6 +117,12 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
                 b"",
             );
         }
+        // Each read gets what is left of the request's time, not a fresh timeout.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -162,8 +179,12 @@ impl Drop for MetricsServer {
         // shutdown(SHUT_RD) of a listening socket wakes a blocked accept with an error, and
         // needs no new descriptor (a wake-up connection might not get one).
         let _ = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Read);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        // A request being answered ends within its own deadline; waiting for it is bounded
+        // here too, so that a forced shutdown still exits within its second.
+        if self.finished.recv_timeout(STOP_WAIT) == Err(mpsc::RecvTimeoutError::Disconnected) {
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -201,7 +201,9 @@ fn warn_if_descriptors_short(settings: &Settings, nofile: Option<u64>, log: &Log
         ProtocolKind::Proxy => 2,
         ProtocolKind::Echo => 1,
     };
-    let needed = settings.max_connections as u64 * per_connection + FIXED_DESCRIPTORS;
+    let needed = (settings.max_connections as u64)
+        .saturating_mul(per_connection)
+        .saturating_add(FIXED_DESCRIPTORS);
     if let Some(nofile) = nofile.filter(|n| *n < needed) {
         warn!(log, "the open files limit is below what --max-connections needs; past it new \
                     clients are shed as fd_exhausted";

@@ -58,6 +58,7 @@ fn pressure(addr: SocketAddr, threads: usize, how_long: Duration) -> usize {
 /// afterwards every worker accepts again, 100 new clients all echo, no socket is left in
 /// CLOSE-WAIT and the descriptors are back to where they were.
 fn after_fd_exhaustion_every_worker_accepts(workers: usize) {
+    common::raise_open_files_limit();
     let upstream = TestUpstream::start(upstream::echo);
     let upstream_addr = upstream.addr().to_string();
     let workers_flag = workers.to_string();

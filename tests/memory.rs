@@ -35,6 +35,7 @@ fn open(server: &Tlsvisor, bytes: usize) -> Vec<TlsClient> {
 
 #[test]
 fn a_connection_that_streamed_and_went_quiet_costs_what_an_idle_one_does() {
+    common::raise_open_files_limit();
     let server = Tlsvisor::serve(&[]);
     let active = |n: usize| {
         eventually(HANG, || {

@@ -77,6 +77,7 @@ impl Actor for Acceptor {
             registry: self.registry.clone(),
             pause: Pause::default(),
             warnings: Warnings::default(),
+            client_failures: 0,
         };
         // A spawned future stops being polled once the actor stops (StopAccepting), and is
         // dropped with it, closing this worker's descriptor of the listener.
@@ -99,7 +100,19 @@ struct AcceptLoop {
     registry: Addr<HandlerRegistry>,
     pause: Pause,
     warnings: Warnings,
+    /// Failures "of the client" in a row: many of them mean the error is not the client's
+    /// (a seccomp filter or an LSM refusing accept(2) with EPERM, say), and retrying at once
+    /// would spin.
+    client_failures: u32,
 }
+
+/// Client failures in a row after which the acceptor pauses as for any other failure.
+const CLIENT_FAILURES_BEFORE_PAUSE: u32 = 64;
+
+/// After a disposal ends a pause, the connection's socket halves are still being dropped (the
+/// actor and its reader go right after the hook that released the slot): give them this long
+/// before accepting, rather than meet `EMFILE` again and shed a client that could be served.
+const AFTER_DISPOSAL: Duration = Duration::from_millis(1);
 
 impl AcceptLoop {
     async fn run(mut self, listener: std::net::TcpListener) {
@@ -160,7 +173,11 @@ impl AcceptLoop {
                 Err(Failure { error, .. }) if error.raw_os_error() == Some(libc::EINVAL) => {
                     return None
                 }
-                Err(Failure { error, .. }) if is_client_gone(&error) => {
+                Err(Failure { error, .. })
+                    if is_client_gone(&error)
+                        && self.client_failures < CLIENT_FAILURES_BEFORE_PAUSE =>
+                {
+                    self.client_failures += 1;
                     self.env.stats.accept_error();
                     self.warn("accept failed; accepting the next", &error);
                 }
@@ -185,12 +202,13 @@ impl AcceptLoop {
         let _paused = self.env.stats.acceptor_paused();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = self.env.limits.next_disposal() => {}
+            _ = self.env.limits.next_disposal() => tokio::time::sleep(AFTER_DISPOSAL).await,
         }
     }
 
     /// An accept succeeded: end the episode of failures, if any, and say so.
     fn resumed(&mut self) {
+        self.client_failures = 0;
         let Some(episode) = self.pause.reset() else {
             return;
         };

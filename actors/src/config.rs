@@ -106,6 +106,14 @@ impl ServerConfig {
         if self.effective_max_handshakes() == 0 {
             return fail("max_handshakes must be at least 1");
         }
+        // The limits are tokio semaphores, which hold at most this many permits.
+        let most = tokio::sync::Semaphore::MAX_PERMITS;
+        if self.max_connections > most || self.effective_max_handshakes() > most {
+            return fail("max_connections and max_handshakes must be below 2^61");
+        }
+        if self.idle_timeout == Some(std::time::Duration::ZERO) {
+            return fail("idle_timeout must be above zero (None switches it off)");
+        }
         if self.read_buffer == 0 {
             return fail("read_buffer must be at least 1 byte");
         }

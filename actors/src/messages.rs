@@ -143,8 +143,9 @@ pub struct ReaderFinished {
     pub outcome: ReadOutcome,
 }
 
-/// Supervisor → each `Acceptor`, first step of the shutdown: stop accepting and close the
-/// acceptor's copies of the listening socket. The reply comes once they are closed.
+/// Supervisor → each `Acceptor`, after it shut the listening socket down: stop. The acceptor's
+/// copy of the listening socket is closed as its accept loop is dropped, right after the
+/// reply.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
 pub struct StopAccepting;

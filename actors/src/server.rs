@@ -99,6 +99,13 @@ impl ServerBuilder {
         }
         let stats = Arc::new(Stats::for_workers(self.config.workers));
         let limits = Limits::new(&self.config, Arc::clone(&stats));
+        // One listening socket; each worker accepts on its own descriptor of it (a dup). The
+        // copies are made before any thread starts: a failure leaves nothing running.
+        let listener = listener.into_std().map_err(bind_error)?;
+        let copies = (0..self.config.workers)
+            .map(|_| listener.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(bind_error)?;
         let workers = start_workers(self.config.workers)?;
         // A registry on each worker: a connection's Register and Dispose never leave its
         // thread. The books they keep (`Stats`) are one, behind one lock.
@@ -131,11 +138,9 @@ impl ServerBuilder {
             Service::Sessions(protocol) => protocol.name(),
             Service::Proxy(_) => "proxy",
         };
-        // One listening socket; each worker accepts on its own descriptor of it (a dup).
-        let listener = listener.into_std().map_err(bind_error)?;
         let mut acceptors = Vec::with_capacity(workers.len());
-        for (index, (worker, registry)) in workers.iter().zip(&registries).enumerate() {
-            let copy = listener.try_clone().map_err(bind_error)?;
+        let each_worker = workers.iter().zip(&registries).zip(copies).enumerate();
+        for (index, ((worker, registry), copy)) in each_worker {
             let env = Arc::clone(&env);
             let registry = registry.clone();
             acceptors.push(Acceptor::start_in_arbiter(&worker.handle(), move |_| {
@@ -218,6 +223,7 @@ impl Server {
     }
 
     /// The registries, one per worker (the test harness asks each on its own).
+    #[cfg(feature = "testing")]
     pub(crate) fn registries(&self) -> &[Addr<HandlerRegistry>] {
         &self.registries.0
     }
@@ -256,7 +262,12 @@ impl Server {
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
         let started = Instant::now();
         // The supervisor bounds every step itself; this bound only guards against a bug there.
-        let protocol_bound = STOP_ACCEPTING_WAIT + grace + FORCE_WAIT;
+        // (with a margin, so that the supervisor's own report, built at its last deadline,
+        // still arrives).
+        let protocol_bound = STOP_ACCEPTING_WAIT
+            .saturating_add(grace)
+            .saturating_add(FORCE_WAIT)
+            .saturating_add(Duration::from_millis(500));
         let mut report =
             tokio::time::timeout(protocol_bound, self.supervisor.send(Shutdown { grace }))
                 .await

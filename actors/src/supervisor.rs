@@ -86,7 +86,10 @@ impl Handler<Shutdown> for ConnectionSupervisor {
             env.draining.store(true, Ordering::SeqCst);
             info!(log, "shutdown: stopped accepting, closing connections";
                 "grace_ms" => msg.grace.as_millis() as u64);
-            let grace_end = Instant::now() + msg.grace;
+            // A grace too long to add to now is, in effect, no deadline.
+            let grace_end = Instant::now()
+                .checked_add(msg.grace)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
             let close = |mode| Close {
                 mode,
                 reason: DisposeReason::Shutdown,

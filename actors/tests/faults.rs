@@ -169,8 +169,9 @@ fn emfile_at_accept_sheds_the_waiting_client_and_accepting_resumes() {
         let started = Instant::now();
         assert!(server.connect().is_err(), "client {attempt} is shed");
         assert!(
-            started.elapsed() < HANG,
-            "a shed client is closed, not left hanging"
+            started.elapsed() < Duration::from_secs(5),
+            "a shed client is closed at once, not left hanging: {:?}",
+            started.elapsed()
         );
         // The shedding is over (the error is counted after it) before the next client comes:
         // a client arriving during it would be shed with this one.

@@ -23,6 +23,22 @@ pub fn dev_ca() -> Vec<u8> {
     std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.crt")).unwrap()
 }
 
+/// Raises this test process's soft open-files limit to its hard limit: tests that hold
+/// thousands of client sockets must not depend on the shell's `ulimit -n`.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// A running `tlsvisor` process with JSON logs.
 pub struct Tlsvisor {
     pub child: Child,

@@ -25,7 +25,7 @@ impl Connection {
                 // One deadline for the whole close: a write in flight to a client that does not
                 // read must not hold a graceful close (a kill, a shutdown) open. The flush and
                 // the linger each get close_timeout; this bounds both together.
-                let deadline = self.env.config.close_timeout * 2;
+                let deadline = self.env.config.close_timeout.saturating_mul(2);
                 ctx.run_later(deadline, |_, ctx| ctx.stop());
                 // A write in flight holds the write half; its completion finishes the close.
                 if !self.write_in_flight {
