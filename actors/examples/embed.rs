@@ -1,5 +1,6 @@
 //! tlsvisor inside a larger actix system: the sessions of a TLS line protocol hand every line
-//! to an actor of the application (a `Journal`), by message, and the two are shut down
+//! to an actor of the application (a `Journal`) by message and answer with what the journal
+//! replied (an async reply: the client is not read again meanwhile), and the two are shut down
 //! together, in order: the TLS server first (no new line can arrive), then the journal is asked
 //! what it got, then the system stops.
 //!
@@ -11,7 +12,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use tlsvisor_actors::testing::{client_config, TlsClient};
 use tlsvisor_actors::{
-    ConnId, ConnInfo, DevCerts, Flow, Protocol, Server, ServerConfig, Session, SessionError,
+    AsyncReply, ConnId, ConnInfo, DevCerts, Flow, Protocol, Server, ServerConfig, Session,
+    SessionError,
 };
 
 /// The application's own actor: it keeps every line any client sent.
@@ -24,16 +26,17 @@ impl Actor for Journal {
     type Context = Context<Self>;
 }
 
-/// Session → journal: one line a client sent.
+/// Session → journal: one line a client sent. The answer is how many lines the journal holds.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "usize")]
 struct Append(ConnId, String);
 
 impl Handler<Append> for Journal {
-    type Result = ();
+    type Result = usize;
 
-    fn handle(&mut self, Append(id, line): Append, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Append(id, line): Append, _ctx: &mut Self::Context) -> usize {
         self.lines.push((id, line));
+        self.lines.len()
     }
 }
 
@@ -50,7 +53,8 @@ impl Handler<Count> for Journal {
     }
 }
 
-/// The protocol: every line goes to the journal, and the client gets `logged` back.
+/// The protocol: every line goes to the journal, and the client gets `logged N` back, N being
+/// the journal's answer.
 struct Logged {
     journal: Addr<Journal>,
 }
@@ -76,18 +80,35 @@ struct LoggedSession {
 }
 
 impl Session for LoggedSession {
-    fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<Flow, SessionError> {
+    fn on_data(&mut self, _input: &[u8], _reply: &mut Vec<u8>) -> Result<Flow, SessionError> {
+        Err(SessionError(
+            "every chunk goes through on_data_async".into(),
+        ))
+    }
+
+    /// Each complete line goes to the journal; the reply waits for the journal's answers. The
+    /// future holds no borrow of the session: what it needs is moved in.
+    fn on_data_async(&mut self, input: &[u8]) -> Option<AsyncReply> {
+        let mut lines = Vec::new();
         for &byte in input {
-            if byte != b'\n' {
+            if byte == b'\n' {
+                lines.push(String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned());
+            } else {
                 self.line.push(byte);
-                continue;
             }
-            let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
-            // A message to an actor on another arbiter: the session never waits for it.
-            self.journal.do_send(Append(self.id, line));
-            reply.extend_from_slice(b"logged\n");
         }
-        Ok(Flow::Continue)
+        let (journal, id) = (self.journal.clone(), self.id);
+        Some(Box::pin(async move {
+            let mut reply = Vec::new();
+            for line in lines {
+                let count = journal
+                    .send(Append(id, line))
+                    .await
+                    .map_err(|e| SessionError(format!("journal unavailable: {e}")))?;
+                reply.extend_from_slice(format!("logged {count}\n").as_bytes());
+            }
+            Ok((reply, Flow::Continue))
+        }))
     }
 }
 
@@ -107,9 +128,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A client on a thread of its own (it blocks): three lines, three answers.
         let client = std::thread::spawn(move || -> std::io::Result<()> {
             let mut client = TlsClient::connect(addr, client_config(ca.as_bytes())?)?;
-            for line in ["first", "second", "third"] {
+            for (n, line) in ["first", "second", "third"].iter().enumerate() {
                 client.send(format!("{line}\n").as_bytes())?;
-                assert_eq!(client.receive(7)?, b"logged\n");
+                assert_eq!(client.receive(9)?, format!("logged {}\n", n + 1).as_bytes());
             }
             client.close();
             Ok(())

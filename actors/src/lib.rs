@@ -130,7 +130,7 @@ pub use dispose_reason::DisposeReason;
 pub use error::{ServerError, SessionError, TlsConfigError};
 pub use fault::{FaultPoint, Faults};
 pub use messages::{CloseMode, DisposedVia, ShutdownReport, Side};
-pub use protocol::{ConnInfo, Echo, Flow, Protocol, Session};
+pub use protocol::{AsyncReply, ConnInfo, Echo, Flow, Protocol, Session};
 use reader::{ClientReader, UpstreamReader};
 use registry::HandlerRegistry;
 pub use registry::{DisposalAudit, DisposalRecord};

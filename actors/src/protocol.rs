@@ -1,6 +1,8 @@
 //! The seam between the supervisor and what is spoken over a connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use crate::{ConnId, SessionError, TlsInfo};
 
@@ -27,11 +29,18 @@ pub trait Protocol: Send + Sync + 'static {
     fn open(&self, info: &ConnInfo) -> Result<Box<dyn Session>, SessionError>;
 }
 
+/// A reply that takes async work (a message to another actor and its answer, a query): the
+/// bytes to write and what to do then. It runs on the connection's own worker thread (it need
+/// not be `Send`), and the client is not read again before it resolves: one chunk in flight,
+/// as with [`Session::on_data`]. A panic inside it ends the connection as `session_panic`.
+pub type AsyncReply = Pin<Box<dyn Future<Output = Result<(Vec<u8>, Flow), SessionError>>>>;
+
 /// What the connection does once a session call has returned.
 #[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Flow {
     /// Write the reply (if any) and read on.
+    #[default]
     Continue,
     /// Write the reply (if any), then close gracefully: `close_notify`, the TCP FIN, the
     /// client's own end awaited (bounded). Reason `session_closed`. For a `QUIT`, or a last
@@ -50,6 +59,13 @@ pub trait Session: 'static {
     /// connection reads on or closes, as the [`Flow`] says. An error closes the connection
     /// with reason `protocol_error`, discarding the reply.
     fn on_data(&mut self, input: &[u8], reply: &mut Vec<u8>) -> Result<Flow, SessionError>;
+
+    /// For a session that answers after async work: return `Some(reply)` and `on_data` is not
+    /// called for these bytes; the connection writes what the reply resolves to, then goes on
+    /// as its [`Flow`] says. The default, `None`, answers with `on_data`.
+    fn on_data_async(&mut self, _input: &[u8]) -> Option<AsyncReply> {
+        None
+    }
 
     /// The client finished sending; a last reply may be appended before `close_notify`.
     fn on_peer_finished(&mut self, _reply: &mut Vec<u8>) {}

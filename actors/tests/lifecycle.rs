@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tlsvisor_actors::testing::{leak, CloseSeen, TestServer, TlsClient};
 use tlsvisor_actors::{
-    CloseMode, ConnId, ConnInfo, DisposeReason, Echo, Flow, Protocol, Session, SessionError,
+    AsyncReply, CloseMode, ConnId, ConnInfo, DisposeReason, Echo, Flow, Protocol, Session,
+    SessionError,
 };
 
 /// A ceiling only a hang reaches.
@@ -442,4 +443,73 @@ fn a_protocol_can_refuse_a_connection() {
         .filter(|r| r.reason == DisposeReason::ProtocolError)
         .count() as u64;
     assert_eq!(protocol_errors, refused);
+}
+
+/// Answers each chunk upper-cased after an async pause (as a query to another actor would
+/// take); `quit` is answered `BYE` and closes, `panic` panics inside the async reply.
+struct Later;
+
+impl Protocol for Later {
+    fn name(&self) -> &'static str {
+        "later"
+    }
+
+    fn open(&self, _info: &ConnInfo) -> Result<Box<dyn Session>, SessionError> {
+        Ok(Box::new(Later))
+    }
+}
+
+impl Session for Later {
+    fn on_data(&mut self, _input: &[u8], _reply: &mut Vec<u8>) -> Result<Flow, SessionError> {
+        Err(SessionError(
+            "every chunk goes through on_data_async".into(),
+        ))
+    }
+
+    fn on_data_async(&mut self, input: &[u8]) -> Option<AsyncReply> {
+        let input = input.to_vec();
+        Some(Box::pin(async move {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+            match &input[..] {
+                b"quit" => Ok((b"BYE".to_vec(), Flow::Close)),
+                b"panic" => panic!("injected panic in an async reply"),
+                _ => Ok((input.to_ascii_uppercase(), Flow::Continue)),
+            }
+        }))
+    }
+}
+
+#[test]
+fn a_session_can_answer_after_async_work() {
+    let server = TestServer::start(Later);
+    let mut client = server.connect().unwrap();
+    assert_eq!(client.echo(b"abc").unwrap(), b"ABC");
+    // Back to back: each answer is written before the next chunk is read, in order.
+    client.send(b"one").unwrap();
+    client.send(b"two").unwrap();
+    assert_eq!(client.receive(6).unwrap(), b"ONETWO");
+    client.send(b"quit").unwrap();
+    let (last, seen) = client.receive_until_close();
+    assert_eq!(last, b"BYE");
+    assert!(matches!(seen, CloseSeen::CloseNotifyThenEof), "{seen:?}");
+    drop(client);
+
+    let mut victim = server.connect().unwrap();
+    victim.send(b"panic").unwrap();
+    let (nothing, seen) = victim.receive_until_close();
+    assert!(nothing.is_empty());
+    assert!(matches!(seen, CloseSeen::CloseNotifyThenEof), "{seen:?}");
+    drop(victim);
+
+    server.wait_disposed(2, HANG);
+    let mut reasons: Vec<_> = server
+        .assert_each_disposed_once()
+        .values()
+        .map(|r| r.reason)
+        .collect();
+    reasons.sort_by_key(|r| r.as_str());
+    assert_eq!(
+        reasons,
+        vec![DisposeReason::SessionClosed, DisposeReason::SessionPanic]
+    );
 }

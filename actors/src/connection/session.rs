@@ -6,19 +6,20 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 
 use super::{ConnState, Connection};
 use crate::fault::FaultPoint;
 use crate::messages::{Inbound, Side};
-use crate::{DisposeReason, Flow, Session, SessionError};
+use crate::{AsyncReply, DisposeReason, Flow, Session, SessionError};
 
 impl Connection {
     /// Runs a session callback, turning a panic or a protocol error into a disposal reason.
-    pub(super) fn run_session(
+    pub(super) fn run_session<T: Default>(
         &mut self,
-        call: impl FnOnce(&mut dyn Session, &mut Vec<u8>) -> Result<Flow, SessionError>,
-    ) -> Result<Flow, DisposeReason> {
+        call: impl FnOnce(&mut dyn Session, &mut Vec<u8>) -> Result<T, SessionError>,
+    ) -> Result<T, DisposeReason> {
         let inject_panic = self.faults().is_on(FaultPoint::SessionPanic);
         if self.faults().is_on(FaultPoint::SessionHang) {
             log_conn!(warn, self, "fault injected: the session never returns");
@@ -28,7 +29,7 @@ impl Connection {
         }
         // No session: it was dropped after a panic, and the connection is closing.
         let Some(session) = self.session.as_mut() else {
-            return Ok(Flow::Continue);
+            return Ok(T::default());
         };
         let reply = &mut self.reply;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -38,25 +39,74 @@ impl Connection {
             call(session.as_mut(), reply)
         }));
         match outcome {
-            Ok(Ok(flow)) => Ok(flow),
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
                 log_conn!(warn, self, "session refused input"; "error" => %e);
                 self.reply.clear();
                 Err(DisposeReason::ProtocolError)
             }
-            Err(_) => {
-                log_conn!(
-                    error,
-                    self,
-                    "session panicked; closing this connection only"
-                );
-                self.reply.clear();
-                // A panicked session may be in any state: drop it, and a panic in its Drop too.
-                let broken = self.session.take();
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(broken)));
-                Err(DisposeReason::SessionPanic)
+            Err(_) => Err(self.session_panicked()),
+        }
+    }
+
+    /// A session call or its async reply panicked: drop the session (it may be in any state,
+    /// and a panic in its `Drop` is caught too); the connection ends as `session_panic`.
+    fn session_panicked(&mut self) -> DisposeReason {
+        log_conn!(
+            error,
+            self,
+            "session panicked; closing this connection only"
+        );
+        self.reply.clear();
+        let broken = self.session.take();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(broken)));
+        DisposeReason::SessionPanic
+    }
+
+    /// Writes the reply the session gave, then reads on or closes as `flow` says.
+    fn answer(&mut self, flow: Flow, ctx: &mut Context<Self>) -> ResponseActFuture<Self, ()> {
+        match flow {
+            Flow::Continue => self.write_reply(),
+            Flow::Close => {
+                // The write goes first: the close waits for it, then sends close_notify.
+                let written = self.write_reply();
+                self.begin_close(DisposeReason::SessionClosed, ctx);
+                written
             }
         }
+    }
+
+    /// Begins the close with `reason`; nothing is written for this chunk.
+    fn close_now(
+        &mut self,
+        reason: DisposeReason,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ()> {
+        self.begin_close(reason, ctx);
+        Box::pin(fut::ready(()))
+    }
+
+    /// Waits for an async reply (the reader waits too: one chunk in flight), then answers.
+    fn await_reply(&mut self, reply: AsyncReply) -> ResponseActFuture<Self, ()> {
+        let guarded = AssertUnwindSafe(reply).catch_unwind();
+        Box::pin(guarded.into_actor(self).then(|outcome, act, ctx| {
+            if act.state != ConnState::Open {
+                // Closed while the reply was being worked out: nothing more is written.
+                return Box::pin(fut::ready(())) as ResponseActFuture<Self, ()>;
+            }
+            let reason = match outcome {
+                Ok(Ok((bytes, flow))) => {
+                    act.reply = bytes;
+                    return act.answer(flow, ctx);
+                }
+                Ok(Err(e)) => {
+                    log_conn!(warn, act, "session refused input"; "error" => %e);
+                    DisposeReason::ProtocolError
+                }
+                Err(_) => act.session_panicked(),
+            };
+            act.close_now(reason, ctx)
+        }))
     }
 
     /// Writes the session's pending reply to the client.
@@ -150,18 +200,15 @@ impl Handler<Inbound> for Connection {
         } else if self.upstream.is_some() {
             self.forward(msg)
         } else {
-            match self.run_session(|session, reply| session.on_data(&msg.bytes, reply)) {
-                Ok(Flow::Continue) => self.write_reply(),
-                Ok(Flow::Close) => {
-                    // The write goes first: the close waits for it, then sends close_notify.
-                    let written = self.write_reply();
-                    self.begin_close(DisposeReason::SessionClosed, ctx);
-                    written
+            match self.run_session(|session, _| Ok(session.on_data_async(&msg.bytes))) {
+                Ok(Some(reply)) => self.await_reply(reply),
+                Ok(None) => {
+                    match self.run_session(|session, reply| session.on_data(&msg.bytes, reply)) {
+                        Ok(flow) => self.answer(flow, ctx),
+                        Err(reason) => self.close_now(reason, ctx),
+                    }
                 }
-                Err(reason) => {
-                    self.begin_close(reason, ctx);
-                    Box::pin(fut::ready(()))
-                }
+                Err(reason) => self.close_now(reason, ctx),
             }
         };
         self.in_handler = false;
