@@ -164,6 +164,12 @@ fn start(env: &Env, name: &'static str, upstream_port: u16) -> Running {
                     "--log-level",
                     "warn",
                 ])
+                // An A/B of one setting: extra flags for tlsvisor alone.
+                .args(
+                    std::env::var("TLSVISOR_BENCH_TLSVISOR_ARGS")
+                        .unwrap_or_default()
+                        .split_whitespace(),
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
