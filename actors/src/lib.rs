@@ -84,8 +84,10 @@ mod access_log;
 mod admission;
 mod client_auth;
 mod config;
+mod conn_description;
 mod conn_id;
 mod connection;
+mod control;
 #[cfg(feature = "dev-certs")]
 mod dev_certs;
 mod dispose_reason;
@@ -122,8 +124,10 @@ pub mod bench_hooks;
 use acceptor::Acceptor;
 pub use client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
 pub use config::ServerConfig;
+pub use conn_description::ConnDescription;
 pub use conn_id::ConnId;
 use connection::Connection;
+pub use control::Readiness;
 #[cfg(feature = "dev-certs")]
 pub use dev_certs::{DevCerts, DEV_CERT_NAMES};
 pub use dispose_reason::DisposeReason;

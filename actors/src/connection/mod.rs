@@ -11,6 +11,7 @@ macro_rules! log_conn {
 }
 
 mod close;
+mod describe;
 mod env;
 mod proxy;
 mod session;
