@@ -135,6 +135,14 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the admin API (connections, pause, drain, reload, health, metrics) at
+    /// http://ADDR/; keep it on loopback or behind --admin-token-file.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// A file holding the token every admin request but the health checks must present as
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
     /// Worker threads connections are spread over [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -331,6 +339,22 @@ mod tests {
         assert_eq!(args.handshake_timeout, Some(Duration::from_millis(250)));
         assert_eq!(args.log_format, Some(LogFormat::Json));
         assert!(toml::from_str::<ServeArgs>("no-such-key = 1").is_err());
+    }
+
+    #[test]
+    fn admin_keys_in_the_config_file() {
+        let args: ServeArgs = toml::from_str(
+            r#"
+            admin-listen = "127.0.0.1:9091"
+            admin-token-file = "/etc/tlsvisor/admin.token"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(args.admin_listen, Some("127.0.0.1:9091".parse().unwrap()));
+        assert_eq!(
+            args.admin_token_file,
+            Some(PathBuf::from("/etc/tlsvisor/admin.token"))
+        );
     }
 
     #[test]

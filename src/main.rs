@@ -1,6 +1,7 @@
 //! `tlsvisor`: the server binary. See README.md for how to run it and ARCHITECTURE.md for how
 //! it works.
 
+mod admin;
 mod certs;
 mod cli;
 mod logging;

@@ -107,12 +107,20 @@ async fn serve(
     #[cfg(feature = "fault-injection")]
     let builder = builder.faults(faults_from_env(&log)?);
     let server = builder.logger(log.clone()).tls(tls).start()?;
+    // Shared by both listeners' expositions: refusals are counted wherever they happen.
+    let unauthorized = crate::admin::unauthorized_counter()?;
     let metrics = settings
         .metrics_listen
         .map(|addr| -> Result<_, BoxError> {
             let tls_metrics = Box::new(TlsCollector::new(server.tls_reloader())?);
-            MetricsServer::start(addr, server.stats(), vec![tls_metrics], log.clone())
+            let extra: Vec<Box<dyn prometheus::core::Collector>> =
+                vec![tls_metrics, Box::new(unauthorized.clone())];
+            MetricsServer::start(addr, server.stats(), extra, log.clone())
         })
+        .transpose()?;
+    let admin = settings
+        .admin_listen
+        .map(|addr| crate::admin::start_for(addr, &settings, &server, unauthorized, &log))
         .transpose()?;
     let _watcher = match settings.watch_certs {
         true => Some(CertWatcher::start(
@@ -143,6 +151,7 @@ async fn serve(
         }
     };
     drop(metrics);
+    drop(admin);
     if report.left_registered > 0 || report.abandoned_workers > 0 {
         return Err(format!(
             "shutdown incomplete: {} connections left registered, {} worker threads abandoned",

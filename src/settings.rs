@@ -43,6 +43,8 @@ pub struct Settings {
     pub upstream_connect_timeout: Duration,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     pub metrics_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token_file: Option<PathBuf>,
     pub workers: usize,
     pub max_connections: usize,
     /// `None`: the library's default (256 per worker).
@@ -73,6 +75,8 @@ impl Default for Settings {
             upstream_connect_timeout: Duration::from_secs(5),
             proxy_protocol: None,
             metrics_listen: None,
+            admin_listen: None,
+            admin_token_file: None,
             workers: ServerConfig::default_workers(),
             max_connections: ServerConfig::DEFAULT_MAX_CONNECTIONS,
             max_handshakes: None,
@@ -135,6 +139,8 @@ impl Settings {
                 .unwrap_or(d.upstream_connect_timeout),
             proxy_protocol: flags.proxy_protocol.or(file.proxy_protocol),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            admin_listen: flags.admin_listen.or(file.admin_listen),
+            admin_token_file: flags.admin_token_file.or(file.admin_token_file),
             workers: flags.workers.or(file.workers).unwrap_or(d.workers),
             max_connections: flags
                 .max_connections
