@@ -330,3 +330,27 @@ fn the_token_is_required_everywhere_but_health() {
     assert_eq!(status, 200, "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn readiness_goes_off_as_soon_as_a_shutdown_starts() {
+    let (mut server, admin) = serve_admin(&["--shutdown-grace", "3s"]);
+    // A client that ignores close_notify keeps the shutdown in its grace period.
+    let _stubborn = server.connect().unwrap();
+    assert_eq!(ready_status(admin), 200);
+    server.signal(libc::SIGTERM);
+    assert!(eventually(HANG, || server
+        .logs_with("signal received: shutting down")
+        .len()
+        == 1));
+    let (status, body) = curl(admin, "GET", "/health/ready", None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["stopping"],
+        true
+    );
+    assert_eq!(curl(admin, "GET", "/health/live", None).0, 200);
+    let status = server
+        .wait_exit(HANG)
+        .expect("exits after the grace period");
+    assert!(status.success(), "{status:?}");
+}
