@@ -42,6 +42,9 @@ pub struct ServerConfig {
     pub read_buffer: usize,
     /// `listen(2)` backlog.
     pub backlog: u32,
+    /// Read a PROXY protocol header before the handshake (behind a load balancer); the
+    /// client's original address then stands for the peer. `None`: off.
+    pub accept_proxy: Option<crate::AcceptProxy>,
 }
 
 impl ServerConfig {
@@ -60,6 +63,7 @@ impl ServerConfig {
             close_timeout: ServerConfig::DEFAULT_CLOSE_TIMEOUT,
             read_buffer: 64 * 1024,
             backlog: 1024,
+            accept_proxy: None,
         }
     }
 

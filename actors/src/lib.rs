@@ -79,6 +79,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod accept_proxy;
 mod acceptor;
 mod access_log;
 mod admission;
@@ -121,6 +122,7 @@ pub mod testing;
 #[doc(hidden)]
 pub mod bench_hooks;
 
+pub use accept_proxy::{AcceptProxy, Cidr, ProxyVersions};
 use acceptor::Acceptor;
 pub use client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
 pub use config::ServerConfig;
