@@ -143,6 +143,19 @@ pub struct ServeArgs {
     /// `Authorization: Bearer TOKEN`.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// Read a PROXY protocol header (from a load balancer in front) before each TLS
+    /// handshake; the client's original address then stands for the peer.
+    #[arg(long, value_enum)]
+    pub accept_proxy: Option<AcceptProxyVersion>,
+    /// Only sources in these networks must send the header (repeatable); others are served as
+    /// direct clients [default: every source must].
+    #[arg(long, value_name = "CIDR")]
+    #[serde(default, deserialize_with = "de_list")]
+    pub accept_proxy_from: Vec<String>,
+    /// Time the PROXY header gets to arrive [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub accept_proxy_timeout: Option<Duration>,
     /// Worker threads connections are spread over [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -225,6 +238,17 @@ pub enum ProtocolKind {
     Echo,
     /// Forward decrypted bytes to a plaintext TCP upstream.
     Proxy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcceptProxyVersion {
+    /// The text header only.
+    V1,
+    /// The binary header only.
+    V2,
+    /// Either.
+    Any,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]

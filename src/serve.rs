@@ -42,6 +42,7 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     config.handshake_timeout = settings.handshake_timeout;
     config.idle_timeout = settings.idle_timeout;
     config.close_timeout = settings.close_timeout;
+    config.accept_proxy = settings.accept_proxy.clone();
 
     actix_rt::System::new().block_on(serve(settings, config, tls, log))
 }

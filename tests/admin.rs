@@ -22,15 +22,8 @@ fn serve_admin(extra: &[&str]) -> (Tlsvisor, SocketAddr) {
     let mut args = vec!["--admin-listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let server = Tlsvisor::serve(&args);
-    let mut admin = None;
-    assert!(eventually(HANG, || {
-        admin = server
-            .logs_with("admin listening")
-            .first()
-            .and_then(|v| v["admin_listen"].as_str().map(str::to_string));
-        admin.is_some()
-    }));
-    (server, admin.unwrap().parse().unwrap())
+    let admin = server.admin_listen();
+    (server, admin)
 }
 
 /// One request with curl: (status, body).
