@@ -23,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve TLS connections.
     Serve(Box<ServeArgs>),
+    /// Check what `serve` would run with (settings, certificates and keys, upstream, token
+    /// file) and exit 0, or 1 with one line per problem.
+    Check(Box<ServeArgs>),
     /// Write a development CA and a server certificate and key (for localhost) into a folder.
     GenCerts {
         /// Folder to write ca.crt, ca.key, server.crt and server.key into (created if missing).

@@ -3,6 +3,7 @@
 
 mod admin;
 mod certs;
+mod check;
 mod cli;
 mod logging;
 mod metrics;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => serve::run(Settings::default()),
         Some(Command::Serve(flags)) => Settings::resolve(*flags).and_then(serve::run),
+        Some(Command::Check(flags)) => check::run(*flags),
         Some(Command::GenCerts { out }) => certs::generate_into(&out).map(|()| {
             eprintln!(
                 "wrote ca.crt, ca.key, server.crt, server.key to {} (development use only)",
