@@ -99,7 +99,6 @@ impl ServerBuilder {
         }
         let stats = Arc::new(Stats::for_workers(self.config.workers));
         let limits = Limits::new(&self.config, Arc::clone(&stats));
-        let control = Arc::clone(&limits);
         let workers: Vec<Arbiter> = (0..self.config.workers).map(|_| Arbiter::new()).collect();
         // A registry on each worker: a connection's Register and Dispose never leave its
         // thread. The books they keep (`Stats`) are one, behind one lock.
@@ -117,6 +116,8 @@ impl ServerBuilder {
             self.tls
                 .unwrap_or_else(|| LoadedTls::from_config(Arc::clone(&self.config.tls))),
         );
+        // Pause, drain and readiness live with the admission limits.
+        let control = Arc::clone(&limits);
         let env = Arc::new(ConnectionEnv {
             tls: tls.clone(),
             service: self.service,
