@@ -35,6 +35,7 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     let tls = reload::build_tls(&settings)?;
     let mut config = ServerConfig::new(settings.listen, Arc::clone(tls.config()));
     config.workers = settings.workers;
+    config.accept_proxy = settings.accept_proxy.clone();
     config.max_connections = settings.max_connections;
     config.max_handshakes = settings.max_handshakes;
     config.max_connections_per_ip = settings.max_connections_per_ip;
@@ -42,7 +43,6 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     config.handshake_timeout = settings.handshake_timeout;
     config.idle_timeout = settings.idle_timeout;
     config.close_timeout = settings.close_timeout;
-    config.accept_proxy = settings.accept_proxy.clone();
 
     actix_rt::System::new().block_on(serve(settings, config, tls, log))
 }

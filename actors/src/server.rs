@@ -237,8 +237,8 @@ impl Server {
     /// stay possible while [`Server::shutdown`] owns the server (forcing it, say).
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
-            registries: self.registries.clone(),
             control: Arc::clone(&self.control),
+            registries: self.registries.clone(),
         }
     }
 
@@ -322,8 +322,8 @@ async fn join_within(workers: Vec<Arbiter>, within: Duration) -> usize {
 /// A cloneable, `Send` handle to a running server's registries.
 #[derive(Clone)]
 pub struct ServerHandle {
-    registries: Registries,
     control: Arc<Limits>,
+    registries: Registries,
 }
 
 impl ServerHandle {
