@@ -159,6 +159,13 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     pub accept_proxy_timeout: Option<Duration>,
+    /// Run as this user once the sockets are bound and the key files read (start as root to
+    /// bind port 443).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Run as this group [default: the --user's primary group].
+    #[arg(long)]
+    pub group: Option<String>,
     /// Worker threads connections are spread over [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,

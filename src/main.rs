@@ -8,6 +8,7 @@ mod cli;
 mod logging;
 mod metrics;
 mod metrics_http;
+mod privileges;
 mod reload;
 mod serve;
 mod settings;

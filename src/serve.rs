@@ -123,6 +123,10 @@ async fn serve(
         .admin_listen
         .map(|addr| crate::admin::start_for(addr, &settings, &server, unauthorized, &log))
         .transpose()?;
+    // Every socket is bound and every key file read: root is no longer needed.
+    if settings.user.is_some() || settings.group.is_some() {
+        crate::privileges::drop_to(settings.user.as_deref(), settings.group.as_deref(), &log)?;
+    }
     let _watcher = match settings.watch_certs {
         true => Some(CertWatcher::start(
             settings.clone(),

@@ -47,6 +47,9 @@ pub struct Settings {
     pub admin_token_file: Option<PathBuf>,
     /// `--accept-proxy`: read a PROXY header before each handshake.
     pub accept_proxy: Option<tlsvisor_actors::AcceptProxy>,
+    /// `--user`, `--group`: who to run as once bound.
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub workers: usize,
     pub max_connections: usize,
     /// `None`: the library's default (256 per worker).
@@ -80,6 +83,8 @@ impl Default for Settings {
             admin_listen: None,
             admin_token_file: None,
             accept_proxy: None,
+            user: None,
+            group: None,
             workers: ServerConfig::default_workers(),
             max_connections: ServerConfig::DEFAULT_MAX_CONNECTIONS,
             max_handshakes: None,
@@ -146,6 +151,8 @@ impl Settings {
             admin_listen: flags.admin_listen.or(file.admin_listen),
             admin_token_file: flags.admin_token_file.or(file.admin_token_file),
             accept_proxy,
+            user: flags.user.or(file.user),
+            group: flags.group.or(file.group),
             workers: flags.workers.or(file.workers).unwrap_or(d.workers),
             max_connections: flags
                 .max_connections
