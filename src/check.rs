@@ -55,6 +55,9 @@ fn problems(settings: &Settings) -> Vec<String> {
         },
         _ => {}
     }
+    if let Err(e) = crate::privileges::check(settings.user.as_deref(), settings.group.as_deref()) {
+        problems.push(e.to_string());
+    }
     if let Some(path) = &settings.admin_token_file {
         if let Err(e) = crate::admin::read_token(path) {
             problems.push(e.to_string());

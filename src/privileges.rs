@@ -47,6 +47,19 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>, log: &Logger) -> Result<
     Ok(())
 }
 
+/// Checks that `user` and `group` exist (what `tlsvisor check` asks), without switching.
+pub fn check(user: Option<&str>, group: Option<&str>) -> Result<(), BoxError> {
+    match user {
+        Some(user) => user_ids(user)?,
+        None if group.is_some() => return Err("--group needs --user".into()),
+        None => return Ok(()),
+    };
+    if let Some(group) = group {
+        group_id(group)?;
+    }
+    Ok(())
+}
+
 fn user_ids(user: &str) -> Result<Ids, BoxError> {
     // SAFETY: getpwnam_r's contract is `lookup`'s `get`.
     let entry = lookup(user, "--user", |name, entry, buf, len, found| unsafe {

@@ -68,6 +68,11 @@ fn check_accepts_a_good_configuration_and_names_each_problem() {
     assert!(lines[0].contains(a.to_str().unwrap()), "{stderr}");
     assert!(lines[1].contains("no-such-token"), "{stderr}");
 
+    // A user who does not exist.
+    let user = check(&["--user", "no-such-user-here"]);
+    assert_eq!(user.status.code(), Some(1), "{user:?}");
+    assert!(String::from_utf8_lossy(&user.stderr).contains("no such user"));
+
     // An upstream that does not resolve.
     let upstream = check(&[
         "--protocol",
