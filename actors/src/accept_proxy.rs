@@ -12,8 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The longest v1 header (the specification's 107 bytes, `\r\n` included).
 const MAX_V1_LENGTH: usize = 107;
@@ -133,9 +132,9 @@ pub(crate) enum Original {
     Local,
 }
 
-/// Reads and checks one header from `tcp`, consuming exactly its bytes.
-pub(crate) async fn read_header(
-    tcp: &mut TcpStream,
+/// Reads and checks one header from `tcp` (a client socket), consuming exactly its bytes.
+pub(crate) async fn read_header<R: AsyncRead + Unpin>(
+    tcp: &mut R,
     versions: ProxyVersions,
 ) -> io::Result<Original> {
     let first = tcp.read_u8().await?;
@@ -244,5 +243,135 @@ mod tests {
             parse_v2(&v2).unwrap(),
             Original::Client("203.0.113.7:51000".parse().unwrap())
         );
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        use std::pin::Pin;
+        use std::task::{Context, Poll};
+        use tokio::io::ReadBuf;
+
+        /// Hands out its bytes one per read, as a slow balancer's socket might.
+        struct Trickle<'a>(&'a [u8]);
+
+        impl AsyncRead for Trickle<'_> {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                _cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                if let Some((first, rest)) = self.0.split_first() {
+                    buf.put_slice(&[*first]);
+                    self.0 = rest;
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        /// The verdict on `bytes` read byte by byte, and how many bytes were left unread.
+        fn verdict(bytes: &[u8], versions: ProxyVersions) -> (io::Result<Original>, usize) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let mut reader = Trickle(bytes);
+            let verdict = runtime.block_on(read_header(&mut reader, versions));
+            (verdict, reader.0.len())
+        }
+
+        fn v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+            let family = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                src.ip(),
+                dst.ip(),
+                src.port(),
+                dst.port()
+            )
+            .into_bytes()
+        }
+
+        fn v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+            let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+            let addresses: Vec<u8> = match (src.ip(), dst.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => [s.octets(), d.octets()].concat(),
+                (IpAddr::V6(s), IpAddr::V6(d)) => [s.octets(), d.octets()].concat(),
+                _ => unreachable!("the strategy pairs families"),
+            };
+            let family = if src.is_ipv4() { 0x11 } else { 0x21 };
+            let length = (addresses.len() + 4) as u16;
+            header.extend([0x21, family]);
+            header.extend(length.to_be_bytes());
+            header.extend(addresses);
+            header.extend(src.port().to_be_bytes());
+            header.extend(dst.port().to_be_bytes());
+            header
+        }
+
+        fn pair() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {
+            let v4 = (
+                any::<[u8; 4]>(),
+                any::<u16>(),
+                any::<[u8; 4]>(),
+                any::<u16>(),
+            )
+                .prop_map(|(s, sp, d, dp)| {
+                    (
+                        SocketAddr::new(Ipv4Addr::from(s).into(), sp),
+                        SocketAddr::new(Ipv4Addr::from(d).into(), dp),
+                    )
+                });
+            let v6 = (
+                any::<[u8; 16]>(),
+                any::<u16>(),
+                any::<[u8; 16]>(),
+                any::<u16>(),
+            )
+                .prop_map(|(s, sp, d, dp)| {
+                    (
+                        SocketAddr::new(Ipv6Addr::from(s).into(), sp),
+                        SocketAddr::new(Ipv6Addr::from(d).into(), dp),
+                    )
+                });
+            prop_oneof![v4, v6]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic_and_are_read_within_the_bound(
+                bytes in proptest::collection::vec(any::<u8>(), 0..6000),
+            ) {
+                let (_verdict, left) = verdict(&bytes, ProxyVersions::Any);
+                prop_assert!(bytes.len() - left <= MAX_V2_LENGTH);
+            }
+
+            #[test]
+            fn a_valid_header_gives_its_source_and_consumes_only_itself(
+                (src, dst) in pair(),
+                binary in any::<bool>(),
+                after in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let header = if binary { v2(src, dst) } else { v1(src, dst) };
+                let bytes = [header.clone(), after.clone()].concat();
+                let (found, left) = verdict(&bytes, ProxyVersions::Any);
+                prop_assert_eq!(found.unwrap(), Original::Client(src));
+                prop_assert_eq!(left, after.len());
+                // The other version alone refuses it.
+                let only = if binary { ProxyVersions::V1 } else { ProxyVersions::V2 };
+                prop_assert!(verdict(&bytes, only).0.is_err());
+            }
+
+            #[test]
+            fn every_cut_header_is_refused(
+                (src, dst) in pair(),
+                binary in any::<bool>(),
+                cut in any::<proptest::sample::Index>(),
+            ) {
+                let header = if binary { v2(src, dst) } else { v1(src, dst) };
+                let cut = cut.index(header.len());
+                prop_assert!(verdict(&header[..cut], ProxyVersions::Any).0.is_err());
+            }
+        }
     }
 }
