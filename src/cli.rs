@@ -23,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve TLS connections.
     Serve(Box<ServeArgs>),
+    /// Check what `serve` would run with (settings, certificates and keys, upstream, token
+    /// file) and exit 0, or 1 with one line per problem.
+    Check(Box<ServeArgs>),
     /// Write a development CA and a server certificate and key (for localhost) into a folder.
     GenCerts {
         /// Folder to write ca.crt, ca.key, server.crt and server.key into (created if missing).
@@ -135,6 +138,34 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the admin API (connections, pause, drain, reload, health, metrics) at
+    /// http://ADDR/; keep it on loopback or behind --admin-token-file.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// A file holding the token every admin request but the health checks must present as
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Read a PROXY protocol header (from a load balancer in front) before each TLS
+    /// handshake; the client's original address then stands for the peer.
+    #[arg(long, value_enum)]
+    pub accept_proxy: Option<AcceptProxyVersion>,
+    /// Only sources in these networks must send the header (repeatable); others are served as
+    /// direct clients [default: every source must].
+    #[arg(long, value_name = "CIDR")]
+    #[serde(default, deserialize_with = "de_list")]
+    pub accept_proxy_from: Vec<String>,
+    /// Time the PROXY header gets to arrive [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub accept_proxy_timeout: Option<Duration>,
+    /// Run as this user once the sockets are bound and the key files read (start as root to
+    /// bind port 443).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Run as this group [default: the --user's primary group].
+    #[arg(long)]
+    pub group: Option<String>,
     /// Worker threads connections are spread over [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -217,6 +248,17 @@ pub enum ProtocolKind {
     Echo,
     /// Forward decrypted bytes to a plaintext TCP upstream.
     Proxy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcceptProxyVersion {
+    /// The text header only.
+    V1,
+    /// The binary header only.
+    V2,
+    /// Either.
+    Any,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -331,6 +373,22 @@ mod tests {
         assert_eq!(args.handshake_timeout, Some(Duration::from_millis(250)));
         assert_eq!(args.log_format, Some(LogFormat::Json));
         assert!(toml::from_str::<ServeArgs>("no-such-key = 1").is_err());
+    }
+
+    #[test]
+    fn admin_keys_in_the_config_file() {
+        let args: ServeArgs = toml::from_str(
+            r#"
+            admin-listen = "127.0.0.1:9091"
+            admin-token-file = "/etc/tlsvisor/admin.token"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(args.admin_listen, Some("127.0.0.1:9091".parse().unwrap()));
+        assert_eq!(
+            args.admin_token_file,
+            Some(PathBuf::from("/etc/tlsvisor/admin.token"))
+        );
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! `tlsvisor`: the server binary. See README.md for how to run it and ARCHITECTURE.md for how
 //! it works.
 
+mod admin;
 mod certs;
+mod check;
 mod cli;
 mod logging;
 mod metrics;
 mod metrics_http;
+mod privileges;
 mod reload;
 mod serve;
 mod settings;
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => serve::run(Settings::default()),
         Some(Command::Serve(flags)) => Settings::resolve(*flags).and_then(serve::run),
+        Some(Command::Check(flags)) => check::run(*flags),
         Some(Command::GenCerts { out }) => certs::generate_into(&out).map(|()| {
             eprintln!(
                 "wrote ca.crt, ca.key, server.crt, server.key to {} (development use only)",

@@ -35,6 +35,7 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     let tls = reload::build_tls(&settings)?;
     let mut config = ServerConfig::new(settings.listen, Arc::clone(tls.config()));
     config.workers = settings.workers;
+    config.accept_proxy = settings.accept_proxy.clone();
     config.max_connections = settings.max_connections;
     config.max_handshakes = settings.max_handshakes;
     config.max_connections_per_ip = settings.max_connections_per_ip;
@@ -107,13 +108,25 @@ async fn serve(
     #[cfg(feature = "fault-injection")]
     let builder = builder.faults(faults_from_env(&log)?);
     let server = builder.logger(log.clone()).tls(tls).start()?;
+    // Shared by both listeners' expositions: refusals are counted wherever they happen.
+    let unauthorized = crate::admin::unauthorized_counter()?;
     let metrics = settings
         .metrics_listen
         .map(|addr| -> Result<_, BoxError> {
             let tls_metrics = Box::new(TlsCollector::new(server.tls_reloader())?);
-            MetricsServer::start(addr, server.stats(), vec![tls_metrics], log.clone())
+            let extra: Vec<Box<dyn prometheus::core::Collector>> =
+                vec![tls_metrics, Box::new(unauthorized.clone())];
+            MetricsServer::start(addr, server.stats(), extra, log.clone())
         })
         .transpose()?;
+    let admin = settings
+        .admin_listen
+        .map(|addr| crate::admin::start_for(addr, &settings, &server, unauthorized, &log))
+        .transpose()?;
+    // Every socket is bound and every key file read: root is no longer needed.
+    if settings.user.is_some() || settings.group.is_some() {
+        crate::privileges::drop_to(settings.user.as_deref(), settings.group.as_deref(), &log)?;
+    }
     let _watcher = match settings.watch_certs {
         true => Some(CertWatcher::start(
             settings.clone(),
@@ -143,6 +156,7 @@ async fn serve(
         }
     };
     drop(metrics);
+    drop(admin);
     if report.left_registered > 0 || report.abandoned_workers > 0 {
         return Err(format!(
             "shutdown incomplete: {} connections left registered, {} worker threads abandoned",

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{
-    ClientAuthKind, LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion, ServeArgs,
-    TlsMinVersion,
+    AcceptProxyVersion, ClientAuthKind, LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion,
+    ServeArgs, TlsMinVersion,
 };
 use tlsvisor_actors::{
     AllowList, CertificateFiles, ClientAuth, ClientAuthMode, ServerConfig, TlsPolicy, TlsVersion,
@@ -43,6 +43,13 @@ pub struct Settings {
     pub upstream_connect_timeout: Duration,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     pub metrics_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token_file: Option<PathBuf>,
+    /// `--accept-proxy`: read a PROXY header before each handshake.
+    pub accept_proxy: Option<tlsvisor_actors::AcceptProxy>,
+    /// `--user`, `--group`: who to run as once bound.
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub workers: usize,
     pub max_connections: usize,
     /// `None`: the library's default (256 per worker).
@@ -73,6 +80,11 @@ impl Default for Settings {
             upstream_connect_timeout: Duration::from_secs(5),
             proxy_protocol: None,
             metrics_listen: None,
+            admin_listen: None,
+            admin_token_file: None,
+            accept_proxy: None,
+            user: None,
+            group: None,
             workers: ServerConfig::default_workers(),
             max_connections: ServerConfig::DEFAULT_MAX_CONNECTIONS,
             max_handshakes: None,
@@ -109,6 +121,7 @@ impl Settings {
             },
         };
         let client_auth = client_auth(&flags, &file)?;
+        let accept_proxy = accept_proxy(&flags, &file)?;
         let settings = Settings {
             listen: flags.listen.or(file.listen).unwrap_or(d.listen),
             cert,
@@ -135,6 +148,11 @@ impl Settings {
                 .unwrap_or(d.upstream_connect_timeout),
             proxy_protocol: flags.proxy_protocol.or(file.proxy_protocol),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            admin_listen: flags.admin_listen.or(file.admin_listen),
+            admin_token_file: flags.admin_token_file.or(file.admin_token_file),
+            accept_proxy,
+            user: flags.user.or(file.user),
+            group: flags.group.or(file.group),
             workers: flags.workers.or(file.workers).unwrap_or(d.workers),
             max_connections: flags
                 .max_connections
@@ -257,6 +275,46 @@ fn certificate_pairs(args: &ServeArgs) -> Result<Option<Vec<CertificateFiles>>, 
         }))
         .collect();
     Ok((!pairs.is_empty()).then_some(pairs))
+}
+
+/// How long a PROXY header gets by default.
+const DEFAULT_ACCEPT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `--accept-proxy` and its companions; `--accept-proxy-from` without it is an error.
+fn accept_proxy(
+    flags: &ServeArgs,
+    file: &ServeArgs,
+) -> Result<Option<tlsvisor_actors::AcceptProxy>, BoxError> {
+    use tlsvisor_actors::{AcceptProxy, Cidr, ProxyVersions};
+    let from = match flags.accept_proxy_from.is_empty() {
+        true => &file.accept_proxy_from,
+        false => &flags.accept_proxy_from,
+    };
+    let Some(version) = flags.accept_proxy.or(file.accept_proxy) else {
+        if !from.is_empty() {
+            return Err("--accept-proxy-from needs --accept-proxy v1|v2|any".into());
+        }
+        return Ok(None);
+    };
+    let from = from
+        .iter()
+        .map(|net| {
+            net.parse::<Cidr>()
+                .map_err(|e| format!("--accept-proxy-from {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(AcceptProxy {
+        versions: match version {
+            AcceptProxyVersion::V1 => ProxyVersions::V1,
+            AcceptProxyVersion::V2 => ProxyVersions::V2,
+            AcceptProxyVersion::Any => ProxyVersions::Any,
+        },
+        from,
+        timeout: flags
+            .accept_proxy_timeout
+            .or(file.accept_proxy_timeout)
+            .unwrap_or(DEFAULT_ACCEPT_PROXY_TIMEOUT),
+    }))
 }
 
 #[cfg(test)]

@@ -125,7 +125,16 @@ impl AcceptLoop {
             let Some(reserved) = self.env.limits.reserve().await else {
                 return;
             };
-            let Some((socket, peer)) = self.next_socket(&listener).await else {
+            // A pause while waiting for a client gives the reservation back and waits in
+            // `reserve`, so a paused acceptor stops polling its listener. `next_socket` is
+            // cancel-safe (an accepted socket is returned without another await).
+            let limits = Arc::clone(&self.env.limits);
+            let next = tokio::select! {
+                biased;
+                () = limits.control.until_paused() => continue,
+                next = self.next_socket(&listener) => next,
+            };
+            let Some((socket, peer)) = next else {
                 debug!(self.env.log, "listener shut down"; "worker" => self.worker);
                 return;
             };

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::control::Control;
 use crate::per_ip::{PerIpLimits, PerIpSlot};
 use crate::{ServerConfig, Stats};
 
@@ -27,6 +28,8 @@ pub(crate) struct Limits {
     /// Woken when a connection is disposed: an acceptor paused by a shortage of descriptors
     /// tries again at once instead of sleeping out its backoff.
     disposed: Notify,
+    /// Pause and drain: while paused, `reserve` waits.
+    pub(crate) control: Control,
 }
 
 /// Room for one more connection and one more handshake, held by an acceptor while it waits
@@ -47,12 +50,20 @@ impl Limits {
             },
             stats,
             disposed: Notify::new(),
+            control: Control::new(),
         })
     }
 
     /// Waits until one more connection and one more handshake fit; the acceptor counts as
     /// paused while it waits. `None` only if the limits were closed (they never are).
+    ///
+    /// While accepting is paused by an operator it waits first: the acceptor does not poll
+    /// its listener, and clients wait in the kernel's backlog.
     pub(crate) async fn reserve(&self) -> Option<Reserved> {
+        if self.control.is_paused() {
+            let _paused = self.stats.acceptor_paused();
+            self.control.until_resumed().await;
+        }
         let connection = acquire(&self.connections, &self.stats).await?;
         let handshake = acquire(&self.handshakes, &self.stats).await?;
         Some(Reserved {

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     /// Time a graceful close gets to flush, send `close_notify` and see the client finish,
     /// before the connection stops anyway.
     pub close_timeout: Duration,
+    /// Read a PROXY protocol header before the handshake (behind a load balancer); the
+    /// client's original address then stands for the peer. `None`: off.
+    pub accept_proxy: Option<crate::AcceptProxy>,
     /// Most bytes read at once from one side. Readers start small and grow toward this while
     /// data flows, so it costs nothing on idle connections; larger means fewer writes per GiB.
     pub read_buffer: usize,
@@ -59,6 +62,7 @@ impl ServerConfig {
             handshake_timeout: ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: Some(ServerConfig::DEFAULT_IDLE_TIMEOUT),
             close_timeout: ServerConfig::DEFAULT_CLOSE_TIMEOUT,
+            accept_proxy: None,
             read_buffer: 64 * 1024,
             backlog: 1024,
         }

@@ -45,11 +45,14 @@ pub enum DisposeReason {
     /// The session ended the connection after its last reply ([`Flow::Close`](crate::Flow)):
     /// a `QUIT`, or a final error message before hanging up.
     SessionClosed,
+    /// `accept_proxy`: the PROXY protocol header expected before the handshake was malformed,
+    /// of a version not accepted, cut short, or did not arrive in time.
+    ProxyHeaderInvalid,
 }
 
 impl DisposeReason {
     /// Every reason, in a fixed order (metrics expose each one, zero or not).
-    pub const ALL: [DisposeReason; 16] = [
+    pub const ALL: [DisposeReason; 17] = [
         DisposeReason::PeerEof,
         DisposeReason::ReaderError,
         DisposeReason::WriterError,
@@ -66,6 +69,7 @@ impl DisposeReason {
         DisposeReason::UpstreamError,
         DisposeReason::ClientAuthFailed,
         DisposeReason::SessionClosed,
+        DisposeReason::ProxyHeaderInvalid,
     ];
 
     /// The snake_case word used in metrics and logs.
@@ -87,6 +91,7 @@ impl DisposeReason {
             DisposeReason::UpstreamEof => "upstream_eof",
             DisposeReason::UpstreamError => "upstream_error",
             DisposeReason::ClientAuthFailed => "client_auth_failed",
+            DisposeReason::ProxyHeaderInvalid => "proxy_header_invalid",
         }
     }
 

@@ -79,13 +79,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod accept_proxy;
 mod acceptor;
 mod access_log;
 mod admission;
 mod client_auth;
 mod config;
+mod conn_description;
 mod conn_id;
 mod connection;
+mod control;
 #[cfg(feature = "dev-certs")]
 mod dev_certs;
 mod dispose_reason;
@@ -119,11 +122,14 @@ pub mod testing;
 #[doc(hidden)]
 pub mod bench_hooks;
 
+pub use accept_proxy::{AcceptProxy, Cidr, ProxyVersions};
 use acceptor::Acceptor;
 pub use client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
 pub use config::ServerConfig;
+pub use conn_description::ConnDescription;
 pub use conn_id::ConnId;
 use connection::Connection;
+pub use control::Readiness;
 #[cfg(feature = "dev-certs")]
 pub use dev_certs::{DevCerts, DEV_CERT_NAMES};
 pub use dispose_reason::DisposeReason;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix::{Message, WeakAddr};
 use bytes::Bytes;
 
-use crate::{ConnId, Connection, DisposeReason};
+use crate::{ConnDescription, ConnId, Connection, DisposeReason};
 
 /// Worker arbiter → registry, before the `Connection` starts: records a live connection. The
 /// registry keeps only a weak address, so the entry never keeps a dead connection alive.
@@ -97,6 +97,37 @@ pub struct WaitEmpty;
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "Vec<ConnId>")]
 pub struct LiveConnections;
+
+/// Registry → `Connection`, for an operator: describe yourself. Answered at once from the
+/// connection's own fields.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "ConnDescription")]
+pub(crate) struct Describe;
+
+/// Anyone → registry: describe the live connections whose id is above `after`, the `limit`
+/// lowest ids of them, in id order. Each connection is asked by message; one that does not
+/// answer by `deadline` (its worker is busy, it is going away) is left out.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Vec<ConnDescription>")]
+pub(crate) struct DescribeConnections {
+    /// Only ids above this one (the page before ended there).
+    pub after: Option<ConnId>,
+    /// At most this many.
+    pub limit: usize,
+    /// When to stop waiting for answers.
+    pub deadline: std::time::Instant,
+}
+
+/// Anyone → registry: send this `Close` to one connection (a drain closes them one by one).
+/// Replies whether the id was live.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "bool")]
+pub(crate) struct CloseOne {
+    /// The connection to close.
+    pub id: ConnId,
+    /// How, and with which reason.
+    pub close: Close,
+}
 
 /// Which side of a connection a reader reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

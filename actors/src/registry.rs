@@ -10,9 +10,10 @@ use slog::{warn, Logger};
 use tokio::sync::oneshot;
 
 use crate::messages::{
-    Close, CloseAll, CloseMode, Dispose, DisposedVia, Kill, LiveConnections, Register, WaitEmpty,
+    Close, CloseAll, CloseMode, CloseOne, Describe, DescribeConnections, Dispose, DisposedVia,
+    Kill, LiveConnections, Register, WaitEmpty,
 };
-use crate::{ConnId, Connection, DisposeReason, Stats};
+use crate::{ConnDescription, ConnId, Connection, DisposeReason, Stats};
 
 /// Capacity for `send`s to the registry. `Register` and `Dispose` use `do_send`, which ignores
 /// capacity, so a burst of disposals never blocks a connection's stop hook.
@@ -159,7 +160,51 @@ impl Registries {
             .into_iter()
             .any(|live| live.unwrap_or(false))
     }
+
+    /// Sends `close` to `id` wherever it is; whether it was live.
+    pub(crate) async fn close_one(&self, id: ConnId, close: Close, deadline: Instant) -> bool {
+        self.ask_all(CloseOne { id, close }, deadline)
+            .await
+            .into_iter()
+            .any(|live| live.unwrap_or(false))
+    }
+
+    /// The descriptions of the `limit` live connections with the lowest ids above `after`, in
+    /// id order, from every registry that answered (each asks its connections, which answer
+    /// by the same deadline, less a margin for the registry's own answer to arrive).
+    pub(crate) async fn describe(
+        &self,
+        after: Option<ConnId>,
+        limit: usize,
+        deadline: Instant,
+    ) -> Vec<ConnDescription> {
+        let answers_by = deadline.checked_sub(DESCRIBE_MARGIN).unwrap_or(deadline);
+        let ask = DescribeConnections {
+            after,
+            limit,
+            deadline: answers_by,
+        };
+        let mut all: Vec<ConnDescription> = self
+            .ask_all(ask, deadline)
+            .await
+            .into_iter()
+            .enumerate()
+            .flat_map(|(worker, answer)| {
+                answer.unwrap_or_default().into_iter().map(move |mut d| {
+                    d.worker = worker;
+                    d
+                })
+            })
+            .collect();
+        all.sort_by_key(|d| d.id);
+        all.truncate(limit);
+        all
+    }
 }
+
+/// How much earlier than the caller's deadline a registry stops waiting for its connections'
+/// descriptions, so that its own answer still arrives in time.
+const DESCRIBE_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Actor for HandlerRegistry {
     type Context = Context<Self>;
@@ -278,6 +323,47 @@ impl Handler<LiveConnections> for HandlerRegistry {
         let mut ids: Vec<_> = self.entries.keys().copied().collect();
         ids.sort();
         ids
+    }
+}
+
+impl Handler<CloseOne> for HandlerRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: CloseOne, _ctx: &mut Self::Context) -> bool {
+        match self.entries.get(&msg.id) {
+            Some(entry) => self.close(msg.id, entry, msg.close),
+            None => false,
+        }
+    }
+}
+
+impl Handler<DescribeConnections> for HandlerRegistry {
+    type Result = ResponseFuture<Vec<ConnDescription>>;
+
+    fn handle(&mut self, msg: DescribeConnections, _ctx: &mut Self::Context) -> Self::Result {
+        let mut ids: Vec<ConnId> = self
+            .entries
+            .keys()
+            .copied()
+            .filter(|id| msg.after.map_or(true, |after| *id > after))
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(msg.limit);
+        // Weak addresses: a connection already gone is skipped, never kept alive by this.
+        let asks: Vec<_> = ids
+            .iter()
+            .filter_map(|id| self.entries[id].connection.upgrade())
+            .map(|connection| connection.send(Describe))
+            .collect();
+        let deadline = tokio::time::Instant::from_std(msg.deadline);
+        Box::pin(async move {
+            let answers =
+                futures::future::join_all(asks.into_iter().map(|ask| async move {
+                    tokio::time::timeout_at(deadline, ask).await.ok()?.ok()
+                }))
+                .await;
+            answers.into_iter().flatten().collect()
+        })
     }
 }
 

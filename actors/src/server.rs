@@ -16,9 +16,9 @@ use crate::messages::{Close, Shutdown, ShutdownReport};
 use crate::registry::{DisposalAudit, Registries};
 use crate::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
 use crate::{
-    spare_fd, Acceptor, CloseMode, ConnId, ConnectionSupervisor, DisposeReason, Faults,
-    HandlerRegistry, LoadedTls, Protocol, ProxyConfig, ServerConfig, ServerError, Stats,
-    TlsReloader,
+    spare_fd, Acceptor, CloseMode, ConnDescription, ConnId, ConnectionSupervisor, DisposeReason,
+    Faults, HandlerRegistry, LoadedTls, Protocol, ProxyConfig, Readiness, ServerConfig,
+    ServerError, Stats, TlsReloader,
 };
 
 /// How long `Server::shutdown` waits for each worker thread to finish once it is told to stop.
@@ -123,6 +123,8 @@ impl ServerBuilder {
             self.tls
                 .unwrap_or_else(|| LoadedTls::from_config(Arc::clone(&self.config.tls))),
         );
+        // Pause, drain and readiness live with the admission limits.
+        let control = Arc::clone(&limits);
         let env = Arc::new(ConnectionEnv {
             tls: tls.clone(),
             service: self.service,
@@ -164,6 +166,7 @@ impl ServerBuilder {
             faults: self.faults,
             log,
             tls,
+            control,
         })
     }
 }
@@ -182,6 +185,8 @@ pub struct Server {
     faults: Faults,
     log: Logger,
     tls: TlsReloader,
+    /// Pause, drain and readiness (they live with the admission limits).
+    control: Arc<Limits>,
 }
 
 impl Server {
@@ -238,6 +243,7 @@ impl Server {
     /// stay possible while [`Server::shutdown`] owns the server (forcing it, say).
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
+            control: Arc::clone(&self.control),
             registries: self.registries.clone(),
         }
     }
@@ -261,6 +267,8 @@ impl Server {
     /// counted in `left_registered` and the worker in `abandoned_workers`.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
         let started = Instant::now();
+        // Not ready from this instant: a load balancer stops sending before anything closes.
+        self.control.control.set_stopping();
         // The supervisor bounds every step itself; this bound only guards against a bug there.
         // (with a margin, so that the supervisor's own report, built at its last deadline,
         // still arrives).
@@ -343,6 +351,7 @@ async fn join_within(workers: Vec<Arbiter>, within: Duration) -> usize {
 /// A cloneable, `Send` handle to a running server's registries.
 #[derive(Clone)]
 pub struct ServerHandle {
+    control: Arc<Limits>,
     registries: Registries,
 }
 
@@ -370,5 +379,84 @@ impl ServerHandle {
         self.registries
             .close_all(close, Instant::now() + within)
             .await
+    }
+
+    /// Stops accepting; live connections are not touched. Acceptors stop polling the
+    /// listener, so new clients wait in the kernel's backlog (their TCP connect completes,
+    /// their TLS handshake waits) until [`ServerHandle::resume`]. Returns whether it was
+    /// accepting.
+    pub fn pause(&self) -> bool {
+        self.control.control.set_paused(true)
+    }
+
+    /// Accepts again after [`ServerHandle::pause`] or a drain (which stops closing
+    /// connections). Returns whether it was paused.
+    pub fn resume(&self) -> bool {
+        self.control.control.set_draining(false);
+        self.control.control.set_paused(false)
+    }
+
+    /// Whether the server should be sent new clients (a readiness check), and if not why.
+    pub fn readiness(&self) -> Readiness {
+        self.control.control.readiness()
+    }
+
+    /// Pauses accepting and marks the server draining (not ready) at once, when called; the
+    /// future it returns then asks the connections live now to close gracefully (reason
+    /// `shutdown`), one after another spread evenly over `period`, so their clients reconnect
+    /// elsewhere gradually. It resolves once every one was asked (or early if
+    /// [`ServerHandle::resume`] is called meanwhile), with how many were asked. Accepting
+    /// stays paused afterwards.
+    pub fn drain(&self, period: Duration) -> impl std::future::Future<Output = usize> + 'static {
+        self.control.control.set_draining(true);
+        self.control.control.set_paused(true);
+        let handle = self.clone();
+        async move { handle.close_spread(period).await }
+    }
+
+    async fn close_spread(&self, period: Duration) -> usize {
+        let control = &self.control.control;
+        let ids = self.live_connections().await;
+        let started = tokio::time::Instant::now();
+        let step = period / (ids.len().max(1) as u32);
+        let close = Close {
+            mode: CloseMode::Graceful,
+            reason: DisposeReason::Shutdown,
+        };
+        let mut asked = 0;
+        for (n, id) in ids.into_iter().enumerate() {
+            // The first one step in, the last at the end of the period: readiness is off for
+            // a step before anything closes.
+            tokio::time::sleep_until(started + step * (n as u32 + 1)).await;
+            if !control.readiness().draining {
+                break;
+            }
+            if self
+                .registries
+                .close_one(id, close, Instant::now() + ASK_WAIT)
+                .await
+            {
+                asked += 1;
+            }
+        }
+        asked
+    }
+
+    /// Describes the `limit` live connections with the lowest ids above `after` (all from
+    /// the first when `None`), in id order: the pages of a listing. Each connection answers
+    /// for itself, by message; one whose worker does not answer within 5 s is left out.
+    pub async fn connections(&self, after: Option<ConnId>, limit: usize) -> Vec<ConnDescription> {
+        self.registries
+            .describe(after, limit, Instant::now() + ASK_WAIT)
+            .await
+    }
+
+    /// Describes one live connection (`None` if it is not live, or did not answer in 5 s).
+    pub async fn connection(&self, id: ConnId) -> Option<ConnDescription> {
+        let after = id.0.checked_sub(1).map(ConnId);
+        self.connections(after, 1)
+            .await
+            .into_iter()
+            .find(|d| d.id == id)
     }
 }

@@ -155,6 +155,20 @@ impl Tlsvisor {
             .and_then(|v| v[field].as_str().map(str::to_string))
     }
 
+    /// The admin API's address (`--admin-listen`), from its log line.
+    pub fn admin_listen(&self) -> SocketAddr {
+        let mut admin = None;
+        assert!(
+            eventually(HANG, || {
+                admin = self.log_field("admin listening", "admin_listen");
+                admin.is_some()
+            }),
+            "no admin listener: {:?}",
+            self.logs()
+        );
+        admin.unwrap().parse().unwrap()
+    }
+
     /// A TLS client trusting the development CA.
     pub fn connect(&self) -> std::io::Result<TlsClient> {
         TlsClient::connect(self.listen, client_config(&dev_ca())?)

@@ -10,7 +10,9 @@ macro_rules! log_conn {
     };
 }
 
+mod accept_header;
 mod close;
+mod describe;
 mod env;
 mod proxy;
 mod session;
@@ -161,7 +163,7 @@ impl Actor for Connection {
         let Some(tcp) = self.socket.take() else {
             return self.begin_close(DisposeReason::StartFailed, ctx);
         };
-        self.start_handshake(tcp, ctx);
+        self.start_after_proxy_header(tcp, ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

@@ -1,0 +1,29 @@
+//! `ConnDescription`: what a live connection says about itself when an operator asks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::{ConnId, TlsInfo};
+
+/// One live connection as it described itself (`ServerHandle::connections`), answered by the
+/// connection actor itself, so the numbers are its own at that instant.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnDescription {
+    /// Its id.
+    pub id: ConnId,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The worker (0-based) whose thread it lives on.
+    pub worker: usize,
+    /// `registered`, `handshaking`, `open` or `closing`.
+    pub state: &'static str,
+    /// Time since it was accepted and registered.
+    pub age: Duration,
+    /// Decrypted bytes read from the client.
+    pub bytes_in: u64,
+    /// Decrypted bytes written to the client.
+    pub bytes_out: u64,
+    /// What its handshake negotiated (SNI, ALPN, client certificate), once it finished.
+    pub tls: Option<TlsInfo>,
+}

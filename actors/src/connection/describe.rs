@@ -1,0 +1,38 @@
+//! A connection describing itself to an operator (`Describe`, asked through the registry).
+
+use actix::prelude::*;
+
+use super::{ConnState, Connection};
+use crate::messages::Describe;
+use crate::ConnDescription;
+
+impl ConnState {
+    /// The state's name in a description.
+    fn name(self) -> &'static str {
+        match self {
+            ConnState::Registered => "registered",
+            ConnState::Handshaking => "handshaking",
+            ConnState::Open => "open",
+            ConnState::Closing => "closing",
+            ConnState::Disposed => "disposed",
+        }
+    }
+}
+
+impl Handler<Describe> for Connection {
+    type Result = MessageResult<Describe>;
+
+    fn handle(&mut self, _msg: Describe, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(ConnDescription {
+            id: self.id,
+            peer: self.peer,
+            // Only the registries know which worker they are on; they fill this in.
+            worker: 0,
+            state: self.state.name(),
+            age: self.registered_at.elapsed(),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            tls: self.tls.as_deref().cloned(),
+        })
+    }
+}

@@ -1,0 +1,67 @@
+//! `tlsvisor check`: validates what `serve` would run with, without serving: the settings,
+//! every certificate and key (and that they match), the upstream address, the admin token
+//! file. One line per problem on stderr; exit 0 only if there is none.
+
+use std::net::ToSocketAddrs;
+
+use crate::cli::{ProtocolKind, ServeArgs};
+use crate::reload;
+use crate::settings::{CertSource, Settings};
+use crate::BoxError;
+
+/// Checks `flags` (and the config file they name) as `serve` would read them.
+pub fn run(flags: ServeArgs) -> Result<(), BoxError> {
+    // A settings error (an unreadable or malformed config file, a bad flag combination) stops
+    // here: nothing else can be read without them.
+    let settings = Settings::resolve(flags)?;
+    let problems = problems(&settings);
+    for problem in &problems {
+        eprintln!("tlsvisor check: {problem}");
+    }
+    if !problems.is_empty() {
+        return Err(format!("{} problem(s) found", problems.len()).into());
+    }
+    let certificates = match &settings.cert {
+        CertSource::BuiltIn => "the built-in development certificate".to_string(),
+        CertSource::Files(pairs) => format!("{} certificate(s)", pairs.len()),
+    };
+    let protocol = match settings.protocol {
+        ProtocolKind::Echo => "echo",
+        ProtocolKind::Proxy => "proxy",
+    };
+    println!(
+        "configuration OK: listen {}, {certificates}, protocol {protocol}",
+        settings.listen
+    );
+    Ok(())
+}
+
+/// Every problem found in what the settings point at.
+fn problems(settings: &Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Reads every TLS file and checks each key against its certificate; the error names the
+    // file.
+    if let Err(e) = reload::build_tls(settings) {
+        problems.push(format!("TLS: {e}"));
+    }
+    match (settings.protocol, &settings.upstream) {
+        (ProtocolKind::Proxy, None) => {
+            problems.push("--protocol proxy needs --upstream HOST:PORT".to_string())
+        }
+        (_, Some(upstream)) => match upstream.to_socket_addrs().map(|a| a.count()) {
+            Ok(0) => problems.push(format!("--upstream {upstream}: resolves to no address")),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("--upstream {upstream}: {e}")),
+        },
+        _ => {}
+    }
+    if let Err(e) = crate::privileges::check(settings.user.as_deref(), settings.group.as_deref()) {
+        problems.push(e.to_string());
+    }
+    if let Some(path) = &settings.admin_token_file {
+        if let Err(e) = crate::admin::read_token(path) {
+            problems.push(e.to_string());
+        }
+    }
+    problems
+}
