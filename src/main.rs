@@ -1,15 +1,18 @@
 //! `tlsvisor`: the server binary. See README.md for how to run it and ARCHITECTURE.md for how
 //! it works.
 
+mod activation;
 mod certs;
 mod cli;
 mod logging;
 mod metrics;
 mod metrics_http;
+mod notify;
 mod reload;
 mod serve;
 mod settings;
 mod tls_metrics;
+mod upgrade;
 
 use std::process::ExitCode;
 

@@ -1,12 +1,12 @@
 //! `Server`: starts one supervisor tree and owns its shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_rt::Arbiter;
+use actix_rt::{Arbiter, ArbiterHandle};
 use slog::{info, o, Logger};
 use tokio::net::TcpSocket;
 
@@ -41,9 +41,24 @@ pub struct ServerBuilder {
     faults: Faults,
     audit: Option<DisposalAudit>,
     tls: Option<LoadedTls>,
+    listener: Option<std::net::TcpListener>,
 }
 
 impl ServerBuilder {
+    /// Serves on `listener`, a socket already bound and listening (inherited from systemd's
+    /// socket activation, or handed over by the process being upgraded), instead of binding
+    /// `ServerConfig::listen`: the address stays where it is, with its accept queue, and is
+    /// never bound again.
+    ///
+    /// The socket is shared with whoever handed it over, so at shutdown this server closes its
+    /// own descriptors of it but never shuts it down (that would take it out of `LISTEN` for
+    /// every process holding it). The price: a worker stuck in a protocol callback keeps its
+    /// descriptor until the process exits, and clients queued for it wait there.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
     /// Serves `tls` instead of `ServerConfig::tls` (it carries the certificate list the
     /// expiry gauge shows); [`Server::tls_reloader`] replaces it later.
     pub fn tls(mut self, tls: LoadedTls) -> Self {
@@ -79,16 +94,16 @@ impl ServerBuilder {
         }
         let addr = self.config.listen;
         let bind_error = |source| ServerError::Bind { addr, source };
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(bind_error)?;
-        // Lets a restarted server bind while old connections sit in TIME-WAIT.
-        socket.set_reuseaddr(true).map_err(bind_error)?;
-        socket.bind(addr).map_err(bind_error)?;
-        let listener = socket.listen(self.config.backlog).map_err(bind_error)?;
+        // A socket handed to the builder is shared with another process: never shut down.
+        let shared = Arc::new(AtomicBool::new(self.listener.is_some()));
+        let listener = match self.listener {
+            Some(listener) => {
+                // Tokio's reactor needs it non-blocking; the giver may have left it blocking.
+                listener.set_nonblocking(true).map_err(bind_error)?;
+                listener
+            }
+            None => bind(&self.config).map_err(bind_error)?,
+        };
         let local_addr = listener.local_addr().map_err(bind_error)?;
 
         let log = self.log.new(o!("listen" => local_addr.to_string()));
@@ -132,7 +147,6 @@ impl ServerBuilder {
             Service::Proxy(_) => "proxy",
         };
         // One listening socket; each worker accepts on its own descriptor of it (a dup).
-        let listener = listener.into_std().map_err(bind_error)?;
         let mut acceptors = Vec::with_capacity(workers.len());
         for (index, (worker, registry)) in workers.iter().zip(&registries).enumerate() {
             let copy = listener.try_clone().map_err(bind_error)?;
@@ -148,9 +162,18 @@ impl ServerBuilder {
             "max_connections_per_ip" => env.config.max_connections_per_ip,
             "max_handshakes_per_ip" => env.config.effective_max_handshakes_per_ip());
         let registries = Registries(registries);
-        let supervisor =
-            ConnectionSupervisor::new(acceptors, listener, registries.clone(), env).start();
+        let kept = listener.try_clone().map_err(bind_error)?;
+        let supervisor = ConnectionSupervisor::new(
+            acceptors,
+            listener,
+            Arc::clone(&shared),
+            registries.clone(),
+            env,
+        )
+        .start();
         Ok(Server {
+            listener: kept,
+            listener_shared: shared,
             supervisor,
             registries,
             workers,
@@ -169,6 +192,10 @@ impl ServerBuilder {
 /// system stops, and the system's stop drops connections without the shutdown protocol: call
 /// `shutdown`.
 pub struct Server {
+    /// A descriptor of the listening socket, for [`Server::listening_socket`].
+    listener: std::net::TcpListener,
+    /// Set once the socket is shared with another process: shutdown then leaves it listening.
+    listener_shared: Arc<AtomicBool>,
     supervisor: Addr<ConnectionSupervisor>,
     registries: Registries,
     workers: Vec<Arbiter>,
@@ -198,12 +225,27 @@ impl Server {
             faults: Faults::default(),
             audit: None,
             tls: None,
+            listener: None,
         }
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A new descriptor of the listening socket, to hand to another process (a binary
+    /// upgrade). Until [`Server::set_listener_shared`] says it is shared, this server's
+    /// shutdown still shuts the socket down, for every process holding it.
+    pub fn listening_socket(&self) -> std::io::Result<std::net::TcpListener> {
+        self.listener.try_clone()
+    }
+
+    /// Says whether another process serves from this listening socket too. When it does,
+    /// shutdown stops this server's acceptors and closes their descriptors but leaves the
+    /// socket listening, so clients in its accept queue are the other process's to accept.
+    pub fn set_listener_shared(&self, shared: bool) {
+        self.listener_shared.store(shared, Ordering::SeqCst);
     }
 
     /// The server's counters.
@@ -233,6 +275,7 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             registries: self.registries.clone(),
+            workers: self.workers.iter().map(Arbiter::handle).collect(),
         }
     }
 
@@ -285,6 +328,22 @@ impl Server {
     }
 }
 
+/// Binds `config.listen` with `SO_REUSEADDR` (and `SO_REUSEPORT` when asked) and listens.
+fn bind(config: &ServerConfig) -> std::io::Result<std::net::TcpListener> {
+    let socket = if config.listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    // Lets a restarted server bind while old connections sit in TIME-WAIT.
+    socket.set_reuseaddr(true)?;
+    if config.reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(config.listen)?;
+    socket.listen(config.backlog)?.into_std()
+}
+
 /// Joins the worker threads, each on a thread of its own so that a stuck one is waited for
 /// only until `within` passes. Returns how many did not finish in time (they are abandoned).
 async fn join_within(workers: Vec<Arbiter>, within: Duration) -> usize {
@@ -315,9 +374,29 @@ async fn join_within(workers: Vec<Arbiter>, within: Duration) -> usize {
 #[derive(Clone)]
 pub struct ServerHandle {
     registries: Registries,
+    workers: Vec<ArbiterHandle>,
 }
 
 impl ServerHandle {
+    /// Runs an empty task on every worker thread and returns how many did not run it within
+    /// `within`: a worker stuck in a protocol callback (or stopped) does not. What a watchdog
+    /// asks before it tells its supervisor (systemd's `WATCHDOG=1`) that the process is alive.
+    pub async fn unresponsive_workers(&self, within: Duration) -> usize {
+        let pings = self.workers.iter().map(|worker| {
+            let (pong, answered) = tokio::sync::oneshot::channel();
+            // A stopped arbiter refuses the task and drops `pong`: it counts as unresponsive.
+            worker.spawn(async move {
+                let _ = pong.send(());
+            });
+            async move { matches!(tokio::time::timeout(within, answered).await, Ok(Ok(()))) }
+        });
+        futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .filter(|answered| !answered)
+            .count()
+    }
+
     /// Every connection registered now, on any worker that answers within 5 s, in id order.
     pub async fn live_connections(&self) -> Vec<ConnId> {
         self.registries.live(Instant::now() + ASK_WAIT).await
