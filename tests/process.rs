@@ -63,7 +63,7 @@ fn under_systemd_socket_activate_the_socket_is_inherited_and_sigterm_drains_and_
         env!("CARGO_BIN_EXE_tlsvisor")
     );
     let mut activator = Command::new("systemd-socket-activate")
-        .args(["-l", &listen])
+        .args(["-l", &listen, "--fdname=tls"])
         .args(server.split(' '))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -97,6 +97,10 @@ fn under_systemd_socket_activate_the_socket_is_inherited_and_sigterm_drains_and_
     assert!(
         logs.contains("serving an inherited socket (LISTEN_FDS)"),
         "{logs}"
+    );
+    assert!(
+        logs.contains(r#""name":"tls""#),
+        "its FileDescriptorName is logged: {logs}"
     );
 
     // A live client during SIGTERM: it gets close_notify, the process exits 0.
@@ -451,4 +455,31 @@ fn a_new_binary_that_fails_to_start_leaves_the_old_one_serving() {
     scrape(old.metrics.unwrap());
     old.signal(libc::SIGTERM);
     assert!(old.wait_exit(HANG).unwrap().success());
+}
+
+#[test]
+fn reuse_port_lets_two_processes_bind_one_port_and_without_it_the_second_fails() {
+    let first = Tlsvisor::serve(&["--reuse-port"]);
+    let listen = first.listen.to_string();
+    let second = Tlsvisor::spawn(&[
+        "serve",
+        "--listen",
+        &listen,
+        "--log-format",
+        "json",
+        "--reuse-port",
+    ]);
+    echo_once(first.listen, b"either").unwrap();
+    drop(second);
+    let refused = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args(["serve", "--listen", &listen, "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "without --reuse-port the port is taken"
+    );
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("in use"), "{text}");
 }
