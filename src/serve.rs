@@ -187,6 +187,7 @@ async fn serve(
     let watch = notifier_task(&notifier, &server);
 
     let reloader = server.tls_reloader();
+    let mut upgraded = false;
     let name = loop {
         let event = signals
             .next_event(&log, || {
@@ -206,6 +207,7 @@ async fn serve(
                     Ok(pid) => {
                         // The new process is systemd's main process now; this one only drains.
                         server.set_listener_shared(true);
+                        upgraded = true;
                         notifier.main_pid(pid);
                         info!(log, "upgrade: the new process is ready; draining this one"; "pid" => pid);
                         break "SIGUSR2";
@@ -223,7 +225,13 @@ async fn serve(
     info!(log, "signal received: shutting down";
         "signal" => name, "grace_ms" => settings.shutdown_grace.as_millis() as u64);
     let (handle, stats) = (server.handle(), server.stats());
-    let shutdown = server.shutdown(settings.shutdown_grace);
+    // After an upgrade, half the grace lets what this process accepted last finish on its own
+    // (a request in flight, a handshake just accepted), the other half closes the rest.
+    let linger = match upgraded {
+        true => settings.shutdown_grace / 2,
+        false => Duration::ZERO,
+    };
+    let shutdown = server.drain(linger, settings.shutdown_grace - linger);
     tokio::pin!(shutdown);
     let report = tokio::select! {
         report = &mut shutdown => report,

@@ -277,6 +277,17 @@ struct LoopReport {
     longest_gap: Duration,
 }
 
+impl LoopReport {
+    fn merge(mut self, other: LoopReport) -> LoopReport {
+        self.ok += other.ok;
+        self.refused += other.refused;
+        self.reset += other.reset;
+        self.other.extend(other.other);
+        self.longest_gap = self.longest_gap.max(other.longest_gap);
+        self
+    }
+}
+
 /// Opens a fresh TLS connection and echoes on it every `every`, until `stop`.
 fn client_loop(
     addr: SocketAddr,
@@ -353,7 +364,10 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
     become_subreaper();
     let mut old = Tlsvisor::serve(&["--workers", "2", "--shutdown-grace", "3s"]);
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = client_loop(old.listen, Duration::from_millis(3), Arc::clone(&stop));
+    // Four loops, so that connections are accepted by the old process up to its last moment.
+    let clients: Vec<_> = (0..4)
+        .map(|_| client_loop(old.listen, Duration::from_millis(3), Arc::clone(&stop)))
+        .collect();
     // A connection that lives across the upgrade: the old process drains it with close_notify.
     let mut long_lived = old.connect().unwrap();
     assert_eq!(long_lived.echo(b"before").unwrap(), b"before");
@@ -391,7 +405,10 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
     assert!(status.success(), "old exits 0: {status:?}");
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let report = clients.join().unwrap();
+    let report = clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .fold(LoopReport::default(), LoopReport::merge);
     println!("upgrade client loop: {report:?}");
     assert_eq!((report.refused, report.reset), (0, 0), "{report:?}");
     assert!(

@@ -297,15 +297,32 @@ impl Server {
     /// protocol callback is abandoned (its thread is left running): its connections are
     /// counted in `left_registered` and the worker in `abandoned_workers`.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        self.shutdown_with(Shutdown {
+            grace,
+            linger: Duration::ZERO,
+        })
+        .await
+    }
+
+    /// Like [`Server::shutdown`], but once accepting stopped, connections first get `linger`
+    /// to end on their own (a request in flight completes, a handshake accepted a moment ago
+    /// runs) before they are asked to close. What a process handing its socket to its
+    /// successor (a binary upgrade) does: a client served by neither would otherwise see its
+    /// fresh connection closed before its answer. Returns within `linger + grace` +
+    /// [`SHUTDOWN_OVERHEAD`].
+    pub async fn drain(self, linger: Duration, grace: Duration) -> ShutdownReport {
+        self.shutdown_with(Shutdown { grace, linger }).await
+    }
+
+    async fn shutdown_with(self, shutdown: Shutdown) -> ShutdownReport {
         let started = Instant::now();
         // The supervisor bounds every step itself; this bound only guards against a bug there.
-        let protocol_bound = STOP_ACCEPTING_WAIT + grace + FORCE_WAIT;
-        let mut report =
-            tokio::time::timeout(protocol_bound, self.supervisor.send(Shutdown { grace }))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+        let protocol_bound = STOP_ACCEPTING_WAIT + shutdown.linger + shutdown.grace + FORCE_WAIT;
+        let mut report = tokio::time::timeout(protocol_bound, self.supervisor.send(shutdown))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         for worker in &self.workers {
             worker.stop();
         }

@@ -97,6 +97,13 @@ impl Handler<Shutdown> for ConnectionSupervisor {
                 error!(log, "shutdown: an acceptor did not stop in time; its worker is stuck";
                     "waited_ms" => STOP_ACCEPTING_WAIT.as_millis() as u64);
             }
+            // A drain lets what was accepted finish first (a request in flight, a handshake
+            // still to start): nothing is asked to close yet, so nothing is marked draining.
+            if !msg.linger.is_zero() {
+                info!(log, "shutdown: stopped accepting, letting connections end on their own";
+                    "linger_ms" => msg.linger.as_millis() as u64);
+                registries.wait_empty(Instant::now() + msg.linger).await;
+            }
             env.draining.store(true, Ordering::SeqCst);
             info!(log, "shutdown: stopped accepting, closing connections";
                 "grace_ms" => msg.grace.as_millis() as u64);

@@ -229,6 +229,27 @@ rolling="$(cat "$WORK/rolling.out")"
 echo "rolling restart: $rolling; redis counted $(key rolling) INCRs"
 case "$rolling" in *" failed=0 "*) ;; *) fail "requests failed during the rolling restart"; cat "$WORK/rolling.err" | sort | uniq -c | head ;; esac
 
+# --- in-place upgrade of every instance (SIGUSR2), without the balancer's help -------------
+say "SIGUSR2 upgrade of every instance in place (no drain in haproxy) under the same loop"
+load 14 8 upgraded >"$WORK/upgrade.out" 2>"$WORK/upgrade.err" &
+LOAD=$!
+sleep 1.5
+for i in "${APPS[@]}"; do
+  pid="$(cat "$WORK/app$i.pid")"
+  kill -USR2 "$pid"
+  # The old process exits 0 once the new one (its child, same socket) is ready and it drained.
+  rc=0; wait "$pid" || rc=$?
+  [ "$rc" = 0 ] || fail "app$i: the old process exited $rc after SIGUSR2"
+  new="$(ip netns pids "${P}-app$i" | head -1)"
+  [ -n "$new" ] || fail "app$i: no process after the upgrade"
+  echo "${new:-0}" >"$WORK/app$i.pid"
+  sleep 0.5
+done
+wait "$LOAD"
+upgraded="$(cat "$WORK/upgrade.out")"
+echo "upgrade: $upgraded; redis counted $(key upgraded) INCRs"
+case "$upgraded" in *" failed=0 "*) ;; *) fail "requests failed during the upgrades"; sort "$WORK/upgrade.err" | uniq -c | head ;; esac
+
 # --- SIGKILL of one instance ---------------------------------------------------------------
 say "SIGKILL of app2 under the same loop"
 load 6 8 killed >"$WORK/kill.out" 2>"$WORK/kill.err" &
@@ -236,7 +257,6 @@ LOAD=$!
 sleep 2
 inflight="$(metric 2 tlsvisor_connections_active)"
 kill -KILL "$(cat "$WORK/app2.pid")"
-wait "$(cat "$WORK/app2.pid")" 2>/dev/null || true
 wait "$LOAD"
 killed="$(cat "$WORK/kill.out")"
 echo "SIGKILL: $killed; connections open on app2 when killed: $inflight; redis counted $(key killed) INCRs"
