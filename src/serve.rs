@@ -179,7 +179,10 @@ async fn serve(
 
     // The acceptors run: tell whoever waits (systemd, the process this one upgrades).
     notifier.ready(&server.stats());
-    if let Some(ready) = process.inherited.upgrade_ready.take() {
+    let upgrade_ready = process.inherited.upgrade_ready.take();
+    #[cfg(feature = "fault-injection")]
+    let upgrade_ready = upgrade_ready.filter(|_| !never_ready(&log));
+    if let Some(ready) = upgrade_ready {
         if let Err(e) = ready.send(b"READY=1") {
             warn!(log, "upgrade: cannot tell the old process we are ready"; "error" => %e);
         }
@@ -303,6 +306,17 @@ fn faults_from_env(log: &Logger) -> Result<tlsvisor_actors::Faults, BoxError> {
         faults.enable(point);
     }
     Ok(faults)
+}
+
+/// `TLSVISOR_UPGRADE_FAULT=never_ready`: a process started by an upgrade serves but never says
+/// it is ready, so the old process's timeout (kill it, keep serving) can be tested.
+#[cfg(feature = "fault-injection")]
+fn never_ready(log: &Logger) -> bool {
+    let hang = std::env::var("TLSVISOR_UPGRADE_FAULT").is_ok_and(|v| v == "never_ready");
+    if hang {
+        warn!(log, "fault: not telling the old process we are ready"; "fault" => "never_ready");
+    }
+    hang
 }
 
 /// Descriptors the process holds besides its connections: stdio, the reactors, the

@@ -433,6 +433,32 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
     );
 }
 
+/// SIGUSR2 to `old` (after `before` breaks the upgrade) under a client loop: the upgrade must
+/// fail with an error containing `why`, the loop see nothing refused or failed, and the old
+/// process keep serving and exit 0 on SIGTERM.
+fn upgrade_fails_and_old_keeps_serving(mut old: Tlsvisor, before: impl FnOnce(), why: &str) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = client_loop(old.listen, Duration::from_millis(3), Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(200));
+    before();
+    old.signal(libc::SIGUSR2);
+    // HANG (30 s) is above the 20 s readiness timeout.
+    let message = "upgrade failed: this process keeps serving";
+    assert!(eventually(HANG, || !old.logs_with(message).is_empty()));
+    let failed = &old.logs_with(message)[0];
+    assert!(failed["error"].as_str().unwrap().contains(why), "{failed}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let report = clients.join().unwrap();
+    println!("failed-upgrade client loop: {report:?}");
+    assert_eq!((report.refused, report.reset), (0, 0), "{report:?}");
+    assert!(report.other.is_empty(), "{report:?}");
+    echo_once(old.listen, b"still here").unwrap();
+    scrape(old.metrics.unwrap());
+    old.signal(libc::SIGTERM);
+    assert!(old.wait_exit(HANG).unwrap().success());
+}
+
 #[test]
 fn a_new_binary_that_fails_to_start_leaves_the_old_one_serving() {
     let dir = ScratchDir::new("upgrade-fails").unwrap();
@@ -444,34 +470,10 @@ fn a_new_binary_that_fails_to_start_leaves_the_old_one_serving() {
         cert.to_string_lossy().into_owned(),
         key.to_string_lossy().into_owned(),
     );
-    let mut old = Tlsvisor::serve(&["--workers", "2", "--cert", &cert, "--key", &key]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = client_loop(old.listen, Duration::from_millis(3), Arc::clone(&stop));
-    std::thread::sleep(Duration::from_millis(200));
+    let old = Tlsvisor::serve(&["--workers", "2", "--cert", &cert, "--key", &key]);
     // The configuration the new process would read is broken: it exits at start-up.
-    ScratchDir::replace(std::path::Path::new(&key), "not a key\n").unwrap();
-    old.signal(libc::SIGUSR2);
-    assert!(eventually(HANG, || !old
-        .logs_with("upgrade failed: this process keeps serving")
-        .is_empty()));
-    let failed = &old.logs_with("upgrade failed: this process keeps serving")[0];
-    assert!(
-        failed["error"]
-            .as_str()
-            .unwrap()
-            .contains("exited before it was ready"),
-        "{failed}"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let report = clients.join().unwrap();
-    println!("failed-upgrade client loop: {report:?}");
-    assert_eq!((report.refused, report.reset), (0, 0), "{report:?}");
-    assert!(report.other.is_empty(), "{report:?}");
-    echo_once(old.listen, b"still here").unwrap();
-    scrape(old.metrics.unwrap());
-    old.signal(libc::SIGTERM);
-    assert!(old.wait_exit(HANG).unwrap().success());
+    let break_key = || ScratchDir::replace(std::path::Path::new(&key), "not a key\n").unwrap();
+    upgrade_fails_and_old_keeps_serving(old, break_key, "exited before it was ready");
 }
 
 #[test]
@@ -499,4 +501,15 @@ fn reuse_port_lets_two_processes_bind_one_port_and_without_it_the_second_fails()
     );
     let text = String::from_utf8_lossy(&refused.stderr);
     assert!(text.contains("in use"), "{text}");
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_new_process_never_ready_is_killed_after_the_timeout_and_the_old_one_keeps_serving() {
+    let limits = Limits {
+        env: vec![("TLSVISOR_UPGRADE_FAULT", "never_ready")],
+        ..Limits::default()
+    };
+    let old = Tlsvisor::serve_with(&["--workers", "2"], &limits);
+    upgrade_fails_and_old_keeps_serving(old, || {}, "not ready within");
 }
