@@ -122,6 +122,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default)]
     pub watch_certs: bool,
+    /// Bind the listening socket with SO_REUSEPORT, so that several processes can share the
+    /// port (each socket has its own accept queue, dropped when it closes).
+    #[arg(long)]
+    #[serde(default)]
+    pub reuse_port: bool,
     /// What to speak over each connection [default: echo].
     #[arg(long, value_enum)]
     pub protocol: Option<ProtocolKind>,

@@ -8,6 +8,9 @@ use crate::cli::{LogFormat, LogLevel};
 /// in a log line): a burst of disposals must never block a connection on logging.
 const QUEUE: usize = 8192;
 
+/// Room for one JSON record, so that each goes out whole.
+const LINE_BUFFER: usize = 64 * 1024;
+
 /// Builds the root logger, writing to stderr. Keep the guard alive until exit: dropping it
 /// flushes the queue.
 pub fn build(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGuard) {
@@ -24,10 +27,15 @@ pub fn build(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGu
             Box::new(slog_term::FullFormat::new(decorator).build().fuse())
         }
         LogFormat::Json => Box::new(
-            slog_json::Json::new(std::io::stderr())
-                .add_default_keys()
-                .build()
-                .fuse(),
+            // One write(2) per record: after a binary upgrade two processes share stderr, and
+            // records written in pieces would interleave. A pipe write up to 4 KiB is atomic.
+            slog_json::Json::new(std::io::LineWriter::with_capacity(
+                LINE_BUFFER,
+                std::io::stderr(),
+            ))
+            .add_default_keys()
+            .build()
+            .fuse(),
         ),
     };
     let (drain, guard) = slog_async::Async::new(drain)

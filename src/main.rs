@@ -1,6 +1,7 @@
 //! `tlsvisor`: the server binary. See README.md for how to run it and ARCHITECTURE.md for how
 //! it works.
 
+mod activation;
 mod admin;
 mod certs;
 mod check;
@@ -8,11 +9,13 @@ mod cli;
 mod logging;
 mod metrics;
 mod metrics_http;
+mod notify;
 mod privileges;
 mod reload;
 mod serve;
 mod settings;
 mod tls_metrics;
+mod upgrade;
 
 use std::process::ExitCode;
 

@@ -2,6 +2,8 @@
 //!
 //! SIGHUP never terminates the process. A second SIGTERM or SIGINT during the shutdown forces
 //! it: every connection is stopped at once and the process exits within a second, non-zero.
+//! SIGUSR2 upgrades the binary in place (`upgrade.rs`); systemd hears of each step
+//! (`notify.rs`), and a socket it passed is served (`activation.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -13,17 +15,23 @@ use tlsvisor_actors::{
     CloseMode, Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerConfig, ServerHandle, Stats,
 };
 
+use crate::activation::Inherited;
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::logging;
 use crate::metrics_http::MetricsServer;
+use crate::notify::{self, Notifier};
 use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
 use crate::tls_metrics::TlsCollector;
+use crate::upgrade::Upgrade;
 use crate::BoxError;
 
 /// Runs the server described by `settings` until a signal, then runs the shutdown protocol and
 /// returns (exit code 0) once it is done.
 pub fn run(settings: Settings) -> Result<(), BoxError> {
+    // Before any thread starts: this edits the environment.
+    let inherited = Inherited::from_env()?;
+    let upgrade = Upgrade::capture()?;
     let (log, _flush_on_exit) = logging::build(settings.log_format, settings.log_level);
     let nofile = raise_fd_limit(&log);
     warn_if_descriptors_short(&settings, nofile, &log);
@@ -43,8 +51,10 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     config.handshake_timeout = settings.handshake_timeout;
     config.idle_timeout = settings.idle_timeout;
     config.close_timeout = settings.close_timeout;
+    config.reuse_port = settings.reuse_port;
 
-    actix_rt::System::new().block_on(serve(settings, config, tls, log))
+    let process = Process { inherited, upgrade };
+    actix_rt::System::new().block_on(serve(settings, config, tls, process, log))
 }
 
 /// How long a forced shutdown waits for the registries to take the forced close, and then for
@@ -58,6 +68,22 @@ struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    user2: Signal,
+}
+
+/// What the process brings from outside the server: sockets it inherited, and how to start
+/// its successor.
+pub struct Process {
+    inherited: Inherited,
+    upgrade: Upgrade,
+}
+
+/// What ends `Signals::next_event`.
+enum Event {
+    /// SIGTERM or SIGINT, by name.
+    Stop(&'static str),
+    /// SIGUSR2: upgrade the binary.
+    Upgrade,
 }
 
 impl Signals {
@@ -66,10 +92,27 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            user2: signal(SignalKind::user_defined2())?,
         })
     }
 
-    /// The next SIGTERM or SIGINT, by name; each SIGHUP on the way is logged and handed to
+    /// The next SIGTERM, SIGINT or SIGUSR2; each SIGHUP on the way is logged and handed to
+    /// `on_hangup`.
+    async fn next_event(&mut self, log: &Logger, mut on_hangup: impl FnMut()) -> Event {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return Event::Stop("SIGTERM"),
+                _ = self.interrupt.recv() => return Event::Stop("SIGINT"),
+                _ = self.user2.recv() => return Event::Upgrade,
+                _ = self.hangup.recv() => {
+                    info!(log, "reload requested"; "signal" => "SIGHUP");
+                    on_hangup();
+                }
+            }
+        }
+    }
+
+    /// The next SIGTERM or SIGINT, by name (a SIGUSR2 is ignored); each SIGHUP on the way is logged and handed to
     /// `on_hangup`.
     async fn next_stop(&mut self, log: &Logger, mut on_hangup: impl FnMut()) -> &'static str {
         loop {
@@ -89,9 +132,12 @@ async fn serve(
     settings: Settings,
     config: ServerConfig,
     tls: LoadedTls,
+    mut process: Process,
     log: Logger,
 ) -> Result<(), BoxError> {
     let mut signals = Signals::install()?;
+    let notifier = Notifier::from_env(&log);
+    let inherited = process.inherited.take_for(config.listen)?;
 
     let builder = match (settings.protocol, &settings.upstream) {
         (ProtocolKind::Proxy, Some(upstream)) => {
@@ -104,6 +150,13 @@ async fn serve(
             Server::proxy(config, proxy)
         }
         _ => Server::builder(config, Echo),
+    };
+    let builder = match inherited {
+        Some((listener, name)) => {
+            info!(log, "serving an inherited socket (LISTEN_FDS)"; "name" => name);
+            builder.listener(listener)
+        }
+        None => builder,
     };
     #[cfg(feature = "fault-injection")]
     let builder = builder.faults(faults_from_env(&log)?);
@@ -137,16 +190,64 @@ async fn serve(
         false => None,
     };
 
+    // The acceptors run: tell whoever waits (systemd, the process this one upgrades).
+    notifier.ready(&server.stats());
+    let upgrade_ready = process.inherited.upgrade_ready.take();
+    #[cfg(feature = "fault-injection")]
+    let upgrade_ready = upgrade_ready.filter(|_| !never_ready(&log));
+    if let Some(ready) = upgrade_ready {
+        if let Err(e) = ready.send(b"READY=1") {
+            warn!(log, "upgrade: cannot tell the old process we are ready"; "error" => %e);
+        }
+    }
+    let watch = notifier_task(&notifier, &server);
+
     let reloader = server.tls_reloader();
-    let name = signals
-        .next_stop(&log, || {
-            reload::reload(&settings, &reloader, &log);
-        })
-        .await;
+    let mut upgraded = false;
+    let name = loop {
+        let event = signals
+            .next_event(&log, || {
+                notifier.reloading();
+                reload::reload(&settings, &reloader, &log);
+                notifier.ready(&server.stats());
+            })
+            .await;
+        match event {
+            Event::Stop(name) => {
+                notifier.stopping();
+                break name;
+            }
+            Event::Upgrade => {
+                info!(log, "upgrade requested: starting the new binary"; "signal" => "SIGUSR2");
+                match process.upgrade.run(&server).await {
+                    Ok(pid) => {
+                        // The new process is systemd's main process now; this one only drains.
+                        server.set_listener_shared(true);
+                        upgraded = true;
+                        notifier.main_pid(pid);
+                        info!(log, "upgrade: the new process is ready; draining this one"; "pid" => pid);
+                        break "SIGUSR2";
+                    }
+                    Err(e) => {
+                        error!(log, "upgrade failed: this process keeps serving"; "error" => %e)
+                    }
+                }
+            }
+        }
+    };
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     info!(log, "signal received: shutting down";
         "signal" => name, "grace_ms" => settings.shutdown_grace.as_millis() as u64);
     let (handle, stats) = (server.handle(), server.stats());
-    let shutdown = server.shutdown(settings.shutdown_grace);
+    // After an upgrade, half the grace lets what this process accepted last finish on its own
+    // (a request in flight, a handshake just accepted), the other half closes the rest.
+    let linger = match upgraded {
+        true => settings.shutdown_grace / 2,
+        false => Duration::ZERO,
+    };
+    let shutdown = server.drain(linger, settings.shutdown_grace - linger);
     tokio::pin!(shutdown);
     let report = tokio::select! {
         report = &mut shutdown => report,
@@ -166,6 +267,25 @@ async fn serve(
     }
     Ok(())
 }
+
+/// Starts the task keeping systemd informed (the watchdog when `WATCHDOG_USEC` is set, the
+/// status line every few seconds otherwise), if systemd listens.
+fn notifier_task(notifier: &Notifier, server: &Server) -> Option<actix_rt::task::JoinHandle<()>> {
+    if !notifier.enabled() {
+        return None;
+    }
+    let watchdog = notify::watchdog_interval();
+    let interval = watchdog.unwrap_or(STATUS_EVERY);
+    Some(actix_rt::spawn(notifier.clone().watch(
+        interval,
+        watchdog.is_some(),
+        server.handle(),
+        server.stats(),
+    )))
+}
+
+/// How often the `STATUS=` line is refreshed without a watchdog.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// A second stop signal during the shutdown: stop every connection now (their sockets close
 /// without `close_notify`) and end the process with a failure status, whatever the grace
@@ -200,6 +320,17 @@ fn faults_from_env(log: &Logger) -> Result<tlsvisor_actors::Faults, BoxError> {
         faults.enable(point);
     }
     Ok(faults)
+}
+
+/// `TLSVISOR_UPGRADE_FAULT=never_ready`: a process started by an upgrade serves but never says
+/// it is ready, so the old process's timeout (kill it, keep serving) can be tested.
+#[cfg(feature = "fault-injection")]
+fn never_ready(log: &Logger) -> bool {
+    let hang = std::env::var("TLSVISOR_UPGRADE_FAULT").is_ok_and(|v| v == "never_ready");
+    if hang {
+        warn!(log, "fault: not telling the old process we are ready"; "fault" => "never_ready");
+    }
+    hang
 }
 
 /// Descriptors the process holds besides its connections: stdio, the reactors, the

@@ -30,6 +30,8 @@ pub struct Settings {
     pub cert: CertSource,
     /// Reload the TLS files when they change (polled).
     pub watch_certs: bool,
+    /// Bind with `SO_REUSEPORT` (`--reuse-port`).
+    pub reuse_port: bool,
     /// Refuse an SNI name no certificate serves.
     pub sni_strict: bool,
     /// Versions, suites, groups, ALPN.
@@ -71,6 +73,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             cert: CertSource::BuiltIn,
             watch_certs: false,
+            reuse_port: false,
             sni_strict: false,
             tls_policy: TlsPolicy::default(),
             client_auth: None,
@@ -126,6 +129,7 @@ impl Settings {
             listen: flags.listen.or(file.listen).unwrap_or(d.listen),
             cert,
             watch_certs: flags.watch_certs || file.watch_certs,
+            reuse_port: flags.reuse_port || file.reuse_port,
             sni_strict: flags.sni_strict || file.sni_strict,
             tls_policy: TlsPolicy {
                 min_version: match flags.tls_min_version.or(file.tls_min_version) {

@@ -46,6 +46,13 @@ pub struct ServerConfig {
     pub read_buffer: usize,
     /// `listen(2)` backlog.
     pub backlog: u32,
+    /// Binds with `SO_REUSEPORT`, so that several processes can each bind a socket of their
+    /// own to the same address and the kernel spreads new connections over them. Off by
+    /// default: each socket has its own accept queue, and clients queued on a socket that is
+    /// closed are reset, so a process that stops loses whatever its queue held (the handover
+    /// of a binary upgrade shares one socket instead and loses nothing). Also lets any process
+    /// of the same user bind into the port.
+    pub reuse_port: bool,
 }
 
 impl ServerConfig {
@@ -65,6 +72,7 @@ impl ServerConfig {
             accept_proxy: None,
             read_buffer: 64 * 1024,
             backlog: 1024,
+            reuse_port: false,
         }
     }
 

@@ -189,6 +189,9 @@ pub struct StopAccepting;
 pub struct Shutdown {
     /// How long connections get to close gracefully.
     pub grace: Duration,
+    /// How long connections get to end on their own, after accepting stopped and before they
+    /// are asked to close (`Server::drain`); zero for a plain shutdown.
+    pub linger: Duration,
 }
 
 /// What a shutdown did.

@@ -1,12 +1,12 @@
 //! `Server`: starts one supervisor tree and owns its shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_rt::Arbiter;
+use actix_rt::{Arbiter, ArbiterHandle};
 use slog::{info, o, Logger};
 use tokio::net::TcpSocket;
 
@@ -41,9 +41,24 @@ pub struct ServerBuilder {
     faults: Faults,
     audit: Option<DisposalAudit>,
     tls: Option<LoadedTls>,
+    listener: Option<std::net::TcpListener>,
 }
 
 impl ServerBuilder {
+    /// Serves on `listener`, a socket already bound and listening (inherited from systemd's
+    /// socket activation, or handed over by the process being upgraded), instead of binding
+    /// `ServerConfig::listen`: the address stays where it is, with its accept queue, and is
+    /// never bound again.
+    ///
+    /// The socket is shared with whoever handed it over, so at shutdown this server closes its
+    /// own descriptors of it but never shuts it down (that would take it out of `LISTEN` for
+    /// every process holding it). The price: a worker stuck in a protocol callback keeps its
+    /// descriptor until the process exits, and clients queued for it wait there.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
     /// Serves `tls` instead of `ServerConfig::tls` (it carries the certificate list the
     /// expiry gauge shows); [`Server::tls_reloader`] replaces it later.
     pub fn tls(mut self, tls: LoadedTls) -> Self {
@@ -79,16 +94,16 @@ impl ServerBuilder {
         }
         let addr = self.config.listen;
         let bind_error = |source| ServerError::Bind { addr, source };
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(bind_error)?;
-        // Lets a restarted server bind while old connections sit in TIME-WAIT.
-        socket.set_reuseaddr(true).map_err(bind_error)?;
-        socket.bind(addr).map_err(bind_error)?;
-        let listener = socket.listen(self.config.backlog).map_err(bind_error)?;
+        // A socket handed to the builder is shared with another process: never shut down.
+        let shared = Arc::new(AtomicBool::new(self.listener.is_some()));
+        let listener = match self.listener {
+            Some(listener) => {
+                // Tokio's reactor needs it non-blocking; the giver may have left it blocking.
+                listener.set_nonblocking(true).map_err(bind_error)?;
+                listener
+            }
+            None => bind(&self.config).map_err(bind_error)?,
+        };
         let local_addr = listener.local_addr().map_err(bind_error)?;
 
         let log = self.log.new(o!("listen" => local_addr.to_string()));
@@ -101,7 +116,6 @@ impl ServerBuilder {
         let limits = Limits::new(&self.config, Arc::clone(&stats));
         // One listening socket; each worker accepts on its own descriptor of it (a dup). The
         // copies are made before any thread starts: a failure leaves nothing running.
-        let listener = listener.into_std().map_err(bind_error)?;
         let copies = (0..self.config.workers)
             .map(|_| listener.try_clone())
             .collect::<std::io::Result<Vec<_>>>()
@@ -155,9 +169,18 @@ impl ServerBuilder {
             "max_connections_per_ip" => env.config.max_connections_per_ip,
             "max_handshakes_per_ip" => env.config.effective_max_handshakes_per_ip());
         let registries = Registries(registries);
-        let supervisor =
-            ConnectionSupervisor::new(acceptors, listener, registries.clone(), env).start();
+        let kept = listener.try_clone().map_err(bind_error)?;
+        let supervisor = ConnectionSupervisor::new(
+            acceptors,
+            listener,
+            Arc::clone(&shared),
+            registries.clone(),
+            env,
+        )
+        .start();
         Ok(Server {
+            listener: kept,
+            listener_shared: shared,
             supervisor,
             registries,
             workers,
@@ -177,6 +200,10 @@ impl ServerBuilder {
 /// system stops, and the system's stop drops connections without the shutdown protocol: call
 /// `shutdown`.
 pub struct Server {
+    /// A descriptor of the listening socket, for [`Server::listening_socket`].
+    listener: std::net::TcpListener,
+    /// Set once the socket is shared with another process: shutdown then leaves it listening.
+    listener_shared: Arc<AtomicBool>,
     supervisor: Addr<ConnectionSupervisor>,
     registries: Registries,
     workers: Vec<Arbiter>,
@@ -208,12 +235,27 @@ impl Server {
             faults: Faults::default(),
             audit: None,
             tls: None,
+            listener: None,
         }
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A new descriptor of the listening socket, to hand to another process (a binary
+    /// upgrade). Until [`Server::set_listener_shared`] says it is shared, this server's
+    /// shutdown still shuts the socket down, for every process holding it.
+    pub fn listening_socket(&self) -> std::io::Result<std::net::TcpListener> {
+        self.listener.try_clone()
+    }
+
+    /// Says whether another process serves from this listening socket too. When it does,
+    /// shutdown stops this server's acceptors and closes their descriptors but leaves the
+    /// socket listening, so clients in its accept queue are the other process's to accept.
+    pub fn set_listener_shared(&self, shared: bool) {
+        self.listener_shared.store(shared, Ordering::SeqCst);
     }
 
     /// The server's counters.
@@ -245,6 +287,7 @@ impl Server {
         ServerHandle {
             control: Arc::clone(&self.control),
             registries: self.registries.clone(),
+            workers: self.workers.iter().map(Arbiter::handle).collect(),
         }
     }
 
@@ -266,6 +309,24 @@ impl Server {
     /// protocol callback is abandoned (its thread is left running): its connections are
     /// counted in `left_registered` and the worker in `abandoned_workers`.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        self.shutdown_with(Shutdown {
+            grace,
+            linger: Duration::ZERO,
+        })
+        .await
+    }
+
+    /// Like [`Server::shutdown`], but once accepting stopped, connections first get `linger`
+    /// to end on their own (a request in flight completes, a handshake accepted a moment ago
+    /// runs) before they are asked to close. What a process handing its socket to its
+    /// successor (a binary upgrade) does: a client served by neither would otherwise see its
+    /// fresh connection closed before its answer. Returns within `linger + grace` +
+    /// [`SHUTDOWN_OVERHEAD`].
+    pub async fn drain(self, linger: Duration, grace: Duration) -> ShutdownReport {
+        self.shutdown_with(Shutdown { grace, linger }).await
+    }
+
+    async fn shutdown_with(self, shutdown: Shutdown) -> ShutdownReport {
         let started = Instant::now();
         // Not ready from this instant: a load balancer stops sending before anything closes.
         self.control.control.set_stopping();
@@ -273,15 +334,15 @@ impl Server {
         // (with a margin, so that the supervisor's own report, built at its last deadline,
         // still arrives).
         let protocol_bound = STOP_ACCEPTING_WAIT
-            .saturating_add(grace)
+            .saturating_add(shutdown.linger)
+            .saturating_add(shutdown.grace)
             .saturating_add(FORCE_WAIT)
             .saturating_add(Duration::from_millis(500));
-        let mut report =
-            tokio::time::timeout(protocol_bound, self.supervisor.send(Shutdown { grace }))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+        let mut report = tokio::time::timeout(protocol_bound, self.supervisor.send(shutdown))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         for worker in &self.workers {
             worker.stop();
         }
@@ -322,6 +383,22 @@ fn start_workers(count: usize) -> Result<Vec<Arbiter>, ServerError> {
     Ok(workers)
 }
 
+/// Binds `config.listen` with `SO_REUSEADDR` (and `SO_REUSEPORT` when asked) and listens.
+fn bind(config: &ServerConfig) -> std::io::Result<std::net::TcpListener> {
+    let socket = if config.listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    // Lets a restarted server bind while old connections sit in TIME-WAIT.
+    socket.set_reuseaddr(true)?;
+    if config.reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(config.listen)?;
+    socket.listen(config.backlog)?.into_std()
+}
+
 /// Joins the worker threads, each on a thread of its own so that a stuck one is waited for
 /// only until `within` passes. Returns how many did not finish in time (they are abandoned).
 async fn join_within(workers: Vec<Arbiter>, within: Duration) -> usize {
@@ -353,9 +430,29 @@ async fn join_within(workers: Vec<Arbiter>, within: Duration) -> usize {
 pub struct ServerHandle {
     control: Arc<Limits>,
     registries: Registries,
+    workers: Vec<ArbiterHandle>,
 }
 
 impl ServerHandle {
+    /// Runs an empty task on every worker thread and returns how many did not run it within
+    /// `within`: a worker stuck in a protocol callback (or stopped) does not. What a watchdog
+    /// asks before it tells its supervisor (systemd's `WATCHDOG=1`) that the process is alive.
+    pub async fn unresponsive_workers(&self, within: Duration) -> usize {
+        let pings = self.workers.iter().map(|worker| {
+            let (pong, answered) = tokio::sync::oneshot::channel();
+            // A stopped arbiter refuses the task and drops `pong`: it counts as unresponsive.
+            worker.spawn(async move {
+                let _ = pong.send(());
+            });
+            async move { matches!(tokio::time::timeout(within, answered).await, Ok(Ok(()))) }
+        });
+        futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .filter(|answered| !answered)
+            .count()
+    }
+
     /// Every connection registered now, on any worker that answers within 5 s, in id order.
     pub async fn live_connections(&self) -> Vec<ConnId> {
         self.registries.live(Instant::now() + ASK_WAIT).await

@@ -1,6 +1,6 @@
 //! `ConnectionSupervisor`: owns the acceptors and the shutdown protocol.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ pub struct ConnectionSupervisor {
     /// The server's own descriptor of the listening socket, kept to shut it down for every
     /// acceptor at once.
     listener: Option<std::net::TcpListener>,
+    /// Set when another process serves from the same socket (inherited, or handed over in a
+    /// binary upgrade): then it is closed here, never shut down.
+    listener_shared: Arc<AtomicBool>,
     registries: Registries,
     env: Arc<ConnectionEnv>,
 }
@@ -39,12 +42,14 @@ impl ConnectionSupervisor {
     pub(crate) fn new(
         acceptors: Vec<Addr<Acceptor>>,
         listener: std::net::TcpListener,
+        listener_shared: Arc<AtomicBool>,
         registries: Registries,
         env: Arc<ConnectionEnv>,
     ) -> Self {
         ConnectionSupervisor {
             acceptors,
             listener: Some(listener),
+            listener_shared,
             registries,
             env,
         }
@@ -64,8 +69,17 @@ impl Handler<Shutdown> for ConnectionSupervisor {
         // shutdown(SHUT_RD) of the one listening socket takes it out of LISTEN for every
         // descriptor of it: no worker accepts again, even one too stuck to hear StopAccepting,
         // and the clients still in its backlog are reset.
+        // A socket shared with another process must stay listening for it: this process only
+        // closes its own descriptors (the acceptors' as they stop, this one now).
         if let Some(listener) = self.listener.take() {
-            if let Err(e) = socket2::SockRef::from(&listener).shutdown(std::net::Shutdown::Read) {
+            if self.listener_shared.load(Ordering::SeqCst) {
+                info!(
+                    log,
+                    "shutdown: the listening socket is shared; leaving it listening"
+                );
+            } else if let Err(e) =
+                socket2::SockRef::from(&listener).shutdown(std::net::Shutdown::Read)
+            {
                 warn!(log, "shutdown: cannot shut the listening socket"; "error" => %e);
             }
         }
@@ -82,6 +96,16 @@ impl Handler<Shutdown> for ConnectionSupervisor {
             {
                 error!(log, "shutdown: an acceptor did not stop in time; its worker is stuck";
                     "waited_ms" => STOP_ACCEPTING_WAIT.as_millis() as u64);
+            }
+            // A drain lets what was accepted finish first (a request in flight, a handshake
+            // still to start): nothing is asked to close yet, so nothing is marked draining.
+            if !msg.linger.is_zero() {
+                info!(log, "shutdown: stopped accepting, letting connections end on their own";
+                    "linger_ms" => msg.linger.as_millis() as u64);
+                let linger_end = Instant::now()
+                    .checked_add(msg.linger)
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
+                registries.wait_empty(linger_end).await;
             }
             env.draining.store(true, Ordering::SeqCst);
             info!(log, "shutdown: stopped accepting, closing connections";

@@ -298,6 +298,13 @@ impl Drop for Tlsvisor {
     }
 }
 
+/// An address on 127.0.0.1 with a port free now (bound and released: for a program that must
+/// bind it itself, such as `systemd-socket-activate`).
+pub fn free_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
+    probe.local_addr().expect("the probe's address")
+}
+
 /// A plain HTTP/1.0 GET (the metrics endpoint is the only HTTP the tests speak).
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     try_http_get(addr, path).unwrap()
