@@ -76,7 +76,11 @@ impl AdminServer {
         // The binary owns the signals: actix-server's own handlers would stop the system.
         .disable_signals()
         .shutdown_timeout(1)
-        .bind(addr)
+        // Reusable, like the metrics listener: a binary upgrade binds it again meanwhile.
+        .listen(
+            crate::listen::reusable(addr, false)
+                .map_err(|e| format!("cannot serve the admin API on {addr}: {e}"))?,
+        )
         .map_err(|e| format!("cannot serve the admin API on {addr}: {e}"))?;
         let bound = server.addrs().first().copied().unwrap_or(addr);
         let server = server.run();

@@ -6,6 +6,7 @@ mod admin;
 mod certs;
 mod check;
 mod cli;
+mod listen;
 mod logging;
 mod metrics;
 mod metrics_http;

@@ -51,7 +51,8 @@ impl MetricsServer {
         log: Logger,
     ) -> Result<Self, BoxError> {
         let registry = registry(stats, extra)?;
-        let listener = bind(addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        let listener = crate::listen::reusable(addr, true)
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
         let bound = listener.local_addr()?;
         info!(log, "metrics listening"; "metrics_listen" => %bound);
         let listener = Arc::new(listener);
@@ -73,23 +74,6 @@ impl MetricsServer {
             finished,
         })
     }
-}
-
-/// Binds with `SO_REUSEPORT`: during a binary upgrade (SIGUSR2) the new process binds the same
-/// metrics address while the old one drains, each with a socket of its own, and a scrape goes
-/// to either. Must run inside the actix system (tokio's socket needs its reactor to listen).
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(128)?.into_std()?;
-    // The metrics thread accepts blocking.
-    listener.set_nonblocking(false)?;
-    Ok(listener)
 }
 
 fn serve(listener: &TcpListener, registry: &Registry, stopping: &AtomicBool, log: &Logger) {

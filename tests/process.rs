@@ -362,7 +362,20 @@ fn scrape(addr: SocketAddr) -> Metrics {
 #[test]
 fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
     become_subreaper();
-    let mut old = Tlsvisor::serve(&["--workers", "2", "--shutdown-grace", "3s"]);
+    // A fixed admin port: the new process must bind it while the old one still holds it.
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let admin_flag = admin.to_string();
+    let mut old = Tlsvisor::serve(&[
+        "--workers",
+        "2",
+        "--shutdown-grace",
+        "3s",
+        "--admin-listen",
+        &admin_flag,
+    ]);
     let stop = Arc::new(AtomicBool::new(false));
     // Four loops, so that connections are accepted by the old process up to its last moment.
     let clients: Vec<_> = (0..4)
@@ -403,6 +416,11 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "old exits 0: {status:?}");
+    // The admin port the old process held is the new one's now.
+    assert!(
+        eventually(HANG, || try_http_get(admin, "/health/live").is_ok()),
+        "the new process answers on the admin port"
+    );
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let report = clients
