@@ -160,6 +160,12 @@ async fn serve(
     };
     #[cfg(feature = "fault-injection")]
     let builder = builder.faults(faults_from_env(&log)?);
+    #[cfg(feature = "fault-injection")]
+    if process.inherited.upgrade_ready.is_some() && never_ready(&log) {
+        // Stuck before it serves (a start-up blocked on a slow mount, say): it accepts nothing
+        // and never says it is ready, until the old process's timeout kills it.
+        std::future::pending::<()>().await;
+    }
     let server = builder.logger(log.clone()).tls(tls).start()?;
     // Shared by both listeners' expositions: refusals are counted wherever they happen.
     let unauthorized = crate::admin::unauthorized_counter()?;
@@ -193,8 +199,6 @@ async fn serve(
     // The acceptors run: tell whoever waits (systemd, the process this one upgrades).
     notifier.ready(&server.stats());
     let upgrade_ready = process.inherited.upgrade_ready.take();
-    #[cfg(feature = "fault-injection")]
-    let upgrade_ready = upgrade_ready.filter(|_| !never_ready(&log));
     if let Some(ready) = upgrade_ready {
         if let Err(e) = ready.send(b"READY=1") {
             warn!(log, "upgrade: cannot tell the old process we are ready"; "error" => %e);
@@ -322,8 +326,10 @@ fn faults_from_env(log: &Logger) -> Result<tlsvisor_actors::Faults, BoxError> {
     Ok(faults)
 }
 
-/// `TLSVISOR_UPGRADE_FAULT=never_ready`: a process started by an upgrade serves but never says
-/// it is ready, so the old process's timeout (kill it, keep serving) can be tested.
+/// `TLSVISOR_UPGRADE_FAULT=never_ready`: a process started by an upgrade hangs before it
+/// serves and never says it is ready, so the old process's timeout (kill it, keep serving) can
+/// be tested. (A new process that hangs *after* it started accepting is killed the same way,
+/// and the connections it accepted meanwhile are cut: see ARCHITECTURE.md.)
 #[cfg(feature = "fault-injection")]
 fn never_ready(log: &Logger) -> bool {
     let hang = std::env::var("TLSVISOR_UPGRADE_FAULT").is_ok_and(|v| v == "never_ready");
