@@ -5,7 +5,8 @@
 use actix::prelude::*;
 use tokio::net::TcpStream;
 
-use super::{ConnState, Connection};
+use super::phase::Phase;
+use super::Connection;
 use crate::accept_proxy::{read_header, Original};
 use crate::DisposeReason;
 
@@ -24,7 +25,6 @@ impl Connection {
         let Some((versions, limit)) = expected else {
             return self.start_handshake(tcp, ctx);
         };
-        self.state = ConnState::Handshaking;
         let reading = async move {
             let mut tcp = tcp;
             let header = tokio::time::timeout(limit, read_header(&mut tcp, versions)).await;
@@ -32,7 +32,7 @@ impl Connection {
         };
         ctx.spawn(reading.into_actor(self).map(|(tcp, header), act, ctx| {
             // Closed meanwhile (a shutdown, a kill): nothing more to start.
-            if act.state != ConnState::Handshaking {
+            if !matches!(act.phase, Phase::Handshaking { .. }) {
                 return;
             }
             let error = match header {

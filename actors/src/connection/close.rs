@@ -1,12 +1,17 @@
 //! How a connection ends: the reason, the graceful close (flush, `close_notify`, FIN, a
 //! bounded linger for the client's own end), the idle timer, and the client finishing.
 
-use actix::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
+
+use actix::prelude::*;
 use tokio::io::AsyncWriteExt;
 
-use super::{ConnState, Connection};
-use crate::messages::{Close, CloseMode, ReadOutcome};
+use super::phase::{ClientWriter, Closing, Open, OpenService, Phase, SessionState};
+use super::proxy::UpstreamLink;
+use super::Connection;
+use crate::messages::{Close, CloseMode, ReadOutcome, Side};
+use crate::reader::ReaderHandle;
 use crate::{DisposeReason, Flow};
 
 impl Connection {
@@ -15,23 +20,66 @@ impl Connection {
     /// stops at once.
     pub(super) fn begin_close(&mut self, reason: DisposeReason, ctx: &mut Context<Self>) {
         self.reason.get_or_insert(reason);
-        match self.state {
-            ConnState::Closing | ConnState::Disposed => {}
-            ConnState::Registered | ConnState::Handshaking => ctx.stop(),
-            ConnState::Open => {
-                self.state = ConnState::Closing;
-                // The upstream, if any, gets its FIN now rather than when the actor stops.
-                self.shut_upstream_write();
-                // One deadline for the whole close: a write in flight to a client that does not
-                // read must not hold a graceful close (a kill, a shutdown) open. The flush and
-                // the linger each get close_timeout; this bounds both together.
-                let deadline = self.env.config.close_timeout.saturating_mul(2);
-                ctx.run_later(deadline, |_, ctx| ctx.stop());
-                // A write in flight holds the write half; its completion finishes the close.
-                if !self.write_in_flight {
-                    self.finish_close(ctx);
-                }
+        match std::mem::replace(&mut self.phase, Phase::Disposed) {
+            Phase::Open(open) => self.close_open(open, ctx),
+            // Nothing to say goodbye on: what the phase holds goes as the actor stops.
+            early @ (Phase::Accepted(_) | Phase::Handshaking { .. }) => {
+                self.phase = early;
+                ctx.stop();
             }
+            already @ (Phase::Closing(_) | Phase::Disposed) => self.phase = already,
+        }
+    }
+
+    /// Open → Closing: the session is dropped (what it had not written yet is kept), a proxy's
+    /// upstream gets its FIN, a client not read yet starts being drained.
+    fn close_open(&mut self, open: Open, ctx: &mut Context<Self>) {
+        if let Some(timer) = open.idle_timer {
+            ctx.cancel_future(timer);
+        }
+        let mut reader = open.reader;
+        let (pending, upstream) = match open.service {
+            OpenService::Session(SessionState { session, reply }) => {
+                // A session may be in any state after a panic, and a panic in its Drop must
+                // not take the connection's close with it.
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(session)));
+                (reply, None)
+            }
+            OpenService::Connecting(client) => {
+                reader = Some(self.spawn_reader(client, Side::Client, ctx));
+                (Vec::new(), None)
+            }
+            // Dropping the owned write half is shutdown(SHUT_WR): the upstream gets its FIN
+            // now rather than when the actor stops; what it still sends is drained.
+            OpenService::Proxy(link) => (Vec::new(), Some(link.shut_write())),
+        };
+        self.enter_closing(open.writer, reader, pending, upstream, ctx);
+    }
+
+    /// Enters `Closing` with what the open phase left, bounded by one deadline for the whole
+    /// close: a write in flight to a client that does not read must not hold a graceful close
+    /// (a kill, a shutdown) open. The flush and the linger each get `close_timeout`; the
+    /// deadline bounds both together.
+    pub(super) fn enter_closing(
+        &mut self,
+        writer: ClientWriter,
+        reader: Option<ReaderHandle>,
+        pending: Vec<u8>,
+        upstream: Option<UpstreamLink>,
+        ctx: &mut Context<Self>,
+    ) {
+        let busy = writer.is_busy();
+        self.phase = Phase::Closing(Closing {
+            writer,
+            reader,
+            pending,
+            upstream,
+        });
+        let deadline = self.env.config.close_timeout.saturating_mul(2);
+        ctx.run_later(deadline, |_, ctx| ctx.stop());
+        // A write in flight holds the write half; its completion finishes the close.
+        if !busy {
+            self.finish_close(ctx);
         }
     }
 
@@ -40,15 +88,18 @@ impl Connection {
     /// until the client's FIN keeps an unread byte from turning our close into a reset, which
     /// could destroy the `close_notify` before the client reads it.
     pub(super) fn finish_close(&mut self, ctx: &mut Context<Self>) {
-        let Some(mut writer) = self.writer.take() else {
-            // No write half: either it is shut already, or a proxy half-close is shutting it
-            // right now, and that future's completion ends the close.
-            if self.close_sent {
+        let Phase::Closing(closing) = &mut self.phase else {
+            return;
+        };
+        let Some(mut writer) = closing.writer.take_ready() else {
+            // Shut already (a proxy half-close sent it): nothing more to say. Busy: a proxy
+            // half-close is shutting it right now, and that future's completion ends the close.
+            if closing.writer.is_shut() {
                 ctx.stop();
             }
             return;
         };
-        let pending = std::mem::take(&mut self.reply);
+        let pending = std::mem::take(&mut closing.pending);
         let limit = self.env.config.close_timeout;
         let shutdown = async move {
             let _ = tokio::time::timeout(limit, async {
@@ -71,52 +122,68 @@ impl Connection {
     /// once the client has finished, or after the close timeout. Still open: a proxy
     /// half-close, which goes on until both sides are done.
     pub(super) fn close_notify_sent(&mut self, ctx: &mut Context<Self>) {
-        self.close_sent = true;
-        if self.state == ConnState::Open {
-            return self.finish_if_both_done(ctx);
-        }
-        if self.reader_done {
-            ctx.stop();
-        } else {
-            ctx.run_later(self.env.config.close_timeout, |_, ctx| ctx.stop());
+        match &mut self.phase {
+            Phase::Open(open) => {
+                open.writer = ClientWriter::Shut;
+                self.finish_if_both_done(ctx);
+            }
+            Phase::Closing(closing) => {
+                closing.writer = ClientWriter::Shut;
+                if closing.reader.is_none() {
+                    ctx.stop();
+                } else {
+                    ctx.run_later(self.env.config.close_timeout, |_, ctx| ctx.stop());
+                }
+            }
+            _ => {}
         }
     }
 
     /// One timer per idle period, not per read: on expiry it re-arms for what is left.
-    pub(super) fn arm_idle_timer(&self, after: Duration, ctx: &mut Context<Self>) {
-        ctx.run_later(after, |act, ctx| {
-            let (Some(limit), ConnState::Open) = (act.env.config.idle_timeout, act.state) else {
+    pub(super) fn arm_idle_timer(&mut self, after: Duration, ctx: &mut Context<Self>) {
+        let timer = ctx.run_later(after, |act, ctx| {
+            let (Some(limit), Phase::Open(open)) = (act.env.config.idle_timeout, &act.phase) else {
                 return;
             };
             // A write in flight is the client not reading, not the client idle: the write's own
             // stall limit ends that one, as a writer_error.
-            if act.write_in_flight {
+            if open.writer.is_busy() {
                 return act.arm_idle_timer(limit, ctx);
             }
-            let idle = act.last_read.elapsed();
+            let idle = open.last_read.elapsed();
             if idle >= limit {
                 act.begin_close(DisposeReason::IdleTimeout, ctx);
             } else {
                 act.arm_idle_timer(limit - idle, ctx);
             }
         });
+        if let Phase::Open(open) = &mut self.phase {
+            open.idle_timer = Some(timer);
+        }
     }
 
     /// The client finished sending or failed.
     pub(super) fn client_finished(&mut self, outcome: ReadOutcome, ctx: &mut Context<Self>) {
-        self.reader_done = true;
-        self.reader = None;
-        match self.state {
-            ConnState::Open => {}
-            // Lingering close: the client has finished too. Stop, unless our close_notify is
-            // still being flushed; that future stops the actor once it is done.
-            ConnState::Closing if self.close_sent => return ctx.stop(),
+        let proxying = match &mut self.phase {
+            Phase::Open(open) => {
+                open.reader = None;
+                matches!(open.service, OpenService::Proxy(_))
+            }
+            Phase::Closing(closing) => {
+                closing.reader = None;
+                // Lingering close: the client has finished too. Stop, unless our
+                // close_notify is still being flushed; that future stops the actor once done.
+                if closing.writer.is_shut() {
+                    ctx.stop();
+                }
+                return;
+            }
             _ => return,
-        }
+        };
         match outcome {
             ReadOutcome::PeerEof { clean } => {
                 self.clean_eof = Some(clean);
-                if self.upstream.is_some() {
+                if proxying {
                     return self.client_eof_to_upstream(ctx);
                 }
                 let reason = self

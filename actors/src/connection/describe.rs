@@ -2,22 +2,9 @@
 
 use actix::prelude::*;
 
-use super::{ConnState, Connection};
+use super::Connection;
 use crate::messages::Describe;
 use crate::ConnDescription;
-
-impl ConnState {
-    /// The state's name in a description.
-    fn name(self) -> &'static str {
-        match self {
-            ConnState::Registered => "registered",
-            ConnState::Handshaking => "handshaking",
-            ConnState::Open => "open",
-            ConnState::Closing => "closing",
-            ConnState::Disposed => "disposed",
-        }
-    }
-}
 
 impl Handler<Describe> for Connection {
     type Result = MessageResult<Describe>;
@@ -28,7 +15,7 @@ impl Handler<Describe> for Connection {
             peer: self.peer,
             // Only the registries know which worker they are on; they fill this in.
             worker: 0,
-            state: self.state.name(),
+            state: self.phase.name(),
             age: self.registered_at.elapsed(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,

@@ -14,17 +14,18 @@ mod accept_header;
 mod close;
 mod describe;
 mod env;
+mod phase;
 mod proxy;
 mod session;
 mod start;
 
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use tokio::io::WriteHalf;
 use tokio::net::TcpStream;
 
 use crate::access_log::DisposalFields;
@@ -32,33 +33,18 @@ use crate::admission::HandshakeSlot;
 use crate::fault::{FaultPoint, Faults};
 use crate::messages::{ReaderFinished, Side};
 use crate::read_ahead::ReadAhead;
-use crate::reader::ReaderHandle;
 use crate::registration::Registration;
-use crate::{ConnId, DisposeReason, Session, TlsInfo};
+use crate::{ConnId, DisposeReason, TlsInfo};
 
 pub(crate) use self::env::{ConnectionEnv, Service};
-use self::proxy::UpstreamLink;
+use self::phase::{Accepted, Phase};
 
 /// The server side of a TLS stream over TCP (read ahead while the client streams).
 pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
 
-/// The states of a connection. They only move forward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ConnState {
-    /// In the registry; the actor has not started.
-    Registered,
-    /// The TLS handshake is running.
-    Handshaking,
-    /// TLS is up; the readers and the session (or the upstream) are running.
-    Open,
-    /// Closing: flushing, sending `close_notify`, waiting (bounded) for the client to finish.
-    Closing,
-    /// Stopped; its `Dispose` is sent.
-    Disposed,
-}
-
 /// One client's connection: runs the TLS handshake, owns the TLS write half and the session
-/// (or the upstream link), and supervises its reader children.
+/// (or the upstream link), and supervises its reader children. What it owns at each point of
+/// its life is in its [`Phase`].
 ///
 /// Every way the connection ends goes through `Connection::begin_close` or a direct
 /// `ctx.stop()`, and so through `stopped()`, the only place that sends `Dispose`. The first
@@ -69,25 +55,11 @@ pub(crate) struct Connection {
     /// Our address as the client sees it (the PROXY header's destination).
     local: Option<SocketAddr>,
     env: Arc<ConnectionEnv>,
-    state: ConnState,
-    socket: Option<TcpStream>,
-    /// Held from accept until the handshake ends (the handshake limits and gauge).
-    handshake: Option<HandshakeSlot>,
-    writer: Option<WriteHalf<TlsStream>>,
-    write_in_flight: bool,
-    /// The client reader lives while this handle does.
-    reader: Option<ReaderHandle>,
-    reader_done: bool,
-    /// The graceful close has flushed (or given up on) `close_notify` and the FIN.
-    close_sent: bool,
-    session: Option<Box<dyn Session>>,
-    upstream: Option<UpstreamLink>,
-    reply: Vec<u8>,
+    phase: Phase,
     reason: Option<DisposeReason>,
     clean_eof: Option<bool>,
     /// Set while a message handler runs; still set in `stopped()` only if a handler unwound.
     in_handler: bool,
-    last_read: Instant,
     registered_at: Instant,
     /// When the handshake finished, how long it took.
     handshake_ms: Option<u64>,
@@ -110,28 +82,16 @@ impl Connection {
         registration: Registration,
         handshake: HandshakeSlot,
     ) -> Self {
-        let now = Instant::now();
         Connection {
             id,
             peer,
             local: None,
             env,
-            state: ConnState::Registered,
-            socket: Some(socket),
-            handshake: Some(handshake),
-            writer: None,
-            write_in_flight: false,
-            reader: None,
-            reader_done: false,
-            close_sent: false,
-            session: None,
-            upstream: None,
-            reply: Vec::new(),
+            phase: Phase::Accepted(Accepted { socket, handshake }),
             reason: None,
             clean_eof: None,
             in_handler: false,
-            last_read: now,
-            registered_at: now,
+            registered_at: Instant::now(),
             handshake_ms: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -160,10 +120,15 @@ impl Actor for Connection {
         if self.env.draining.load(Ordering::SeqCst) {
             return self.begin_close(DisposeReason::Shutdown, ctx);
         }
-        let Some(tcp) = self.socket.take() else {
-            return self.begin_close(DisposeReason::StartFailed, ctx);
+        let Phase::Accepted(accepted) = std::mem::replace(&mut self.phase, Phase::Disposed) else {
+            // Nothing else can be there before the start; stop rather than run without one.
+            self.reason.get_or_insert(DisposeReason::StartFailed);
+            return ctx.stop();
         };
-        self.start_after_proxy_header(tcp, ctx);
+        self.phase = Phase::Handshaking {
+            _slot: accepted.handshake,
+        };
+        self.start_after_proxy_header(accepted.socket, ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -172,12 +137,12 @@ impl Actor for Connection {
             // handles are all that is left to dispose of this connection.
             return;
         }
-        self.handshake = None;
-        self.state = ConnState::Disposed;
-        // The readers would go with this actor anyway (each stops when its handle, owned
-        // here, is dropped); dropping the handles now closes the sockets at once.
-        self.reader = None;
-        self.release_upstream();
+        // The phase would go with this actor anyway; dropping it now closes the sockets at
+        // once, stops the readers (each lives while its handle, owned by the phase, does),
+        // gives back the handshake slot and the upstream. A session dropped here may panic in
+        // its Drop: that must not cost the Dispose below.
+        let phase = std::mem::replace(&mut self.phase, Phase::Disposed);
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(phase)));
         let reason = match self.reason {
             Some(reason) => reason,
             // A handler unwound: actix ran this hook while dropping the panicked actor.

@@ -6,39 +6,60 @@
 //! shut (a FIN upstream, `close_notify` and a FIN to the client), and the other direction keeps
 //! flowing until its side finishes too.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
-use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
+use super::phase::{Closing, Open, OpenService, Phase};
 use super::session::with_limit;
-use super::{ConnState, Connection, Service, TlsStream};
+use super::start::spawn_reader;
+use super::{Connection, Service};
 use crate::messages::{Inbound, ReadOutcome, Side};
 use crate::reader::ReaderHandle;
-use crate::{upstream, DisposeReason};
+use crate::{upstream, DisposeReason, Stats};
 
-/// A proxying connection's upstream side.
+/// A proxying connection's upstream side. Dropping it closes the upstream socket, stops its
+/// reader and counts the upstream connection closed.
 pub(super) struct UpstreamLink {
     /// `None` while a write is in flight, and for good once the client has finished (dropping
     /// an owned write half shuts the socket's write side: the upstream sees a FIN).
     writer: Option<OwnedWriteHalf>,
-    /// The upstream reader lives while this handle does.
+    /// The upstream reader lives while this handle does; `None` once the upstream finished.
     reader: Option<ReaderHandle>,
-    read_done: bool,
     /// Which side finished first: the disposal reason of a normal end.
     first_finished: Option<Side>,
+    stats: Arc<Stats>,
+}
+
+impl UpstreamLink {
+    /// The link with its write side shut: the upstream gets its FIN now, what it still sends
+    /// is drained until the connection stops.
+    pub(super) fn shut_write(mut self) -> UpstreamLink {
+        self.writer = None;
+        self
+    }
+
+    /// The upstream finished (its reader has reported): drop the reader's handle.
+    fn finished(&mut self) {
+        self.reader = None;
+    }
+}
+
+impl Drop for UpstreamLink {
+    fn drop(&mut self) {
+        self.stats.upstream_closed();
+    }
 }
 
 impl Connection {
-    /// Opens the upstream, then starts reading both sides. The client is not read before the
-    /// upstream is there to take its bytes; if the upstream cannot be reached the client is read
-    /// only to drain it while it gets `close_notify`.
-    pub(super) fn connect_upstream(
-        &mut self,
-        client: ReadHalf<TlsStream>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Opens the upstream, then starts reading both sides. The client's read half waits in the
+    /// phase meanwhile; if the upstream cannot be reached, the close drains the client while it
+    /// gets `close_notify`.
+    pub(super) fn connect_upstream(&mut self, ctx: &mut Context<Self>) {
         let Service::Proxy(config) = &self.env.service else {
-            return self.start_client_reader(client, ctx);
+            return;
         };
         let config = config.clone();
         let peer = self.peer;
@@ -46,10 +67,15 @@ impl Connection {
         let tls = self.tls.as_deref().cloned();
         let connecting = async move { upstream::connect(&config, peer, local, tls.as_ref()).await };
         ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {
-            act.start_client_reader(client, ctx);
-            if act.state != ConnState::Open {
+            // Closed meanwhile: the client's read half went into the close; the upstream
+            // socket, if any, is dropped here.
+            let Phase::Open(Open {
+                service: OpenService::Connecting(_),
+                ..
+            }) = &act.phase
+            else {
                 return;
-            }
+            };
             let (stream, latency) = match result {
                 Ok(connected) => connected,
                 Err(e) => {
@@ -59,14 +85,31 @@ impl Connection {
             };
             act.env.stats.upstream_opened(latency);
             let (read_half, write_half) = stream.into_split();
-            let reader = act.spawn_reader(read_half, Side::Upstream, ctx);
-            act.upstream = Some(UpstreamLink {
+            let link = UpstreamLink {
                 writer: Some(write_half),
-                reader: Some(reader),
-                read_done: false,
+                reader: Some(act.spawn_reader(read_half, Side::Upstream, ctx)),
                 first_finished: None,
-            });
+                stats: Arc::clone(&act.env.stats),
+            };
+            let env = &act.env;
+            if let Phase::Open(open) = &mut act.phase {
+                let connecting = std::mem::replace(&mut open.service, OpenService::Proxy(link));
+                if let OpenService::Connecting(client) = connecting {
+                    open.reader = Some(spawn_reader(env, client, Side::Client, ctx));
+                }
+            }
         }));
+    }
+
+    /// The upstream link, while open.
+    fn open_link(&mut self) -> Option<&mut UpstreamLink> {
+        match &mut self.phase {
+            Phase::Open(Open {
+                service: OpenService::Proxy(link),
+                ..
+            }) => Some(link),
+            _ => None,
+        }
     }
 
     /// Forwards a chunk to the other side; resolves once it is written.
@@ -82,7 +125,7 @@ impl Connection {
     }
 
     fn write_to_upstream(&mut self, bytes: bytes::Bytes) -> ResponseActFuture<Self, ()> {
-        let Some(mut writer) = self.upstream.as_mut().and_then(|link| link.writer.take()) else {
+        let Some(mut writer) = self.open_link().and_then(|link| link.writer.take()) else {
             return Box::pin(fut::ready(()));
         };
         let stall_limit = self.env.config.idle_timeout;
@@ -95,7 +138,7 @@ impl Connection {
                 .into_actor(self)
                 .map(|(writer, len, result), act, ctx| {
                     // Closing meanwhile: the write half stays dropped (the upstream has its FIN).
-                    if let (Some(link), ConnState::Open) = (act.upstream.as_mut(), act.state) {
+                    if let Some(link) = act.open_link() {
                         link.writer = Some(writer);
                     }
                     match result {
@@ -111,7 +154,7 @@ impl Connection {
 
     /// The client finished sending; all of it is upstream already. Pass the FIN on.
     pub(super) fn client_eof_to_upstream(&mut self, ctx: &mut Context<Self>) {
-        if let Some(link) = self.upstream.as_mut() {
+        if let Some(link) = self.open_link() {
             link.first_finished.get_or_insert(Side::Client);
             // Dropping the owned write half is shutdown(SHUT_WR): the upstream reads EOF.
             link.writer = None;
@@ -120,17 +163,22 @@ impl Connection {
     }
 
     pub(super) fn upstream_finished(&mut self, outcome: ReadOutcome, ctx: &mut Context<Self>) {
-        let Some(link) = self.upstream.as_mut() else {
-            return;
-        };
-        link.read_done = true;
-        link.reader = None;
-        if self.state != ConnState::Open {
-            return;
+        match &mut self.phase {
+            Phase::Closing(Closing {
+                upstream: Some(link),
+                ..
+            }) => return link.finished(),
+            Phase::Open(Open {
+                service: OpenService::Proxy(link),
+                ..
+            }) => link.finished(),
+            _ => return,
         }
         match outcome {
             ReadOutcome::PeerEof { .. } => {
-                link.first_finished.get_or_insert(Side::Upstream);
+                if let Some(link) = self.open_link() {
+                    link.first_finished.get_or_insert(Side::Upstream);
+                }
                 self.shut_client_write(ctx);
             }
             ReadOutcome::Failed(e) => {
@@ -143,7 +191,12 @@ impl Connection {
     /// The upstream finished and all it sent is written to the client: send `close_notify` and
     /// a FIN, and keep reading the client until it finishes too.
     fn shut_client_write(&mut self, ctx: &mut Context<Self>) {
-        let Some(mut writer) = self.writer.take() else {
+        let Phase::Open(open) = &mut self.phase else {
+            return;
+        };
+        // Never busy here: the upstream reader reads (and so finishes) only once its previous
+        // chunk is written to the client.
+        let Some(mut writer) = open.writer.take_ready() else {
             return self.close_notify_sent(ctx);
         };
         let limit = self.env.config.close_timeout;
@@ -159,32 +212,22 @@ impl Connection {
 
     /// Stops once both sides have finished and both write directions are shut.
     pub(super) fn finish_if_both_done(&mut self, ctx: &mut Context<Self>) {
-        let Some(link) = self.upstream.as_ref() else {
+        let Phase::Open(Open {
+            writer,
+            reader,
+            service: OpenService::Proxy(link),
+            ..
+        }) = &self.phase
+        else {
             return;
         };
-        if self.state == ConnState::Open && self.reader_done && link.read_done && self.close_sent {
+        if reader.is_none() && link.reader.is_none() && writer.is_shut() {
             let reason = match link.first_finished {
                 Some(Side::Upstream) => DisposeReason::UpstreamEof,
                 _ => DisposeReason::PeerEof,
             };
             self.reason.get_or_insert(reason);
             ctx.stop();
-        }
-    }
-
-    /// Closing: the upstream gets a FIN at once (dropping an owned write half shuts the
-    /// socket's write side); what it still sends is drained until the connection stops.
-    pub(super) fn shut_upstream_write(&mut self) {
-        if let Some(link) = self.upstream.as_mut() {
-            link.writer = None;
-        }
-    }
-
-    /// From the stop hook: stop the upstream reader and close the upstream socket.
-    pub(super) fn release_upstream(&mut self) {
-        if self.upstream.take().is_some() {
-            // Dropping the link drops the reader's handle (it stops) and the write half.
-            self.env.stats.upstream_closed();
         }
     }
 }

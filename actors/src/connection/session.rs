@@ -9,13 +9,15 @@ use actix::prelude::*;
 use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{ConnState, Connection};
+use super::phase::{ClientWriter, Open, OpenService, Phase, SessionState};
+use super::Connection;
 use crate::fault::FaultPoint;
 use crate::messages::{Inbound, Side};
 use crate::{AsyncReply, DisposeReason, Flow, Session, SessionError};
 
 impl Connection {
     /// Runs a session callback, turning a panic or a protocol error into a disposal reason.
+    /// Outside `Open` there is no session (it went as the close began): nothing runs.
     pub(super) fn run_session<T: Default>(
         &mut self,
         call: impl FnOnce(&mut dyn Session, &mut Vec<u8>) -> Result<T, SessionError>,
@@ -27,40 +29,46 @@ impl Connection {
                 std::thread::park();
             }
         }
-        // No session: it was dropped after a panic, and the connection is closing.
-        let Some(session) = self.session.as_mut() else {
+        let Some(state) = self.session_state() else {
             return Ok(T::default());
         };
-        let reply = &mut self.reply;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             if inject_panic {
                 panic!("injected session panic");
             }
-            call(session.as_mut(), reply)
+            call(state.session.as_mut(), &mut state.reply)
         }));
-        match outcome {
-            Ok(Ok(answer)) => Ok(answer),
+        let reason = match outcome {
+            Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => {
                 log_conn!(warn, self, "session refused input"; "error" => %e);
-                self.reply.clear();
-                Err(DisposeReason::ProtocolError)
+                DisposeReason::ProtocolError
             }
-            Err(_) => Err(self.session_panicked()),
+            // The session may be in any state: it is dropped (guarded) as the close begins.
+            Err(_) => {
+                log_conn!(
+                    error,
+                    self,
+                    "session panicked; closing this connection only"
+                );
+                DisposeReason::SessionPanic
+            }
+        };
+        if let Some(state) = self.session_state() {
+            state.reply.clear();
         }
+        Err(reason)
     }
 
-    /// A session call or its async reply panicked: drop the session (it may be in any state,
-    /// and a panic in its `Drop` is caught too); the connection ends as `session_panic`.
-    fn session_panicked(&mut self) -> DisposeReason {
-        log_conn!(
-            error,
-            self,
-            "session panicked; closing this connection only"
-        );
-        self.reply.clear();
-        let broken = self.session.take();
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(broken)));
-        DisposeReason::SessionPanic
+    /// The session and its reply, while the connection is open.
+    fn session_state(&mut self) -> Option<&mut SessionState> {
+        match &mut self.phase {
+            Phase::Open(Open {
+                service: OpenService::Session(state),
+                ..
+            }) => Some(state),
+            _ => None,
+        }
     }
 
     /// Writes the reply the session gave, then reads on or closes as `flow` says.
@@ -90,20 +98,24 @@ impl Connection {
     fn await_reply(&mut self, reply: AsyncReply) -> ResponseActFuture<Self, ()> {
         let guarded = AssertUnwindSafe(reply).catch_unwind();
         Box::pin(guarded.into_actor(self).then(|outcome, act, ctx| {
-            if act.state != ConnState::Open {
+            let Some(state) = act.session_state() else {
                 // Closed while the reply was being worked out: nothing more is written.
                 return Box::pin(fut::ready(())) as ResponseActFuture<Self, ()>;
-            }
+            };
             let reason = match outcome {
                 Ok(Ok((bytes, flow))) => {
-                    act.reply = bytes;
+                    state.reply = bytes;
                     return act.answer(flow, ctx);
                 }
                 Ok(Err(e)) => {
                     log_conn!(warn, act, "session refused input"; "error" => %e);
                     DisposeReason::ProtocolError
                 }
-                Err(_) => act.session_panicked(),
+                // Dropped (guarded) as the close begins.
+                Err(_) => {
+                    log_conn!(error, act, "session panicked; closing this connection only");
+                    DisposeReason::SessionPanic
+                }
             };
             act.close_now(reason, ctx)
         }))
@@ -111,10 +123,10 @@ impl Connection {
 
     /// Writes the session's pending reply to the client.
     pub(super) fn write_reply(&mut self) -> ResponseActFuture<Self, ()> {
-        if self.reply.is_empty() {
-            return Box::pin(fut::ready(()));
-        }
-        let data = std::mem::take(&mut self.reply);
+        let data = match self.session_state() {
+            Some(state) if !state.reply.is_empty() => std::mem::take(&mut state.reply),
+            _ => return Box::pin(fut::ready(())),
+        };
         // The buffer is freed once written: nothing is pending then (one chunk in flight), and
         // a connection that streamed and went quiet must not keep what its largest reply
         // needed (it kept up to 256 KiB before). A reply costs an allocation instead.
@@ -129,11 +141,13 @@ impl Connection {
         data: B,
         recycle: impl FnOnce(&mut Self, B, bool) + 'static,
     ) -> ResponseActFuture<Self, ()> {
-        let Some(mut writer) = self.writer.take() else {
+        let Phase::Open(open) = &mut self.phase else {
+            return Box::pin(fut::ready(()));
+        };
+        let Some(mut writer) = open.writer.take_ready() else {
             return Box::pin(fut::ready(()));
         };
         let stall_limit = self.env.config.idle_timeout;
-        self.write_in_flight = true;
         let write = async move {
             let result = with_limit(stall_limit, async {
                 writer.write_all(data.as_ref()).await?;
@@ -146,8 +160,6 @@ impl Connection {
             write
                 .into_actor(self)
                 .map(|(writer, data, result), act, ctx| {
-                    act.write_in_flight = false;
-                    act.writer = Some(writer);
                     if result.is_ok() {
                         act.bytes_out += data.as_ref().len() as u64;
                     }
@@ -156,12 +168,18 @@ impl Connection {
                         log_conn!(debug, act, "write failed"; "error" => %e);
                         act.reason.get_or_insert(DisposeReason::WriterError);
                     }
-                    match act.state {
-                        ConnState::Open if result.is_err() => {
-                            act.begin_close(DisposeReason::WriterError, ctx)
+                    match &mut act.phase {
+                        Phase::Open(open) => {
+                            open.writer = ClientWriter::Ready(writer);
+                            if result.is_err() {
+                                act.begin_close(DisposeReason::WriterError, ctx);
+                            }
                         }
                         // A close was asked for while this write held the write half.
-                        ConnState::Closing => act.finish_close(ctx),
+                        Phase::Closing(closing) => {
+                            closing.writer = ClientWriter::Ready(writer);
+                            act.finish_close(ctx);
+                        }
                         _ => {}
                     }
                 }),
@@ -187,17 +205,23 @@ impl Handler<Inbound> for Connection {
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
         self.in_handler = true;
-        self.last_read = Instant::now();
         if msg.side == Side::Client {
             self.bytes_in += msg.bytes.len() as u64;
         }
         if self.faults().is_on(FaultPoint::ConnectionPanic) {
             panic!("injected connection panic");
         }
-        let done = if self.state != ConnState::Open {
+        let proxying = match &mut self.phase {
+            Phase::Open(open) => {
+                open.last_read = Instant::now();
+                Some(matches!(open.service, OpenService::Proxy(_)))
+            }
             // While closing, the client's bytes are drained and dropped (lingering close).
+            _ => None,
+        };
+        let done = if proxying.is_none() {
             Box::pin(fut::ready(())) as ResponseActFuture<Self, ()>
-        } else if self.upstream.is_some() {
+        } else if proxying == Some(true) {
             self.forward(msg)
         } else {
             match self.run_session(|session, _| Ok(session.on_data_async(&msg.bytes))) {

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use tokio::io::{AsyncRead, ReadHalf};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 
-use super::{ConnState, Connection, Service, TlsStream};
+use super::phase::{ClientWriter, Open, OpenService, Phase, SessionState};
+use super::{Connection, ConnectionEnv, Service, TlsStream};
 use crate::fault::FaultPoint;
 use crate::messages::Side;
 use crate::reader::{Reader, ReaderHandle};
-use crate::{ConnInfo, DisposeReason, TlsInfo};
+use crate::{ConnInfo, DisposeReason, Protocol, Session, TlsInfo};
 
 /// Why a handshake did not produce a stream.
 enum HandshakeError {
@@ -32,7 +33,6 @@ impl Connection {
         if self.env.service.sends_proxy_header() {
             self.local = tcp.local_addr().ok();
         }
-        self.state = ConnState::Handshaking;
         // Taken now and kept: a reload during this handshake does not change it.
         let tls = self.env.tls.current();
         let limit = self.env.config.handshake_timeout;
@@ -60,11 +60,9 @@ impl Connection {
         result: Result<TlsStream, HandshakeError>,
         ctx: &mut Context<Self>,
     ) {
-        if self.state != ConnState::Handshaking {
+        if !matches!(self.phase, Phase::Handshaking { .. }) {
             return;
         }
-        // The handshake is over either way: its slot goes to the next client.
-        self.handshake = None;
         let stream = match result {
             Ok(stream) => stream,
             Err(HandshakeError::TimedOut) => {
@@ -85,65 +83,97 @@ impl Connection {
         self.handshake_ms = Some(self.registered_at.elapsed().as_millis() as u64);
         let tls = TlsInfo::of(stream.get_ref().1);
         self.tls = Some(Box::new(tls.clone()));
-        self.state = ConnState::Open;
-        self.last_read = Instant::now();
         let (read_half, write_half) = tokio::io::split(stream);
-        self.writer = Some(write_half);
-        if let Some(limit) = self.env.config.idle_timeout {
-            self.arm_idle_timer(limit, ctx);
-        }
-        match &self.env.service {
+        let writer = ClientWriter::Ready(write_half);
+        // Leaving `Handshaking` gives its slot to the next client.
+        let (service, reader) = match &self.env.service {
             Service::Sessions(protocol) => {
+                let protocol = Arc::clone(protocol);
                 let info = ConnInfo {
                     id: self.id,
                     peer: self.peer,
-                    tls: tls.clone(),
+                    tls,
                 };
-                let protocol = Arc::clone(protocol);
-                match catch_unwind(AssertUnwindSafe(|| protocol.open(&info))) {
-                    Ok(Ok(session)) => self.session = Some(session),
-                    Ok(Err(e)) => {
-                        log_conn!(info, self, "protocol refused the connection"; "error" => %e);
-                        // Read on (and drop) while closing: the lingering close needs it.
-                        self.start_client_reader(read_half, ctx);
-                        return self.begin_close(DisposeReason::ProtocolError, ctx);
-                    }
-                    Err(_) => {
-                        log_conn!(error, self, "protocol panicked opening a session");
-                        self.start_client_reader(read_half, ctx);
-                        return self.begin_close(DisposeReason::SessionPanic, ctx);
+                let reader = self.spawn_reader(read_half, Side::Client, ctx);
+                match self.open_session(&*protocol, &info) {
+                    Ok(session) => (
+                        OpenService::Session(SessionState {
+                            session,
+                            reply: Vec::new(),
+                        }),
+                        Some(reader),
+                    ),
+                    // The client is read on (and dropped) while closing: the lingering close
+                    // needs it.
+                    Err(reason) => {
+                        self.reason.get_or_insert(reason);
+                        return self.enter_closing(writer, Some(reader), Vec::new(), None, ctx);
                     }
                 }
-                self.start_client_reader(read_half, ctx);
             }
             // The client is read once the upstream is there to take its bytes.
-            Service::Proxy(_) => self.connect_upstream(read_half, ctx),
+            Service::Proxy(_) => (OpenService::Connecting(read_half), None),
+        };
+        self.phase = Phase::Open(Open {
+            writer,
+            reader,
+            service,
+            last_read: Instant::now(),
+            idle_timer: None,
+        });
+        if let Some(limit) = self.env.config.idle_timeout {
+            self.arm_idle_timer(limit, ctx);
+        }
+        if matches!(self.env.service, Service::Proxy(_)) {
+            self.connect_upstream(ctx);
         }
     }
 
-    pub(super) fn start_client_reader(
-        &mut self,
-        half: ReadHalf<TlsStream>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.reader = Some(self.spawn_reader(half, Side::Client, ctx));
+    /// A session of `protocol` for this connection; a refusal or a panic is the reason to
+    /// close.
+    fn open_session(
+        &self,
+        protocol: &dyn Protocol,
+        info: &ConnInfo,
+    ) -> Result<Box<dyn Session>, DisposeReason> {
+        match catch_unwind(AssertUnwindSafe(|| protocol.open(info))) {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(e)) => {
+                log_conn!(info, self, "protocol refused the connection"; "error" => %e);
+                Err(DisposeReason::ProtocolError)
+            }
+            Err(_) => {
+                log_conn!(error, self, "protocol panicked opening a session");
+                Err(DisposeReason::SessionPanic)
+            }
+        }
     }
 
     /// Starts a reader child for one side, on this arbiter, reporting to this connection; it
-    /// lives as long as the returned handle, which this connection keeps.
+    /// lives as long as the returned handle, which this connection's phase keeps.
     pub(super) fn spawn_reader<R: AsyncRead + Unpin + 'static>(
         &self,
         half: R,
         side: Side,
         ctx: &mut Context<Self>,
     ) -> ReaderHandle {
-        let me = ctx.address();
-        Reader::start_child(
-            half,
-            side,
-            (me.clone().recipient(), me.recipient()),
-            self.env.config.read_buffer,
-            self.env.faults.clone(),
-        )
+        spawn_reader(&self.env, half, side, ctx)
     }
+}
+
+/// [`Connection::spawn_reader`], for callers that hold a part of the connection mutably.
+pub(super) fn spawn_reader<R: AsyncRead + Unpin + 'static>(
+    env: &ConnectionEnv,
+    half: R,
+    side: Side,
+    ctx: &mut Context<Connection>,
+) -> ReaderHandle {
+    let me = ctx.address();
+    Reader::start_child(
+        half,
+        side,
+        (me.clone().recipient(), me.recipient()),
+        env.config.read_buffer,
+        env.faults.clone(),
+    )
 }
