@@ -222,6 +222,34 @@ fn client_gone_closes_the_upstream_side() {
 }
 
 #[test]
+fn a_fin_without_close_notify_closes_both_sides_without_waiting_for_the_upstream() {
+    // The upstream reads to its EOF, then keeps its side open until released: a half-close
+    // would leave the client waiting on it.
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+    let up = TestUpstream::start(move |mut s: TcpStream| {
+        let got = upstream::read_to_eof(&mut s).unwrap().len();
+        let _ = release_rx.lock().unwrap().recv_timeout(HANG);
+        got
+    });
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    client.send(b"ping").unwrap();
+    // The TCP FIN a killed client's kernel sends: no close_notify before it.
+    client.tcp().shutdown(Shutdown::Write).unwrap();
+    assert!(matches!(
+        client.read_until_close(),
+        CloseSeen::CloseNotifyThenEof
+    ));
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::PeerEof);
+    release_tx.send(()).unwrap();
+    // What the client sent before its FIN reached the upstream.
+    assert_eq!(up.next_report(HANG), Some(4));
+    assert_upstream_sockets_closed(up.addr());
+}
+
+#[test]
 fn shutdown_closes_both_sides_of_proxied_connections() {
     let up = TestUpstream::start(upstream::echo);
     let server = proxy_to(up.addr());

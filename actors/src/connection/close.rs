@@ -183,7 +183,12 @@ impl Connection {
         match outcome {
             ReadOutcome::PeerEof { clean } => {
                 self.clean_eof = Some(clean);
-                if proxying {
+                // A TLS client ends its half with close_notify; a FIN without one is a client
+                // that died (killed, crashed: its kernel sent the FIN) or a truncated stream.
+                // Only a clean end is passed on as a half-close, which keeps the client's side
+                // waiting for the upstream to finish; an unclean one closes both sides now
+                // (what the client sent is upstream already; the upstream gets its FIN).
+                if proxying && clean {
                     return self.client_eof_to_upstream(ctx);
                 }
                 let reason = self
