@@ -6,26 +6,31 @@
 //! shut (a FIN upstream, `close_notify` and a FIN to the client), and the other direction keeps
 //! flowing until its side finishes too.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use tokio::io::{AsyncWriteExt, ReadHalf};
-use tokio::net::tcp::OwnedWriteHalf;
 
 use super::session::with_limit;
 use super::{ConnState, Connection, Service, TlsStream};
 use crate::messages::{Inbound, ReadOutcome, Side};
 use crate::reader::ReaderHandle;
-use crate::{upstream, DisposeReason};
+use crate::upstream_pool::{Connected, UpstreamLease};
+use crate::upstream_stream::UpstreamWriteHalf;
+use crate::DisposeReason;
 
 /// A proxying connection's upstream side.
 pub(super) struct UpstreamLink {
     /// `None` while a write is in flight, and for good once the client has finished (dropping
     /// an owned write half shuts the socket's write side: the upstream sees a FIN).
-    writer: Option<OwnedWriteHalf>,
+    writer: Option<UpstreamWriteHalf>,
     /// The upstream reader lives while this handle does.
     reader: Option<ReaderHandle>,
     read_done: bool,
     /// Which side finished first: the disposal reason of a normal end.
     first_finished: Option<Side>,
+    /// The upstream's place in its "active" count, given back when the link is dropped.
+    lease: UpstreamLease,
 }
 
 impl Connection {
@@ -37,20 +42,23 @@ impl Connection {
         client: ReadHalf<TlsStream>,
         ctx: &mut Context<Self>,
     ) {
-        let Service::Proxy(config) = &self.env.service else {
+        let Service::Proxy(pool) = &self.env.service else {
             return self.start_client_reader(client, ctx);
         };
-        let config = config.clone();
         let peer = self.peer;
         let local = self.local.unwrap_or(peer);
         let tls = self.tls.as_deref().cloned();
-        let connecting = async move { upstream::connect(&config, peer, local, tls.as_ref()).await };
+        let connecting = Arc::clone(pool).connect(self.env.log.clone(), peer, local, tls);
         ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {
             act.start_client_reader(client, ctx);
             if act.state != ConnState::Open {
                 return;
             }
-            let (stream, latency) = match result {
+            let Connected {
+                stream,
+                lease,
+                latency,
+            } = match result {
                 Ok(connected) => connected,
                 Err(e) => {
                     log_conn!(warn, act, "upstream connect failed"; "error" => %e);
@@ -65,6 +73,7 @@ impl Connection {
                 reader: Some(reader),
                 read_done: false,
                 first_finished: None,
+                lease,
             });
         }));
     }
@@ -74,10 +83,18 @@ impl Connection {
         match msg.side {
             Side::Upstream => self.write_to_client(msg.bytes, |act, bytes, written| {
                 if written {
-                    act.env.stats.proxied(Side::Upstream, bytes.len())
+                    act.count_proxied(Side::Upstream, bytes.len())
                 }
             }),
             Side::Client => self.write_to_upstream(msg.bytes),
+        }
+    }
+
+    /// Counts bytes written onwards, server-wide and against the upstream.
+    fn count_proxied(&self, from: Side, bytes: usize) {
+        self.env.stats.proxied(from, bytes);
+        if let Some(link) = &self.upstream {
+            link.lease.proxied(from, bytes);
         }
     }
 
@@ -99,7 +116,7 @@ impl Connection {
                         link.writer = Some(writer);
                     }
                     match result {
-                        Ok(()) => act.env.stats.proxied(Side::Client, len),
+                        Ok(()) => act.count_proxied(Side::Client, len),
                         Err(e) => {
                             log_conn!(debug, act, "upstream write failed"; "error" => %e);
                             act.begin_close(DisposeReason::UpstreamError, ctx);
