@@ -199,12 +199,17 @@ impl Stats {
                 count,
                 sum_seconds: h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
             },
-            upstreams: self
-                .upstream_pool
-                .as_ref()
-                .map(|pool| pool.snapshot())
-                .unwrap_or_default(),
+            upstreams: self.upstreams(),
         }
+    }
+
+    /// Each proxy upstream's counters and health, in configuration order (empty when not
+    /// proxying): [`ProxySnapshot::upstreams`] without the rest of a snapshot.
+    pub fn upstreams(&self) -> Vec<UpstreamSnapshot> {
+        self.upstream_pool
+            .as_ref()
+            .map(|pool| pool.snapshot())
+            .unwrap_or_default()
     }
 
     pub(crate) fn proxied(&self, from: crate::messages::Side, bytes: usize) {
