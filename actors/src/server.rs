@@ -230,7 +230,8 @@ impl Server {
         Server::builder_for(config, Service::Sessions(Arc::new(protocol)))
     }
 
-    /// A builder for a TLS-terminating proxy to a plaintext upstream.
+    /// A builder for a TLS-terminating proxy to plaintext upstreams (one or several, TCP or
+    /// unix, see [`ProxyConfig`]); starting it fails if `proxy` lists no upstream.
     pub fn proxy(config: ServerConfig, proxy: ProxyConfig) -> ServerBuilder {
         Server::builder_for(config, Service::Proxy(Arc::new(UpstreamPool::new(proxy))))
     }
