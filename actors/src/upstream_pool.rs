@@ -108,14 +108,11 @@ impl UpstreamPool {
                 "no upstream configured",
             ));
         };
-        let first_error = match self
-            .attempt(first, &log, client, server, tls.as_ref())
-            .await
-        {
+        let attempt = self.attempt(first, &log, client, server, tls.as_ref());
+        let (tried, first_error) = match attempt.await {
             Ok(connected) => return Ok(connected),
-            Err((index, e)) => (index, e),
+            Err(failed) => failed,
         };
-        let (tried, first_error) = first_error;
         let Some(second) = self.lease(Some(tried)) else {
             return Err(first_error);
         };
