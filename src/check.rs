@@ -1,8 +1,11 @@
 //! `tlsvisor check`: validates what `serve` would run with, without serving: the settings,
-//! every certificate and key (and that they match), the upstream address, the admin token
+//! every certificate and key (and that they match), each upstream address, the admin token
 //! file. One line per problem on stderr; exit 0 only if there is none.
 
 use std::net::ToSocketAddrs;
+use std::os::unix::fs::FileTypeExt;
+
+use tlsvisor_actors::UpstreamAddr;
 
 use crate::cli::{ProtocolKind, ServeArgs};
 use crate::reload;
@@ -36,6 +39,25 @@ pub fn run(flags: ServeArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Why `upstream` cannot be connected to as written, if it cannot: a `HOST:PORT` must resolve,
+/// a `unix:/path` must name a socket (a server that is down is not a configuration problem,
+/// so nothing is connected to).
+fn upstream_problem(upstream: &str) -> Option<String> {
+    match UpstreamAddr::parse(upstream) {
+        UpstreamAddr::Unix(path) => match std::fs::metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => None,
+            Ok(_) => Some(format!("{upstream}: {} is not a socket", path.display())),
+            Err(e) => Some(format!("{upstream}: {}: {e}", path.display())),
+        },
+        UpstreamAddr::Tcp(addr) => match addr.to_socket_addrs().map(|a| a.count()) {
+            Ok(0) => Some(format!("{upstream}: resolves to no address")),
+            Ok(_) => None,
+            Err(e) => Some(format!("{upstream}: {e}")),
+        },
+        _ => None,
+    }
+}
+
 /// Every problem found in what the settings point at.
 fn problems(settings: &Settings) -> Vec<String> {
     let mut problems = Vec::new();
@@ -44,17 +66,12 @@ fn problems(settings: &Settings) -> Vec<String> {
     if let Err(e) = reload::build_tls(settings) {
         problems.push(format!("TLS: {e}"));
     }
-    match (settings.protocol, &settings.upstream) {
-        (ProtocolKind::Proxy, None) => {
-            problems.push("--protocol proxy needs --upstream HOST:PORT".to_string())
-        }
-        (_, Some(upstream)) => match upstream.to_socket_addrs().map(|a| a.count()) {
-            Ok(0) => problems.push(format!("--upstream {upstream}: resolves to no address")),
-            Ok(_) => {}
-            Err(e) => problems.push(format!("--upstream {upstream}: {e}")),
-        },
-        _ => {}
-    }
+    problems.extend(
+        settings
+            .upstream
+            .iter()
+            .filter_map(|upstream| upstream_problem(upstream).map(|p| format!("--upstream {p}"))),
+    );
     if let Err(e) = crate::privileges::check(settings.user.as_deref(), settings.group.as_deref()) {
         problems.push(e.to_string());
     }

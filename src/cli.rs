@@ -130,9 +130,11 @@ pub struct ServeArgs {
     /// What to speak over each connection [default: echo].
     #[arg(long, value_enum)]
     pub protocol: Option<ProtocolKind>,
-    /// Plaintext upstream HOST:PORT for `--protocol proxy`.
+    /// Plaintext upstream for `--protocol proxy`: HOST:PORT or unix:/path; repeatable (each
+    /// client goes to the healthy one with the fewest connections).
     #[arg(long)]
-    pub upstream: Option<String>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub upstream: Vec<String>,
     /// Time to connect to the upstream (proxy) [default: 5s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]

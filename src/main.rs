@@ -17,6 +17,7 @@ mod serve;
 mod settings;
 mod tls_metrics;
 mod upgrade;
+mod upstream_metrics;
 
 use std::process::ExitCode;
 

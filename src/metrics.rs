@@ -7,6 +7,8 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 use prometheus::Registry;
+
+use crate::upstream_metrics::UpstreamCollector;
 use tlsvisor_actors::{
     DisposeReason, LatencySnapshot, RejectReason, Stats, CONNECT_LATENCY_BUCKETS,
 };
@@ -139,18 +141,23 @@ fn family(index: usize, samples: Vec<(Option<String>, f64)>) -> MetricFamily {
             label.set_value(label_value);
             metric.set_label(vec![label]);
         }
-        if kind == MetricType::COUNTER {
-            let mut counter = Counter::default();
-            counter.set_value(value);
-            metric.set_counter(counter);
-        } else {
-            let mut gauge = Gauge::default();
-            gauge.set_value(value);
-            metric.set_gauge(gauge);
-        }
+        set_value(&mut metric, kind, value);
         family.mut_metric().push(metric);
     }
     family
+}
+
+/// Sets `metric`'s value as a counter or, for any other `kind`, a gauge.
+pub fn set_value(metric: &mut Metric, kind: MetricType, value: f64) {
+    if kind == MetricType::COUNTER {
+        let mut counter = Counter::default();
+        counter.set_value(value);
+        metric.set_counter(counter);
+    } else {
+        let mut gauge = Gauge::default();
+        gauge.set_value(value);
+        metric.set_gauge(gauge);
+    }
 }
 
 fn latency_family(index: usize, latency: &LatencySnapshot) -> MetricFamily {
@@ -227,13 +234,14 @@ impl Collector for StatsCollector {
     }
 }
 
-/// The registry a scrape gathers: the server's counters, the `extra` collectors (the TLS
-/// families) and the process's (`process_*`).
+/// The registry a scrape gathers: the server's counters, each proxy upstream's, the `extra`
+/// collectors (the TLS families) and the process's (`process_*`).
 pub fn registry(
     stats: Arc<Stats>,
     extra: Vec<Box<dyn Collector>>,
 ) -> Result<Registry, prometheus::Error> {
     let registry = Registry::new();
+    registry.register(Box::new(UpstreamCollector::new(Arc::clone(&stats))?))?;
     registry.register(Box::new(StatsCollector::new(stats)?))?;
     for collector in extra {
         registry.register(collector)?;

@@ -139,9 +139,9 @@ async fn serve(
     let notifier = Notifier::from_env(&log);
     let inherited = process.inherited.take_for(config.listen)?;
 
-    let builder = match (settings.protocol, &settings.upstream) {
-        (ProtocolKind::Proxy, Some(upstream)) => {
-            let mut proxy = ProxyConfig::new(upstream.clone());
+    let builder = match settings.protocol {
+        ProtocolKind::Proxy => {
+            let mut proxy = ProxyConfig::with_upstreams(&settings.upstream);
             proxy.connect_timeout = settings.upstream_connect_timeout;
             proxy.proxy_header = settings.proxy_protocol.map(|v| match v {
                 ProxyProtocolVersion::V1 => ProxyHeader::V1,
@@ -149,7 +149,7 @@ async fn serve(
             });
             Server::proxy(config, proxy)
         }
-        _ => Server::builder(config, Echo),
+        ProtocolKind::Echo => Server::builder(config, Echo),
     };
     let builder = match inherited {
         Some((listener, name)) => {

@@ -41,7 +41,8 @@ pub struct Settings {
     /// Session ticket keys shared with other processes.
     pub ticket_key_file: Option<PathBuf>,
     pub protocol: ProtocolKind,
-    pub upstream: Option<String>,
+    /// `--upstream`, in order: `HOST:PORT` or `unix:/path`.
+    pub upstream: Vec<String>,
     pub upstream_connect_timeout: Duration,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     pub metrics_listen: Option<SocketAddr>,
@@ -79,7 +80,7 @@ impl Default for Settings {
             client_auth: None,
             ticket_key_file: None,
             protocol: ProtocolKind::Echo,
-            upstream: None,
+            upstream: Vec::new(),
             upstream_connect_timeout: Duration::from_secs(5),
             proxy_protocol: None,
             metrics_listen: None,
@@ -145,7 +146,7 @@ impl Settings {
             client_auth,
             ticket_key_file: flags.ticket_key_file.or(file.ticket_key_file),
             protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
-            upstream: flags.upstream.or(file.upstream),
+            upstream: or_file(flags.upstream, file.upstream),
             upstream_connect_timeout: flags
                 .upstream_connect_timeout
                 .or(file.upstream_connect_timeout)
@@ -197,11 +198,11 @@ impl Settings {
         if self.sni_strict && self.cert == CertSource::BuiltIn {
             return Err("--sni-strict needs --cert and --key".into());
         }
-        match (self.protocol, &self.upstream) {
-            (ProtocolKind::Proxy, None) => {
-                Err("--protocol proxy needs --upstream HOST:PORT".into())
+        match (self.protocol, self.upstream.is_empty()) {
+            (ProtocolKind::Proxy, true) => {
+                Err("--protocol proxy needs --upstream HOST:PORT or unix:/path".into())
             }
-            (ProtocolKind::Echo, Some(_)) => {
+            (ProtocolKind::Echo, false) => {
                 Err("--upstream is only used with --protocol proxy".into())
             }
             _ => Ok(()),
@@ -356,6 +357,39 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(Settings::resolve(flags).is_err());
+    }
+
+    #[test]
+    fn upstream_in_the_file_is_one_string_or_a_list_and_the_flags_replace_it() {
+        let dir = std::env::temp_dir().join(format!("tlsvisor-upstreams-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let resolve = |file: &str, flags: Vec<String>| {
+            let path = dir.join("tlsvisor.toml");
+            std::fs::write(&path, format!("protocol = \"proxy\"\n{file}")).unwrap();
+            Settings::resolve(ServeArgs {
+                config: Some(path),
+                upstream: flags,
+                ..ServeArgs::default()
+            })
+            .unwrap()
+            .upstream
+        };
+        assert_eq!(
+            resolve("upstream = \"127.0.0.1:6379\"", vec![]),
+            ["127.0.0.1:6379"]
+        );
+        assert_eq!(
+            resolve(
+                "upstream = [\"127.0.0.1:6379\", \"unix:/run/r.sock\"]",
+                vec![]
+            ),
+            ["127.0.0.1:6379", "unix:/run/r.sock"]
+        );
+        assert_eq!(
+            resolve("upstream = \"127.0.0.1:6379\"", vec!["[::1]:6380".into()]),
+            ["[::1]:6380"]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -46,7 +46,8 @@ fn labelled(label: &str, value: &str) -> Metric {
     metric
 }
 
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+/// A family of `metrics` (the other collectors build theirs with it too).
+pub fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(name.to_string());
     family.set_help(help.to_string());

@@ -84,3 +84,52 @@ fn check_accepts_a_good_configuration_and_names_each_problem() {
     assert!(String::from_utf8_lossy(&upstream.stderr).contains("no-such-host.invalid"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_names_each_upstream_that_cannot_be_used() {
+    let dir = std::env::temp_dir().join(format!("tlsvisor-check-up-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("listening.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let regular = dir.join("regular-file");
+    std::fs::write(&regular, b"not a socket").unwrap();
+    let missing = dir.join("missing.sock");
+    let upstream = |path: &Path| format!("unix:{}", path.display());
+
+    let good = check(&[
+        "--protocol",
+        "proxy",
+        "--upstream",
+        "127.0.0.1:6379",
+        "--upstream",
+        &upstream(&socket),
+    ]);
+    assert!(good.status.success(), "{good:?}");
+
+    let bad = check(&[
+        "--protocol",
+        "proxy",
+        "--upstream",
+        &upstream(&socket),
+        "--upstream",
+        &upstream(&regular),
+        "--upstream",
+        &upstream(&missing),
+    ]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tlsvisor check:"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains("regular-file is not a socket"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("missing.sock") && lines[1].contains("No such file"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::redis::Redis;
 use common::{http_get, Tlsvisor, HANG};
 use tlsvisor_actors::testing::eventually;
 
@@ -209,51 +210,6 @@ fn http_get_lenient(addr: SocketAddr, path: &str) -> String {
     std::panic::catch_unwind(|| http_get(addr, path)).unwrap_or_default()
 }
 
-/// A plaintext `redis-server` on a free loopback port, without persistence.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let addr = free_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
-        assert!(
-            eventually(HANG, || std::net::TcpStream::connect(addr).is_ok()),
-            "redis-server did not listen"
-        );
-        Redis { child, addr }
-    }
-
-    /// `connected_clients` as redis reports it (this query's own connection included).
-    fn connected_clients(&self) -> u64 {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()])
-            .args(["INFO", "clients"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("connected_clients:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `redis-cli --tls` against tlsvisor at `addr`, with `args`, feeding `stdin`.
 fn redis_cli_tls(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> std::process::Output {
     let mut cli = Command::new("redis-cli")
@@ -272,7 +228,7 @@ fn redis_cli_tls(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> std::process:
 #[test]
 fn redis_cli_through_the_proxy_ping_and_a_1_mib_value() {
     let redis = Redis::start();
-    let server = Tlsvisor::serve(&["--protocol", "proxy", "--upstream", &redis.addr.to_string()]);
+    let server = Tlsvisor::serve(&["--protocol", "proxy", "--upstream", &redis.upstream()]);
 
     let ping = redis_cli_tls(server.listen, &["PING"], b"");
     assert_eq!(
@@ -306,7 +262,7 @@ fn redis_cli_through_the_proxy_ping_and_a_1_mib_value() {
 #[test]
 fn redis_benchmark_through_the_proxy_completes_without_errors() {
     let redis = Redis::start();
-    let server = Tlsvisor::serve(&["--protocol", "proxy", "--upstream", &redis.addr.to_string()]);
+    let server = Tlsvisor::serve(&["--protocol", "proxy", "--upstream", &redis.upstream()]);
     // redis-benchmark --tls hangs rather than failing in some setups: bound it.
     let out = Command::new("timeout")
         .args([
@@ -341,7 +297,7 @@ fn redis_benchmark_through_the_proxy_completes_without_errors() {
 #[test]
 fn openssl_s_client_through_the_proxy_speaks_to_redis() {
     let redis = Redis::start();
-    let server = Tlsvisor::serve(&["--protocol", "proxy", "--upstream", &redis.addr.to_string()]);
+    let server = Tlsvisor::serve(&["--protocol", "proxy", "--upstream", &redis.upstream()]);
     let mut client = s_client(server.listen, &dev_ca_path(), &["-no_ign_eof"]);
     let mut stdin = client.stdin.take().unwrap();
     let mut stdout = BufReader::new(client.stdout.take().unwrap());

@@ -114,6 +114,8 @@ mod tls_policy;
 mod tls_reload;
 mod tls_source;
 mod upstream;
+mod upstream_pool;
+mod upstream_stream;
 mod x509;
 
 #[cfg(feature = "testing")]
@@ -151,5 +153,9 @@ pub use tls_info::TlsInfo;
 pub use tls_policy::{TlsPolicy, TlsVersion};
 pub use tls_reload::{TlsReloader, TlsSnapshot};
 pub use tls_source::{CertificateFiles, LoadedCertificate, LoadedTls, PemCertificate, TlsSource};
-pub use upstream::{proxy_header_bytes, proxy_header_with_tls, ProxyConfig, ProxyHeader};
+pub use upstream::{
+    proxy_header_bytes, proxy_header_with_tls, ProxyConfig, ProxyHeader, UpstreamAddr,
+    UpstreamHealth,
+};
+pub use upstream_pool::UpstreamSnapshot;
 pub use x509::{CertificateInfo, X509Error};

@@ -8,7 +8,6 @@ use std::task::{ready, Poll};
 use actix::prelude::*;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, ReadBuf, ReadHalf};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
 
 use crate::connection::TlsStream;
@@ -19,7 +18,7 @@ use crate::messages::{Inbound, ReadOutcome, ReaderFinished, Side};
 pub type ClientReader = Reader<ReadHalf<TlsStream>>;
 
 /// Reads the proxy upstream's bytes (the second child of a proxying `Connection`).
-pub type UpstreamReader = Reader<OwnedReadHalf>;
+pub type UpstreamReader = Reader<crate::upstream_stream::UpstreamReadHalf>;
 
 /// Reads one side of a connection and hands each chunk to its parent `Connection`, waiting for
 /// the parent to handle it before reading again (backpressure).

@@ -15,6 +15,7 @@ use crate::connection::{ConnectionEnv, Service};
 use crate::messages::{Close, Shutdown, ShutdownReport};
 use crate::registry::{DisposalAudit, Registries};
 use crate::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
+use crate::upstream_pool::UpstreamPool;
 use crate::{
     spare_fd, Acceptor, CloseMode, ConnDescription, ConnId, ConnectionSupervisor, DisposeReason,
     Faults, HandlerRegistry, LoadedTls, Protocol, ProxyConfig, Readiness, ServerConfig,
@@ -89,6 +90,13 @@ impl ServerBuilder {
     /// supervisor. Must run inside an actix system; the supervisor lives on the calling arbiter.
     pub fn start(self) -> Result<Server, ServerError> {
         self.config.validate()?;
+        let pool = match &self.service {
+            Service::Proxy(pool) if pool.config().upstreams.is_empty() => {
+                return Err(ServerError::Config("a proxy needs an upstream".into()))
+            }
+            Service::Proxy(pool) => Some(Arc::clone(pool)),
+            Service::Sessions(_) => None,
+        };
         if actix_rt::System::try_current().is_none() {
             return Err(ServerError::NoSystem);
         }
@@ -112,7 +120,7 @@ impl ServerBuilder {
         if let Err(e) = spare_fd::reserve() {
             slog::warn!(log, "cannot reserve a spare descriptor"; "error" => %e);
         }
-        let stats = Arc::new(Stats::for_workers(self.config.workers));
+        let stats = Arc::new(Stats::for_workers(self.config.workers, pool));
         let limits = Limits::new(&self.config, Arc::clone(&stats));
         // One listening socket; each worker accepts on its own descriptor of it (a dup). The
         // copies are made before any thread starts: a failure leaves nothing running.
@@ -222,9 +230,10 @@ impl Server {
         Server::builder_for(config, Service::Sessions(Arc::new(protocol)))
     }
 
-    /// A builder for a TLS-terminating proxy to a plaintext upstream.
+    /// A builder for a TLS-terminating proxy to plaintext upstreams (one or several, TCP or
+    /// unix, see [`ProxyConfig`]); starting it fails if `proxy` lists no upstream.
     pub fn proxy(config: ServerConfig, proxy: ProxyConfig) -> ServerBuilder {
-        Server::builder_for(config, Service::Proxy(proxy))
+        Server::builder_for(config, Service::Proxy(Arc::new(UpstreamPool::new(proxy))))
     }
 
     fn builder_for(config: ServerConfig, service: Service) -> ServerBuilder {

@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::per_ip::PerIpTable;
+use crate::upstream_pool::UpstreamPool;
 use crate::DisposeReason;
+use crate::UpstreamSnapshot;
 
 /// Why an accepted socket was closed before it became a `Connection`.
 ///
@@ -105,6 +107,8 @@ pub struct ProxySnapshot {
     pub upstreams_open: i64,
     /// Upstream connect latencies (successful connects).
     pub connect_latency: LatencySnapshot,
+    /// Each upstream's counters and health, in configuration order.
+    pub upstreams: Vec<UpstreamSnapshot>,
 }
 
 /// A consistent view of every counter, taken at one instant.
@@ -145,13 +149,16 @@ pub struct Stats {
     bytes_upstream_to_client: AtomicU64,
     upstreams_open: AtomicI64,
     connect_latency: LatencyHistogram,
+    /// The proxy's upstreams (their own counters), when proxying.
+    upstream_pool: Option<Arc<UpstreamPool>>,
 }
 
 impl Stats {
     /// Counters for a server with `workers` worker arbiters.
-    pub(crate) fn for_workers(workers: usize) -> Stats {
+    pub(crate) fn for_workers(workers: usize, upstream_pool: Option<Arc<UpstreamPool>>) -> Stats {
         Stats {
             worker_accepted: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            upstream_pool,
             ..Stats::default()
         }
     }
@@ -192,7 +199,17 @@ impl Stats {
                 count,
                 sum_seconds: h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
             },
+            upstreams: self.upstreams(),
         }
+    }
+
+    /// Each proxy upstream's counters and health, in configuration order (empty when not
+    /// proxying): [`ProxySnapshot::upstreams`] without the rest of a snapshot.
+    pub fn upstreams(&self) -> Vec<UpstreamSnapshot> {
+        self.upstream_pool
+            .as_ref()
+            .map(|pool| pool.snapshot())
+            .unwrap_or_default()
     }
 
     pub(crate) fn proxied(&self, from: crate::messages::Side, bytes: usize) {

@@ -1,12 +1,15 @@
-//! The proxy's upstream: where it is, how to reach it, what to tell it about the client.
+//! The proxy's upstreams: where they are, how to reach one, what to tell it about the client.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
+use crate::upstream_stream::UpstreamStream;
 use crate::TlsInfo;
 
 /// Which PROXY protocol header (HAProxy's specification) to send before the client's bytes, so
@@ -19,26 +22,107 @@ pub enum ProxyHeader {
     V2,
 }
 
+/// One upstream: a TCP `HOST:PORT` or a unix socket path, written `unix:/path`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UpstreamAddr {
+    /// `HOST:PORT`. An IP literal is used as is; a host name is resolved at every connect (on
+    /// tokio's blocking pool).
+    Tcp(String),
+    /// A unix stream socket's path (`unix:/path`).
+    Unix(PathBuf),
+}
+
+impl UpstreamAddr {
+    /// Reads `unix:/path` as a unix socket and anything else as `HOST:PORT` (checked when it
+    /// is connected to: a host name may resolve later).
+    pub fn parse(text: &str) -> UpstreamAddr {
+        match text.strip_prefix("unix:") {
+            Some(path) => UpstreamAddr::Unix(PathBuf::from(path)),
+            None => UpstreamAddr::Tcp(text.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    /// As it is written on the command line (the metrics' `upstream` label).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamAddr::Tcp(addr) => f.write_str(addr),
+            UpstreamAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// When passive health checks take an upstream out of the choice, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamHealth {
+    /// Consecutive failed connects that mark an upstream down.
+    pub max_fails: u32,
+    /// How long a down upstream first gets no clients; doubled each time the first connect
+    /// after it fails again.
+    pub backoff: Duration,
+    /// The longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for UpstreamHealth {
+    /// One failure, 1 s doubling up to 30 s (see [`UpstreamHealth::MAX_FAILS`] for why one).
+    fn default() -> Self {
+        UpstreamHealth {
+            max_fails: UpstreamHealth::MAX_FAILS,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl UpstreamHealth {
+    /// The default failures to mark an upstream down: one, as nginx's `max_fails=1`.
+    ///
+    /// A passive check only sees real clients, so each failure it waits for is a client that
+    /// paid for it: a refused connect is cheap, but a silent upstream costs the whole connect
+    /// timeout. The price of a false alarm is small in comparison: the failed client is
+    /// retried on another upstream anyway, and the upstream sits out one short backoff (1 s)
+    /// before a single client probes it again.
+    pub const MAX_FAILS: u32 = 1;
+}
+
 /// Where a proxying server forwards its clients.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ProxyConfig {
-    /// `HOST:PORT` of the plaintext upstream. An IP literal is used as is; a host name is
-    /// resolved at every connect (on tokio's blocking pool).
-    pub upstream: String,
-    /// Time to establish the upstream TCP connection (and send the PROXY header).
+    /// The plaintext upstreams. Each client goes to the healthy one with the fewest
+    /// connections; a failed connect is retried once on another.
+    pub upstreams: Vec<UpstreamAddr>,
+    /// Time to establish an upstream connection (and send the PROXY header).
     pub connect_timeout: Duration,
-    /// The PROXY protocol header to send, if any.
+    /// The PROXY protocol header to send, if any (to a unix upstream too: it carries the
+    /// client's TCP addresses).
     pub proxy_header: Option<ProxyHeader>,
+    /// Passive health checks.
+    pub health: UpstreamHealth,
 }
 
 impl ProxyConfig {
-    /// Forwards to `upstream` with a 5 s connect timeout and no PROXY header.
+    /// Forwards to `upstream` (`HOST:PORT` or `unix:/path`) with a 5 s connect timeout and no
+    /// PROXY header.
     pub fn new(upstream: impl Into<String>) -> Self {
+        ProxyConfig::with_upstreams([upstream])
+    }
+
+    /// Spreads clients over `upstreams` (each `HOST:PORT` or `unix:/path`), with a 5 s
+    /// connect timeout and no PROXY header. An empty list fails `ServerBuilder::start`.
+    pub fn with_upstreams(upstreams: impl IntoIterator<Item = impl Into<String>>) -> Self {
         ProxyConfig {
-            upstream: upstream.into(),
+            upstreams: upstreams
+                .into_iter()
+                .map(|u| UpstreamAddr::parse(&u.into()))
+                .collect(),
             connect_timeout: Duration::from_secs(5),
             proxy_header: None,
+            health: UpstreamHealth::default(),
         }
     }
 }
@@ -152,22 +236,27 @@ pub fn proxy_header_with_tls(
     }
 }
 
-/// Opens the upstream connection for `client`, sends the PROXY header if configured, and
-/// reports how long it took.
+/// Opens a connection to `upstream` for `client` and sends the PROXY header if configured.
 pub(crate) async fn connect(
+    upstream: &UpstreamAddr,
     config: &ProxyConfig,
     client: SocketAddr,
     server: SocketAddr,
     tls: Option<&TlsInfo>,
-) -> io::Result<(TcpStream, Duration)> {
-    let started = Instant::now();
+) -> io::Result<UpstreamStream> {
     // The spare descriptor first: otherwise, at the open-files limit, the descriptor a
     // shedding acceptor freed can end up here, leaving no reserve for the next EMFILE.
     crate::spare_fd::retake_if_lost();
     let attempt = async {
-        let mut stream = TcpStream::connect(config.upstream.as_str()).await?;
-        // Small requests (redis commands) must not wait for Nagle on either side.
-        stream.set_nodelay(true)?;
+        let mut stream = match upstream {
+            UpstreamAddr::Tcp(addr) => {
+                let stream = TcpStream::connect(addr.as_str()).await?;
+                // Small requests (redis commands) must not wait for Nagle on either side.
+                stream.set_nodelay(true)?;
+                UpstreamStream::Tcp(stream)
+            }
+            UpstreamAddr::Unix(path) => UpstreamStream::Unix(UnixStream::connect(path).await?),
+        };
         if let Some(version) = config.proxy_header {
             stream
                 .write_all(&proxy_header_with_tls(version, client, server, tls))
@@ -176,8 +265,7 @@ pub(crate) async fn connect(
         Ok(stream)
     };
     match tokio::time::timeout(config.connect_timeout, attempt).await {
-        Ok(Ok(stream)) => Ok((stream, started.elapsed())),
-        Ok(Err(e)) => Err(e),
+        Ok(result) => result,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("no connection within {:?}", config.connect_timeout),
@@ -254,5 +342,25 @@ mod tests {
         );
         assert_eq!(&header[12..16], &[0x21, 0x21, 0x00, 36]);
         assert_eq!(header.len(), 16 + 36);
+    }
+}
+
+#[cfg(test)]
+mod addr_tests {
+    use super::*;
+
+    #[test]
+    fn unix_prefix_is_a_path_and_the_rest_is_host_port() {
+        assert_eq!(
+            UpstreamAddr::parse("unix:/run/redis.sock"),
+            UpstreamAddr::Unix("/run/redis.sock".into())
+        );
+        assert_eq!(
+            UpstreamAddr::parse("localhost:6379"),
+            UpstreamAddr::Tcp("localhost:6379".into())
+        );
+        for text in ["unix:/run/redis.sock", "127.0.0.1:6379", "[::1]:6379"] {
+            assert_eq!(UpstreamAddr::parse(text).to_string(), text);
+        }
     }
 }

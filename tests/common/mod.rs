@@ -5,6 +5,7 @@
 
 pub mod certs;
 pub mod crowd;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -7,14 +7,15 @@ use slog::Logger;
 
 use crate::admission::Limits;
 use crate::fault::Faults;
-use crate::{Protocol, ProxyConfig, ServerConfig, Stats, TlsReloader};
+use crate::upstream_pool::UpstreamPool;
+use crate::{Protocol, ServerConfig, Stats, TlsReloader};
 
 /// What a server does with each connection's bytes.
 pub(crate) enum Service {
     /// Hand them to a session of this protocol, write back its replies.
     Sessions(Arc<dyn Protocol>),
-    /// Forward them to a plaintext upstream, and the upstream's bytes back.
-    Proxy(ProxyConfig),
+    /// Forward them to a plaintext upstream of the pool, and the upstream's bytes back.
+    Proxy(Arc<UpstreamPool>),
 }
 
 /// What every connection of one server shares.
@@ -38,6 +39,6 @@ pub(crate) struct ConnectionEnv {
 impl Service {
     /// Whether each upstream connection starts with a PROXY protocol header.
     pub(crate) fn sends_proxy_header(&self) -> bool {
-        matches!(self, Service::Proxy(proxy) if proxy.proxy_header.is_some())
+        matches!(self, Service::Proxy(pool) if pool.config().proxy_header.is_some())
     }
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use super::phase::{Closing, Open, OpenService, Phase};
 use super::session::with_limit;
@@ -18,19 +17,23 @@ use super::start::spawn_reader;
 use super::{Connection, Service};
 use crate::messages::{Inbound, ReadOutcome, Side};
 use crate::reader::ReaderHandle;
-use crate::{upstream, DisposeReason, Stats};
+use crate::upstream_pool::{Connected, UpstreamLease};
+use crate::upstream_stream::UpstreamWriteHalf;
+use crate::{DisposeReason, Stats};
 
 /// A proxying connection's upstream side. Dropping it closes the upstream socket, stops its
 /// reader and counts the upstream connection closed.
 pub(super) struct UpstreamLink {
     /// `None` while a write is in flight, and for good once the client has finished (dropping
     /// an owned write half shuts the socket's write side: the upstream sees a FIN).
-    writer: Option<OwnedWriteHalf>,
+    writer: Option<UpstreamWriteHalf>,
     /// The upstream reader lives while this handle does; `None` once the upstream finished.
     reader: Option<ReaderHandle>,
     /// Which side finished first: the disposal reason of a normal end.
     first_finished: Option<Side>,
     stats: Arc<Stats>,
+    /// The upstream's place in its "active" count, given back when the link is dropped.
+    lease: UpstreamLease,
 }
 
 impl UpstreamLink {
@@ -58,14 +61,13 @@ impl Connection {
     /// phase meanwhile; if the upstream cannot be reached, the close drains the client while it
     /// gets `close_notify`.
     pub(super) fn connect_upstream(&mut self, ctx: &mut Context<Self>) {
-        let Service::Proxy(config) = &self.env.service else {
+        let Service::Proxy(pool) = &self.env.service else {
             return;
         };
-        let config = config.clone();
         let peer = self.peer;
         let local = self.local.unwrap_or(peer);
         let tls = self.tls.as_deref().cloned();
-        let connecting = async move { upstream::connect(&config, peer, local, tls.as_ref()).await };
+        let connecting = Arc::clone(pool).connect(self.env.log.clone(), peer, local, tls);
         ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {
             // Closed meanwhile: the client's read half went into the close; the upstream
             // socket, if any, is dropped here.
@@ -76,7 +78,11 @@ impl Connection {
             else {
                 return;
             };
-            let (stream, latency) = match result {
+            let Connected {
+                stream,
+                lease,
+                latency,
+            } = match result {
                 Ok(connected) => connected,
                 Err(e) => {
                     log_conn!(warn, act, "upstream connect failed"; "error" => %e);
@@ -90,6 +96,7 @@ impl Connection {
                 reader: Some(act.spawn_reader(read_half, Side::Upstream, ctx)),
                 first_finished: None,
                 stats: Arc::clone(&act.env.stats),
+                lease,
             };
             let env = &act.env;
             if let Phase::Open(open) = &mut act.phase {
@@ -117,11 +124,28 @@ impl Connection {
         match msg.side {
             Side::Upstream => self.write_to_client(msg.bytes, |act, bytes, written| {
                 if written {
-                    act.env.stats.proxied(Side::Upstream, bytes.len())
+                    act.count_proxied(Side::Upstream, bytes.len())
                 }
             }),
             Side::Client => self.write_to_upstream(msg.bytes),
         }
+    }
+
+    /// Counts bytes written onwards, server-wide and against the upstream.
+    fn count_proxied(&self, from: Side, bytes: usize) {
+        self.env.stats.proxied(from, bytes);
+        let link = match &self.phase {
+            Phase::Open(Open {
+                service: OpenService::Proxy(link),
+                ..
+            })
+            | Phase::Closing(Closing {
+                upstream: Some(link),
+                ..
+            }) => link,
+            _ => return,
+        };
+        link.lease.proxied(from, bytes);
     }
 
     fn write_to_upstream(&mut self, bytes: bytes::Bytes) -> ResponseActFuture<Self, ()> {
@@ -142,7 +166,7 @@ impl Connection {
                         link.writer = Some(writer);
                     }
                     match result {
-                        Ok(()) => act.env.stats.proxied(Side::Client, len),
+                        Ok(()) => act.count_proxied(Side::Client, len),
                         Err(e) => {
                             log_conn!(debug, act, "upstream write failed"; "error" => %e);
                             act.begin_close(DisposeReason::UpstreamError, ctx);
