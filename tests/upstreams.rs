@@ -175,6 +175,8 @@ fn a_killed_upstream_is_skipped_without_failing_a_client_and_used_again_once_bac
         of(&m, "tlsvisor_upstream_connect_failures_total", &up_a),
         0.0
     );
+    // The log is written asynchronously: the up line may trail the gauge.
+    assert!(eventually(HANG, || server.logs_with("upstream up").len() >= 1));
     assert_eq!(server.logs_with("upstream down").len(), 1);
     assert_eq!(server.logs_with("upstream up").len(), 1);
     eprintln!(
