@@ -3,7 +3,7 @@
 //! SIGHUP never terminates the process. A second SIGTERM or SIGINT during the shutdown forces
 //! it: every connection is stopped at once and the process exits within a second, non-zero.
 //! SIGUSR2 upgrades the binary in place (`upgrade.rs`); systemd hears of each step
-//! (`notify.rs`), and a socket it passed is served (`activation.rs`).
+//! (`notify.rs`), and the sockets it passed are served (`activation.rs`).
 
 use std::time::{Duration, Instant};
 
