@@ -140,3 +140,38 @@ async fn a_bind_failure_names_the_address_and_leaves_nothing_listening() {
         "the first socket was closed again"
     );
 }
+
+/// At `max_connections = 1` the one free slot must go to whichever listener a client waits
+/// on: a quiet listener must not sit on it while clients queue on a busy one.
+#[actix_rt::test]
+async fn at_the_limit_a_quiet_listener_does_not_keep_the_slot_from_a_busy_one() {
+    let certs = DevCerts::generate().unwrap();
+    let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), certs.server_config().unwrap());
+    config.workers = 1;
+    config.max_connections = 1;
+    let server = Server::builder(config, Echo)
+        .also_listen(([127, 0, 0, 1], 0).into())
+        .start()
+        .unwrap();
+    let (busy, quiet) = (server.local_addrs()[0], server.local_addrs()[1]);
+    let client = client_config(certs.ca_cert_pem.as_bytes()).unwrap();
+    // Each client is served only once the one before it is disposed and its slot is free.
+    for (round, addr) in [busy, busy, busy, busy, quiet, busy]
+        .into_iter()
+        .enumerate()
+    {
+        let served = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut c = AsyncTlsClient::connect(addr, client.clone()).await?;
+            c.echo(b"one at a time").await?;
+            Ok::<_, std::io::Error>(c.close().await)
+        })
+        .await;
+        let seen = served
+            .unwrap_or_else(|_| panic!("round {round} on {addr}: not served within 5 s"))
+            .unwrap();
+        assert!(matches!(seen, CloseSeen::CloseNotifyThenEof), "{seen:?}");
+    }
+    let ledger = server.stats().ledger();
+    assert_eq!(ledger.accepted, 6);
+    server.shutdown(Duration::from_secs(1)).await;
+}
