@@ -142,7 +142,8 @@ async fn a_bind_failure_names_the_address_and_leaves_nothing_listening() {
 }
 
 /// At `max_connections = 1` the one free slot must go to whichever listener a client waits
-/// on: a quiet listener must not sit on it while clients queue on a busy one.
+/// on: a quiet listener must not sit on it while clients queue on a busy one. And a pause
+/// holds every listener.
 #[actix_rt::test]
 async fn at_the_limit_a_quiet_listener_does_not_keep_the_slot_from_a_busy_one() {
     let certs = DevCerts::generate().unwrap();
@@ -171,7 +172,20 @@ async fn at_the_limit_a_quiet_listener_does_not_keep_the_slot_from_a_busy_one() 
             .unwrap();
         assert!(matches!(seen, CloseSeen::CloseNotifyThenEof), "{seen:?}");
     }
-    let ledger = server.stats().ledger();
-    assert_eq!(ledger.accepted, 6);
+    assert_eq!(server.stats().ledger().accepted, 6);
+
+    // Pause covers every listener: a client of the second one waits until resume.
+    let handle = server.handle();
+    assert!(handle.pause());
+    let waiting = actix_rt::spawn(async move {
+        let mut c = AsyncTlsClient::connect(quiet, client).await?;
+        c.echo(b"after resume").await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "paused: not served");
+    assert_eq!(server.stats().ledger().accepted, 6);
+    assert!(handle.resume());
+    let back = tokio::time::timeout(HANG, waiting).await.unwrap().unwrap();
+    assert_eq!(back.unwrap(), b"after resume");
     server.shutdown(Duration::from_secs(1)).await;
 }
