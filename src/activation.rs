@@ -1,8 +1,21 @@
 //! Sockets inherited through the `LISTEN_FDS` convention (`sd_listen_fds(3)`): from systemd's
 //! socket activation, or from the process a binary upgrade replaces (see `upgrade.rs`).
 //!
-//! An inherited socket whose address is the `--listen` address is used as it is, never bound
-//! again: it keeps listening, with its accept queue, across restarts and upgrades.
+//! An inherited socket serves one `--listen` entry, as it is: it is never bound again, and it
+//! keeps listening, with its accept queue, across restarts and upgrades. Which entry it serves:
+//!
+//! 1. **By address** (nginx's rule for inherited sockets): the entry the socket is bound to
+//!    (`getsockname`); an entry with port 0 takes a socket on its IP with any port (an upgraded
+//!    process that asked for any port gets back the port it had).
+//! 2. **By order**, for the sockets left: the first left goes to the first entry left, and so
+//!    on (`sd_listen_fds`'s rule: a unit's `ListenStream=` lines and `--listen` in the same
+//!    order). This covers a unit whose `ListenStream=8443` systemd binds as `[::]:8443` for
+//!    `--listen 0.0.0.0:8443`; it is logged, with both addresses.
+//!
+//! `FileDescriptorName=` (`LISTEN_FDNAMES`) cannot carry an address — `:` separates the names —
+//! so names only label sockets in the logs, and pick out the upgrade's readiness socket. An
+//! entry no socket maps to is bound as usual. A socket no entry is left for is an error: a
+//! socket unit and `--listen` that disagree would otherwise serve nothing where systemd listens.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixDatagram;
@@ -18,10 +31,39 @@ pub const READY_NAME: &str = "tlsvisor-upgrade-ready";
 /// What the process inherited.
 #[derive(Default)]
 pub struct Inherited {
-    /// Listening TCP sockets, with their `FileDescriptorName` (`unknown` without names).
-    listeners: Vec<(TcpListener, String)>,
+    /// Listening TCP sockets, in `LISTEN_FDS` order.
+    listeners: Vec<InheritedSocket>,
     /// The upgrade's readiness socket, when a binary upgrade started this process.
     pub upgrade_ready: Option<UnixDatagram>,
+}
+
+/// One inherited listening socket.
+pub struct InheritedSocket {
+    pub listener: TcpListener,
+    /// Its `FileDescriptorName` (`unknown` without names).
+    pub name: String,
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    /// How it was mapped to its `--listen` entry.
+    pub matched: Matched,
+}
+
+/// How an inherited socket was mapped to a `--listen` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matched {
+    /// It is bound to the entry's address (any port for an entry with port 0).
+    Address,
+    /// It was left after the address matches, and taken in order.
+    Order,
+}
+
+impl Matched {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Matched::Address => "address",
+            Matched::Order => "order",
+        }
+    }
 }
 
 impl Inherited {
@@ -57,33 +99,149 @@ impl Inherited {
                     )
                 })?
                 .ok_or_else(|| format!("LISTEN_FDS: socket {index} ({name}) is missing"))?;
-            inherited.listeners.push((listener, name));
+            let addr = listener.local_addr()?;
+            inherited.listeners.push(InheritedSocket {
+                listener,
+                name,
+                addr,
+                matched: Matched::Address,
+            });
         }
         Ok(inherited)
     }
 
-    /// The inherited socket bound to `addr` (any port if its port is 0), if any. Sockets left over are an error: a socket
-    /// unit and `--listen` that disagree would otherwise serve nothing where systemd listens.
-    pub fn take_for(
+    /// The inherited socket for each `--listen` entry, in the entries' order (`None`: bind
+    /// it), by the rule in the module docs. Every inherited socket is used, or it is an error.
+    pub fn assign(
         &mut self,
-        addr: SocketAddr,
-    ) -> Result<Option<(TcpListener, String)>, BoxError> {
-        let mut found = None;
-        for (listener, name) in std::mem::take(&mut self.listeners) {
-            let local = listener.local_addr()?;
-            // `--listen` with port 0 asked for any port: a socket handed over by an upgrade of
-            // such a process has the port it got, and is the one meant.
-            let matches = local == addr || (addr.port() == 0 && local.ip() == addr.ip());
-            if matches && found.is_none() {
-                found = Some((listener, name));
-            } else {
-                return Err(format!(
-                    "inherited socket {local} (name {name}) matches no --listen address \
-                     (--listen {addr}): make the socket unit's ListenStream= and --listen agree"
-                )
-                .into());
+        entries: &[SocketAddr],
+    ) -> Result<Vec<Option<InheritedSocket>>, BoxError> {
+        let sockets: Vec<SocketAddr> = self.listeners.iter().map(|s| s.addr).collect();
+        let mapping = map_sockets(entries, &sockets)?;
+        let mut taken: Vec<Option<InheritedSocket>> = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .map(Some)
+            .collect();
+        Ok(mapping
+            .into_iter()
+            .map(|found| {
+                found.and_then(|(index, matched)| {
+                    taken[index].take().map(|mut socket| {
+                        socket.matched = matched;
+                        socket
+                    })
+                })
+            })
+            .collect())
+    }
+}
+
+/// For each entry, the index of the socket (bound to `sockets[index]`) that serves it, and how
+/// it was matched; an error if a socket is left over. See the module docs for the rule.
+fn map_sockets(
+    entries: &[SocketAddr],
+    sockets: &[SocketAddr],
+) -> Result<Vec<Option<(usize, Matched)>>, BoxError> {
+    let mut mapping: Vec<Option<(usize, Matched)>> = vec![None; entries.len()];
+    let mut used = vec![false; sockets.len()];
+    // Exact addresses first, so that a port-0 entry cannot take a socket another entry names.
+    let exact = |entry: &SocketAddr, socket: &SocketAddr| {
+        entry.port() != 0 && entry.ip() == socket.ip() && entry.port() == socket.port()
+    };
+    let any_port =
+        |entry: &SocketAddr, socket: &SocketAddr| entry.port() == 0 && entry.ip() == socket.ip();
+    for port_0_pass in [false, true] {
+        let matches = |entry: &SocketAddr, socket: &SocketAddr| match port_0_pass {
+            false => exact(entry, socket),
+            true => any_port(entry, socket),
+        };
+        for (entry, slot) in entries.iter().zip(mapping.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            let found = (0..sockets.len()).find(|&i| !used[i] && matches(entry, &sockets[i]));
+            if let Some(index) = found {
+                used[index] = true;
+                *slot = Some((index, Matched::Address));
             }
         }
-        Ok(found)
+    }
+    // By order: the sockets left, to the entries left.
+    let mut left = (0..sockets.len()).filter(|&i| !used[i]);
+    for slot in mapping.iter_mut().filter(|slot| slot.is_none()) {
+        match left.next() {
+            Some(index) => *slot = Some((index, Matched::Order)),
+            None => break,
+        }
+    }
+    if let Some(index) = left.next() {
+        let listen: Vec<String> = entries.iter().map(|a| a.to_string()).collect();
+        return Err(format!(
+            "inherited socket {} is left over: {} sockets for {} --listen addresses ({}); \
+             give the socket unit one ListenStream= per --listen",
+            sockets[index],
+            sockets.len(),
+            entries.len(),
+            listen.join(" ")
+        )
+        .into());
+    }
+    Ok(mapping)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn sockets_map_by_address_whatever_their_order() {
+        let entries = addrs(&["127.0.0.1:8443", "[::1]:8443"]);
+        let sockets = addrs(&["[::1]:8443", "127.0.0.1:8443"]);
+        let mapping = map_sockets(&entries, &sockets).unwrap();
+        assert_eq!(
+            mapping,
+            [Some((1, Matched::Address)), Some((0, Matched::Address))]
+        );
+    }
+
+    #[test]
+    fn a_port_0_entry_takes_a_socket_on_its_ip_after_the_exact_matches() {
+        // An upgraded process with `--listen 127.0.0.1:0` twice and one fixed port.
+        let entries = addrs(&["127.0.0.1:0", "127.0.0.1:9000", "127.0.0.1:0"]);
+        let sockets = addrs(&["127.0.0.1:9000", "127.0.0.1:40001", "127.0.0.1:40002"]);
+        let mapping = map_sockets(&entries, &sockets).unwrap();
+        assert_eq!(
+            mapping,
+            [
+                Some((1, Matched::Address)),
+                Some((0, Matched::Address)),
+                Some((2, Matched::Address))
+            ]
+        );
+    }
+
+    #[test]
+    fn sockets_left_map_in_order_and_entries_left_are_bound() {
+        // systemd binds `ListenStream=8443` as [::]:8443; --listen says 0.0.0.0:8443.
+        let entries = addrs(&["0.0.0.0:8443", "127.0.0.1:9000", "127.0.0.1:9001"]);
+        let sockets = addrs(&["[::]:8443", "127.0.0.1:9001"]);
+        let mapping = map_sockets(&entries, &sockets).unwrap();
+        assert_eq!(
+            mapping,
+            [Some((0, Matched::Order)), None, Some((1, Matched::Address))]
+        );
+    }
+
+    #[test]
+    fn a_socket_left_over_is_an_error_naming_it() {
+        let entries = addrs(&["127.0.0.1:8443"]);
+        let sockets = addrs(&["127.0.0.1:8443", "[::1]:8443"]);
+        let error = map_sockets(&entries, &sockets).unwrap_err().to_string();
+        assert!(error.contains("[::1]:8443"), "{error}");
+        assert!(map_sockets(&entries, &[]).unwrap() == [None]);
     }
 }

@@ -32,9 +32,10 @@ pub fn run(flags: ServeArgs) -> Result<(), BoxError> {
         ProtocolKind::Echo => "echo",
         ProtocolKind::Proxy => "proxy",
     };
+    let listen: Vec<String> = settings.listen.iter().map(|a| a.to_string()).collect();
     println!(
         "configuration OK: listen {}, {certificates}, protocol {protocol}",
-        settings.listen
+        listen.join(" ")
     );
     Ok(())
 }

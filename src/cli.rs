@@ -43,9 +43,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8443].
+    /// Address to listen on; repeat for several (an IPv4 and an IPv6 one, say), all serving
+    /// the same protocol with the same workers and limits [default: 127.0.0.1:8443].
     #[arg(long)]
-    pub listen: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub listen: Vec<SocketAddr>,
     /// PEM certificate chain; repeat for several names, chosen by SNI, the first the default
     /// [default: the built-in development certificate].
     #[arg(long)]
@@ -375,11 +377,36 @@ mod tests {
         assert_eq!(args.max_handshakes, Some(64));
         assert_eq!(args.max_connections_per_ip, Some(3));
         assert_eq!(args.max_handshakes_per_ip, Some(0));
-        assert_eq!(args.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(args.listen, ["127.0.0.1:9000".parse().unwrap()]);
         assert_eq!(args.max_connections, Some(7));
         assert_eq!(args.handshake_timeout, Some(Duration::from_millis(250)));
         assert_eq!(args.log_format, Some(LogFormat::Json));
         assert!(toml::from_str::<ServeArgs>("no-such-key = 1").is_err());
+    }
+
+    #[test]
+    fn listen_is_repeatable_on_the_command_line_and_a_list_in_the_file() {
+        let cli = Cli::try_parse_from([
+            "tlsvisor",
+            "serve",
+            "--listen",
+            "127.0.0.1:8443",
+            "--listen",
+            "[::1]:8443",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve");
+        };
+        let both: Vec<SocketAddr> = vec![
+            "127.0.0.1:8443".parse().unwrap(),
+            "[::1]:8443".parse().unwrap(),
+        ];
+        assert_eq!(args.listen, both);
+        let args: ServeArgs =
+            toml::from_str("listen = [\"127.0.0.1:8443\", \"[::1]:8443\"]").unwrap();
+        assert_eq!(args.listen, both);
+        assert!(toml::from_str::<ServeArgs>("listen = \"nowhere\"").is_err());
     }
 
     #[test]

@@ -3,19 +3,21 @@
 //! SIGHUP never terminates the process. A second SIGTERM or SIGINT during the shutdown forces
 //! it: every connection is stopped at once and the process exits within a second, non-zero.
 //! SIGUSR2 upgrades the binary in place (`upgrade.rs`); systemd hears of each step
-//! (`notify.rs`), and a socket it passed is served (`activation.rs`).
+//! (`notify.rs`), and the sockets it passed are served (`activation.rs`).
 
 use std::time::{Duration, Instant};
 
 use actix_rt::signal::unix::{signal, Signal, SignalKind};
-use slog::{error, info, warn, Logger};
+use slog::{error, info, o, warn, Logger};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tlsvisor_actors::{
-    CloseMode, Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerConfig, ServerHandle, Stats,
+    CloseMode, Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerBuilder, ServerConfig,
+    ServerHandle, Stats,
 };
 
-use crate::activation::Inherited;
+use crate::activation::{Inherited, InheritedSocket, Matched};
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::logging;
 use crate::metrics_http::MetricsServer;
@@ -41,7 +43,8 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
             "trust_for_testing" => "certs/ca.crt");
     }
     let tls = reload::build_tls(&settings)?;
-    let mut config = ServerConfig::new(settings.listen, Arc::clone(tls.config()));
+    // `Settings::listen` is never empty (the default is one address).
+    let mut config = ServerConfig::new(settings.listen[0], Arc::clone(tls.config()));
     config.workers = settings.workers;
     config.accept_proxy = settings.accept_proxy.clone();
     config.max_connections = settings.max_connections;
@@ -137,7 +140,7 @@ async fn serve(
 ) -> Result<(), BoxError> {
     let mut signals = Signals::install()?;
     let notifier = Notifier::from_env(&log);
-    let inherited = process.inherited.take_for(config.listen)?;
+    let inherited = process.inherited.assign(&settings.listen)?;
 
     let builder = match settings.protocol {
         ProtocolKind::Proxy => {
@@ -151,13 +154,7 @@ async fn serve(
         }
         ProtocolKind::Echo => Server::builder(config, Echo),
     };
-    let builder = match inherited {
-        Some((listener, name)) => {
-            info!(log, "serving an inherited socket (LISTEN_FDS)"; "name" => name);
-            builder.listener(listener)
-        }
-        None => builder,
-    };
+    let builder = listen_on(builder, &settings.listen, inherited, &log);
     #[cfg(feature = "fault-injection")]
     let builder = builder.faults(faults_from_env(&log)?);
     #[cfg(feature = "fault-injection")]
@@ -270,6 +267,38 @@ async fn serve(
         .into());
     }
     Ok(())
+}
+
+/// Gives the builder a listener for each `--listen` entry, in order: the inherited socket
+/// mapped to it (see `activation.rs`), or its address to bind.
+fn listen_on(
+    mut builder: ServerBuilder,
+    entries: &[SocketAddr],
+    inherited: Vec<Option<InheritedSocket>>,
+    log: &Logger,
+) -> ServerBuilder {
+    for (n, (entry, socket)) in entries.iter().zip(inherited).enumerate() {
+        builder = match socket {
+            Some(socket) => {
+                let line = log.new(o!("name" => socket.name.clone(),
+                    "listen" => socket.addr.to_string(), "matched" => socket.matched.as_str()));
+                if socket.matched == Matched::Order {
+                    warn!(line, "the inherited socket is not bound to its --listen address; \
+                                 serving it in that address's place (matched by order)";
+                        "listen_entry" => %entry);
+                }
+                info!(line, "serving an inherited socket (LISTEN_FDS)");
+                match n {
+                    0 => builder.listener(socket.listener),
+                    _ => builder.also_listener(socket.listener),
+                }
+            }
+            // The first entry is `ServerConfig::listen` already.
+            None if n == 0 => builder,
+            None => builder.also_listen(*entry),
+        };
+    }
+    builder
 }
 
 /// Starts the task keeping systemd informed (the watchdog when `WATCHDOG_USEC` is set, the

@@ -26,7 +26,8 @@ pub enum CertSource {
 /// Everything `serve` needs, resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub listen: SocketAddr,
+    /// Never empty; the first is the one `Server::local_addr` reports.
+    pub listen: Vec<SocketAddr>,
     pub cert: CertSource,
     /// Reload the TLS files when they change (polled).
     pub watch_certs: bool,
@@ -71,7 +72,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
             cert: CertSource::BuiltIn,
             watch_certs: false,
             reuse_port: false,
@@ -127,7 +128,11 @@ impl Settings {
         let client_auth = client_auth(&flags, &file)?;
         let accept_proxy = accept_proxy(&flags, &file)?;
         let settings = Settings {
-            listen: flags.listen.or(file.listen).unwrap_or(d.listen),
+            listen: match (flags.listen.is_empty(), file.listen.is_empty()) {
+                (false, _) => flags.listen,
+                (true, false) => file.listen,
+                (true, true) => d.listen,
+            },
             cert,
             watch_certs: flags.watch_certs || file.watch_certs,
             reuse_port: flags.reuse_port || file.reuse_port,
@@ -195,6 +200,12 @@ impl Settings {
     }
 
     fn check(&self) -> Result<(), BoxError> {
+        // Port 0 twice is two ports; any other address twice could only fail to bind.
+        for (n, addr) in self.listen.iter().enumerate() {
+            if addr.port() != 0 && self.listen[..n].contains(addr) {
+                return Err(format!("--listen {addr} is given twice").into());
+            }
+        }
         if self.sni_strict && self.cert == CertSource::BuiltIn {
             return Err("--sni-strict needs --cert and --key".into());
         }
@@ -346,6 +357,40 @@ mod tests {
         assert_eq!(s.max_connections, 9);
         assert_eq!(s.idle_timeout, None);
         assert_eq!(s.listen, Settings::default().listen);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn listen_flags_replace_the_files_list_and_an_address_twice_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tlsvisor-listen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tlsvisor.toml");
+        std::fs::write(&path, "listen = [\"127.0.0.1:9000\", \"[::1]:9000\"]\n").unwrap();
+        let from_file = Settings::resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.listen.len(), 2);
+        let flag: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let flags = Settings::resolve(ServeArgs {
+            config: Some(path),
+            listen: vec![flag],
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(flags.listen, [flag]);
+        let twice = Settings::resolve(ServeArgs {
+            listen: vec![flag, flag],
+            ..ServeArgs::default()
+        });
+        assert!(twice.unwrap_err().to_string().contains("given twice"));
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let two_ports = Settings::resolve(ServeArgs {
+            listen: vec![any, any],
+            ..ServeArgs::default()
+        });
+        assert!(two_ports.is_ok(), "port 0 twice is two ports");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,11 +1,13 @@
 //! Binary upgrade on SIGUSR2 (nginx's model): start the binary at this process's path with
-//! the same arguments, hand it the listening socket, and wait until it says it is ready.
+//! the same arguments, hand it the listening sockets, and wait until it says it is ready.
 //!
-//! The socket goes over with the `LISTEN_FDS` convention (fd 3, named `listen`), so the new
-//! process takes it the way it takes a socket from systemd (`activation.rs`). Beside it, at
-//! fd 4 named [`READY_NAME`], goes one end of a datagram socket pair: the new process sends
-//! `READY=1` there once it accepts. Nothing is ever closed in between: both processes accept
-//! from the one socket until the old one stops, so no client in the accept queue is lost.
+//! The sockets go over with the `LISTEN_FDS` convention (fds 3, 4, ..., one per `--listen`
+//! address, in order, each named `listen`), so the new process takes them the way it takes
+//! sockets from systemd (`activation.rs`: mapped back to its `--listen` entries by the address
+//! each is bound to). After them, named [`READY_NAME`], goes one end of a datagram socket pair:
+//! the new process sends `READY=1` there once it accepts. Nothing is ever closed in between:
+//! both processes accept from the same sockets until the old one stops, so no client in an
+//! accept queue is lost.
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -20,9 +22,12 @@ use tlsvisor_actors::Server;
 use crate::activation::READY_NAME;
 
 /// How long the new process gets to report ready before it is killed and the upgrade given up.
-/// Start-up reads a few files and binds nothing (the socket is inherited): well under a second
+/// Start-up reads a few files and binds nothing (the sockets are inherited): well under a second
 /// normally, so this only bounds a new binary that hangs.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `SD_LISTEN_FDS_START`: the first descriptor of the `LISTEN_FDS` convention.
+const FIRST_FD: i32 = 3;
 
 /// How often the wait looks whether the new process died.
 const POLL: Duration = Duration::from_millis(20);
@@ -31,7 +36,7 @@ const POLL: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum UpgradeError {
-    /// The listening socket or the readiness pair could not be set up.
+    /// The listening sockets or the readiness pair could not be set up.
     Setup(std::io::Error),
     /// The new binary could not be started (missing, not executable, ...).
     Spawn(PathBuf, std::io::Error),
@@ -76,32 +81,38 @@ impl Upgrade {
         })
     }
 
-    /// Starts the new process with a descriptor of `server`'s listening socket and waits until
-    /// it is ready. Returns its pid; from then on both accept from the socket, and the caller
-    /// stops this one's acceptors (leaving the socket listening) and drains.
+    /// Starts the new process with a descriptor of each of `server`'s listening sockets and
+    /// waits until it is ready. Returns its pid; from then on both accept from the sockets,
+    /// and the caller stops this one's acceptors (leaving the sockets listening) and drains.
     pub async fn run(&self, server: &Server) -> Result<u32, UpgradeError> {
-        let listener = server.listening_socket().map_err(UpgradeError::Setup)?;
+        let listeners = server.listening_sockets().map_err(UpgradeError::Setup)?;
         let (ours, theirs) = UnixDatagram::pair().map_err(UpgradeError::Setup)?;
+        let count = listeners.len();
+        let mut names = vec!["listen"; count];
+        names.push(READY_NAME);
+        let mut mappings: Vec<FdMapping> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(n, listener)| FdMapping {
+                parent_fd: OwnedFd::from(listener),
+                child_fd: FIRST_FD + n as i32,
+            })
+            .collect();
+        mappings.push(FdMapping {
+            parent_fd: OwnedFd::from(theirs),
+            child_fd: FIRST_FD + count as i32,
+        });
         let mut command = Command::new(&self.exe);
         command
             .args(&self.args)
-            .env("LISTEN_FDS", "2")
-            .env("LISTEN_FDNAMES", format!("listen:{READY_NAME}"))
+            .env("LISTEN_FDS", (count + 1).to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
             // The new pid is unknown until it runs: see `Inherited::from_env`.
             .env_remove("LISTEN_PID")
             // The watchdog is the new process's own once it is the main process.
             .env_remove("WATCHDOG_PID");
         command
-            .fd_mappings(vec![
-                FdMapping {
-                    parent_fd: OwnedFd::from(listener),
-                    child_fd: 3,
-                },
-                FdMapping {
-                    parent_fd: OwnedFd::from(theirs),
-                    child_fd: 4,
-                },
-            ])
+            .fd_mappings(mappings)
             .map_err(|e| UpgradeError::Setup(std::io::Error::other(e)))?;
         let child = command
             .spawn()

@@ -21,14 +21,25 @@ use std::time::{Duration, Instant};
 use common::{try_http_get, Limits, Metrics, Tlsvisor, HANG};
 use tlsvisor_actors::testing::{client_config, eventually, CloseSeen, ScratchDir, TlsClient};
 
-/// The inode of the socket listening on `port` (from /proc/net/tcp), if any.
+/// The inodes of the sockets listening on `port` (from /proc/net/tcp and tcp6).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(table) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        inodes.extend(table.lines().skip(1).filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
+            (local_port == port && fields[3] == "0A").then(|| fields[9].to_string())
+        }));
+    }
+    inodes
+}
+
+/// The inode of the socket listening on `port`, if any.
 fn listening_inode(port: u16) -> Option<String> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let local_port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
-        (local_port == port && fields[3] == "0A").then(|| fields[9].to_string())
-    })
+    listening_inodes(port).into_iter().next()
 }
 
 /// Whether process `pid` holds the socket with inode `inode`.
@@ -52,38 +63,145 @@ fn echo_once(addr: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `systemd-socket-activate` listening on each of `sockets` (with its FileDescriptorName)
+/// and starting the server, with `--listen` for each of `listen`, at the first connection;
+/// its stderr lines collected.
+struct Activated {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    collector: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Activated {
+    fn start(sockets: &[(SocketAddr, &str)], listen: &[SocketAddr]) -> Activated {
+        let mut server = vec![env!("CARGO_BIN_EXE_tlsvisor").to_string(), "serve".into()];
+        for addr in listen {
+            server.extend(["--listen".to_string(), addr.to_string()]);
+        }
+        server.extend(
+            [
+                "--log-format",
+                "json",
+                "--shutdown-grace",
+                "5s",
+                "--workers",
+                "2",
+            ]
+            .map(String::from),
+        );
+        let names: Vec<&str> = sockets.iter().map(|(_, name)| *name).collect();
+        let mut command = Command::new("systemd-socket-activate");
+        for (addr, _) in sockets {
+            command.args(["-l", &addr.to_string()]);
+        }
+        let mut child = command
+            .arg(format!("--fdname={}", names.join(":")))
+            .args(&server)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate (Debian package systemd) must be installed");
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = Arc::clone(&lines);
+        let stderr = child.stderr.take().unwrap();
+        let collector = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Activated {
+            child,
+            lines,
+            collector: Some(collector),
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The pid of the server (systemd-socket-activate execs it in place).
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM with a live client on each of `addrs`: each sees close_notify, and the process
+    /// exits 0. Returns the logs.
+    fn terminate_draining(&mut self, addrs: &[SocketAddr]) -> String {
+        let live = live_clients(addrs);
+        let status = self.terminate();
+        assert_closed_gracefully(live);
+        let logs = self.logs();
+        assert!(
+            status.success(),
+            "exit 0 after the drain: {status:?}\n{logs}"
+        );
+        logs
+    }
+
+    /// SIGTERM; the exit status once the process is gone, with every log line read.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + HANG;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if let Some(collector) = self.collector.take() {
+            collector.join().unwrap();
+        }
+        status
+    }
+}
+
+impl Drop for Activated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TLS client on each of `addrs`, each having echoed once.
+fn live_clients(addrs: &[SocketAddr]) -> Vec<TlsClient> {
+    let config = client_config(&common::dev_ca()).unwrap();
+    addrs
+        .iter()
+        .map(|addr| {
+            let mut client = TlsClient::connect(*addr, Arc::clone(&config)).unwrap();
+            assert_eq!(client.echo(b"live").unwrap(), b"live");
+            client
+        })
+        .collect()
+}
+
+/// Each client sees the server's close_notify, then EOF (a graceful drain).
+fn assert_closed_gracefully(live: Vec<TlsClient>) {
+    for mut client in live {
+        assert!(matches!(
+            client.read_until_close(),
+            CloseSeen::CloseNotifyThenEof
+        ));
+    }
+}
+
 /// Needs `systemd-socket-activate` (Debian's `systemd`), hence `interop`.
 #[cfg(feature = "interop")]
 #[test]
 fn under_systemd_socket_activate_the_socket_is_inherited_and_sigterm_drains_and_exits_0() {
     let addr = common::free_addr();
-    let (port, listen) = (addr.port(), addr.to_string());
-    let server = format!(
-        "{} serve --listen {listen} --log-format json --shutdown-grace 5s --workers 2",
-        env!("CARGO_BIN_EXE_tlsvisor")
-    );
-    let mut activator = Command::new("systemd-socket-activate")
-        .args(["-l", &listen, "--fdname=tls"])
-        .args(server.split(' '))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("systemd-socket-activate (Debian package systemd) must be installed");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = Arc::clone(&lines);
-    let stderr = activator.stderr.take().unwrap();
-    let collector = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let port = addr.port();
+    let mut activated = Activated::start(&[(addr, "tls")], &[addr]);
     // systemd-socket-activate listens itself and starts the server at the first connection.
     assert!(eventually(HANG, || listening_inode(port).is_some()));
     let inode = listening_inode(port).unwrap();
     // The first client is queued on the socket before the server exists; it must be served.
-    echo_once(listen.parse().unwrap(), b"first").expect("the first client is served");
-    let pid = activator.id(); // it execs the server in place
+    echo_once(addr, b"first").expect("the first client is served");
+    let pid = activated.pid();
     assert!(
         holds_socket(pid, &inode),
         "the server serves the socket it inherited"
@@ -93,7 +211,7 @@ fn under_systemd_socket_activate_the_socket_is_inherited_and_sigterm_drains_and_
         Some(inode),
         "nothing else listens on the port"
     );
-    let logs = lines.lock().unwrap().join("\n");
+    let logs = activated.logs();
     assert!(
         logs.contains("serving an inherited socket (LISTEN_FDS)"),
         "{logs}"
@@ -104,33 +222,51 @@ fn under_systemd_socket_activate_the_socket_is_inherited_and_sigterm_drains_and_
     );
 
     // A live client during SIGTERM: it gets close_notify, the process exits 0.
-    let mut live = TlsClient::connect(
-        listen.parse().unwrap(),
-        client_config(&common::dev_ca()).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(live.echo(b"live").unwrap(), b"live");
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    assert!(matches!(
-        live.read_until_close(),
-        CloseSeen::CloseNotifyThenEof
-    ));
-    let deadline = Instant::now() + HANG;
-    let status = loop {
-        if let Some(status) = activator.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    collector.join().unwrap();
-    let logs = lines.lock().unwrap().join("\n");
-    assert!(
-        status.success(),
-        "exit 0 after the drain: {status:?}\n{logs}"
-    );
+    let logs = activated.terminate_draining(&[addr]);
     assert!(logs.contains("shutdown complete"), "{logs}");
+}
+
+/// Two sockets from `systemd-socket-activate` (IPv4 and IPv6 where possible), named, and
+/// `--listen` naming them in the other order: each is mapped by its address, inherited (the
+/// server never binds), and served; SIGTERM drains both.
+#[cfg(feature = "interop")]
+#[test]
+fn under_systemd_socket_activate_two_sockets_are_inherited_by_address_and_served() {
+    let (v4, second) = (common::free_addr(), common::free_second_addr());
+    let mut activated = Activated::start(&[(v4, "public4"), (second, "public6")], &[second, v4]);
+    assert!(eventually(HANG, || listening_inode(v4.port()).is_some()
+        && listening_inode(second.port()).is_some()));
+    let inodes = [v4, second].map(|a| listening_inode(a.port()).unwrap());
+    echo_once(v4, b"first, queued before the server runs").expect("served");
+    echo_once(second, b"second address").expect("served");
+    let pid = activated.pid();
+    for (addr, inode) in [v4, second].iter().zip(&inodes) {
+        assert!(
+            holds_socket(pid, inode),
+            "{addr}: the inherited socket is served"
+        );
+        assert_eq!(
+            listening_inodes(addr.port()),
+            std::slice::from_ref(inode),
+            "{addr}: nothing else listens on its port (the server bound nothing)"
+        );
+    }
+    let logs = activated.logs();
+    let inherited: Vec<serde_json::Value> = activated
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["msg"] == "serving an inherited socket (LISTEN_FDS)")
+        .collect();
+    assert_eq!(inherited.len(), 2, "{logs}");
+    for (line, (addr, name)) in inherited.iter().zip([(second, "public6"), (v4, "public4")]) {
+        assert_eq!(line["listen"], addr.to_string(), "{logs}");
+        assert_eq!(line["name"], name, "{logs}");
+        assert_eq!(line["matched"], "address", "{logs}");
+    }
+    activated.terminate_draining(&[v4, second]);
 }
 
 /// Receives notifications on a datagram socket the test owns, with their arrival times.
@@ -359,6 +495,34 @@ fn scrape(addr: SocketAddr) -> Metrics {
     metrics
 }
 
+/// Waits until `old` says its upgrade's new process is ready; the new pid and metrics address.
+fn new_process(old: &Tlsvisor) -> (u32, SocketAddr) {
+    let ready = "upgrade: the new process is ready; draining this one";
+    assert!(eventually(HANG, || !old.logs_with(ready).is_empty()));
+    let new_pid = old.logs_with(ready)[0]["pid"].as_u64().unwrap() as u32;
+    // Both processes log to the same stderr: the second metrics line is the new process's.
+    let new_metrics = old.logs_with("metrics listening")[1]["metrics_listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (new_pid, new_metrics)
+}
+
+/// The old process drains and exits 0 (its stderr stays open in the new one, so the exit is
+/// read directly rather than through the log collector).
+fn old_exits_0(old: &mut Tlsvisor) {
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = old.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "old exits 0: {status:?}");
+}
+
 #[test]
 fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
     become_subreaper();
@@ -389,33 +553,12 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
     assert!(before.get("tlsvisor_connections_accepted_total") > 5.0);
 
     old.signal(libc::SIGUSR2);
-    assert!(eventually(HANG, || !old
-        .logs_with("upgrade: the new process is ready; draining this one")
-        .is_empty()));
-    let ready = old.logs_with("upgrade: the new process is ready; draining this one");
-    let new_pid = ready[0]["pid"].as_u64().unwrap() as u32;
-    // Both processes log to the same stderr: the second metrics line is the new process's.
-    let metrics_lines = old.logs_with("metrics listening");
-    let new_metrics: SocketAddr = metrics_lines[1]["metrics_listen"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (new_pid, new_metrics) = new_process(&old);
     assert!(matches!(
         long_lived.read_until_close(),
         CloseSeen::CloseNotifyThenEof
     ));
-    // The old process drains and exits 0 (its stderr stays open in the new one, so the exit
-    // is read directly rather than through the log collector).
-    let deadline = Instant::now() + HANG;
-    let status = loop {
-        if let Some(status) = old.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the old process did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(status.success(), "old exits 0: {status:?}");
+    old_exits_0(&mut old);
     // The admin port the old process held is the new one's now.
     assert!(
         eventually(HANG, || try_http_get(admin, "/health/live").is_ok()),
@@ -530,4 +673,123 @@ fn a_new_process_never_ready_is_killed_after_the_timeout_and_the_old_one_keeps_s
     };
     let old = Tlsvisor::serve_with(&["--workers", "2"], &limits);
     upgrade_fails_and_old_keeps_serving(old, || {}, "not ready within");
+}
+
+/// `--listen` twice (127.0.0.1 and `[::1]`, or a second IPv4 port without IPv6): TLS echo on
+/// both, one set of books covering both, and SIGTERM drains both and exits 0.
+#[test]
+fn two_listen_addresses_are_served_with_one_ledger_and_sigterm_drains_both() {
+    let second = match common::ipv6_loopback() {
+        Some(_) => "[::1]:0",
+        None => "127.0.0.1:0",
+    };
+    let mut server = Tlsvisor::serve(&["--listen", second, "--workers", "2"]);
+    let addrs = server.listening();
+    assert_eq!(addrs.len(), 2, "one listening line per address: {addrs:?}");
+    assert_eq!(addrs[0], server.listen);
+    assert_ne!(addrs[0], addrs[1]);
+    for addr in &addrs {
+        for _ in 0..3 {
+            echo_once(*addr, format!("via {addr}").as_bytes()).unwrap();
+        }
+    }
+    let live = live_clients(&addrs);
+    // 3 + 1 on each address, in one ledger (the scrape checks accepted == active + disposed).
+    let metrics = server.scrape();
+    assert_eq!(metrics.get("tlsvisor_connections_accepted_total"), 8.0);
+    assert_eq!(metrics.get("tlsvisor_connections_active"), 2.0);
+    assert_eq!(
+        metrics.sum("tlsvisor_worker_connections_accepted_total"),
+        8.0
+    );
+
+    server.signal(libc::SIGTERM);
+    assert_closed_gracefully(live);
+    let status = server.wait_exit(HANG).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    for addr in addrs {
+        assert!(TcpStream::connect(addr).is_err(), "{addr} is closed");
+    }
+}
+
+/// A bind failure names the address that failed.
+#[test]
+fn a_second_listen_address_that_is_taken_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let refused = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--listen", &taken])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains(&format!("cannot listen on {taken}")),
+        "{text}"
+    );
+}
+
+/// SIGUSR2 with two listeners: both sockets go over to the new process, which maps them back
+/// by address; a client loop on each address sees nothing refused, reset or failed.
+#[test]
+fn sigusr2_with_two_listeners_hands_over_both_without_refusing_a_client() {
+    become_subreaper();
+    let second = match common::ipv6_loopback() {
+        Some(_) => "[::1]:0",
+        None => "127.0.0.1:0",
+    };
+    let mut old = Tlsvisor::serve(&[
+        "--listen",
+        second,
+        "--workers",
+        "2",
+        "--shutdown-grace",
+        "3s",
+    ]);
+    let addrs = old.listening();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    let stop = Arc::new(AtomicBool::new(false));
+    // Two loops on each address.
+    let clients: Vec<(SocketAddr, _)> = addrs
+        .iter()
+        .flat_map(|addr| [*addr, *addr])
+        .map(|addr| {
+            let stop = Arc::clone(&stop);
+            (addr, client_loop(addr, Duration::from_millis(3), stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    old.signal(libc::SIGUSR2);
+    let (new_pid, new_metrics) = new_process(&old);
+    old_exits_0(&mut old);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for (addr, client) in clients {
+        let report = client.join().unwrap();
+        println!("upgrade client loop on {addr}: {report:?}");
+        assert_eq!((report.refused, report.reset), (0, 0), "{addr}: {report:?}");
+        assert!(report.other.is_empty(), "{addr}: {report:?}");
+        assert!(report.ok > 20, "{addr}: {report:?}");
+    }
+
+    // The new process took both sockets, mapped by address, and serves both.
+    let inherited = old.logs_with("serving an inherited socket (LISTEN_FDS)");
+    let mapped: Vec<&str> = inherited
+        .iter()
+        .map(|l| l["listen"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    assert_eq!(mapped, expected, "{inherited:?}");
+    assert!(inherited.iter().all(|l| l["matched"] == "address"));
+    for addr in &addrs {
+        echo_once(*addr, b"after").unwrap();
+    }
+    let after = scrape(new_metrics);
+    assert!(after.get("tlsvisor_connections_accepted_total") >= 2.0);
+    assert_eq!(old.logs_with("shutdown complete").len(), 1);
+    // SAFETY: kill(2) on the process our child started (reparented to us).
+    assert_eq!(unsafe { libc::kill(new_pid as i32, libc::SIGTERM) }, 0);
+    assert_eq!(wait_pid(new_pid, HANG), Some(0), "the new process exits 0");
 }

@@ -26,7 +26,7 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 /// At most one warning line per worker per this period; the others are counted in the next.
 const WARN_EVERY: Duration = Duration::from_secs(1);
 
-/// Accepts on its own copy (a `dup`) of the server's one listening socket, admits each socket
+/// Accepts on its own copies (`dup`s) of the server's listening sockets, admits each socket
 /// (see `admission.rs`), and starts its `Connection` on this same arbiter, registered with
 /// this arbiter's [`HandlerRegistry`].
 ///
@@ -36,12 +36,18 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 /// thread: no other thread is woken to start or to end it. An acceptor whose
 /// worker is busy simply wins fewer accepts.
 ///
+/// With several listeners, the acceptor waits on all of them at once (one `accept` per
+/// listener, whichever is ready first; the first polled turns round, so a flooded listener
+/// cannot starve the others) under the worker's one reservation. One reservation per listener
+/// would not do: at the limit, the last free slots could all be held by waits on a quiet
+/// listener while clients queue on a busy one.
+///
 /// Accepting never stops for good: at a limit the acceptor waits for a slot, and when the
 /// process is out of descriptors it sheds the waiting clients and backs off, keeping its
 /// listener registered, so there is nothing to re-create (and fail to) when it resumes.
 pub struct Acceptor {
-    /// Moves into the accept loop when the actor starts.
-    listener: Option<std::net::TcpListener>,
+    /// Move into the accept loop when the actor starts; each with its address, for the logs.
+    listeners: Vec<(std::net::TcpListener, SocketAddr)>,
     worker: usize,
     env: Arc<ConnectionEnv>,
     /// The registry on this acceptor's arbiter.
@@ -50,13 +56,13 @@ pub struct Acceptor {
 
 impl Acceptor {
     pub(crate) fn new(
-        listener: std::net::TcpListener,
+        listeners: Vec<(std::net::TcpListener, SocketAddr)>,
         worker: usize,
         env: Arc<ConnectionEnv>,
         registry: Addr<HandlerRegistry>,
     ) -> Self {
         Acceptor {
-            listener: Some(listener),
+            listeners,
             worker,
             env,
             registry,
@@ -68,9 +74,7 @@ impl Actor for Acceptor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(listener) = self.listener.take() else {
-            return;
-        };
+        let listeners = std::mem::take(&mut self.listeners);
         let accepting = AcceptLoop {
             worker: self.worker,
             env: Arc::clone(&self.env),
@@ -78,10 +82,11 @@ impl Actor for Acceptor {
             pause: Pause::default(),
             warnings: Warnings::default(),
             client_failures: 0,
+            turn: 0,
         };
         // A spawned future stops being polled once the actor stops (StopAccepting), and is
-        // dropped with it, closing this worker's descriptor of the listener.
-        ctx.spawn(fut::wrap_future(accepting.run(listener)));
+        // dropped with it, closing this worker's descriptors of the listeners.
+        ctx.spawn(fut::wrap_future(accepting.run(listeners)));
     }
 }
 
@@ -104,6 +109,14 @@ struct AcceptLoop {
     /// (a seccomp filter or an LSM refusing accept(2) with EPERM, say), and retrying at once
     /// would spin.
     client_failures: u32,
+    /// Which listener is polled first for the next accept (turns round).
+    turn: usize,
+}
+
+/// A listener registered with this worker's reactor.
+struct Registered {
+    socket: AsyncFd<mio::net::TcpListener>,
+    addr: SocketAddr,
 }
 
 /// Client failures in a row after which the acceptor pauses as for any other failure.
@@ -115,10 +128,12 @@ const CLIENT_FAILURES_BEFORE_PAUSE: u32 = 64;
 const AFTER_DISPOSAL: Duration = Duration::from_millis(1);
 
 impl AcceptLoop {
-    async fn run(mut self, listener: std::net::TcpListener) {
-        let Some(listener) = self.register(listener).await else {
-            return;
-        };
+    async fn run(mut self, listeners: Vec<(std::net::TcpListener, SocketAddr)>) {
+        let mut registered = Vec::with_capacity(listeners.len());
+        for (listener, addr) in listeners {
+            let socket = self.register(listener, addr).await;
+            registered.push(Registered { socket, addr });
+        }
         loop {
             // Room for one more connection and handshake first: at a limit the listener is not
             // polled, and clients wait in the backlog rather than being accepted and closed.
@@ -132,10 +147,9 @@ impl AcceptLoop {
             let next = tokio::select! {
                 biased;
                 () = limits.control.until_paused() => continue,
-                next = self.next_socket(&listener) => next,
+                next = self.next_socket(&mut registered) => next,
             };
             let Some((socket, peer)) = next else {
-                debug!(self.env.log, "listener shut down"; "worker" => self.worker);
                 return;
             };
             self.admit(socket, peer, reserved);
@@ -147,7 +161,8 @@ impl AcceptLoop {
     async fn register(
         &mut self,
         listener: std::net::TcpListener,
-    ) -> Option<AsyncFd<mio::net::TcpListener>> {
+        addr: SocketAddr,
+    ) -> AsyncFd<mio::net::TcpListener> {
         let mut listener = mio::net::TcpListener::from_std(listener);
         loop {
             // tokio deprecated `try_new` for any `AsRawFd`, whose descriptor might change or
@@ -156,31 +171,40 @@ impl AcceptLoop {
             // replacement. The safe call keeps the crate free of `unsafe`.
             #[allow(deprecated)]
             match AsyncFd::try_new(listener) {
-                Ok(registered) => return Some(registered),
+                Ok(registered) => return registered,
                 Err(e) => {
                     let (back, e) = e.into_parts();
                     listener = back;
-                    self.back_off(e, 0).await;
+                    self.back_off(e, 0, addr).await;
                 }
             }
         }
     }
 
-    /// The next accepted socket. On a failure it backs off and tries again; `None` only once
-    /// the listening socket has been shut down (the shutdown protocol's first step).
+    /// The next socket accepted on any of `listeners`. On a failure it backs off and tries
+    /// again; a listener that was shut down (the shutdown protocol's first step) is dropped
+    /// from `listeners`, and `None` comes once none is left.
     async fn next_socket(
         &mut self,
-        listener: &AsyncFd<mio::net::TcpListener>,
+        listeners: &mut Vec<Registered>,
     ) -> Option<(mio::net::TcpStream, SocketAddr)> {
         loop {
-            match accept(listener, &self.env).await {
+            if listeners.is_empty() {
+                return None;
+            }
+            let (result, index) = accept_any(listeners, &self.env, self.turn).await;
+            let listen = listeners[index].addr;
+            match result {
                 Ok(accepted) => {
+                    self.turn = self.turn.wrapping_add(1);
                     self.resumed();
                     return Some(accepted);
                 }
                 // accept(2) on a socket that is no longer listening.
                 Err(Failure { error, .. }) if error.raw_os_error() == Some(libc::EINVAL) => {
-                    return None
+                    debug!(self.env.log, "listener shut down";
+                        "worker" => self.worker, "listen" => %listen);
+                    listeners.remove(index);
                 }
                 Err(Failure { error, .. })
                     if is_client_gone(&error)
@@ -188,24 +212,24 @@ impl AcceptLoop {
                 {
                     self.client_failures += 1;
                     self.env.stats.accept_error();
-                    self.warn("accept failed; accepting the next", &error);
+                    self.warn("accept failed; accepting the next", &error, listen);
                 }
                 Err(Failure { error, shed }) => {
                     self.env.stats.accept_error();
                     self.env.stats.rejected(RejectReason::FdExhausted, shed);
-                    self.back_off(error, shed).await;
+                    self.back_off(error, shed, listen).await;
                 }
             }
         }
     }
 
-    /// Pauses after a failure that retrying at once would repeat; a disposal (a descriptor
-    /// freed) ends the pause early.
-    async fn back_off(&mut self, e: io::Error, shed: u64) {
+    /// Pauses after a failure (on the listener at `listen`) that retrying at once would
+    /// repeat; a disposal (a descriptor freed) ends the pause early.
+    async fn back_off(&mut self, e: io::Error, shed: u64, listen: SocketAddr) {
         let delay = self.pause.next(shed);
         if let Some(suppressed) = self.warnings.allow() {
             warn!(self.env.log, "cannot accept: pausing this worker's acceptor";
-                "error" => %e, "worker" => self.worker, "shed" => shed,
+                "error" => %e, "worker" => self.worker, "listen" => %listen, "shed" => shed,
                 "pause_ms" => delay.as_millis() as u64, "suppressed" => suppressed);
         }
         let _paused = self.env.stats.acceptor_paused();
@@ -231,10 +255,11 @@ impl AcceptLoop {
         }
     }
 
-    fn warn(&mut self, what: &str, e: &io::Error) {
+    fn warn(&mut self, what: &str, e: &io::Error, listen: SocketAddr) {
         if let Some(suppressed) = self.warnings.allow() {
             warn!(self.env.log, "{}", what;
-                "error" => %e, "worker" => self.worker, "suppressed" => suppressed);
+                "error" => %e, "worker" => self.worker, "listen" => %listen,
+                "suppressed" => suppressed);
         }
     }
 
@@ -279,6 +304,25 @@ impl AcceptLoop {
 struct Failure {
     error: io::Error,
     shed: u64,
+}
+
+/// One `accept4(2)` on whichever of `listeners` is ready first, polled from the one at
+/// `turn` round; with the index of the listener it came from. Cancel-safe, as [`accept`] is.
+async fn accept_any(
+    listeners: &[Registered],
+    env: &ConnectionEnv,
+    turn: usize,
+) -> (Result<(mio::net::TcpStream, SocketAddr), Failure>, usize) {
+    if let [only] = listeners {
+        return (accept(&only.socket, env).await, 0);
+    }
+    let count = listeners.len();
+    let accepts = (0..count).map(|k| {
+        let index = (turn + k) % count;
+        // `select_all` polls in order: the rotation gives each listener its turn first.
+        Box::pin(async move { (accept(&listeners[index].socket, env).await, index) })
+    });
+    futures::future::select_all(accepts).await.0
 }
 
 /// One `accept4(2)` once the listener is readable, or the injected `EMFILE` of the

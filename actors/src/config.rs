@@ -9,7 +9,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Where to listen. Port 0 picks a free port (see `Server::local_addr`).
+    /// Where to listen. Port 0 picks a free port (see `Server::local_addr`). More addresses,
+    /// served with these same settings, are added with `ServerBuilder::also_listen`.
     pub listen: SocketAddr,
     /// The TLS settings (certificate, key, versions).
     pub tls: Arc<rustls::ServerConfig>,

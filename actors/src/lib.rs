@@ -95,6 +95,7 @@ mod dispose_reason;
 mod error;
 mod fault;
 mod handshake;
+mod listeners;
 mod messages;
 mod per_ip;
 mod protocol;

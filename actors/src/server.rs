@@ -1,17 +1,17 @@
 //! `Server`: starts one supervisor tree and owns its shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use slog::{info, o, Logger};
-use tokio::net::TcpSocket;
 
 use crate::admission::Limits;
 use crate::connection::{ConnectionEnv, Service};
+use crate::listeners::{ListenOn, Listeners};
 use crate::messages::{Close, Shutdown, ShutdownReport};
 use crate::registry::{DisposalAudit, Registries};
 use crate::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
@@ -43,6 +43,8 @@ pub struct ServerBuilder {
     audit: Option<DisposalAudit>,
     tls: Option<LoadedTls>,
     listener: Option<std::net::TcpListener>,
+    /// The listeners after the first, in order.
+    more: Vec<ListenOn>,
 }
 
 impl ServerBuilder {
@@ -57,6 +59,27 @@ impl ServerBuilder {
     /// descriptor until the process exits, and clients queued for it wait there.
     pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
         self.listener = Some(listener);
+        self
+    }
+
+    /// Also listens on `addr`, bound like `ServerConfig::listen` (same backlog, same
+    /// `reuse_port`), with the same protocol: every listener shares the server's workers,
+    /// limits, registries and books, so `max_connections` and the counters are server-wide.
+    /// Listeners are kept in the order given, after the first ([`Server::local_addrs`]).
+    ///
+    /// When any listener is IPv4, an IPv6 one is bound `IPV6_V6ONLY` (as nginx does), so
+    /// `0.0.0.0:443` and `[::]:443` can be served side by side; alone, an IPv6 address keeps
+    /// the system's default (dual stack on Linux).
+    pub fn also_listen(mut self, addr: SocketAddr) -> Self {
+        self.more.push(ListenOn::Bind(addr));
+        self
+    }
+
+    /// Also serves `listener`, a socket already bound and listening (see
+    /// [`ServerBuilder::listener`]: it is shared, never shut down), after the listeners given
+    /// before it.
+    pub fn also_listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.more.push(ListenOn::Socket(listener));
         self
     }
 
@@ -100,21 +123,22 @@ impl ServerBuilder {
         if actix_rt::System::try_current().is_none() {
             return Err(ServerError::NoSystem);
         }
-        let addr = self.config.listen;
-        let bind_error = |source| ServerError::Bind { addr, source };
-        // A socket handed to the builder is shared with another process: never shut down.
-        let shared = Arc::new(AtomicBool::new(self.listener.is_some()));
-        let listener = match self.listener {
-            Some(listener) => {
-                // Tokio's reactor needs it non-blocking; the giver may have left it blocking.
-                listener.set_nonblocking(true).map_err(bind_error)?;
-                listener
-            }
-            None => bind(&self.config).map_err(bind_error)?,
+        let first = match self.listener {
+            Some(listener) => ListenOn::Socket(listener),
+            None => ListenOn::Bind(self.config.listen),
         };
-        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let sources = std::iter::once(first).chain(self.more).collect();
+        let listeners = Arc::new(Listeners::open(&self.config, sources)?);
+        // Never empty: `first` is always there.
+        let local_addrs = listeners.addrs();
+        let bind_error = |source| ServerError::Bind {
+            addr: local_addrs[0],
+            source,
+        };
 
-        let log = self.log.new(o!("listen" => local_addr.to_string()));
+        // The lines about one listener (listening, accept failures, shutdown) name it with
+        // `listen`; the server's other lines are about all of them.
+        let log = self.log;
         // The reserve that lets an acceptor shed clients once descriptors run out; a process
         // that cannot open one now has bigger problems, and accepting works without it.
         if let Err(e) = spare_fd::reserve() {
@@ -122,10 +146,10 @@ impl ServerBuilder {
         }
         let stats = Arc::new(Stats::for_workers(self.config.workers, pool));
         let limits = Limits::new(&self.config, Arc::clone(&stats));
-        // One listening socket; each worker accepts on its own descriptor of it (a dup). The
+        // Each worker accepts on its own descriptor (a dup) of every listening socket. The
         // copies are made before any thread starts: a failure leaves nothing running.
         let copies = (0..self.config.workers)
-            .map(|_| listener.try_clone())
+            .map(|_| listeners.copies())
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(bind_error)?;
         let workers = start_workers(self.config.workers)?;
@@ -171,28 +195,24 @@ impl ServerBuilder {
                 Acceptor::new(copy, index, env, registry)
             }));
         }
-        info!(log, "listening"; "protocol" => protocol, "workers" => workers.len(),
-            "max_connections" => env.config.max_connections,
-            "max_handshakes" => env.config.effective_max_handshakes(),
-            "max_connections_per_ip" => env.config.max_connections_per_ip,
-            "max_handshakes_per_ip" => env.config.effective_max_handshakes_per_ip());
+        for addr in &local_addrs {
+            info!(log, "listening"; "listen" => addr.to_string(), "protocol" => protocol,
+                "workers" => workers.len(),
+                "max_connections" => env.config.max_connections,
+                "max_handshakes" => env.config.effective_max_handshakes(),
+                "max_connections_per_ip" => env.config.max_connections_per_ip,
+                "max_handshakes_per_ip" => env.config.effective_max_handshakes_per_ip());
+        }
         let registries = Registries(registries);
-        let kept = listener.try_clone().map_err(bind_error)?;
-        let supervisor = ConnectionSupervisor::new(
-            acceptors,
-            listener,
-            Arc::clone(&shared),
-            registries.clone(),
-            env,
-        )
-        .start();
+        let supervisor =
+            ConnectionSupervisor::new(acceptors, Arc::clone(&listeners), registries.clone(), env)
+                .start();
         Ok(Server {
-            listener: kept,
-            listener_shared: shared,
+            listeners,
             supervisor,
             registries,
             workers,
-            local_addr,
+            local_addrs,
             stats,
             faults: self.faults,
             log,
@@ -208,14 +228,14 @@ impl ServerBuilder {
 /// system stops, and the system's stop drops connections without the shutdown protocol: call
 /// `shutdown`.
 pub struct Server {
-    /// A descriptor of the listening socket, for [`Server::listening_socket`].
-    listener: std::net::TcpListener,
-    /// Set once the socket is shared with another process: shutdown then leaves it listening.
-    listener_shared: Arc<AtomicBool>,
+    /// The listening sockets (this server's own descriptors), for
+    /// [`Server::listening_sockets`] and the shutdown.
+    listeners: Arc<Listeners>,
     supervisor: Addr<ConnectionSupervisor>,
     registries: Registries,
     workers: Vec<Arbiter>,
-    local_addr: SocketAddr,
+    /// Never empty: the first is `ServerConfig::listen` (or the socket given for it).
+    local_addrs: Vec<SocketAddr>,
     stats: Arc<Stats>,
     faults: Faults,
     log: Logger,
@@ -245,26 +265,49 @@ impl Server {
             audit: None,
             tls: None,
             listener: None,
+            more: Vec::new(),
         }
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The address actually bound for the first listener (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0]
     }
 
-    /// A new descriptor of the listening socket, to hand to another process (a binary
+    /// The addresses actually bound, one per listener, the first first.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// A new descriptor of the first listening socket, to hand to another process (a binary
     /// upgrade). Until [`Server::set_listener_shared`] says it is shared, this server's
     /// shutdown still shuts the socket down, for every process holding it.
     pub fn listening_socket(&self) -> std::io::Result<std::net::TcpListener> {
-        self.listener.try_clone()
+        self.listeners
+            .copies()?
+            .into_iter()
+            .next()
+            .map(|(socket, _)| socket)
+            .ok_or_else(|| std::io::Error::other("no listening socket"))
     }
 
-    /// Says whether another process serves from this listening socket too. When it does,
-    /// shutdown stops this server's acceptors and closes their descriptors but leaves the
-    /// socket listening, so clients in its accept queue are the other process's to accept.
+    /// A new descriptor of every listening socket, in the order of [`Server::local_addrs`],
+    /// to hand to another process (a binary upgrade); see [`Server::listening_socket`].
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        Ok(self
+            .listeners
+            .copies()?
+            .into_iter()
+            .map(|(socket, _)| socket)
+            .collect())
+    }
+
+    /// Says whether another process serves from these listening sockets too (all of them).
+    /// When it does, shutdown stops this server's acceptors and closes their descriptors but
+    /// leaves the sockets listening, so clients in their accept queues are the other
+    /// process's to accept.
     pub fn set_listener_shared(&self, shared: bool) {
-        self.listener_shared.store(shared, Ordering::SeqCst);
+        self.listeners.set_shared(shared);
     }
 
     /// The server's counters.
@@ -390,22 +433,6 @@ fn start_workers(count: usize) -> Result<Vec<Arbiter>, ServerError> {
         }
     }
     Ok(workers)
-}
-
-/// Binds `config.listen` with `SO_REUSEADDR` (and `SO_REUSEPORT` when asked) and listens.
-fn bind(config: &ServerConfig) -> std::io::Result<std::net::TcpListener> {
-    let socket = if config.listen.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }?;
-    // Lets a restarted server bind while old connections sit in TIME-WAIT.
-    socket.set_reuseaddr(true)?;
-    if config.reuse_port {
-        socket.set_reuseport(true)?;
-    }
-    socket.bind(config.listen)?;
-    socket.listen(config.backlog)?.into_std()
 }
 
 /// Joins the worker threads, each on a thread of its own so that a stuck one is waited for

@@ -1,6 +1,6 @@
 //! `ConnectionSupervisor`: owns the acceptors and the shutdown protocol.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,11 +8,12 @@ use actix::prelude::*;
 use slog::{error, info, warn};
 
 use crate::connection::ConnectionEnv;
+use crate::listeners::Listeners;
 use crate::messages::{Close, CloseMode, Shutdown, ShutdownReport, StopAccepting};
 use crate::registry::Registries;
 use crate::{Acceptor, DisposeReason};
 
-/// How long the acceptors get to answer `StopAccepting`. The listening socket is shut down
+/// How long the acceptors get to answer `StopAccepting`. The listening sockets are shut down
 /// before they are asked, so one that does not answer (its worker is stuck) accepts nothing.
 pub(crate) const STOP_ACCEPTING_WAIT: Duration = Duration::from_secs(1);
 
@@ -28,12 +29,9 @@ pub(crate) const FORCE_WAIT: Duration = Duration::from_secs(2);
 /// delays it by those deadlines, never more.
 pub struct ConnectionSupervisor {
     acceptors: Vec<Addr<Acceptor>>,
-    /// The server's own descriptor of the listening socket, kept to shut it down for every
-    /// acceptor at once.
-    listener: Option<std::net::TcpListener>,
-    /// Set when another process serves from the same socket (inherited, or handed over in a
-    /// binary upgrade): then it is closed here, never shut down.
-    listener_shared: Arc<AtomicBool>,
+    /// The server's listening sockets, kept to shut each down for every acceptor at once
+    /// (unless another process serves from it: inherited, or handed over in an upgrade).
+    listeners: Option<Arc<Listeners>>,
     registries: Registries,
     env: Arc<ConnectionEnv>,
 }
@@ -41,15 +39,13 @@ pub struct ConnectionSupervisor {
 impl ConnectionSupervisor {
     pub(crate) fn new(
         acceptors: Vec<Addr<Acceptor>>,
-        listener: std::net::TcpListener,
-        listener_shared: Arc<AtomicBool>,
+        listeners: Arc<Listeners>,
         registries: Registries,
         env: Arc<ConnectionEnv>,
     ) -> Self {
         ConnectionSupervisor {
             acceptors,
-            listener: Some(listener),
-            listener_shared,
+            listeners: Some(listeners),
             registries,
             env,
         }
@@ -66,28 +62,18 @@ impl Handler<Shutdown> for ConnectionSupervisor {
     fn handle(&mut self, msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
         let started = Instant::now();
         let log = self.env.log.clone();
-        // shutdown(SHUT_RD) of the one listening socket takes it out of LISTEN for every
-        // descriptor of it: no worker accepts again, even one too stuck to hear StopAccepting,
-        // and the clients still in its backlog are reset.
-        // A socket shared with another process must stay listening for it: this process only
-        // closes its own descriptors (the acceptors' as they stop, this one now).
-        if let Some(listener) = self.listener.take() {
-            if self.listener_shared.load(Ordering::SeqCst) {
-                info!(
-                    log,
-                    "shutdown: the listening socket is shared; leaving it listening"
-                );
-            } else if let Err(e) =
-                socket2::SockRef::from(&listener).shutdown(std::net::Shutdown::Read)
-            {
-                warn!(log, "shutdown: cannot shut the listening socket"; "error" => %e);
-            }
+        // shutdown(SHUT_RD) of each listening socket takes it out of LISTEN for every
+        // descriptor of it: no worker accepts again, even one too stuck to hear StopAccepting.
+        // A socket shared with another process stays listening for it: this process only
+        // closes its own descriptors (the acceptors' as they stop, the server's as it goes).
+        if let Some(listeners) = self.listeners.take() {
+            listeners.shut_down(&log);
         }
         let acceptors = std::mem::take(&mut self.acceptors);
         let env = Arc::clone(&self.env);
         let registries = self.registries.clone();
         let protocol = async move {
-            // Every acceptor closes its descriptor of the listening socket as it stops.
+            // Every acceptor closes its descriptors of the listening sockets as it stops.
             let stopping =
                 futures::future::join_all(acceptors.iter().map(|a| a.send(StopAccepting)));
             if tokio::time::timeout(STOP_ACCEPTING_WAIT, stopping)

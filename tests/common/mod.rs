@@ -156,6 +156,19 @@ impl Tlsvisor {
             .and_then(|v| v[field].as_str().map(str::to_string))
     }
 
+    /// Every address the server listens on (one "listening" line each), in order, without
+    /// repeats (after an upgrade the new process logs the same addresses again).
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for line in self.logs_with("listening") {
+            let addr = line["listen"].as_str().unwrap().parse().unwrap();
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        addrs
+    }
+
     /// The admin API's address (`--admin-listen`), from its log line.
     pub fn admin_listen(&self) -> SocketAddr {
         let mut admin = None;
@@ -303,6 +316,26 @@ impl Drop for Tlsvisor {
 /// bind it itself, such as `systemd-socket-activate`).
 pub fn free_addr() -> SocketAddr {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
+    probe.local_addr().expect("the probe's address")
+}
+
+/// `[::1]` where the host has IPv6 loopback, else `None` (the caller falls back to IPv4 and
+/// says so): IPv6 is tested wherever it can be.
+pub fn ipv6_loopback() -> Option<std::net::IpAddr> {
+    match std::net::TcpListener::bind("[::1]:0") {
+        Ok(_) => Some(std::net::Ipv6Addr::LOCALHOST.into()),
+        Err(e) => {
+            eprintln!("::1 cannot be bound ({e}): testing a second IPv4 address instead");
+            None
+        }
+    }
+}
+
+/// A second address to listen on beside 127.0.0.1: `[::1]` if possible, else `127.0.0.1`;
+/// with a port free now.
+pub fn free_second_addr() -> SocketAddr {
+    let ip = ipv6_loopback().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let probe = std::net::TcpListener::bind((ip, 0)).expect("bind a probe");
     probe.local_addr().expect("the probe's address")
 }
 
