@@ -9,6 +9,7 @@
 //! backlog until descriptors are free.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -252,6 +253,8 @@ async fn resume(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
 #[derive(Deserialize)]
 struct DrainQuery {
     period: Option<String>,
+    /// How long to go on accepting after readiness turns off (a polling balancer's lag).
+    accept_for: Option<String>,
 }
 
 async fn drain(
@@ -267,12 +270,20 @@ async fn drain(
             return HttpResponse::BadRequest().json(json!({"error": format!("period: {e}")}))
         }
     };
+    let accept_for = match query.accept_for.as_deref().map(parse_duration) {
+        None => Duration::ZERO,
+        Some(Ok(accept_for)) => accept_for,
+        Some(Err(e)) => {
+            return HttpResponse::BadRequest().json(json!({"error": format!("accept_for: {e}")}))
+        }
+    };
     let log = admin.log.clone();
     let period_ms = period.as_millis() as u64;
-    info!(log, "admin: draining"; "period_ms" => period_ms);
-    // Paused and not ready from this call on, before this answer and before the first
-    // connection is asked to close.
-    let draining = admin.handle.drain(period);
+    info!(log, "admin: draining"; "period_ms" => period_ms,
+        "accept_for_ms" => accept_for.as_millis() as u64);
+    // Not ready from this call on, before this answer; paused then too, or after
+    // `accept_for`, and before the first connection is asked to close.
+    let draining = admin.handle.drain_accepting_for(accept_for, period);
     actix_rt::spawn(async move {
         let asked = draining.await;
         info!(log, "admin: drain done"; "asked_to_close" => asked);

@@ -159,3 +159,129 @@ fn the_original_address_goes_in_the_header_sent_upstream() {
         "{line:?}"
     );
 }
+
+/// A v2 header naming `client` (an IPv4 address and port) as the original source.
+fn v2_header_from(client: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(client) = client else {
+        panic!("an IPv4 client, please")
+    };
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend([0x21, 0x11, 0, 12]);
+    header.extend(client.ip().octets());
+    header.extend([192, 0, 2, 1]);
+    header.extend(client.port().to_be_bytes());
+    header.extend(443_u16.to_be_bytes());
+    header
+}
+
+/// The binary behind a balancer at 127.0.0.1, with `--max-connections-per-ip limit`.
+fn behind_balancer(limit: &str, extra: &[&str]) -> Tlsvisor {
+    let mut args = vec![
+        "--accept-proxy",
+        "v2",
+        "--accept-proxy-from",
+        "127.0.0.1/32",
+        "--max-connections-per-ip",
+        limit,
+    ];
+    args.extend_from_slice(extra);
+    Tlsvisor::serve(&args)
+}
+
+#[test]
+fn per_ip_limits_count_the_original_client_not_the_balancer() {
+    let server = behind_balancer("2", &["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin_listen();
+    let client_a = |port| SocketAddr::from(([203, 0, 113, 7], port));
+    let client_b = |port| SocketAddr::from(([198, 51, 100, 9], port));
+    // Four from A through the balancer (every socket from 127.0.0.1): two fit A's limit.
+    let mut admitted_a = Vec::new();
+    let mut refused_a = 0;
+    for port in 40001..=40004 {
+        match connect_with_header(&server, &v2_header_from(client_a(port)))
+            .and_then(|mut c| c.echo(b"a").map(|_| c))
+        {
+            Ok(client) => admitted_a.push(client),
+            Err(_) => refused_a += 1,
+        }
+    }
+    assert_eq!((admitted_a.len(), refused_a), (2, 2));
+    assert!(disposed_as(&server, "per_ip_limit", 2.0));
+    // B has a budget of its own, although it comes through the same balancer address.
+    let mut admitted_b: Vec<TlsClient> = (50001..=50002)
+        .map(|port| connect_with_header(&server, &v2_header_from(client_b(port))).unwrap())
+        .collect();
+    for client in &mut admitted_b {
+        assert_eq!(client.echo(b"b").unwrap(), b"b");
+    }
+    // Four connections live from 127.0.0.1, twice its limit: the balancer is not limited.
+    let listed = connections(admin);
+    let mut peers: Vec<&str> = listed.iter().map(|c| c["peer"].as_str().unwrap()).collect();
+    peers.sort();
+    assert_eq!(
+        peers,
+        [
+            "198.51.100.9:50001",
+            "198.51.100.9:50002",
+            "203.0.113.7:40001",
+            "203.0.113.7:40002"
+        ]
+    );
+    let metrics = server.scrape();
+    assert_eq!(
+        metrics.get("tlsvisor_connections_rejected_total{reason=\"per_ip_limit\"}"),
+        2.0
+    );
+    assert_eq!(metrics.get("tlsvisor_connections_accepted_total"), 6.0);
+    // A's slots are the connections' own: once one closes, A fits again.
+    drop(admitted_a.pop().unwrap().close());
+    assert!(disposed_as(&server, "peer_eof", 1.0));
+    let mut again = connect_with_header(&server, &v2_header_from(client_a(40005))).unwrap();
+    assert_eq!(again.echo(b"again").unwrap(), b"again");
+    assert!(
+        connect_with_header(&server, &v2_header_from(client_a(40006)))
+            .and_then(|mut c| c.echo(b"over"))
+            .is_err(),
+        "A is at its limit again"
+    );
+    assert!(disposed_as(&server, "per_ip_limit", 3.0));
+}
+
+#[test]
+fn a_direct_client_beside_the_balancer_is_limited_at_accept_on_its_own_address() {
+    let server = behind_balancer("1", &[]);
+    // 127.0.0.2 is no balancer: it sends no header and is limited at accept, as without
+    // --accept-proxy (a rejection, not an accepted connection).
+    let direct = || -> std::io::Result<TlsClient> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())?;
+        socket.connect_timeout(&server.listen.into(), HANG)?;
+        let mut client = TlsClient::over(
+            socket.into(),
+            client_config(&common::dev_ca())?,
+            "localhost",
+        )?;
+        client.echo(b"direct")?;
+        Ok(client)
+    };
+    let _first = direct().unwrap();
+    assert!(
+        direct().is_err(),
+        "a second one from 127.0.0.2 is over the limit"
+    );
+    assert!(eventually(HANG, || server.scrape().get(
+        "tlsvisor_connections_rejected_total{reason=\"per_ip_limit\"}"
+    ) == 1.0));
+    assert_eq!(
+        server.scrape().get("tlsvisor_connections_accepted_total"),
+        1.0
+    );
+    // The balancer's clients are not counted against 127.0.0.2, nor against each other.
+    let mut through = Vec::new();
+    for port in 40001..=40002 {
+        let header = v2_header_from(SocketAddr::from(([203, 0, 113, port as u8], port)));
+        let mut client = connect_with_header(&server, &header).unwrap();
+        assert_eq!(client.echo(b"p").unwrap(), b"p");
+        through.push(client);
+    }
+}

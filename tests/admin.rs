@@ -281,6 +281,43 @@ fn drain_turns_readiness_off_first_then_closes_every_connection_gracefully() {
 }
 
 #[test]
+fn drain_with_accept_for_keeps_serving_new_clients_while_a_balancer_catches_up() {
+    let (server, admin) = serve_admin(&[]);
+    let mut before = server.connect().unwrap();
+    let (status, body) = curl(admin, "POST", "/drain?accept_for=3s&period=1s", None);
+    assert_eq!(status, 202, "{body}");
+    let asked_at = Instant::now();
+    // Not ready at once, but a client the balancer sends before its next check is served.
+    assert_eq!(ready_status(admin), 503);
+    let mut late = server.connect().unwrap();
+    assert_eq!(late.echo(b"served").unwrap(), b"served");
+    assert!(
+        asked_at.elapsed() < Duration::from_secs(3),
+        "the late client came within accept_for"
+    );
+    assert_eq!(before.echo(b"still").unwrap(), b"still");
+    // Then paused, and both (the one accepted meanwhile too) are closed gracefully.
+    for client in [&mut before, &mut late] {
+        assert!(matches!(
+            client.read_until_close(),
+            CloseSeen::CloseNotifyThenEof
+        ));
+    }
+    assert!(asked_at.elapsed() >= Duration::from_secs(3));
+    assert!(eventually(HANG, || server.scrape().disposed("shutdown") == 2.0));
+    let waiting = connect_in_background(&server);
+    assert!(matches!(
+        waiting.recv_timeout(HELD),
+        Err(mpsc::RecvTimeoutError::Timeout)
+    ));
+    // A bad duration is refused, and changes nothing.
+    assert_eq!(curl(admin, "POST", "/drain?accept_for=soon", None).0, 400);
+    json(admin, "POST", "/resume");
+    assert!(waiting.recv_timeout(HANG).unwrap().is_ok());
+    server.scrape();
+}
+
+#[test]
 fn the_token_is_required_everywhere_but_health() {
     let dir = std::env::temp_dir().join(format!("tlsvisor-admin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,6 +1,6 @@
 //! Against programs this project did not write, from Debian's packages: `openssl s_client`,
-//! `openssl verify`, `promtool` and a real Prometheus server. Run with `--features interop`;
-//! `.ci/run` installs the programs.
+//! `openssl verify`, `promtool`, a real Prometheus server, redis and haproxy. Run with
+//! `--features interop`; `.ci/run` installs the programs.
 #![cfg(feature = "interop")]
 
 mod common;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::redis::Redis;
 use common::{http_get, Tlsvisor, HANG};
-use tlsvisor_actors::testing::eventually;
+use tlsvisor_actors::testing::{eventually, ScratchDir, TlsClient};
 
 /// `openssl s_client` connected to `addr`, verifying the server against `ca`.
 fn s_client(addr: SocketAddr, ca: &str, extra: &[&str]) -> Child {
@@ -312,4 +312,132 @@ fn openssl_s_client_through_the_proxy_speaks_to_redis() {
         .get("tlsvisor_connections_active")
         == 0.0));
     assert_eq!(server.scrape().disposed("peer_eof"), 1.0);
+}
+
+/// A `haproxy` in `mode tcp` on a free loopback port, forwarding to `server` with a PROXY v2
+/// header (`send-proxy-v2`), run from `haproxy.cfg` in `scratch`.
+struct Haproxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Haproxy {
+    fn send_proxy_v2_to(server: SocketAddr, scratch: &ScratchDir) -> Haproxy {
+        let addr = free_port();
+        let config = scratch.path("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  maxconn 100\n  nbthread 1\n\
+                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+                 frontend tls\n  bind {addr}\n  default_backend tlsvisor\n\
+                 backend tlsvisor\n  server tlsvisor {server} send-proxy-v2\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy is installed (apt-get install haproxy)");
+        assert!(
+            eventually(HANG, || std::net::TcpStream::connect(addr).is_ok()),
+            "haproxy did not listen"
+        );
+        Haproxy { child, addr }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The source address of a PROXY v2 header (TCP over IPv4) read from `conn`.
+fn read_proxy_v2_source(conn: &mut std::net::TcpStream) -> SocketAddr {
+    use std::io::Read;
+    let mut fixed = [0; 16];
+    conn.read_exact(&mut fixed).unwrap();
+    assert_eq!(
+        &fixed[..12],
+        b"\r\n\r\n\0\r\nQUIT\n",
+        "a PROXY v2 signature"
+    );
+    assert_eq!((fixed[12], fixed[13]), (0x21, 0x11), "PROXY, TCP over IPv4");
+    let mut rest = vec![0; u16::from_be_bytes([fixed[14], fixed[15]]) as usize];
+    conn.read_exact(&mut rest).unwrap();
+    let ip = std::net::Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
+    SocketAddr::from((ip, u16::from_be_bytes([rest[8], rest[9]])))
+}
+
+#[test]
+fn haproxy_send_proxy_v2_in_front_gives_the_original_client_address_everywhere() {
+    // The upstream records the header tlsvisor sends it, then echoes.
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_addr = upstream.local_addr().unwrap().to_string();
+    let recorder = std::thread::spawn(move || {
+        let (mut conn, _) = upstream.accept().unwrap();
+        conn.set_read_timeout(Some(HANG)).unwrap();
+        let source = read_proxy_v2_source(&mut conn);
+        let _ = std::io::copy(&mut conn.try_clone().unwrap(), &mut conn);
+        source
+    });
+    let server = Tlsvisor::serve(&[
+        "--accept-proxy",
+        "v2",
+        "--accept-proxy-from",
+        "127.0.0.1/32",
+        "--protocol",
+        "proxy",
+        "--upstream",
+        &upstream_addr,
+        "--proxy-protocol",
+        "v2",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let scratch = ScratchDir::new("haproxy-send-proxy").unwrap();
+    let haproxy = Haproxy::send_proxy_v2_to(server.listen, &scratch);
+
+    // The client connects from 127.0.0.2; haproxy connects to tlsvisor from 127.0.0.1.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .unwrap();
+    socket.connect_timeout(&haproxy.addr.into(), HANG).unwrap();
+    let tcp: std::net::TcpStream = socket.into();
+    let original = tcp.local_addr().unwrap();
+    let config = tlsvisor_actors::testing::client_config(&common::dev_ca()).unwrap();
+    let mut client = TlsClient::over(tcp, config, "localhost").unwrap();
+    assert_eq!(client.echo(b"through haproxy").unwrap(), b"through haproxy");
+
+    let listed = Command::new("curl")
+        .args(["-s", "--max-time", "30"])
+        .arg(format!("http://{}/connections", server.admin_listen()))
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let connections = listed["connections"].as_array().unwrap();
+    assert_eq!(connections.len(), 1, "{listed}");
+    assert_eq!(connections[0]["peer"], original.to_string());
+    let id = connections[0]["id"].as_u64().unwrap();
+
+    drop(client.close());
+    assert_eq!(
+        recorder.join().unwrap(),
+        original,
+        "the header sent upstream"
+    );
+    assert!(
+        eventually(HANG, || server
+            .logs_with("disposed")
+            .iter()
+            .any(|l| l["conn_id"] == id && l["peer"] == original.to_string())),
+        "the disposal line names the original client"
+    );
+    drop(haproxy);
 }

@@ -265,7 +265,13 @@ impl AcceptLoop {
 
     fn admit(&self, socket: mio::net::TcpStream, peer: SocketAddr, reserved: Reserved) {
         let env = &self.env;
-        let Some(slots) = env.limits.admit(reserved, peer.ip()) else {
+        // A balancer's socket: the client it carries is known once its PROXY header is read,
+        // and claims its per-IP slots then (connection/accept_header.rs).
+        let client = match &env.config.accept_proxy {
+            Some(accept) if accept.expects_header_from(peer.ip()) => None,
+            _ => Some(peer.ip()),
+        };
+        let Some(slots) = env.limits.admit(reserved, client) else {
             env.stats.rejected(RejectReason::PerIpLimit, 1);
             debug!(env.log, "rejected: per-IP limit"; "peer" => %peer);
             return;

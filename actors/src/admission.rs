@@ -5,6 +5,10 @@
 //! it cannot, it stops polling its listener, so new clients wait in the kernel's backlog
 //! instead of being accepted and closed. The per-client limits can only be applied after
 //! `accept` (the address is not known before): a client over its limit is closed at once.
+//! Behind a balancer that sends PROXY headers (`accept_proxy`), the client is known later
+//! still: a socket from a balancer is admitted without per-client slots, and claims them for
+//! the original address once its header is read ([`Limits::claim_for_original`]), so that the
+//! clients behind one balancer do not share one budget.
 //!
 //! Every slot is a value that gives its count back when dropped. A connection holds its
 //! [`ConnectionSlot`] in its `Registration` (released as its `Dispose` is sent) and its
@@ -16,8 +20,8 @@ use std::sync::Arc;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::control::Control;
-use crate::per_ip::{PerIpLimits, PerIpSlot};
-use crate::{ServerConfig, Stats};
+use crate::per_ip::{PerIpClaim, PerIpLimits, PerIpSlot};
+use crate::{RejectReason, ServerConfig, Stats};
 
 /// The admission limits of one server, shared by its acceptors and connections.
 pub(crate) struct Limits {
@@ -72,14 +76,18 @@ impl Limits {
         })
     }
 
-    /// Turns a reservation into the slots of a connection from `ip`, or gives it back if that
-    /// client is at one of its own limits.
+    /// Turns a reservation into the slots of a connection from `client`, or gives it back if
+    /// that client is at one of its own limits. `None`: the client is not known yet (a
+    /// balancer's socket, whose PROXY header names it); no per-client slot is taken now.
     pub(crate) fn admit(
         self: &Arc<Self>,
         reserved: Reserved,
-        ip: IpAddr,
+        client: Option<IpAddr>,
     ) -> Option<(ConnectionSlot, HandshakeSlot)> {
-        let claim = self.stats.per_ip.claim(ip, self.per_ip)?;
+        let claim = match client {
+            Some(ip) => self.stats.per_ip.claim(ip, self.per_ip)?,
+            None => PerIpClaim::NONE,
+        };
         self.stats.handshake_started();
         Some((
             ConnectionSlot {
@@ -93,6 +101,28 @@ impl Limits {
                 stats: Arc::clone(&self.stats),
             },
         ))
+    }
+
+    /// Claims the per-client slots of a connection admitted without them, for the original
+    /// address its PROXY header gave, into the slots it already holds (so they go back with
+    /// them). `false`: that client is at one of its limits, and the connection must close.
+    pub(crate) fn claim_for_original(
+        &self,
+        ip: IpAddr,
+        connection: Option<&mut ConnectionSlot>,
+        handshake: Option<&mut HandshakeSlot>,
+    ) -> bool {
+        let Some(claim) = self.stats.per_ip.claim(ip, self.per_ip) else {
+            self.stats.rejected(RejectReason::PerIpLimit, 1);
+            return false;
+        };
+        if let Some(slot) = connection {
+            slot._per_ip = claim.connection;
+        }
+        if let Some(slot) = handshake {
+            slot._per_ip = claim.handshake;
+        }
+        true
     }
 
     /// Resolves at the next disposal (a descriptor freed).

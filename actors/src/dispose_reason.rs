@@ -48,11 +48,15 @@ pub enum DisposeReason {
     /// `accept_proxy`: the PROXY protocol header expected before the handshake was malformed,
     /// of a version not accepted, cut short, or did not arrive in time.
     ProxyHeaderInvalid,
+    /// `accept_proxy`: the original client its PROXY header named was at one of its per-IP
+    /// limits (also counted as a `per_ip_limit` rejection: behind a balancer the limit can only
+    /// be applied once the connection is accepted and its header read).
+    PerIpLimit,
 }
 
 impl DisposeReason {
     /// Every reason, in a fixed order (metrics expose each one, zero or not).
-    pub const ALL: [DisposeReason; 17] = [
+    pub const ALL: [DisposeReason; 18] = [
         DisposeReason::PeerEof,
         DisposeReason::ReaderError,
         DisposeReason::WriterError,
@@ -70,6 +74,7 @@ impl DisposeReason {
         DisposeReason::ClientAuthFailed,
         DisposeReason::SessionClosed,
         DisposeReason::ProxyHeaderInvalid,
+        DisposeReason::PerIpLimit,
     ];
 
     /// The snake_case word used in metrics and logs.
@@ -92,6 +97,7 @@ impl DisposeReason {
             DisposeReason::UpstreamError => "upstream_error",
             DisposeReason::ClientAuthFailed => "client_auth_failed",
             DisposeReason::ProxyHeaderInvalid => "proxy_header_invalid",
+            DisposeReason::PerIpLimit => "per_ip_limit",
         }
     }
 

@@ -65,14 +65,19 @@ pub(crate) struct PerIpClaim {
     pub(crate) handshake: Option<PerIpSlot>,
 }
 
+impl PerIpClaim {
+    /// No slot: a connection whose client is not known yet (or all limits off).
+    pub(crate) const NONE: PerIpClaim = PerIpClaim {
+        connection: None,
+        handshake: None,
+    };
+}
+
 impl PerIpTable {
     /// Claims a connection and a handshake for `ip`, or nothing if either limit is reached.
     pub(crate) fn claim(self: &Arc<Self>, ip: IpAddr, limits: PerIpLimits) -> Option<PerIpClaim> {
         if limits.is_off() {
-            return Some(PerIpClaim {
-                connection: None,
-                handshake: None,
-            });
+            return Some(PerIpClaim::NONE);
         }
         let key = ClientKey::from(ip);
         let mut table = self.lock();

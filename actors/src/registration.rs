@@ -60,6 +60,12 @@ impl Registration {
         self
     }
 
+    /// The admission slot held, until the `Dispose` is sent (to add the per-client slots a
+    /// PROXY header's original address claims).
+    pub(crate) fn slot_mut(&mut self) -> Option<&mut ConnectionSlot> {
+        self.slot.as_mut()
+    }
+
     /// Sends the connection's one `Dispose`. Later calls do nothing.
     pub(crate) fn dispose(&mut self, reason: DisposeReason) {
         self.send(reason, DisposedVia::StopHook);

@@ -541,10 +541,36 @@ impl ServerHandle {
     /// [`ServerHandle::resume`] is called meanwhile), with how many were asked. Accepting
     /// stays paused afterwards.
     pub fn drain(&self, period: Duration) -> impl std::future::Future<Output = usize> + 'static {
+        self.drain_accepting_for(Duration::ZERO, period)
+    }
+
+    /// [`ServerHandle::drain`], but accepting goes on for `accept_for` after readiness turns
+    /// off, before the pause and the closes: what a load balancer that learns readiness by
+    /// polling it (haproxy's `inter`, a Kubernetes endpoint update) needs, since it keeps
+    /// sending new clients until its next check. Paused at once, those clients would wait in
+    /// the backlog and be reset when the process exits; accepted, they are served. A
+    /// [`ServerHandle::resume`] meanwhile ends the drain before anything is paused or closed.
+    pub fn drain_accepting_for(
+        &self,
+        accept_for: Duration,
+        period: Duration,
+    ) -> impl std::future::Future<Output = usize> + 'static {
         self.control.control.set_draining(true);
-        self.control.control.set_paused(true);
+        if accept_for.is_zero() {
+            self.control.control.set_paused(true);
+        }
         let handle = self.clone();
-        async move { handle.close_spread(period).await }
+        async move {
+            if !accept_for.is_zero() {
+                tokio::time::sleep(accept_for).await;
+                let control = &handle.control.control;
+                if !control.readiness().draining {
+                    return 0;
+                }
+                control.set_paused(true);
+            }
+            handle.close_spread(period).await
+        }
     }
 
     async fn close_spread(&self, period: Duration) -> usize {

@@ -126,7 +126,7 @@ impl Actor for Connection {
             return ctx.stop();
         };
         self.phase = Phase::Handshaking {
-            _slot: accepted.handshake,
+            slot: accepted.handshake,
         };
         self.start_after_proxy_header(accepted.socket, ctx);
     }

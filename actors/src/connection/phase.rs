@@ -20,7 +20,7 @@ pub(super) enum Phase {
     Accepted(Accepted),
     /// Reading the balancer's PROXY header, then the TLS handshake. The socket belongs to the
     /// handshake's future; the phase holds the handshake's place under the limits.
-    Handshaking { _slot: HandshakeSlot },
+    Handshaking { slot: HandshakeSlot },
     /// TLS is up; the readers and the session (or the upstream) are running.
     Open(Open),
     /// Flushing, sending `close_notify`, waiting (bounded) for the client to finish.
