@@ -7,6 +7,8 @@ use std::task::{ready, Poll};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use futures::future::{self, Either};
+use futures::FutureExt;
 use tokio::io::{AsyncRead, ReadBuf, ReadHalf};
 use tokio::sync::oneshot;
 
@@ -142,7 +144,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(bytes) if bytes.is_empty() => return Some(ReadOutcome::PeerEof { clean: true }),
             Ok(bytes) => {
                 want = next_read_size(want, bytes.len(), buffer_size);
-                if inbound.send(Inbound { side, bytes }).await.is_err() {
+                // Boxed: the send future (actix's request, with its timer slot) is several
+                // hundred bytes, and inline it would size every parked read loop, idle or not.
+                if Box::pin(inbound.send(Inbound { side, bytes }))
+                    .await
+                    .is_err()
+                {
                     // The parent is gone; its stop hook already owns the disposal.
                     return None;
                 }
@@ -168,20 +175,21 @@ impl<R: AsyncRead + Unpin + 'static> Actor for Reader<R> {
             ctx.stop();
             return;
         };
-        let reading = read_loop(
+        // Boxed and raced with a combinator rather than inside an `async` block with
+        // `select!`: the block would keep the read loop twice (as a captured value and as
+        // select!'s own copy), and every parked reader pays its future's size.
+        let reading = Box::pin(read_loop(
             half,
             self.side,
             inbound,
             self.buffer_size,
             self.faults.clone(),
-        );
-        let work = async move {
-            tokio::select! {
-                outcome = reading => outcome,
-                // The parent dropped its handle: it owns the disposal; drop the half now.
-                _ = parent_gone => None,
-            }
-        };
+        ));
+        let work = future::select(reading, parent_gone).map(|first| match first {
+            Either::Left((outcome, _)) => outcome,
+            // The parent dropped its handle: it owns the disposal; drop the half now.
+            Either::Right(_) => None,
+        });
         ctx.spawn(work.into_actor(self).map(|outcome, act, ctx| {
             if let Some(outcome) = outcome {
                 act.finished.do_send(ReaderFinished {
