@@ -250,6 +250,31 @@ fn a_fin_without_close_notify_closes_both_sides_without_waiting_for_the_upstream
 }
 
 #[test]
+fn a_client_still_sending_when_its_upstream_has_gone_is_drained_not_reset() {
+    // The upstream answers and closes for good (both directions) without reading.
+    let up = TestUpstream::start(|mut s: TcpStream| {
+        s.write_all(b"reply").unwrap();
+    });
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    let (reply, close) = client.receive_until_close();
+    assert_eq!(reply, b"reply");
+    assert!(matches!(close, CloseSeen::CloseNotifyThenEof), "{close:?}");
+    // The client's direction is still open: what it sends now cannot reach the upstream (its
+    // writes fail: upstream_error). The close that follows must keep reading the client until
+    // it finishes (a lingering close), not close on its unread bytes, which is a reset.
+    for i in 0..20 {
+        if let Err(e) = client.send(&[7u8; 16 * 1024]) {
+            panic!("write {i} after the upstream went away failed: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    client.finish_sending().unwrap();
+    server.wait_disposed(1, HANG);
+    assert_eq!(only_reason(&server), DisposeReason::UpstreamError);
+}
+
+#[test]
 fn shutdown_closes_both_sides_of_proxied_connections() {
     let up = TestUpstream::start(upstream::echo);
     let server = proxy_to(up.addr());

@@ -92,10 +92,11 @@ impl Connection {
             return;
         };
         let Some(mut writer) = closing.writer.take_ready() else {
-            // Shut already (a proxy half-close sent it): nothing more to say. Busy: a proxy
-            // half-close is shutting it right now, and that future's completion ends the close.
+            // Shut already (a proxy half-close sent it): nothing more to say, but the client
+            // may still be sending, so linger as after any close_notify. Busy: a proxy
+            // half-close is shutting it right now, and that future's completion goes on.
             if closing.writer.is_shut() {
-                ctx.stop();
+                self.close_notify_sent(ctx);
             }
             return;
         };
