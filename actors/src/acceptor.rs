@@ -194,9 +194,13 @@ impl AcceptLoop {
             }
             let (result, index) = accept_any(listeners, &self.env, self.turn).await;
             let listen = listeners[index].addr;
+            // Next time the listener after the one just polled goes first, whatever came of
+            // it: one whose accepts keep failing (EPERM from a security policy leaves the
+            // client queued and the listener readable) must not be first every time, or the
+            // others are never polled.
+            self.turn = index.wrapping_add(1);
             match result {
                 Ok(accepted) => {
-                    self.turn = self.turn.wrapping_add(1);
                     self.resumed();
                     return Some(accepted);
                 }
