@@ -170,3 +170,81 @@ impl Drop for HandshakeSlot {
         self.stats.handshake_ended();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::RejectReason;
+
+    /// Limits of 8 connections, and 2 connections and 2 handshakes per client.
+    fn limits() -> Arc<Limits> {
+        let stats = Arc::new(Stats::for_workers(1, None));
+        Arc::new(Limits {
+            connections: Arc::new(Semaphore::new(8)),
+            handshakes: Arc::new(Semaphore::new(8)),
+            per_ip: PerIpLimits {
+                connections: 2,
+                handshakes: 2,
+            },
+            stats,
+            disposed: Notify::new(),
+            control: Control::new(),
+        })
+    }
+
+    /// A connection from a balancer: admitted without per-client slots.
+    fn from_balancer(limits: &Arc<Limits>) -> (ConnectionSlot, HandshakeSlot) {
+        let reserved = futures::executor::block_on(limits.reserve()).unwrap();
+        limits.admit(reserved, None).unwrap()
+    }
+
+    #[test]
+    fn the_original_client_is_limited_and_its_slots_go_back_with_the_connection() {
+        let limits = limits();
+        let a = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        let claim = |(connection, handshake): &mut (ConnectionSlot, HandshakeSlot), ip| {
+            limits.claim_for_original(ip, Some(connection), Some(handshake))
+        };
+        // The balancer's own address claims nothing at accept.
+        let mut first = from_balancer(&limits);
+        let mut second = from_balancer(&limits);
+        let mut third = from_balancer(&limits);
+        assert_eq!(limits.stats.per_ip.len(), 0);
+        assert!(claim(&mut first, a));
+        assert!(claim(&mut second, a));
+        assert!(
+            !claim(&mut third, a),
+            "a third connection of A is over its limit"
+        );
+        assert!(claim(&mut third, b), "B has a budget of its own");
+        let rejected = limits.stats.snapshot().rejected[RejectReason::PerIpLimit as usize];
+        assert_eq!(rejected, 1);
+        // A's slots go back with its connection: A fits again.
+        drop(first);
+        let mut fourth = from_balancer(&limits);
+        assert!(claim(&mut fourth, a));
+        drop((second, third, fourth));
+        assert_eq!(limits.stats.per_ip.len(), 0, "nothing is left in the table");
+    }
+
+    #[test]
+    fn a_clients_connection_claims_outlive_its_handshakes() {
+        let limits = limits();
+        let a = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (mut connection, mut handshake) = from_balancer(&limits);
+            assert!(limits.claim_for_original(a, Some(&mut connection), Some(&mut handshake)));
+            held.push((connection, handshake));
+        }
+        // Both handshakes end; the connections stay: A is still at its connection limit.
+        let connections: Vec<ConnectionSlot> = held.into_iter().map(|(c, _)| c).collect();
+        let (mut connection, mut handshake) = from_balancer(&limits);
+        assert!(!limits.claim_for_original(a, Some(&mut connection), Some(&mut handshake)));
+        drop(connections);
+        assert!(limits.claim_for_original(a, Some(&mut connection), Some(&mut handshake)));
+    }
+}
