@@ -189,3 +189,21 @@ async fn at_the_limit_a_quiet_listener_does_not_keep_the_slot_from_a_busy_one() 
     assert_eq!(back.unwrap(), b"after resume");
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[test]
+fn the_test_harness_serves_several_addresses_with_one_ledger() {
+    let server = tlsvisor_actors::testing::TestServer::builder()
+        .also_listen(second_address())
+        .start(Echo);
+    let addrs = server.addrs().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert_eq!(addrs[0], server.addr());
+    for addr in &addrs {
+        let mut client = server.connect_to(*addr).unwrap();
+        assert_eq!(client.echo(b"ping").unwrap(), b"ping");
+        assert!(matches!(client.close(), CloseSeen::CloseNotifyThenEof));
+    }
+    let snapshot = server.wait_disposed(2, HANG);
+    assert_eq!(snapshot.ledger.accepted, 2);
+    assert_eq!(server.assert_each_disposed_once().len(), 2);
+}

@@ -49,6 +49,7 @@ pub struct TestServerBuilder {
     log: Logger,
     certs: Option<DevCerts>,
     tls: Option<LoadedTls>,
+    also_listen: Vec<SocketAddr>,
 }
 
 impl TestServerBuilder {
@@ -69,6 +70,13 @@ impl TestServerBuilder {
     /// Changes the server's configuration (listen address and TLS are the harness's own).
     pub fn config(mut self, change: impl FnOnce(&mut ServerConfig) + Send + 'static) -> Self {
         self.configure.push(Box::new(change));
+        self
+    }
+
+    /// Also listens on `addr` (e.g. `[::1]:0`), with the same workers, registries, limits
+    /// and books as the first address; [`TestServer::addrs`] lists them all.
+    pub fn also_listen(mut self, addr: SocketAddr) -> Self {
+        self.also_listen.push(addr);
         self
     }
 
@@ -121,6 +129,7 @@ impl TestServerBuilder {
             faults: Faults::default(),
             audit: Arc::new(Mutex::new(Vec::new())),
             log: self.log,
+            also_listen: self.also_listen,
         }
     }
 
@@ -151,7 +160,7 @@ impl TestServerBuilder {
                         }
                     };
                     let _ = ready_tx.send(Ok((
-                        server.local_addr(),
+                        server.local_addrs().to_vec(),
                         server.stats(),
                         server.handle(),
                         server.registries().to_vec(),
@@ -162,12 +171,12 @@ impl TestServerBuilder {
                 })
             })
             .expect("spawn the test server thread"); // harness setup: failing here fails the test
-        let (addr, stats, handle, registries, tls) = ready_rx
+        let (addrs, stats, handle, registries, tls) = ready_rx
             .recv()
             .expect("test server thread reports") // harness setup: failing here fails the test
             .unwrap_or_else(|e| panic!("test server failed to start: {e}"));
         TestServer {
-            addr,
+            addrs,
             stats,
             handle,
             registries,
@@ -190,12 +199,16 @@ struct Setup {
     faults: Faults,
     audit: DisposalAudit,
     log: Logger,
+    also_listen: Vec<SocketAddr>,
 }
 
 impl Setup {
     /// `builder` with the harness's logger, audit, TLS and fault set.
     fn builder(self, builder: crate::ServerBuilder) -> crate::ServerBuilder {
         let mut builder = builder.logger(self.log).audit(self.audit);
+        for addr in self.also_listen {
+            builder = builder.also_listen(addr);
+        }
         if let Some(loaded) = self.loaded {
             builder = builder.tls(loaded);
         }
@@ -231,7 +244,8 @@ pub(super) fn each_disposed_once(
 /// A server on its own thread and actix system, listening on a free loopback port. Dropping it
 /// runs the shutdown protocol and joins the thread.
 pub struct TestServer {
-    addr: SocketAddr,
+    /// The first is where `connect` goes.
+    addrs: Vec<SocketAddr>,
     stats: Arc<Stats>,
     handle: ServerHandle,
     registries: Vec<actix::Addr<HandlerRegistry>>,
@@ -253,6 +267,7 @@ impl TestServer {
             log: Logger::root(slog::Discard, o!()),
             certs: None,
             tls: None,
+            also_listen: Vec::new(),
         }
     }
 
@@ -261,9 +276,14 @@ impl TestServer {
         TestServer::builder().start(protocol)
     }
 
-    /// Where the server listens.
+    /// Where the server listens (its first address).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
+    }
+
+    /// Every address the server listens on, the first one first.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// The server's counters now.
@@ -316,14 +336,22 @@ impl TestServer {
 
     /// A TLS client connected to this server, handshake done.
     pub fn connect(&self) -> io::Result<TlsClient> {
-        TlsClient::connect(self.addr, client_config(self.certs.ca_cert_pem.as_bytes())?)
+        TlsClient::connect(
+            self.addr(),
+            client_config(self.certs.ca_cert_pem.as_bytes())?,
+        )
+    }
+
+    /// A TLS client connected to `addr`, one of [`TestServer::addrs`], handshake done.
+    pub fn connect_to(&self, addr: SocketAddr) -> io::Result<TlsClient> {
+        TlsClient::connect(addr, client_config(self.certs.ca_cert_pem.as_bytes())?)
     }
 
     /// A TLS client connected from the local address `source` (127.0.0.2 stands for another
     /// client host), handshake done.
     pub fn connect_from(&self, source: std::net::IpAddr) -> io::Result<TlsClient> {
         let config = client_config(self.certs.ca_cert_pem.as_bytes())?;
-        TlsClient::connect_from(source, self.addr, config)
+        TlsClient::connect_from(source, self.addr(), config)
     }
 
     /// Waits up to `within` for the counters to satisfy `check`; panics with `what` and the last
@@ -376,10 +404,10 @@ impl TestServer {
         each_disposed_once(&self.snapshot().ledger, self.disposals())
     }
 
-    /// Sockets on the server's port that are not listening: its connections, counted by state
+    /// Sockets on the server's (first) port that are not listening: its connections, counted by state
     /// (other servers of the same process are on other ports and do not count).
     pub fn server_sockets(&self) -> io::Result<ServerSockets> {
-        ServerSockets::on_port(self.addr.port())
+        ServerSockets::on_port(self.addr().port())
     }
 
     /// Per-IP limit counts held now: the number of client addresses in the table (0 once no
