@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::upstream_stream::UpstreamStream;
@@ -247,22 +247,24 @@ pub(crate) async fn connect(
     // The spare descriptor first: otherwise, at the open-files limit, the descriptor a
     // shedding acceptor freed can end up here, leaving no reserve for the next EMFILE.
     crate::spare_fd::retake_if_lost();
+    let header = config
+        .proxy_header
+        .map(|version| proxy_header_with_tls(version, client, server, tls));
     let attempt = async {
-        let mut stream = match upstream {
+        Ok(match upstream {
             UpstreamAddr::Tcp(addr) => {
-                let stream = TcpStream::connect(addr.as_str()).await?;
+                let mut stream = TcpStream::connect(addr.as_str()).await?;
                 // Small requests (redis commands) must not wait for Nagle on either side.
                 stream.set_nodelay(true)?;
+                send_header(&mut stream, header.as_deref()).await?;
                 UpstreamStream::Tcp(stream)
             }
-            UpstreamAddr::Unix(path) => UpstreamStream::Unix(UnixStream::connect(path).await?),
-        };
-        if let Some(version) = config.proxy_header {
-            stream
-                .write_all(&proxy_header_with_tls(version, client, server, tls))
-                .await?;
-        }
-        Ok(stream)
+            UpstreamAddr::Unix(path) => {
+                let mut stream = UnixStream::connect(path).await?;
+                send_header(&mut stream, header.as_deref()).await?;
+                UpstreamStream::Unix(stream)
+            }
+        })
     };
     match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(result) => result,
@@ -270,6 +272,17 @@ pub(crate) async fn connect(
             io::ErrorKind::TimedOut,
             format!("no connection within {:?}", config.connect_timeout),
         )),
+    }
+}
+
+/// Sends the PROXY header, if there is one, before any of the client's bytes.
+async fn send_header<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    header: Option<&[u8]>,
+) -> io::Result<()> {
+    match header {
+        Some(header) => stream.write_all(header).await,
+        None => Ok(()),
     }
 }
 
