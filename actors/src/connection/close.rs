@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::phase::{ClientWriter, Closing, Open, OpenService, Phase, SessionState};
 use super::proxy::UpstreamLink;
+use super::start::spawn_reader;
 use super::Connection;
 use crate::messages::{Close, CloseMode, ReadOutcome, Side};
 use crate::reader::ReaderHandle;
@@ -46,7 +47,7 @@ impl Connection {
                 (reply, None)
             }
             OpenService::Connecting(client) => {
-                reader = Some(self.spawn_reader(client, Side::Client, ctx));
+                reader = Some(spawn_reader(&self.env, client, Side::Client, ctx));
                 (Vec::new(), None)
             }
             // Dropping the owned write half is shutdown(SHUT_WR): the upstream gets its FIN

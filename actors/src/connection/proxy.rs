@@ -93,7 +93,7 @@ impl Connection {
             let (read_half, write_half) = stream.into_split();
             let link = UpstreamLink {
                 writer: Some(write_half),
-                reader: Some(act.spawn_reader(read_half, Side::Upstream, ctx)),
+                reader: Some(spawn_reader(&act.env, read_half, Side::Upstream, ctx)),
                 first_finished: None,
                 stats: Arc::clone(&act.env.stats),
                 lease,

@@ -94,7 +94,7 @@ impl Connection {
                     peer: self.peer,
                     tls,
                 };
-                let reader = self.spawn_reader(read_half, Side::Client, ctx);
+                let reader = spawn_reader(&self.env, read_half, Side::Client, ctx);
                 match self.open_session(&*protocol, &info) {
                     Ok(session) => (
                         OpenService::Session(SessionState {
@@ -148,20 +148,11 @@ impl Connection {
             }
         }
     }
-
-    /// Starts a reader child for one side, on this arbiter, reporting to this connection; it
-    /// lives as long as the returned handle, which this connection's phase keeps.
-    pub(super) fn spawn_reader<R: AsyncRead + Unpin + 'static>(
-        &self,
-        half: R,
-        side: Side,
-        ctx: &mut Context<Self>,
-    ) -> ReaderHandle {
-        spawn_reader(&self.env, half, side, ctx)
-    }
 }
 
-/// [`Connection::spawn_reader`], for callers that hold a part of the connection mutably.
+/// Starts a reader child for one side, on the connection's arbiter, reporting to it; it lives
+/// as long as the returned handle, which the connection's phase keeps. A free function (it needs
+/// only `env`), so callers holding a part of the connection mutably can use it.
 pub(super) fn spawn_reader<R: AsyncRead + Unpin + 'static>(
     env: &ConnectionEnv,
     half: R,
