@@ -8,9 +8,14 @@ use actix::prelude::*;
 use bytes::Bytes;
 use slog::{o, Logger};
 
-use crate::messages::{Inbound, LiveConnections, Side};
-use crate::registration::Registration;
-use crate::{ClientReader, ConnId, Connection, DisposeReason, HandlerRegistry, UpstreamReader};
+use crate::connection::reader::ClientReader;
+use crate::connection::reader::UpstreamReader;
+use crate::connection::Connection;
+use crate::supervision::conn_id::ConnId;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::{Inbound, LiveConnections, Side};
+use crate::supervision::registration::Registration;
+use crate::supervision::registry::HandlerRegistry;
 
 /// `batch` connections registered and disposed as every connection is (a `Registration`
 /// each), `rounds` times, each round ending with a round trip so the registry applied them

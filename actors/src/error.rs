@@ -63,7 +63,7 @@ pub enum TlsConfigError {
     /// rustls refused the certificate and key (mismatch, unsupported key type, …).
     Rustls(rustls::Error),
     /// A certificate's DER could not be read (serial, expiry, names).
-    Certificate(crate::X509Error),
+    Certificate(crate::tls::certificate::X509Error),
     /// Two certificates of the same key type serve the same name: which one a client got would
     /// depend on their order.
     NameOverlap {
@@ -148,7 +148,7 @@ impl std::error::Error for TlsConfigError {
 }
 
 /// A session refused what the client sent; the connection is disposed with
-/// [`DisposeReason::ProtocolError`](crate::DisposeReason::ProtocolError).
+/// [`DisposeReason::ProtocolError`](crate::supervision::dispose_reason::DisposeReason::ProtocolError).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionError(pub String);
 

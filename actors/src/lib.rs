@@ -79,45 +79,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod accept_proxy;
-mod acceptor;
-mod access_log;
-mod admission;
-mod client_auth;
-mod config;
-mod conn_description;
-mod conn_id;
 mod connection;
-mod control;
-#[cfg(feature = "dev-certs")]
-mod dev_certs;
-mod dispose_reason;
+mod edge;
 mod error;
 mod fault;
-mod handshake;
-mod listeners;
-mod messages;
-mod per_ip;
 mod protocol;
-mod read_ahead;
-mod reader;
-mod registration;
-mod registry;
-mod server;
-mod sni;
-mod spare_fd;
-mod stats;
-mod supervisor;
-mod tickets;
+mod supervision;
 mod tls;
-mod tls_info;
-mod tls_policy;
-mod tls_reload;
-mod tls_source;
 mod upstream;
-mod upstream_pool;
-mod upstream_stream;
-mod x509;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -125,38 +94,33 @@ pub mod testing;
 #[doc(hidden)]
 pub mod bench_hooks;
 
-pub use accept_proxy::{AcceptProxy, Cidr, ProxyVersions};
-use acceptor::Acceptor;
-pub use client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
-pub use config::ServerConfig;
-pub use conn_description::ConnDescription;
-pub use conn_id::ConnId;
-use connection::Connection;
-pub use control::Readiness;
-#[cfg(feature = "dev-certs")]
-pub use dev_certs::{DevCerts, DEV_CERT_NAMES};
-pub use dispose_reason::DisposeReason;
+pub use edge::accept_proxy::{AcceptProxy, Cidr, ProxyVersions};
 pub use error::{ServerError, SessionError, TlsConfigError};
 pub use fault::{FaultPoint, Faults};
-pub use messages::{CloseMode, DisposedVia, ShutdownReport, Side};
 pub use protocol::{AsyncReply, ConnInfo, Echo, Flow, Protocol, Session};
-use reader::{ClientReader, UpstreamReader};
-use registry::HandlerRegistry;
-pub use registry::{DisposalAudit, DisposalRecord};
-pub use server::{Server, ServerBuilder, ServerHandle, SHUTDOWN_OVERHEAD};
-pub use stats::{
+pub use supervision::config::ServerConfig;
+pub use supervision::conn_description::ConnDescription;
+pub use supervision::conn_id::ConnId;
+pub use supervision::control::Readiness;
+pub use supervision::dispose_reason::DisposeReason;
+pub use supervision::messages::{CloseMode, DisposedVia, ShutdownReport, Side};
+pub use supervision::registry::{DisposalAudit, DisposalRecord};
+pub use supervision::server::{Server, ServerBuilder, ServerHandle, SHUTDOWN_OVERHEAD};
+pub use supervision::stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };
-use supervisor::ConnectionSupervisor;
-pub use tickets::{TicketKeys, TICKET_LIFETIME_SECS};
-pub use tls::{server_config_from_files, server_config_from_pem};
-pub use tls_info::TlsInfo;
-pub use tls_policy::{TlsPolicy, TlsVersion};
-pub use tls_reload::{TlsReloader, TlsSnapshot};
-pub use tls_source::{CertificateFiles, LoadedCertificate, LoadedTls, PemCertificate, TlsSource};
-pub use upstream::{
+pub use tls::certificate::{CertificateInfo, X509Error};
+pub use tls::client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
+#[cfg(feature = "dev-certs")]
+pub use tls::dev_certs::{DevCerts, DEV_CERT_NAMES};
+pub use tls::info::TlsInfo;
+pub use tls::pem::{server_config_from_files, server_config_from_pem};
+pub use tls::policy::{TlsPolicy, TlsVersion};
+pub use tls::reload::{TlsReloader, TlsSnapshot};
+pub use tls::source::{CertificateFiles, LoadedCertificate, LoadedTls, PemCertificate, TlsSource};
+pub use tls::tickets::{TicketKeys, TICKET_LIFETIME_SECS};
+pub use upstream::config::{
     proxy_header_bytes, proxy_header_with_tls, ProxyConfig, ProxyHeader, UpstreamAddr,
     UpstreamHealth,
 };
-pub use upstream_pool::UpstreamSnapshot;
-pub use x509::{CertificateInfo, X509Error};
+pub use upstream::pool::UpstreamSnapshot;

@@ -4,7 +4,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use crate::{ConnId, SessionError, TlsInfo};
+use crate::supervision::conn_id::ConnId;
+
+use crate::error::SessionError;
+
+use crate::tls::info::TlsInfo;
 
 /// What a session knows about its connection.
 #[derive(Clone, Debug)]

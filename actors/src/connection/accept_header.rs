@@ -8,8 +8,8 @@ use tokio::net::TcpStream;
 
 use super::phase::Phase;
 use super::Connection;
-use crate::accept_proxy::{read_header, Original};
-use crate::DisposeReason;
+use crate::edge::accept_proxy::{read_header, Original};
+use crate::supervision::dispose_reason::DisposeReason;
 
 impl Connection {
     /// Reads the header first if this client's source must send one, then starts the

@@ -11,9 +11,10 @@ use super::phase::{ClientWriter, Closing, Open, OpenService, Phase, SessionState
 use super::proxy::UpstreamLink;
 use super::start::spawn_reader;
 use super::Connection;
-use crate::messages::{Close, CloseMode, ReadOutcome, Side};
-use crate::reader::ReaderHandle;
-use crate::{DisposeReason, Flow};
+use crate::connection::reader::ReaderHandle;
+use crate::protocol::Flow;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::{Close, CloseMode, ReadOutcome, Side};
 
 impl Connection {
     /// Starts closing with `reason` (kept only if no reason was recorded before). An open

@@ -3,8 +3,8 @@
 use actix::prelude::*;
 
 use super::Connection;
-use crate::messages::Describe;
-use crate::ConnDescription;
+use crate::supervision::conn_description::ConnDescription;
+use crate::supervision::messages::Describe;
 
 impl Handler<Describe> for Connection {
     type Result = MessageResult<Describe>;

@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use slog::Logger;
 
-use crate::admission::Limits;
+use crate::edge::admission::Limits;
 use crate::fault::Faults;
-use crate::upstream_pool::UpstreamPool;
-use crate::{Protocol, ServerConfig, Stats, TlsReloader};
+use crate::protocol::Protocol;
+use crate::supervision::config::ServerConfig;
+use crate::supervision::stats::Stats;
+use crate::tls::reload::TlsReloader;
+use crate::upstream::pool::UpstreamPool;
 
 /// What a server does with each connection's bytes.
 pub(crate) enum Service {

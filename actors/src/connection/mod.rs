@@ -11,11 +11,14 @@ macro_rules! log_conn {
 }
 
 mod accept_header;
+mod access_log;
 mod close;
 mod describe;
 mod env;
+pub(crate) mod handshake;
 mod phase;
 mod proxy;
+pub(crate) mod reader;
 mod session;
 mod start;
 
@@ -28,13 +31,15 @@ use std::time::Instant;
 use actix::prelude::*;
 use tokio::net::TcpStream;
 
-use crate::access_log::DisposalFields;
-use crate::admission::HandshakeSlot;
+use crate::connection::access_log::DisposalFields;
+use crate::edge::admission::HandshakeSlot;
+use crate::edge::read_ahead::ReadAhead;
 use crate::fault::{FaultPoint, Faults};
-use crate::messages::{ReaderFinished, Side};
-use crate::read_ahead::ReadAhead;
-use crate::registration::Registration;
-use crate::{ConnId, DisposeReason, TlsInfo};
+use crate::supervision::conn_id::ConnId;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::{ReaderFinished, Side};
+use crate::supervision::registration::Registration;
+use crate::tls::info::TlsInfo;
 
 pub(crate) use self::env::{ConnectionEnv, Service};
 use self::phase::{Accepted, Phase};

@@ -10,9 +10,9 @@ use tokio::net::TcpStream;
 
 use super::proxy::UpstreamLink;
 use super::TlsStream;
-use crate::admission::HandshakeSlot;
-use crate::reader::ReaderHandle;
-use crate::Session;
+use crate::connection::reader::ReaderHandle;
+use crate::edge::admission::HandshakeSlot;
+use crate::protocol::Session;
 
 /// Where a connection is in its life.
 pub(super) enum Phase {

@@ -15,11 +15,12 @@ use super::phase::{Closing, Open, OpenService, Phase};
 use super::session::with_limit;
 use super::start::spawn_reader;
 use super::{Connection, Service};
-use crate::messages::{Inbound, ReadOutcome, Side};
-use crate::reader::ReaderHandle;
-use crate::upstream_pool::{Connected, UpstreamLease};
-use crate::upstream_stream::UpstreamWriteHalf;
-use crate::{DisposeReason, Stats};
+use crate::connection::reader::ReaderHandle;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::{Inbound, ReadOutcome, Side};
+use crate::supervision::stats::Stats;
+use crate::upstream::pool::{Connected, UpstreamLease};
+use crate::upstream::stream::UpstreamWriteHalf;
 
 /// A proxying connection's upstream side. Dropping it closes the upstream socket, stops its
 /// reader and counts the upstream connection closed.

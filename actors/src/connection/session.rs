@@ -11,9 +11,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::phase::{ClientWriter, Open, OpenService, Phase, SessionState};
 use super::Connection;
+use crate::error::SessionError;
 use crate::fault::FaultPoint;
-use crate::messages::{Inbound, Side};
-use crate::{AsyncReply, DisposeReason, Flow, Session, SessionError};
+use crate::protocol::AsyncReply;
+use crate::protocol::Flow;
+use crate::protocol::Session;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::{Inbound, Side};
 
 impl Connection {
     /// Runs a session callback, turning a panic or a protocol error into a disposal reason.

@@ -12,10 +12,14 @@ use tokio::net::TcpStream;
 
 use super::phase::{ClientWriter, Open, OpenService, Phase, SessionState};
 use super::{Connection, ConnectionEnv, Service, TlsStream};
+use crate::connection::reader::{Reader, ReaderHandle};
 use crate::fault::FaultPoint;
-use crate::messages::Side;
-use crate::reader::{Reader, ReaderHandle};
-use crate::{ConnInfo, DisposeReason, Protocol, Session, TlsInfo};
+use crate::protocol::ConnInfo;
+use crate::protocol::Protocol;
+use crate::protocol::Session;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::Side;
+use crate::tls::info::TlsInfo;
 
 /// Why a handshake did not produce a stream.
 enum HandshakeError {
@@ -43,7 +47,8 @@ impl Connection {
                     "injected handshake failure",
                 )));
             }
-            match tokio::time::timeout(limit, crate::handshake::accept(tls, tcp)).await {
+            match tokio::time::timeout(limit, crate::connection::handshake::accept(tls, tcp)).await
+            {
                 Err(_) => Err(HandshakeError::TimedOut),
                 Ok(Err(e)) => Err(HandshakeError::Failed(e)),
                 Ok(Ok(stream)) => Ok(stream),
@@ -71,7 +76,7 @@ impl Connection {
             }
             Err(HandshakeError::Failed(e)) => {
                 log_conn!(debug, self, "handshake failed"; "error" => %e);
-                let reason = match crate::client_auth::is_client_auth_failure(&e) {
+                let reason = match crate::tls::client_auth::is_client_auth_failure(&e) {
                     true => DisposeReason::ClientAuthFailed,
                     false => DisposeReason::HandshakeFailed,
                 };

@@ -13,12 +13,27 @@ use tokio::sync::oneshot;
 
 use super::leak::ServerSockets;
 use super::{client_config, eventually, LocalTestServer, TlsClient};
-use crate::messages::LiveConnections;
-use crate::{
-    CloseMode, ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, HandlerRegistry, Ledger,
-    LoadedTls, Protocol, ProxyConfig, Server, ServerConfig, ServerError, ServerHandle,
-    ShutdownReport, Snapshot, Stats, TlsReloader, SHUTDOWN_OVERHEAD,
-};
+use crate::error::ServerError;
+use crate::fault::Faults;
+use crate::protocol::Protocol;
+use crate::supervision::config::ServerConfig;
+use crate::supervision::conn_id::ConnId;
+use crate::supervision::messages::CloseMode;
+use crate::supervision::messages::LiveConnections;
+use crate::supervision::messages::ShutdownReport;
+use crate::supervision::registry::DisposalAudit;
+use crate::supervision::registry::DisposalRecord;
+use crate::supervision::registry::HandlerRegistry;
+use crate::supervision::server::Server;
+use crate::supervision::server::ServerHandle;
+use crate::supervision::server::SHUTDOWN_OVERHEAD;
+use crate::supervision::stats::Ledger;
+use crate::supervision::stats::Snapshot;
+use crate::supervision::stats::Stats;
+use crate::tls::dev_certs::DevCerts;
+use crate::tls::reload::TlsReloader;
+use crate::tls::source::LoadedTls;
+use crate::upstream::config::ProxyConfig;
 
 /// Grace a dropped `TestServer` gives its connections.
 const DROP_GRACE: Duration = Duration::from_secs(2);
@@ -135,7 +150,7 @@ impl TestServerBuilder {
 
     fn start_with(
         self,
-        make: impl FnOnce(ServerConfig) -> crate::ServerBuilder + Send + 'static,
+        make: impl FnOnce(ServerConfig) -> crate::supervision::server::ServerBuilder + Send + 'static,
     ) -> TestServer {
         let setup = self.prepare();
         let (certs, faults, audit) = (
@@ -204,7 +219,10 @@ struct Setup {
 
 impl Setup {
     /// `builder` with the harness's logger, audit, TLS and fault set.
-    fn builder(self, builder: crate::ServerBuilder) -> crate::ServerBuilder {
+    fn builder(
+        self,
+        builder: crate::supervision::server::ServerBuilder,
+    ) -> crate::supervision::server::ServerBuilder {
         let mut builder = builder.logger(self.log).audit(self.audit);
         for addr in self.also_listen {
             builder = builder.also_listen(addr);
@@ -418,7 +436,7 @@ impl TestServer {
 
     /// The reason of each disposal in id order, after
     /// [`TestServer::assert_each_disposed_once`].
-    pub fn disposal_reasons(&self) -> Vec<crate::DisposeReason> {
+    pub fn disposal_reasons(&self) -> Vec<crate::supervision::dispose_reason::DisposeReason> {
         self.assert_each_disposed_once()
             .values()
             .map(|record| record.reason)

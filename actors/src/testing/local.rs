@@ -8,10 +8,15 @@ use std::time::{Duration, Instant};
 use super::harness::each_disposed_once;
 use super::leak::ServerSockets;
 use super::{client_config, AsyncTlsClient};
-use crate::{
-    ConnId, DevCerts, DisposalAudit, DisposalRecord, Faults, Server, ServerHandle, ShutdownReport,
-    Snapshot,
-};
+use crate::fault::Faults;
+use crate::supervision::conn_id::ConnId;
+use crate::supervision::messages::ShutdownReport;
+use crate::supervision::registry::DisposalAudit;
+use crate::supervision::registry::DisposalRecord;
+use crate::supervision::server::Server;
+use crate::supervision::server::ServerHandle;
+use crate::supervision::stats::Snapshot;
+use crate::tls::dev_certs::DevCerts;
 
 /// A server started with [`TestServerBuilder::start_local`](super::TestServerBuilder::start_local)
 /// in the caller's own actix system, next to the caller's own actors: the same counters, audit,

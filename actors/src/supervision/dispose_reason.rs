@@ -42,7 +42,7 @@ pub enum DisposeReason {
     /// mTLS: the client presented no certificate when one is required, or one that did not
     /// verify (unknown CA, expired, revoked by a CRL) or that the allow-list does not admit.
     ClientAuthFailed,
-    /// The session ended the connection after its last reply ([`Flow::Close`](crate::Flow)):
+    /// The session ended the connection after its last reply ([`Flow::Close`](crate::protocol::Flow)):
     /// a `QUIT`, or a final error message before hanging up.
     SessionClosed,
     /// `accept_proxy`: the PROXY protocol header expected before the handshake was malformed,

@@ -19,9 +19,11 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::control::Control;
-use crate::per_ip::{PerIpClaim, PerIpLimits, PerIpSlot};
-use crate::{RejectReason, ServerConfig, Stats};
+use crate::edge::per_ip::{PerIpClaim, PerIpLimits, PerIpSlot};
+use crate::supervision::config::ServerConfig;
+use crate::supervision::control::Control;
+use crate::supervision::stats::RejectReason;
+use crate::supervision::stats::Stats;
 
 /// The admission limits of one server, shared by its acceptors and connections.
 pub(crate) struct Limits {
@@ -176,7 +178,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::RejectReason;
+    use crate::supervision::stats::RejectReason;
 
     /// Limits of 8 connections, and 2 connections and 2 handshakes per client.
     fn limits() -> Arc<Limits> {

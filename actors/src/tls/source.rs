@@ -9,11 +9,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 
-use crate::client_auth::ClientAuth;
-use crate::sni::{SniEntry, SniResolver};
-use crate::tickets::{default_ticketer, TicketKeys};
-use crate::x509::CertificateInfo;
-use crate::{TlsConfigError, TlsPolicy};
+use crate::error::TlsConfigError;
+use crate::tls::certificate::CertificateInfo;
+use crate::tls::client_auth::ClientAuth;
+use crate::tls::policy::TlsPolicy;
+use crate::tls::sni::{SniEntry, SniResolver};
+use crate::tls::tickets::{default_ticketer, TicketKeys};
 
 /// A certificate chain and its private key, as PEM files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +41,7 @@ impl CertificateFiles {
 
 /// Every file and setting the TLS configuration is made of. [`TlsSource::load`] reads them all
 /// again, so a reload (SIGHUP, `--watch-certs`) is a fresh `load` handed to a
-/// [`TlsReloader`](crate::TlsReloader).
+/// [`TlsReloader`](crate::tls::reload::TlsReloader).
 #[derive(Clone, Debug, Default)]
 pub struct TlsSource {
     /// The server's certificates, chosen by SNI; the first is the default (no SNI, or a name

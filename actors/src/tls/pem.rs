@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::TlsConfigError;
+use crate::error::TlsConfigError;
 
 /// A server configuration from a PEM certificate chain (leaf first) and a PEM private key.
 ///

@@ -1,7 +1,7 @@
 //! The fields of a connection's one `disposed` log line (its access log) beyond its id, peer,
 //! reason and lifetime.
 
-use crate::TlsInfo;
+use crate::tls::info::TlsInfo;
 
 /// The sizes, always, and fields that exist only for some connections, each written only when
 /// known, so a value is never `None` or Rust debug output. README documents every JSON key.

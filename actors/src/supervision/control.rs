@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
-/// The switches of one server, shared by its acceptors and its [`crate::ServerHandle`]s.
+/// The switches of one server, shared by its acceptors and its [`crate::supervision::server::ServerHandle`]s.
 pub(crate) struct Control {
     /// True while accepting is paused (`ServerHandle::pause`, a drain).
     paused: watch::Sender<bool>,

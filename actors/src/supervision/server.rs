@@ -9,18 +9,30 @@ use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use slog::{info, o, Logger};
 
-use crate::admission::Limits;
 use crate::connection::{ConnectionEnv, Service};
-use crate::listeners::{ListenOn, Listeners};
-use crate::messages::{Close, Shutdown, ShutdownReport};
-use crate::registry::{DisposalAudit, Registries};
-use crate::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
-use crate::upstream_pool::UpstreamPool;
-use crate::{
-    spare_fd, Acceptor, CloseMode, ConnDescription, ConnId, ConnectionSupervisor, DisposeReason,
-    Faults, HandlerRegistry, LoadedTls, Protocol, ProxyConfig, Readiness, ServerConfig,
-    ServerError, Stats, TlsReloader,
-};
+use crate::edge::acceptor::Acceptor;
+use crate::edge::admission::Limits;
+use crate::edge::listeners::{ListenOn, Listeners};
+use crate::edge::spare_fd;
+use crate::error::ServerError;
+use crate::fault::Faults;
+use crate::protocol::Protocol;
+use crate::supervision::config::ServerConfig;
+use crate::supervision::conn_description::ConnDescription;
+use crate::supervision::conn_id::ConnId;
+use crate::supervision::control::Readiness;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::CloseMode;
+use crate::supervision::messages::{Close, Shutdown, ShutdownReport};
+use crate::supervision::registry::HandlerRegistry;
+use crate::supervision::registry::{DisposalAudit, Registries};
+use crate::supervision::stats::Stats;
+use crate::supervision::supervisor::ConnectionSupervisor;
+use crate::supervision::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
+use crate::tls::reload::TlsReloader;
+use crate::tls::source::LoadedTls;
+use crate::upstream::config::ProxyConfig;
+use crate::upstream::pool::UpstreamPool;
 
 /// How long `Server::shutdown` waits for each worker thread to finish once it is told to stop.
 const JOIN_WAIT: Duration = Duration::from_secs(1);

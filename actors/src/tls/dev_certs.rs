@@ -111,8 +111,8 @@ impl DevCerts {
     /// A rustls server configuration serving the server certificate.
     pub fn server_config(
         &self,
-    ) -> Result<std::sync::Arc<rustls::ServerConfig>, crate::TlsConfigError> {
-        crate::server_config_from_pem(
+    ) -> Result<std::sync::Arc<rustls::ServerConfig>, crate::error::TlsConfigError> {
+        crate::tls::pem::server_config_from_pem(
             self.server_cert_pem.as_bytes(),
             self.server_key_pem.as_bytes(),
         )

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::LoadedTls;
+use crate::tls::source::LoadedTls;
 
 /// A handle on the TLS configuration of a running server (from
 /// [`Server::tls_reloader`](crate::Server::tls_reloader)); clones share it.

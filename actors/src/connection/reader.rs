@@ -14,13 +14,13 @@ use tokio::sync::oneshot;
 
 use crate::connection::TlsStream;
 use crate::fault::{FaultPoint, Faults};
-use crate::messages::{Inbound, ReadOutcome, ReaderFinished, Side};
+use crate::supervision::messages::{Inbound, ReadOutcome, ReaderFinished, Side};
 
 /// Reads the client's decrypted bytes.
 pub type ClientReader = Reader<ReadHalf<TlsStream>>;
 
 /// Reads the proxy upstream's bytes (the second child of a proxying `Connection`).
-pub type UpstreamReader = Reader<crate::upstream_stream::UpstreamReadHalf>;
+pub type UpstreamReader = Reader<crate::upstream::stream::UpstreamReadHalf>;
 
 /// Reads one side of a connection and hands each chunk to its parent `Connection`, waiting for
 /// the parent to handle it before reading again (backpressure).

@@ -4,7 +4,7 @@
 use rustls::crypto::CryptoProvider;
 use rustls::SupportedProtocolVersion;
 
-use crate::TlsConfigError;
+use crate::error::TlsConfigError;
 
 /// What `--tls-min-version 1.3` enables.
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];

@@ -2,7 +2,7 @@
 
 use rustls::ServerConnection;
 
-use crate::ClientIdentity;
+use crate::tls::client_auth::ClientIdentity;
 
 /// What the handshake of one connection negotiated.
 #[non_exhaustive]

@@ -11,12 +11,16 @@ use slog::{debug, info, warn};
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 
-use crate::admission::Reserved;
+use crate::connection::Connection;
 use crate::connection::ConnectionEnv;
+use crate::edge::admission::Reserved;
+use crate::edge::spare_fd;
 use crate::fault::FaultPoint;
-use crate::messages::StopAccepting;
-use crate::registration::Registration;
-use crate::{spare_fd, ConnId, Connection, HandlerRegistry, RejectReason};
+use crate::supervision::conn_id::ConnId;
+use crate::supervision::messages::StopAccepting;
+use crate::supervision::registration::Registration;
+use crate::supervision::registry::HandlerRegistry;
+use crate::supervision::stats::RejectReason;
 
 /// The first pause after the process ran out of descriptors (or memory) for a new socket;
 /// each failure in a row doubles it, up to [`LONGEST_PAUSE`]. A disposal ends a pause early.

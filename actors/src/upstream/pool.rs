@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use slog::Logger;
 
-use crate::messages::Side;
-use crate::upstream::{self, ProxyConfig, UpstreamHealth};
-use crate::upstream_stream::UpstreamStream;
-use crate::TlsInfo;
+use crate::supervision::messages::Side;
+use crate::tls::info::TlsInfo;
+use crate::upstream::config::{self, ProxyConfig, UpstreamHealth};
+use crate::upstream::stream::UpstreamStream;
 
 /// The upstreams of one proxying server.
 #[derive(Debug)]
@@ -135,7 +135,7 @@ impl UpstreamPool {
     ) -> Result<Connected, (usize, io::Error)> {
         let started = Instant::now();
         let upstream = &self.config.upstreams[lease.index];
-        match upstream::connect(upstream, &self.config, client, server, tls).await {
+        match config::connect(upstream, &self.config, client, server, tls).await {
             Ok(stream) => {
                 lease.report(log, None);
                 Ok(Connected {

@@ -41,7 +41,7 @@ pub struct ServerConfig {
     pub close_timeout: Duration,
     /// Read a PROXY protocol header before the handshake (behind a load balancer); the
     /// client's original address then stands for the peer. `None`: off.
-    pub accept_proxy: Option<crate::AcceptProxy>,
+    pub accept_proxy: Option<crate::edge::accept_proxy::AcceptProxy>,
     /// Most bytes read at once from one side. Readers start small and grow toward this while
     /// data flows, so it costs nothing on idle connections; larger means fewer writes per GiB.
     pub read_buffer: usize,
@@ -108,8 +108,8 @@ impl ServerConfig {
             .unwrap_or(1)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), crate::ServerError> {
-        let fail = |why: &str| Err(crate::ServerError::Config(why.to_string()));
+    pub(crate) fn validate(&self) -> Result<(), crate::error::ServerError> {
+        let fail = |why: &str| Err(crate::error::ServerError::Config(why.to_string()));
         if self.workers == 0 {
             return fail("workers must be at least 1");
         }

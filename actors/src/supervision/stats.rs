@@ -3,10 +3,10 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::per_ip::PerIpTable;
-use crate::upstream_pool::UpstreamPool;
-use crate::DisposeReason;
-use crate::UpstreamSnapshot;
+use crate::edge::per_ip::PerIpTable;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::upstream::pool::UpstreamPool;
+use crate::upstream::pool::UpstreamSnapshot;
 
 /// Why an accepted socket was closed before it became a `Connection`.
 ///
@@ -212,10 +212,10 @@ impl Stats {
             .unwrap_or_default()
     }
 
-    pub(crate) fn proxied(&self, from: crate::messages::Side, bytes: usize) {
+    pub(crate) fn proxied(&self, from: crate::supervision::messages::Side, bytes: usize) {
         let counter = match from {
-            crate::messages::Side::Client => &self.bytes_client_to_upstream,
-            crate::messages::Side::Upstream => &self.bytes_upstream_to_client,
+            crate::supervision::messages::Side::Client => &self.bytes_client_to_upstream,
+            crate::supervision::messages::Side::Upstream => &self.bytes_upstream_to_client,
         };
         counter.fetch_add(bytes as u64, Ordering::Relaxed);
     }

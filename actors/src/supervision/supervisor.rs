@@ -8,10 +8,11 @@ use actix::prelude::*;
 use slog::{error, info, warn};
 
 use crate::connection::ConnectionEnv;
-use crate::listeners::Listeners;
-use crate::messages::{Close, CloseMode, Shutdown, ShutdownReport, StopAccepting};
-use crate::registry::Registries;
-use crate::{Acceptor, DisposeReason};
+use crate::edge::acceptor::Acceptor;
+use crate::edge::listeners::Listeners;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::{Close, CloseMode, Shutdown, ShutdownReport, StopAccepting};
+use crate::supervision::registry::Registries;
 
 /// How long the acceptors get to answer `StopAccepting`. The listening sockets are shut down
 /// before they are asked, so one that does not answer (its worker is stuck) accepts nothing.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::upstream_stream::UpstreamStream;
-use crate::TlsInfo;
+use crate::tls::info::TlsInfo;
+use crate::upstream::stream::UpstreamStream;
 
 /// Which PROXY protocol header (HAProxy's specification) to send before the client's bytes, so
 /// the upstream sees the client's address rather than ours.
@@ -246,7 +246,7 @@ pub(crate) async fn connect(
 ) -> io::Result<UpstreamStream> {
     // The spare descriptor first: otherwise, at the open-files limit, the descriptor a
     // shedding acceptor freed can end up here, leaving no reserve for the next EMFILE.
-    crate::spare_fd::retake_if_lost();
+    crate::edge::spare_fd::retake_if_lost();
     let header = config
         .proxy_header
         .map(|version| proxy_header_with_tls(version, client, server, tls));

@@ -12,8 +12,10 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::tls_source::{in_file, parse_certificates, read_file};
-use crate::{CertificateInfo, LoadedCertificate, TlsConfigError};
+use crate::error::TlsConfigError;
+use crate::tls::certificate::CertificateInfo;
+use crate::tls::source::LoadedCertificate;
+use crate::tls::source::{in_file, parse_certificates, read_file};
 
 /// Whether a client must present a certificate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use slog::{info, warn, Logger};
 use tokio::net::TcpSocket;
 
-use crate::{ServerConfig, ServerError};
+use crate::supervision::config::ServerConfig;
+
+use crate::error::ServerError;
 
 /// Where one listening socket comes from.
 pub(crate) enum ListenOn {

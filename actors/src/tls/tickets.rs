@@ -10,8 +10,8 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::server::ProducesTickets;
 
-use crate::tls_source::{in_file, read_file};
-use crate::TlsConfigError;
+use crate::error::TlsConfigError;
+use crate::tls::source::{in_file, read_file};
 
 /// Length of a key name: the first bytes of every ticket, saying which key sealed it.
 const NAME_LEN: usize = 16;

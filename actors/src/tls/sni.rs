@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::TlsConfigError;
+use crate::error::TlsConfigError;
 
 /// One certificate and the DNS names (SAN) it serves.
 #[derive(Debug)]

@@ -9,11 +9,15 @@ use actix::WeakAddr;
 use slog::{warn, Logger};
 use tokio::sync::oneshot;
 
-use crate::messages::{
+use crate::connection::Connection;
+use crate::supervision::conn_description::ConnDescription;
+use crate::supervision::conn_id::ConnId;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::{
     Close, CloseAll, CloseMode, CloseOne, Describe, DescribeConnections, Dispose, DisposedVia,
     Kill, LiveConnections, Register, WaitEmpty,
 };
-use crate::{ConnDescription, ConnId, Connection, DisposeReason, Stats};
+use crate::supervision::stats::Stats;
 
 /// Capacity for `send`s to the registry. `Register` and `Dispose` use `do_send`, which ignores
 /// capacity, so a burst of disposals never blocks a connection's stop hook.
@@ -370,8 +374,8 @@ impl Handler<DescribeConnections> for HandlerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::DisposedVia;
-    use crate::registration::Registration;
+    use crate::supervision::messages::DisposedVia;
+    use crate::supervision::registration::Registration;
 
     fn discard() -> Logger {
         Logger::root(slog::Discard, slog::o!())

@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use actix::{Addr, WeakAddr};
 use slog::{error, Logger};
 
-use crate::admission::ConnectionSlot;
-use crate::messages::{Dispose, DisposedVia, Register};
-use crate::{ConnId, Connection, DisposeReason, HandlerRegistry};
+use crate::connection::Connection;
+use crate::edge::admission::ConnectionSlot;
+use crate::supervision::conn_id::ConnId;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::messages::{Dispose, DisposedVia, Register};
+use crate::supervision::registry::HandlerRegistry;
 
 /// The one way a connection enters and leaves the books: creating a `Registration` sends its
 /// `Register`, and it sends exactly one `Dispose`, either from

@@ -12,7 +12,13 @@ use std::time::Duration;
 use actix::{Message, WeakAddr};
 use bytes::Bytes;
 
-use crate::{ConnDescription, ConnId, Connection, DisposeReason};
+use crate::supervision::conn_description::ConnDescription;
+
+use crate::supervision::conn_id::ConnId;
+
+use crate::connection::Connection;
+
+use crate::supervision::dispose_reason::DisposeReason;
 
 /// Worker arbiter → registry, before the `Connection` starts: records a live connection. The
 /// registry keeps only a weak address, so the entry never keeps a dead connection alive.

@@ -8,8 +8,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::connection::TlsStream;
-use crate::read_ahead::ReadAhead;
-use crate::LoadedTls;
+use crate::edge::read_ahead::ReadAhead;
+use crate::tls::source::LoadedTls;
 
 /// A fatal `unrecognized_name` alert (RFC 6066) as a plaintext TLS record: before the
 /// ServerHello nothing is encrypted, so these seven bytes are the whole answer.

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{ConnId, TlsInfo};
+use crate::supervision::conn_id::ConnId;
+
+use crate::tls::info::TlsInfo;
 
 /// One live connection as it described itself (`ServerHandle::connections`), answered by the
 /// connection actor itself, so the numbers are its own at that instant.

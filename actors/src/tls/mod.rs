@@ -1,0 +1,17 @@
+//! TLS configuration as data: the files and settings of a server ([`source::TlsSource`]), one
+//! validated build of them, swapped whole on reload ([`reload::TlsReloader`]), the policy
+//! (versions, suites, groups, ALPN), the certificate chosen by SNI, session tickets, client
+//! certificates, and the facts read from a certificate. No actor lives here: a connection
+//! takes the configuration current when its handshake starts and keeps it.
+
+pub(crate) mod certificate;
+pub(crate) mod client_auth;
+#[cfg(feature = "dev-certs")]
+pub(crate) mod dev_certs;
+pub(crate) mod info;
+pub(crate) mod pem;
+pub(crate) mod policy;
+pub(crate) mod reload;
+pub(crate) mod sni;
+pub(crate) mod source;
+pub(crate) mod tickets;
