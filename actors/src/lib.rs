@@ -109,7 +109,7 @@ pub use supervision::server::{Server, ServerBuilder, ServerHandle, SHUTDOWN_OVER
 pub use supervision::stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };
-pub use tls::certificate::{CertificateInfo, X509Error};
+pub use tls::certificate::{CertificateInfo, LoadedCertificate, X509Error};
 pub use tls::client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
 #[cfg(feature = "dev-certs")]
 pub use tls::dev_certs::{DevCerts, DEV_CERT_NAMES};
@@ -117,7 +117,7 @@ pub use tls::info::TlsInfo;
 pub use tls::pem::{server_config_from_files, server_config_from_pem};
 pub use tls::policy::{TlsPolicy, TlsVersion};
 pub use tls::reload::{TlsReloader, TlsSnapshot};
-pub use tls::source::{CertificateFiles, LoadedCertificate, LoadedTls, PemCertificate, TlsSource};
+pub use tls::source::{CertificateFiles, LoadedTls, PemCertificate, TlsSource};
 pub use tls::tickets::{TicketKeys, TICKET_LIFETIME_SECS};
 pub use upstream::config::{
     proxy_header_bytes, proxy_header_with_tls, ProxyConfig, ProxyHeader, UpstreamAddr,

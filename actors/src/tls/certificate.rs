@@ -226,6 +226,16 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// A certificate the server loaded, for the expiry gauge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedCertificate {
+    /// The file it came from: the `name` label of the expiry gauge, so an alert says which
+    /// file to renew.
+    pub name: String,
+    /// Serial, expiry and names read from it.
+    pub info: CertificateInfo,
+}
+
 #[cfg(all(test, feature = "dev-certs"))]
 mod tests {
     use super::*;

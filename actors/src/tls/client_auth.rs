@@ -14,8 +14,8 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 
 use crate::error::TlsConfigError;
 use crate::tls::certificate::CertificateInfo;
-use crate::tls::source::LoadedCertificate;
-use crate::tls::source::{in_file, parse_certificates, read_file};
+use crate::tls::certificate::LoadedCertificate;
+use crate::tls::files::{in_file, parse_certificates, read_file};
 
 /// Whether a client must present a certificate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

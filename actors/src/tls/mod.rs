@@ -8,6 +8,7 @@ pub(crate) mod certificate;
 pub(crate) mod client_auth;
 #[cfg(feature = "dev-certs")]
 pub(crate) mod dev_certs;
+pub(crate) mod files;
 pub(crate) mod info;
 pub(crate) mod pem;
 pub(crate) mod policy;

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 
 use crate::error::TlsConfigError;
-use crate::tls::certificate::CertificateInfo;
+use crate::tls::certificate::{CertificateInfo, LoadedCertificate};
 use crate::tls::client_auth::ClientAuth;
+use crate::tls::files::{in_file, parse_certificates, read_file};
 use crate::tls::policy::TlsPolicy;
 use crate::tls::sni::{SniEntry, SniResolver};
 use crate::tls::tickets::{default_ticketer, TicketKeys};
@@ -70,16 +71,6 @@ pub struct PemCertificate {
     pub cert_pem: Vec<u8>,
     /// PEM private key.
     pub key_pem: Vec<u8>,
-}
-
-/// A certificate the server loaded, for the expiry gauge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadedCertificate {
-    /// The file it came from: the `name` label of the expiry gauge, so an alert says which
-    /// file to renew.
-    pub name: String,
-    /// Serial, expiry and names read from it.
-    pub info: CertificateInfo,
 }
 
 /// One complete, validated TLS configuration: what a handshake uses.
@@ -235,37 +226,6 @@ fn read_ocsp(path: &Path) -> Result<Vec<u8>, TlsConfigError> {
         )));
     }
     Ok(der)
-}
-
-/// Reads a file, naming it in the error.
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, TlsConfigError> {
-    std::fs::read(path).map_err(|source| TlsConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Wraps an error about the content of `path` so that it names the file.
-pub(crate) fn in_file(path: &Path) -> impl FnOnce(TlsConfigError) -> TlsConfigError + '_ {
-    move |e| TlsConfigError::InFile {
-        path: path.to_path_buf(),
-        source: Box::new(e),
-    }
-}
-
-/// Every PEM certificate in `pem` (the content of `path`), at least one.
-pub(crate) fn parse_certificates(
-    path: &Path,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
-    let chain = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| TlsConfigError::NoCertificate)
-        .map_err(in_file(path))?;
-    if chain.is_empty() {
-        return Err(in_file(path)(TlsConfigError::NoCertificate));
-    }
-    Ok(chain)
 }
 
 /// A chain and its key, checked to belong together, and what the expiry gauge shows of it.

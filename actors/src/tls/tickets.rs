@@ -11,7 +11,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rustls::server::ProducesTickets;
 
 use crate::error::TlsConfigError;
-use crate::tls::source::{in_file, read_file};
+use crate::tls::files::{in_file, read_file};
 
 /// Length of a key name: the first bytes of every ticket, saying which key sealed it.
 const NAME_LEN: usize = 16;
