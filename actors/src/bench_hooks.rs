@@ -8,12 +8,13 @@ use actix::prelude::*;
 use bytes::Bytes;
 use slog::{o, Logger};
 
+use crate::connection::actor::Connection;
+use crate::connection::messages::{Inbound, Side};
 use crate::connection::reader::ClientReader;
 use crate::connection::reader::UpstreamReader;
-use crate::connection::Connection;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
-use crate::supervision::messages::{Inbound, LiveConnections, Side};
+use crate::supervision::messages::LiveConnections;
 use crate::supervision::registration::Registration;
 use crate::supervision::registry::HandlerRegistry;
 

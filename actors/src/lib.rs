@@ -94,6 +94,7 @@ pub mod testing;
 #[doc(hidden)]
 pub mod bench_hooks;
 
+pub use connection::messages::{CloseMode, Side};
 pub use edge::accept_proxy::{AcceptProxy, Cidr, ProxyVersions};
 pub use error::{ServerError, SessionError, TlsConfigError};
 pub use fault::{FaultPoint, Faults};
@@ -103,7 +104,7 @@ pub use supervision::conn_description::ConnDescription;
 pub use supervision::conn_id::ConnId;
 pub use supervision::control::Readiness;
 pub use supervision::dispose_reason::DisposeReason;
-pub use supervision::messages::{CloseMode, DisposedVia, ShutdownReport, Side};
+pub use supervision::messages::{DisposedVia, ShutdownReport};
 pub use supervision::registry::{DisposalAudit, DisposalRecord};
 pub use supervision::server::{Server, ServerBuilder, ServerHandle, SHUTDOWN_OVERHEAD};
 pub use supervision::stats::{

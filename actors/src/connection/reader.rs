@@ -12,9 +12,9 @@ use futures::FutureExt;
 use tokio::io::{AsyncRead, ReadBuf, ReadHalf};
 use tokio::sync::oneshot;
 
-use crate::connection::TlsStream;
+use crate::connection::handshake::TlsStream;
+use crate::connection::messages::{Inbound, ReadOutcome, ReaderFinished, Side};
 use crate::fault::{FaultPoint, Faults};
-use crate::supervision::messages::{Inbound, ReadOutcome, ReaderFinished, Side};
 
 /// Reads the client's decrypted bytes.
 pub type ClientReader = Reader<ReadHalf<TlsStream>>;

@@ -11,8 +11,8 @@ use slog::{debug, info, warn};
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 
-use crate::connection::Connection;
-use crate::connection::ConnectionEnv;
+use crate::connection::actor::Connection;
+use crate::connection::env::ConnectionEnv;
 use crate::edge::admission::Reserved;
 use crate::edge::spare_fd;
 use crate::fault::FaultPoint;
@@ -55,7 +55,7 @@ pub struct Acceptor {
     worker: usize,
     env: Arc<ConnectionEnv>,
     /// The registry on this acceptor's arbiter.
-    registry: Addr<HandlerRegistry>,
+    registry: Addr<HandlerRegistry<Connection>>,
 }
 
 impl Acceptor {
@@ -63,7 +63,7 @@ impl Acceptor {
         listeners: Vec<(std::net::TcpListener, SocketAddr)>,
         worker: usize,
         env: Arc<ConnectionEnv>,
-        registry: Addr<HandlerRegistry>,
+        registry: Addr<HandlerRegistry<Connection>>,
     ) -> Self {
         Acceptor {
             listeners,
@@ -106,7 +106,7 @@ impl Handler<StopAccepting> for Acceptor {
 struct AcceptLoop {
     worker: usize,
     env: Arc<ConnectionEnv>,
-    registry: Addr<HandlerRegistry>,
+    registry: Addr<HandlerRegistry<Connection>>,
     pause: Pause,
     warnings: Warnings,
     /// Failures "of the client" in a row: many of them mean the error is not the client's

@@ -5,32 +5,30 @@
 //! its `Registration`'s `Drop`) on the same thread, afterwards. Both go through the registry's one mailbox,
 //! so the registry always sees `Register` before `Dispose` for the same id.
 
-use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use actix::{Message, WeakAddr};
-use bytes::Bytes;
+use actix::{Actor, Message, WeakAddr};
 
+use crate::connection::messages::{Close, CloseMode};
 use crate::supervision::conn_description::ConnDescription;
-
 use crate::supervision::conn_id::ConnId;
-
-use crate::connection::Connection;
-
 use crate::supervision::dispose_reason::DisposeReason;
 
-/// Worker arbiter → registry, before the `Connection` starts: records a live connection. The
-/// registry keeps only a weak address, so the entry never keeps a dead connection alive.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Register {
+/// Worker arbiter → registry, before the connection actor `C` starts: records a live
+/// connection. The registry keeps only a weak address, so the entry never keeps a dead
+/// connection alive.
+pub(crate) struct Register<C: Actor> {
     /// The connection's id.
     pub id: ConnId,
     /// The client's address.
     pub peer: SocketAddr,
-    /// Used to ask the connection to close (shutdown, kill).
-    pub connection: WeakAddr<Connection>,
+    /// Used to ask the connection to close (shutdown, kill) and to describe itself.
+    pub connection: WeakAddr<C>,
+}
+
+impl<C: Actor> Message for Register<C> {
+    type Result = ();
 }
 
 /// How a disposal reached the registry.
@@ -55,26 +53,6 @@ pub(crate) struct Dispose {
     pub reason: DisposeReason,
     /// Which path sent it.
     pub via: DisposedVia,
-}
-
-/// How a connection is asked to close.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseMode {
-    /// Flush, send `close_notify`, shut the TCP write side, wait briefly for the peer, stop.
-    Graceful,
-    /// Stop now; the socket is closed when the actor and its reader are dropped.
-    Force,
-}
-
-/// Registry (shutdown, kill) → `Connection`: close with this reason. A connection already
-/// closing keeps its first reason; a forced close always stops it at once.
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "()")]
-pub struct Close {
-    /// How to close.
-    pub mode: CloseMode,
-    /// The reason recorded if the connection had none yet.
-    pub reason: DisposeReason,
 }
 
 /// Supervisor → registry: send `Close` to every live connection. Replies with how many were
@@ -104,12 +82,6 @@ pub struct WaitEmpty;
 #[rtype(result = "Vec<ConnId>")]
 pub struct LiveConnections;
 
-/// Registry → `Connection`, for an operator: describe yourself. Answered at once from the
-/// connection's own fields.
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "ConnDescription")]
-pub(crate) struct Describe;
-
 /// Anyone → registry: describe the live connections whose id is above `after`, the `limit`
 /// lowest ids of them, in id order. Each connection is asked by message; one that does not
 /// answer by `deadline` (its worker is busy, it is going away) is left out.
@@ -133,51 +105,6 @@ pub(crate) struct CloseOne {
     pub id: ConnId,
     /// How, and with which reason.
     pub close: Close,
-}
-
-/// Which side of a connection a reader reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The TLS client.
-    Client,
-    /// The plaintext upstream of a proxying connection.
-    Upstream,
-}
-
-/// A `Reader` → its `Connection`: bytes read from one side (decrypted, for the client). The
-/// reply comes once the bytes are handled and written onwards, and the reader does not read
-/// again before it: this is the backpressure between the two directions.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct Inbound {
-    /// Where the bytes came from.
-    pub side: Side,
-    /// The bytes.
-    pub bytes: Bytes,
-}
-
-/// How a reader's loop ended.
-#[derive(Debug)]
-pub enum ReadOutcome {
-    /// The side finished sending. `clean` is false when a TLS client closed TCP without
-    /// `close_notify` (always true for a plain TCP upstream).
-    PeerEof {
-        /// Whether the side ended properly.
-        clean: bool,
-    },
-    /// Reading failed (a TLS protocol error, a reset, an injected fault).
-    Failed(io::Error),
-}
-
-/// A `Reader` → its `Connection`, once: that side's reading is finished. The reader stops
-/// after sending it.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ReaderFinished {
-    /// Which side finished.
-    pub side: Side,
-    /// How.
-    pub outcome: ReadOutcome,
 }
 
 /// Supervisor → each `Acceptor`, after it shut the listening socket down: stop. The acceptor's

@@ -5,12 +5,11 @@ use std::net::SocketAddr;
 use actix::{Addr, WeakAddr};
 use slog::{error, Logger};
 
-use crate::connection::Connection;
 use crate::edge::admission::ConnectionSlot;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::messages::{Dispose, DisposedVia, Register};
-use crate::supervision::registry::HandlerRegistry;
+use crate::supervision::registry::{HandlerRegistry, Registered};
 
 /// The one way a connection enters and leaves the books: creating a `Registration` sends its
 /// `Register`, and it sends exactly one `Dispose`, either from
@@ -22,9 +21,9 @@ use crate::supervision::registry::HandlerRegistry;
 ///
 /// `Register` and `Dispose` are crate-private and only this type sends them, so no code outside
 /// it can take a live connection off the books or put a phantom one on them.
-pub(crate) struct Registration {
+pub(crate) struct Registration<C: Registered> {
     id: ConnId,
-    registry: Addr<HandlerRegistry>,
+    registry: Addr<HandlerRegistry<C>>,
     disposed: bool,
     /// The connection's admission, given back as its `Dispose` is sent: the limits count
     /// exactly what the registry counts, and release on the same one path.
@@ -32,15 +31,15 @@ pub(crate) struct Registration {
     log: Logger,
 }
 
-impl Registration {
+impl<C: Registered> Registration<C> {
     /// Registers connection `id` with `registry`, the registry of the worker it runs on. Call
     /// it on that worker, before the connection starts: `Register` and the later `Dispose` then
     /// go through one mailbox in order.
     pub(crate) fn new(
         id: ConnId,
         peer: SocketAddr,
-        connection: WeakAddr<Connection>,
-        registry: Addr<HandlerRegistry>,
+        connection: WeakAddr<C>,
+        registry: Addr<HandlerRegistry<C>>,
         log: Logger,
     ) -> Self {
         registry.do_send(Register {
@@ -89,7 +88,7 @@ impl Registration {
     }
 }
 
-impl Drop for Registration {
+impl<C: Registered> Drop for Registration<C> {
     fn drop(&mut self) {
         if self.disposed {
             return;

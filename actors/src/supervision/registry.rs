@@ -9,13 +9,13 @@ use actix::WeakAddr;
 use slog::{warn, Logger};
 use tokio::sync::oneshot;
 
-use crate::connection::Connection;
+use crate::connection::messages::{Close, CloseMode, Describe};
 use crate::supervision::conn_description::ConnDescription;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::messages::{
-    Close, CloseAll, CloseMode, CloseOne, Describe, DescribeConnections, Dispose, DisposedVia,
-    Kill, LiveConnections, Register, WaitEmpty,
+    CloseAll, CloseOne, DescribeConnections, Dispose, DisposedVia, Kill, LiveConnections, Register,
+    WaitEmpty,
 };
 use crate::supervision::stats::Stats;
 
@@ -40,8 +40,18 @@ pub struct DisposalRecord {
 /// with every connection.
 pub type DisposalAudit = Arc<Mutex<Vec<DisposalRecord>>>;
 
-struct Entry {
-    connection: WeakAddr<Connection>,
+/// What a registry needs of the connections it records: to be told to close, and to describe
+/// themselves. The server's connections are `Connection` actors; the registry is generic so
+/// that it depends on these two messages only (and can be tested with a stand-in).
+pub(crate) trait Registered:
+    Actor<Context = Context<Self>> + Handler<Close> + Handler<Describe>
+{
+}
+
+impl<C> Registered for C where C: Actor<Context = Context<C>> + Handler<Close> + Handler<Describe> {}
+
+struct Entry<C: Actor> {
+    connection: WeakAddr<C>,
 }
 
 /// The record of the live connections of one worker arbiter (a server starts one per worker,
@@ -51,17 +61,17 @@ struct Entry {
 ///
 /// It holds weak addresses only: an entry never keeps a stopped connection alive, and a
 /// connection that is gone simply misses a `Close`.
-pub struct HandlerRegistry {
-    entries: HashMap<ConnId, Entry>,
+pub(crate) struct HandlerRegistry<C: Registered> {
+    entries: HashMap<ConnId, Entry<C>>,
     stats: Arc<Stats>,
     empty_waiters: Vec<oneshot::Sender<()>>,
     audit: Option<DisposalAudit>,
     log: Logger,
 }
 
-impl HandlerRegistry {
+impl<C: Registered> HandlerRegistry<C> {
     /// A registry keeping its books in `stats`.
-    pub fn new(stats: Arc<Stats>, log: Logger) -> Self {
+    pub(crate) fn new(stats: Arc<Stats>, log: Logger) -> Self {
         HandlerRegistry {
             entries: HashMap::new(),
             stats,
@@ -72,7 +82,7 @@ impl HandlerRegistry {
     }
 
     /// Records every `Dispose` received into `audit` (tests count disposals per id with it).
-    pub fn with_audit(mut self, audit: DisposalAudit) -> Self {
+    pub(crate) fn with_audit(mut self, audit: DisposalAudit) -> Self {
         self.audit = Some(audit);
         self
     }
@@ -85,7 +95,7 @@ impl HandlerRegistry {
         }
     }
 
-    fn close(&self, id: ConnId, entry: &Entry, close: Close) -> bool {
+    fn close(&self, id: ConnId, entry: &Entry<C>, close: Close) -> bool {
         match entry.connection.upgrade() {
             Some(addr) => {
                 addr.do_send(close);
@@ -107,17 +117,22 @@ impl HandlerRegistry {
 /// Every question has a deadline: a registry lives on its worker's thread, and a worker stuck
 /// in a protocol callback answers nothing. Such a registry's answer is missing, never awaited
 /// past the deadline.
-#[derive(Clone)]
-pub(crate) struct Registries(pub(crate) Vec<Addr<HandlerRegistry>>);
+pub(crate) struct Registries<C: Registered>(pub(crate) Vec<Addr<HandlerRegistry<C>>>);
 
-impl Registries {
+impl<C: Registered> Clone for Registries<C> {
+    fn clone(&self) -> Self {
+        Registries(self.0.clone())
+    }
+}
+
+impl<C: Registered> Registries<C> {
     /// Sends `msg` to every registry; an answer is `None` if that registry did not give it by
     /// `deadline`. Needs a tokio runtime (for the timer).
     async fn ask_all<M>(&self, msg: M, deadline: Instant) -> Vec<Option<M::Result>>
     where
         M: Message + Clone + Send + 'static,
         M::Result: Send,
-        HandlerRegistry: Handler<M>,
+        HandlerRegistry<C>: Handler<M> + Actor<Context = Context<HandlerRegistry<C>>>,
     {
         let deadline = tokio::time::Instant::from_std(deadline);
         futures::future::join_all(self.0.iter().map(|registry| {
@@ -210,7 +225,7 @@ impl Registries {
 /// descriptions, so that its own answer still arrives in time.
 const DESCRIBE_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 
-impl Actor for HandlerRegistry {
+impl<C: Registered> Actor for HandlerRegistry<C> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -218,10 +233,10 @@ impl Actor for HandlerRegistry {
     }
 }
 
-impl Handler<Register> for HandlerRegistry {
+impl<C: Registered> Handler<Register<C>> for HandlerRegistry<C> {
     type Result = ();
 
-    fn handle(&mut self, msg: Register, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Register<C>, _ctx: &mut Self::Context) {
         let fresh = self
             .entries
             .insert(
@@ -244,7 +259,7 @@ impl Handler<Register> for HandlerRegistry {
     }
 }
 
-impl Handler<Dispose> for HandlerRegistry {
+impl<C: Registered> Handler<Dispose> for HandlerRegistry<C> {
     type Result = ();
 
     fn handle(&mut self, msg: Dispose, _ctx: &mut Self::Context) {
@@ -281,7 +296,7 @@ impl Handler<Dispose> for HandlerRegistry {
     }
 }
 
-impl Handler<CloseAll> for HandlerRegistry {
+impl<C: Registered> Handler<CloseAll> for HandlerRegistry<C> {
     type Result = usize;
 
     fn handle(&mut self, msg: CloseAll, _ctx: &mut Self::Context) -> usize {
@@ -292,7 +307,7 @@ impl Handler<CloseAll> for HandlerRegistry {
     }
 }
 
-impl Handler<Kill> for HandlerRegistry {
+impl<C: Registered> Handler<Kill> for HandlerRegistry<C> {
     type Result = bool;
 
     fn handle(&mut self, msg: Kill, _ctx: &mut Self::Context) -> bool {
@@ -307,7 +322,7 @@ impl Handler<Kill> for HandlerRegistry {
     }
 }
 
-impl Handler<WaitEmpty> for HandlerRegistry {
+impl<C: Registered> Handler<WaitEmpty> for HandlerRegistry<C> {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _msg: WaitEmpty, _ctx: &mut Self::Context) -> Self::Result {
@@ -320,7 +335,7 @@ impl Handler<WaitEmpty> for HandlerRegistry {
     }
 }
 
-impl Handler<LiveConnections> for HandlerRegistry {
+impl<C: Registered> Handler<LiveConnections> for HandlerRegistry<C> {
     type Result = Vec<ConnId>;
 
     fn handle(&mut self, _msg: LiveConnections, _ctx: &mut Self::Context) -> Vec<ConnId> {
@@ -330,7 +345,7 @@ impl Handler<LiveConnections> for HandlerRegistry {
     }
 }
 
-impl Handler<CloseOne> for HandlerRegistry {
+impl<C: Registered> Handler<CloseOne> for HandlerRegistry<C> {
     type Result = bool;
 
     fn handle(&mut self, msg: CloseOne, _ctx: &mut Self::Context) -> bool {
@@ -341,7 +356,7 @@ impl Handler<CloseOne> for HandlerRegistry {
     }
 }
 
-impl Handler<DescribeConnections> for HandlerRegistry {
+impl<C: Registered> Handler<DescribeConnections> for HandlerRegistry<C> {
     type Result = ResponseFuture<Vec<ConnDescription>>;
 
     fn handle(&mut self, msg: DescribeConnections, _ctx: &mut Self::Context) -> Self::Result {
@@ -377,13 +392,47 @@ mod tests {
     use crate::supervision::messages::DisposedVia;
     use crate::supervision::registration::Registration;
 
+    /// Stands in for a connection: the registry only asks it to close or describe itself.
+    struct Standin;
+
+    impl Actor for Standin {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Close> for Standin {
+        type Result = ();
+
+        fn handle(&mut self, _msg: Close, ctx: &mut Self::Context) {
+            ctx.stop();
+        }
+    }
+
+    impl Handler<Describe> for Standin {
+        type Result = MessageResult<Describe>;
+
+        fn handle(&mut self, _msg: Describe, _ctx: &mut Self::Context) -> Self::Result {
+            MessageResult(ConnDescription {
+                id: ConnId(0),
+                peer: ([127, 0, 0, 1], 1).into(),
+                worker: 0,
+                state: "open",
+                age: std::time::Duration::ZERO,
+                bytes_in: 0,
+                bytes_out: 0,
+                tls: None,
+            })
+        }
+    }
+
+    type Registry = HandlerRegistry<Standin>;
+
     fn discard() -> Logger {
         Logger::root(slog::Discard, slog::o!())
     }
 
     /// A registration whose connection never existed: a mailbox with no actor behind it.
-    fn register(registry: &Addr<HandlerRegistry>, id: u64) -> Registration {
-        let mailbox = Context::<Connection>::new();
+    fn register(registry: &Addr<Registry>, id: u64) -> Registration<Standin> {
+        let mailbox = Context::<Standin>::new();
         Registration::new(
             ConnId(id),
             ([127, 0, 0, 1], 1).into(),
@@ -393,7 +442,7 @@ mod tests {
         )
     }
 
-    async fn settle(registry: &Addr<HandlerRegistry>) -> Vec<ConnId> {
+    async fn settle(registry: &Addr<Registry>) -> Vec<ConnId> {
         registry.send(LiveConnections).await.unwrap()
     }
 
@@ -401,7 +450,7 @@ mod tests {
     fn a_second_dispose_is_counted_and_changes_nothing() {
         actix_rt::System::new().block_on(async {
             let stats = Arc::new(Stats::default());
-            let registry = HandlerRegistry::new(Arc::clone(&stats), discard()).start();
+            let registry = Registry::new(Arc::clone(&stats), discard()).start();
             // Held to the end: dropping one sends its own Dispose.
             let _registered = (register(&registry, 1), register(&registry, 2));
             let dispose = Dispose {
@@ -425,7 +474,7 @@ mod tests {
     fn a_guard_dropped_without_the_stop_hook_disposes_as_a_counted_fallback() {
         actix_rt::System::new().block_on(async {
             let stats = Arc::new(Stats::default());
-            let registry = HandlerRegistry::new(Arc::clone(&stats), discard()).start();
+            let registry = Registry::new(Arc::clone(&stats), discard()).start();
             drop(register(&registry, 7));
             assert!(settle(&registry).await.is_empty());
             let ledger = stats.ledger();
@@ -439,7 +488,7 @@ mod tests {
     fn a_discharged_guard_sends_nothing_more_when_dropped() {
         actix_rt::System::new().block_on(async {
             let stats = Arc::new(Stats::default());
-            let registry = HandlerRegistry::new(Arc::clone(&stats), discard()).start();
+            let registry = Registry::new(Arc::clone(&stats), discard()).start();
             let mut guard = register(&registry, 3);
             guard.dispose(DisposeReason::IdleTimeout);
             guard.dispose(DisposeReason::Killed);
@@ -456,7 +505,7 @@ mod tests {
     fn wait_empty_resolves_when_the_last_connection_leaves() {
         actix_rt::System::new().block_on(async {
             let stats = Arc::new(Stats::default());
-            let registry = HandlerRegistry::new(stats, discard()).start();
+            let registry = Registry::new(stats, discard()).start();
             let mut registration = register(&registry, 1);
             let waiting = registry.send(WaitEmpty);
             registration.dispose(DisposeReason::Shutdown);

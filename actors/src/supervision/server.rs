@@ -9,7 +9,10 @@ use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use slog::{info, o, Logger};
 
-use crate::connection::{ConnectionEnv, Service};
+use crate::connection::actor::Connection;
+use crate::connection::env::{ConnectionEnv, Service};
+use crate::connection::messages::Close;
+use crate::connection::messages::CloseMode;
 use crate::edge::acceptor::Acceptor;
 use crate::edge::admission::Limits;
 use crate::edge::listeners::{ListenOn, Listeners};
@@ -22,8 +25,7 @@ use crate::supervision::conn_description::ConnDescription;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::control::Readiness;
 use crate::supervision::dispose_reason::DisposeReason;
-use crate::supervision::messages::CloseMode;
-use crate::supervision::messages::{Close, Shutdown, ShutdownReport};
+use crate::supervision::messages::{Shutdown, ShutdownReport};
 use crate::supervision::registry::HandlerRegistry;
 use crate::supervision::registry::{DisposalAudit, Registries};
 use crate::supervision::stats::Stats;
@@ -167,7 +169,7 @@ impl ServerBuilder {
         let workers = start_workers(self.config.workers)?;
         // A registry on each worker: a connection's Register and Dispose never leave its
         // thread. The books they keep (`Stats`) are one, behind one lock.
-        let registries: Vec<Addr<HandlerRegistry>> = workers
+        let registries: Vec<Addr<HandlerRegistry<Connection>>> = workers
             .iter()
             .map(|worker| {
                 let mut registry = HandlerRegistry::new(Arc::clone(&stats), log.clone());
@@ -244,7 +246,7 @@ pub struct Server {
     /// [`Server::listening_sockets`] and the shutdown.
     listeners: Arc<Listeners>,
     supervisor: Addr<ConnectionSupervisor>,
-    registries: Registries,
+    registries: Registries<Connection>,
     workers: Vec<Arbiter>,
     /// Never empty: the first is `ServerConfig::listen` (or the socket given for it).
     local_addrs: Vec<SocketAddr>,
@@ -335,7 +337,7 @@ impl Server {
 
     /// The registries, one per worker (the test harness asks each on its own).
     #[cfg(feature = "testing")]
-    pub(crate) fn registries(&self) -> &[Addr<HandlerRegistry>] {
+    pub(crate) fn registries(&self) -> &[Addr<HandlerRegistry<Connection>>] {
         &self.registries.0
     }
 
@@ -477,7 +479,7 @@ async fn join_within(workers: Vec<Arbiter>, within: Duration) -> usize {
 #[derive(Clone)]
 pub struct ServerHandle {
     control: Arc<Limits>,
-    registries: Registries,
+    registries: Registries<Connection>,
     workers: Vec<ArbiterHandle>,
 }
 

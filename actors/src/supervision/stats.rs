@@ -212,10 +212,10 @@ impl Stats {
             .unwrap_or_default()
     }
 
-    pub(crate) fn proxied(&self, from: crate::supervision::messages::Side, bytes: usize) {
+    pub(crate) fn proxied(&self, from: crate::connection::messages::Side, bytes: usize) {
         let counter = match from {
-            crate::supervision::messages::Side::Client => &self.bytes_client_to_upstream,
-            crate::supervision::messages::Side::Upstream => &self.bytes_upstream_to_client,
+            crate::connection::messages::Side::Client => &self.bytes_client_to_upstream,
+            crate::connection::messages::Side::Upstream => &self.bytes_upstream_to_client,
         };
         counter.fetch_add(bytes as u64, Ordering::Relaxed);
     }

@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use slog::{error, info, warn};
 
-use crate::connection::ConnectionEnv;
+use crate::connection::actor::Connection;
+use crate::connection::env::ConnectionEnv;
+use crate::connection::messages::{Close, CloseMode};
 use crate::edge::acceptor::Acceptor;
 use crate::edge::listeners::Listeners;
 use crate::supervision::dispose_reason::DisposeReason;
-use crate::supervision::messages::{Close, CloseMode, Shutdown, ShutdownReport, StopAccepting};
+use crate::supervision::messages::{Shutdown, ShutdownReport, StopAccepting};
 use crate::supervision::registry::Registries;
 
 /// How long the acceptors get to answer `StopAccepting`. The listening sockets are shut down
@@ -33,7 +35,7 @@ pub struct ConnectionSupervisor {
     /// The server's listening sockets, kept to shut each down for every acceptor at once
     /// (unless another process serves from it: inherited, or handed over in an upgrade).
     listeners: Option<Arc<Listeners>>,
-    registries: Registries,
+    registries: Registries<Connection>,
     env: Arc<ConnectionEnv>,
 }
 
@@ -41,7 +43,7 @@ impl ConnectionSupervisor {
     pub(crate) fn new(
         acceptors: Vec<Addr<Acceptor>>,
         listeners: Arc<Listeners>,
-        registries: Registries,
+        registries: Registries<Connection>,
         env: Arc<ConnectionEnv>,
     ) -> Self {
         ConnectionSupervisor {

@@ -13,12 +13,13 @@ use tokio::sync::oneshot;
 
 use super::leak::ServerSockets;
 use super::{client_config, eventually, LocalTestServer, TlsClient};
+use crate::connection::actor::Connection;
+use crate::connection::messages::CloseMode;
 use crate::error::ServerError;
 use crate::fault::Faults;
 use crate::protocol::Protocol;
 use crate::supervision::config::ServerConfig;
 use crate::supervision::conn_id::ConnId;
-use crate::supervision::messages::CloseMode;
 use crate::supervision::messages::LiveConnections;
 use crate::supervision::messages::ShutdownReport;
 use crate::supervision::registry::DisposalAudit;
@@ -266,7 +267,7 @@ pub struct TestServer {
     addrs: Vec<SocketAddr>,
     stats: Arc<Stats>,
     handle: ServerHandle,
-    registries: Vec<actix::Addr<HandlerRegistry>>,
+    registries: Vec<actix::Addr<HandlerRegistry<Connection>>>,
     faults: Faults,
     audit: DisposalAudit,
     certs: DevCerts,

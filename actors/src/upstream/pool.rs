@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use slog::Logger;
 
-use crate::supervision::messages::Side;
+use crate::connection::messages::Side;
 use crate::tls::info::TlsInfo;
 use crate::upstream::config::{self, ProxyConfig, UpstreamHealth};
 use crate::upstream::stream::UpstreamStream;

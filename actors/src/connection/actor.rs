@@ -1,0 +1,189 @@
+//! `Connection`: one client's TLS connection, from registration to disposal. This file holds
+//! what the connection is (its identity, its books, its phase) and the actor's entry points:
+//! its hooks and the messages it handles. What each entry point does to the phase is in
+//! `machine.rs`.
+
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::net::TcpStream;
+
+use crate::connection::access_log::DisposalFields;
+use crate::connection::env::ConnectionEnv;
+use crate::connection::messages::{Close, CloseMode, Describe, Inbound, ReaderFinished, Side};
+use crate::connection::phase::{Accepted, Phase};
+use crate::edge::admission::HandshakeSlot;
+use crate::fault::FaultPoint;
+use crate::supervision::conn_description::ConnDescription;
+use crate::supervision::conn_id::ConnId;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::registration::Registration;
+
+/// Logs at `$level` on the server's logger with the connection's `conn_id` and `peer` inline.
+/// Nothing is built for a filtered-out record, and an idle connection keeps no logger of its
+/// own (a child `Logger` cost two allocations per connection).
+macro_rules! log_conn {
+    ($level:ident, $conn:expr, $msg:expr $(; $($kv:tt)*)?) => {
+        slog::$level!($conn.env.log, $msg;
+            "conn_id" => $conn.id.0, "peer" => %$conn.peer $(, $($kv)*)?)
+    };
+}
+pub(super) use log_conn;
+
+/// One client's connection: runs the TLS handshake, owns the TLS write half and the session
+/// (or the upstream link), and supervises its reader children. What it owns at each point of
+/// its life is in its [`Phase`]; everything else here is its identity and its books, which
+/// outlive every phase and go into its one `disposed` line.
+///
+/// Every way the connection ends goes through [`Connection::close`] or [`Connection::stop`],
+/// and so through `stopped()`, the only place that sends `Dispose`. The first reason
+/// recorded is the one reported.
+pub(crate) struct Connection {
+    pub(super) id: ConnId,
+    /// The client (the original client a balancer's PROXY header named, once read).
+    pub(super) peer: SocketAddr,
+    pub(super) env: Arc<ConnectionEnv>,
+    pub(super) phase: Phase,
+    /// Why it ends: the first reason recorded wins.
+    pub(super) reason: Option<DisposeReason>,
+    /// Whether the client's end came with `close_notify`, once the client has ended.
+    pub(super) clean_eof: Option<bool>,
+    /// Set while a message handler runs; still set in `stopped()` only if a handler unwound.
+    pub(super) in_handler: bool,
+    pub(super) registered_at: Instant,
+    /// Decrypted bytes read from the client and written to it (the access log's sizes).
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) registration: Registration<Connection>,
+}
+
+impl Connection {
+    /// A connection on the books through `registration`, holding its handshake slot until the
+    /// handshake ends.
+    pub(crate) fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        socket: TcpStream,
+        env: Arc<ConnectionEnv>,
+        registration: Registration<Connection>,
+        slot: HandshakeSlot,
+    ) -> Self {
+        Connection {
+            id,
+            peer,
+            env,
+            phase: Phase::Accepted(Accepted { socket, slot }),
+            reason: None,
+            clean_eof: None,
+            in_handler: false,
+            registered_at: Instant::now(),
+            bytes_in: 0,
+            bytes_out: 0,
+            registration,
+        }
+    }
+
+    /// Whether fault point `point` fires here (never without `fault-injection`).
+    pub(super) fn fault(&self, point: FaultPoint) -> bool {
+        self.env.faults.is_on(point)
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.start(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.fault(FaultPoint::SkipStopHook) {
+            // As if actix had skipped the hook: the registration's Drop and the readers'
+            // handles are all that is left to dispose of this connection.
+            return;
+        }
+        // The last transition. The phase would go with this actor anyway; dropping it now
+        // closes the sockets at once, stops the readers (each lives while its handle, owned by
+        // the phase, does), gives back the handshake slot and the upstream.
+        let last = std::mem::replace(&mut self.phase, Phase::Disposed);
+        let reason = match self.reason {
+            Some(reason) => reason,
+            // A handler unwound: actix ran this hook while dropping the panicked actor.
+            None if self.in_handler || std::thread::panicking() => DisposeReason::SessionPanic,
+            // Stopped with no reason recorded: its arbiter is being torn down.
+            None => DisposeReason::Shutdown,
+        };
+        let established = last.established();
+        let fields = DisposalFields {
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            close_notify: self.clean_eof,
+            handshake_ms: established.map(|e| e.handshake_ms),
+            tls: established.map(|e| &*e.tls),
+        };
+        log_conn!(info, self, "disposed";
+            "reason" => reason.as_str(),
+            "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64,
+            fields);
+        // A session dropped here may panic in its Drop: that must not cost the Dispose.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(last)));
+        self.registration.dispose(reason);
+    }
+}
+
+impl Handler<ReaderFinished> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReaderFinished, ctx: &mut Self::Context) {
+        match msg.side {
+            Side::Client => self.client_finished(msg.outcome, ctx),
+            Side::Upstream => self.upstream_finished(msg.outcome, ctx),
+        }
+    }
+}
+
+impl Handler<Inbound> for Connection {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
+        self.in_handler = true;
+        if self.fault(FaultPoint::ConnectionPanic) {
+            panic!("injected connection panic");
+        }
+        let done = self.received(msg, ctx);
+        self.in_handler = false;
+        done
+    }
+}
+
+impl Handler<Close> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        match msg.mode {
+            CloseMode::Graceful => self.close(msg.reason, ctx),
+            CloseMode::Force => self.stop(msg.reason, ctx),
+        }
+    }
+}
+
+impl Handler<Describe> for Connection {
+    type Result = MessageResult<Describe>;
+
+    fn handle(&mut self, _msg: Describe, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(ConnDescription {
+            id: self.id,
+            peer: self.peer,
+            // Only the registries know which worker they are on; they fill this in.
+            worker: 0,
+            state: self.phase.name(),
+            age: self.registered_at.elapsed(),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            tls: self.phase.established().map(|e| (*e.tls).clone()),
+        })
+    }
+}

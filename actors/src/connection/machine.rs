@@ -1,0 +1,798 @@
+//! The state machine of a connection: every transition between its phases, and every event
+//! that can cause one. One connection's life reads top to bottom here:
+//!
+//! 1. [`Connection::start`]: `Accepted → Handshaking`, then the balancer's PROXY header (if
+//!    one is expected) and the TLS handshake;
+//! 2. [`Connection::handshake_done`]: `Handshaking → Open` with a session, or connecting to
+//!    the upstream ([`Connection::upstream_connected`] starts forwarding);
+//! 3. the events of an open connection: bytes in (`session.rs`, `proxy.rs`), a side finishing
+//!    ([`Connection::client_finished`], [`Connection::upstream_finished`]), a write done, the
+//!    idle timer;
+//! 4. the two ways to end: [`Connection::close`] (graceful: flush, `close_notify`, FIN, a
+//!    bounded linger for the client's own end) and [`Connection::stop`] (at once); both end in
+//!    the stop hook (`actor.rs`), the only sender of `Dispose`.
+//!
+//! Only this file assigns `Connection::phase` (the stop hook excepted, which ends it), and
+//! always by value ([`Connection::step`]): what the old phase held and the new one does not
+//! take is dropped right there.
+
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::connection::actor::{log_conn, Connection};
+use crate::connection::env::{ConnectionEnv, Service};
+use crate::connection::handshake::{handshake, HandshakeError, TlsStream};
+use crate::connection::messages::{ReadOutcome, Side};
+use crate::connection::phase::{
+    ClientWriter, Closing, Drained, Established, Handshaking, Open, OpenService, Phase, ProxyFlow,
+    Proxying, ReaderState, SessionState,
+};
+use crate::connection::reader::{Reader, ReaderHandle};
+use crate::connection::upstream_link::UpstreamLink;
+use crate::connection::writer::Writer;
+use crate::edge::accept_proxy::{read_header, Original};
+use crate::fault::FaultPoint;
+use crate::protocol::{ConnInfo, Flow};
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::tls::client_auth::is_client_auth_failure;
+use crate::tls::info::TlsInfo;
+use crate::upstream::pool::Connected;
+use crate::upstream::stream::UpstreamWriteHalf;
+
+impl Connection {
+    /// Moves to the phase `next` makes of the current one. `next` owns the old phase: what it
+    /// does not move into the new one is dropped right there. Should `next` panic, the phase
+    /// is `Disposed` (everything the old one held is dropped by the unwinding), which is what
+    /// the stop hook that follows expects.
+    fn step(&mut self, next: impl FnOnce(Phase) -> Phase) {
+        replace_with::replace_with(&mut self.phase, || Phase::Disposed, next);
+    }
+
+    // --- 1. start -------------------------------------------------------------------------
+
+    /// `Accepted → Handshaking`: reads the balancer's PROXY header first if this client's
+    /// source must send one, then runs the handshake.
+    pub(super) fn start(&mut self, ctx: &mut Context<Self>) {
+        if self.fault(FaultPoint::AfterRegisterBeforeStart) {
+            log_conn!(
+                warn,
+                self,
+                "fault injected: failing after register, before start"
+            );
+            return self.stop(DisposeReason::StartFailed, ctx);
+        }
+        if self.env.draining.load(Ordering::SeqCst) {
+            return self.stop(DisposeReason::Shutdown, ctx);
+        }
+        let mut socket = None;
+        self.step(|phase| match phase {
+            Phase::Accepted(accepted) => {
+                socket = Some(accepted.socket);
+                Phase::Handshaking(Handshaking {
+                    slot: accepted.slot,
+                })
+            }
+            other => other,
+        });
+        // Nothing but `Accepted` can be there before the start.
+        let Some(tcp) = socket else {
+            return self.stop(DisposeReason::StartFailed, ctx);
+        };
+        let expected = match &self.env.config.accept_proxy {
+            Some(accept) if accept.expects_header_from(self.peer.ip()) => {
+                Some((accept.versions, accept.timeout))
+            }
+            _ => None,
+        };
+        let Some((versions, limit)) = expected else {
+            return self.begin_handshake(tcp, ctx);
+        };
+        let reading = async move {
+            let mut tcp = tcp;
+            let header = tokio::time::timeout(limit, read_header(&mut tcp, versions)).await;
+            (tcp, header)
+        };
+        ctx.spawn(
+            reading
+                .into_actor(self)
+                .map(|(tcp, header), act, ctx| act.header_read(tcp, header, ctx)),
+        );
+    }
+
+    /// The balancer's PROXY header is read (or failed, or timed out): the client it names
+    /// becomes the peer and claims its per-IP slots, which the acceptor left to this point;
+    /// a bad header is `proxy_header_invalid`, a client at its limits `per_ip_limit`.
+    fn header_read(
+        &mut self,
+        tcp: TcpStream,
+        header: Result<io::Result<Original>, tokio::time::error::Elapsed>,
+        ctx: &mut Context<Self>,
+    ) {
+        // Closed meanwhile (a shutdown, a kill): nothing more to start.
+        let Phase::Handshaking(handshaking) = &mut self.phase else {
+            return;
+        };
+        let error = match header {
+            Ok(Ok(Original::Client(original))) => {
+                log_conn!(debug, self, "PROXY header read";
+                    "original" => %original, "balancer" => %self.peer);
+                self.peer = original;
+                None
+            }
+            // The balancer's own connection (a health check): it counts as the balancer.
+            Ok(Ok(Original::Local)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_elapsed) => Some("timed out".to_string()),
+        };
+        if let Some(error) = error {
+            log_conn!(info, self, "PROXY header invalid"; "error" => error);
+            return self.close(DisposeReason::ProxyHeaderInvalid, ctx);
+        }
+        let admitted = self.env.limits.claim_for_original(
+            self.peer.ip(),
+            self.registration.slot_mut(),
+            Some(&mut handshaking.slot),
+        );
+        if !admitted {
+            log_conn!(debug, self, "rejected: per-IP limit");
+            return self.close(DisposeReason::PerIpLimit, ctx);
+        }
+        self.begin_handshake(tcp, ctx);
+    }
+
+    /// Starts the TLS handshake on the socket, bounded by `handshake_timeout`.
+    fn begin_handshake(&mut self, tcp: TcpStream, ctx: &mut Context<Self>) {
+        // Small TLS records (handshake flights, echoes) must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        // Our address as the client sees it only goes into a PROXY header: without one, no
+        // getsockname(2) per connection.
+        let local = match self.env.service.sends_proxy_header() {
+            true => tcp.local_addr().ok(),
+            false => None,
+        };
+        // Taken now and kept: a reload during this handshake does not change it.
+        let tls = self.env.tls.current();
+        let limit = self.env.config.handshake_timeout;
+        let inject_failure = self.fault(FaultPoint::DuringHandshake);
+        ctx.spawn(
+            handshake(tls, tcp, limit, inject_failure)
+                .into_actor(self)
+                .map(move |result, act, ctx| act.handshake_done(result, local, ctx)),
+        );
+    }
+
+    // --- 2. open --------------------------------------------------------------------------
+
+    /// `Handshaking → Open`: the stream is split, the session opened (or the upstream
+    /// connected), the client's reader started, the idle timer armed. A failed handshake
+    /// stops the connection: there is no TLS session to close.
+    fn handshake_done(
+        &mut self,
+        result: Result<TlsStream, HandshakeError>,
+        local: Option<SocketAddr>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !matches!(self.phase, Phase::Handshaking(_)) {
+            return;
+        }
+        let stream = match result {
+            Ok(stream) => stream,
+            Err(HandshakeError::TimedOut) => {
+                log_conn!(debug, self, "handshake timed out");
+                return self.stop(DisposeReason::HandshakeTimeout, ctx);
+            }
+            Err(HandshakeError::Failed(e)) => {
+                log_conn!(debug, self, "handshake failed"; "error" => %e);
+                let reason = match is_client_auth_failure(&e) {
+                    true => DisposeReason::ClientAuthFailed,
+                    false => DisposeReason::HandshakeFailed,
+                };
+                return self.stop(reason, ctx);
+            }
+        };
+        let tls = TlsInfo::of(stream.get_ref().1);
+        let established = Established {
+            // Handshaking starts right after registration, so the time since then is the
+            // handshake's.
+            handshake_ms: self.registered_at.elapsed().as_millis() as u64,
+            tls: Box::new(tls.clone()),
+        };
+        let (read_half, write_half) = tokio::io::split(stream);
+        let writer = ClientWriter::Ready(write_half);
+        let service = match &self.env.service {
+            Service::Sessions(protocol) => {
+                let protocol = Arc::clone(protocol);
+                let info = ConnInfo {
+                    id: self.id,
+                    peer: self.peer,
+                    tls,
+                };
+                let reader =
+                    ReaderState::Running(spawn_reader(&self.env, read_half, Side::Client, ctx));
+                match self.open_session(&*protocol, &info) {
+                    Ok(session) => OpenService::Session {
+                        session: SessionState {
+                            session,
+                            reply: Vec::new(),
+                        },
+                        reader,
+                    },
+                    // Straight to closing: the client is read on (and dropped) meanwhile, for
+                    // the lingering close.
+                    Err(reason) => {
+                        self.reason.get_or_insert(reason);
+                        self.step(|_handshaking| {
+                            Phase::Closing(Closing {
+                                established,
+                                writer,
+                                linger: reader,
+                                pending: Vec::new(),
+                                upstream: None,
+                            })
+                        });
+                        return self.closing_started(ctx);
+                    }
+                }
+            }
+            // The client is read once the upstream is there to take its bytes.
+            Service::Proxy(_) => OpenService::Connecting {
+                client: read_half,
+                local: local.unwrap_or(self.peer),
+            },
+        };
+        // Leaving `Handshaking` gives its slot to the next client.
+        self.step(|_handshaking| {
+            Phase::Open(Open {
+                established,
+                writer,
+                service,
+                last_read: Instant::now(),
+                idle_timer: None,
+            })
+        });
+        if let Some(limit) = self.env.config.idle_timeout {
+            self.arm_idle_timer(limit, ctx);
+        }
+        if matches!(self.env.service, Service::Proxy(_)) {
+            self.connect_upstream(ctx);
+        }
+    }
+
+    /// Asks the pool for an upstream and connects to it (timeout, retry on another upstream
+    /// and the PROXY header are the pool's).
+    fn connect_upstream(&mut self, ctx: &mut Context<Self>) {
+        let (Service::Proxy(pool), Phase::Open(open)) = (&self.env.service, &self.phase) else {
+            return;
+        };
+        let OpenService::Connecting { local, .. } = &open.service else {
+            return;
+        };
+        let tls = (*open.established.tls).clone();
+        let connecting =
+            Arc::clone(pool).connect(self.env.log.clone(), self.peer, *local, Some(tls));
+        ctx.spawn(
+            connecting
+                .into_actor(self)
+                .map(|result, act, ctx| act.upstream_connected(result, ctx)),
+        );
+    }
+
+    /// `Open(Connecting) → Open(Proxy)`: both sides are read from now on. A failed connect
+    /// closes the client gracefully (`upstream_connect_failed`).
+    fn upstream_connected(&mut self, result: io::Result<Connected>, ctx: &mut Context<Self>) {
+        // Closed meanwhile: the client's read half went into the close; the upstream socket,
+        // if any, is dropped here.
+        let Phase::Open(Open {
+            service: OpenService::Connecting { .. },
+            ..
+        }) = &self.phase
+        else {
+            return;
+        };
+        let Connected {
+            stream,
+            lease,
+            latency,
+        } = match result {
+            Ok(connected) => connected,
+            Err(e) => {
+                log_conn!(warn, self, "upstream connect failed"; "error" => %e);
+                return self.close(DisposeReason::UpstreamConnectFailed, ctx);
+            }
+        };
+        self.env.stats.upstream_opened(latency);
+        let (read_half, write_half) = stream.into_split();
+        let link = UpstreamLink::new(write_half, lease, Arc::clone(&self.env.stats));
+        let upstream = spawn_reader(&self.env, read_half, Side::Upstream, ctx);
+        let env = Arc::clone(&self.env);
+        self.step(|phase| match phase {
+            Phase::Open(mut open) => {
+                if let OpenService::Connecting { client, .. } = open.service {
+                    let client = spawn_reader(&env, client, Side::Client, ctx);
+                    open.service = OpenService::Proxy(Proxying {
+                        upstream: link,
+                        flow: ProxyFlow::Both { client, upstream },
+                    });
+                }
+                Phase::Open(open)
+            }
+            other => other,
+        });
+    }
+
+    /// A session of `protocol` for this connection; a refusal or a panic is the reason to
+    /// close.
+    fn open_session(
+        &self,
+        protocol: &dyn crate::protocol::Protocol,
+        info: &ConnInfo,
+    ) -> Result<Box<dyn crate::protocol::Session>, DisposeReason> {
+        match catch_unwind(AssertUnwindSafe(|| protocol.open(info))) {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(e)) => {
+                log_conn!(info, self, "protocol refused the connection"; "error" => %e);
+                Err(DisposeReason::ProtocolError)
+            }
+            Err(_) => {
+                log_conn!(error, self, "protocol panicked opening a session");
+                Err(DisposeReason::SessionPanic)
+            }
+        }
+    }
+
+    // --- 3. events of an open connection ---------------------------------------------------
+
+    /// One timer per idle period, not per read: on expiry it re-arms for what is left.
+    pub(super) fn arm_idle_timer(&mut self, after: Duration, ctx: &mut Context<Self>) {
+        let timer = ctx.run_later(after, |act, ctx| {
+            let (Some(limit), Phase::Open(open)) = (act.env.config.idle_timeout, &act.phase) else {
+                return;
+            };
+            // A write in flight is the client not reading, not the client idle: the write's own
+            // stall limit ends that one, as a writer_error.
+            if open.writer.is_busy() {
+                return act.arm_idle_timer(limit, ctx);
+            }
+            let idle = open.last_read.elapsed();
+            if idle >= limit {
+                act.close(DisposeReason::IdleTimeout, ctx);
+            } else {
+                act.arm_idle_timer(limit - idle, ctx);
+            }
+        });
+        if let Phase::Open(open) = &mut self.phase {
+            open.idle_timer = Some(timer);
+        }
+    }
+
+    /// The client finished sending, or failed.
+    pub(super) fn client_finished(&mut self, outcome: ReadOutcome, ctx: &mut Context<Self>) {
+        match &mut self.phase {
+            Phase::Open(open) => match &mut open.service {
+                OpenService::Session { reader, .. } => *reader = ReaderState::Finished,
+                OpenService::Proxy(_) => {
+                    return self.proxied_client_finished(outcome, ctx);
+                }
+                // Not read while connecting: nothing can have finished.
+                OpenService::Connecting { .. } => return,
+            },
+            Phase::Closing(closing) => {
+                closing.linger = ReaderState::Finished;
+                // Lingering close: the client has finished too. Stop, unless our
+                // close_notify is still being flushed; that future stops the actor once done.
+                if closing.writer.is_shut() {
+                    ctx.stop();
+                }
+                return;
+            }
+            _ => return,
+        }
+        // A session connection: its client is done either way.
+        match outcome {
+            ReadOutcome::PeerEof { clean } => {
+                self.clean_eof = Some(clean);
+                let reason = self
+                    .run_session(|session, reply| {
+                        session.on_peer_finished(reply);
+                        // The client is done either way; the connection closes after this.
+                        Ok(Flow::Close)
+                    })
+                    .err()
+                    .unwrap_or(DisposeReason::PeerEof);
+                self.close(reason, ctx);
+            }
+            ReadOutcome::Failed(e) => self.client_failed(e, ctx),
+        }
+    }
+
+    /// A proxied client finished sending, or failed. A clean end (`close_notify`) is passed on
+    /// as a half-close; a TCP FIN without `close_notify` is a client that died (killed,
+    /// crashed: its kernel sent the FIN) or a truncated stream, and closes both sides at once
+    /// (what the client sent is upstream already; the upstream gets its FIN).
+    fn proxied_client_finished(&mut self, outcome: ReadOutcome, ctx: &mut Context<Self>) {
+        let clean = match outcome {
+            ReadOutcome::PeerEof { clean } => clean,
+            ReadOutcome::Failed(e) => {
+                self.mark_finished(Side::Client);
+                return self.client_failed(e, ctx);
+            }
+        };
+        self.clean_eof = Some(clean);
+        let Phase::Open(Open {
+            writer,
+            service: OpenService::Proxy(proxying),
+            ..
+        }) = &mut self.phase
+        else {
+            return;
+        };
+        let upstream_done_first = matches!(proxying.flow, ProxyFlow::UpstreamFinished { .. });
+        if !clean {
+            self.mark_finished(Side::Client);
+            return self.close(DisposeReason::PeerEof, ctx);
+        }
+        if upstream_done_first {
+            // The second side to finish: done once our close_notify is out.
+            if writer.is_shut() {
+                return self.stop(DisposeReason::UpstreamEof, ctx);
+            }
+            proxying.flow = ProxyFlow::Finished {
+                first: Side::Upstream,
+            };
+            return;
+        }
+        // The first: the upstream reads EOF, upstream → client flows on.
+        proxying.upstream.shut_write();
+        proxying.finished(Side::Client);
+    }
+
+    /// The client's read failed.
+    fn client_failed(&mut self, e: io::Error, ctx: &mut Context<Self>) {
+        if is_reset(&e) {
+            // The client's socket is gone (a reset: it was killed, or crashed): nothing can
+            // reach it, so no close_notify is attempted; a burst of killed clients costs one
+            // stop each.
+            log_conn!(debug, self, "connection reset by the client"; "error" => %e);
+            return self.stop(DisposeReason::ReaderError, ctx);
+        }
+        log_conn!(debug, self, "read failed"; "error" => %e);
+        self.close(DisposeReason::ReaderError, ctx);
+    }
+
+    /// The upstream finished sending, or failed.
+    pub(super) fn upstream_finished(&mut self, outcome: ReadOutcome, ctx: &mut Context<Self>) {
+        match &mut self.phase {
+            Phase::Closing(Closing {
+                upstream: Some(drained),
+                ..
+            }) => {
+                drained.reader = ReaderState::Finished;
+                return;
+            }
+            Phase::Open(Open {
+                service: OpenService::Proxy(_),
+                ..
+            }) => {}
+            _ => return,
+        }
+        if let ReadOutcome::Failed(e) = outcome {
+            log_conn!(debug, self, "upstream read failed"; "error" => %e);
+            self.mark_finished(Side::Upstream);
+            return self.close(DisposeReason::UpstreamError, ctx);
+        }
+        let Phase::Open(Open {
+            service: OpenService::Proxy(proxying),
+            ..
+        }) = &mut self.phase
+        else {
+            return;
+        };
+        // All the upstream sent is written to the client already: close_notify and a FIN go
+        // to the client now.
+        proxying.finished(Side::Upstream);
+        self.shut_client_write(ctx);
+    }
+
+    /// Marks one side of a proxied connection finished (its reader has stopped), before a
+    /// close that must not linger for it.
+    fn mark_finished(&mut self, side: Side) {
+        if let Phase::Open(Open {
+            service: OpenService::Proxy(proxying),
+            ..
+        }) = &mut self.phase
+        {
+            proxying.finished(side);
+        }
+    }
+
+    /// The upstream finished and all it sent is written to the client: send `close_notify` and
+    /// a FIN, and keep reading the client until it finishes too.
+    fn shut_client_write(&mut self, ctx: &mut Context<Self>) {
+        let Phase::Open(open) = &mut self.phase else {
+            return;
+        };
+        // Never busy here: the upstream reader reads (and so finishes) only once its previous
+        // chunk is written to the client.
+        let Some(mut half) = open.writer.take() else {
+            return self.close_notify_sent(ctx);
+        };
+        let limit = self.env.config.close_timeout;
+        let shutdown = async move {
+            let _ = tokio::time::timeout(limit, half.shutdown()).await;
+        };
+        ctx.spawn(
+            shutdown
+                .into_actor(self)
+                .map(|(), act, ctx| act.close_notify_sent(ctx)),
+        );
+    }
+
+    /// A write to the client is over: its half is free again (or the close goes on).
+    pub(super) fn client_written(
+        &mut self,
+        half: tokio::io::WriteHalf<TlsStream>,
+        result: io::Result<()>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(e) = &result {
+            log_conn!(debug, self, "write failed"; "error" => %e);
+            self.reason.get_or_insert(DisposeReason::WriterError);
+        }
+        match &mut self.phase {
+            Phase::Open(open) => {
+                // Only a close shuts the client's direction, and never while a write holds it.
+                drop(open.writer.put_back(half));
+                if result.is_err() {
+                    self.close(DisposeReason::WriterError, ctx);
+                }
+            }
+            // A close was asked for while this write held the write half.
+            Phase::Closing(closing) => {
+                drop(closing.writer.put_back(half));
+                self.say_goodbye(ctx);
+            }
+            _ => {}
+        }
+    }
+
+    /// A write to the upstream is over: its half is free again, or dropped (the FIN) if the
+    /// client finished meanwhile or the connection is closing.
+    pub(super) fn upstream_written(
+        &mut self,
+        half: UpstreamWriteHalf,
+        result: io::Result<usize>,
+        ctx: &mut Context<Self>,
+    ) {
+        let link = match &mut self.phase {
+            Phase::Open(Open {
+                service: OpenService::Proxy(proxying),
+                ..
+            }) => Some(&mut proxying.upstream),
+            Phase::Closing(Closing {
+                upstream: Some(drained),
+                ..
+            }) => Some(&mut drained.link),
+            _ => None,
+        };
+        let Some(link) = link else {
+            return;
+        };
+        drop(link.writer.put_back(half));
+        match result {
+            Ok(len) => link.count_proxied(Side::Client, len),
+            Err(e) => {
+                log_conn!(debug, self, "upstream write failed"; "error" => %e);
+                self.close(DisposeReason::UpstreamError, ctx);
+            }
+        }
+    }
+
+    // --- 4. the end -------------------------------------------------------------------------
+
+    /// Stops the connection now with `reason` (kept only if no reason was recorded before):
+    /// the stop hook drops whatever the phase holds and sends the `Dispose`.
+    pub(crate) fn stop(&mut self, reason: DisposeReason, ctx: &mut Context<Self>) {
+        self.reason.get_or_insert(reason);
+        ctx.stop();
+    }
+
+    /// Closes gracefully with `reason` (kept only if no reason was recorded before): `Open →
+    /// Closing`, flushing what is pending, then `close_notify` and a FIN to the client and a
+    /// FIN to the upstream, then a bounded wait for the client to finish. A connection with no
+    /// TLS session yet has nothing to say goodbye on and stops at once; one closing already
+    /// goes on as it was.
+    pub(crate) fn close(&mut self, reason: DisposeReason, ctx: &mut Context<Self>) {
+        self.reason.get_or_insert(reason);
+        match &mut self.phase {
+            Phase::Accepted(_) | Phase::Handshaking(_) => return ctx.stop(),
+            Phase::Closing(_) | Phase::Disposed => return,
+            Phase::Open(open) => {
+                if let Some(timer) = open.idle_timer.take() {
+                    ctx.cancel_future(timer);
+                }
+            }
+        }
+        // A proxy still connecting never started its client reader: it starts now, to drain
+        // the client while it gets close_notify.
+        let env = Arc::clone(&self.env);
+        self.step(|phase| match phase {
+            Phase::Open(open) => Phase::Closing(closing_of(open, &env, ctx)),
+            other => other,
+        });
+        self.closing_started(ctx);
+    }
+
+    /// The close is under way: one deadline bounds all of it (a write in flight to a client
+    /// that does not read must not hold a kill or a shutdown open), and the goodbye starts
+    /// unless a write holds the client's half (its completion starts it).
+    fn closing_started(&mut self, ctx: &mut Context<Self>) {
+        let deadline = self.env.config.close_timeout.saturating_mul(2);
+        ctx.run_later(deadline, |_, ctx| ctx.stop());
+        if let Phase::Closing(closing) = &self.phase {
+            if !closing.writer.is_busy() {
+                self.say_goodbye(ctx);
+            }
+        }
+    }
+
+    /// Writes what is left of the reply, sends `close_notify` and shuts the TCP write side
+    /// (FIN), each bounded by the close timeout. Lingering until the client's FIN keeps an
+    /// unread byte from turning our close into a reset, which could destroy the
+    /// `close_notify` before the client reads it.
+    fn say_goodbye(&mut self, ctx: &mut Context<Self>) {
+        let Phase::Closing(closing) = &mut self.phase else {
+            return;
+        };
+        let Some(mut half) = closing.writer.take() else {
+            // Shut already (a proxy half-close sent it): nothing more to say, but the client
+            // may still be sending, so linger as after any close_notify. Busy: a proxy
+            // half-close is shutting it right now, and that future's completion goes on.
+            if closing.writer.is_shut() {
+                self.close_notify_sent(ctx);
+            }
+            return;
+        };
+        let pending = std::mem::take(&mut closing.pending);
+        let limit = self.env.config.close_timeout;
+        let goodbye = async move {
+            let _ = tokio::time::timeout(limit, async {
+                if !pending.is_empty() {
+                    half.write_all(&pending).await?;
+                }
+                // tokio-rustls: queue close_notify, flush it, then shutdown(SHUT_WR) the socket.
+                half.shutdown().await
+            })
+            .await;
+        };
+        ctx.spawn(
+            goodbye
+                .into_actor(self)
+                .map(|(), act, ctx| act.close_notify_sent(ctx)),
+        );
+    }
+
+    /// Our `close_notify` and FIN are out (or the close timeout gave up on them). Closing:
+    /// stop once the client has finished, or after the close timeout. Still open: a proxy
+    /// half-close, which stops once the client has finished too.
+    fn close_notify_sent(&mut self, ctx: &mut Context<Self>) {
+        match &mut self.phase {
+            Phase::Open(open) => {
+                open.writer = Writer::Shut;
+                if let OpenService::Proxy(Proxying {
+                    flow: ProxyFlow::Finished { first },
+                    ..
+                }) = open.service
+                {
+                    self.stop(finished_first(first), ctx);
+                }
+            }
+            Phase::Closing(closing) => {
+                closing.writer = Writer::Shut;
+                match closing.linger {
+                    ReaderState::Finished => ctx.stop(),
+                    ReaderState::Running(_) => {
+                        ctx.run_later(self.env.config.close_timeout, |_, ctx| ctx.stop());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `Open → Closing`: the session is dropped (what it had not written yet is kept), a proxy's
+/// upstream gets its FIN and is drained, a client not read yet starts being drained.
+fn closing_of(open: Open, env: &ConnectionEnv, ctx: &mut Context<Connection>) -> Closing {
+    let (linger, pending, upstream) = match open.service {
+        OpenService::Session {
+            session: SessionState { session, reply },
+            reader,
+        } => {
+            // A session may be in any state after a panic, and a panic in its Drop must not
+            // take the connection's close with it.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(session)));
+            (reader, reply, None)
+        }
+        OpenService::Connecting { client, .. } => (
+            ReaderState::Running(spawn_reader(env, client, Side::Client, ctx)),
+            Vec::new(),
+            None,
+        ),
+        OpenService::Proxy(Proxying {
+            upstream: mut link,
+            flow,
+        }) => {
+            // The upstream gets its FIN now rather than when the actor stops; what it still
+            // sends is drained.
+            link.shut_write();
+            let (client, upstream) = match flow {
+                ProxyFlow::Both { client, upstream } => {
+                    (ReaderState::Running(client), ReaderState::Running(upstream))
+                }
+                ProxyFlow::ClientFinished { upstream } => {
+                    (ReaderState::Finished, ReaderState::Running(upstream))
+                }
+                ProxyFlow::UpstreamFinished { client } => {
+                    (ReaderState::Running(client), ReaderState::Finished)
+                }
+                ProxyFlow::Finished { .. } => (ReaderState::Finished, ReaderState::Finished),
+            };
+            let drained = Drained {
+                link,
+                reader: upstream,
+            };
+            (client, Vec::new(), Some(drained))
+        }
+    };
+    Closing {
+        established: open.established,
+        writer: open.writer,
+        linger,
+        pending,
+        upstream,
+    }
+}
+
+/// The reason of a proxied connection whose two sides both finished: who ended it.
+fn finished_first(first: Side) -> DisposeReason {
+    match first {
+        Side::Client => DisposeReason::PeerEof,
+        Side::Upstream => DisposeReason::UpstreamEof,
+    }
+}
+
+/// Starts a reader child for one side, on the connection's arbiter, reporting to it; it lives
+/// as long as the returned handle, which the connection's phase keeps.
+pub(super) fn spawn_reader<R: AsyncRead + Unpin + 'static>(
+    env: &ConnectionEnv,
+    half: R,
+    side: Side,
+    ctx: &mut Context<Connection>,
+) -> ReaderHandle {
+    let me = ctx.address();
+    Reader::start_child(
+        half,
+        side,
+        (me.clone().recipient(), me.recipient()),
+        env.config.read_buffer,
+        env.faults.clone(),
+    )
+}
+
+/// Whether a read failed because the peer's socket is gone (nothing more can be sent to it).
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
