@@ -24,7 +24,7 @@ use crate::supervision::registry::HandlerRegistry;
 pub async fn register_and_dispose(rounds: u64, batch: u64) -> Duration {
     let stats = std::sync::Arc::new(crate::Stats::default());
     let log = Logger::root(slog::Discard, o!());
-    let registry = HandlerRegistry::new(stats, log.clone()).start();
+    let registry = HandlerRegistry::new(std::sync::Arc::clone(&stats), log.clone()).start();
     // A mailbox with no actor behind it: the registry only keeps its weak address.
     let mailbox = Context::<Connection>::new();
     let weak = mailbox.address().downgrade();
@@ -38,6 +38,7 @@ pub async fn register_and_dispose(rounds: u64, batch: u64) -> Duration {
                 peer,
                 weak.clone(),
                 registry.clone(),
+                std::sync::Arc::clone(&stats),
                 log.clone(),
             );
             registration.dispose(DisposeReason::PeerEof);

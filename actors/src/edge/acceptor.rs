@@ -306,6 +306,7 @@ impl AcceptLoop {
                 peer,
                 ctx.address().downgrade(),
                 registry,
+                Arc::clone(&env.stats),
                 env.log.clone(),
             )
             .holding(connection_slot);

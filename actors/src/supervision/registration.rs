@@ -2,6 +2,9 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
+use actix::dev::SendError;
 use actix::{Addr, WeakAddr};
 use slog::{error, Logger};
 
@@ -10,6 +13,7 @@ use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::messages::{Dispose, DisposedVia, Register};
 use crate::supervision::registry::{HandlerRegistry, Registered};
+use crate::supervision::stats::Stats;
 
 /// The one way a connection enters and leaves the books: creating a `Registration` sends its
 /// `Register`, and it sends exactly one `Dispose`, either from
@@ -28,6 +32,8 @@ pub(crate) struct Registration<C: Registered> {
     /// The connection's admission, given back as its `Dispose` is sent: the limits count
     /// exactly what the registry counts, and release on the same one path.
     slot: Option<ConnectionSlot>,
+    /// Where a `Dispose` that could not be delivered is counted.
+    stats: Arc<Stats>,
     log: Logger,
 }
 
@@ -40,6 +46,7 @@ impl<C: Registered> Registration<C> {
         peer: SocketAddr,
         connection: WeakAddr<C>,
         registry: Addr<HandlerRegistry<C>>,
+        stats: Arc<Stats>,
         log: Logger,
     ) -> Self {
         registry.do_send(Register {
@@ -52,6 +59,7 @@ impl<C: Registered> Registration<C> {
             registry,
             disposed: false,
             slot: None,
+            stats,
             log,
         }
     }
@@ -79,12 +87,23 @@ impl<C: Registered> Registration<C> {
         }
         self.disposed = true;
         self.slot = None;
-        // do_send ignores the mailbox's capacity: a burst of disposals never waits here.
-        self.registry.do_send(Dispose {
+        let dispose = Dispose {
             id: self.id,
             reason,
             via,
-        });
+        };
+        // try_send first: it says whether the registry is still there. A full mailbox is
+        // not a loss (do_send ignores the capacity: a burst of disposals never waits here);
+        // a closed one is, and is said and counted rather than dropped in silence.
+        match self.registry.try_send(dispose) {
+            Ok(()) => {}
+            Err(SendError::Full(dispose)) => self.registry.do_send(dispose),
+            Err(SendError::Closed(dispose)) => {
+                self.stats.dispose_lost();
+                error!(self.log, "dispose lost: the registry is gone";
+                    "conn_id" => dispose.id.0, "reason" => dispose.reason.as_str());
+            }
+        }
     }
 }
 

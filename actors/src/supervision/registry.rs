@@ -432,12 +432,21 @@ mod tests {
 
     /// A registration whose connection never existed: a mailbox with no actor behind it.
     fn register(registry: &Addr<Registry>, id: u64) -> Registration<Standin> {
+        register_counting(registry, id, Arc::new(Stats::default()))
+    }
+
+    fn register_counting(
+        registry: &Addr<Registry>,
+        id: u64,
+        stats: Arc<Stats>,
+    ) -> Registration<Standin> {
         let mailbox = Context::<Standin>::new();
         Registration::new(
             ConnId(id),
             ([127, 0, 0, 1], 1).into(),
             mailbox.address().downgrade(),
             registry.clone(),
+            stats,
             discard(),
         )
     }
@@ -513,6 +522,30 @@ mod tests {
                 .await
                 .expect("WaitEmpty resolves")
                 .unwrap();
+        });
+    }
+
+    #[test]
+    fn a_dispose_the_registry_cannot_receive_is_counted_lost() {
+        actix_rt::System::new().block_on(async {
+            let stats = Arc::new(Stats::default());
+            // A registry on an arbiter of its own, stopped under the registration.
+            let worker = actix::Arbiter::new();
+            let registry = {
+                let stats = Arc::clone(&stats);
+                Registry::start_in_arbiter(&worker.handle(), move |_| {
+                    Registry::new(stats, discard())
+                })
+            };
+            let mut registration = register_counting(&registry, 1, Arc::clone(&stats));
+            assert_eq!(settle(&registry).await, vec![ConnId(1)]);
+            worker.stop();
+            worker.join().unwrap();
+            assert!(!registry.connected());
+            registration.dispose(DisposeReason::PeerEof);
+            assert_eq!(stats.snapshot().dispose_lost, 1);
+            // The books were kept by the registry that is gone: it never saw the Dispose.
+            assert_eq!(stats.ledger().active, 1);
         });
     }
 }

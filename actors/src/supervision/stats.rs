@@ -5,34 +5,22 @@ use std::sync::{Arc, Mutex};
 
 use crate::edge::per_ip::PerIpTable;
 use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::labels::labels;
 use crate::upstream::pool::UpstreamPool;
 use crate::upstream::pool::UpstreamSnapshot;
 
-/// Why an accepted socket was closed before it became a `Connection`.
-///
-/// The server-wide limits (`max_connections`, `max_handshakes`) reject nothing: at those, the
-/// acceptors stop accepting and clients wait in the kernel's backlog.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectReason {
-    /// The process ran out of file descriptors: the socket was accepted on the spare
-    /// descriptor and closed at once, so the client sees a prompt close instead of a hang.
-    FdExhausted,
-    /// Its client address (IPv6: its /64) was at `max_connections_per_ip` or
-    /// `max_handshakes_per_ip`.
-    PerIpLimit,
-}
-
-impl RejectReason {
-    /// Every reason, in the order of their discriminants.
-    pub const ALL: [RejectReason; 2] = [RejectReason::FdExhausted, RejectReason::PerIpLimit];
-
-    /// The snake_case word used as the `reason` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::FdExhausted => "fd_exhausted",
-            RejectReason::PerIpLimit => "per_ip_limit",
-        }
+labels! {
+    /// Why an accepted socket was closed before it became a `Connection`.
+    ///
+    /// The server-wide limits (`max_connections`, `max_handshakes`) reject nothing: at those,
+    /// the acceptors stop accepting and clients wait in the kernel's backlog.
+    pub enum RejectReason {
+        /// The process ran out of file descriptors: the socket was accepted on the spare
+        /// descriptor and closed at once, so the client sees a prompt close instead of a hang.
+        FdExhausted => "fd_exhausted",
+        /// Its client address (IPv6: its /64) was at `max_connections_per_ip` or
+        /// `max_handshakes_per_ip`.
+        PerIpLimit => "per_ip_limit",
     }
 }
 
@@ -46,7 +34,7 @@ pub struct Ledger {
     /// Connections registered and not yet disposed (the registry's map size).
     pub active: u64,
     /// Disposals applied, per reason, indexed like [`DisposeReason::ALL`].
-    pub disposed: [u64; DisposeReason::ALL.len()],
+    pub disposed: [u64; DisposeReason::COUNT],
     /// `Dispose` messages for an id that was already disposed (kept at 0 by design).
     pub duplicates: u64,
     /// Disposals sent by the drop-guard backstop because `stopped()` never ran.
@@ -120,9 +108,12 @@ pub struct Snapshot {
     /// Connections in the TLS handshake right now.
     pub handshakes_in_progress: i64,
     /// Sockets closed at accept, per reason, indexed like [`RejectReason::ALL`].
-    pub rejected: [u64; RejectReason::ALL.len()],
+    pub rejected: [u64; RejectReason::COUNT],
     /// Errors returned by `accept(2)`.
     pub accept_errors: u64,
+    /// `Dispose` messages that could not be delivered because the registry was gone (each
+    /// logged too). 0 unless a guarantee broke: see ARCHITECTURE.md.
+    pub dispose_lost: u64,
     /// Acceptors not polling their listener right now: waiting for a connection or handshake
     /// slot, or backing off after the process ran out of descriptors.
     pub acceptors_paused: i64,
@@ -143,8 +134,9 @@ pub struct Stats {
     pub(crate) per_ip: Arc<PerIpTable>,
     ledger: Mutex<Ledger>,
     handshakes_in_progress: AtomicI64,
-    rejected: [AtomicU64; RejectReason::ALL.len()],
+    rejected: [AtomicU64; RejectReason::COUNT],
     accept_errors: AtomicU64,
+    dispose_lost: AtomicU64,
     bytes_client_to_upstream: AtomicU64,
     bytes_upstream_to_client: AtomicU64,
     upstreams_open: AtomicI64,
@@ -170,6 +162,7 @@ impl Stats {
             handshakes_in_progress: self.handshakes_in_progress.load(Ordering::Relaxed),
             rejected: std::array::from_fn(|i| self.rejected[i].load(Ordering::Relaxed)),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            dispose_lost: self.dispose_lost.load(Ordering::Relaxed),
             acceptors_paused: self.paused_acceptors(),
             worker_accepted: self
                 .worker_accepted
@@ -264,7 +257,11 @@ impl Stats {
 
     pub(crate) fn rejected(&self, reason: RejectReason, count: u64) {
         // ALL lists the reasons in discriminant order.
-        self.rejected[reason as usize].fetch_add(count, Ordering::Relaxed);
+        self.rejected[reason.index()].fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dispose_lost(&self) {
+        self.dispose_lost.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn accept_error(&self) {
