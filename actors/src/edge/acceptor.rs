@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use slog::{debug, info, warn};
-use tokio::io::unix::AsyncFd;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::connection::actor::Connection;
 use crate::connection::env::ConnectionEnv;
@@ -119,7 +118,7 @@ struct AcceptLoop {
 
 /// A listener registered with this worker's reactor.
 struct Registered {
-    socket: AsyncFd<mio::net::TcpListener>,
+    socket: TcpListener,
     addr: SocketAddr,
 }
 
@@ -161,26 +160,13 @@ impl AcceptLoop {
     }
 
     /// Registers the listener with this worker's reactor, retrying (never giving up) if the
-    /// kernel is short of memory for it.
-    async fn register(
-        &mut self,
-        listener: std::net::TcpListener,
-        addr: SocketAddr,
-    ) -> AsyncFd<mio::net::TcpListener> {
-        let mut listener = mio::net::TcpListener::from_std(listener);
+    /// kernel is short of memory or descriptors for it. Each attempt registers a `dup` of it:
+    /// tokio closes what it failed to register, and the original must survive to try again.
+    async fn register(&mut self, listener: std::net::TcpListener, addr: SocketAddr) -> TcpListener {
         loop {
-            // tokio deprecated `try_new` for any `AsRawFd`, whose descriptor might change or
-            // close under the reactor; a mio listener owns its descriptor until it is dropped,
-            // after the `AsyncFd` deregisters it, which is the contract of the `unsafe`
-            // replacement. The safe call keeps the crate free of `unsafe`.
-            #[allow(deprecated)]
-            match AsyncFd::try_new(listener) {
+            match listener.try_clone().and_then(TcpListener::from_std) {
                 Ok(registered) => return registered,
-                Err(e) => {
-                    let (back, e) = e.into_parts();
-                    listener = back;
-                    self.back_off(e, 0, addr).await;
-                }
+                Err(e) => self.back_off(e, 0, addr).await,
             }
         }
     }
@@ -191,7 +177,7 @@ impl AcceptLoop {
     async fn next_socket(
         &mut self,
         listeners: &mut Vec<Registered>,
-    ) -> Option<(mio::net::TcpStream, SocketAddr)> {
+    ) -> Option<(TcpStream, SocketAddr)> {
         loop {
             if listeners.is_empty() {
                 return None;
@@ -271,7 +257,7 @@ impl AcceptLoop {
         }
     }
 
-    fn admit(&self, socket: mio::net::TcpStream, peer: SocketAddr, reserved: Reserved) {
+    fn admit(&self, tcp: TcpStream, peer: SocketAddr, reserved: Reserved) {
         let env = &self.env;
         // A balancer's socket: the client it carries is known once its PROXY header is read,
         // and claims its per-IP slots then (connection/accept_header.rs).
@@ -283,15 +269,6 @@ impl AcceptLoop {
             env.stats.rejected(RejectReason::PerIpLimit, 1);
             debug!(env.log, "rejected: per-IP limit"; "peer" => %peer);
             return;
-        };
-        // Already non-blocking (accept4 with SOCK_NONBLOCK): this only registers it.
-        let tcp = match TcpStream::from_std(socket.into()) {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                env.stats.accept_error();
-                warn!(env.log, "cannot register an accepted socket"; "error" => %e);
-                return;
-            }
         };
         env.stats.worker_accepted(self.worker);
         let id = ConnId(env.next_id.fetch_add(1, Ordering::Relaxed));
@@ -327,7 +304,7 @@ async fn accept_any(
     listeners: &[Registered],
     env: &ConnectionEnv,
     turn: usize,
-) -> (Result<(mio::net::TcpStream, SocketAddr), Failure>, usize) {
+) -> (Result<(TcpStream, SocketAddr), Failure>, usize) {
     if let [only] = listeners {
         return (accept(&only.socket, env).await, 0);
     }
@@ -340,41 +317,38 @@ async fn accept_any(
     futures::future::select_all(accepts).await.0
 }
 
-/// One `accept4(2)` once the listener is readable, or the injected `EMFILE` of the
-/// `accept_error` fault point, which leaves the client in the backlog as the real one does.
-/// Out of descriptors, it sheds the waiting clients before it returns the error.
+/// One `accept4(2)` once the listener is readable (tokio's, which registers the socket with
+/// this worker's reactor). Out of descriptors, it sheds the waiting clients before it returns
+/// the error. Cancel-safe: a socket accepted is returned in the same poll.
+///
+/// The `accept_error` fault point fires when a client is at the door, as a real `EMFILE`
+/// does: that client is shed with the others waiting (closed at once, counted
+/// `fd_exhausted`) and the error is `EMFILE`, so everything after it runs as for the real one.
 async fn accept(
-    listener: &AsyncFd<mio::net::TcpListener>,
+    listener: &TcpListener,
     env: &ConnectionEnv,
-) -> Result<(mio::net::TcpStream, SocketAddr), Failure> {
-    let failure = |error| Failure { error, shed: 0 };
-    loop {
-        let mut ready = listener.readable().await.map_err(failure)?;
+) -> Result<(TcpStream, SocketAddr), Failure> {
+    let result = std::future::poll_fn(|cx| {
+        // Before any descriptor is taken, the spare is taken back if a shedding lost it.
         spare_fd::retake_if_lost();
-        let result = if env.faults.is_on(FaultPoint::AcceptError) {
-            Err(io::Error::from_raw_os_error(libc::EMFILE))
-        } else {
-            match ready.try_io(|listener| listener.get_ref().accept()) {
-                Ok(result) => result,
-                // Readiness was stale (another worker won this accept): wait for the next.
-                Err(_would_block) => continue,
-            }
-        };
-        return match result {
-            Err(error) if is_out_of_descriptors(&error) => {
-                let shed = spare_fd::shed_waiting_clients(listener.get_ref());
-                // Emptied to EAGAIN: the next client is a new edge, so wait for it rather
-                // than wake on this stale readiness after the pause.
-                if shed.drained {
-                    ready.clear_ready();
-                }
-                Err(Failure {
-                    error,
-                    shed: shed.clients,
-                })
-            }
-            result => result.map_err(failure),
-        };
+        listener.poll_accept(cx)
+    })
+    .await;
+    let injected = result.is_ok() && env.faults.is_on(FaultPoint::AcceptError);
+    match result {
+        Ok(accepted) if injected => {
+            drop(accepted);
+            let shed = spare_fd::shed_waiting_clients(listener);
+            Err(Failure {
+                error: io::Error::from_raw_os_error(libc::EMFILE),
+                shed: shed + 1,
+            })
+        }
+        Err(error) if is_out_of_descriptors(&error) => {
+            let shed = spare_fd::shed_waiting_clients(listener);
+            Err(Failure { error, shed })
+        }
+        result => result.map_err(|error| Failure { error, shed: 0 }),
     }
 }
 

@@ -11,7 +11,8 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use mio::net::TcpListener;
+use futures::FutureExt;
+use tokio::net::TcpListener;
 
 /// The reserve; `None` while in use, or while reopening it fails.
 static SPARE: Mutex<Option<File>> = Mutex::new(None);
@@ -50,38 +51,26 @@ pub(crate) fn retake_if_lost() {
     }
 }
 
-/// What one shedding did.
-pub(crate) struct Shed {
-    /// Clients accepted and closed.
-    pub(crate) clients: u64,
-    /// Whether the backlog was emptied (accept said `EAGAIN`).
-    pub(crate) drained: bool,
-}
-
 /// Gives the reserve up, accepts and closes the clients waiting on `listener` (up to a batch),
-/// and takes the reserve back. Without a reserve (reopening it failed last time) it still
-/// tries: a descriptor may have been freed since.
-pub(crate) fn shed_waiting_clients(listener: &TcpListener) -> Shed {
+/// and takes the reserve back; how many were shed. Without a reserve (reopening it failed
+/// last time) it still tries: a descriptor may have been freed since.
+pub(crate) fn shed_waiting_clients(listener: &TcpListener) -> u64 {
     let mut spare = lock();
     // Marked lost for the whole shedding: another thread about to take a descriptor first
     // waits on the lock for the reserve to be back, instead of taking the one freed here.
     HELD.store(false, Ordering::Relaxed);
     drop(spare.take());
-    let mut shed = Shed {
-        clients: 0,
-        drained: false,
-    };
-    while shed.clients < SHED_BATCH as u64 {
-        match listener.accept() {
+    let mut shed = 0;
+    while shed < SHED_BATCH as u64 {
+        // One accept without waiting: `None` once the backlog is empty (tokio then clears the
+        // listener's readiness, so the acceptor waits for the next client, not this one).
+        match listener.accept().now_or_never() {
             // Dropped at once: the client sees the connection closed.
-            Ok((socket, _)) => {
+            Some(Ok((socket, _))) => {
                 drop(socket);
-                shed.clients += 1;
+                shed += 1;
             }
-            Err(e) => {
-                shed.drained = e.kind() == io::ErrorKind::WouldBlock;
-                break;
-            }
+            Some(Err(_)) | None => break,
         }
     }
     *spare = open_spare().ok();
