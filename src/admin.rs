@@ -20,9 +20,9 @@ use slog::{info, warn, Logger};
 use tlsvisor_actors::{CloseMode, ConnDescription, ConnId, ServerHandle, TlsReloader};
 
 use crate::cli::parse_duration;
+use crate::error::BoxError;
 use crate::reload;
 use crate::settings::Settings;
-use crate::BoxError;
 
 /// The default page of `GET /connections`, and the largest one asked for.
 const DEFAULT_PAGE: usize = 100;

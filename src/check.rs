@@ -8,9 +8,9 @@ use std::os::unix::fs::FileTypeExt;
 use tlsvisor_actors::UpstreamAddr;
 
 use crate::cli::{ProtocolKind, ServeArgs};
+use crate::error::BoxError;
 use crate::reload;
 use crate::settings::{CertSource, Settings};
-use crate::BoxError;
 
 /// Checks `flags` (and the config file they name) as `serve` would read them.
 pub fn run(flags: ServeArgs) -> Result<(), BoxError> {

@@ -17,8 +17,8 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use slog::{info, warn, Logger};
 use tlsvisor_actors::Stats;
 
+use crate::error::BoxError;
 use crate::metrics::registry;
-use crate::BoxError;
 
 /// How long a scraper gets for its whole request and answer: one slow or silent client must
 /// not hold the endpoint (it answers one request at a time).

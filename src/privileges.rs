@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 
 use slog::{info, Logger};
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// A user's ids, as the password database gives them.
 struct Ids {

@@ -10,8 +10,8 @@ use slog::{error, info, Logger};
 use tlsvisor_actors::{LoadedTls, TlsReloader, TlsSource};
 
 use crate::certs;
+use crate::error::BoxError;
 use crate::settings::{CertSource, Settings};
-use crate::BoxError;
 
 /// How often `--watch-certs` looks at the files' modification times.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);

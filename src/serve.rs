@@ -19,6 +19,7 @@ use tlsvisor_actors::{
 
 use crate::activation::{Inherited, InheritedSocket, Matched};
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
+use crate::error::BoxError;
 use crate::logging;
 use crate::metrics_http::MetricsServer;
 use crate::notify::{self, Notifier};
@@ -26,7 +27,6 @@ use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
 use crate::tls_metrics::TlsCollector;
 use crate::upgrade::Upgrade;
-use crate::BoxError;
 
 /// Runs the server described by `settings` until a signal, then runs the shutdown protocol and
 /// returns (exit code 0) once it is done.

@@ -12,7 +12,7 @@ use tlsvisor_actors::{
     AllowList, CertificateFiles, ClientAuth, ClientAuthMode, ServerConfig, TlsPolicy, TlsVersion,
 };
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
