@@ -9,6 +9,7 @@ mod cli;
 mod error;
 mod exposition;
 mod listen;
+mod log_bridge;
 mod logging;
 mod metrics;
 mod metrics_http;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::crowd::{self, Crowd};
 use common::{Tlsvisor, HANG};
-use tlsvisor_actors::testing::{eventually, leak, upstream, CloseSeen, TestUpstream, TlsClient};
+use tlsvisor_actors::testing::{
+    client_config, eventually, leak, upstream, CloseSeen, TestUpstream, TlsClient,
+};
 
 /// The crowd process re-enters the test binary here (see tests/common/crowd.rs).
 #[test]
@@ -245,6 +247,63 @@ fn bad_configuration_is_a_clear_error_not_a_panic() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
+}
+
+/// Runs the binary at `--log-level level` through a handshake the client gives up (it does not
+/// trust the certificate) and a client over `--max-connections-per-ip 1`; every log record.
+fn logs_of_a_failed_handshake_and_a_refused_client(level: &str) -> Vec<serde_json::Value> {
+    let mut server = Tlsvisor::serve(&["--log-level", level, "--max-connections-per-ip", "1"]);
+    let stranger = tlsvisor_actors::DevCerts::generate().unwrap();
+    let trusts_another_ca = client_config(stranger.ca_cert_pem.as_bytes()).unwrap();
+    let refused =
+        TlsClient::connect(server.listen, trusts_another_ca).and_then(|mut c| c.echo(b"x"));
+    assert!(refused.is_err(), "the client refuses the certificate");
+    assert!(eventually(HANG, || server
+        .scrape()
+        .disposed("handshake_failed")
+        == 1.0));
+    let mut held = server.connect().unwrap();
+    assert_eq!(held.echo(b"one").unwrap(), b"one");
+    // Closed at accept: the address holds its one connection.
+    let _ = server.connect().and_then(|mut c| c.echo(b"two"));
+    assert!(eventually(HANG, || server.scrape().get(
+        "tlsvisor_connections_rejected_total{reason=\"per_ip_limit\"}"
+    ) == 1.0));
+    drop(held);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(HANG).expect("exits").success());
+    server.logs()
+}
+
+fn from_rustls(record: &serde_json::Value) -> bool {
+    record["target"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("rustls"))
+}
+
+/// `--log-level debug` logs the library's debug lines (the client over its per-IP limit) and,
+/// through the `log` bridge, rustls's records (the handshake); at the default `info` neither
+/// shows, while actix-server's info records (the metrics listener) do. Under `cargo test
+/// --release` this checks a release build, where slog leaves debug lines out unless its
+/// `release_max_level_*` feature keeps them.
+#[test]
+fn log_level_debug_shows_debug_lines_and_rustls_records_and_info_shows_neither() {
+    let debug = logs_of_a_failed_handshake_and_a_refused_client("debug");
+    let refused = debug
+        .iter()
+        .find(|r| r["msg"] == "rejected: per-IP limit")
+        .unwrap_or_else(|| panic!("no debug line for the refused client: {debug:?}"));
+    assert_eq!(refused["level"], "DEBG");
+    let rustls: Vec<_> = debug.iter().filter(|r| from_rustls(r)).collect();
+    assert!(!rustls.is_empty(), "no rustls record at debug: {debug:?}");
+    assert!(rustls.iter().all(|r| r["level"] == "DEBG"), "{rustls:?}");
+
+    let info = logs_of_a_failed_handshake_and_a_refused_client("info");
+    let below_info: Vec<_> = info
+        .iter()
+        .filter(|r| r["level"] == "DEBG" || r["level"] == "TRCE" || from_rustls(r))
+        .collect();
+    assert!(below_info.is_empty(), "{below_info:?}");
 }
 
 /// What each open descriptor of `pid` points at, for a failure message.
