@@ -21,7 +21,6 @@ use crate::activation::{Inherited, InheritedSocket, Matched};
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::error::BoxError;
 use crate::logging;
-use crate::metrics_http::MetricsServer;
 use crate::notify::{self, Notifier};
 use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
@@ -172,7 +171,8 @@ async fn serve(
             let tls_metrics = Box::new(TlsCollector::new(server.tls_reloader())?);
             let extra: Vec<Box<dyn prometheus::core::Collector>> =
                 vec![tls_metrics, Box::new(unauthorized.clone())];
-            MetricsServer::start(addr, server.stats(), extra, log.clone())
+            let registry = crate::metrics::registry(server.stats(), extra)?;
+            crate::http::serve_metrics(addr, registry, &log)
         })
         .transpose()?;
     let admin = settings

@@ -249,6 +249,43 @@ fn bad_configuration_is_a_clear_error_not_a_panic() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
 }
 
+/// Clients that connect to the metrics port and send nothing, or half a request, do not hold
+/// up a scrape (each connection waits for its request on its own); the server closes them
+/// once their request timeout (3 s) is over.
+#[test]
+fn silent_sockets_on_the_metrics_port_do_not_delay_a_scrape() {
+    use std::io::{Read, Write};
+    let server = Tlsvisor::serve(&[]);
+    let metrics = server.metrics.unwrap();
+    let connected = Instant::now();
+    let mut silent: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(metrics).unwrap())
+        .collect();
+    let mut partial = std::net::TcpStream::connect(metrics).unwrap();
+    partial.write_all(b"GET /metr").unwrap();
+    silent.push(partial);
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    server.scrape();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "a scrape took {took:?} behind silent sockets"
+    );
+    for mut socket in silent {
+        socket.set_read_timeout(Some(HANG)).unwrap();
+        // A 408 answer may come before the close.
+        let mut sink = Vec::new();
+        let _ = socket.read_to_end(&mut sink);
+        let closed_after = connected.elapsed();
+        assert!(
+            closed_after < Duration::from_secs(3) + Duration::from_secs(2),
+            "closed after {closed_after:?}"
+        );
+    }
+    server.scrape();
+}
+
 /// Runs the binary at `--log-level level` through a handshake the client gives up (it does not
 /// trust the certificate) and a client over `--max-connections-per-ip 1`; every log record.
 fn logs_of_a_failed_handshake_and_a_refused_client(level: &str) -> Vec<serde_json::Value> {
