@@ -221,7 +221,7 @@ async fn drain(
 ) -> HttpResponse {
     authorized!(req, admin);
     let period = match query.period.as_deref().map(parse_duration) {
-        None => admin.settings.shutdown_grace,
+        None => admin.settings.values.shutdown_grace,
         Some(Ok(period)) => period,
         Some(Err(e)) => {
             return HttpResponse::BadRequest().json(json!({"error": format!("period: {e}")}))
@@ -303,6 +303,7 @@ pub fn start_for(
     log: &Logger,
 ) -> Result<HttpListener, BoxError> {
     let token = settings
+        .values
         .admin_token_file
         .as_deref()
         .map(read_token)

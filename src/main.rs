@@ -26,13 +26,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ServeArgs};
 use crate::settings::Settings;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => serve::run(Settings::default()),
+        None => Settings::resolve(ServeArgs::default()).and_then(serve::run),
         Some(Command::Serve(flags)) => Settings::resolve(*flags).and_then(serve::run),
         Some(Command::Check(flags)) => check::run(*flags),
         Some(Command::GenCerts { out }) => certs::generate_into(&out).map(|()| {

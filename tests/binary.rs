@@ -343,6 +343,67 @@ fn log_level_debug_shows_debug_lines_and_rustls_records_and_info_shows_neither()
     assert!(below_info.is_empty(), "{below_info:?}");
 }
 
+/// Without `--cert`, serving beyond loopback is a start-up error naming `--cert`, before
+/// anything is bound; and the same for a socket inherited through `LISTEN_FDS` whose address
+/// is not loopback, even when it stands for a loopback `--listen` entry (mapped by order).
+#[test]
+fn the_development_certificate_is_refused_beyond_loopback() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let run = |command: &mut std::process::Command| {
+        let started = Instant::now();
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(started.elapsed() < HANG);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !stderr.contains("\"listening\""),
+            "nothing served: {stderr}"
+        );
+        stderr
+    };
+    let binary = env!("CARGO_BIN_EXE_tlsvisor");
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let stderr = run(std::process::Command::new(binary).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            listen,
+            "--log-format",
+            "json",
+        ]));
+        assert!(
+            stderr.contains("--cert") && stderr.contains(listen),
+            "{stderr}"
+        );
+    }
+
+    // A socket on every address, handed over as systemd would (fd 3, LISTEN_FDS=1).
+    let inherited = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let addr = inherited.local_addr().unwrap();
+    let fd = inherited.as_raw_fd();
+    let mut command = std::process::Command::new(binary);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    // SAFETY: dup2 is async-signal-safe; `fd` stays open in the parent until the child ran.
+    unsafe {
+        command.pre_exec(move || match libc::dup2(fd, 3) {
+            3 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let stderr = run(&mut command);
+    assert!(
+        stderr.contains("--cert") && stderr.contains(&format!("inherited socket {addr}")),
+        "{stderr}"
+    );
+}
+
 /// What each open descriptor of `pid` points at, for a failure message.
 fn fd_targets(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
