@@ -22,7 +22,7 @@ use std::os::unix::net::UnixDatagram;
 
 use listenfd::ListenFd;
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// `FileDescriptorName` of the socket a binary upgrade passes for the new process to say it is
 /// ready on (a datagram socket, the `sd_notify` message format).

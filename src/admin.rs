@@ -1,28 +1,23 @@
-//! The admin API (`--admin-listen`): actix-web on the same actix system as the supervisor,
-//! steering it through a `ServerHandle` (every question goes to the registries by message,
-//! with a deadline).
-//!
-//! Accepting is actix-server's: on an `accept` error other than a client gone (out of
-//! descriptors, say) it logs, deregisters the listener for 500 ms and registers it again, so
-//! the endpoint never goes dark for good and never spins (actix-server 2.10, `accept.rs`).
-//! Unlike the supervisor's acceptors it does not shed waiting clients: they wait in the
-//! backlog until descriptors are free.
+//! The admin API (`--admin-listen`): actix-web on the same actix system as the supervisor
+//! (served as `http.rs` says), steering it through a `ServerHandle` (every question goes to
+//! the registries by message, with a deadline).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use prometheus::{Encoder, IntCounter, Registry, TextEncoder};
+use actix_web::{web, HttpRequest, HttpResponse};
+use prometheus::{IntCounter, Registry};
 use serde::Deserialize;
 use serde_json::json;
 use slog::{info, warn, Logger};
 use tlsvisor_actors::{CloseMode, ConnDescription, ConnId, ServerHandle, TlsReloader};
 
 use crate::cli::parse_duration;
+use crate::error::BoxError;
+use crate::http::HttpListener;
 use crate::reload;
 use crate::settings::Settings;
-use crate::BoxError;
 
 /// The default page of `GET /connections`, and the largest one asked for.
 const DEFAULT_PAGE: usize = 100;
@@ -48,55 +43,24 @@ pub struct Admin {
     pub log: Logger,
 }
 
-/// The running admin listener; stopped (without waiting) when dropped.
-pub struct AdminServer {
-    server: actix_web::dev::ServerHandle,
-}
-
-impl AdminServer {
-    /// Binds `addr` and serves the admin API on one actix-web worker of the current system.
-    pub fn start(addr: SocketAddr, admin: Admin) -> Result<AdminServer, BoxError> {
-        let log = admin.log.clone();
-        let admin = web::Data::new(admin);
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(admin.clone())
-                .route("/health/live", web::get().to(live))
-                .route("/health/ready", web::get().to(ready))
-                .route("/metrics", web::get().to(metrics))
-                .route("/connections", web::get().to(list))
-                .route("/connections/{id}", web::get().to(one))
-                .route("/connections/{id}", web::delete().to(kill))
-                .route("/pause", web::post().to(pause))
-                .route("/resume", web::post().to(resume))
-                .route("/drain", web::post().to(drain))
-                .route("/reload", web::post().to(reload_tls))
-        })
-        // One thread is plenty for an operator and a scraper; the work is in the registries.
-        .workers(1)
-        // The binary owns the signals: actix-server's own handlers would stop the system.
-        .disable_signals()
-        .shutdown_timeout(1)
-        // Reusable, like the metrics listener: a binary upgrade binds it again meanwhile.
-        .listen(
-            crate::listen::reusable(addr, false)
-                .map_err(|e| format!("cannot serve the admin API on {addr}: {e}"))?,
-        )
-        .map_err(|e| format!("cannot serve the admin API on {addr}: {e}"))?;
-        let bound = server.addrs().first().copied().unwrap_or(addr);
-        let server = server.run();
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        info!(log, "admin listening"; "admin_listen" => %bound);
-        Ok(AdminServer { server: handle })
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        // Not awaited: the future only reports completion.
-        drop(self.server.stop(false));
-    }
+/// Binds `addr` and serves the admin API on one actix-web worker of the current system.
+pub fn start(addr: SocketAddr, admin: Admin) -> Result<HttpListener, BoxError> {
+    let log = admin.log.clone();
+    let listener = crate::http::start(addr, "the admin API", web::Data::new(admin), |routes| {
+        routes
+            .route("/health/live", web::get().to(live))
+            .route("/health/ready", web::get().to(ready))
+            .route("/metrics", web::get().to(metrics))
+            .route("/connections", web::get().to(list))
+            .route("/connections/{id}", web::get().to(one))
+            .route("/connections/{id}", web::delete().to(kill))
+            .route("/pause", web::post().to(pause))
+            .route("/resume", web::post().to(resume))
+            .route("/drain", web::post().to(drain))
+            .route("/reload", web::post().to(reload_tls));
+    })?;
+    info!(log, "admin listening"; "admin_listen" => %listener.addr);
+    Ok(listener)
 }
 
 /// Reads the token file (surrounding whitespace is not part of the token).
@@ -167,14 +131,7 @@ async fn ready(admin: web::Data<Admin>) -> HttpResponse {
 
 async fn metrics(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
     authorized!(req, admin);
-    let encoder = TextEncoder::new();
-    let mut body = Vec::new();
-    match encoder.encode(&admin.metrics.gather(), &mut body) {
-        Ok(()) => HttpResponse::Ok()
-            .content_type(encoder.format_type())
-            .body(body),
-        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
-    }
+    crate::http::exposition(&admin.metrics)
 }
 
 #[derive(Deserialize)]
@@ -264,7 +221,7 @@ async fn drain(
 ) -> HttpResponse {
     authorized!(req, admin);
     let period = match query.period.as_deref().map(parse_duration) {
-        None => admin.settings.shutdown_grace,
+        None => admin.settings.values.shutdown_grace,
         Some(Ok(period)) => period,
         Some(Err(e)) => {
             return HttpResponse::BadRequest().json(json!({"error": format!("period: {e}")}))
@@ -344,8 +301,9 @@ pub fn start_for(
     server: &tlsvisor_actors::Server,
     unauthorized: IntCounter,
     log: &Logger,
-) -> Result<AdminServer, BoxError> {
+) -> Result<HttpListener, BoxError> {
     let token = settings
+        .values
         .admin_token_file
         .as_deref()
         .map(read_token)
@@ -362,7 +320,7 @@ pub fn start_for(
         server.stats(),
         vec![tls_metrics, Box::new(unauthorized.clone())],
     )?;
-    AdminServer::start(
+    start(
         addr,
         Admin {
             handle: server.handle(),

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tlsvisor_actors::{DevCerts, PemCertificate};
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// The first lines of every file `gen-certs` writes. PEM readers skip text outside the
 /// `-----BEGIN` markers, so the warning travels with the key material.

@@ -8,9 +8,9 @@ use std::os::unix::fs::FileTypeExt;
 use tlsvisor_actors::UpstreamAddr;
 
 use crate::cli::{ProtocolKind, ServeArgs};
+use crate::error::BoxError;
 use crate::reload;
 use crate::settings::{CertSource, Settings};
-use crate::BoxError;
 
 /// Checks `flags` (and the config file they name) as `serve` would read them.
 pub fn run(flags: ServeArgs) -> Result<(), BoxError> {
@@ -28,11 +28,16 @@ pub fn run(flags: ServeArgs) -> Result<(), BoxError> {
         CertSource::BuiltIn => "the built-in development certificate".to_string(),
         CertSource::Files(pairs) => format!("{} certificate(s)", pairs.len()),
     };
-    let protocol = match settings.protocol {
+    let protocol = match settings.values.protocol {
         ProtocolKind::Echo => "echo",
         ProtocolKind::Proxy => "proxy",
     };
-    let listen: Vec<String> = settings.listen.iter().map(|a| a.to_string()).collect();
+    let listen: Vec<String> = settings
+        .values
+        .listen
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     println!(
         "configuration OK: listen {}, {certificates}, protocol {protocol}",
         listen.join(" ")
@@ -69,14 +74,18 @@ fn problems(settings: &Settings) -> Vec<String> {
     }
     problems.extend(
         settings
+            .values
             .upstream
             .iter()
             .filter_map(|upstream| upstream_problem(upstream).map(|p| format!("--upstream {p}"))),
     );
-    if let Err(e) = crate::privileges::check(settings.user.as_deref(), settings.group.as_deref()) {
+    if let Err(e) = crate::privileges::check(
+        settings.values.user.as_deref(),
+        settings.values.group.as_deref(),
+    ) {
         problems.push(e.to_string());
     }
-    if let Some(path) = &settings.admin_token_file {
+    if let Some(path) = &settings.values.admin_token_file {
         if let Err(e) = crate::admin::read_token(path) {
             problems.push(e.to_string());
         }

@@ -1,11 +1,12 @@
 //! The command line: `tlsvisor [serve FLAGS | gen-certs --out DIR]`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
+use tlsvisor_actors::ServerConfig;
 
 /// A TLS connection supervisor: terminates TLS, serves `echo` or proxies to a plaintext
 /// upstream, and disposes every connection exactly once.
@@ -34,187 +35,301 @@ pub enum Command {
     },
 }
 
-/// Flags of `serve`. Each may also be set in the `--config` file under the same name; a flag
-/// wins over the file.
-#[derive(Debug, Default, Args, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ServeArgs {
+/// The address `serve` listens on when neither the flags nor the file say.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
+
+/// Defines every setting of `serve` once: its flag (clap), its config-file key (serde, the
+/// flag's name), its doc (the `--help` line) and, after `=`, its default. From the one list it
+/// makes [`ServeArgs`] (a setting as given: the flags, or the file), [`ServeArgs::over`] (the
+/// flags over the file, setting by setting, through [`Layer`]) and [`Values`] (every setting
+/// with its default applied, by [`ServeArgs::values`]). A new setting is one more entry.
+///
+/// Each entry is its attributes (the doc lines, clap's and serde's), then `name: Type` or
+/// `name: Type = default`.
+macro_rules! serve_settings {
+    // Every entry read: write the two structs and the two steps between them.
+    (@read [] -> [$($args:tt)*] [$($values:tt)*] [$(($name:ident $(= $default:expr)?))*]) => {
+        /// Flags of `serve`. Each may also be set in the `--config` file under the same name; a
+        /// flag wins over the file.
+        #[derive(Debug, Default, Args, Deserialize)]
+        #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+        pub struct ServeArgs { $($args)* }
+
+        /// Every setting of `serve`: from the flags, else from the config file, else its
+        /// default (each documented on [`ServeArgs`]).
+        // `config` is read from the flags alone, before there are values.
+        #[allow(dead_code)]
+        #[derive(Debug, Clone)]
+        pub struct Values { $($values)* }
+
+        impl ServeArgs {
+            /// These settings (the flags) over `file`'s: each as given here, else as there.
+            pub fn over(self, file: ServeArgs) -> ServeArgs {
+                ServeArgs { $($name: Layer::over(self.$name, file.$name),)* }
+            }
+
+            /// Every setting, with the defaults of those not given.
+            pub fn values(self) -> Values {
+                Values { $($name: serve_settings!(@value self.$name $(, $default)?),)* }
+            }
+        }
+    };
+    (@value $given:expr) => { $given };
+    (@value $given:expr, $default:expr) => { Layer::or_default($given, || $default) };
+    // An entry with a default.
+    (@read [
+        $(#[$attr:meta])* $name:ident: $given:ty = $default:expr,
+        $($rest:tt)*
+    ] -> [$($args:tt)*] [$($values:tt)*] [$($names:tt)*]) => {
+        serve_settings!(@read [$($rest)*] ->
+            [$($args)* $(#[$attr])* pub $name: $given,]
+            [$($values)* pub $name: <$given as Layer>::Value,]
+            [$($names)* ($name = $default)]);
+    };
+    // An entry without: its value is as given (`None`, empty or `false` when not).
+    (@read [
+        $(#[$attr:meta])* $name:ident: $given:ty,
+        $($rest:tt)*
+    ] -> [$($args:tt)*] [$($values:tt)*] [$($names:tt)*]) => {
+        serve_settings!(@read [$($rest)*] ->
+            [$($args)* $(#[$attr])* pub $name: $given,]
+            [$($values)* pub $name: $given,]
+            [$($names)* ($name)]);
+    };
+    ($($entries:tt)*) => {
+        serve_settings!(@read [$($entries)*] -> [] [] []);
+    };
+}
+
+/// How a setting given twice (by a flag and by the file) is settled, and how its default
+/// fills it in: one rule per kind of setting, so that no setting is merged by hand.
+pub trait Layer: Sized {
+    /// The setting once its default is applied.
+    type Value;
+    /// `self` (from the flags) over `under` (from the file).
+    fn over(self, under: Self) -> Self;
+    /// The value as given, or `default` when it was not.
+    fn or_default(self, default: impl FnOnce() -> Self::Value) -> Self::Value;
+}
+
+/// A single value: the flag's if given.
+impl<T> Layer for Option<T> {
+    type Value = T;
+    fn over(self, under: Self) -> Self {
+        self.or(under)
+    }
+    fn or_default(self, default: impl FnOnce() -> T) -> T {
+        self.unwrap_or_else(default)
+    }
+}
+
+/// A repeatable flag or a list: the flags' list replaces the file's whole, if any is given.
+impl<T> Layer for Vec<T> {
+    type Value = Vec<T>;
+    fn over(self, under: Self) -> Self {
+        if self.is_empty() {
+            under
+        } else {
+            self
+        }
+    }
+    fn or_default(self, default: impl FnOnce() -> Vec<T>) -> Vec<T> {
+        if self.is_empty() {
+            default()
+        } else {
+            self
+        }
+    }
+}
+
+/// A switch: on if either turns it on.
+impl Layer for bool {
+    type Value = bool;
+    fn over(self, under: Self) -> Self {
+        self || under
+    }
+    fn or_default(self, default: impl FnOnce() -> bool) -> bool {
+        self || default()
+    }
+}
+
+serve_settings! {
     /// A TOML file with any of these settings (keys named like the flags, e.g. `max-connections`).
     #[arg(long)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
+    config: Option<PathBuf>,
     /// Address to listen on; repeat for several (an IPv4 and an IPv6 one, say), all serving
     /// the same protocol with the same workers and limits [default: 127.0.0.1:8443].
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    pub listen: Vec<SocketAddr>,
+    listen: Vec<SocketAddr> = vec![DEFAULT_LISTEN],
     /// PEM certificate chain; repeat for several names, chosen by SNI, the first the default
     /// [default: the built-in development certificate].
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    pub cert: Vec<PathBuf>,
+    cert: Vec<PathBuf>,
     /// PEM private key of the certificate; repeated, paired in order with `--cert`.
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    pub key: Vec<PathBuf>,
+    key: Vec<PathBuf>,
     /// DER OCSP response to staple; repeated, paired in order with `--cert` (the first with
     /// the first; certificates after the last response staple none).
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    pub ocsp_response: Vec<PathBuf>,
+    ocsp_response: Vec<PathBuf>,
     /// The config file's `[[certificate]]` tables (`cert`, `key`, `ocsp-response`), in order.
     #[arg(skip)]
     #[serde(default)]
-    pub certificate: Vec<CertificateEntry>,
+    certificate: Vec<CertificateEntry>,
     /// Refuse a client whose SNI names no certificate (alert `unrecognized_name`) instead of
     /// serving it the first certificate.
     #[arg(long)]
     #[serde(default)]
-    pub sni_strict: bool,
+    sni_strict: bool,
     /// Lowest TLS version accepted [default: 1.2].
     #[arg(long, value_enum)]
-    pub tls_min_version: Option<TlsMinVersion>,
+    tls_min_version: Option<TlsMinVersion> = TlsMinVersion::V1_2,
     /// Cipher suites offered, comma-separated, by rustls or IANA name, in preference order
     /// [default: rustls's].
     #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "de_list")]
-    pub cipher_suites: Vec<String>,
+    cipher_suites: Vec<String>,
     /// Key-exchange groups offered, comma-separated (X25519, secp256r1, secp384r1)
     /// [default: rustls's].
     #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "de_list")]
-    pub kx_groups: Vec<String>,
+    kx_groups: Vec<String>,
     /// Pick the cipher suite by the server's order rather than the client's.
     #[arg(long)]
     #[serde(default)]
-    pub prefer_server_cipher_order: bool,
+    prefer_server_cipher_order: bool,
     /// ALPN protocols, comma-separated, in the server's order of preference (e.g.
     /// `h2,http/1.1`); a client offering none of them is refused.
     #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "de_list")]
-    pub alpn: Vec<String>,
+    alpn: Vec<String>,
     /// PEM bundle of the CAs client certificates must chain to; turns client verification on.
     #[arg(long)]
-    pub client_ca: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
     /// Whether clients must present a certificate [default: require, with --client-ca].
     #[arg(long, value_enum)]
-    pub client_auth: Option<ClientAuthKind>,
+    client_auth: Option<ClientAuthKind>,
     /// CRL (PEM or DER) of revoked client certificates; repeatable.
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    pub client_crl: Vec<PathBuf>,
+    client_crl: Vec<PathBuf>,
     /// Admit a verified client whose subject CN is this; repeatable (any match admits).
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    pub allow_cn: Vec<String>,
+    allow_cn: Vec<String>,
     /// Admit a verified client with this SAN DNS name; repeatable.
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    pub allow_dns_san: Vec<String>,
+    allow_dns_san: Vec<String>,
     /// Admit a verified client with this SAN URI (e.g. a SPIFFE ID); repeatable.
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    pub allow_uri_san: Vec<String>,
+    allow_uri_san: Vec<String>,
     /// Session ticket keys shared by several tlsvisor processes: one key per line, 96 hex
     /// digits (`openssl rand -hex 48`), newest first; the first encrypts, all decrypt
     /// [default: random keys per process, rotated every 6 h].
     #[arg(long)]
-    pub ticket_key_file: Option<PathBuf>,
+    ticket_key_file: Option<PathBuf>,
     /// Poll the certificate and key files every second and reload them once they changed.
     #[arg(long)]
     #[serde(default)]
-    pub watch_certs: bool,
+    watch_certs: bool,
     /// Bind the listening socket with SO_REUSEPORT, so that several processes can share the
     /// port (each socket has its own accept queue, dropped when it closes).
     #[arg(long)]
     #[serde(default)]
-    pub reuse_port: bool,
+    reuse_port: bool,
     /// What to speak over each connection [default: echo].
     #[arg(long, value_enum)]
-    pub protocol: Option<ProtocolKind>,
+    protocol: Option<ProtocolKind> = ProtocolKind::Echo,
     /// Plaintext upstream for `--protocol proxy`: HOST:PORT or unix:/path; repeatable (each
     /// client goes to the healthy one with the fewest connections).
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    pub upstream: Vec<String>,
+    upstream: Vec<String>,
     /// Time to connect to the upstream (proxy) [default: 5s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
-    pub upstream_connect_timeout: Option<Duration>,
+    upstream_connect_timeout: Option<Duration> = Duration::from_secs(5),
     /// Send a PROXY protocol header (v1 text or v2 binary) to the upstream (proxy).
     #[arg(long, value_enum)]
-    pub proxy_protocol: Option<ProxyProtocolVersion>,
+    proxy_protocol: Option<ProxyProtocolVersion>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
-    pub metrics_listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     /// Serve the admin API (connections, pause, drain, reload, health, metrics) at
     /// http://ADDR/; keep it on loopback or behind --admin-token-file.
     #[arg(long)]
-    pub admin_listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
     /// A file holding the token every admin request but the health checks must present as
     /// `Authorization: Bearer TOKEN`.
     #[arg(long)]
-    pub admin_token_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
     /// Read a PROXY protocol header (from a load balancer in front) before each TLS
     /// handshake; the client's original address then stands for the peer.
     #[arg(long, value_enum)]
-    pub accept_proxy: Option<AcceptProxyVersion>,
+    accept_proxy: Option<AcceptProxyVersion>,
     /// Only sources in these networks must send the header (repeatable); others are served as
     /// direct clients [default: every source must].
     #[arg(long, value_name = "CIDR")]
     #[serde(default, deserialize_with = "de_list")]
-    pub accept_proxy_from: Vec<String>,
+    accept_proxy_from: Vec<String>,
     /// Time the PROXY header gets to arrive [default: 5s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
-    pub accept_proxy_timeout: Option<Duration>,
+    accept_proxy_timeout: Option<Duration> = Duration::from_secs(5),
     /// Run as this user once the sockets are bound and the key files read (start as root to
     /// bind port 443).
     #[arg(long)]
-    pub user: Option<String>,
+    user: Option<String>,
     /// Run as this group [default: the --user's primary group].
     #[arg(long)]
-    pub group: Option<String>,
+    group: Option<String>,
     /// Worker threads connections are spread over [default: one per core].
     #[arg(long)]
-    pub workers: Option<usize>,
+    workers: Option<usize> = ServerConfig::default_workers(),
     /// Live connections at which accepting pauses until one closes [default: 10000].
     #[arg(long)]
-    pub max_connections: Option<usize>,
+    max_connections: Option<usize> = ServerConfig::DEFAULT_MAX_CONNECTIONS,
     /// TLS handshakes in progress at which accepting pauses until one ends [default: 256 per
     /// worker].
     #[arg(long)]
-    pub max_handshakes: Option<usize>,
+    max_handshakes: Option<usize>,
     /// Live connections per client address (IPv6: per /64); more are closed at accept; 0 = off
     /// [default: 0].
     #[arg(long)]
-    pub max_connections_per_ip: Option<usize>,
+    max_connections_per_ip: Option<usize> = 0,
     /// Handshakes in progress per client address (IPv6: per /64); more are closed at accept;
     /// 0 = off [default: a quarter of --max-handshakes].
     #[arg(long)]
-    pub max_handshakes_per_ip: Option<usize>,
+    max_handshakes_per_ip: Option<usize>,
     /// Time a client gets to finish the TLS handshake [default: 10s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
-    pub handshake_timeout: Option<Duration>,
+    handshake_timeout: Option<Duration> = ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
     /// Time without a byte from the client before it is closed; 0 disables [default: 5m].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
-    pub idle_timeout: Option<Duration>,
+    idle_timeout: Option<Duration> = ServerConfig::DEFAULT_IDLE_TIMEOUT,
     /// Time a graceful close gets (flush, close_notify, wait for the client) [default: 2s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
-    pub close_timeout: Option<Duration>,
+    close_timeout: Option<Duration> = ServerConfig::DEFAULT_CLOSE_TIMEOUT,
     /// Time connections get to close on SIGTERM/SIGINT before they are forced [default: 10s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
-    pub shutdown_grace: Option<Duration>,
+    shutdown_grace: Option<Duration> = Duration::from_secs(10),
     /// Log format [default: term].
     #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
+    log_format: Option<LogFormat> = LogFormat::Term,
     /// Least severe level logged [default: info].
     #[arg(long, value_enum)]
-    pub log_level: Option<LogLevel>,
+    log_level: Option<LogLevel> = LogLevel::Info,
 }
 
 /// `--client-auth`.

@@ -1,8 +1,10 @@
-//! The process's slog logger: human-readable on a terminal, or JSON lines.
+//! The process's slog logger: human-readable on a terminal, or JSON lines. Records of the
+//! `log` crate (rustls, actix) go to it too (`log_bridge.rs`).
 
 use slog::{o, Drain, Level, Logger};
 
 use crate::cli::{LogFormat, LogLevel};
+use crate::log_bridge::LogBridge;
 
 /// Log records queued for the writer thread before new ones are dropped (and the drop counted
 /// in a log line): a burst of disposals must never block a connection on logging.
@@ -11,15 +13,20 @@ const QUEUE: usize = 8192;
 /// Room for one JSON record, so that each goes out whole.
 const LINE_BUFFER: usize = 64 * 1024;
 
-/// Builds the root logger, writing to stderr. Keep the guard alive until exit: dropping it
-/// flushes the queue.
+/// Builds the root logger, writing to stderr, and makes it the `log` crate's too. Keep the
+/// guard alive until exit: dropping it flushes the queue.
+///
+/// Every level can be asked for in every build: slog's `max_level_trace` and
+/// `release_max_level_trace` features (Cargo.toml) keep `debug!` and `trace!` compiled in,
+/// which slog otherwise leaves out of release builds whatever `--log-level` says. The level is
+/// filtered here, at run time.
 pub fn build(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGuard) {
-    let level = match level {
-        LogLevel::Error => Level::Error,
-        LogLevel::Warn => Level::Warning,
-        LogLevel::Info => Level::Info,
-        LogLevel::Debug => Level::Debug,
-        LogLevel::Trace => Level::Trace,
+    let (level, log_level) = match level {
+        LogLevel::Error => (Level::Error, log::LevelFilter::Error),
+        LogLevel::Warn => (Level::Warning, log::LevelFilter::Warn),
+        LogLevel::Info => (Level::Info, log::LevelFilter::Info),
+        LogLevel::Debug => (Level::Debug, log::LevelFilter::Debug),
+        LogLevel::Trace => (Level::Trace, log::LevelFilter::Trace),
     };
     let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match format {
         LogFormat::Term => {
@@ -45,5 +52,7 @@ pub fn build(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGu
         .build_with_guard();
     // Filter before the queue, on the calling thread: a record below the level is dropped
     // there instead of being serialized and shipped to the writer thread to be dropped.
-    (Logger::root(drain.filter_level(level).fuse(), o!()), guard)
+    let logger = Logger::root(drain.filter_level(level).fuse(), o!());
+    LogBridge::new(logger.clone(), log_level).install();
+    (logger, guard)
 }

@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
+use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::Registry;
 
+use crate::exposition::set_value;
 use crate::upstream_metrics::UpstreamCollector;
 use tlsvisor_actors::{
     DisposeReason, LatencySnapshot, RejectReason, Stats, CONNECT_LATENCY_BUCKETS,
@@ -145,19 +144,6 @@ fn family(index: usize, samples: Vec<(Option<String>, f64)>) -> MetricFamily {
         family.mut_metric().push(metric);
     }
     family
-}
-
-/// Sets `metric`'s value as a counter or, for any other `kind`, a gauge.
-pub fn set_value(metric: &mut Metric, kind: MetricType, value: f64) {
-    if kind == MetricType::COUNTER {
-        let mut counter = Counter::default();
-        counter.set_value(value);
-        metric.set_counter(counter);
-    } else {
-        let mut gauge = Gauge::default();
-        gauge.set_value(value);
-        metric.set_gauge(gauge);
-    }
 }
 
 fn latency_family(index: usize, latency: &LatencySnapshot) -> MetricFamily {

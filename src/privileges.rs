@@ -1,18 +1,15 @@
 //! `--user` / `--group`: dropping root after the listening sockets are bound and the key files
 //! are read, so port 443 can be bound while the process serves as an unprivileged user.
+//!
+//! The password and group databases are read through `nix` (`getpwnam_r`/`getgrnam_r` with a
+//! buffer that grows while the entry does not fit: a group with many members can exceed any
+//! fixed size, and `ERANGE` must not read as "no such group").
 
-use std::ffi::CString;
-use std::mem::MaybeUninit;
-
+use nix::errno::Errno;
+use nix::unistd::{setgid, setgroups, setuid, Gid, Group, Uid, User};
 use slog::{info, Logger};
 
-use crate::BoxError;
-
-/// A user's ids, as the password database gives them.
-struct Ids {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-}
+use crate::error::BoxError;
 
 /// Switches the whole process (every thread: glibc applies set*id to all of them) to `user`,
 /// with `group` or else the user's primary group, and no supplementary groups. Checks that
@@ -21,29 +18,22 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>, log: &Logger) -> Result<
     let Some(user) = user else {
         return Err("--group needs --user".into());
     };
-    let ids = user_ids(user)?;
+    let (uid, primary) = user_ids(user)?;
     let gid = match group {
         Some(group) => group_id(group)?,
-        None => ids.gid,
+        None => primary,
     };
-    // SAFETY: plain system calls on integers and a one-element array that lives across the
-    // call; glibc broadcasts them to every thread of the process.
-    let dropped = unsafe {
-        libc::setgroups(1, &gid) == 0 && libc::setgid(gid) == 0 && libc::setuid(ids.uid) == 0
-    };
-    if !dropped {
-        return Err(format!(
-            "--user {user}: cannot switch to uid {} gid {gid}: {}",
-            ids.uid,
-            std::io::Error::last_os_error()
-        )
-        .into());
+    let switched = setgroups(&[gid])
+        .and_then(|()| setgid(gid))
+        .and_then(|()| setuid(uid));
+    if let Err(e) = switched {
+        return Err(format!("--user {user}: cannot switch to uid {uid} gid {gid}: {e}").into());
     }
-    // SAFETY: as above. Succeeding here would mean the switch did not take.
-    if ids.uid != 0 && unsafe { libc::setuid(0) } == 0 {
+    // Succeeding here would mean the switch did not take.
+    if !uid.is_root() && setuid(Uid::from_raw(0)).is_ok() {
         return Err(format!("--user {user}: root could be regained after the switch").into());
     }
-    info!(log, "privileges dropped"; "user" => user, "uid" => ids.uid, "gid" => gid);
+    info!(log, "privileges dropped"; "user" => user, "uid" => uid.as_raw(), "gid" => gid.as_raw());
     Ok(())
 }
 
@@ -60,47 +50,65 @@ pub fn check(user: Option<&str>, group: Option<&str>) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn user_ids(user: &str) -> Result<Ids, BoxError> {
-    // SAFETY: getpwnam_r's contract is `lookup`'s `get`.
-    let entry = lookup(user, "--user", |name, entry, buf, len, found| unsafe {
-        libc::getpwnam_r(name, entry, buf, len, found)
-    })?;
-    Ok(Ids {
-        uid: entry.pw_uid,
-        gid: entry.pw_gid,
-    })
+/// The uid and primary gid of `user`.
+fn user_ids(user: &str) -> Result<(Uid, Gid), BoxError> {
+    let found = looked_up(user, "--user", User::from_name(named(user, "--user")?))?;
+    Ok((found.uid, found.gid))
 }
 
-fn group_id(group: &str) -> Result<libc::gid_t, BoxError> {
-    // SAFETY: getgrnam_r's contract is `lookup`'s `get`.
-    let entry = lookup(group, "--group", |name, entry, buf, len, found| unsafe {
-        libc::getgrnam_r(name, entry, buf, len, found)
-    })?;
-    Ok(entry.gr_gid)
+fn group_id(group: &str) -> Result<Gid, BoxError> {
+    let found = looked_up(group, "--group", Group::from_name(named(group, "--group")?))?;
+    Ok(found.gid)
 }
 
-/// Looks `name` up with a reentrant getter of the password or group database, which fills
-/// the entry, keeps its strings in the buffer, and sets `found` to the entry or to null. Only
-/// the entry's ids may be read from the result: its pointers point into a buffer that is gone.
-fn lookup<T>(
-    name: &str,
-    flag: &str,
-    get: impl FnOnce(*const libc::c_char, *mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
-) -> Result<T, BoxError> {
-    let c_name = CString::new(name).map_err(|_| format!("{flag} {name:?}: not a name"))?;
-    let mut entry = MaybeUninit::<T>::uninit();
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut T = std::ptr::null_mut();
-    let rc = get(
-        c_name.as_ptr(),
-        entry.as_mut_ptr(),
-        buffer.as_mut_ptr(),
-        buffer.len(),
-        &mut found,
-    );
-    if rc != 0 || found.is_null() {
-        return Err(format!("{flag} {name}: no such {}", &flag[2..]).into());
+/// `name`, if it can be one (nix reads a name with a NUL byte as not found).
+fn named<'a>(name: &'a str, flag: &str) -> Result<&'a str, BoxError> {
+    match name.contains('\0') {
+        true => Err(format!("{flag} {name:?}: not a name").into()),
+        false => Ok(name),
     }
-    // SAFETY: the getter succeeded and pointed `found` at `entry`, which it filled.
-    Ok(unsafe { entry.assume_init() })
+}
+
+/// The entry a lookup found, or the error that names the flag: "no such user" when the
+/// database has no such entry, the lookup's own error otherwise.
+fn looked_up<T>(name: &str, flag: &str, found: nix::Result<Option<T>>) -> Result<T, BoxError> {
+    let what = &flag[2..];
+    match found {
+        Ok(Some(entry)) => Ok(entry),
+        // getpwnam_r(3): "not found" is a null result, or one of these errors on some systems.
+        Ok(None) | Err(Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM) => {
+            Err(format!("{flag} {name}: no such {what}").into())
+        }
+        Err(e) => Err(format!("{flag} {name}: cannot look the {what} up: {e}").into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_found_and_a_missing_user_or_group_is_named_as_missing() {
+        let (uid, gid) = user_ids("root").unwrap();
+        assert!(uid.is_root());
+        assert_eq!(gid.as_raw(), 0);
+        assert_eq!(group_id("root").unwrap().as_raw(), 0);
+        let missing = user_ids("no-such-user-here").unwrap_err().to_string();
+        assert_eq!(missing, "--user no-such-user-here: no such user");
+        let missing = group_id("no-such-group-here").unwrap_err().to_string();
+        assert_eq!(missing, "--group no-such-group-here: no such group");
+        assert!(check(Some("root"), Some("root")).is_ok());
+        assert!(check(None, Some("root")).is_err(), "--group needs --user");
+        let nul = user_ids("ro\0ot").unwrap_err().to_string();
+        assert!(nul.contains("not a name"), "{nul}");
+    }
+
+    #[test]
+    fn a_lookup_error_other_than_not_found_is_not_reported_as_missing() {
+        let error = looked_up::<User>("big", "--group", Err(Errno::ERANGE))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cannot look the group up"), "{error}");
+        assert!(!error.contains("no such"), "{error}");
+    }
 }

@@ -10,8 +10,8 @@ use slog::{error, info, Logger};
 use tlsvisor_actors::{LoadedTls, TlsReloader, TlsSource};
 
 use crate::certs;
+use crate::error::BoxError;
 use crate::settings::{CertSource, Settings};
-use crate::BoxError;
 
 /// How often `--watch-certs` looks at the files' modification times.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,11 +25,11 @@ pub fn tls_source(settings: &Settings) -> TlsSource {
     };
     TlsSource {
         certificates,
-        sni_strict: settings.sni_strict,
+        sni_strict: settings.values.sni_strict,
         policy: settings.tls_policy.clone(),
         built_in,
         client_auth: settings.client_auth.clone(),
-        ticket_key_file: settings.ticket_key_file.clone(),
+        ticket_key_file: settings.values.ticket_key_file.clone(),
     }
 }
 

@@ -19,14 +19,13 @@ use tlsvisor_actors::{
 
 use crate::activation::{Inherited, InheritedSocket, Matched};
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
+use crate::error::BoxError;
 use crate::logging;
-use crate::metrics_http::MetricsServer;
 use crate::notify::{self, Notifier};
 use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
 use crate::tls_metrics::TlsCollector;
 use crate::upgrade::Upgrade;
-use crate::BoxError;
 
 /// Runs the server described by `settings` until a signal, then runs the shutdown protocol and
 /// returns (exit code 0) once it is done.
@@ -34,7 +33,8 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     // Before any thread starts: this edits the environment.
     let inherited = Inherited::from_env()?;
     let upgrade = Upgrade::capture()?;
-    let (log, _flush_on_exit) = logging::build(settings.log_format, settings.log_level);
+    let (log, _flush_on_exit) =
+        logging::build(settings.values.log_format, settings.values.log_level);
     let nofile = raise_fd_limit(&log);
     warn_if_descriptors_short(&settings, nofile, &log);
     if settings.cert == CertSource::BuiltIn {
@@ -44,17 +44,17 @@ pub fn run(settings: Settings) -> Result<(), BoxError> {
     }
     let tls = reload::build_tls(&settings)?;
     // `Settings::listen` is never empty (the default is one address).
-    let mut config = ServerConfig::new(settings.listen[0], Arc::clone(tls.config()));
-    config.workers = settings.workers;
+    let mut config = ServerConfig::new(settings.values.listen[0], Arc::clone(tls.config()));
+    config.workers = settings.values.workers;
     config.accept_proxy = settings.accept_proxy.clone();
-    config.max_connections = settings.max_connections;
-    config.max_handshakes = settings.max_handshakes;
-    config.max_connections_per_ip = settings.max_connections_per_ip;
-    config.max_handshakes_per_ip = settings.max_handshakes_per_ip;
-    config.handshake_timeout = settings.handshake_timeout;
-    config.idle_timeout = settings.idle_timeout;
-    config.close_timeout = settings.close_timeout;
-    config.reuse_port = settings.reuse_port;
+    config.max_connections = settings.values.max_connections;
+    config.max_handshakes = settings.values.max_handshakes;
+    config.max_connections_per_ip = settings.values.max_connections_per_ip;
+    config.max_handshakes_per_ip = settings.values.max_handshakes_per_ip;
+    config.handshake_timeout = settings.values.handshake_timeout;
+    config.idle_timeout = settings.idle_timeout();
+    config.close_timeout = settings.values.close_timeout;
+    config.reuse_port = settings.values.reuse_port;
 
     let process = Process { inherited, upgrade };
     actix_rt::System::new().block_on(serve(settings, config, tls, process, log))
@@ -140,13 +140,19 @@ async fn serve(
 ) -> Result<(), BoxError> {
     let mut signals = Signals::install()?;
     let notifier = Notifier::from_env(&log);
-    let inherited = process.inherited.assign(&settings.listen)?;
+    let inherited = process.inherited.assign(&settings.values.listen)?;
+    // What is served is the address an inherited socket is bound to, which a socket mapped by
+    // order does not share with its --listen entry.
+    for socket in inherited.iter().flatten() {
+        let what = format!("the inherited socket {} (LISTEN_FDS)", socket.addr);
+        settings.may_serve_on(&what, socket.addr)?;
+    }
 
-    let builder = match settings.protocol {
+    let builder = match settings.values.protocol {
         ProtocolKind::Proxy => {
-            let mut proxy = ProxyConfig::with_upstreams(&settings.upstream);
-            proxy.connect_timeout = settings.upstream_connect_timeout;
-            proxy.proxy_header = settings.proxy_protocol.map(|v| match v {
+            let mut proxy = ProxyConfig::with_upstreams(&settings.values.upstream);
+            proxy.connect_timeout = settings.values.upstream_connect_timeout;
+            proxy.proxy_header = settings.values.proxy_protocol.map(|v| match v {
                 ProxyProtocolVersion::V1 => ProxyHeader::V1,
                 ProxyProtocolVersion::V2 => ProxyHeader::V2,
             });
@@ -154,7 +160,7 @@ async fn serve(
         }
         ProtocolKind::Echo => Server::builder(config, Echo),
     };
-    let builder = listen_on(builder, &settings.listen, inherited, &log);
+    let builder = listen_on(builder, &settings.values.listen, inherited, &log);
     #[cfg(feature = "fault-injection")]
     let builder = builder.faults(faults_from_env(&log)?);
     #[cfg(feature = "fault-injection")]
@@ -167,23 +173,30 @@ async fn serve(
     // Shared by both listeners' expositions: refusals are counted wherever they happen.
     let unauthorized = crate::admin::unauthorized_counter()?;
     let metrics = settings
+        .values
         .metrics_listen
         .map(|addr| -> Result<_, BoxError> {
             let tls_metrics = Box::new(TlsCollector::new(server.tls_reloader())?);
             let extra: Vec<Box<dyn prometheus::core::Collector>> =
                 vec![tls_metrics, Box::new(unauthorized.clone())];
-            MetricsServer::start(addr, server.stats(), extra, log.clone())
+            let registry = crate::metrics::registry(server.stats(), extra)?;
+            crate::http::serve_metrics(addr, registry, &log)
         })
         .transpose()?;
     let admin = settings
+        .values
         .admin_listen
         .map(|addr| crate::admin::start_for(addr, &settings, &server, unauthorized, &log))
         .transpose()?;
     // Every socket is bound and every key file read: root is no longer needed.
-    if settings.user.is_some() || settings.group.is_some() {
-        crate::privileges::drop_to(settings.user.as_deref(), settings.group.as_deref(), &log)?;
+    if settings.values.user.is_some() || settings.values.group.is_some() {
+        crate::privileges::drop_to(
+            settings.values.user.as_deref(),
+            settings.values.group.as_deref(),
+            &log,
+        )?;
     }
-    let _watcher = match settings.watch_certs {
+    let _watcher = match settings.values.watch_certs {
         true => Some(CertWatcher::start(
             settings.clone(),
             server.tls_reloader(),
@@ -240,15 +253,15 @@ async fn serve(
         watch.abort();
     }
     info!(log, "signal received: shutting down";
-        "signal" => name, "grace_ms" => settings.shutdown_grace.as_millis() as u64);
+        "signal" => name, "grace_ms" => settings.values.shutdown_grace.as_millis() as u64);
     let (handle, stats) = (server.handle(), server.stats());
     // After an upgrade, half the grace lets what this process accepted last finish on its own
     // (a request in flight, a handshake just accepted), the other half closes the rest.
     let linger = match upgraded {
-        true => settings.shutdown_grace / 2,
+        true => settings.values.shutdown_grace / 2,
         false => Duration::ZERO,
     };
-    let shutdown = server.drain(linger, settings.shutdown_grace - linger);
+    let shutdown = server.drain(linger, settings.values.shutdown_grace - linger);
     tokio::pin!(shutdown);
     let report = tokio::select! {
         report = &mut shutdown => report,
@@ -377,17 +390,17 @@ const FIXED_DESCRIPTORS: u64 = 64;
 /// `--max-connections`. Not clamped: the operator may know better (few proxied connections,
 /// say), and the shedding keeps the server serving either way.
 fn warn_if_descriptors_short(settings: &Settings, nofile: Option<u64>, log: &Logger) {
-    let per_connection = match settings.protocol {
+    let per_connection = match settings.values.protocol {
         ProtocolKind::Proxy => 2,
         ProtocolKind::Echo => 1,
     };
-    let needed = (settings.max_connections as u64)
+    let needed = (settings.values.max_connections as u64)
         .saturating_mul(per_connection)
         .saturating_add(FIXED_DESCRIPTORS);
     if let Some(nofile) = nofile.filter(|n| *n < needed) {
         warn!(log, "the open files limit is below what --max-connections needs; past it new \
                     clients are shed as fd_exhausted";
-            "nofile" => nofile, "max_connections" => settings.max_connections,
+            "nofile" => nofile, "max_connections" => settings.values.max_connections,
             "needed" => needed);
     }
 }

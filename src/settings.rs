@@ -1,18 +1,18 @@
 //! The effective settings of `serve`: flags over the config file over defaults.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{
-    AcceptProxyVersion, ClientAuthKind, LogFormat, LogLevel, ProtocolKind, ProxyProtocolVersion,
-    ServeArgs, TlsMinVersion,
+    AcceptProxyVersion, CertificateEntry, ClientAuthKind, ProtocolKind, ServeArgs, TlsMinVersion,
+    Values,
 };
 use tlsvisor_actors::{
-    AllowList, CertificateFiles, ClientAuth, ClientAuthMode, ServerConfig, TlsPolicy, TlsVersion,
+    AllowList, CertificateFiles, ClientAuth, ClientAuthMode, TlsPolicy, TlsVersion,
 };
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,92 +23,27 @@ pub enum CertSource {
     Files(Vec<CertificateFiles>),
 }
 
-/// Everything `serve` needs, resolved.
+/// Everything `serve` needs, resolved: each setting once (its flag, key and default are
+/// defined together in `cli.rs`), and what is built from several of them.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Never empty; the first is the one `Server::local_addr` reports.
-    pub listen: Vec<SocketAddr>,
+    /// Every setting: the flags over the config file over the defaults. `listen` is never
+    /// empty; its first address is the one `Server::local_addr` reports.
+    pub values: Values,
+    /// `cert`, `key`, `ocsp-response` and the `[[certificate]]` tables, paired.
     pub cert: CertSource,
-    /// Reload the TLS files when they change (polled).
-    pub watch_certs: bool,
-    /// Bind with `SO_REUSEPORT` (`--reuse-port`).
-    pub reuse_port: bool,
-    /// Refuse an SNI name no certificate serves.
-    pub sni_strict: bool,
     /// Versions, suites, groups, ALPN.
     pub tls_policy: TlsPolicy,
     /// Client certificate verification (mTLS).
     pub client_auth: Option<ClientAuth>,
-    /// Session ticket keys shared with other processes.
-    pub ticket_key_file: Option<PathBuf>,
-    pub protocol: ProtocolKind,
-    /// `--upstream`, in order: `HOST:PORT` or `unix:/path`.
-    pub upstream: Vec<String>,
-    pub upstream_connect_timeout: Duration,
-    pub proxy_protocol: Option<ProxyProtocolVersion>,
-    pub metrics_listen: Option<SocketAddr>,
-    pub admin_listen: Option<SocketAddr>,
-    pub admin_token_file: Option<PathBuf>,
     /// `--accept-proxy`: read a PROXY header before each handshake.
     pub accept_proxy: Option<tlsvisor_actors::AcceptProxy>,
-    /// `--user`, `--group`: who to run as once bound.
-    pub user: Option<String>,
-    pub group: Option<String>,
-    pub workers: usize,
-    pub max_connections: usize,
-    /// `None`: the library's default (256 per worker).
-    pub max_handshakes: Option<usize>,
-    pub max_connections_per_ip: usize,
-    /// `None`: the library's default (a quarter of the handshake limit); `Some(0)`: off.
-    pub max_handshakes_per_ip: Option<usize>,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Option<Duration>,
-    pub close_timeout: Duration,
-    pub shutdown_grace: Duration,
-    pub log_format: LogFormat,
-    pub log_level: LogLevel,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
-            cert: CertSource::BuiltIn,
-            watch_certs: false,
-            reuse_port: false,
-            sni_strict: false,
-            tls_policy: TlsPolicy::default(),
-            client_auth: None,
-            ticket_key_file: None,
-            protocol: ProtocolKind::Echo,
-            upstream: Vec::new(),
-            upstream_connect_timeout: Duration::from_secs(5),
-            proxy_protocol: None,
-            metrics_listen: None,
-            admin_listen: None,
-            admin_token_file: None,
-            accept_proxy: None,
-            user: None,
-            group: None,
-            workers: ServerConfig::default_workers(),
-            max_connections: ServerConfig::DEFAULT_MAX_CONNECTIONS,
-            max_handshakes: None,
-            max_connections_per_ip: 0,
-            max_handshakes_per_ip: None,
-            handshake_timeout: ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
-            idle_timeout: Some(ServerConfig::DEFAULT_IDLE_TIMEOUT),
-            close_timeout: ServerConfig::DEFAULT_CLOSE_TIMEOUT,
-            shutdown_grace: Duration::from_secs(10),
-            log_format: LogFormat::Term,
-            log_level: LogLevel::Info,
-        }
-    }
 }
 
 impl Settings {
     /// Resolves the flags, reading `--config` if given.
     pub fn resolve(flags: ServeArgs) -> Result<Settings, BoxError> {
-        let file = match &flags.config {
+        let mut file = match &flags.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
@@ -117,99 +52,67 @@ impl Settings {
             }
             None => ServeArgs::default(),
         };
-        let d = Settings::default();
-        let cert = match certificate_pairs(&flags)? {
+        // The certificates are one setting made of several keys, each source checked on its
+        // own: pairs given as flags replace every pair of the file.
+        let of =
+            |a: &ServeArgs| certificate_pairs(&a.cert, &a.key, &a.ocsp_response, &a.certificate);
+        if of(&flags)?.is_some() {
+            (file.cert, file.key, file.ocsp_response) = Default::default();
+            file.certificate.clear();
+        }
+        of(&file)?;
+        let values = flags.over(file).values();
+        let cert = match certificate_pairs(
+            &values.cert,
+            &values.key,
+            &values.ocsp_response,
+            &values.certificate,
+        )? {
             Some(pairs) => CertSource::Files(pairs),
-            None => match certificate_pairs(&file)? {
-                Some(pairs) => CertSource::Files(pairs),
-                None => CertSource::BuiltIn,
-            },
+            None => CertSource::BuiltIn,
         };
-        let client_auth = client_auth(&flags, &file)?;
-        let accept_proxy = accept_proxy(&flags, &file)?;
+        let client_auth = client_auth(&values)?;
+        let accept_proxy = accept_proxy(&values)?;
         let settings = Settings {
-            listen: match (flags.listen.is_empty(), file.listen.is_empty()) {
-                (false, _) => flags.listen,
-                (true, false) => file.listen,
-                (true, true) => d.listen,
-            },
-            cert,
-            watch_certs: flags.watch_certs || file.watch_certs,
-            reuse_port: flags.reuse_port || file.reuse_port,
-            sni_strict: flags.sni_strict || file.sni_strict,
             tls_policy: TlsPolicy {
-                min_version: match flags.tls_min_version.or(file.tls_min_version) {
-                    Some(TlsMinVersion::V1_3) => TlsVersion::Tls13,
-                    Some(TlsMinVersion::V1_2) | None => TlsVersion::Tls12,
+                min_version: match values.tls_min_version {
+                    TlsMinVersion::V1_3 => TlsVersion::Tls13,
+                    TlsMinVersion::V1_2 => TlsVersion::Tls12,
                 },
-                cipher_suites: or_file(flags.cipher_suites, file.cipher_suites),
-                kx_groups: or_file(flags.kx_groups, file.kx_groups),
-                prefer_server_cipher_order: flags.prefer_server_cipher_order
-                    || file.prefer_server_cipher_order,
-                alpn: or_file(flags.alpn, file.alpn),
+                cipher_suites: values.cipher_suites.clone(),
+                kx_groups: values.kx_groups.clone(),
+                prefer_server_cipher_order: values.prefer_server_cipher_order,
+                alpn: values.alpn.clone(),
             },
+            values,
+            cert,
             client_auth,
-            ticket_key_file: flags.ticket_key_file.or(file.ticket_key_file),
-            protocol: flags.protocol.or(file.protocol).unwrap_or(d.protocol),
-            upstream: or_file(flags.upstream, file.upstream),
-            upstream_connect_timeout: flags
-                .upstream_connect_timeout
-                .or(file.upstream_connect_timeout)
-                .unwrap_or(d.upstream_connect_timeout),
-            proxy_protocol: flags.proxy_protocol.or(file.proxy_protocol),
-            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
-            admin_listen: flags.admin_listen.or(file.admin_listen),
-            admin_token_file: flags.admin_token_file.or(file.admin_token_file),
             accept_proxy,
-            user: flags.user.or(file.user),
-            group: flags.group.or(file.group),
-            workers: flags.workers.or(file.workers).unwrap_or(d.workers),
-            max_connections: flags
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(d.max_connections),
-            max_handshakes: flags.max_handshakes.or(file.max_handshakes),
-            max_connections_per_ip: flags
-                .max_connections_per_ip
-                .or(file.max_connections_per_ip)
-                .unwrap_or(d.max_connections_per_ip),
-            max_handshakes_per_ip: flags.max_handshakes_per_ip.or(file.max_handshakes_per_ip),
-            handshake_timeout: flags
-                .handshake_timeout
-                .or(file.handshake_timeout)
-                .unwrap_or(d.handshake_timeout),
-            // Zero means "never": an operator switching the idle timeout off.
-            idle_timeout: match flags.idle_timeout.or(file.idle_timeout) {
-                Some(t) if t.is_zero() => None,
-                Some(t) => Some(t),
-                None => d.idle_timeout,
-            },
-            close_timeout: flags
-                .close_timeout
-                .or(file.close_timeout)
-                .unwrap_or(d.close_timeout),
-            shutdown_grace: flags
-                .shutdown_grace
-                .or(file.shutdown_grace)
-                .unwrap_or(d.shutdown_grace),
-            log_format: flags.log_format.or(file.log_format).unwrap_or(d.log_format),
-            log_level: flags.log_level.or(file.log_level).unwrap_or(d.log_level),
         };
         settings.check()?;
         Ok(settings)
     }
 
+    /// The idle timeout; zero means "never" (an operator switching it off).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        Some(self.values.idle_timeout).filter(|t| !t.is_zero())
+    }
+
     fn check(&self) -> Result<(), BoxError> {
+        let listen = &self.values.listen;
         // Port 0 twice is two ports; any other address twice could only fail to bind.
-        for (n, addr) in self.listen.iter().enumerate() {
-            if addr.port() != 0 && self.listen[..n].contains(addr) {
+        for (n, addr) in listen.iter().enumerate() {
+            if addr.port() != 0 && listen[..n].contains(addr) {
                 return Err(format!("--listen {addr} is given twice").into());
             }
         }
-        if self.sni_strict && self.cert == CertSource::BuiltIn {
+        if let Some(addr) = listen.iter().find(|a| !is_loopback(a.ip())) {
+            self.may_serve_on(&format!("--listen {addr}"), *addr)?;
+        }
+        if self.values.sni_strict && self.cert == CertSource::BuiltIn {
             return Err("--sni-strict needs --cert and --key".into());
         }
-        match (self.protocol, self.upstream.is_empty()) {
+        match (self.values.protocol, self.values.upstream.is_empty()) {
             (ProtocolKind::Proxy, true) => {
                 Err("--protocol proxy needs --upstream HOST:PORT or unix:/path".into())
             }
@@ -221,20 +124,40 @@ impl Settings {
     }
 }
 
-/// `--client-ca` and the flags that refine it (each from the flags, else from the file).
-fn client_auth(flags: &ServeArgs, file: &ServeArgs) -> Result<Option<ClientAuth>, BoxError> {
-    let pick = |flag: &Vec<String>, file: &Vec<String>| or_file(flag.clone(), file.clone());
-    let crls = match flags.client_crl.is_empty() {
-        true => file.client_crl.clone(),
-        false => flags.client_crl.clone(),
-    };
+impl Settings {
+    /// Whether these settings may serve TLS on `addr` (named `what` in the error): the
+    /// built-in development certificate is served on loopback addresses only, since its private
+    /// key is published with the source and anyone who reaches the port could impersonate the
+    /// server. `check` applies it to the `--listen` addresses; `serve` to the addresses of the
+    /// sockets it inherits, which are what it serves when one is mapped by order.
+    pub fn may_serve_on(&self, what: &str, addr: SocketAddr) -> Result<(), BoxError> {
+        if self.cert != CertSource::BuiltIn || is_loopback(addr.ip()) {
+            return Ok(());
+        }
+        Err(format!(
+            "{what}: the built-in development certificate is served on loopback addresses \
+             only (its private key is public); pass --cert and --key to serve {}",
+            addr.ip()
+        )
+        .into())
+    }
+}
+
+/// Whether `ip` reaches this host only: 127.0.0.0/8, `::1`, or `::ffff:127.x.y.z`.
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// `--client-ca` and the flags that refine it.
+fn client_auth(given: &Values) -> Result<Option<ClientAuth>, BoxError> {
+    let crls = given.client_crl.clone();
     let allow = AllowList {
-        cns: pick(&flags.allow_cn, &file.allow_cn),
-        dns_sans: pick(&flags.allow_dns_san, &file.allow_dns_san),
-        uri_sans: pick(&flags.allow_uri_san, &file.allow_uri_san),
+        cns: given.allow_cn.clone(),
+        dns_sans: given.allow_dns_san.clone(),
+        uri_sans: given.allow_uri_san.clone(),
     };
-    let mode = flags.client_auth.or(file.client_auth);
-    let Some(ca) = flags.client_ca.clone().or(file.client_ca.clone()) else {
+    let mode = given.client_auth;
+    let Some(ca) = given.client_ca.clone() else {
         if mode.is_some() || !crls.is_empty() || allow != AllowList::default() {
             return Err("--client-auth, --client-crl and --allow-* need --client-ca".into());
         }
@@ -251,41 +174,36 @@ fn client_auth(flags: &ServeArgs, file: &ServeArgs) -> Result<Option<ClientAuth>
     }))
 }
 
-/// A list flag, or the file's list if the flag was not given.
-fn or_file(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
-    if flag.is_empty() {
-        file
-    } else {
-        flag
-    }
-}
-
-/// The certificate pairs one source of settings gives (`--cert`/`--key` in order, then the
-/// file's `[[certificate]]` tables), or `None` if it gives none.
-fn certificate_pairs(args: &ServeArgs) -> Result<Option<Vec<CertificateFiles>>, BoxError> {
-    if args.cert.len() != args.key.len() {
+/// The certificate pairs one source of settings gives (`--cert`/`--key` in order, with the
+/// `--ocsp-response`s, then the file's `[[certificate]]` tables), or `None` if it gives none.
+fn certificate_pairs(
+    cert: &[PathBuf],
+    key: &[PathBuf],
+    ocsp_response: &[PathBuf],
+    tables: &[CertificateEntry],
+) -> Result<Option<Vec<CertificateFiles>>, BoxError> {
+    if cert.len() != key.len() {
         return Err(format!(
             "--cert and --key go together, paired in order ({} --cert, {} --key)",
-            args.cert.len(),
-            args.key.len()
+            cert.len(),
+            key.len()
         )
         .into());
     }
-    if args.ocsp_response.len() > args.cert.len() {
+    if ocsp_response.len() > cert.len() {
         return Err(
             "--ocsp-response pairs in order with --cert: more responses than certificates".into(),
         );
     }
-    let mut ocsp = args.ocsp_response.iter().cloned();
-    let pairs: Vec<CertificateFiles> = args
-        .cert
+    let mut ocsp = ocsp_response.iter().cloned();
+    let pairs: Vec<CertificateFiles> = cert
         .iter()
-        .zip(&args.key)
+        .zip(key)
         .map(|(cert, key)| CertificateFiles {
             ocsp: ocsp.next(),
             ..CertificateFiles::new(cert, key)
         })
-        .chain(args.certificate.iter().map(|entry| CertificateFiles {
+        .chain(tables.iter().map(|entry| CertificateFiles {
             ocsp: entry.ocsp_response.clone(),
             ..CertificateFiles::new(&entry.cert, &entry.key)
         }))
@@ -293,20 +211,11 @@ fn certificate_pairs(args: &ServeArgs) -> Result<Option<Vec<CertificateFiles>>, 
     Ok((!pairs.is_empty()).then_some(pairs))
 }
 
-/// How long a PROXY header gets by default.
-const DEFAULT_ACCEPT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// `--accept-proxy` and its companions; `--accept-proxy-from` without it is an error.
-fn accept_proxy(
-    flags: &ServeArgs,
-    file: &ServeArgs,
-) -> Result<Option<tlsvisor_actors::AcceptProxy>, BoxError> {
+fn accept_proxy(given: &Values) -> Result<Option<tlsvisor_actors::AcceptProxy>, BoxError> {
     use tlsvisor_actors::{AcceptProxy, Cidr, ProxyVersions};
-    let from = match flags.accept_proxy_from.is_empty() {
-        true => &file.accept_proxy_from,
-        false => &flags.accept_proxy_from,
-    };
-    let Some(version) = flags.accept_proxy.or(file.accept_proxy) else {
+    let from = &given.accept_proxy_from;
+    let Some(version) = given.accept_proxy else {
         if !from.is_empty() {
             return Err("--accept-proxy-from needs --accept-proxy v1|v2|any".into());
         }
@@ -326,10 +235,7 @@ fn accept_proxy(
             AcceptProxyVersion::Any => ProxyVersions::Any,
         },
         from,
-        timeout: flags
-            .accept_proxy_timeout
-            .or(file.accept_proxy_timeout)
-            .unwrap_or(DEFAULT_ACCEPT_PROXY_TIMEOUT),
+        timeout: given.accept_proxy_timeout,
     }))
 }
 
@@ -353,10 +259,10 @@ mod tests {
             ..ServeArgs::default()
         };
         let s = Settings::resolve(flags).unwrap();
-        assert_eq!(s.workers, 3);
-        assert_eq!(s.max_connections, 9);
-        assert_eq!(s.idle_timeout, None);
-        assert_eq!(s.listen, Settings::default().listen);
+        assert_eq!(s.values.workers, 3);
+        assert_eq!(s.values.max_connections, 9);
+        assert_eq!(s.idle_timeout(), None);
+        assert_eq!(s.values.listen, [crate::cli::DEFAULT_LISTEN]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -371,7 +277,7 @@ mod tests {
             ..ServeArgs::default()
         })
         .unwrap();
-        assert_eq!(from_file.listen.len(), 2);
+        assert_eq!(from_file.values.listen.len(), 2);
         let flag: SocketAddr = "127.0.0.1:9001".parse().unwrap();
         let flags = Settings::resolve(ServeArgs {
             config: Some(path),
@@ -379,7 +285,7 @@ mod tests {
             ..ServeArgs::default()
         })
         .unwrap();
-        assert_eq!(flags.listen, [flag]);
+        assert_eq!(flags.values.listen, [flag]);
         let twice = Settings::resolve(ServeArgs {
             listen: vec![flag, flag],
             ..ServeArgs::default()
@@ -417,6 +323,7 @@ mod tests {
                 ..ServeArgs::default()
             })
             .unwrap()
+            .values
             .upstream
         };
         assert_eq!(
@@ -435,6 +342,122 @@ mod tests {
             ["[::1]:6380"]
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn flags_and_the_file_layer_setting_by_setting_through_one_rule_per_kind() {
+        let file = ServeArgs {
+            workers: Some(3),
+            upstream: vec!["a:1".into(), "b:2".into()],
+            watch_certs: true,
+            max_handshakes: Some(64),
+            ..ServeArgs::default()
+        };
+        let flags = ServeArgs {
+            workers: Some(5),
+            upstream: vec!["c:3".into()],
+            user: Some("nobody".into()),
+            ..ServeArgs::default()
+        };
+        let values = flags.over(file).values();
+        assert_eq!(values.workers, 5, "a flag wins over the file");
+        assert_eq!(
+            values.upstream,
+            ["c:3"],
+            "a list given as flags replaces the file's"
+        );
+        assert!(values.watch_certs, "a switch the file turns on stays on");
+        assert_eq!(
+            values.max_handshakes,
+            Some(64),
+            "the file fills what the flags leave"
+        );
+        assert_eq!(values.user.as_deref(), Some("nobody"));
+        assert_eq!(
+            values.shutdown_grace,
+            Duration::from_secs(10),
+            "the default"
+        );
+        assert_eq!(values.listen, [crate::cli::DEFAULT_LISTEN]);
+    }
+
+    #[test]
+    fn certificate_pairs_from_the_flags_replace_every_pair_of_the_file() {
+        let dir = std::env::temp_dir().join(format!("tlsvisor-pairs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tlsvisor.toml");
+        std::fs::write(
+            &path,
+            "cert = \"f.crt\"\nkey = \"f.key\"\n[[certificate]]\ncert = \"t.crt\"\nkey = \"t.key\"\n",
+        )
+        .unwrap();
+        let pairs = |flags: ServeArgs| match Settings::resolve(flags).unwrap().cert {
+            CertSource::Files(pairs) => pairs.iter().map(|p| p.cert.clone()).collect(),
+            CertSource::BuiltIn => vec![],
+        };
+        let from_file = pairs(ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        });
+        assert_eq!(from_file, [PathBuf::from("f.crt"), PathBuf::from("t.crt")]);
+        let from_flags = pairs(ServeArgs {
+            config: Some(path.clone()),
+            cert: vec!["a.crt".into()],
+            key: vec!["a.key".into()],
+            ..ServeArgs::default()
+        });
+        assert_eq!(from_flags, [PathBuf::from("a.crt")]);
+        // A --cert without its --key is an error even when the file has keys.
+        let half = Settings::resolve(ServeArgs {
+            config: Some(path),
+            cert: vec!["a.crt".into()],
+            ..ServeArgs::default()
+        });
+        assert!(half
+            .unwrap_err()
+            .to_string()
+            .contains("--cert and --key go together"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_development_certificate_is_served_on_loopback_addresses_only() {
+        let on = |listen: &[&str]| {
+            Settings::resolve(ServeArgs {
+                listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
+                ..ServeArgs::default()
+            })
+        };
+        for loopback in [
+            &["127.0.0.1:8443"][..],
+            &["127.0.0.2:0", "[::1]:8443"],
+            &["[::ffff:127.0.0.1]:8443"],
+        ] {
+            assert!(on(loopback).is_ok(), "{loopback:?}");
+        }
+        for beyond in [
+            &["0.0.0.0:8443"][..],
+            &["[::]:8443"],
+            &["127.0.0.1:8443", "192.0.2.1:8443"],
+            &["[::ffff:10.0.0.1]:8443"],
+        ] {
+            let error = on(beyond).unwrap_err().to_string();
+            assert!(error.contains("--cert"), "{error}");
+            assert!(error.contains(beyond[beyond.len() - 1]), "{error}");
+        }
+        assert!(on(&[]).is_ok(), "the default, 127.0.0.1:8443");
+        let with_files = Settings::resolve(ServeArgs {
+            listen: vec!["0.0.0.0:8443".parse().unwrap()],
+            cert: vec!["server.crt".into()],
+            key: vec!["server.key".into()],
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let any: SocketAddr = "[::]:8443".parse().unwrap();
+        assert!(with_files.may_serve_on("the inherited socket", any).is_ok());
+        let built_in = on(&[]).unwrap();
+        let error = built_in.may_serve_on("the inherited socket [::]:8443", any);
+        assert!(error.unwrap_err().to_string().contains("--cert"));
     }
 
     #[test]

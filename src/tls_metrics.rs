@@ -5,6 +5,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use tlsvisor_actors::TlsReloader;
 
+use crate::exposition::family;
+
 const RELOADS: &str = "tlsvisor_tls_reloads_total";
 const EXPIRY: &str = "tlsvisor_certificate_expiry_timestamp_seconds";
 const RELOADS_HELP: &str = "TLS configuration reloads (SIGHUP, --watch-certs), by result.";
@@ -44,16 +46,6 @@ fn labelled(label: &str, value: &str) -> Metric {
     let mut metric = Metric::default();
     metric.set_label(vec![pair]);
     metric
-}
-
-/// A family of `metrics` (the other collectors build theirs with it too).
-pub fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
-    let mut family = MetricFamily::default();
-    family.set_name(name.to_string());
-    family.set_help(help.to_string());
-    family.set_field_type(kind);
-    family.set_metric(metrics);
-    family
 }
 
 impl Collector for TlsCollector {

@@ -7,7 +7,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use tlsvisor_actors::{Stats, UpstreamSnapshot};
 
-use crate::metrics::set_value;
+use crate::exposition::{family as named_family, set_value};
 
 /// (name, help, type) of each family; all are labelled `upstream`, the bytes also `direction`.
 const UP: (&str, &str, MetricType) = (
@@ -85,7 +85,7 @@ fn sample(kind: MetricType, labels: &[(&str, &str)], value: f64) -> Metric {
 }
 
 fn family((name, help, kind): (&str, &str, MetricType), metrics: Vec<Metric>) -> MetricFamily {
-    crate::tls_metrics::family(name, help, kind, metrics)
+    named_family(name, help, kind, metrics)
 }
 
 /// One sample per upstream of `value`.

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::crowd::{self, Crowd};
 use common::{Tlsvisor, HANG};
-use tlsvisor_actors::testing::{eventually, leak, upstream, CloseSeen, TestUpstream, TlsClient};
+use tlsvisor_actors::testing::{
+    client_config, eventually, leak, upstream, CloseSeen, TestUpstream, TlsClient,
+};
 
 /// The crowd process re-enters the test binary here (see tests/common/crowd.rs).
 #[test]
@@ -245,6 +247,161 @@ fn bad_configuration_is_a_clear_error_not_a_panic() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
+}
+
+/// Clients that connect to the metrics port and send nothing, or half a request, do not hold
+/// up a scrape (each connection waits for its request on its own); the server closes them
+/// once their request timeout (3 s) is over.
+#[test]
+fn silent_sockets_on_the_metrics_port_do_not_delay_a_scrape() {
+    use std::io::{Read, Write};
+    let server = Tlsvisor::serve(&[]);
+    let metrics = server.metrics.unwrap();
+    let connected = Instant::now();
+    let mut silent: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(metrics).unwrap())
+        .collect();
+    let mut partial = std::net::TcpStream::connect(metrics).unwrap();
+    partial.write_all(b"GET /metr").unwrap();
+    silent.push(partial);
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    server.scrape();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "a scrape took {took:?} behind silent sockets"
+    );
+    for mut socket in silent {
+        socket.set_read_timeout(Some(HANG)).unwrap();
+        // A 408 answer may come before the close.
+        let mut sink = Vec::new();
+        let _ = socket.read_to_end(&mut sink);
+        let closed_after = connected.elapsed();
+        assert!(
+            closed_after < Duration::from_secs(3) + Duration::from_secs(2),
+            "closed after {closed_after:?}"
+        );
+    }
+    server.scrape();
+}
+
+/// Runs the binary at `--log-level level` through a handshake the client gives up (it does not
+/// trust the certificate) and a client over `--max-connections-per-ip 1`; every log record.
+fn logs_of_a_failed_handshake_and_a_refused_client(level: &str) -> Vec<serde_json::Value> {
+    let mut server = Tlsvisor::serve(&["--log-level", level, "--max-connections-per-ip", "1"]);
+    let stranger = tlsvisor_actors::DevCerts::generate().unwrap();
+    let trusts_another_ca = client_config(stranger.ca_cert_pem.as_bytes()).unwrap();
+    let refused =
+        TlsClient::connect(server.listen, trusts_another_ca).and_then(|mut c| c.echo(b"x"));
+    assert!(refused.is_err(), "the client refuses the certificate");
+    assert!(eventually(HANG, || server
+        .scrape()
+        .disposed("handshake_failed")
+        == 1.0));
+    let mut held = server.connect().unwrap();
+    assert_eq!(held.echo(b"one").unwrap(), b"one");
+    // Closed at accept: the address holds its one connection.
+    let _ = server.connect().and_then(|mut c| c.echo(b"two"));
+    assert!(eventually(HANG, || server.scrape().get(
+        "tlsvisor_connections_rejected_total{reason=\"per_ip_limit\"}"
+    ) == 1.0));
+    drop(held);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(HANG).expect("exits").success());
+    server.logs()
+}
+
+fn from_rustls(record: &serde_json::Value) -> bool {
+    record["target"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("rustls"))
+}
+
+/// `--log-level debug` logs the library's debug lines (the client over its per-IP limit) and,
+/// through the `log` bridge, rustls's records (the handshake); at the default `info` neither
+/// shows, while actix-server's info records (the metrics listener) do. Under `cargo test
+/// --release` this checks a release build, where slog leaves debug lines out unless its
+/// `release_max_level_*` feature keeps them.
+#[test]
+fn log_level_debug_shows_debug_lines_and_rustls_records_and_info_shows_neither() {
+    let debug = logs_of_a_failed_handshake_and_a_refused_client("debug");
+    let refused = debug
+        .iter()
+        .find(|r| r["msg"] == "rejected: per-IP limit")
+        .unwrap_or_else(|| panic!("no debug line for the refused client: {debug:?}"));
+    assert_eq!(refused["level"], "DEBG");
+    let rustls: Vec<_> = debug.iter().filter(|r| from_rustls(r)).collect();
+    assert!(!rustls.is_empty(), "no rustls record at debug: {debug:?}");
+    assert!(rustls.iter().all(|r| r["level"] == "DEBG"), "{rustls:?}");
+
+    let info = logs_of_a_failed_handshake_and_a_refused_client("info");
+    let below_info: Vec<_> = info
+        .iter()
+        .filter(|r| r["level"] == "DEBG" || r["level"] == "TRCE" || from_rustls(r))
+        .collect();
+    assert!(below_info.is_empty(), "{below_info:?}");
+}
+
+/// Without `--cert`, serving beyond loopback is a start-up error naming `--cert`, before
+/// anything is bound; and the same for a socket inherited through `LISTEN_FDS` whose address
+/// is not loopback, even when it stands for a loopback `--listen` entry (mapped by order).
+#[test]
+fn the_development_certificate_is_refused_beyond_loopback() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let run = |command: &mut std::process::Command| {
+        let started = Instant::now();
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(started.elapsed() < HANG);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !stderr.contains("\"listening\""),
+            "nothing served: {stderr}"
+        );
+        stderr
+    };
+    let binary = env!("CARGO_BIN_EXE_tlsvisor");
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let stderr = run(std::process::Command::new(binary).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            listen,
+            "--log-format",
+            "json",
+        ]));
+        assert!(
+            stderr.contains("--cert") && stderr.contains(listen),
+            "{stderr}"
+        );
+    }
+
+    // A socket on every address, handed over as systemd would (fd 3, LISTEN_FDS=1).
+    let inherited = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let addr = inherited.local_addr().unwrap();
+    let fd = inherited.as_raw_fd();
+    let mut command = std::process::Command::new(binary);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    // SAFETY: dup2 is async-signal-safe; `fd` stays open in the parent until the child ran.
+    unsafe {
+        command.pre_exec(move || match libc::dup2(fd, 3) {
+            3 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let stderr = run(&mut command);
+    assert!(
+        stderr.contains("--cert") && stderr.contains(&format!("inherited socket {addr}")),
+        "{stderr}"
+    );
 }
 
 /// What each open descriptor of `pid` points at, for a failure message.

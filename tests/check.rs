@@ -86,6 +86,36 @@ fn check_accepts_a_good_configuration_and_names_each_problem() {
 }
 
 #[test]
+fn check_refuses_the_development_certificate_beyond_loopback_as_serve_does() {
+    let beyond = check(&["--listen", "0.0.0.0:8443"]);
+    assert_eq!(beyond.status.code(), Some(1), "{beyond:?}");
+    let stderr = String::from_utf8_lossy(&beyond.stderr);
+    assert!(
+        stderr.contains("--cert") && stderr.contains("0.0.0.0:8443"),
+        "{stderr}"
+    );
+    assert!(
+        check(&["--listen", "127.0.0.1:8443", "--listen", "[::1]:8443"])
+            .status
+            .success()
+    );
+
+    let dir = std::env::temp_dir().join(format!("tlsvisor-check-dev-{}", std::process::id()));
+    gen_certs(&dir);
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let own = check(&[
+        "--listen",
+        "0.0.0.0:8443",
+        "--cert",
+        &path("server.crt"),
+        "--key",
+        &path("server.key"),
+    ]);
+    assert!(own.status.success(), "{own:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn check_names_each_upstream_that_cannot_be_used() {
     let dir = std::env::temp_dir().join(format!("tlsvisor-check-up-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

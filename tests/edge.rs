@@ -163,6 +163,83 @@ fn after_fd_exhaustion_both_workers_accept_again() {
     after_fd_exhaustion_every_worker_accepts(2);
 }
 
+/// The metrics endpoint through an out-of-descriptors episode: with 128 descriptors, silent
+/// TLS clients take every one; a scrape sent then waits (actix-server's `accept` fails with
+/// EMFILE, which it logs, through the `log` bridge, and retries every 500 ms), and once the
+/// clients leave, that scrape is answered, and the ones after it.
+#[test]
+fn metrics_answer_again_after_the_process_ran_out_of_descriptors() {
+    common::raise_open_files_limit();
+    const NOFILE: u64 = 128;
+    let server = Tlsvisor::serve_with(
+        &[
+            "--workers",
+            "1",
+            "--max-handshakes-per-ip",
+            "0",
+            "--handshake-timeout",
+            "60s",
+        ],
+        &Limits {
+            nofile: Some(NOFILE),
+            ..Limits::default()
+        },
+    );
+    server.scrape();
+    let pid = server.pid();
+    // More silent clients than descriptors: those past the limit are shed.
+    let silent: Vec<TcpStream> = (0..2 * NOFILE)
+        .map(|_| TcpStream::connect(server.listen).unwrap())
+        .collect();
+    // Every descriptor number below the limit is taken (a descriptor the process inherited
+    // above it, such as cargo's jobserver pipe, does not count).
+    let below_limit = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<u64>().ok())
+            .filter(|fd| *fd < NOFILE)
+            .count() as u64
+    };
+    assert!(
+        eventually(HANG, || below_limit() == NOFILE),
+        "every descriptor taken: {} of {NOFILE}",
+        below_limit()
+    );
+    let metrics = server.metrics.unwrap();
+    let waiting = std::thread::spawn(move || common::try_http_get(metrics, "/metrics"));
+    let refused = |r: &serde_json::Value| {
+        r["target"] == "actix_server::accept"
+            && r["msg"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Too many open files")
+    };
+    assert!(
+        eventually(HANG, || server.logs().iter().any(refused)),
+        "the metrics listener met EMFILE: {:?}",
+        server.logs()
+    );
+    assert!(!waiting.is_finished(), "no answer while out of descriptors");
+    let released = Instant::now();
+    drop(silent);
+    let answer = waiting
+        .join()
+        .unwrap()
+        .expect("the waiting scrape is answered");
+    let took = released.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "answered {took:?} after the episode"
+    );
+    let metrics = common::Metrics::parse(&answer);
+    assert!(metrics.get("tlsvisor_connections_rejected_total{reason=\"fd_exhausted\"}") > 0.0);
+    assert!(eventually(HANG, || server
+        .scrape()
+        .get("tlsvisor_connections_active")
+        == 0.0));
+    eprintln!("metrics: the scrape sent during EMFILE was answered {took:?} after the episode");
+}
+
 /// 300 silent sockets against `--max-handshakes 64`: the handshake gauge never exceeds 64 at
 /// any scrape (it reaches it), the rest wait in the backlog, and once the silent ones have
 /// timed out normal clients are served.

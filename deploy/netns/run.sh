@@ -141,7 +141,10 @@ start_app() { # i: start tlsvisor in its namespace (proxy to the upstream, one w
   # --accept-proxy-from: only the balancer must send a header, and the clients it names (not
   # the balancer) count against the per-IP limits; --proxy-protocol v2 hands the client's
   # address on to the upstream.
+  # --cert/--key: the development certificate as files (clients trust certs/ca.crt); the
+  # built-in one is served on loopback addresses only.
   ip netns exec "${P}-app$i" "$BIN" serve --listen "10.12.1.1$i:8443" --protocol proxy \
+    --cert "$PWD/certs/server.crt" --key "$PWD/certs/server.key" \
     --upstream 10.12.1.100:6379 --proxy-protocol v2 \
     --accept-proxy v2 --accept-proxy-from 10.12.1.1/32 \
     --ticket-key-file "$WORK/tickets.key" --admin-listen "10.12.1.1$i:9091" \
