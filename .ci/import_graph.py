@@ -38,10 +38,11 @@ def module_files(root):
 
 def expand(tree):
     """`a::{b, c::{d, e}}` → [`a::b`, `a::c::d`, `a::c::e`] (names only; `as` dropped)."""
+    tree = re.sub(r"\s+as\s+[A-Za-z_][A-Za-z0-9_]*", "", tree)  # `x as y` names x
     tree = re.sub(r"\s+", "", tree)
     brace = tree.find("{")
     if brace < 0:
-        return [tree.split("as")[0] if "as" in tree and not tree.endswith("as") else tree]
+        return [tree]
     prefix, inner = tree[:brace], tree[brace + 1 : tree.rfind("}")]
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(inner):

@@ -12,13 +12,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::CloseSeen;
+use super::client::CloseSeen;
 
 /// How long any single step may take before a test call fails (a hang, not a result).
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A tokio-rustls client over a real TCP socket, the async counterpart of
-/// [`TlsClient`](super::TlsClient).
+/// [`TlsClient`](super::client::TlsClient).
 pub struct AsyncTlsClient {
     stream: TlsStream<TcpStream>,
 }

@@ -11,11 +11,12 @@ use std::time::Duration;
 use slog::{o, Logger};
 use tokio::sync::oneshot;
 
+use super::audit::each_disposed_once;
+use super::client::{client_config, TlsClient};
 use super::leak::ServerSockets;
-use super::{client_config, eventually, LocalTestServer, TlsClient};
+use super::wait::eventually;
 use crate::connection::actor::Connection;
 use crate::connection::messages::CloseMode;
-use crate::error::ServerError;
 use crate::fault::Faults;
 use crate::protocol::Protocol;
 use crate::supervision::config::ServerConfig;
@@ -28,7 +29,6 @@ use crate::supervision::registry::HandlerRegistry;
 use crate::supervision::server::Server;
 use crate::supervision::server::ServerHandle;
 use crate::supervision::server::SHUTDOWN_OVERHEAD;
-use crate::supervision::stats::Ledger;
 use crate::supervision::stats::Snapshot;
 use crate::supervision::stats::Stats;
 use crate::tls::dev_certs::DevCerts;
@@ -112,23 +112,8 @@ impl TestServerBuilder {
         self.start_with(move |config| Server::proxy(config, proxy))
     }
 
-    /// Starts `protocol` in the caller's own actix system (an `#[actix_rt::test]`, an
-    /// application under test), with the same certificates, audit and fault set as
-    /// [`TestServerBuilder::start`]; its waits are async. Must be called inside a system.
-    pub fn start_local(self, protocol: impl Protocol) -> Result<LocalTestServer, ServerError> {
-        let setup = self.prepare();
-        let (certs, faults, audit) = (
-            setup.certs.clone(),
-            setup.faults.clone(),
-            Arc::clone(&setup.audit),
-        );
-        let config = setup.config.clone();
-        let server = setup.builder(Server::builder(config, protocol)).start()?;
-        Ok(LocalTestServer::new(server, certs, faults, audit))
-    }
-
     /// Resolves what every way of starting shares: certificates, configuration, the audit.
-    fn prepare(self) -> Setup {
+    pub(super) fn prepare(self) -> Setup {
         let certs = match self.certs {
             Some(certs) => certs,
             None => DevCerts::generate().expect("generate test certificates"), // harness setup: failing here fails the test
@@ -208,19 +193,19 @@ impl TestServerBuilder {
 }
 
 /// What every way of starting a test server shares.
-struct Setup {
-    certs: DevCerts,
-    config: ServerConfig,
+pub(super) struct Setup {
+    pub(super) certs: DevCerts,
+    pub(super) config: ServerConfig,
     loaded: Option<LoadedTls>,
-    faults: Faults,
-    audit: DisposalAudit,
+    pub(super) faults: Faults,
+    pub(super) audit: DisposalAudit,
     log: Logger,
     also_listen: Vec<SocketAddr>,
 }
 
 impl Setup {
     /// `builder` with the harness's logger, audit, TLS and fault set.
-    fn builder(
+    pub(super) fn builder(
         self,
         builder: crate::supervision::server::ServerBuilder,
     ) -> crate::supervision::server::ServerBuilder {
@@ -235,29 +220,6 @@ impl Setup {
         let builder = builder.faults(self.faults);
         builder
     }
-}
-
-/// Asserts that every accepted id of `ledger` was disposed exactly once in `records`, and that
-/// the duplicate and fallback counters are 0. Returns the record of each id.
-pub(super) fn each_disposed_once(
-    ledger: &Ledger,
-    records: Vec<DisposalRecord>,
-) -> BTreeMap<ConnId, DisposalRecord> {
-    let mut by_id: BTreeMap<ConnId, DisposalRecord> = BTreeMap::new();
-    for record in records {
-        assert!(record.applied, "duplicate dispose: {record:?}");
-        let previous = by_id.insert(record.id, record.clone());
-        assert!(previous.is_none(), "id disposed twice: {record:?}");
-    }
-    assert_eq!(ledger.duplicates, 0, "duplicate counter: {ledger:?}");
-    assert_eq!(ledger.fallbacks, 0, "fallback counter: {ledger:?}");
-    let disposed_ids: Vec<u64> = by_id.keys().map(|id| id.0).collect();
-    let expected: Vec<u64> = (0..ledger.accepted).collect();
-    assert_eq!(
-        disposed_ids, expected,
-        "every accepted id is disposed (ledger {ledger:?})"
-    );
-    by_id
 }
 
 /// A server on its own thread and actix system, listening on a free loopback port. Dropping it

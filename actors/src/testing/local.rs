@@ -3,12 +3,17 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::harness::each_disposed_once;
+use super::async_client::AsyncTlsClient;
+use super::audit::each_disposed_once;
+use super::client::client_config;
+use super::harness::TestServerBuilder;
 use super::leak::ServerSockets;
-use super::{client_config, AsyncTlsClient};
+use crate::error::ServerError;
 use crate::fault::Faults;
+use crate::protocol::Protocol;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::messages::ShutdownReport;
 use crate::supervision::registry::DisposalAudit;
@@ -28,6 +33,23 @@ pub struct LocalTestServer {
     certs: DevCerts,
     faults: Faults,
     audit: DisposalAudit,
+}
+
+impl TestServerBuilder {
+    /// Starts `protocol` in the caller's own actix system (an `#[actix_rt::test]`, an
+    /// application under test), with the same certificates, audit and fault set as
+    /// [`TestServerBuilder::start`]; its waits are async. Must be called inside a system.
+    pub fn start_local(self, protocol: impl Protocol) -> Result<LocalTestServer, ServerError> {
+        let setup = self.prepare();
+        let (certs, faults, audit) = (
+            setup.certs.clone(),
+            setup.faults.clone(),
+            Arc::clone(&setup.audit),
+        );
+        let config = setup.config.clone();
+        let server = setup.builder(Server::builder(config, protocol)).start()?;
+        Ok(LocalTestServer::new(server, certs, faults, audit))
+    }
 }
 
 impl LocalTestServer {

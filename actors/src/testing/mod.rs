@@ -16,12 +16,14 @@
 //! - [`upstream`]: a plaintext TCP upstream for proxy tests, and handlers (echo, reset, …).
 
 mod async_client;
+mod audit;
 mod client;
 mod harness;
 pub mod leak;
 mod local;
 mod scratch;
 pub mod upstream;
+mod wait;
 
 pub use async_client::AsyncTlsClient;
 pub use client::{
@@ -32,17 +34,4 @@ pub use harness::{TestServer, TestServerBuilder};
 pub use local::LocalTestServer;
 pub use scratch::ScratchDir;
 pub use upstream::TestUpstream;
-
-/// Polls `check` every 10 ms until it holds or `within` passes; returns whether it held.
-pub fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
+pub use wait::eventually;
