@@ -1,4 +1,4 @@
-//! The few facts a TLS front needs from an X.509 certificate: serial, expiry, subject CN and
+//! The few facts a TLS front needs from an X.509 certificate: serial, expiry, subject CNs and
 //! subject alternative names, read from its DER.
 //!
 //! rustls and webpki verify certificates but do not expose these fields. The DER is read by
@@ -23,8 +23,10 @@ pub struct CertificateInfo {
     pub serial_hex: String,
     /// `notAfter` as seconds since the Unix epoch.
     pub not_after_unix: i64,
-    /// The subject's common name, if it has one.
-    pub subject_cn: Option<String>,
+    /// The subject's common names, in the order the certificate lists them: a subject may
+    /// have none, one or several (in one RDN or in several). A CN not validly encoded in its
+    /// declared string type is left out.
+    pub subject_cns: Vec<String>,
     /// The subject alternative names of type dNSName, as written.
     pub dns_names: Vec<String>,
     /// The subject alternative names of type URI, as written.
@@ -61,14 +63,15 @@ impl CertificateInfo {
         if !rest.is_empty() {
             return Err(X509Error("bytes after the certificate".into()));
         }
-        let subject_cn = cert
+        let subject_cns = cert
             .subject()
             .iter_common_name()
-            .find_map(|cn| directory_string(cn.attr_value()));
+            .filter_map(|cn| directory_string(cn.attr_value()))
+            .collect();
         let mut info = CertificateInfo {
             serial_hex: serial_hex(cert.raw_serial()),
             not_after_unix: cert.validity().not_after.timestamp(),
-            subject_cn,
+            subject_cns,
             dns_names: Vec::new(),
             uris: Vec::new(),
         };
@@ -237,11 +240,7 @@ mod tests {
     /// their declared type): serial `0102`, `subject`, `not_after` (time tag and text) and SAN
     /// entries (GeneralName tag and raw bytes). Its key and signature are placeholders:
     /// `from_der` reads, it does not verify.
-    fn certificate(
-        subject: &[u8],
-        not_after: (u8, &[u8]),
-        sans: &[(u8, &[u8])],
-    ) -> Vec<u8> {
+    fn certificate(subject: &[u8], not_after: (u8, &[u8]), sans: &[(u8, &[u8])]) -> Vec<u8> {
         let ecdsa_sha256 = seq(&[tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02])]);
         let ec_p256 = seq(&[
             tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]),
@@ -294,11 +293,34 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         let info = CertificateInfo::from_der(cert.der()).unwrap();
         assert_eq!(info.serial_hex, "8a01");
-        assert_eq!(info.subject_cn.as_deref(), Some("client one"));
+        assert_eq!(info.subject_cns, ["client one"]);
         assert_eq!(info.dns_names, ["a.test", "*.b.test"]);
         assert_eq!(info.uris, ["spiffe://test/one"]);
         // 2031-07-04T00:00:00Z
         assert_eq!(info.not_after_unix, 1_940_889_600);
+    }
+
+    #[test]
+    fn every_cn_is_read_in_order() {
+        // rcgen keeps one value per attribute type; a custom type with CN's OID is a second.
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "first");
+        params.distinguished_name.push(
+            DnType::CustomDnType(vec![2, 5, 4, 3]),
+            DnValue::BmpString(BmpString::try_from("second").unwrap()),
+        );
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let info = CertificateInfo::from_der(cert.der()).unwrap();
+        assert_eq!(info.subject_cns, ["first", "second"]);
+
+        // Two CNs in one multi-valued RDN, a third in another RDN.
+        let subject = cn_name(&[&[(UTF8, b"a"), (PRINTABLE, b"b")], &[(UTF8, b"c")]]);
+        let info = CertificateInfo::from_der(&certificate(&subject, NOT_AFTER, &[])).unwrap();
+        assert_eq!(info.subject_cns, ["a", "b", "c"]);
+
+        let info = CertificateInfo::from_der(&certificate(&cn_name(&[]), NOT_AFTER, &[])).unwrap();
+        assert!(info.subject_cns.is_empty(), "an empty subject has no CN");
     }
 
     #[test]
@@ -325,20 +347,20 @@ mod tests {
         ];
         for (value, text) in cases {
             let info = CertificateInfo::from_der(&rcgen_with_cn(value.clone())).unwrap();
-            assert_eq!(info.subject_cn.as_deref(), Some(text), "{value:?}");
+            assert_eq!(info.subject_cns, [text], "{value:?}");
         }
         // What rcgen does not write: TeletexString beyond ASCII (read as Latin-1) and a
         // BMPString with a surrogate pair (UTF-16).
         let latin1 = cn_name(&[&[(T61, b"Jos\xe9")]]);
         let info = CertificateInfo::from_der(&certificate(&latin1, NOT_AFTER, &[])).unwrap();
-        assert_eq!(info.subject_cn.as_deref(), Some("José"));
+        assert_eq!(info.subject_cns, ["José"]);
         let pair = cn_name(&[&[(BMP, b"\x00a\xd8\x3e\xdd\x80")]]);
         let info = CertificateInfo::from_der(&certificate(&pair, NOT_AFTER, &[])).unwrap();
-        assert_eq!(info.subject_cn.as_deref(), Some("a🦀"));
+        assert_eq!(info.subject_cns, ["a🦀"]);
         // Bytes mean what their declared type says: ASCII bytes in a BMPString are not ASCII.
         let mislabelled = cn_name(&[&[(BMP, b"alice\x00")]]);
         let info = CertificateInfo::from_der(&certificate(&mislabelled, NOT_AFTER, &[])).unwrap();
-        assert_eq!(info.subject_cn.as_deref(), Some("\u{616c}\u{6963}\u{6500}"));
+        assert_eq!(info.subject_cns, ["\u{616c}\u{6963}\u{6500}"]);
     }
 
     #[test]
@@ -381,10 +403,10 @@ mod tests {
             let subject = cn_name(&[&[(tag, bytes)], &[(UTF8, b"bob")]]);
             let info = CertificateInfo::from_der(&certificate(&subject, NOT_AFTER, &[]))
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert_eq!(info.subject_cn.as_deref(), Some("bob"), "{what}");
+            assert_eq!(info.subject_cns, ["bob"], "{what}");
             let alone = cn_name(&[&[(tag, bytes)]]);
             let info = CertificateInfo::from_der(&certificate(&alone, NOT_AFTER, &[])).unwrap();
-            assert_eq!(info.subject_cn, None, "{what}");
+            assert!(info.subject_cns.is_empty(), "{what}");
         }
     }
 

@@ -29,11 +29,12 @@ pub enum ClientAuthMode {
 }
 
 /// Who may connect, as ghostunnel has it: a verified client is admitted if any entry matches
-/// (its subject CN, one of its SAN DNS names, one of its SAN URIs); with no entries, any
-/// verified client is.
+/// (one of its subject CNs, one of its SAN DNS names, one of its SAN URIs); with no entries,
+/// any verified client is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowList {
-    /// Subject common names.
+    /// Subject common names (compared exactly). A certificate with several CNs is admitted if
+    /// any of them is listed.
     pub cns: Vec<String>,
     /// SAN DNS names (compared ASCII case-insensitively).
     pub dns_sans: Vec<String>,
@@ -47,8 +48,7 @@ impl AllowList {
     }
 
     fn admits(&self, client: &CertificateInfo) -> bool {
-        let cn = client.subject_cn.as_ref();
-        cn.is_some_and(|cn| self.cns.contains(cn))
+        client.subject_cns.iter().any(|cn| self.cns.contains(cn))
             || client
                 .dns_names
                 .iter()
@@ -211,8 +211,11 @@ impl ClientCertVerifier for AllowListVerifier {
 #[non_exhaustive]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientIdentity {
-    /// Subject common name.
+    /// The first subject common name (the one the PROXY v2 header's `SSL_CN` carries, as
+    /// haproxy sends it); all of them are in `cns`.
     pub cn: Option<String>,
+    /// Every subject common name, in the certificate's order.
+    pub cns: Vec<String>,
     /// SAN DNS names.
     pub dns_sans: Vec<String>,
     /// SAN URIs.
@@ -227,7 +230,8 @@ impl ClientIdentity {
     pub(crate) fn of(cert: &CertificateDer<'_>) -> Option<ClientIdentity> {
         let info = CertificateInfo::from_der(cert).ok()?;
         Some(ClientIdentity {
-            cn: info.subject_cn,
+            cn: info.subject_cns.first().cloned(),
+            cns: info.subject_cns,
             dns_sans: info.dns_names,
             uri_sans: info.uris,
             serial: info.serial_hex,
@@ -249,4 +253,121 @@ pub(crate) fn is_client_auth_failure(error: &io::Error) -> bool {
                 | rustls::Error::InvalidCertRevocationList(_)
         )
     )
+}
+
+#[cfg(all(test, feature = "dev-certs"))]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, BmpString, CertificateParams, DnType, DnValue, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A CA, and a client certificate it signed whose subject has two CNs: `first` as a
+    /// UTF8String and `second` as a BMPString (rcgen keeps one value per attribute type; a
+    /// custom type with CN's OID is a second CN).
+    fn two_cn_client() -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "test ca");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "first");
+        params.distinguished_name.push(
+            DnType::CustomDnType(vec![2, 5, 4, 3]),
+            DnValue::BmpString(BmpString::try_from("second").unwrap()),
+        );
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (ca.der().clone(), cert.der().clone())
+    }
+
+    /// The verifier `ClientAuth::verifier` builds for an allow-list of `cns`, trusting `ca`.
+    fn verifier(ca: &CertificateDer<'static>, cns: &[&str]) -> AllowListVerifier {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).unwrap();
+        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        let allow = AllowList {
+            cns: strings(cns),
+            ..AllowList::default()
+        };
+        AllowListVerifier { inner, allow }
+    }
+
+    #[test]
+    fn a_client_with_two_cns_is_admitted_if_any_of_them_is_allowed() {
+        let (ca, client) = two_cn_client();
+        let now = UnixTime::now();
+        for allowed in [&["first"][..], &["second"], &["other", "second"]] {
+            let result = verifier(&ca, allowed).verify_client_cert(&client, &[], now);
+            assert!(result.is_ok(), "{allowed:?}: {result:?}");
+        }
+        // CNs compare exactly: not joined, not case-folded.
+        for refused in [
+            &["other"][..],
+            &["first,second"],
+            &["firstsecond"],
+            &["SECOND"],
+        ] {
+            let result = verifier(&ca, refused).verify_client_cert(&client, &[], now);
+            assert!(
+                matches!(
+                    result,
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::ApplicationVerificationFailure
+                    ))
+                ),
+                "{refused:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_identity_of_a_client_with_two_cns_has_both() {
+        let (_, client) = two_cn_client();
+        let identity = ClientIdentity::of(&client).unwrap();
+        assert_eq!(identity.cn.as_deref(), Some("first"));
+        assert_eq!(identity.cns, ["first", "second"]);
+    }
+
+    #[test]
+    fn any_entry_of_any_kind_admits() {
+        let client = CertificateInfo {
+            serial_hex: "01".into(),
+            not_after_unix: 0,
+            subject_cns: strings(&["a", "b"]),
+            dns_names: strings(&["Host.Test"]),
+            uris: strings(&["spiffe://test/svc"]),
+        };
+        let allow = |cns: &[&str], dns: &[&str], uris: &[&str]| AllowList {
+            cns: strings(cns),
+            dns_sans: strings(dns),
+            uri_sans: strings(uris),
+        };
+        assert!(allow(&["b"], &[], &[]).admits(&client));
+        assert!(
+            allow(&[], &["host.test"], &[]).admits(&client),
+            "DNS: any case"
+        );
+        assert!(allow(&[], &[], &["spiffe://test/svc"]).admits(&client));
+        assert!(!allow(&["c"], &["other.test"], &["spiffe://test/SVC"]).admits(&client));
+        let no_names = CertificateInfo {
+            subject_cns: Vec::new(),
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            ..client
+        };
+        assert!(!allow(&[""], &[""], &[""]).admits(&no_names));
+    }
 }
