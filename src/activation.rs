@@ -26,11 +26,11 @@ use crate::error::BoxError;
 
 /// `FileDescriptorName` of the socket a binary upgrade passes for the new process to say it is
 /// ready on (a datagram socket, the `sd_notify` message format).
-pub const READY_NAME: &str = "tlsvisor-upgrade-ready";
+pub(crate) const READY_NAME: &str = "tlsvisor-upgrade-ready";
 
 /// What the process inherited.
 #[derive(Default)]
-pub struct Inherited {
+pub(crate) struct Inherited {
     /// Listening TCP sockets, in `LISTEN_FDS` order.
     listeners: Vec<InheritedSocket>,
     /// The upgrade's readiness socket, when a binary upgrade started this process.
@@ -38,7 +38,7 @@ pub struct Inherited {
 }
 
 /// One inherited listening socket.
-pub struct InheritedSocket {
+pub(crate) struct InheritedSocket {
     pub listener: TcpListener,
     /// Its `FileDescriptorName` (`unknown` without names).
     pub name: String,
@@ -50,7 +50,7 @@ pub struct InheritedSocket {
 
 /// How an inherited socket was mapped to a `--listen` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Matched {
+pub(crate) enum Matched {
     /// It is bound to the entry's address (any port for an entry with port 0).
     Address,
     /// It was left after the address matches, and taken in order.
@@ -58,7 +58,7 @@ pub enum Matched {
 }
 
 impl Matched {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Matched::Address => "address",
             Matched::Order => "order",
@@ -73,7 +73,7 @@ impl Inherited {
     /// `LISTEN_PID` must name this process when set; a binary upgrade leaves it unset, since the
     /// old process cannot know the new one's pid before it runs (the `listenfd` crate's
     /// convention, as systemfd uses it).
-    pub fn from_env() -> Result<Inherited, BoxError> {
+    pub(crate) fn from_env() -> Result<Inherited, BoxError> {
         let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
             .map(|names| names.split(':').map(str::to_string).collect())
             .unwrap_or_default();
@@ -112,7 +112,7 @@ impl Inherited {
 
     /// The inherited socket for each `--listen` entry, in the entries' order (`None`: bind
     /// it), by the rule in the module docs. Every inherited socket is used, or it is an error.
-    pub fn assign(
+    pub(crate) fn assign(
         &mut self,
         entries: &[SocketAddr],
     ) -> Result<Vec<Option<InheritedSocket>>, BoxError> {

@@ -24,7 +24,7 @@ const DEFAULT_PAGE: usize = 100;
 const LARGEST_PAGE: usize = 10_000;
 
 /// The counter of admin requests refused for a wrong or missing token.
-pub fn unauthorized_counter() -> Result<IntCounter, prometheus::Error> {
+pub(crate) fn unauthorized_counter() -> Result<IntCounter, prometheus::Error> {
     IntCounter::new(
         "tlsvisor_admin_unauthorized_total",
         "Admin API requests refused for a missing or wrong bearer token.",
@@ -32,7 +32,7 @@ pub fn unauthorized_counter() -> Result<IntCounter, prometheus::Error> {
 }
 
 /// What every admin request handler shares.
-pub struct Admin {
+pub(crate) struct Admin {
     pub handle: ServerHandle,
     pub settings: Settings,
     pub reloader: TlsReloader,
@@ -44,7 +44,7 @@ pub struct Admin {
 }
 
 /// Binds `addr` and serves the admin API on one actix-web worker of the current system.
-pub fn start(addr: SocketAddr, admin: Admin) -> Result<HttpListener, BoxError> {
+pub(crate) fn start(addr: SocketAddr, admin: Admin) -> Result<HttpListener, BoxError> {
     let log = admin.log.clone();
     let listener = crate::http::start(addr, "the admin API", web::Data::new(admin), |routes| {
         routes
@@ -64,7 +64,7 @@ pub fn start(addr: SocketAddr, admin: Admin) -> Result<HttpListener, BoxError> {
 }
 
 /// Reads the token file (surrounding whitespace is not part of the token).
-pub fn read_token(path: &std::path::Path) -> Result<String, BoxError> {
+pub(crate) fn read_token(path: &std::path::Path) -> Result<String, BoxError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("--admin-token-file {}: {e}", path.display()))?;
     let token = text.trim().to_string();
@@ -295,7 +295,7 @@ fn describe(d: &ConnDescription) -> serde_json::Value {
 
 /// Starts the admin API of `server` on `addr` as the settings say (the token file is read
 /// now: a missing or empty one is a start-up error).
-pub fn start_for(
+pub(crate) fn start_for(
     addr: SocketAddr,
     settings: &Settings,
     server: &tlsvisor_actors::Server,

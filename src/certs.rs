@@ -14,12 +14,12 @@ const DEV_ONLY_BANNER: &str =
 
 /// The development server certificate and key compiled into the binary (from `certs/`, made by
 /// `tlsvisor gen-certs --out certs`). Clients trust `certs/ca.crt`.
-pub const BUILT_IN_CERT: &str = include_str!("../certs/server.crt");
+pub(crate) const BUILT_IN_CERT: &str = include_str!("../certs/server.crt");
 const BUILT_IN_KEY: &str = include_str!("../certs/server.key");
 
 /// The built-in development certificate and key as PEM, for the TLS configuration to build
 /// with the operator's policy.
-pub fn built_in_pem() -> PemCertificate {
+pub(crate) fn built_in_pem() -> PemCertificate {
     PemCertificate {
         name: "built-in development certificate".to_string(),
         cert_pem: BUILT_IN_CERT.as_bytes().to_vec(),
@@ -29,7 +29,7 @@ pub fn built_in_pem() -> PemCertificate {
 
 /// Writes a fresh CA and server certificate into `out`. Keys are written readable by the owner
 /// only.
-pub fn generate_into(out: &Path) -> Result<(), BoxError> {
+pub(crate) fn generate_into(out: &Path) -> Result<(), BoxError> {
     let certs = DevCerts::generate()?;
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let files = [

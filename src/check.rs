@@ -13,7 +13,7 @@ use crate::reload;
 use crate::settings::{CertSource, Settings};
 
 /// Checks `flags` (and the config file they name) as `serve` would read them.
-pub fn run(flags: ServeArgs) -> Result<(), BoxError> {
+pub(crate) fn run(flags: ServeArgs) -> Result<(), BoxError> {
     // A settings error (an unreadable or malformed config file, a bad flag combination) stops
     // here: nothing else can be read without them.
     let settings = Settings::resolve(flags)?;

@@ -15,13 +15,13 @@ use tlsvisor_actors::ServerConfig;
 /// certificate.
 #[derive(Debug, Parser)]
 #[command(name = "tlsvisor", version)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve TLS connections.
     Serve(Box<ServeArgs>),
     /// Check what `serve` would run with (settings, certificates and keys, upstream, token
@@ -36,7 +36,7 @@ pub enum Command {
 }
 
 /// The address `serve` listens on when neither the flags nor the file say.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
+pub(crate) const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
 
 /// Defines every setting of `serve` once: its flag (clap), its config-file key (serde, the
 /// flag's name), its doc (the `--help` line) and, after `=`, its default. From the one list it
@@ -103,7 +103,7 @@ macro_rules! serve_settings {
 
 /// How a setting given twice (by a flag and by the file) is settled, and how its default
 /// fills it in: one rule per kind of setting, so that no setting is merged by hand.
-pub trait Layer: Sized {
+pub(crate) trait Layer: Sized {
     /// The setting once its default is applied.
     type Value;
     /// `self` (from the flags) over `under` (from the file).
@@ -335,7 +335,7 @@ serve_settings! {
 /// `--client-auth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ClientAuthKind {
+pub(crate) enum ClientAuthKind {
     /// No certificate, no connection.
     Require,
     /// Clients without a certificate are admitted; a certificate given must verify.
@@ -344,7 +344,7 @@ pub enum ClientAuthKind {
 
 /// `--tls-min-version`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
-pub enum TlsMinVersion {
+pub(crate) enum TlsMinVersion {
     /// TLS 1.2 and 1.3.
     #[value(name = "1.2")]
     #[serde(rename = "1.2")]
@@ -358,7 +358,7 @@ pub enum TlsMinVersion {
 /// One `[[certificate]]` table of the config file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct CertificateEntry {
+pub(crate) struct CertificateEntry {
     pub cert: PathBuf,
     pub key: PathBuf,
     #[serde(default)]
@@ -367,7 +367,7 @@ pub struct CertificateEntry {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ProtocolKind {
+pub(crate) enum ProtocolKind {
     /// Write back every decrypted byte.
     Echo,
     /// Forward decrypted bytes to a plaintext TCP upstream.
@@ -376,7 +376,7 @@ pub enum ProtocolKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum AcceptProxyVersion {
+pub(crate) enum AcceptProxyVersion {
     /// The text header only.
     V1,
     /// The binary header only.
@@ -387,7 +387,7 @@ pub enum AcceptProxyVersion {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ProxyProtocolVersion {
+pub(crate) enum ProxyProtocolVersion {
     /// The text header.
     V1,
     /// The binary header.
@@ -396,7 +396,7 @@ pub enum ProxyProtocolVersion {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Term,
     /// One JSON object per line.
@@ -405,7 +405,7 @@ pub enum LogFormat {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum LogLevel {
+pub(crate) enum LogLevel {
     Error,
     Warn,
     Info,
@@ -414,7 +414,7 @@ pub enum LogLevel {
 }
 
 /// Reads `500ms`, `5s`, `2m`, `1h`; a bare `0` is zero.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }

@@ -5,7 +5,7 @@
 use prometheus::proto::{Counter, Gauge, Metric, MetricFamily, MetricType};
 
 /// A family of `metrics`.
-pub fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+pub(crate) fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(name.to_string());
     family.set_help(help.to_string());
@@ -15,7 +15,7 @@ pub fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) ->
 }
 
 /// Sets `metric`'s value as a counter or, for any other `kind`, a gauge.
-pub fn set_value(metric: &mut Metric, kind: MetricType, value: f64) {
+pub(crate) fn set_value(metric: &mut Metric, kind: MetricType, value: f64) {
     if kind == MetricType::COUNTER {
         let mut counter = Counter::default();
         counter.set_value(value);

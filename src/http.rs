@@ -24,9 +24,9 @@ use crate::error::BoxError;
 
 /// Time a client gets to send its request head once connected: a scraper sends it at once; a
 /// silent client is closed after it. Well within Prometheus's default scrape timeout (10 s).
-pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time an idle kept-alive connection stays open between requests.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Time a closing connection gets to finish its shutdown.
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections open at once per listener; past it, new ones wait in the backlog (no
@@ -34,7 +34,7 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 256;
 
 /// A running HTTP listener; stopped (without waiting) when dropped.
-pub struct HttpListener {
+pub(crate) struct HttpListener {
     server: actix_web::dev::ServerHandle,
     /// The address it is bound to (port 0 resolved).
     pub addr: SocketAddr,
@@ -49,7 +49,7 @@ impl Drop for HttpListener {
 
 /// Binds `addr` and serves the `routes`, which share `data`, on one actix-web worker of the
 /// current actix system. `what` names the listener in errors (`metrics`, `the admin API`).
-pub fn start<D: Send + Sync + 'static>(
+pub(crate) fn start<D: Send + Sync + 'static>(
     addr: SocketAddr,
     what: &str,
     data: web::Data<D>,
@@ -81,7 +81,7 @@ pub fn start<D: Send + Sync + 'static>(
 
 /// `--metrics-listen`: `/metrics` alone (the admin API's route without the admin routes or
 /// its token), answering from `registry`.
-pub fn serve_metrics(
+pub(crate) fn serve_metrics(
     addr: SocketAddr,
     registry: Registry,
     log: &Logger,
@@ -102,7 +102,7 @@ async fn scrape(registry: web::Data<Registry>) -> HttpResponse {
 }
 
 /// The Prometheus text exposition of `registry`, gathered now.
-pub fn exposition(registry: &Registry) -> HttpResponse {
+pub(crate) fn exposition(registry: &Registry) -> HttpResponse {
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
     match encoder.encode(&registry.gather(), &mut body) {

@@ -11,20 +11,20 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use slog::Logger;
 
 /// A `log::Log` writing every record it is given to a slog logger.
-pub struct LogBridge {
+pub(crate) struct LogBridge {
     log: Logger,
     max: LevelFilter,
 }
 
 impl LogBridge {
     /// A bridge to `log` that keeps records as severe as `max` or more.
-    pub fn new(log: Logger, max: LevelFilter) -> LogBridge {
+    pub(crate) fn new(log: Logger, max: LevelFilter) -> LogBridge {
         LogBridge { log, max }
     }
 
     /// Makes this the process's `log` logger. Only the first call in a process installs one
     /// (the `log` crate's rule); later calls change nothing.
-    pub fn install(self) {
+    pub(crate) fn install(self) {
         let max = self.max;
         if log::set_boxed_logger(Box::new(self)).is_ok() {
             log::set_max_level(max);

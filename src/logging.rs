@@ -20,7 +20,7 @@ const LINE_BUFFER: usize = 64 * 1024;
 /// `release_max_level_trace` features (Cargo.toml) keep `debug!` and `trace!` compiled in,
 /// which slog otherwise leaves out of release builds whatever `--log-level` says. The level is
 /// filtered here, at run time.
-pub fn build(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGuard) {
+pub(crate) fn build(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGuard) {
     let (level, log_level) = match level {
         LogLevel::Error => (Level::Error, log::LevelFilter::Error),
         LogLevel::Warn => (Level::Warning, log::LevelFilter::Warn),

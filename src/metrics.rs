@@ -222,7 +222,7 @@ impl Collector for StatsCollector {
 
 /// The registry a scrape gathers: the server's counters, each proxy upstream's, the `extra`
 /// collectors (the TLS families) and the process's (`process_*`).
-pub fn registry(
+pub(crate) fn registry(
     stats: Arc<Stats>,
     extra: Vec<Box<dyn Collector>>,
 ) -> Result<Registry, prometheus::Error> {

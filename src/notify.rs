@@ -16,7 +16,7 @@ const PING_WAIT: Duration = Duration::from_secs(1);
 
 /// Where notifications go; a no-op without `NOTIFY_SOCKET`.
 #[derive(Clone)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     enabled: bool,
     log: Logger,
 }
@@ -24,7 +24,7 @@ pub struct Notifier {
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` once. The variable is left in the environment: a process started
     /// by a binary upgrade inherits it and becomes systemd's main process (`MAINPID=`).
-    pub fn from_env(log: &Logger) -> Notifier {
+    pub(crate) fn from_env(log: &Logger) -> Notifier {
         Notifier {
             enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
             log: log.clone(),
@@ -32,7 +32,7 @@ impl Notifier {
     }
 
     /// Whether systemd (or a test) listens.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.enabled
     }
 
@@ -48,12 +48,12 @@ impl Notifier {
     }
 
     /// `READY=1`: the server accepts (sent after the acceptors run), with the live count.
-    pub fn ready(&self, stats: &Stats) {
+    pub(crate) fn ready(&self, stats: &Stats) {
         self.send(&[NotifyState::Ready, NotifyState::Status(&status(stats))]);
     }
 
     /// `RELOADING=1`, with the monotonic time `Type=notify-reload` asks for; `ready` follows.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         let mut states = vec![NotifyState::Reloading];
         if let Ok(now) = NotifyState::monotonic_usec_now() {
             states.push(now);
@@ -62,12 +62,12 @@ impl Notifier {
     }
 
     /// `STOPPING=1`: the shutdown protocol starts.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     }
 
     /// `MAINPID=`: a binary upgrade handed the service to process `pid`, which is ready.
-    pub fn main_pid(&self, pid: u32) {
+    pub(crate) fn main_pid(&self, pid: u32) {
         self.send(&[NotifyState::MainPid(pid)]);
     }
 
@@ -75,7 +75,7 @@ impl Notifier {
     /// worker to answer within a second and sends `WATCHDOG=1` (with the status line) only if
     /// all did; a wedged worker therefore lets systemd's `WatchdogSec` expire and restart the
     /// process. Without the watchdog (`WATCHDOG_USEC` unset) it only refreshes the status.
-    pub async fn watch(
+    pub(crate) async fn watch(
         self,
         interval: Duration,
         watchdog: bool,
@@ -109,7 +109,7 @@ impl Notifier {
 /// and `WATCHDOG_PID` is this process or unset. Read here rather than with `sd-notify`'s
 /// `watchdog_enabled`, which insists on `WATCHDOG_PID`: a process started by a binary upgrade
 /// has none (its pid was unknown when its environment was built), as libsystemd allows.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     match std::env::var("WATCHDOG_PID") {
         Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,

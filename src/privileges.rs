@@ -14,7 +14,7 @@ use crate::error::BoxError;
 /// Switches the whole process (every thread: glibc applies set*id to all of them) to `user`,
 /// with `group` or else the user's primary group, and no supplementary groups. Checks that
 /// root cannot be regained.
-pub fn drop_to(user: Option<&str>, group: Option<&str>, log: &Logger) -> Result<(), BoxError> {
+pub(crate) fn drop_to(user: Option<&str>, group: Option<&str>, log: &Logger) -> Result<(), BoxError> {
     let Some(user) = user else {
         return Err("--group needs --user".into());
     };
@@ -38,7 +38,7 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>, log: &Logger) -> Result<
 }
 
 /// Checks that `user` and `group` exist (what `tlsvisor check` asks), without switching.
-pub fn check(user: Option<&str>, group: Option<&str>) -> Result<(), BoxError> {
+pub(crate) fn check(user: Option<&str>, group: Option<&str>) -> Result<(), BoxError> {
     match user {
         Some(user) => user_ids(user)?,
         None if group.is_some() => return Err("--group needs --user".into()),

@@ -14,11 +14,11 @@ use crate::error::BoxError;
 use crate::settings::{CertSource, Settings};
 
 /// How often `--watch-certs` looks at the files' modification times.
-pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the settings' TLS configuration is built from: the certificate files (or the built-in
 /// development certificate) and the policy.
-pub fn tls_source(settings: &Settings) -> TlsSource {
+pub(crate) fn tls_source(settings: &Settings) -> TlsSource {
     let (certificates, built_in) = match &settings.cert {
         CertSource::BuiltIn => (Vec::new(), Some(certs::built_in_pem())),
         CertSource::Files(pairs) => (pairs.clone(), None),
@@ -35,7 +35,7 @@ pub fn tls_source(settings: &Settings) -> TlsSource {
 
 /// Reads every file of the TLS configuration and builds it, completely validated. An error
 /// names the file.
-pub fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
+pub(crate) fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
     Ok(tls_source(settings).load()?)
 }
 
@@ -44,7 +44,7 @@ pub fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
 /// `tlsvisor_tls_reloads_total{result}` counts it. Returns whether it reloaded.
 ///
 /// Reads files on the calling thread: call it where blocking for a few milliseconds is fine.
-pub fn reload(settings: &Settings, reloader: &TlsReloader, log: &Logger) -> bool {
+pub(crate) fn reload(settings: &Settings, reloader: &TlsReloader, log: &Logger) -> bool {
     match build_tls(settings) {
         Ok(loaded) => {
             let certificates = loaded.certificates().len();
@@ -80,14 +80,14 @@ fn fingerprint(files: &[PathBuf]) -> Fingerprint {
 /// stayed unchanged for one interval (a renewal writes the certificate and the key one after
 /// the other; reloading between the two would fail on a mismatched pair). Stopped and joined
 /// on drop.
-pub struct CertWatcher {
+pub(crate) struct CertWatcher {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl CertWatcher {
     /// Starts watching the files of `settings` every `interval`.
-    pub fn start(
+    pub(crate) fn start(
         settings: Settings,
         reloader: TlsReloader,
         log: Logger,

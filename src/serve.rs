@@ -29,7 +29,7 @@ use crate::upgrade::Upgrade;
 
 /// Runs the server described by `settings` until a signal, then runs the shutdown protocol and
 /// returns (exit code 0) once it is done.
-pub fn run(settings: Settings) -> Result<(), BoxError> {
+pub(crate) fn run(settings: Settings) -> Result<(), BoxError> {
     // Before any thread starts: this edits the environment.
     let inherited = Inherited::from_env()?;
     let upgrade = Upgrade::capture()?;
@@ -76,7 +76,7 @@ struct Signals {
 
 /// What the process brings from outside the server: sockets it inherited, and how to start
 /// its successor.
-pub struct Process {
+pub(crate) struct Process {
     inherited: Inherited,
     upgrade: Upgrade,
 }
@@ -408,22 +408,17 @@ fn warn_if_descriptors_short(settings: &Settings, nofile: Option<u64>, log: &Log
 /// Raises the soft open-files limit to the hard limit: every connection is a descriptor, and the
 /// default soft limit (often 1024) is far below `--max-connections`. Returns the limit in force.
 fn raise_fd_limit(log: &Logger) -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let raised = getrlimit(Resource::RLIMIT_NOFILE)
+        .and_then(|(_, hard)| setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map(|()| hard));
+    match raised {
+        Ok(limit) => {
+            info!(log, "open files limit"; "nofile" => limit);
+            Some(limit)
         }
-    };
-    if raised {
-        info!(log, "open files limit"; "nofile" => limit.rlim_cur);
-        Some(limit.rlim_cur)
-    } else {
-        warn!(log, "could not raise the open files limit"; "error" => %std::io::Error::last_os_error());
-        None
+        Err(e) => {
+            warn!(log, "could not raise the open files limit"; "error" => %e);
+            None
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::error::BoxError;
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertSource {
+pub(crate) enum CertSource {
     /// The development certificate compiled into the binary.
     BuiltIn,
     /// PEM files: certificate and key pairs, the first the default (SNI picks the others).
@@ -26,7 +26,7 @@ pub enum CertSource {
 /// Everything `serve` needs, resolved: each setting once (its flag, key and default are
 /// defined together in `cli.rs`), and what is built from several of them.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Every setting: the flags over the config file over the defaults. `listen` is never
     /// empty; its first address is the one `Server::local_addr` reports.
     pub values: Values,
@@ -42,7 +42,7 @@ pub struct Settings {
 
 impl Settings {
     /// Resolves the flags, reading `--config` if given.
-    pub fn resolve(flags: ServeArgs) -> Result<Settings, BoxError> {
+    pub(crate) fn resolve(flags: ServeArgs) -> Result<Settings, BoxError> {
         let mut file = match &flags.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -94,7 +94,7 @@ impl Settings {
     }
 
     /// The idle timeout; zero means "never" (an operator switching it off).
-    pub fn idle_timeout(&self) -> Option<Duration> {
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
         Some(self.values.idle_timeout).filter(|t| !t.is_zero())
     }
 
@@ -130,7 +130,7 @@ impl Settings {
     /// key is published with the source and anyone who reaches the port could impersonate the
     /// server. `check` applies it to the `--listen` addresses; `serve` to the addresses of the
     /// sockets it inherits, which are what it serves when one is mapped by order.
-    pub fn may_serve_on(&self, what: &str, addr: SocketAddr) -> Result<(), BoxError> {
+    pub(crate) fn may_serve_on(&self, what: &str, addr: SocketAddr) -> Result<(), BoxError> {
         if self.cert != CertSource::BuiltIn || is_loopback(addr.ip()) {
             return Ok(());
         }

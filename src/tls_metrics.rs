@@ -13,14 +13,14 @@ const RELOADS_HELP: &str = "TLS configuration reloads (SIGHUP, --watch-certs), b
 const EXPIRY_HELP: &str = "notAfter of each certificate served, in Unix seconds.";
 
 /// Exposes a server's reload counts and the expiry of every certificate it serves now.
-pub struct TlsCollector {
+pub(crate) struct TlsCollector {
     reloader: TlsReloader,
     descs: Vec<Desc>,
 }
 
 impl TlsCollector {
     /// A collector reading `reloader` at each scrape.
-    pub fn new(reloader: TlsReloader) -> Result<TlsCollector, prometheus::Error> {
+    pub(crate) fn new(reloader: TlsReloader) -> Result<TlsCollector, prometheus::Error> {
         let desc = |name: &str, help: &str, label: &str| {
             Desc::new(
                 name.to_string(),

@@ -24,7 +24,7 @@ use crate::activation::READY_NAME;
 /// How long the new process gets to report ready before it is killed and the upgrade given up.
 /// Start-up reads a few files and binds nothing (the sockets are inherited): well under a second
 /// normally, so this only bounds a new binary that hangs.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `SD_LISTEN_FDS_START`: the first descriptor of the `LISTEN_FDS` convention.
 const FIRST_FD: i32 = 3;
@@ -35,7 +35,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// Why an upgrade was given up; the old process keeps serving in every case.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum UpgradeError {
+pub(crate) enum UpgradeError {
     /// The listening sockets or the readiness pair could not be set up.
     Setup(std::io::Error),
     /// The new binary could not be started (missing, not executable, ...).
@@ -67,14 +67,14 @@ impl std::error::Error for UpgradeError {}
 
 /// The binary and arguments to start again, captured at start-up: by the time of SIGUSR2 the
 /// file at the path is typically the new binary (installed over the old one).
-pub struct Upgrade {
+pub(crate) struct Upgrade {
     exe: PathBuf,
     args: Vec<OsString>,
 }
 
 impl Upgrade {
     /// This process's binary and arguments.
-    pub fn capture() -> std::io::Result<Upgrade> {
+    pub(crate) fn capture() -> std::io::Result<Upgrade> {
         Ok(Upgrade {
             exe: std::env::current_exe()?,
             args: std::env::args_os().skip(1).collect(),
@@ -84,7 +84,7 @@ impl Upgrade {
     /// Starts the new process with a descriptor of each of `server`'s listening sockets and
     /// waits until it is ready. Returns its pid; from then on both accept from the sockets,
     /// and the caller stops this one's acceptors (leaving the sockets listening) and drains.
-    pub async fn run(&self, server: &Server) -> Result<u32, UpgradeError> {
+    pub(crate) async fn run(&self, server: &Server) -> Result<u32, UpgradeError> {
         let listeners = server.listening_sockets().map_err(UpgradeError::Setup)?;
         let (ours, theirs) = UnixDatagram::pair().map_err(UpgradeError::Setup)?;
         let count = listeners.len();

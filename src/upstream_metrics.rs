@@ -37,13 +37,13 @@ const BYTES: (&str, &str, MetricType) = (
 );
 
 /// Exposes each upstream of a proxying server's [`Stats`] (nothing for `echo`).
-pub struct UpstreamCollector {
+pub(crate) struct UpstreamCollector {
     stats: Arc<Stats>,
     descs: Vec<Desc>,
 }
 
 impl UpstreamCollector {
-    pub fn new(stats: Arc<Stats>) -> Result<UpstreamCollector, prometheus::Error> {
+    pub(crate) fn new(stats: Arc<Stats>) -> Result<UpstreamCollector, prometheus::Error> {
         let desc = |(name, help, _): (&str, &str, MetricType), labels: &[&str]| {
             Desc::new(
                 name.to_string(),

@@ -19,7 +19,7 @@ const STEP: Duration = Duration::from_secs(30);
 /// A client configuration trusting `ca`, TLS 1.3 and 1.2, ring's X25519 first (no
 /// post-quantum group: every peer negotiates the same classical key exchange). Resumption
 /// (TLS 1.3 tickets) only if `resume`.
-pub fn client_config(ca: &[u8], resume: bool) -> Arc<rustls::ClientConfig> {
+pub(crate) fn client_config(ca: &[u8], resume: bool) -> Arc<rustls::ClientConfig> {
     let base = tlsvisor_actors::testing::client_config(ca).unwrap();
     let mut config = (*base).clone();
     if !resume {
@@ -54,7 +54,7 @@ async fn connect_and_ping(
 }
 
 /// What a run of handshakes did.
-pub struct HandshakeRun {
+pub(crate) struct HandshakeRun {
     pub completed: usize,
     pub resumed: usize,
     pub failed: usize,
@@ -62,7 +62,7 @@ pub struct HandshakeRun {
 }
 
 /// `n` connections, `concurrency` at a time, each: handshake, PING, close_notify.
-pub async fn handshakes(
+pub(crate) async fn handshakes(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     n: usize,
@@ -94,7 +94,7 @@ pub async fn handshakes(
 }
 
 /// Opens `n` connections (64 handshakes at a time) and keeps them.
-pub async fn open_idle(
+pub(crate) async fn open_idle(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     n: usize,
@@ -125,7 +125,7 @@ pub async fn open_idle(
 
 /// Sends `bytes` through one connection to an echo upstream and reads them all back, both
 /// directions at once. Returns the time taken, or None if the stream broke or hung.
-pub async fn bulk(
+pub(crate) async fn bulk(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     bytes: usize,

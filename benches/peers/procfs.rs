@@ -14,7 +14,7 @@ fn ticks_per_second() -> f64 {
 }
 
 /// `pid` and every process descending from it (nginx's workers, for instance).
-pub fn family(pid: u32) -> Vec<u32> {
+pub(crate) fn family(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
     let mut i = 0;
     while i < all.len() {
@@ -32,7 +32,7 @@ pub fn family(pid: u32) -> Vec<u32> {
 }
 
 /// User + system CPU time of `pid` and its descendants, threads that exited included.
-pub fn cpu(pid: u32) -> Duration {
+pub(crate) fn cpu(pid: u32) -> Duration {
     let ticks: u64 = family(pid)
         .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
@@ -62,12 +62,12 @@ fn status_sum(pid: u32, field: &str) -> u64 {
 }
 
 /// Resident memory of `pid` and its descendants, in bytes.
-pub fn rss(pid: u32) -> u64 {
+pub(crate) fn rss(pid: u32) -> u64 {
     status_sum(pid, "VmRSS:") * 1024
 }
 
 /// Threads of `pid` and its descendants.
-pub fn threads(pid: u32) -> u64 {
+pub(crate) fn threads(pid: u32) -> u64 {
     status_sum(pid, "Threads:")
 }
 
@@ -77,7 +77,7 @@ pub fn threads(pid: u32) -> u64 {
 /// Reading /proc/net/tcp instead formats every socket of the machine: with a few thousand
 /// connections a read took 35–45 ms, longer than what it measured, and it contends with the
 /// server under test for the socket tables.
-pub fn close_wait(port: u16) -> usize {
+pub(crate) fn close_wait(port: u16) -> usize {
     [libc::AF_INET, libc::AF_INET6]
         .into_iter()
         .map(|family| {
@@ -105,7 +105,7 @@ mod sock_diag {
     /// Offset of idiag_sport (network order) in inet_diag_msg: after family, state, timer, retrans.
     const SPORT_OFFSET: usize = 4;
 
-    pub fn close_wait(family: u8, port: u16) -> io::Result<usize> {
+    pub(super) fn close_wait(family: u8, port: u16) -> io::Result<usize> {
         // SAFETY: socket(2) with constant arguments; the descriptor is owned right after.
         let fd = unsafe {
             libc::socket(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// One measured quantity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Measure {
+pub(crate) enum Measure {
     FullHandshakeCpuUs,
     FullHandshakeRate,
     ResumedHandshakeCpuUs,
@@ -38,7 +38,7 @@ use Measure::*;
 /// machine's hard RLIMIT_NOFILE is 20,000 and the sandbox cannot raise it (no
 /// CAP_SYS_RESOURCE): a proxy holds two descriptors per connection, so 9,000 is the most every
 /// server here can hold.
-pub const LARGE: usize = 9_000;
+pub(crate) const LARGE: usize = 9_000;
 
 /// (measure, label, compared to the best peer as a ratio, target ratio)
 const LINES: [(Measure, &str, bool, Option<f64>); 23] = [
@@ -233,7 +233,7 @@ const PROXY_PEERS: [&str; 4] = ["stunnel", "haproxy", "hitch", "nginx"];
 
 /// One server's results.
 #[derive(Debug)]
-pub struct Row {
+pub(crate) struct Row {
     pub name: &'static str,
     values: HashMap<Measure, f64>,
     /// Each round's value of a CPU measure, once there is more than one round.
@@ -242,7 +242,7 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(name: &'static str) -> Row {
+    pub(crate) fn new(name: &'static str) -> Row {
         Row {
             name,
             values: HashMap::new(),
@@ -251,11 +251,11 @@ impl Row {
         }
     }
 
-    pub fn set(&mut self, measure: Measure, value: f64) {
+    pub(crate) fn set(&mut self, measure: Measure, value: f64) {
         self.values.insert(measure, value);
     }
 
-    pub fn note(&mut self, note: String) {
+    pub(crate) fn note(&mut self, note: String) {
         eprintln!("{}: {note}", self.name);
         self.notes.push(note);
     }
@@ -267,7 +267,7 @@ impl Row {
     /// Takes in another round of the same server: rates and shares keep their highest value,
     /// every cost (CPU, memory, milliseconds) its lowest. The CPU figures of each round are
     /// listed in the notes.
-    pub fn merge(&mut self, round: Row) {
+    pub(crate) fn merge(&mut self, round: Row) {
         for (measure, value) in round.values {
             if let Some(old) = self.values.get(&measure) {
                 if measure.is_cpu_cost() {
@@ -367,7 +367,7 @@ lowest is shown: interference from the rest of the VM only adds CPU. Each round'
 is in the notes. Memory, SIGKILL bursts (median of 3) and SIGTERM are measured once.
 ";
 
-pub fn write(docs: &Path, rows: &[Row], machine: &str, versions: &[String]) {
+pub(crate) fn write(docs: &Path, rows: &[Row], machine: &str, versions: &[String]) {
     let mut md = String::new();
     let _ = writeln!(
         md,

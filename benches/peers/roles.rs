@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::load;
 
 /// Runs the role named in `args` if there is one; returns false otherwise.
-pub fn run_if_asked(args: &[String]) -> bool {
+pub(crate) fn run_if_asked(args: &[String]) -> bool {
     let Some(role) = args.get(1) else {
         return false;
     };

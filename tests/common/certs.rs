@@ -6,19 +6,19 @@ use tlsvisor_actors::testing::ScratchDir;
 use tlsvisor_actors::{CertificateInfo, DevCerts};
 
 /// Serial, expiry and names of the first certificate in `pem`.
-pub fn info_of_pem(pem: &str) -> CertificateInfo {
+pub(crate) fn info_of_pem(pem: &str) -> CertificateInfo {
     let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
     CertificateInfo::from_der(&der).unwrap()
 }
 
 /// The path of `file` in `scratch`, as a flag value.
-pub fn path_in(scratch: &ScratchDir, file: &str) -> String {
+pub(crate) fn path_in(scratch: &ScratchDir, file: &str) -> String {
     scratch.path(file).display().to_string()
 }
 
 /// Issues a certificate for `names` into `{stem}.crt` and `{stem}.key` (replacing them by
 /// rename); returns the two paths and what the certificate holds.
-pub fn issue_into(
+pub(crate) fn issue_into(
     scratch: &ScratchDir,
     certs: &DevCerts,
     stem: &str,
@@ -35,7 +35,7 @@ pub fn issue_into(
 }
 
 /// The flags of a server with `cert`/`key` that admits the client `alice` of the CA in `ca`.
-pub fn alice_only<'a>(cert: &'a str, key: &'a str, ca: &'a str) -> Vec<&'a str> {
+pub(crate) fn alice_only<'a>(cert: &'a str, key: &'a str, ca: &'a str) -> Vec<&'a str> {
     let flags = [
         "--cert",
         cert,

@@ -23,21 +23,21 @@ const CONNECT_WINDOW: usize = 64;
 
 /// How the crowd's clients saw the server end their connections.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct CrowdSummary {
+pub(crate) struct CrowdSummary {
     pub close_notify: usize,
     pub eof_without_close_notify: usize,
     pub errors: usize,
 }
 
 /// A child process holding `size` TLS connections to a server.
-pub struct Crowd {
+pub(crate) struct Crowd {
     child: Child,
     lines: BufReader<ChildStdout>,
 }
 
 impl Crowd {
     /// Starts the crowd and waits until every client has finished its handshake and one echo.
-    pub fn gather(addr: SocketAddr, size: usize) -> Crowd {
+    pub(crate) fn gather(addr: SocketAddr, size: usize) -> Crowd {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -59,19 +59,19 @@ impl Crowd {
         crowd
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Kills every client at once.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 
     /// Waits for the crowd to see every connection closed by the server.
-    pub fn summary(mut self) -> CrowdSummary {
+    pub(crate) fn summary(mut self) -> CrowdSummary {
         let line = self.next_line("SUMMARY");
         let _ = self.child.wait();
         let mut numbers = line
@@ -107,7 +107,7 @@ impl Drop for Crowd {
 
 /// In the crowd process: connect, report, wait for the server to close, report. Returns at once
 /// in a normal test run.
-pub fn child_main_if_asked() {
+pub(crate) fn child_main_if_asked() {
     let (Ok(addr), Ok(size)) = (std::env::var(ADDR_VAR), std::env::var(SIZE_VAR)) else {
         return;
     };

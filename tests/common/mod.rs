@@ -3,9 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
-pub mod certs;
-pub mod crowd;
-pub mod redis;
+pub(crate) mod certs;
+pub(crate) mod crowd;
+pub(crate) mod redis;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,16 +17,16 @@ use std::time::{Duration, Instant};
 use tlsvisor_actors::testing::{client_config, eventually, TlsClient};
 
 /// A ceiling only a hang reaches.
-pub const HANG: Duration = Duration::from_secs(30);
+pub(crate) const HANG: Duration = Duration::from_secs(30);
 
 /// The development CA the built-in certificate chains to.
-pub fn dev_ca() -> Vec<u8> {
+pub(crate) fn dev_ca() -> Vec<u8> {
     std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.crt")).unwrap()
 }
 
 /// Raises this test process's soft open-files limit to its hard limit: tests that hold
 /// thousands of client sockets must not depend on the shell's `ulimit -n`.
-pub fn raise_open_files_limit() {
+pub(crate) fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -41,7 +41,7 @@ pub fn raise_open_files_limit() {
 }
 
 /// A running `tlsvisor` process with JSON logs.
-pub struct Tlsvisor {
+pub(crate) struct Tlsvisor {
     pub child: Child,
     pub listen: SocketAddr,
     pub metrics: Option<SocketAddr>,
@@ -54,17 +54,17 @@ pub struct Tlsvisor {
 impl Tlsvisor {
     /// Starts `tlsvisor serve` on a free port with JSON logs, metrics on a free port, and
     /// `extra` flags.
-    pub fn serve(extra: &[&str]) -> Tlsvisor {
+    pub(crate) fn serve(extra: &[&str]) -> Tlsvisor {
         Tlsvisor::serve_with(extra, &Limits::default())
     }
 
     /// Starts the binary with exactly `args` (which must ask for JSON logs).
-    pub fn spawn(args: &[&str]) -> Tlsvisor {
+    pub(crate) fn spawn(args: &[&str]) -> Tlsvisor {
         Tlsvisor::spawn_with(args, &Limits::default())
     }
 
     /// Starts `tlsvisor serve` as [`Tlsvisor::serve`] does, under `limits`.
-    pub fn serve_with(extra: &[&str], limits: &Limits) -> Tlsvisor {
+    pub(crate) fn serve_with(extra: &[&str], limits: &Limits) -> Tlsvisor {
         let mut args = vec![
             "serve",
             "--listen",
@@ -79,7 +79,7 @@ impl Tlsvisor {
     }
 
     /// Starts the binary with exactly `args` (which must ask for JSON logs) under `limits`.
-    pub fn spawn_with(args: &[&str], limits: &Limits) -> Tlsvisor {
+    pub(crate) fn spawn_with(args: &[&str], limits: &Limits) -> Tlsvisor {
         let (child, logs, collector) = start_collecting_logs(args, limits);
         let mut server = Tlsvisor {
             child,
@@ -109,7 +109,7 @@ impl Tlsvisor {
 
     /// Starts the binary with no arguments (echo on 127.0.0.1:8443, built-in certificate,
     /// terminal logs) and waits until it accepts.
-    pub fn spawn_default() -> Tlsvisor {
+    pub(crate) fn spawn_default() -> Tlsvisor {
         let (child, logs, collector) = start_collecting_logs(&[], &Limits::default());
         let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
         assert!(
@@ -126,24 +126,24 @@ impl Tlsvisor {
     }
 
     /// Log lines that were not JSON (terminal format), as printed.
-    pub fn raw_lines(&self) -> Vec<String> {
+    pub(crate) fn raw_lines(&self) -> Vec<String> {
         self.logs()
             .iter()
             .filter_map(|v| v["raw"].as_str().map(str::to_string))
             .collect()
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Every log record so far.
-    pub fn logs(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn logs(&self) -> Vec<serde_json::Value> {
         self.logs.lock().unwrap().clone()
     }
 
     /// Log records whose message is `msg`.
-    pub fn logs_with(&self, msg: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn logs_with(&self, msg: &str) -> Vec<serde_json::Value> {
         self.logs()
             .into_iter()
             .filter(|v| v["msg"] == msg)
@@ -158,7 +158,7 @@ impl Tlsvisor {
 
     /// Every address the server listens on (one "listening" line each), in order, without
     /// repeats (after an upgrade the new process logs the same addresses again).
-    pub fn listening(&self) -> Vec<SocketAddr> {
+    pub(crate) fn listening(&self) -> Vec<SocketAddr> {
         let mut addrs: Vec<SocketAddr> = Vec::new();
         for line in self.logs_with("listening") {
             let addr = line["listen"].as_str().unwrap().parse().unwrap();
@@ -170,7 +170,7 @@ impl Tlsvisor {
     }
 
     /// The admin API's address (`--admin-listen`), from its log line.
-    pub fn admin_listen(&self) -> SocketAddr {
+    pub(crate) fn admin_listen(&self) -> SocketAddr {
         let mut admin = None;
         assert!(
             eventually(HANG, || {
@@ -184,18 +184,18 @@ impl Tlsvisor {
     }
 
     /// A TLS client trusting the development CA.
-    pub fn connect(&self) -> std::io::Result<TlsClient> {
+    pub(crate) fn connect(&self) -> std::io::Result<TlsClient> {
         TlsClient::connect(self.listen, client_config(&dev_ca())?)
     }
 
     /// Scrapes `/metrics` and checks the ledger invariant in the same scrape.
-    pub fn scrape(&self) -> Metrics {
+    pub(crate) fn scrape(&self) -> Metrics {
         self.try_scrape().expect("scrape /metrics")
     }
 
     /// Scrapes until a scrape succeeds: while the process is out of descriptors, the metrics
     /// listener cannot accept or read /proc either.
-    pub fn scrape_when_possible(&self) -> Metrics {
+    pub(crate) fn scrape_when_possible(&self) -> Metrics {
         let mut last = self.try_scrape();
         assert!(
             eventually(HANG, || {
@@ -209,7 +209,7 @@ impl Tlsvisor {
     }
 
     /// Like [`Tlsvisor::scrape`]; an I/O failure or a non-200 answer is an error.
-    pub fn try_scrape(&self) -> std::io::Result<Metrics> {
+    pub(crate) fn try_scrape(&self) -> std::io::Result<Metrics> {
         let metrics = Metrics::parse(&try_http_get(
             self.metrics.expect("metrics enabled"),
             "/metrics",
@@ -224,13 +224,13 @@ impl Tlsvisor {
     }
 
     /// Sends a signal (`libc::SIGTERM`, `libc::SIGKILL`, ...).
-    pub fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
     }
 
     /// Waits for the process to exit, up to `within`.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -254,7 +254,7 @@ type Logs = Arc<Mutex<Vec<serde_json::Value>>>;
 
 /// What the process is started under: its own open-files limit, environment variables.
 #[derive(Default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// `RLIMIT_NOFILE`, soft and hard, set in the child before it runs.
     pub nofile: Option<u64>,
     pub env: Vec<(&'static str, &'static str)>,
@@ -314,14 +314,14 @@ impl Drop for Tlsvisor {
 
 /// An address on 127.0.0.1 with a port free now (bound and released: for a program that must
 /// bind it itself, such as `systemd-socket-activate`).
-pub fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
     probe.local_addr().expect("the probe's address")
 }
 
 /// `[::1]` where the host has IPv6 loopback, else `None` (the caller falls back to IPv4 and
 /// says so): IPv6 is tested wherever it can be.
-pub fn ipv6_loopback() -> Option<std::net::IpAddr> {
+pub(crate) fn ipv6_loopback() -> Option<std::net::IpAddr> {
     match std::net::TcpListener::bind("[::1]:0") {
         Ok(_) => Some(std::net::Ipv6Addr::LOCALHOST.into()),
         Err(e) => {
@@ -333,19 +333,19 @@ pub fn ipv6_loopback() -> Option<std::net::IpAddr> {
 
 /// A second address to listen on beside 127.0.0.1: `[::1]` if possible, else `127.0.0.1`;
 /// with a port free now.
-pub fn free_second_addr() -> SocketAddr {
+pub(crate) fn free_second_addr() -> SocketAddr {
     let ip = ipv6_loopback().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let probe = std::net::TcpListener::bind((ip, 0)).expect("bind a probe");
     probe.local_addr().expect("the probe's address")
 }
 
 /// A plain HTTP/1.0 GET (the metrics endpoint is the only HTTP the tests speak).
-pub fn http_get(addr: SocketAddr, path: &str) -> String {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
     try_http_get(addr, path).unwrap()
 }
 
 /// Like [`http_get`]; an I/O failure or a non-200 answer is an error.
-pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+pub(crate) fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(HANG))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
@@ -364,10 +364,10 @@ pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 }
 
 /// A parsed Prometheus text exposition: `name{labels}` → value.
-pub struct Metrics(pub HashMap<String, f64>);
+pub(crate) struct Metrics(pub HashMap<String, f64>);
 
 impl Metrics {
-    pub fn parse(text: &str) -> Metrics {
+    pub(crate) fn parse(text: &str) -> Metrics {
         let samples = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -380,12 +380,12 @@ impl Metrics {
     }
 
     /// One sample; panics if absent.
-    pub fn get(&self, key: &str) -> f64 {
+    pub(crate) fn get(&self, key: &str) -> f64 {
         *self.0.get(key).unwrap_or_else(|| panic!("no sample {key}"))
     }
 
     /// The sum of every sample of a family.
-    pub fn sum(&self, family: &str) -> f64 {
+    pub(crate) fn sum(&self, family: &str) -> f64 {
         self.0
             .iter()
             .filter(|(k, _)| *k == family || k.starts_with(&format!("{family}{{")))
@@ -393,7 +393,7 @@ impl Metrics {
             .sum()
     }
 
-    pub fn disposed(&self, reason: &str) -> f64 {
+    pub(crate) fn disposed(&self, reason: &str) -> f64 {
         self.get(&format!(
             "tlsvisor_connections_disposed_total{{reason=\"{reason}\"}}"
         ))

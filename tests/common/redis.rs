@@ -12,30 +12,30 @@ use super::{free_addr, HANG};
 
 /// Where a redis listens.
 #[derive(Clone, Debug)]
-pub enum RedisAddr {
+pub(crate) enum RedisAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
 
 /// A running `redis-server`; killed when dropped.
-pub struct Redis {
+pub(crate) struct Redis {
     child: Option<Child>,
     pub at: RedisAddr,
 }
 
 impl Redis {
     /// On a free loopback port.
-    pub fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         Redis::start_at(RedisAddr::Tcp(free_addr()))
     }
 
     /// On the unix socket `path` only (`--port 0`: no TCP at all).
-    pub fn start_unix(path: &Path) -> Redis {
+    pub(crate) fn start_unix(path: &Path) -> Redis {
         Redis::start_at(RedisAddr::Unix(path.to_path_buf()))
     }
 
     /// At `at`, waiting until it answers.
-    pub fn start_at(at: RedisAddr) -> Redis {
+    pub(crate) fn start_at(at: RedisAddr) -> Redis {
         let mut command = Command::new("redis-server");
         match &at {
             RedisAddr::Tcp(addr) => {
@@ -64,7 +64,7 @@ impl Redis {
     }
 
     /// As `--upstream` names it: `HOST:PORT` or `unix:/path`.
-    pub fn upstream(&self) -> String {
+    pub(crate) fn upstream(&self) -> String {
         match &self.at {
             RedisAddr::Tcp(addr) => addr.to_string(),
             RedisAddr::Unix(path) => format!("unix:{}", path.display()),
@@ -72,7 +72,7 @@ impl Redis {
     }
 
     /// The TCP address (panics for a unix-socket redis).
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         match &self.at {
             RedisAddr::Tcp(addr) => *addr,
             RedisAddr::Unix(path) => panic!("redis on {} has no TCP address", path.display()),
@@ -80,7 +80,7 @@ impl Redis {
     }
 
     /// SIGKILL, and waits for it to be gone: its clients see resets, its port refuses.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -88,7 +88,7 @@ impl Redis {
     }
 
     /// `connected_clients` as redis reports it (this query's own connection included).
-    pub fn connected_clients(&self) -> u64 {
+    pub(crate) fn connected_clients(&self) -> u64 {
         self.try_connected_clients()
             .expect("redis answers INFO clients")
     }

@@ -22,7 +22,7 @@ pub enum CloseMode {
 /// closing keeps its first reason; a forced close always stops it at once.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
-pub struct Close {
+pub(crate) struct Close {
     /// How to close.
     pub mode: CloseMode,
     /// The reason recorded if the connection had none yet.
@@ -49,7 +49,7 @@ pub enum Side {
 /// again before it: this is the backpressure between the two directions.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Inbound {
+pub(crate) struct Inbound {
     /// Where the bytes came from.
     pub side: Side,
     /// The bytes.
@@ -58,7 +58,7 @@ pub struct Inbound {
 
 /// How a reader's loop ended.
 #[derive(Debug)]
-pub enum ReadOutcome {
+pub(crate) enum ReadOutcome {
     /// The side finished sending. `clean` is false when a TLS client closed TCP without
     /// `close_notify` (always true for a plain TCP upstream).
     PeerEof {
@@ -73,7 +73,7 @@ pub enum ReadOutcome {
 /// after sending it.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct ReaderFinished {
+pub(crate) struct ReaderFinished {
     /// Which side finished.
     pub side: Side,
     /// How.

@@ -17,10 +17,10 @@ use crate::connection::messages::{Inbound, ReadOutcome, ReaderFinished, Side};
 use crate::fault::{FaultPoint, Faults};
 
 /// Reads the client's decrypted bytes.
-pub type ClientReader = Reader<ReadHalf<TlsStream>>;
+pub(crate) type ClientReader = Reader<ReadHalf<TlsStream>>;
 
 /// Reads the proxy upstream's bytes (the second child of a proxying `Connection`).
-pub type UpstreamReader = Reader<crate::upstream::stream::UpstreamReadHalf>;
+pub(crate) type UpstreamReader = Reader<crate::upstream::stream::UpstreamReadHalf>;
 
 /// Reads one side of a connection and hands each chunk to its parent `Connection`, waiting for
 /// the parent to handle it before reading again (backpressure).

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 const MAX_V1_LENGTH: usize = 107;
 /// The longest v2 header read: the 16 fixed bytes and addresses, with room for TLVs. A
 /// balancer sending more (a client certificate in TLVs) is refused rather than buffered.
-pub const MAX_V2_LENGTH: usize = 4096;
+pub(crate) const MAX_V2_LENGTH: usize = 4096;
 /// The fixed part of a v2 header: signature, version and command, family, length.
 const V2_FIXED: usize = 16;
 

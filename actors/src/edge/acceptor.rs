@@ -48,7 +48,7 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 /// Accepting never stops for good: at a limit the acceptor waits for a slot, and when the
 /// process is out of descriptors it sheds the waiting clients and backs off, keeping its
 /// listener registered, so there is nothing to re-create (and fail to) when it resumes.
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     /// Move into the accept loop when the actor starts; each with its address, for the logs.
     listeners: Vec<(std::net::TcpListener, SocketAddr)>,
     worker: usize,

@@ -18,11 +18,11 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest single read while the client streams: four full TLS records.
-pub const GULP: usize = 64 * 1024;
+pub(crate) const GULP: usize = 64 * 1024;
 
 /// A transport that reads ahead while its peer streams (see the module docs).
 #[derive(Debug)]
-pub struct ReadAhead<S> {
+pub(crate) struct ReadAhead<S> {
     io: S,
     /// Bytes read from `io` that rustls has not taken yet are `buf[start..end]`. Empty, with no
     /// allocation, unless the client is streaming.
@@ -35,7 +35,7 @@ pub struct ReadAhead<S> {
 
 impl<S> ReadAhead<S> {
     /// Wraps `io`; reads go straight through until the peer streams.
-    pub fn new(io: S) -> Self {
+    pub(crate) fn new(io: S) -> Self {
         ReadAhead {
             io,
             buf: Vec::new(),

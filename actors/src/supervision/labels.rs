@@ -59,6 +59,7 @@ macro_rules! labels {
 pub(crate) use labels;
 
 #[cfg(test)]
+#[allow(unreachable_pub)] // the sample enum is the macro's output, made for this test
 mod tests {
     labels! {
         /// A test enum.

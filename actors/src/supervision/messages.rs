@@ -59,13 +59,13 @@ pub(crate) struct Dispose {
 /// asked.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "usize")]
-pub struct CloseAll(pub Close);
+pub(crate) struct CloseAll(pub Close);
 
 /// Anyone → registry: close one connection with reason `killed`. Replies whether the id was
 /// live.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "bool")]
-pub struct Kill {
+pub(crate) struct Kill {
     /// The connection to close.
     pub id: ConnId,
     /// Graceful (close_notify first) or forced.
@@ -75,12 +75,12 @@ pub struct Kill {
 /// Anyone → registry: resolves once no connection is registered (at once if none is).
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
-pub struct WaitEmpty;
+pub(crate) struct WaitEmpty;
 
 /// Anyone → registry: the ids of the live connections, in id order.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "Vec<ConnId>")]
-pub struct LiveConnections;
+pub(crate) struct LiveConnections;
 
 /// Anyone → registry: describe the live connections whose id is above `after`, the `limit`
 /// lowest ids of them, in id order. Each connection is asked by message; one that does not
@@ -112,14 +112,14 @@ pub(crate) struct CloseOne {
 /// reply.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
-pub struct StopAccepting;
+pub(crate) struct StopAccepting;
 
 /// Owner → supervisor: run the shutdown protocol (stop accepting, close every connection
 /// gracefully, wait up to `grace`, force the rest). Replies once every registry is empty or
 /// the forced closes have been given their bounded time.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "ShutdownReport")]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     /// How long connections get to close gracefully.
     pub grace: Duration,
     /// How long connections get to end on their own, after accepting stopped and before they

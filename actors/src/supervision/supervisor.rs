@@ -30,7 +30,7 @@ pub(crate) const FORCE_WAIT: Duration = Duration::from_secs(2);
 /// It never does TLS work itself: a slow or hostile client can only hold its own connection.
 /// Every step of its shutdown protocol has a deadline, so a worker stuck in a protocol callback
 /// delays it by those deadlines, never more.
-pub struct ConnectionSupervisor {
+pub(crate) struct ConnectionSupervisor {
     acceptors: Vec<Addr<Acceptor>>,
     /// The server's listening sockets, kept to shut each down for every acceptor at once
     /// (unless another process serves from it: inherited, or handed over in an upgrade).
