@@ -53,23 +53,23 @@ macro_rules! serve_settings {
         /// flag wins over the file.
         #[derive(Debug, Default, Args, Deserialize)]
         #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-        pub struct ServeArgs { $($args)* }
+        pub(crate) struct ServeArgs { $($args)* }
 
         /// Every setting of `serve`: from the flags, else from the config file, else its
         /// default (each documented on [`ServeArgs`]).
         // `config` is read from the flags alone, before there are values.
         #[allow(dead_code)]
         #[derive(Debug, Clone)]
-        pub struct Values { $($values)* }
+        pub(crate) struct Values { $($values)* }
 
         impl ServeArgs {
             /// These settings (the flags) over `file`'s: each as given here, else as there.
-            pub fn over(self, file: ServeArgs) -> ServeArgs {
+            pub(crate) fn over(self, file: ServeArgs) -> ServeArgs {
                 ServeArgs { $($name: Layer::over(self.$name, file.$name),)* }
             }
 
             /// Every setting, with the defaults of those not given.
-            pub fn values(self) -> Values {
+            pub(crate) fn values(self) -> Values {
                 Values { $($name: serve_settings!(@value self.$name $(, $default)?),)* }
             }
         }
@@ -82,8 +82,8 @@ macro_rules! serve_settings {
         $($rest:tt)*
     ] -> [$($args:tt)*] [$($values:tt)*] [$($names:tt)*]) => {
         serve_settings!(@read [$($rest)*] ->
-            [$($args)* $(#[$attr])* pub $name: $given,]
-            [$($values)* pub $name: <$given as Layer>::Value,]
+            [$($args)* $(#[$attr])* pub(crate) $name: $given,]
+            [$($values)* pub(crate) $name: <$given as Layer>::Value,]
             [$($names)* ($name = $default)]);
     };
     // An entry without: its value is as given (`None`, empty or `false` when not).
@@ -92,8 +92,8 @@ macro_rules! serve_settings {
         $($rest:tt)*
     ] -> [$($args:tt)*] [$($values:tt)*] [$($names:tt)*]) => {
         serve_settings!(@read [$($rest)*] ->
-            [$($args)* $(#[$attr])* pub $name: $given,]
-            [$($values)* pub $name: $given,]
+            [$($args)* $(#[$attr])* pub(crate) $name: $given,]
+            [$($values)* pub(crate) $name: $given,]
             [$($names)* ($name)]);
     };
     ($($entries:tt)*) => {
