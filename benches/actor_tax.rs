@@ -45,9 +45,16 @@ fn actor_state_bytes(_c: &mut Criterion) {
     );
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = registry_register_and_dispose, reader_to_connection_hop, actor_state_bytes
+// criterion_group! writes an undocumented `pub fn benches`.
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+
+    criterion_group! {
+        name = benches;
+        config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+        targets = registry_register_and_dispose, reader_to_connection_hop, actor_state_bytes
+    }
 }
-criterion_main!(benches);
+
+criterion_main!(group::benches);

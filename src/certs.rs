@@ -77,7 +77,7 @@ mod tests {
         let cert = std::fs::read(dir.join("server.crt")).unwrap();
         let key = std::fs::read(dir.join("server.key")).unwrap();
         assert!(String::from_utf8_lossy(&key).starts_with("# tlsvisor DEVELOPMENT"));
-        tlsvisor_actors::server_config_from_pem(&cert, &key).unwrap();
+        tlsvisor_actors::LoadedTls::from_pem(&cert, &key).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

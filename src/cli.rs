@@ -36,7 +36,8 @@ pub(crate) enum Command {
 }
 
 /// The address `serve` listens on when neither the flags nor the file say.
-pub(crate) const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
+pub(crate) const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
 
 /// Defines every setting of `serve` once: its flag (clap), its config-file key (serde, the
 /// flag's name), its doc (the `--help` line) and, after `=`, its default. From the one list it

@@ -5,7 +5,12 @@
 use prometheus::proto::{Counter, Gauge, Metric, MetricFamily, MetricType};
 
 /// A family of `metrics`.
-pub(crate) fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+pub(crate) fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    metrics: Vec<Metric>,
+) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(name.to_string());
     family.set_help(help.to_string());

@@ -20,7 +20,7 @@ struct StatsCollector {
 }
 
 /// (name, help, type, label) of every family the collector emits.
-const FAMILIES: [(&str, &str, MetricType, Option<&str>); 14] = [
+const FAMILIES: [(&str, &str, MetricType, Option<&str>); 15] = [
     (
         "tlsvisor_connections_active",
         "Connections registered and not yet disposed.",
@@ -106,6 +106,13 @@ const FAMILIES: [(&str, &str, MetricType, Option<&str>); 14] = [
         MetricType::COUNTER,
         Some("worker"),
     ),
+    (
+        "tlsvisor_dispose_lost_total",
+        "Disposals that could not be delivered because the registry was gone (each logged); 0 \
+         unless a guarantee broke.",
+        MetricType::COUNTER,
+        None,
+    ),
 ];
 
 impl StatsCollector {
@@ -188,7 +195,7 @@ impl Collector for StatsCollector {
                 2,
                 DisposeReason::ALL
                     .iter()
-                    .map(|r| (Some(r.as_str().to_string()), l.disposed_for(*r) as f64))
+                    .map(|r| (Some(r.as_str().to_string()), l.disposed(*r) as f64))
                     .collect(),
             ),
             family(3, one(l.duplicates)),
@@ -198,8 +205,7 @@ impl Collector for StatsCollector {
                 6,
                 RejectReason::ALL
                     .iter()
-                    .zip(snap.rejected)
-                    .map(|(r, n)| (Some(r.as_str().to_string()), n as f64))
+                    .map(|r| (Some(r.as_str().to_string()), snap.rejected(*r) as f64))
                     .collect(),
             ),
             family(7, one(snap.accept_errors)),
@@ -216,6 +222,7 @@ impl Collector for StatsCollector {
                     .map(|(worker, n)| (Some(worker.to_string()), *n as f64))
                     .collect(),
             ),
+            family(14, one(snap.dispose_lost)),
         ]
     }
 }

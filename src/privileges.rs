@@ -14,7 +14,11 @@ use crate::error::BoxError;
 /// Switches the whole process (every thread: glibc applies set*id to all of them) to `user`,
 /// with `group` or else the user's primary group, and no supplementary groups. Checks that
 /// root cannot be regained.
-pub(crate) fn drop_to(user: Option<&str>, group: Option<&str>, log: &Logger) -> Result<(), BoxError> {
+pub(crate) fn drop_to(
+    user: Option<&str>,
+    group: Option<&str>,
+    log: &Logger,
+) -> Result<(), BoxError> {
     let Some(user) = user else {
         return Err("--group needs --user".into());
     };

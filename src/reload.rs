@@ -45,15 +45,13 @@ pub(crate) fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
 ///
 /// Reads files on the calling thread: call it where blocking for a few milliseconds is fine.
 pub(crate) fn reload(settings: &Settings, reloader: &TlsReloader, log: &Logger) -> bool {
-    match build_tls(settings) {
-        Ok(loaded) => {
-            let certificates = loaded.certificates().len();
-            reloader.reload(loaded);
+    match reloader.reload_from(&tls_source(settings)) {
+        Ok(()) => {
+            let certificates = reloader.current().certificates().len();
             info!(log, "TLS configuration reloaded"; "certificates" => certificates);
             true
         }
         Err(e) => {
-            reloader.reload_failed();
             error!(log, "TLS reload failed; keeping the previous configuration";
                 "error" => %e);
             false

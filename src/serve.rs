@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use actix_rt::signal::unix::{signal, Signal, SignalKind};
 use slog::{error, info, o, warn, Logger};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tlsvisor_actors::{
     CloseMode, Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerBuilder, ServerConfig,
@@ -43,8 +42,7 @@ pub(crate) fn run(settings: Settings) -> Result<(), BoxError> {
             "trust_for_testing" => "certs/ca.crt");
     }
     let tls = reload::build_tls(&settings)?;
-    // `Settings::listen` is never empty (the default is one address).
-    let mut config = ServerConfig::new(settings.values.listen[0], Arc::clone(tls.config()));
+    let mut config = ServerConfig::default();
     config.workers = settings.values.workers;
     config.accept_proxy = settings.accept_proxy.clone();
     config.max_connections = settings.values.max_connections;
@@ -156,9 +154,9 @@ async fn serve(
                 ProxyProtocolVersion::V1 => ProxyHeader::V1,
                 ProxyProtocolVersion::V2 => ProxyHeader::V2,
             });
-            Server::proxy(config, proxy)
+            Server::proxy(config, tls, proxy)
         }
-        ProtocolKind::Echo => Server::builder(config, Echo),
+        ProtocolKind::Echo => Server::builder(config, tls, Echo),
     };
     let builder = listen_on(builder, &settings.values.listen, inherited, &log);
     #[cfg(feature = "fault-injection")]
@@ -169,7 +167,7 @@ async fn serve(
         // and never says it is ready, until the old process's timeout kills it.
         std::future::pending::<()>().await;
     }
-    let server = builder.logger(log.clone()).tls(tls).start()?;
+    let server = builder.logger(log.clone()).start()?;
     // Shared by both listeners' expositions: refusals are counted wherever they happen.
     let unauthorized = crate::admin::unauthorized_counter()?;
     let metrics = settings
@@ -290,7 +288,7 @@ fn listen_on(
     inherited: Vec<Option<InheritedSocket>>,
     log: &Logger,
 ) -> ServerBuilder {
-    for (n, (entry, socket)) in entries.iter().zip(inherited).enumerate() {
+    for (entry, socket) in entries.iter().zip(inherited) {
         builder = match socket {
             Some(socket) => {
                 let line = log.new(o!("name" => socket.name.clone(),
@@ -301,14 +299,9 @@ fn listen_on(
                         "listen_entry" => %entry);
                 }
                 info!(line, "serving an inherited socket (LISTEN_FDS)");
-                match n {
-                    0 => builder.listener(socket.listener),
-                    _ => builder.also_listener(socket.listener),
-                }
+                builder.listener(socket.listener)
             }
-            // The first entry is `ServerConfig::listen` already.
-            None if n == 0 => builder,
-            None => builder.also_listen(*entry),
+            None => builder.listen(*entry),
         };
     }
     builder

@@ -114,15 +114,16 @@ impl Session for LoggedSession {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let certs = DevCerts::generate()?;
-    let tls = certs.server_config()?;
+    let tls = certs.server_tls()?;
     let ca = certs.ca_cert_pem.clone();
     actix_rt::System::new().block_on(async move {
         let journal = Journal::default().start();
-        let config = ServerConfig::new("127.0.0.1:0".parse()?, tls);
         let protocol = Logged {
             journal: journal.clone(),
         };
-        let server = Server::builder(config, protocol).start()?;
+        let server = Server::builder(ServerConfig::default(), tls, protocol)
+            .listen("127.0.0.1:0".parse()?)
+            .start()?;
         let addr = server.local_addr();
 
         // A client on a thread of its own (it blocks): three lines, three answers.

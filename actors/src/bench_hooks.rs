@@ -9,20 +9,21 @@ use bytes::Bytes;
 use slog::{o, Logger};
 
 use crate::connection::actor::Connection;
+use crate::connection::handshake::TlsStream;
 use crate::connection::messages::{Inbound, Side};
-use crate::connection::reader::ClientReader;
-use crate::connection::reader::UpstreamReader;
+use crate::connection::reader::Reader;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::messages::LiveConnections;
 use crate::supervision::registration::Registration;
 use crate::supervision::registry::HandlerRegistry;
+use crate::upstream::stream::UpstreamReadHalf;
 
 /// `batch` connections registered and disposed as every connection is (a `Registration`
 /// each), `rounds` times, each round ending with a round trip so the registry applied them
 /// all. Must run inside an actix system. Returns the time taken.
 pub async fn register_and_dispose(rounds: u64, batch: u64) -> Duration {
-    let stats = std::sync::Arc::new(crate::Stats::default());
+    let stats = std::sync::Arc::new(crate::supervision::stats::Stats::default());
     let log = Logger::root(slog::Discard, o!());
     let registry = HandlerRegistry::new(std::sync::Arc::clone(&stats), log.clone()).start();
     // A mailbox with no actor behind it: the registry only keeps its weak address.
@@ -88,7 +89,13 @@ pub async fn reader_hops(hops: u64) -> Duration {
 pub fn actor_state_bytes() -> [(&'static str, usize); 3] {
     [
         ("Connection", std::mem::size_of::<Connection>()),
-        ("ClientReader", std::mem::size_of::<ClientReader>()),
-        ("UpstreamReader", std::mem::size_of::<UpstreamReader>()),
+        (
+            "ClientReader",
+            std::mem::size_of::<Reader<tokio::io::ReadHalf<TlsStream>>>(),
+        ),
+        (
+            "UpstreamReader",
+            std::mem::size_of::<Reader<UpstreamReadHalf>>(),
+        ),
     ]
 }

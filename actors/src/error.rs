@@ -15,6 +15,13 @@ pub enum ServerError {
         /// What the OS said.
         source: io::Error,
     },
+    /// A listening socket handed to the builder cannot be used (its address cannot be read).
+    Listener {
+        /// Its place among the builder's listeners, from 0.
+        position: usize,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The configuration cannot work (zero workers, zero max connections, …).
     Config(String),
     /// `Server::start` was called outside a running actix system.
@@ -27,6 +34,9 @@ impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Listener { position, source } => {
+                write!(f, "cannot use listening socket {position}: {source}")
+            }
             ServerError::Config(why) => write!(f, "invalid server configuration: {why}"),
             ServerError::NoSystem => {
                 f.write_str("Server::start must run inside an actix system (actix_rt::System)")
@@ -39,7 +49,7 @@ impl fmt::Display for ServerError {
 impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ServerError::Bind { source, .. } => Some(source),
+            ServerError::Bind { source, .. } | ServerError::Listener { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -5,67 +5,40 @@
 //! `false`, so a production build carries no injection code (Garnet compiles its own injection
 //! points into debug builds only, for the same reason).
 
-/// A place in a connection's life where a test can make something go wrong.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FaultPoint {
-    /// After `Register`, before the connection starts: it fails to start and must still leave
-    /// the registry (the Garnet PR 1694 scenario). Reason `start_failed`.
-    AfterRegisterBeforeStart,
-    /// The TLS handshake fails on the server side. Reason `handshake_failed`.
-    DuringHandshake,
-    /// The reader fails on its first read after the handshake. Reason `reader_error`.
-    ReaderError,
-    /// The session panics on the first bytes it gets. Reason `session_panic`.
-    SessionPanic,
-    /// `accept(2)` fails with `EMFILE`, as when the process is out of descriptors: the
-    /// client stays in the backlog, the acceptor sheds the waiting clients (reason
-    /// `fd_exhausted`) and backs off. With `Faults::enable_times`, the next N accepts fail.
-    AcceptError,
-    /// The `Connection` actor itself panics (outside the session's panic guard): actix runs
-    /// its stop hook while dropping it, or, if it did not, its registration's `Drop` disposes
-    /// it (the fallback path).
-    ConnectionPanic,
-    /// The session never returns from the first bytes it gets: the worker thread blocks for
-    /// good, as under a protocol callback stuck in a blocking call. The shutdown must still
-    /// finish within its bound, abandoning that worker.
-    SessionHang,
-    /// `Connection::stopped()` returns at once, as if actix had skipped the hook: the
-    /// registration's `Drop` must dispose the connection (a counted fallback) and its readers,
-    /// which stop when the connection's handles drop, must still close the socket.
-    SkipStopHook,
-}
+// Without the feature nothing outside reaches the points (no `Faults` to switch them on in),
+// and their names and list go unused: the enum exists for the constant-false checks.
+#![cfg_attr(not(feature = "fault-injection"), allow(dead_code, unreachable_pub))]
 
-impl FaultPoint {
-    /// Every point.
-    pub const ALL: [FaultPoint; 8] = [
-        FaultPoint::AfterRegisterBeforeStart,
-        FaultPoint::DuringHandshake,
-        FaultPoint::ReaderError,
-        FaultPoint::SessionPanic,
-        FaultPoint::AcceptError,
-        FaultPoint::ConnectionPanic,
-        FaultPoint::SessionHang,
-        FaultPoint::SkipStopHook,
-    ];
+use crate::supervision::labels::labels;
 
-    /// The point's snake_case name (`after_register_before_start`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultPoint::AfterRegisterBeforeStart => "after_register_before_start",
-            FaultPoint::DuringHandshake => "during_handshake",
-            FaultPoint::ReaderError => "reader_error",
-            FaultPoint::SessionPanic => "session_panic",
-            FaultPoint::AcceptError => "accept_error",
-            FaultPoint::ConnectionPanic => "connection_panic",
-            FaultPoint::SessionHang => "session_hang",
-            FaultPoint::SkipStopHook => "skip_stop_hook",
-        }
-    }
-
-    /// The point named `name`, if any.
-    pub fn from_name(name: &str) -> Option<FaultPoint> {
-        FaultPoint::ALL.into_iter().find(|p| p.as_str() == name)
+labels! {
+    /// A place in a connection's life where a test can make something go wrong.
+    pub enum FaultPoint {
+        /// After `Register`, before the connection starts: it fails to start and must still leave
+        /// the registry (the Garnet PR 1694 scenario). Reason `start_failed`.
+        AfterRegisterBeforeStart => "after_register_before_start",
+        /// The TLS handshake fails on the server side. Reason `handshake_failed`.
+        DuringHandshake => "during_handshake",
+        /// The reader fails on its first read after the handshake. Reason `reader_error`.
+        ReaderError => "reader_error",
+        /// The session panics on the first bytes it gets. Reason `session_panic`.
+        SessionPanic => "session_panic",
+        /// `accept(2)` fails with `EMFILE`, as when the process is out of descriptors: the
+        /// client stays in the backlog, the acceptor sheds the waiting clients (reason
+        /// `fd_exhausted`) and backs off. With `Faults::enable_times`, the next N accepts fail.
+        AcceptError => "accept_error",
+        /// The `Connection` actor itself panics (outside the session's panic guard): actix runs
+        /// its stop hook while dropping it, or, if it did not, its registration's `Drop` disposes
+        /// it (the fallback path).
+        ConnectionPanic => "connection_panic",
+        /// The session never returns from the first bytes it gets: the worker thread blocks for
+        /// good, as under a protocol callback stuck in a blocking call. The shutdown must still
+        /// finish within its bound, abandoning that worker.
+        SessionHang => "session_hang",
+        /// `Connection::stopped()` returns at once, as if actix had skipped the hook: the
+        /// registration's `Drop` must dispose the connection (a counted fallback) and its readers,
+        /// which stop when the connection's handles drop, must still close the socket.
+        SkipStopHook => "skip_stop_hook",
     }
 }
 

@@ -18,12 +18,13 @@
 //! # Serving a protocol
 //!
 //! ```no_run
-//! use tlsvisor_actors::{server_config_from_files, Echo, Server, ServerConfig};
+//! use tlsvisor_actors::{Echo, Server, ServerConfig, TlsSource};
 //!
 //! actix_rt::System::new().block_on(async {
-//!     let tls = server_config_from_files("server.crt".as_ref(), "server.key".as_ref())?;
-//!     let config = ServerConfig::new("127.0.0.1:8443".parse()?, tls);
-//!     let server = Server::builder(config, Echo).start()?;
+//!     let tls = TlsSource::single("server.crt", "server.key").load()?;
+//!     let server = Server::builder(ServerConfig::default(), tls, Echo)
+//!         .listen("127.0.0.1:8443".parse()?)
+//!         .start()?;
 //!     // ... until you decide to stop:
 //!     let report = server.shutdown(std::time::Duration::from_secs(10)).await;
 //!     assert_eq!(report.left_registered, 0);
@@ -77,7 +78,6 @@
 //! ARCHITECTURE.md in the repository walks through each disposal path.
 
 #![forbid(unsafe_code)]
-#![deny(missing_docs)]
 
 mod connection;
 mod edge;
@@ -91,37 +91,41 @@ mod upstream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "bench-hooks")]
 #[doc(hidden)]
 pub mod bench_hooks;
 
-pub use connection::messages::{CloseMode, Side};
-pub use edge::accept_proxy::{AcceptProxy, Cidr, ProxyVersions};
-pub use error::{ServerError, SessionError, TlsConfigError};
-pub use fault::{FaultPoint, Faults};
+// Serving: the server, its settings, what it speaks.
 pub use protocol::{AsyncReply, ConnInfo, Echo, Flow, Protocol, Session};
 pub use supervision::config::ServerConfig;
-pub use supervision::conn_description::ConnDescription;
-pub use supervision::conn_id::ConnId;
-pub use supervision::control::Readiness;
-pub use supervision::dispose_reason::DisposeReason;
-pub use supervision::messages::{DisposedVia, ShutdownReport};
-pub use supervision::registry::{DisposalAudit, DisposalRecord};
 pub use supervision::server::{Server, ServerBuilder, ServerHandle, SHUTDOWN_OVERHEAD};
-pub use supervision::stats::{
-    LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
-};
-pub use tls::certificate::{CertificateInfo, LoadedCertificate, X509Error};
+// At the edge: a balancer's PROXY header.
+pub use edge::accept_proxy::{AcceptProxy, Cidr, ProxyVersions};
+// The proxy's upstreams.
+pub use upstream::config::{ProxyConfig, ProxyHeader, UpstreamAddr, UpstreamHealth};
+pub use upstream::pool::UpstreamSnapshot;
+// TLS: its files and settings, one validated build of them, and swapping it while running.
+pub use tls::certificate::{LoadedCertificate, X509Error};
 pub use tls::client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
 #[cfg(feature = "dev-certs")]
 pub use tls::dev_certs::{DevCerts, DEV_CERT_NAMES};
 pub use tls::info::TlsInfo;
-pub use tls::pem::{server_config_from_files, server_config_from_pem};
 pub use tls::policy::{TlsPolicy, TlsVersion};
 pub use tls::reload::{TlsReloader, TlsSnapshot};
 pub use tls::source::{CertificateFiles, LoadedTls, PemCertificate, TlsSource};
 pub use tls::tickets::{TicketKeys, TICKET_LIFETIME_SECS};
-pub use upstream::config::{
-    proxy_header_bytes, proxy_header_with_tls, ProxyConfig, ProxyHeader, UpstreamAddr,
-    UpstreamHealth,
+// The books, and what an operator reads and does while it runs.
+pub use connection::messages::CloseMode;
+pub use supervision::conn_description::ConnDescription;
+pub use supervision::conn_id::ConnId;
+pub use supervision::control::Readiness;
+pub use supervision::dispose_reason::DisposeReason;
+pub use supervision::messages::ShutdownReport;
+pub use supervision::stats::{
+    LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };
-pub use upstream::pool::UpstreamSnapshot;
+// Errors.
+pub use error::{ServerError, SessionError, TlsConfigError};
+// Fault injection, compiled in only with the feature.
+#[cfg(feature = "fault-injection")]
+pub use fault::{FaultPoint, Faults};

@@ -37,7 +37,7 @@ pub(crate) struct Describe;
 
 /// Which side of a connection a reader reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The TLS client.
     Client,
     /// The plaintext upstream of a proxying connection.

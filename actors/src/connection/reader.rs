@@ -9,18 +9,11 @@ use actix::prelude::*;
 use bytes::Bytes;
 use futures::future::{self, Either};
 use futures::FutureExt;
-use tokio::io::{AsyncRead, ReadBuf, ReadHalf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
-use crate::connection::handshake::TlsStream;
 use crate::connection::messages::{Inbound, ReadOutcome, ReaderFinished, Side};
 use crate::fault::{FaultPoint, Faults};
-
-/// Reads the client's decrypted bytes.
-pub(crate) type ClientReader = Reader<ReadHalf<TlsStream>>;
-
-/// Reads the proxy upstream's bytes (the second child of a proxying `Connection`).
-pub(crate) type UpstreamReader = Reader<crate::upstream::stream::UpstreamReadHalf>;
 
 /// Reads one side of a connection and hands each chunk to its parent `Connection`, waiting for
 /// the parent to handle it before reading again (backpressure).

@@ -222,7 +222,7 @@ mod tests {
             "a third connection of A is over its limit"
         );
         assert!(claim(&mut third, b), "B has a budget of its own");
-        let rejected = limits.stats.snapshot().rejected[RejectReason::PerIpLimit as usize];
+        let rejected = limits.stats.snapshot().rejected(RejectReason::PerIpLimit);
         assert_eq!(rejected, 1);
         // A's slots go back with its connection: A fits again.
         drop(first);

@@ -65,7 +65,10 @@ impl Listeners {
                 ListenOn::Socket(socket) => {
                     let addr = socket
                         .local_addr()
-                        .map_err(|e| bind_error(config.listen, e))?;
+                        .map_err(|source| ServerError::Listener {
+                            position: listening.len(),
+                            source,
+                        })?;
                     // Tokio's reactor needs it non-blocking; the giver may have left it blocking.
                     socket
                         .set_nonblocking(true)

@@ -1,19 +1,18 @@
 //! How a server instance is set up.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-/// Settings of one server instance. [`ServerConfig::new`] gives the defaults an operator would
-/// pick; every field is public so an embedding program can change any of them.
+use crate::edge::accept_proxy::AcceptProxy;
+use crate::error::ServerError;
+
+/// Settings of one server instance: its limits, timeouts and buffers. [`ServerConfig::default`]
+/// gives what an operator would pick; every field is public so an embedding program can change
+/// any of them, and [`ServerConfig::validate`] says whether the result can work (the server
+/// checks it again as it starts). Where to listen and what TLS to serve are given to the
+/// [`ServerBuilder`](crate::ServerBuilder), each in one place.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Where to listen. Port 0 picks a free port (see `Server::local_addr`). More addresses,
-    /// served with these same settings, are added with `ServerBuilder::also_listen`.
-    pub listen: SocketAddr,
-    /// The TLS settings (certificate, key, versions).
-    pub tls: Arc<rustls::ServerConfig>,
     /// Worker arbiters (threads) connections are spread over.
     pub workers: usize,
     /// Live connections at which the acceptors stop accepting until one is disposed (new
@@ -41,7 +40,7 @@ pub struct ServerConfig {
     pub close_timeout: Duration,
     /// Read a PROXY protocol header before the handshake (behind a load balancer); the
     /// client's original address then stands for the peer. `None`: off.
-    pub accept_proxy: Option<crate::edge::accept_proxy::AcceptProxy>,
+    pub accept_proxy: Option<AcceptProxy>,
     /// Most bytes read at once from one side. Readers start small and grow toward this while
     /// data flows, so it costs nothing on idle connections; larger means fewer writes per GiB.
     pub read_buffer: usize,
@@ -56,12 +55,10 @@ pub struct ServerConfig {
     pub reuse_port: bool,
 }
 
-impl ServerConfig {
-    /// Defaults: one worker per core, 10,000 connections, 10 s handshake, 5 min idle, 2 s close.
-    pub fn new(listen: SocketAddr, tls: Arc<rustls::ServerConfig>) -> Self {
+impl Default for ServerConfig {
+    /// One worker per core, 10,000 connections, 10 s handshake, 5 min idle, 2 s close.
+    fn default() -> Self {
         ServerConfig {
-            listen,
-            tls,
             workers: ServerConfig::default_workers(),
             max_connections: ServerConfig::DEFAULT_MAX_CONNECTIONS,
             max_handshakes: None,
@@ -76,14 +73,16 @@ impl ServerConfig {
             reuse_port: false,
         }
     }
+}
 
+impl ServerConfig {
     /// Default handshakes in progress per worker, when `max_handshakes` is `None`.
     pub const DEFAULT_HANDSHAKES_PER_WORKER: usize = 256;
 
     /// The server-wide handshake limit in force.
     pub fn effective_max_handshakes(&self) -> usize {
         self.max_handshakes
-            .unwrap_or(ServerConfig::DEFAULT_HANDSHAKES_PER_WORKER * self.workers)
+            .unwrap_or(ServerConfig::DEFAULT_HANDSHAKES_PER_WORKER.saturating_mul(self.workers))
     }
 
     /// The per-client handshake limit in force (0: off).
@@ -108,30 +107,64 @@ impl ServerConfig {
             .unwrap_or(1)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), crate::error::ServerError> {
-        let fail = |why: &str| Err(crate::error::ServerError::Config(why.to_string()));
-        if self.workers == 0 {
-            return fail("workers must be at least 1");
-        }
-        if self.max_connections == 0 {
-            return fail("max_connections must be at least 1");
-        }
-        if self.effective_max_handshakes() == 0 {
-            return fail("max_handshakes must be at least 1");
+    /// Most worker arbiters: a thread each, and far more than any machine this serves needs
+    /// (the per-worker books would be large before the threads were useful).
+    pub const MAX_WORKERS: usize = 1024;
+
+    /// The longest any timeout may be: a day. Longer is a mistake (a unit read wrongly), and
+    /// a deadline past it could overflow the clock.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+    /// Whether these settings can work: every count at least 1 and within its bound, every
+    /// timeout above zero and at most [`ServerConfig::MAX_TIMEOUT`]. The error says which
+    /// setting and why, in the words of the setting's name.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let fail = |why: String| Err(ServerError::Config(why));
+        if self.workers == 0 || self.workers > ServerConfig::MAX_WORKERS {
+            return fail(format!(
+                "workers must be between 1 and {} (it is {})",
+                ServerConfig::MAX_WORKERS,
+                self.workers
+            ));
         }
         // The limits are tokio semaphores, which hold at most this many permits.
         let most = tokio::sync::Semaphore::MAX_PERMITS;
-        if self.max_connections > most || self.effective_max_handshakes() > most {
-            return fail("max_connections and max_handshakes must be below 2^61");
+        let counts = [
+            ("max_connections", Some(self.max_connections)),
+            ("max_handshakes", self.max_handshakes),
+        ];
+        for (name, count) in counts {
+            match count {
+                Some(0) => return fail(format!("{name} must be at least 1")),
+                Some(n) if n > most => return fail(format!("{name} must be below 2^61")),
+                _ => {}
+            }
         }
-        if self.idle_timeout == Some(std::time::Duration::ZERO) {
-            return fail("idle_timeout must be above zero (None switches it off)");
+        if self.max_connections_per_ip > most || self.max_handshakes_per_ip.unwrap_or(0) > most {
+            return fail("the per-IP limits must be below 2^61".into());
         }
-        if self.read_buffer == 0 {
-            return fail("read_buffer must be at least 1 byte");
+        if self.read_buffer == 0 || self.read_buffer > 16 * 1024 * 1024 {
+            return fail("read_buffer must be between 1 byte and 16 MiB".into());
         }
-        if self.handshake_timeout.is_zero() || self.close_timeout.is_zero() {
-            return fail("handshake and close timeouts must be above zero");
+        let timeouts = [
+            ("handshake_timeout", Some(self.handshake_timeout)),
+            ("idle_timeout", self.idle_timeout),
+            ("close_timeout", Some(self.close_timeout)),
+            (
+                "accept_proxy timeout",
+                self.accept_proxy.as_ref().map(|a| a.timeout),
+            ),
+        ];
+        for (name, timeout) in timeouts {
+            match timeout {
+                Some(t) if t.is_zero() => {
+                    return fail(format!("{name} must be above zero (it is 0)"));
+                }
+                Some(t) if t > ServerConfig::MAX_TIMEOUT => {
+                    return fail(format!("{name} must be at most 24h"));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -43,6 +43,7 @@ macro_rules! labels {
 
             /// Position in [`ALL`](Self::ALL), for per-variant counters: the discriminants
             /// follow the declaration order, which `ALL` is generated in.
+            #[allow(dead_code)] // not every such enum is counted per variant
             pub(crate) fn index(self) -> usize {
                 self as usize
             }

@@ -31,8 +31,9 @@ impl<C: Actor> Message for Register<C> {
     type Result = ();
 }
 
-/// How a disposal reached the registry.
+/// How a disposal reached the registry (public in the test harness's audit records only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub enum DisposedVia {
     /// `Connection::stopped()`: the one intended path.
     StopHook,

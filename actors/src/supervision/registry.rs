@@ -1,7 +1,9 @@
 //! `HandlerRegistry`: the record of the live connections of one worker.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(feature = "testing")]
+use std::sync::Mutex;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -23,7 +25,8 @@ use crate::supervision::stats::Stats;
 /// capacity, so a burst of disposals never blocks a connection's stop hook.
 const MAILBOX_CAPACITY: usize = 4096;
 
-/// One disposal as the registry received it, duplicates included (for tests).
+/// One disposal as the registry received it, duplicates included (the test harness's audit).
+#[cfg(feature = "testing")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DisposalRecord {
     /// The connection.
@@ -38,7 +41,8 @@ pub struct DisposalRecord {
 
 /// Every `Dispose` the registry received, in order. Only a test harness turns this on: it grows
 /// with every connection.
-pub type DisposalAudit = Arc<Mutex<Vec<DisposalRecord>>>;
+#[cfg(feature = "testing")]
+pub(crate) type DisposalAudit = Arc<Mutex<Vec<DisposalRecord>>>;
 
 /// What a registry needs of the connections it records: to be told to close, and to describe
 /// themselves. The server's connections are `Connection` actors; the registry is generic so
@@ -65,6 +69,7 @@ pub(crate) struct HandlerRegistry<C: Registered> {
     entries: HashMap<ConnId, Entry<C>>,
     stats: Arc<Stats>,
     empty_waiters: Vec<oneshot::Sender<()>>,
+    #[cfg(feature = "testing")]
     audit: Option<DisposalAudit>,
     log: Logger,
 }
@@ -76,12 +81,14 @@ impl<C: Registered> HandlerRegistry<C> {
             entries: HashMap::new(),
             stats,
             empty_waiters: Vec::new(),
+            #[cfg(feature = "testing")]
             audit: None,
             log,
         }
     }
 
     /// Records every `Dispose` received into `audit` (tests count disposals per id with it).
+    #[cfg(feature = "testing")]
     pub(crate) fn with_audit(mut self, audit: DisposalAudit) -> Self {
         self.audit = Some(audit);
         self
@@ -266,6 +273,7 @@ impl<C: Registered> Handler<Dispose> for HandlerRegistry<C> {
         let applied = self.entries.remove(&msg.id).is_some();
         // The audit first: a test that saw the ledger change then reads the audit, and must
         // find the record there.
+        #[cfg(feature = "testing")]
         if let Some(audit) = &self.audit {
             audit
                 .lock()
@@ -280,7 +288,7 @@ impl<C: Registered> Handler<Dispose> for HandlerRegistry<C> {
         self.stats.update_ledger(|l| {
             if applied {
                 l.active -= 1;
-                l.disposed[msg.reason.index()] += 1;
+                l.count_disposed(msg.reason);
                 if msg.via == DisposedVia::Fallback {
                     l.fallbacks += 1;
                 }
@@ -473,7 +481,7 @@ mod tests {
             let ledger = stats.ledger();
             assert_eq!(ledger.accepted, 2);
             assert_eq!(ledger.active, 1);
-            assert_eq!(ledger.disposed_for(DisposeReason::PeerEof), 1);
+            assert_eq!(ledger.disposed(DisposeReason::PeerEof), 1);
             assert_eq!(ledger.duplicates, 1);
             assert!(ledger.is_balanced());
         });
@@ -488,7 +496,7 @@ mod tests {
             assert!(settle(&registry).await.is_empty());
             let ledger = stats.ledger();
             assert_eq!(ledger.fallbacks, 1);
-            assert_eq!(ledger.disposed_for(DisposeReason::Shutdown), 1);
+            assert_eq!(ledger.disposed(DisposeReason::Shutdown), 1);
             assert_eq!(ledger.duplicates, 0);
         });
     }
@@ -504,7 +512,7 @@ mod tests {
             drop(guard);
             assert!(settle(&registry).await.is_empty());
             let ledger = stats.ledger();
-            assert_eq!(ledger.disposed_for(DisposeReason::IdleTimeout), 1);
+            assert_eq!(ledger.disposed(DisposeReason::IdleTimeout), 1);
             assert_eq!(ledger.disposed_total(), 1);
             assert_eq!((ledger.fallbacks, ledger.duplicates), (0, 0));
         });

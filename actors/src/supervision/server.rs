@@ -27,7 +27,7 @@ use crate::supervision::control::Readiness;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::messages::{Shutdown, ShutdownReport};
 use crate::supervision::registry::HandlerRegistry;
-use crate::supervision::registry::{DisposalAudit, Registries};
+use crate::supervision::registry::Registries;
 use crate::supervision::stats::Stats;
 use crate::supervision::supervisor::ConnectionSupervisor;
 use crate::supervision::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
@@ -48,59 +48,46 @@ const ASK_WAIT: Duration = Duration::from_secs(5);
 /// (2 s), joining the worker threads (1 s).
 pub const SHUTDOWN_OVERHEAD: Duration = Duration::from_secs(4);
 
-/// Builds a [`Server`].
+/// Builds a [`Server`]: what it serves (given to [`Server::builder`] or [`Server::proxy`],
+/// with its settings and its TLS), where it listens (each [`ServerBuilder::listen`] or
+/// [`ServerBuilder::listener`], in order, at least one), and how it logs.
 pub struct ServerBuilder {
     config: ServerConfig,
     service: Service,
+    tls: LoadedTls,
     log: Logger,
     faults: Faults,
-    audit: Option<DisposalAudit>,
-    tls: Option<LoadedTls>,
-    listener: Option<std::net::TcpListener>,
-    /// The listeners after the first, in order.
-    more: Vec<ListenOn>,
+    #[cfg(feature = "testing")]
+    audit: Option<crate::supervision::registry::DisposalAudit>,
+    /// In the order given: the first is [`Server::local_addr`].
+    listeners: Vec<ListenOn>,
 }
 
 impl ServerBuilder {
-    /// Serves on `listener`, a socket already bound and listening (inherited from systemd's
-    /// socket activation, or handed over by the process being upgraded), instead of binding
-    /// `ServerConfig::listen`: the address stays where it is, with its accept queue, and is
-    /// never bound again.
+    /// Listens on `addr`, bound with the server's `backlog` and `reuse_port`; port 0 picks a
+    /// free port ([`Server::local_addrs`] says which). Call it once per address: every
+    /// listener serves the same protocol and shares the server's workers, limits, registries
+    /// and books, so `max_connections` and the counters are server-wide. Listeners are kept in
+    /// the order given, with those of [`ServerBuilder::listener`].
+    ///
+    /// When any listener is IPv4, an IPv6 one is bound `IPV6_V6ONLY` (as nginx does), so
+    /// `0.0.0.0:443` and `[::]:443` can be served side by side; alone, an IPv6 address keeps
+    /// the system's default (dual stack on Linux).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listeners.push(ListenOn::Bind(addr));
+        self
+    }
+
+    /// Serves `listener`, a socket already bound and listening (inherited from systemd's
+    /// socket activation, or handed over by the process being upgraded): the address stays
+    /// where it is, with its accept queue, and is never bound again.
     ///
     /// The socket is shared with whoever handed it over, so at shutdown this server closes its
     /// own descriptors of it but never shuts it down (that would take it out of `LISTEN` for
     /// every process holding it). The price: a worker stuck in a protocol callback keeps its
     /// descriptor until the process exits, and clients queued for it wait there.
     pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
-        self.listener = Some(listener);
-        self
-    }
-
-    /// Also listens on `addr`, bound like `ServerConfig::listen` (same backlog, same
-    /// `reuse_port`), with the same protocol: every listener shares the server's workers,
-    /// limits, registries and books, so `max_connections` and the counters are server-wide.
-    /// Listeners are kept in the order given, after the first ([`Server::local_addrs`]).
-    ///
-    /// When any listener is IPv4, an IPv6 one is bound `IPV6_V6ONLY` (as nginx does), so
-    /// `0.0.0.0:443` and `[::]:443` can be served side by side; alone, an IPv6 address keeps
-    /// the system's default (dual stack on Linux).
-    pub fn also_listen(mut self, addr: SocketAddr) -> Self {
-        self.more.push(ListenOn::Bind(addr));
-        self
-    }
-
-    /// Also serves `listener`, a socket already bound and listening (see
-    /// [`ServerBuilder::listener`]: it is shared, never shut down), after the listeners given
-    /// before it.
-    pub fn also_listener(mut self, listener: std::net::TcpListener) -> Self {
-        self.more.push(ListenOn::Socket(listener));
-        self
-    }
-
-    /// Serves `tls` instead of `ServerConfig::tls` (it carries the certificate list the
-    /// expiry gauge shows); [`Server::tls_reloader`] replaces it later.
-    pub fn tls(mut self, tls: LoadedTls) -> Self {
-        self.tls = Some(tls);
+        self.listeners.push(ListenOn::Socket(listener));
         self
     }
 
@@ -118,7 +105,8 @@ impl ServerBuilder {
     }
 
     /// Records every `Dispose` the registry receives (unbounded: for tests).
-    pub fn audit(mut self, audit: DisposalAudit) -> Self {
+    #[cfg(feature = "testing")]
+    pub(crate) fn audit(mut self, audit: crate::supervision::registry::DisposalAudit) -> Self {
         self.audit = Some(audit);
         self
     }
@@ -137,13 +125,15 @@ impl ServerBuilder {
         if actix_rt::System::try_current().is_none() {
             return Err(ServerError::NoSystem);
         }
-        let first = match self.listener {
-            Some(listener) => ListenOn::Socket(listener),
-            None => ListenOn::Bind(self.config.listen),
-        };
-        let sources = std::iter::once(first).chain(self.more).collect();
-        let listeners = Arc::new(Listeners::open(&self.config, sources)?);
-        // Never empty: `first` is always there.
+        if self.listeners.is_empty() {
+            return Err(ServerError::Config(
+                "nothing to listen on: give the builder an address (listen) or a socket \
+                 (listener)"
+                    .into(),
+            ));
+        }
+        let listeners = Arc::new(Listeners::open(&self.config, self.listeners)?);
+        // Never empty: checked above.
         let local_addrs = listeners.addrs();
         let bind_error = |source| ServerError::Bind {
             addr: local_addrs[0],
@@ -172,17 +162,16 @@ impl ServerBuilder {
         let registries: Vec<Addr<HandlerRegistry<Connection>>> = workers
             .iter()
             .map(|worker| {
+                #[allow(unused_mut)] // only the test harness's audit changes it
                 let mut registry = HandlerRegistry::new(Arc::clone(&stats), log.clone());
+                #[cfg(feature = "testing")]
                 if let Some(audit) = &self.audit {
                     registry = registry.with_audit(Arc::clone(audit));
                 }
                 HandlerRegistry::start_in_arbiter(&worker.handle(), move |_| registry)
             })
             .collect();
-        let tls = TlsReloader::new(
-            self.tls
-                .unwrap_or_else(|| LoadedTls::from_config(Arc::clone(&self.config.tls))),
-        );
+        let tls = TlsReloader::new(self.tls);
         // Pause, drain and readiness live with the admission limits.
         let control = Arc::clone(&limits);
         let env = Arc::new(ConnectionEnv {
@@ -228,6 +217,7 @@ impl ServerBuilder {
             workers,
             local_addrs,
             stats,
+            #[cfg(feature = "fault-injection")]
             faults: self.faults,
             log,
             tls,
@@ -248,9 +238,10 @@ pub struct Server {
     supervisor: Addr<ConnectionSupervisor>,
     registries: Registries<Connection>,
     workers: Vec<Arbiter>,
-    /// Never empty: the first is `ServerConfig::listen` (or the socket given for it).
+    /// Never empty: one per listener, in the order the builder was given them.
     local_addrs: Vec<SocketAddr>,
     stats: Arc<Stats>,
+    #[cfg(feature = "fault-injection")]
     faults: Faults,
     log: Logger,
     tls: TlsReloader,
@@ -259,27 +250,32 @@ pub struct Server {
 }
 
 impl Server {
-    /// A builder serving `protocol` with `config`.
-    pub fn builder(config: ServerConfig, protocol: impl Protocol) -> ServerBuilder {
-        Server::builder_for(config, Service::Sessions(Arc::new(protocol)))
+    /// A builder serving `protocol` over `tls` with `config`. [`Server::tls_reloader`]
+    /// replaces the TLS configuration while it runs.
+    pub fn builder(config: ServerConfig, tls: LoadedTls, protocol: impl Protocol) -> ServerBuilder {
+        Server::builder_for(config, tls, Service::Sessions(Arc::new(protocol)))
     }
 
     /// A builder for a TLS-terminating proxy to plaintext upstreams (one or several, TCP or
     /// unix, see [`ProxyConfig`]); starting it fails if `proxy` lists no upstream.
-    pub fn proxy(config: ServerConfig, proxy: ProxyConfig) -> ServerBuilder {
-        Server::builder_for(config, Service::Proxy(Arc::new(UpstreamPool::new(proxy))))
+    pub fn proxy(config: ServerConfig, tls: LoadedTls, proxy: ProxyConfig) -> ServerBuilder {
+        Server::builder_for(
+            config,
+            tls,
+            Service::Proxy(Arc::new(UpstreamPool::new(proxy))),
+        )
     }
 
-    fn builder_for(config: ServerConfig, service: Service) -> ServerBuilder {
+    fn builder_for(config: ServerConfig, tls: LoadedTls, service: Service) -> ServerBuilder {
         ServerBuilder {
             config,
             service,
+            tls,
             log: Logger::root(slog::Discard, o!()),
             faults: Faults::default(),
+            #[cfg(feature = "testing")]
             audit: None,
-            tls: None,
-            listener: None,
-            more: Vec::new(),
+            listeners: Vec::new(),
         }
     }
 
@@ -357,7 +353,8 @@ impl Server {
         }
     }
 
-    /// The fault set of this server (points can be switched on only with `fault-injection`).
+    /// The fault set of this server: switching a point on affects this server only.
+    #[cfg(feature = "fault-injection")]
     pub fn faults(&self) -> &Faults {
         &self.faults
     }

@@ -33,8 +33,9 @@ pub struct Ledger {
     pub accepted: u64,
     /// Connections registered and not yet disposed (the registry's map size).
     pub active: u64,
-    /// Disposals applied, per reason, indexed like [`DisposeReason::ALL`].
-    pub disposed: [u64; DisposeReason::COUNT],
+    /// Disposals applied, per reason, indexed like [`DisposeReason::ALL`] (read through
+    /// [`Ledger::disposed`]: adding a reason changes no public type).
+    disposed: [u64; DisposeReason::COUNT],
     /// `Dispose` messages for an id that was already disposed (kept at 0 by design).
     pub duplicates: u64,
     /// Disposals sent by the drop-guard backstop because `stopped()` never ran.
@@ -48,8 +49,13 @@ impl Ledger {
     }
 
     /// Disposals with one reason.
-    pub fn disposed_for(&self, reason: DisposeReason) -> u64 {
+    pub fn disposed(&self, reason: DisposeReason) -> u64 {
         self.disposed[reason.index()]
+    }
+
+    /// Counts one disposal with `reason` (the registry's, as it applies a `Dispose`).
+    pub(crate) fn count_disposed(&mut self, reason: DisposeReason) {
+        self.disposed[reason.index()] += 1;
     }
 
     /// The invariant the design promises at every instant.
@@ -107,8 +113,9 @@ pub struct Snapshot {
     pub ledger: Ledger,
     /// Connections in the TLS handshake right now.
     pub handshakes_in_progress: i64,
-    /// Sockets closed at accept, per reason, indexed like [`RejectReason::ALL`].
-    pub rejected: [u64; RejectReason::COUNT],
+    /// Sockets closed at accept, per reason, indexed like [`RejectReason::ALL`] (read through
+    /// [`Snapshot::rejected`]).
+    rejected: [u64; RejectReason::COUNT],
     /// Errors returned by `accept(2)`.
     pub accept_errors: u64,
     /// `Dispose` messages that could not be delivered because the registry was gone (each
@@ -123,6 +130,18 @@ pub struct Snapshot {
     pub per_ip_clients: usize,
     /// Proxy traffic (all zero when not proxying).
     pub proxy: ProxySnapshot,
+}
+
+impl Snapshot {
+    /// Sockets closed at accept with one reason.
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason.index()]
+    }
+
+    /// Sockets closed at accept, whatever the reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
 }
 
 /// Shared, lock-light counters of one server instance.

@@ -104,12 +104,12 @@ impl TestServerBuilder {
 
     /// Starts `protocol` on 127.0.0.1, port 0, with freshly generated certificates.
     pub fn start(self, protocol: impl Protocol) -> TestServer {
-        self.start_with(move |config| Server::builder(config, protocol))
+        self.start_with(move |config, tls| Server::builder(config, tls, protocol))
     }
 
     /// Starts a TLS-terminating proxy to `proxy.upstream`.
     pub fn start_proxy(self, proxy: ProxyConfig) -> TestServer {
-        self.start_with(move |config| Server::proxy(config, proxy))
+        self.start_with(move |config, tls| Server::proxy(config, tls, proxy))
     }
 
     /// Resolves what every way of starting shares: certificates, configuration, the audit.
@@ -118,25 +118,33 @@ impl TestServerBuilder {
             Some(certs) => certs,
             None => DevCerts::generate().expect("generate test certificates"), // harness setup: failing here fails the test
         };
-        let tls = certs.server_config().expect("test certificates load"); // harness setup: failing here fails the test
-        let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), tls);
+        let tls = match self.tls {
+            Some(tls) => tls,
+            None => certs.server_tls().expect("test certificates load"), // harness setup: failing here fails the test
+        };
+        let mut config = ServerConfig::default();
         for change in self.configure {
             change(&mut config);
         }
+        let listen = std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .chain(self.also_listen)
+            .collect();
         Setup {
             certs,
             config,
-            loaded: self.tls,
+            tls,
             faults: Faults::default(),
             audit: Arc::new(Mutex::new(Vec::new())),
             log: self.log,
-            also_listen: self.also_listen,
+            listen,
         }
     }
 
     fn start_with(
         self,
-        make: impl FnOnce(ServerConfig) -> crate::supervision::server::ServerBuilder + Send + 'static,
+        make: impl FnOnce(ServerConfig, LoadedTls) -> crate::supervision::server::ServerBuilder
+            + Send
+            + 'static,
     ) -> TestServer {
         let setup = self.prepare();
         let (certs, faults, audit) = (
@@ -151,8 +159,8 @@ impl TestServerBuilder {
             .name("tlsvisor-test-server".into())
             .spawn(move || {
                 actix_rt::System::new().block_on(async move {
-                    let config = setup.config.clone();
-                    let builder = setup.builder(make(config));
+                    let (config, tls) = (setup.config.clone(), setup.tls.clone());
+                    let builder = setup.builder(make(config, tls));
                     let server = match builder.start() {
                         Ok(server) => server,
                         Err(e) => {
@@ -196,11 +204,12 @@ impl TestServerBuilder {
 pub(super) struct Setup {
     pub(super) certs: DevCerts,
     pub(super) config: ServerConfig,
-    loaded: Option<LoadedTls>,
+    pub(super) tls: LoadedTls,
     pub(super) faults: Faults,
     pub(super) audit: DisposalAudit,
     log: Logger,
-    also_listen: Vec<SocketAddr>,
+    /// 127.0.0.1, port 0, then any other address asked for.
+    listen: Vec<SocketAddr>,
 }
 
 impl Setup {
@@ -210,11 +219,8 @@ impl Setup {
         builder: crate::supervision::server::ServerBuilder,
     ) -> crate::supervision::server::ServerBuilder {
         let mut builder = builder.logger(self.log).audit(self.audit);
-        for addr in self.also_listen {
-            builder = builder.also_listen(addr);
-        }
-        if let Some(loaded) = self.loaded {
-            builder = builder.tls(loaded);
+        for addr in self.listen {
+            builder = builder.listen(addr);
         }
         #[cfg(feature = "fault-injection")]
         let builder = builder.faults(self.faults);

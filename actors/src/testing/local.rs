@@ -46,8 +46,10 @@ impl TestServerBuilder {
             setup.faults.clone(),
             Arc::clone(&setup.audit),
         );
-        let config = setup.config.clone();
-        let server = setup.builder(Server::builder(config, protocol)).start()?;
+        let (config, tls) = (setup.config.clone(), setup.tls.clone());
+        let server = setup
+            .builder(Server::builder(config, tls, protocol))
+            .start()?;
         Ok(LocalTestServer::new(server, certs, faults, audit))
     }
 }

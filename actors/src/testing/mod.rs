@@ -35,3 +35,7 @@ pub use local::LocalTestServer;
 pub use scratch::ScratchDir;
 pub use upstream::TestUpstream;
 pub use wait::eventually;
+
+/// What the harness records of each disposal (its audit).
+pub use crate::supervision::messages::DisposedVia;
+pub use crate::supervision::registry::DisposalRecord;

@@ -17,20 +17,20 @@ use x509_parser::prelude::FromDer;
 
 /// What was read from one certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateInfo {
+pub(crate) struct CertificateInfo {
     /// The serial number in lowercase hex, leading zero bytes dropped (as `openssl x509
     /// -serial` prints it, in lowercase).
-    pub serial_hex: String,
+    pub(crate) serial_hex: String,
     /// `notAfter` as seconds since the Unix epoch.
-    pub not_after_unix: i64,
+    pub(crate) not_after_unix: i64,
     /// The subject's common names, in the order the certificate lists them: a subject may
     /// have none, one or several (in one RDN or in several). A CN not validly encoded in its
     /// declared string type is left out.
-    pub subject_cns: Vec<String>,
+    pub(crate) subject_cns: Vec<String>,
     /// The subject alternative names of type dNSName, as written.
-    pub dns_names: Vec<String>,
+    pub(crate) dns_names: Vec<String>,
     /// The subject alternative names of type URI, as written.
-    pub uris: Vec<String>,
+    pub(crate) uris: Vec<String>,
 }
 
 /// The DER of a certificate did not have the shape RFC 5280 gives it.
@@ -57,7 +57,7 @@ impl X509Error {
 
 impl CertificateInfo {
     /// Reads a DER certificate: exactly one, with nothing after it.
-    pub fn from_der(der: &[u8]) -> Result<CertificateInfo, X509Error> {
+    pub(crate) fn from_der(der: &[u8]) -> Result<CertificateInfo, X509Error> {
         let (rest, cert) = X509Certificate::from_der(der)
             .map_err(|e| X509Error::parser("not a certificate", e))?;
         if !rest.is_empty() {
@@ -172,11 +172,29 @@ fn serial_hex(serial: &[u8]) -> String {
 /// A certificate the server loaded, for the expiry gauge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadedCertificate {
+    /// The file it came from.
+    pub(crate) name: String,
+    /// Serial, expiry and names read from it.
+    pub(crate) info: CertificateInfo,
+}
+
+impl LoadedCertificate {
     /// The file it came from: the `name` label of the expiry gauge, so an alert says which
     /// file to renew.
-    pub name: String,
-    /// Serial, expiry and names read from it.
-    pub info: CertificateInfo,
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its `notAfter`, in seconds since the Unix epoch.
+    pub fn not_after_unix(&self) -> i64 {
+        self.info.not_after_unix
+    }
+
+    /// Its serial number in lowercase hex, leading zero bytes dropped (as `openssl x509
+    /// -serial` prints it, in lowercase).
+    pub fn serial_hex(&self) -> &str {
+        &self.info.serial_hex
+    }
 }
 
 #[cfg(all(test, feature = "dev-certs"))]

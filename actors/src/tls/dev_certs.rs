@@ -3,6 +3,7 @@
 //! For tests, examples and the binary's built-in development certificate only. Anyone holding
 //! these files can impersonate the server; never use them in production.
 
+use crate::tls::source::LoadedTls;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -72,7 +73,7 @@ impl DevCerts {
     }
 
     /// A CRL of this CA revoking the certificates with these serials (lowercase hex, as
-    /// [`CertificateInfo::serial_hex`](crate::CertificateInfo::serial_hex) reads them), PEM.
+    /// [`LoadedCertificate::serial_hex`](crate::LoadedCertificate::serial_hex) reads them), PEM.
     pub fn crl(&self, revoked_serials_hex: &[&str]) -> Result<String, rcgen::Error> {
         let (ca, ca_key) = self.ca()?;
         let hex = |text: &str| -> Vec<u8> {
@@ -108,11 +109,9 @@ impl DevCerts {
         Ok((ca, ca_key))
     }
 
-    /// A rustls server configuration serving the server certificate.
-    pub fn server_config(
-        &self,
-    ) -> Result<std::sync::Arc<rustls::ServerConfig>, crate::error::TlsConfigError> {
-        crate::tls::pem::server_config_from_pem(
+    /// A TLS configuration serving the server certificate.
+    pub fn server_tls(&self) -> Result<LoadedTls, crate::error::TlsConfigError> {
+        LoadedTls::from_pem(
             self.server_cert_pem.as_bytes(),
             self.server_key_pem.as_bytes(),
         )

@@ -10,7 +10,6 @@ pub(crate) mod client_auth;
 pub(crate) mod dev_certs;
 pub(crate) mod files;
 pub(crate) mod info;
-pub(crate) mod pem;
 pub(crate) mod policy;
 pub(crate) mod reload;
 pub(crate) mod sni;

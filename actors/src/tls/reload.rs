@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::tls::source::LoadedTls;
+use crate::error::TlsConfigError;
+use crate::tls::source::{LoadedTls, TlsSource};
 
 /// A handle on the TLS configuration of a running server (from
 /// [`Server::tls_reloader`](crate::Server::tls_reloader)); clones share it.
@@ -57,14 +58,20 @@ impl TlsReloader {
         self.0.reloads_ok.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Replaces the configuration with a rustls configuration built elsewhere.
-    pub fn reload_config(&self, new: Arc<rustls::ServerConfig>) {
-        self.reload(LoadedTls::from_config(new));
-    }
-
-    /// Counts a reload that failed; the configuration stays as it was.
-    pub fn reload_failed(&self) {
-        self.0.reloads_failed.fetch_add(1, Ordering::Relaxed);
+    /// Loads `source` and swaps it in if it loaded completely; otherwise counts a failed
+    /// reload and keeps the configuration in use. Reads files: call it where blocking for the
+    /// time of a read is fine.
+    pub fn reload_from(&self, source: &TlsSource) -> Result<(), TlsConfigError> {
+        match source.load() {
+            Ok(loaded) => {
+                self.reload(loaded);
+                Ok(())
+            }
+            Err(e) => {
+                self.0.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     /// Reload counts and the certificates served now.
@@ -76,7 +83,7 @@ impl TlsReloader {
             certificate_expiry: current
                 .certificates()
                 .iter()
-                .map(|c| (c.name.clone(), c.info.not_after_unix))
+                .map(|c| (c.name().to_string(), c.not_after_unix()))
                 .collect(),
         }
     }

@@ -123,6 +123,21 @@ impl LoadedTls {
         &self.config
     }
 
+    /// One certificate chain (leaf first) and its key, as PEM text: the shortcut for a
+    /// server with one certificate and the default policy. Validated as [`TlsSource::load`]
+    /// validates files.
+    pub fn from_pem(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<LoadedTls, TlsConfigError> {
+        TlsSource {
+            built_in: Some(PemCertificate {
+                name: "PEM".into(),
+                cert_pem: cert_chain_pem.to_vec(),
+                key_pem: key_pem.to_vec(),
+            }),
+            ..TlsSource::default()
+        }
+        .load()
+    }
+
     /// The certificates it serves, then the client CAs it trusts (mTLS): every certificate
     /// whose expiry matters to the operator.
     pub fn certificates(&self) -> &[LoadedCertificate] {

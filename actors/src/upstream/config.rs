@@ -168,20 +168,15 @@ fn ssl_tlv(tls: &TlsInfo) -> Vec<u8> {
     value
 }
 
-/// The PROXY protocol header telling the upstream that `client` connected to `server`.
+/// The PROXY protocol header telling the upstream that `client` connected to `server`, and for
+/// v2 what the TLS handshake negotiated, as haproxy's `send-proxy-v2-ssl-cn` sends it: `PP2_TYPE_ALPN`, `PP2_TYPE_AUTHORITY` (the SNI) and
+/// `PP2_TYPE_SSL` with version, cipher and the client certificate's CN (mTLS). v1 has no
+/// room for them.
 ///
 /// Mixed address families (an IPv4 client on an IPv6 listener) cannot be expressed as TCP4 or
 /// TCP6: v1 sends `PROXY UNKNOWN`, v2 sends the `LOCAL`-less unspecified family, and the
 /// upstream uses the real connection's addresses.
-pub fn proxy_header_bytes(version: ProxyHeader, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
-    proxy_header_with_tls(version, client, server, None)
-}
-
-/// [`proxy_header_bytes`], and for v2 what the TLS handshake negotiated, as haproxy's
-/// `send-proxy-v2-ssl-cn` sends it: `PP2_TYPE_ALPN`, `PP2_TYPE_AUTHORITY` (the SNI) and
-/// `PP2_TYPE_SSL` with version, cipher and the client certificate's CN (mTLS). v1 has no
-/// room for them.
-pub fn proxy_header_with_tls(
+pub(crate) fn proxy_header_with_tls(
     version: ProxyHeader,
     client: SocketAddr,
     server: SocketAddr,
@@ -293,10 +288,11 @@ mod tests {
     /// The v1 example of the specification (section 2.1).
     #[test]
     fn v1_matches_the_specification_example() {
-        let header = proxy_header_bytes(
+        let header = proxy_header_with_tls(
             ProxyHeader::V1,
             "192.168.0.1:56324".parse().unwrap(),
             "192.168.0.11:443".parse().unwrap(),
+            None,
         );
         assert_eq!(header, b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n");
         let parsed = ppp::v1::Header::try_from(std::str::from_utf8(&header).unwrap()).unwrap();
@@ -305,16 +301,18 @@ mod tests {
 
     #[test]
     fn v1_ipv6_and_mixed_families() {
-        let header = proxy_header_bytes(
+        let header = proxy_header_with_tls(
             ProxyHeader::V1,
             "[::1]:1000".parse().unwrap(),
             "[::2]:443".parse().unwrap(),
+            None,
         );
         assert_eq!(header, b"PROXY TCP6 ::1 ::2 1000 443\r\n");
-        let mixed = proxy_header_bytes(
+        let mixed = proxy_header_with_tls(
             ProxyHeader::V1,
             "127.0.0.1:1000".parse().unwrap(),
             "[::1]:443".parse().unwrap(),
+            None,
         );
         assert_eq!(mixed, b"PROXY UNKNOWN\r\n");
     }
@@ -324,10 +322,11 @@ mod tests {
     /// destination address, source port, destination port, in network order.
     #[test]
     fn v2_matches_the_specification_layout() {
-        let header = proxy_header_bytes(
+        let header = proxy_header_with_tls(
             ProxyHeader::V2,
             "192.168.0.1:56324".parse().unwrap(),
             "192.168.0.11:443".parse().unwrap(),
+            None,
         );
         let mut expected = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
         expected.extend_from_slice(&[0x21, 0x11, 0x00, 0x0C]);
@@ -348,10 +347,11 @@ mod tests {
 
     #[test]
     fn v2_ipv6_is_tcp_over_ipv6_with_36_address_bytes() {
-        let header = proxy_header_bytes(
+        let header = proxy_header_with_tls(
             ProxyHeader::V2,
             "[2001:db8::1]:1000".parse().unwrap(),
             "[2001:db8::2]:443".parse().unwrap(),
+            None,
         );
         assert_eq!(&header[12..16], &[0x21, 0x21, 0x00, 36]);
         assert_eq!(header.len(), 16 + 36);
