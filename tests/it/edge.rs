@@ -2,13 +2,12 @@
 //! `RLIMIT_NOFILE`), a flood of silent sockets against the handshake limit, and the signals of
 //! a shutdown (SIGHUP, a second SIGTERM, a worker stuck in a protocol callback).
 
-mod common;
-
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{dev_ca, Limits, Metrics, Tlsvisor, HANG};
+use crate::common;
+use crate::common::{dev_ca, Limits, Metrics, Tlsvisor, HANG};
 use tlsvisor_actors::testing::{
     client_config, eventually, leak, upstream, TestUpstream, TlsClient,
 };

@@ -2,15 +2,14 @@
 //! closing connections, pause and resume, drain, readiness, the token. Every scrape checks
 //! `accepted == active + disposed`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Tlsvisor, HANG};
+use crate::common;
+use crate::common::{Tlsvisor, HANG};
 use serde_json::Value;
 use tlsvisor_actors::testing::{eventually, CloseSeen, TlsClient};
 

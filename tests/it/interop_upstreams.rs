@@ -1,16 +1,14 @@
 //! Several upstreams and a unix-socket upstream, with real `redis-server`s behind the binary:
 //! least-connections spreading, an upstream killed and brought back, a unix socket, every
 //! upstream down. Run with `--features interop` (`.ci/run` installs redis).
-#![cfg(feature = "interop")]
-
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{Redis, RedisAddr};
-use common::{Metrics, Tlsvisor, HANG};
+use crate::common;
+use crate::common::redis::{Redis, RedisAddr};
+use crate::common::{Metrics, Tlsvisor, HANG};
 use tlsvisor_actors::testing::{client_config, eventually, CloseSeen, TlsClient};
 
 /// A client of the proxy that has had its `PING` answered (so its upstream is connected).

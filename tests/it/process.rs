@@ -2,57 +2,19 @@
 //! binary upgrade on SIGUSR2. Real programs (`systemd-socket-activate`, the binary itself),
 //! real sockets.
 
-// Each test is compiled under its own features; helpers of the others are then unused.
-#![cfg_attr(
-    not(all(feature = "interop", feature = "fault-injection")),
-    allow(dead_code, unused_imports)
-)]
+// The notification tests need `fault-injection`; without it their helpers are unused.
+#![cfg_attr(not(feature = "fault-injection"), allow(dead_code, unused_imports))]
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{try_http_get, Limits, Metrics, Tlsvisor, HANG};
+use crate::common;
+use crate::common::{try_http_get, Limits, Metrics, Tlsvisor, HANG};
 use tlsvisor_actors::testing::{client_config, eventually, CloseSeen, ScratchDir, TlsClient};
-
-/// The inodes of the sockets listening on `port` (from /proc/net/tcp and tcp6).
-fn listening_inodes(port: u16) -> Vec<String> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(table) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        inodes.extend(table.lines().skip(1).filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
-            (local_port == port && fields[3] == "0A").then(|| fields[9].to_string())
-        }));
-    }
-    inodes
-}
-
-/// The inode of the socket listening on `port`, if any.
-fn listening_inode(port: u16) -> Option<String> {
-    listening_inodes(port).into_iter().next()
-}
-
-/// Whether process `pid` holds the socket with inode `inode`.
-fn holds_socket(pid: u32, inode: &str) -> bool {
-    let wanted = format!("socket:[{inode}]");
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|fds| {
-            fds.flatten().any(|fd| {
-                std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == wanted)
-            })
-        })
-        .unwrap_or(false)
-}
 
 fn echo_once(addr: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
     let mut client = TlsClient::connect(addr, client_config(&common::dev_ca())?)?;
@@ -61,109 +23,6 @@ fn echo_once(addr: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
         return Err(std::io::Error::other("echo mismatch"));
     }
     Ok(())
-}
-
-/// `systemd-socket-activate` listening on each of `sockets` (with its FileDescriptorName)
-/// and starting the server, with `--listen` for each of `listen`, at the first connection;
-/// its stderr lines collected.
-struct Activated {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    collector: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Activated {
-    fn start(sockets: &[(SocketAddr, &str)], listen: &[SocketAddr]) -> Activated {
-        let mut server = vec![env!("CARGO_BIN_EXE_tlsvisor").to_string(), "serve".into()];
-        for addr in listen {
-            server.extend(["--listen".to_string(), addr.to_string()]);
-        }
-        server.extend(
-            [
-                "--log-format",
-                "json",
-                "--shutdown-grace",
-                "5s",
-                "--workers",
-                "2",
-            ]
-            .map(String::from),
-        );
-        let names: Vec<&str> = sockets.iter().map(|(_, name)| *name).collect();
-        let mut command = Command::new("systemd-socket-activate");
-        for (addr, _) in sockets {
-            command.args(["-l", &addr.to_string()]);
-        }
-        let mut child = command
-            .arg(format!("--fdname={}", names.join(":")))
-            .args(&server)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("systemd-socket-activate (Debian package systemd) must be installed");
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let sink = Arc::clone(&lines);
-        let stderr = child.stderr.take().unwrap();
-        let collector = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Activated {
-            child,
-            lines,
-            collector: Some(collector),
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// The pid of the server (systemd-socket-activate execs it in place).
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM with a live client on each of `addrs`: each sees close_notify, and the process
-    /// exits 0. Returns the logs.
-    fn terminate_draining(&mut self, addrs: &[SocketAddr]) -> String {
-        let live = live_clients(addrs);
-        let status = self.terminate();
-        assert_closed_gracefully(live);
-        let logs = self.logs();
-        assert!(
-            status.success(),
-            "exit 0 after the drain: {status:?}\n{logs}"
-        );
-        logs
-    }
-
-    /// SIGTERM; the exit status once the process is gone, with every log line read.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + HANG;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if let Some(collector) = self.collector.take() {
-            collector.join().unwrap();
-        }
-        status
-    }
-}
-
-impl Drop for Activated {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A TLS client on each of `addrs`, each having echoed once.
@@ -189,84 +48,232 @@ fn assert_closed_gracefully(live: Vec<TlsClient>) {
     }
 }
 
-/// Needs `systemd-socket-activate` (Debian's `systemd`), hence `interop`.
+/// Under `systemd-socket-activate` (Debian's `systemd`), hence `interop`.
 #[cfg(feature = "interop")]
-#[test]
-fn under_systemd_socket_activate_the_socket_is_inherited_and_sigterm_drains_and_exits_0() {
-    let addr = common::free_addr();
-    let port = addr.port();
-    let mut activated = Activated::start(&[(addr, "tls")], &[addr]);
-    // systemd-socket-activate listens itself and starts the server at the first connection.
-    assert!(eventually(HANG, || listening_inode(port).is_some()));
-    let inode = listening_inode(port).unwrap();
-    // The first client is queued on the socket before the server exists; it must be served.
-    echo_once(addr, b"first").expect("the first client is served");
-    let pid = activated.pid();
-    assert!(
-        holds_socket(pid, &inode),
-        "the server serves the socket it inherited"
-    );
-    assert_eq!(
-        listening_inode(port),
-        Some(inode),
-        "nothing else listens on the port"
-    );
-    let logs = activated.logs();
-    assert!(
-        logs.contains("serving an inherited socket (LISTEN_FDS)"),
-        "{logs}"
-    );
-    assert!(
-        logs.contains(r#""name":"tls""#),
-        "its FileDescriptorName is logged: {logs}"
-    );
+mod interop {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
-    // A live client during SIGTERM: it gets close_notify, the process exits 0.
-    let logs = activated.terminate_draining(&[addr]);
-    assert!(logs.contains("shutdown complete"), "{logs}");
-}
+    use super::{assert_closed_gracefully, echo_once, live_clients};
+    use crate::common::{self, HANG};
+    use tlsvisor_actors::testing::eventually;
 
-/// Two sockets from `systemd-socket-activate` (IPv4 and IPv6 where possible), named, and
-/// `--listen` naming them in the other order: each is mapped by its address, inherited (the
-/// server never binds), and served; SIGTERM drains both.
-#[cfg(feature = "interop")]
-#[test]
-fn under_systemd_socket_activate_two_sockets_are_inherited_by_address_and_served() {
-    let (v4, second) = (common::free_addr(), common::free_second_addr());
-    let mut activated = Activated::start(&[(v4, "public4"), (second, "public6")], &[second, v4]);
-    assert!(eventually(HANG, || listening_inode(v4.port()).is_some()
-        && listening_inode(second.port()).is_some()));
-    let inodes = [v4, second].map(|a| listening_inode(a.port()).unwrap());
-    echo_once(v4, b"first, queued before the server runs").expect("served");
-    echo_once(second, b"second address").expect("served");
-    let pid = activated.pid();
-    for (addr, inode) in [v4, second].iter().zip(&inodes) {
+    /// The inodes of the sockets listening on `port` (from /proc/net/tcp and tcp6).
+    fn listening_inodes(port: u16) -> Vec<String> {
+        let mut inodes = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(table) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            inodes.extend(table.lines().skip(1).filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
+                (local_port == port && fields[3] == "0A").then(|| fields[9].to_string())
+            }));
+        }
+        inodes
+    }
+
+    /// The inode of the socket listening on `port`, if any.
+    fn listening_inode(port: u16) -> Option<String> {
+        listening_inodes(port).into_iter().next()
+    }
+
+    /// Whether process `pid` holds the socket with inode `inode`.
+    fn holds_socket(pid: u32, inode: &str) -> bool {
+        let wanted = format!("socket:[{inode}]");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == wanted)
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// `systemd-socket-activate` listening on each of `sockets` (with its FileDescriptorName)
+    /// and starting the server, with `--listen` for each of `listen`, at the first connection;
+    /// its stderr lines collected.
+    struct Activated {
+        child: std::process::Child,
+        lines: Arc<Mutex<Vec<String>>>,
+        collector: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Activated {
+        fn start(sockets: &[(SocketAddr, &str)], listen: &[SocketAddr]) -> Activated {
+            let mut server = vec![env!("CARGO_BIN_EXE_tlsvisor").to_string(), "serve".into()];
+            for addr in listen {
+                server.extend(["--listen".to_string(), addr.to_string()]);
+            }
+            server.extend(
+                [
+                    "--log-format",
+                    "json",
+                    "--shutdown-grace",
+                    "5s",
+                    "--workers",
+                    "2",
+                ]
+                .map(String::from),
+            );
+            let names: Vec<&str> = sockets.iter().map(|(_, name)| *name).collect();
+            let mut command = Command::new("systemd-socket-activate");
+            for (addr, _) in sockets {
+                command.args(["-l", &addr.to_string()]);
+            }
+            let mut child = command
+                .arg(format!("--fdname={}", names.join(":")))
+                .args(&server)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("systemd-socket-activate (Debian package systemd) must be installed");
+            let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+            let sink = Arc::clone(&lines);
+            let stderr = child.stderr.take().unwrap();
+            let collector = std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            Activated {
+                child,
+                lines,
+                collector: Some(collector),
+            }
+        }
+
+        fn logs(&self) -> String {
+            self.lines.lock().unwrap().join("\n")
+        }
+
+        /// The pid of the server (systemd-socket-activate execs it in place).
+        fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// SIGTERM with a live client on each of `addrs`: each sees close_notify, and the process
+        /// exits 0. Returns the logs.
+        fn terminate_draining(&mut self, addrs: &[SocketAddr]) -> String {
+            let live = live_clients(addrs);
+            let status = self.terminate();
+            assert_closed_gracefully(live);
+            let logs = self.logs();
+            assert!(
+                status.success(),
+                "exit 0 after the drain: {status:?}\n{logs}"
+            );
+            logs
+        }
+
+        /// SIGTERM; the exit status once the process is gone, with every log line read.
+        fn terminate(&mut self) -> std::process::ExitStatus {
+            // SAFETY: kill(2) on our own child's pid.
+            assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) }, 0);
+            let deadline = Instant::now() + HANG;
+            let status = loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(Instant::now() < deadline, "no exit after SIGTERM");
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            if let Some(collector) = self.collector.take() {
+                collector.join().unwrap();
+            }
+            status
+        }
+    }
+
+    impl Drop for Activated {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn under_systemd_socket_activate_the_socket_is_inherited_and_sigterm_drains_and_exits_0() {
+        let addr = common::free_addr();
+        let port = addr.port();
+        let mut activated = Activated::start(&[(addr, "tls")], &[addr]);
+        // systemd-socket-activate listens itself and starts the server at the first connection.
+        assert!(eventually(HANG, || listening_inode(port).is_some()));
+        let inode = listening_inode(port).unwrap();
+        // The first client is queued on the socket before the server exists; it must be served.
+        echo_once(addr, b"first").expect("the first client is served");
+        let pid = activated.pid();
         assert!(
-            holds_socket(pid, inode),
-            "{addr}: the inherited socket is served"
+            holds_socket(pid, &inode),
+            "the server serves the socket it inherited"
         );
         assert_eq!(
-            listening_inodes(addr.port()),
-            std::slice::from_ref(inode),
-            "{addr}: nothing else listens on its port (the server bound nothing)"
+            listening_inode(port),
+            Some(inode),
+            "nothing else listens on the port"
         );
+        let logs = activated.logs();
+        assert!(
+            logs.contains("serving an inherited socket (LISTEN_FDS)"),
+            "{logs}"
+        );
+        assert!(
+            logs.contains(r#""name":"tls""#),
+            "its FileDescriptorName is logged: {logs}"
+        );
+
+        // A live client during SIGTERM: it gets close_notify, the process exits 0.
+        let logs = activated.terminate_draining(&[addr]);
+        assert!(logs.contains("shutdown complete"), "{logs}");
     }
-    let logs = activated.logs();
-    let inherited: Vec<serde_json::Value> = activated
-        .lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["msg"] == "serving an inherited socket (LISTEN_FDS)")
-        .collect();
-    assert_eq!(inherited.len(), 2, "{logs}");
-    for (line, (addr, name)) in inherited.iter().zip([(second, "public6"), (v4, "public4")]) {
-        assert_eq!(line["listen"], addr.to_string(), "{logs}");
-        assert_eq!(line["name"], name, "{logs}");
-        assert_eq!(line["matched"], "address", "{logs}");
+
+    /// Two sockets from `systemd-socket-activate` (IPv4 and IPv6 where possible), named, and
+    /// `--listen` naming them in the other order: each is mapped by its address, inherited (the
+    /// server never binds), and served; SIGTERM drains both.
+    #[test]
+    fn under_systemd_socket_activate_two_sockets_are_inherited_by_address_and_served() {
+        let (v4, second) = (common::free_addr(), common::free_second_addr());
+        let mut activated =
+            Activated::start(&[(v4, "public4"), (second, "public6")], &[second, v4]);
+        assert!(eventually(HANG, || listening_inode(v4.port()).is_some()
+            && listening_inode(second.port()).is_some()));
+        let inodes = [v4, second].map(|a| listening_inode(a.port()).unwrap());
+        echo_once(v4, b"first, queued before the server runs").expect("served");
+        echo_once(second, b"second address").expect("served");
+        let pid = activated.pid();
+        for (addr, inode) in [v4, second].iter().zip(&inodes) {
+            assert!(
+                holds_socket(pid, inode),
+                "{addr}: the inherited socket is served"
+            );
+            assert_eq!(
+                listening_inodes(addr.port()),
+                std::slice::from_ref(inode),
+                "{addr}: nothing else listens on its port (the server bound nothing)"
+            );
+        }
+        let logs = activated.logs();
+        let inherited: Vec<serde_json::Value> = activated
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["msg"] == "serving an inherited socket (LISTEN_FDS)")
+            .collect();
+        assert_eq!(inherited.len(), 2, "{logs}");
+        for (line, (addr, name)) in inherited.iter().zip([(second, "public6"), (v4, "public4")]) {
+            assert_eq!(line["listen"], addr.to_string(), "{logs}");
+            assert_eq!(line["name"], name, "{logs}");
+            assert_eq!(line["matched"], "address", "{logs}");
+        }
+        activated.terminate_draining(&[v4, second]);
     }
-    activated.terminate_draining(&[v4, second]);
 }
 
 /// Receives notifications on a datagram socket the test owns, with their arrival times.

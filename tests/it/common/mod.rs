@@ -1,10 +1,9 @@
 //! Driving the real `tlsvisor` binary: start it, read its JSON logs, scrape its metrics, signal
 //! it, and hold many client connections from a second process.
 
-#![allow(dead_code)] // each test binary uses its own part of this module
-
 pub mod certs;
 pub mod crowd;
+#[cfg(feature = "interop")]
 pub mod redis;
 
 use std::collections::HashMap;
@@ -314,6 +313,7 @@ impl Drop for Tlsvisor {
 
 /// An address on 127.0.0.1 with a port free now (bound and released: for a program that must
 /// bind it itself, such as `systemd-socket-activate`).
+#[cfg(feature = "interop")]
 pub fn free_addr() -> SocketAddr {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
     probe.local_addr().expect("the probe's address")
@@ -333,6 +333,7 @@ pub fn ipv6_loopback() -> Option<std::net::IpAddr> {
 
 /// A second address to listen on beside 127.0.0.1: `[::1]` if possible, else `127.0.0.1`;
 /// with a port free now.
+#[cfg(feature = "interop")]
 pub fn free_second_addr() -> SocketAddr {
     let ip = ipv6_loopback().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let probe = std::net::TcpListener::bind((ip, 0)).expect("bind a probe");
@@ -340,6 +341,7 @@ pub fn free_second_addr() -> SocketAddr {
 }
 
 /// A plain HTTP/1.0 GET (the metrics endpoint is the only HTTP the tests speak).
+#[cfg(feature = "interop")]
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     try_http_get(addr, path).unwrap()
 }

@@ -1,17 +1,15 @@
 //! The `tlsvisor` binary end to end: real process, real signals, real scrapes, a crowd of
 //! clients in another process killed with SIGKILL.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::crowd::{self, Crowd};
-use common::{Tlsvisor, HANG};
+use crate::common::crowd::{self, Crowd};
+use crate::common::{Tlsvisor, HANG};
 use tlsvisor_actors::testing::{
     client_config, eventually, leak, upstream, CloseSeen, TestUpstream, TlsClient,
 };
 
-/// The crowd process re-enters the test binary here (see tests/common/crowd.rs).
+/// The crowd process re-enters the test binary here (see tests/it/common/crowd.rs).
 #[test]
 fn crowd_child() {
     crowd::child_main_if_asked();

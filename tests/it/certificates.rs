@@ -1,12 +1,11 @@
 //! The binary's certificate handling end to end: `--watch-certs` reloads, the reload metrics
 //! and the error line of a broken reload.
 
-mod common;
-
 use std::path::Path;
 
-use common::certs::{alice_only, issue_into, path_in};
-use common::{Tlsvisor, HANG};
+use crate::common;
+use crate::common::certs::{alice_only, issue_into, path_in};
+use crate::common::{Tlsvisor, HANG};
 use tlsvisor_actors::testing::{
     client_config, client_config_accepting_any, eventually, ScratchDir, TlsClient,
 };

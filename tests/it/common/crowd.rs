@@ -1,8 +1,8 @@
 //! A crowd of TLS clients in a second process, so that a test can SIGKILL all of them at once
 //! (the kernel then closes every socket together, as when a node of clients dies).
 //!
-//! The test binary re-runs itself as the crowd: a test binary that uses this module has a test
-//! named `crowd_child` that calls [`child_main_if_asked`].
+//! The test binary re-runs itself as the crowd: it has a test `binary::crowd_child` that calls
+//! [`child_main_if_asked`].
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -41,7 +41,7 @@ impl Crowd {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "crowd_child",
+                "binary::crowd_child",
                 "--nocapture",
                 "--test-threads",
                 "1",
@@ -57,10 +57,6 @@ impl Crowd {
         let ready = crowd.next_line("READY");
         assert_eq!(ready, format!("READY {size}"), "the crowd did not gather");
         crowd
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Kills every client at once.
