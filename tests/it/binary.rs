@@ -3,17 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::crowd::{self, Crowd};
+use crate::common::crowd::Crowd;
 use crate::common::{Tlsvisor, HANG};
 use tlsvisor_actors::testing::{
     client_config, eventually, leak, upstream, CloseSeen, TestUpstream, TlsClient,
 };
-
-/// The crowd process re-enters the test binary here (see tests/it/common/crowd.rs).
-#[test]
-fn crowd_child() {
-    crowd::child_main_if_asked();
-}
 
 #[test]
 fn no_arguments_serves_echo_on_8443_with_the_development_certificate() {
