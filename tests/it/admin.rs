@@ -13,9 +13,6 @@ use crate::common::{Tlsvisor, HANG};
 use serde_json::Value;
 use tlsvisor_actors::testing::{eventually, CloseSeen, TlsClient};
 
-/// Long enough for a handshake on a loaded machine to have finished if it were not held.
-const HELD: Duration = Duration::from_millis(800);
-
 /// The binary with the admin API on a free port; its address from the log.
 fn serve_admin(extra: &[&str]) -> (Tlsvisor, SocketAddr) {
     let mut args = vec!["--admin-listen", "127.0.0.1:0"];
@@ -60,6 +57,11 @@ fn json(admin: SocketAddr, method: &str, path: &str) -> Value {
 
 fn ready_status(admin: SocketAddr) -> u16 {
     curl(admin, "GET", "/health/ready", None).0
+}
+
+/// Whether a handshake started by [`connect_in_background`] has not finished yet.
+fn still_waiting(waiting: &mpsc::Receiver<std::io::Result<TlsClient>>) -> bool {
+    matches!(waiting.try_recv(), Err(mpsc::TryRecvError::Empty))
 }
 
 /// Starts a handshake on another thread; its result arrives on the channel.
@@ -198,16 +200,12 @@ fn pause_holds_new_clients_in_the_backlog_and_resume_lets_them_in() {
     assert_eq!(json(admin, "POST", "/pause")["paused"], true);
     assert_eq!(ready_status(admin), 503);
     let before = server.scrape().get("tlsvisor_connections_accepted_total");
-    // The TCP connect completes (the kernel's backlog), the handshake waits.
+    // The TCP connect completes (the kernel's backlog), the handshake waits: both connections
+    // sit in the accept queue, so neither has been accepted.
     assert!(TcpStream::connect(server.listen).is_ok());
     let waiting = connect_in_background(&server);
-    assert!(
-        matches!(
-            waiting.recv_timeout(HELD),
-            Err(mpsc::RecvTimeoutError::Timeout)
-        ),
-        "a handshake finished while paused"
-    );
+    common::wait_accept_queue(server.listen.port(), 2);
+    assert!(still_waiting(&waiting), "a handshake finished while paused");
     assert_eq!(live.echo(b"still served").unwrap(), b"still served");
     let metrics = server.scrape();
     assert_eq!(metrics.get("tlsvisor_connections_accepted_total"), before);
@@ -266,13 +264,15 @@ fn drain_turns_readiness_off_first_then_closes_every_connection_gracefully() {
     );
     assert!(eventually(HANG, || server.scrape().disposed("shutdown") == 10.0));
 
-    // Drained: still paused and not ready until resumed.
+    // Drained: still paused (a new client waits in the accept queue) and not ready until
+    // resumed.
     assert_eq!(ready_status(admin), 503);
     let waiting = connect_in_background(&server);
-    assert!(matches!(
-        waiting.recv_timeout(HELD),
-        Err(mpsc::RecvTimeoutError::Timeout)
-    ));
+    common::wait_accept_queue(server.listen.port(), 1);
+    assert!(
+        still_waiting(&waiting),
+        "a handshake finished while drained"
+    );
     json(admin, "POST", "/resume");
     assert_eq!(ready_status(admin), 200);
     assert!(waiting.recv_timeout(HANG).unwrap().is_ok());
@@ -305,10 +305,11 @@ fn drain_with_accept_for_keeps_serving_new_clients_while_a_balancer_catches_up()
     assert!(asked_at.elapsed() >= Duration::from_secs(3));
     assert!(eventually(HANG, || server.scrape().disposed("shutdown") == 2.0));
     let waiting = connect_in_background(&server);
-    assert!(matches!(
-        waiting.recv_timeout(HELD),
-        Err(mpsc::RecvTimeoutError::Timeout)
-    ));
+    common::wait_accept_queue(server.listen.port(), 1);
+    assert!(
+        still_waiting(&waiting),
+        "a handshake finished after accept_for"
+    );
     // A bad duration is refused, and changes nothing.
     assert_eq!(curl(admin, "POST", "/drain?accept_for=soon", None).0, 400);
     json(admin, "POST", "/resume");

@@ -106,8 +106,12 @@ fn burst_of_sigkilled_clients(extra: &[&str], upstream_port: Option<u16>) {
         .scrape()
         .get("tlsvisor_connections_active")
         == 0.0));
-    // The warm-up's socket and the last scrape's close a moment after the counters say so.
-    std::thread::sleep(Duration::from_millis(200));
+    // The warm-up's socket and the last scrape's close a moment after the counters say so:
+    // the baseline is taken once the server holds no connection on either port.
+    let metrics_port = server.metrics.expect("metrics enabled").port();
+    assert!(eventually(HANG, || [port, metrics_port]
+        .iter()
+        .all(|p| leak::ServerSockets::on_port(*p).unwrap().is_clean())));
     let fds_before = leak::open_fds(pid).unwrap();
     let threads_before = leak::threads(pid).unwrap();
 

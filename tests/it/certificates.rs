@@ -301,15 +301,29 @@ fn sighup_reloads_the_files_and_a_broken_key_keeps_the_old_certificate() {
     let certs = DevCerts::generate().unwrap();
     let (cert, key, first) = issue_into(&scratch, &certs, "server", &["localhost"]);
     let server = Tlsvisor::serve(&["--cert", &cert, "--key", &key]);
+    // A control on the same files, with --watch-certs: once it serves the new certificate, the
+    // change was there to be seen for as long as a watcher needs.
+    let watching = Tlsvisor::serve(&["--cert", &cert, "--key", &key, "--watch-certs"]);
     let ca = certs.ca_cert_pem.clone();
     let mut live =
         TlsClient::connect(server.listen, client_config(ca.as_bytes()).unwrap()).unwrap();
     let (_, _, second) = issue_into(&scratch, &certs, "server", &["localhost"]);
+    assert!(
+        eventually(HANG, || served_serial(&watching, &ca, "localhost")
+            == Some(second.serial_hex.clone())),
+        "the watching control reloads the new certificate"
+    );
+    drop(watching);
     // Without --watch-certs nothing changes until the signal.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(
         served_serial(&server, &ca, "localhost"),
         Some(first.serial_hex)
+    );
+    assert_eq!(
+        server
+            .scrape()
+            .get("tlsvisor_tls_reloads_total{result=\"ok\"}"),
+        0.0
     );
     server.signal(libc::SIGHUP);
     assert!(eventually(HANG, || served_serial(

@@ -305,7 +305,13 @@ fn a_second_sigterm_forces_a_slow_shutdown() {
             .unwrap();
     }
     server.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        eventually(HANG, || server
+            .logs_with("signal received: shutting down")
+            .len()
+            == 1),
+        "the first SIGTERM starts the shutdown"
+    );
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "the shutdown is slow: still running"

@@ -112,7 +112,12 @@ fn a_killed_upstream_is_skipped_without_failing_a_client_and_used_again_once_bac
     let server = serve_proxy(&[up_a.clone(), up_b.clone()]);
     let stop = Arc::new(AtomicBool::new(false));
     let loops = client_loops(&server, 4, &stop);
-    std::thread::sleep(Duration::from_millis(300));
+    // The loops are under way: both upstreams have taken clients.
+    let opened = |m: &Metrics, up: &str| of(m, "tlsvisor_upstream_connections_total", up);
+    assert!(eventually(HANG, || {
+        let m = server.scrape();
+        opened(&m, &up_a) >= 10.0 && opened(&m, &up_b) >= 10.0
+    }));
 
     // SIGKILL mid-run: once it is gone, every client that starts is served, by the other
     // upstream (the first sent to the dead one is retried there). Clients that were talking to
@@ -124,7 +129,9 @@ fn a_killed_upstream_is_skipped_without_failing_a_client_and_used_again_once_bac
         "tlsvisor_upstream_up",
         &up_b
     ) == 0.0));
-    std::thread::sleep(Duration::from_millis(300));
+    // Clients go on being served, all by the upstream left.
+    let opened_a = opened(&server.scrape(), &up_a);
+    assert!(eventually(HANG, || opened(&server.scrape(), &up_a) >= opened_a + 20.0));
     let m = server.scrape();
     assert_eq!(of(&m, "tlsvisor_upstream_up", &up_a), 1.0);
     assert_eq!(m.disposed("upstream_connect_failed"), 0.0);

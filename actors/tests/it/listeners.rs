@@ -8,6 +8,8 @@ use std::time::Duration;
 use tlsvisor_actors::testing::{client_config, eventually, AsyncTlsClient, CloseSeen};
 use tlsvisor_actors::{DevCerts, Echo, Server, ServerConfig};
 
+use crate::support;
+
 /// A ceiling only a hang reaches.
 const HANG: Duration = Duration::from_secs(20);
 
@@ -72,7 +74,8 @@ async fn several_listeners_share_the_workers_the_registries_and_the_limits() {
             Ok::<_, std::io::Error>(c)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It is in the first listener's accept queue: not accepted, so not served.
+    support::accept_queue_reaches(addrs[0].port(), 1, HANG).await;
     assert!(
         !waiting.is_finished(),
         "over max_connections: not served yet"
@@ -181,7 +184,7 @@ async fn at_the_limit_a_quiet_listener_does_not_keep_the_slot_from_a_busy_one() 
         let mut c = AsyncTlsClient::connect(quiet, client).await?;
         c.echo(b"after resume").await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::accept_queue_reaches(quiet.port(), 1, HANG).await;
     assert!(!waiting.is_finished(), "paused: not served");
     assert_eq!(server.stats().ledger().accepted, 6);
     assert!(handle.resume());

@@ -4,6 +4,8 @@
 //!
 //! Needs the `testing` feature (the harness); `faults` also needs `fault-injection`.
 
+mod support;
+
 mod certificates;
 mod edge;
 #[cfg(feature = "fault-injection")]
