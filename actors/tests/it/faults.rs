@@ -42,8 +42,9 @@ fn registered_but_never_started_connections_leave_the_registry() {
     let grace = Duration::from_secs(2);
     let started = Instant::now();
     let report = server.shutdown(grace);
+    // Hung on the never-started connections, it would not return at all.
     assert!(
-        started.elapsed() < grace + Duration::from_secs(3),
+        started.elapsed() < HANG,
         "shutdown overran its deadline: {:?}",
         started.elapsed()
     );
@@ -166,12 +167,17 @@ fn emfile_at_accept_sheds_the_waiting_client_and_accepting_resumes() {
     let server = TestServer::builder().config(|c| c.workers = 1).start(Echo);
     server.faults().enable_times(FaultPoint::AcceptError, 3);
     for attempt in 0..3 {
-        let started = Instant::now();
-        assert!(server.connect().is_err(), "client {attempt} is shed");
+        let shed = server
+            .connect()
+            .err()
+            .unwrap_or_else(|| panic!("client {attempt} is shed"));
+        // Left hanging, the client would fail on its own I/O timeout instead.
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "a shed client is closed at once, not left hanging: {:?}",
-            started.elapsed()
+            !matches!(
+                shed.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "a shed client is closed at once, not left hanging: {shed}"
         );
         // The shedding is over (the error is counted after it) before the next client comes:
         // a client arriving during it would be shed with this one.
