@@ -154,10 +154,10 @@ fn lists_100_connections_finds_each_client_by_port_and_closes_one_by_id() {
         .0
         .get("tlsvisor_connections_disposed_total{reason=\"killed\"}")
         == Some(&1.0)));
-    assert!(server
+    assert!(eventually(HANG, || server
         .logs_with("disposed")
         .iter()
-        .any(|l| l["conn_id"] == id && l["reason"] == "killed"));
+        .any(|l| l["conn_id"] == id && l["reason"] == "killed")));
     assert_eq!(
         curl(admin, "GET", &format!("/connections/{id}"), None).0,
         404

@@ -81,7 +81,7 @@ fn openssl_s_client_clean_close_is_peer_eof() {
         == 0.0));
     let metrics = server.scrape();
     assert_eq!(metrics.disposed("peer_eof"), 1.0);
-    let disposals = server.logs_with("disposed");
+    let disposals = server.logged("disposed", 1);
     assert_eq!(disposals[0]["close_notify"], true);
 }
 

@@ -555,7 +555,7 @@ fn new_process(old: &Tlsvisor) -> (u32, SocketAddr) {
     assert!(eventually(HANG, || !old.logs_with(ready).is_empty()));
     let new_pid = old.logs_with(ready)[0]["pid"].as_u64().unwrap() as u32;
     // Both processes log to the same stderr: the second metrics line is the new process's.
-    let new_metrics = old.logs_with("metrics listening")[1]["metrics_listen"]
+    let new_metrics = old.logged("metrics listening", 2)[1]["metrics_listen"]
         .as_str()
         .unwrap()
         .parse()
@@ -637,8 +637,8 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
     echo_once(old.listen, b"after").unwrap();
     let after = scrape(new_metrics);
     assert!(after.get("tlsvisor_connections_accepted_total") >= 1.0);
-    let shutdowns = old.logs_with("shutdown complete");
-    assert_eq!(shutdowns.len(), 1, "the old process completed its shutdown");
+    // The old process completed its shutdown.
+    let shutdowns = old.logged("shutdown complete", 1);
     assert_eq!(shutdowns[0]["left_registered"], 0);
     // SAFETY: kill(2) on the process our child started (reparented to us).
     assert_eq!(unsafe { libc::kill(new_pid as i32, libc::SIGTERM) }, 0);
@@ -832,7 +832,7 @@ fn sigusr2_with_two_listeners_hands_over_both_without_refusing_a_client() {
     }
 
     // The new process took both sockets, mapped by address, and serves both.
-    let inherited = old.logs_with("serving an inherited socket (LISTEN_FDS)");
+    let inherited = old.logged("serving an inherited socket (LISTEN_FDS)", 2);
     let mapped: Vec<&str> = inherited
         .iter()
         .map(|l| l["listen"].as_str().unwrap())
@@ -845,7 +845,7 @@ fn sigusr2_with_two_listeners_hands_over_both_without_refusing_a_client() {
     }
     let after = scrape(new_metrics);
     assert!(after.get("tlsvisor_connections_accepted_total") >= 2.0);
-    assert_eq!(old.logs_with("shutdown complete").len(), 1);
+    old.logged("shutdown complete", 1);
     // SAFETY: kill(2) on the process our child started (reparented to us).
     assert_eq!(unsafe { libc::kill(new_pid as i32, libc::SIGTERM) }, 0);
     assert_eq!(wait_pid(new_pid, HANG), Some(0), "the new process exits 0");

@@ -149,6 +149,23 @@ impl Tlsvisor {
             .collect()
     }
 
+    /// Log records whose message is `msg`, once there are `n` of them, and no more. The process
+    /// writes its log on a thread of its own (and after an upgrade two processes share the
+    /// stderr), so a line can trail the metric or the line of the other process that came after
+    /// it: a test that has seen those waits for the line.
+    pub fn logged(&self, msg: &str, n: usize) -> Vec<serde_json::Value> {
+        let mut lines = Vec::new();
+        assert!(
+            eventually(HANG, || {
+                lines = self.logs_with(msg);
+                lines.len() >= n
+            }),
+            "{n} log lines {msg:?}: {lines:?}"
+        );
+        assert_eq!(lines.len(), n, "{n} log lines {msg:?}: {lines:?}");
+        lines
+    }
+
     fn log_field(&self, msg: &str, field: &str) -> Option<String> {
         self.logs_with(msg)
             .first()
