@@ -225,11 +225,10 @@ fn metrics_answer_again_after_the_process_ran_out_of_descriptors() {
         .join()
         .unwrap()
         .expect("the waiting scrape is answered");
+    // Retried every 500 ms, it is answered soon after; not retried, it would never be (the
+    // answer above is the check; the time is for the record).
     let took = released.elapsed();
-    assert!(
-        took < Duration::from_secs(5),
-        "answered {took:?} after the episode"
-    );
+    assert!(took < HANG, "answered {took:?} after the episode");
     let metrics = common::Metrics::parse(&answer);
     assert!(metrics.get("tlsvisor_connections_rejected_total{reason=\"fd_exhausted\"}") > 0.0);
     assert!(eventually(HANG, || server
