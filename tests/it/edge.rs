@@ -176,8 +176,9 @@ fn metrics_answer_again_after_the_process_ran_out_of_descriptors() {
             "1",
             "--max-handshakes-per-ip",
             "0",
+            // Far longer than the test: no silent client frees its descriptor by timing out.
             "--handshake-timeout",
-            "60s",
+            "600s",
         ],
         &Limits {
             nofile: Some(NOFILE),
@@ -204,6 +205,9 @@ fn metrics_answer_again_after_the_process_ran_out_of_descriptors() {
         "every descriptor taken: {} of {NOFILE}",
         below_limit()
     );
+    // And every silent client past the limit shed: none waits in the TLS listener's queue. A
+    // shedding frees descriptors for a moment, which the metrics listener could take.
+    common::wait_accept_queue(server.listen.port(), 0);
     let metrics = server.metrics.unwrap();
     let waiting = std::thread::spawn(move || common::try_http_get(metrics, "/metrics"));
     let refused = |r: &serde_json::Value| {
@@ -218,6 +222,8 @@ fn metrics_answer_again_after_the_process_ran_out_of_descriptors() {
         "the metrics listener met EMFILE: {:?}",
         server.logs()
     );
+    // The scrape waits in the metrics listener's accept queue: not accepted, so not answered.
+    common::wait_accept_queue(metrics.port(), 1);
     assert!(!waiting.is_finished(), "no answer while out of descriptors");
     let released = Instant::now();
     drop(silent);
