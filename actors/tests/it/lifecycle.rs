@@ -282,12 +282,21 @@ fn a_killed_connection_is_closed_gracefully_with_reason_killed() {
 fn each_worker_registers_its_own_connections_and_kills_reach_them() {
     let server = TestServer::builder().config(|c| c.workers = 2).start(Echo);
     // The kernel picks the worker: connect until both have some (bounded; with both acceptors
-    // woken for every connection, 200 all going one way does not happen).
+    // woken for every connection, 200 all going one way does not happen). Eight at a time: one
+    // by one, the worker that just served the last client is awake and the other asleep, and
+    // on a loaded machine the awake one can win every race for the next.
     let mut clients = Vec::new();
     let by_worker = loop {
-        let mut client = server.connect().unwrap();
-        assert_eq!(client.echo(b"x").unwrap(), b"x");
-        clients.push(client);
+        let batch: Vec<TlsClient> = std::thread::scope(|scope| {
+            let connecting: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| server.connect().unwrap()))
+                .collect();
+            connecting.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for mut client in batch {
+            assert_eq!(client.echo(b"x").unwrap(), b"x");
+            clients.push(client);
+        }
         let n = clients.len() as u64;
         server.wait_for("all registered", HANG, |s| s.ledger.active == n);
         let by_worker = server.live_by_worker();
