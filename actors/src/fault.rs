@@ -106,9 +106,12 @@ mod enabled {
 mod enabled {
     use super::FaultPoint;
 
-    /// Without the `fault-injection` feature no point can be switched on.
+    /// Without the `fault-injection` feature no point can be switched on. (A field, so that
+    /// both builds make one with `Faults::default()`.)
     #[derive(Clone, Debug, Default)]
-    pub struct Faults;
+    pub struct Faults {
+        _off: (),
+    }
 
     impl Faults {
         /// Always `false`: injection is compiled out.

@@ -12,11 +12,13 @@
 //! - [`leak`]: open fds, threads and RSS of a process, sockets in CLOSE-WAIT on a port, and
 //!   [`leak::ServerSockets`], the sockets of one server by its port (what parallel tests can
 //!   check without counting each other's).
-//! - [`ScratchDir`]: a folder of certificate files for one test, removed on drop.
+//! - [`ScratchDir`]: a folder of certificate files for one test, removed on drop;
+//!   [`CertificateFacts`]: what a certificate says (serial, expiry, names).
 //! - [`upstream`]: a plaintext TCP upstream for proxy tests, and handlers (echo, reset, …).
 
 mod async_client;
 mod audit;
+mod certificate;
 mod client;
 mod harness;
 pub mod leak;
@@ -26,6 +28,7 @@ pub mod upstream;
 mod wait;
 
 pub use async_client::AsyncTlsClient;
+pub use certificate::CertificateFacts;
 pub use client::{
     client_config, client_config_accepting_any, client_config_with_cert, tcp_connect_from,
     CloseSeen, TlsClient,

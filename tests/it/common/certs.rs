@@ -2,13 +2,14 @@
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use tlsvisor_actors::testing::CertificateFacts;
 use tlsvisor_actors::testing::ScratchDir;
-use tlsvisor_actors::{CertificateInfo, DevCerts};
+use tlsvisor_actors::DevCerts;
 
 /// Serial, expiry and names of the first certificate in `pem`.
-pub(crate) fn info_of_pem(pem: &str) -> CertificateInfo {
+pub(crate) fn info_of_pem(pem: &str) -> CertificateFacts {
     let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-    CertificateInfo::from_der(&der).unwrap()
+    CertificateFacts::from_der(&der).unwrap()
 }
 
 /// The path of `file` in `scratch`, as a flag value.
@@ -23,7 +24,7 @@ pub(crate) fn issue_into(
     certs: &DevCerts,
     stem: &str,
     names: &[&str],
-) -> (String, String, CertificateInfo) {
+) -> (String, String, CertificateFacts) {
     let (cert, key) = (
         path_in(scratch, &format!("{stem}.crt")),
         path_in(scratch, &format!("{stem}.key")),

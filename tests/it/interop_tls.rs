@@ -1,13 +1,10 @@
 //! Certificates and TLS policy against Debian's `openssl s_client`. Run with
 //! `--features interop` (`.ci/run` installs openssl).
-#![cfg(feature = "interop")]
-
-mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::certs::{alice_only, info_of_pem, issue_into};
-use common::{Tlsvisor, HANG};
+use crate::common::certs::{alice_only, info_of_pem, issue_into};
+use crate::common::{Tlsvisor, HANG};
 use tlsvisor_actors::testing::{eventually, ScratchDir};
 use tlsvisor_actors::DevCerts;
 

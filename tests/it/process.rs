@@ -2,57 +2,19 @@
 //! binary upgrade on SIGUSR2. Real programs (`systemd-socket-activate`, the binary itself),
 //! real sockets.
 
-// Each test is compiled under its own features; helpers of the others are then unused.
-#![cfg_attr(
-    not(all(feature = "interop", feature = "fault-injection")),
-    allow(dead_code, unused_imports)
-)]
+// The notification tests need `fault-injection`; without it their helpers are unused.
+#![cfg_attr(not(feature = "fault-injection"), allow(dead_code, unused_imports))]
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{try_http_get, Limits, Metrics, Tlsvisor, HANG};
+use crate::common;
+use crate::common::{try_http_get, Limits, Metrics, Tlsvisor, HANG};
 use tlsvisor_actors::testing::{client_config, eventually, CloseSeen, ScratchDir, TlsClient};
-
-/// The inodes of the sockets listening on `port` (from /proc/net/tcp and tcp6).
-fn listening_inodes(port: u16) -> Vec<String> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(table) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        inodes.extend(table.lines().skip(1).filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
-            (local_port == port && fields[3] == "0A").then(|| fields[9].to_string())
-        }));
-    }
-    inodes
-}
-
-/// The inode of the socket listening on `port`, if any.
-fn listening_inode(port: u16) -> Option<String> {
-    listening_inodes(port).into_iter().next()
-}
-
-/// Whether process `pid` holds the socket with inode `inode`.
-fn holds_socket(pid: u32, inode: &str) -> bool {
-    let wanted = format!("socket:[{inode}]");
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|fds| {
-            fds.flatten().any(|fd| {
-                std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == wanted)
-            })
-        })
-        .unwrap_or(false)
-}
 
 fn echo_once(addr: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
     let mut client = TlsClient::connect(addr, client_config(&common::dev_ca())?)?;
@@ -61,109 +23,6 @@ fn echo_once(addr: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
         return Err(std::io::Error::other("echo mismatch"));
     }
     Ok(())
-}
-
-/// `systemd-socket-activate` listening on each of `sockets` (with its FileDescriptorName)
-/// and starting the server, with `--listen` for each of `listen`, at the first connection;
-/// its stderr lines collected.
-struct Activated {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    collector: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Activated {
-    fn start(sockets: &[(SocketAddr, &str)], listen: &[SocketAddr]) -> Activated {
-        let mut server = vec![env!("CARGO_BIN_EXE_tlsvisor").to_string(), "serve".into()];
-        for addr in listen {
-            server.extend(["--listen".to_string(), addr.to_string()]);
-        }
-        server.extend(
-            [
-                "--log-format",
-                "json",
-                "--shutdown-grace",
-                "5s",
-                "--workers",
-                "2",
-            ]
-            .map(String::from),
-        );
-        let names: Vec<&str> = sockets.iter().map(|(_, name)| *name).collect();
-        let mut command = Command::new("systemd-socket-activate");
-        for (addr, _) in sockets {
-            command.args(["-l", &addr.to_string()]);
-        }
-        let mut child = command
-            .arg(format!("--fdname={}", names.join(":")))
-            .args(&server)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("systemd-socket-activate (Debian package systemd) must be installed");
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let sink = Arc::clone(&lines);
-        let stderr = child.stderr.take().unwrap();
-        let collector = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Activated {
-            child,
-            lines,
-            collector: Some(collector),
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// The pid of the server (systemd-socket-activate execs it in place).
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM with a live client on each of `addrs`: each sees close_notify, and the process
-    /// exits 0. Returns the logs.
-    fn terminate_draining(&mut self, addrs: &[SocketAddr]) -> String {
-        let live = live_clients(addrs);
-        let status = self.terminate();
-        assert_closed_gracefully(live);
-        let logs = self.logs();
-        assert!(
-            status.success(),
-            "exit 0 after the drain: {status:?}\n{logs}"
-        );
-        logs
-    }
-
-    /// SIGTERM; the exit status once the process is gone, with every log line read.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + HANG;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if let Some(collector) = self.collector.take() {
-            collector.join().unwrap();
-        }
-        status
-    }
-}
-
-impl Drop for Activated {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A TLS client on each of `addrs`, each having echoed once.
@@ -189,84 +48,232 @@ fn assert_closed_gracefully(live: Vec<TlsClient>) {
     }
 }
 
-/// Needs `systemd-socket-activate` (Debian's `systemd`), hence `interop`.
+/// Under `systemd-socket-activate` (Debian's `systemd`), hence `interop`.
 #[cfg(feature = "interop")]
-#[test]
-fn under_systemd_socket_activate_the_socket_is_inherited_and_sigterm_drains_and_exits_0() {
-    let addr = common::free_addr();
-    let port = addr.port();
-    let mut activated = Activated::start(&[(addr, "tls")], &[addr]);
-    // systemd-socket-activate listens itself and starts the server at the first connection.
-    assert!(eventually(HANG, || listening_inode(port).is_some()));
-    let inode = listening_inode(port).unwrap();
-    // The first client is queued on the socket before the server exists; it must be served.
-    echo_once(addr, b"first").expect("the first client is served");
-    let pid = activated.pid();
-    assert!(
-        holds_socket(pid, &inode),
-        "the server serves the socket it inherited"
-    );
-    assert_eq!(
-        listening_inode(port),
-        Some(inode),
-        "nothing else listens on the port"
-    );
-    let logs = activated.logs();
-    assert!(
-        logs.contains("serving an inherited socket (LISTEN_FDS)"),
-        "{logs}"
-    );
-    assert!(
-        logs.contains(r#""name":"tls""#),
-        "its FileDescriptorName is logged: {logs}"
-    );
+mod interop {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
-    // A live client during SIGTERM: it gets close_notify, the process exits 0.
-    let logs = activated.terminate_draining(&[addr]);
-    assert!(logs.contains("shutdown complete"), "{logs}");
-}
+    use super::{assert_closed_gracefully, echo_once, live_clients};
+    use crate::common::{self, HANG};
+    use tlsvisor_actors::testing::eventually;
 
-/// Two sockets from `systemd-socket-activate` (IPv4 and IPv6 where possible), named, and
-/// `--listen` naming them in the other order: each is mapped by its address, inherited (the
-/// server never binds), and served; SIGTERM drains both.
-#[cfg(feature = "interop")]
-#[test]
-fn under_systemd_socket_activate_two_sockets_are_inherited_by_address_and_served() {
-    let (v4, second) = (common::free_addr(), common::free_second_addr());
-    let mut activated = Activated::start(&[(v4, "public4"), (second, "public6")], &[second, v4]);
-    assert!(eventually(HANG, || listening_inode(v4.port()).is_some()
-        && listening_inode(second.port()).is_some()));
-    let inodes = [v4, second].map(|a| listening_inode(a.port()).unwrap());
-    echo_once(v4, b"first, queued before the server runs").expect("served");
-    echo_once(second, b"second address").expect("served");
-    let pid = activated.pid();
-    for (addr, inode) in [v4, second].iter().zip(&inodes) {
+    /// The inodes of the sockets listening on `port` (from /proc/net/tcp and tcp6).
+    fn listening_inodes(port: u16) -> Vec<String> {
+        let mut inodes = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(table) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            inodes.extend(table.lines().skip(1).filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
+                (local_port == port && fields[3] == "0A").then(|| fields[9].to_string())
+            }));
+        }
+        inodes
+    }
+
+    /// The inode of the socket listening on `port`, if any.
+    fn listening_inode(port: u16) -> Option<String> {
+        listening_inodes(port).into_iter().next()
+    }
+
+    /// Whether process `pid` holds the socket with inode `inode`.
+    fn holds_socket(pid: u32, inode: &str) -> bool {
+        let wanted = format!("socket:[{inode}]");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == wanted)
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// `systemd-socket-activate` listening on each of `sockets` (with its FileDescriptorName)
+    /// and starting the server, with `--listen` for each of `listen`, at the first connection;
+    /// its stderr lines collected.
+    struct Activated {
+        child: std::process::Child,
+        lines: Arc<Mutex<Vec<String>>>,
+        collector: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Activated {
+        fn start(sockets: &[(SocketAddr, &str)], listen: &[SocketAddr]) -> Activated {
+            let mut server = vec![env!("CARGO_BIN_EXE_tlsvisor").to_string(), "serve".into()];
+            for addr in listen {
+                server.extend(["--listen".to_string(), addr.to_string()]);
+            }
+            server.extend(
+                [
+                    "--log-format",
+                    "json",
+                    "--shutdown-grace",
+                    "5s",
+                    "--workers",
+                    "2",
+                ]
+                .map(String::from),
+            );
+            let names: Vec<&str> = sockets.iter().map(|(_, name)| *name).collect();
+            let mut command = Command::new("systemd-socket-activate");
+            for (addr, _) in sockets {
+                command.args(["-l", &addr.to_string()]);
+            }
+            let mut child = command
+                .arg(format!("--fdname={}", names.join(":")))
+                .args(&server)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("systemd-socket-activate (Debian package systemd) must be installed");
+            let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+            let sink = Arc::clone(&lines);
+            let stderr = child.stderr.take().unwrap();
+            let collector = std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            Activated {
+                child,
+                lines,
+                collector: Some(collector),
+            }
+        }
+
+        fn logs(&self) -> String {
+            self.lines.lock().unwrap().join("\n")
+        }
+
+        /// The pid of the server (systemd-socket-activate execs it in place).
+        fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// SIGTERM with a live client on each of `addrs`: each sees close_notify, and the process
+        /// exits 0. Returns the logs.
+        fn terminate_draining(&mut self, addrs: &[SocketAddr]) -> String {
+            let live = live_clients(addrs);
+            let status = self.terminate();
+            assert_closed_gracefully(live);
+            let logs = self.logs();
+            assert!(
+                status.success(),
+                "exit 0 after the drain: {status:?}\n{logs}"
+            );
+            logs
+        }
+
+        /// SIGTERM; the exit status once the process is gone, with every log line read.
+        fn terminate(&mut self) -> std::process::ExitStatus {
+            // SAFETY: kill(2) on our own child's pid.
+            assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) }, 0);
+            let deadline = Instant::now() + HANG;
+            let status = loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(Instant::now() < deadline, "no exit after SIGTERM");
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            if let Some(collector) = self.collector.take() {
+                collector.join().unwrap();
+            }
+            status
+        }
+    }
+
+    impl Drop for Activated {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn under_systemd_socket_activate_the_socket_is_inherited_and_sigterm_drains_and_exits_0() {
+        let addr = common::free_addr();
+        let port = addr.port();
+        let mut activated = Activated::start(&[(addr, "tls")], &[addr]);
+        // systemd-socket-activate listens itself and starts the server at the first connection.
+        assert!(eventually(HANG, || listening_inode(port).is_some()));
+        let inode = listening_inode(port).unwrap();
+        // The first client is queued on the socket before the server exists; it must be served.
+        echo_once(addr, b"first").expect("the first client is served");
+        let pid = activated.pid();
         assert!(
-            holds_socket(pid, inode),
-            "{addr}: the inherited socket is served"
+            holds_socket(pid, &inode),
+            "the server serves the socket it inherited"
         );
         assert_eq!(
-            listening_inodes(addr.port()),
-            std::slice::from_ref(inode),
-            "{addr}: nothing else listens on its port (the server bound nothing)"
+            listening_inode(port),
+            Some(inode),
+            "nothing else listens on the port"
         );
+        let logs = activated.logs();
+        assert!(
+            logs.contains("serving an inherited socket (LISTEN_FDS)"),
+            "{logs}"
+        );
+        assert!(
+            logs.contains(r#""name":"tls""#),
+            "its FileDescriptorName is logged: {logs}"
+        );
+
+        // A live client during SIGTERM: it gets close_notify, the process exits 0.
+        let logs = activated.terminate_draining(&[addr]);
+        assert!(logs.contains("shutdown complete"), "{logs}");
     }
-    let logs = activated.logs();
-    let inherited: Vec<serde_json::Value> = activated
-        .lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["msg"] == "serving an inherited socket (LISTEN_FDS)")
-        .collect();
-    assert_eq!(inherited.len(), 2, "{logs}");
-    for (line, (addr, name)) in inherited.iter().zip([(second, "public6"), (v4, "public4")]) {
-        assert_eq!(line["listen"], addr.to_string(), "{logs}");
-        assert_eq!(line["name"], name, "{logs}");
-        assert_eq!(line["matched"], "address", "{logs}");
+
+    /// Two sockets from `systemd-socket-activate` (IPv4 and IPv6 where possible), named, and
+    /// `--listen` naming them in the other order: each is mapped by its address, inherited (the
+    /// server never binds), and served; SIGTERM drains both.
+    #[test]
+    fn under_systemd_socket_activate_two_sockets_are_inherited_by_address_and_served() {
+        let (v4, second) = (common::free_addr(), common::free_second_addr());
+        let mut activated =
+            Activated::start(&[(v4, "public4"), (second, "public6")], &[second, v4]);
+        assert!(eventually(HANG, || listening_inode(v4.port()).is_some()
+            && listening_inode(second.port()).is_some()));
+        let inodes = [v4, second].map(|a| listening_inode(a.port()).unwrap());
+        echo_once(v4, b"first, queued before the server runs").expect("served");
+        echo_once(second, b"second address").expect("served");
+        let pid = activated.pid();
+        for (addr, inode) in [v4, second].iter().zip(&inodes) {
+            assert!(
+                holds_socket(pid, inode),
+                "{addr}: the inherited socket is served"
+            );
+            assert_eq!(
+                listening_inodes(addr.port()),
+                std::slice::from_ref(inode),
+                "{addr}: nothing else listens on its port (the server bound nothing)"
+            );
+        }
+        let logs = activated.logs();
+        let inherited: Vec<serde_json::Value> = activated
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["msg"] == "serving an inherited socket (LISTEN_FDS)")
+            .collect();
+        assert_eq!(inherited.len(), 2, "{logs}");
+        for (line, (addr, name)) in inherited.iter().zip([(second, "public6"), (v4, "public4")]) {
+            assert_eq!(line["listen"], addr.to_string(), "{logs}");
+            assert_eq!(line["name"], name, "{logs}");
+            assert_eq!(line["matched"], "address", "{logs}");
+        }
+        activated.terminate_draining(&[v4, second]);
     }
-    activated.terminate_draining(&[v4, second]);
 }
 
 /// Receives notifications on a datagram socket the test owns, with their arrival times.
@@ -291,20 +298,24 @@ impl NotifySocket {
         }
     }
 
-    /// Every message arriving within `within`, with its arrival time.
-    fn collect(&self, within: Duration) -> Vec<(Instant, String)> {
-        let deadline = Instant::now() + within;
+    /// Waits (up to HANG) until `count` messages for which `wanted` holds have arrived; every
+    /// message received meanwhile, with its arrival time.
+    fn until_count(&self, count: usize, wanted: fn(&str) -> bool) -> Vec<(Instant, String)> {
+        let deadline = Instant::now() + HANG;
         let mut messages = Vec::new();
+        let mut found = 0;
         let mut buf = [0_u8; 4096];
         while Instant::now() < deadline {
             if let Ok(n) = self.socket.recv(&mut buf) {
-                messages.push((
-                    Instant::now(),
-                    String::from_utf8_lossy(&buf[..n]).into_owned(),
-                ));
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                found += usize::from(wanted(&message));
+                messages.push((Instant::now(), message));
+                if found == count {
+                    return messages;
+                }
             }
         }
-        messages
+        panic!("{found} of {count} wanted messages within {HANG:?}; got {messages:?}");
     }
 
     /// Waits (up to HANG) for a message containing `line`, returning those before it too.
@@ -326,10 +337,19 @@ impl NotifySocket {
     }
 }
 
+fn is_watchdog(message: &str) -> bool {
+    message.lines().any(|l| l == "WATCHDOG=1")
+}
+
+/// The status a watchdog tick sends instead of `WATCHDOG=1` when a worker did not answer.
+fn is_stuck(message: &str) -> bool {
+    message.contains("workers stuck")
+}
+
 fn watchdogs(messages: &[(Instant, String)]) -> Vec<Instant> {
     messages
         .iter()
-        .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
+        .filter(|(_, m)| is_watchdog(m))
         .map(|(at, _)| *at)
         .collect()
 }
@@ -354,20 +374,19 @@ fn notify_socket_gets_ready_reloading_watchdog_until_a_worker_wedges_and_stoppin
     // READY=1 was sent once the port accepts.
     assert!(TcpStream::connect(server.listen).is_ok());
 
-    // Watchdog pings at the configured interval (WATCHDOG_USEC / 2).
-    let pings = watchdogs(&notify.collect(Duration::from_secs(2)));
-    assert!(
-        (7..=13).contains(&pings.len()),
-        "about 10 pings in 2 s: {}",
-        pings.len()
-    );
-    let gaps: Vec<u128> = pings
+    // Watchdog pings at the configured interval (WATCHDOG_USEC / 2): ten of them, their
+    // median gap near 200 ms (a loaded machine may delay one ping, or this reader: single gaps
+    // vary, the median does not).
+    let pings = watchdogs(&notify.until_count(10, is_watchdog));
+    let mut gaps: Vec<u128> = pings
         .windows(2)
         .map(|w| (w[1] - w[0]).as_millis())
         .collect();
+    gaps.sort_unstable();
+    let median = gaps[gaps.len() / 2];
     assert!(
-        gaps.iter().all(|g| (100..=400).contains(g)),
-        "gaps near 200 ms: {gaps:?}"
+        (100..=400).contains(&median),
+        "gaps near 200 ms: median {median} of {gaps:?}"
     );
 
     // SIGHUP: RELOADING=1 then READY=1.
@@ -383,18 +402,16 @@ fn notify_socket_gets_ready_reloading_watchdog_until_a_worker_wedges_and_stoppin
         "READY=1 after RELOADING=1: {reload:?}"
     );
 
-    // Wedge one worker: its session never returns from on_data. The pings stop.
+    // Wedge one worker: its session never returns from on_data. From the first tick that finds
+    // it stuck, every tick says so instead of pinging: five more such ticks, and no WATCHDOG=1
+    // among them.
     let mut wedged = server.connect().unwrap();
     wedged.send(b"hang").unwrap();
-    std::thread::sleep(Duration::from_millis(600));
-    let after = notify.collect(Duration::from_secs(2));
+    notify.until_count(1, is_stuck);
+    let after = notify.until_count(5, is_stuck);
     assert!(
         watchdogs(&after).is_empty(),
         "no WATCHDOG=1 once a worker is wedged: {after:?}"
-    );
-    assert!(
-        after.iter().any(|(_, m)| m.contains("workers stuck")),
-        "{after:?}"
     );
 
     // SIGTERM: STOPPING=1. (The wedged worker is abandoned, so the exit status is 1.)
@@ -424,13 +441,47 @@ impl LoopReport {
     }
 }
 
+/// A client loop on its own thread (see [`client_loop`]).
+struct ClientLoop {
+    /// Echoes answered so far, counted as they happen.
+    ok: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<LoopReport>,
+}
+
+impl ClientLoop {
+    /// Its report, once `stop` is set.
+    fn join(self) -> LoopReport {
+        self.thread.join().unwrap()
+    }
+}
+
+/// Waits (up to HANG) until each of `loops` has had `more` echoes answered from now on: the
+/// sign that clients are being served (rather than a pause in which they might be).
+fn wait_served<'a>(loops: impl IntoIterator<Item = &'a ClientLoop>, more: usize) {
+    let targets: Vec<(&ClientLoop, usize)> = loops
+        .into_iter()
+        .map(|l| (l, l.ok.load(Ordering::SeqCst) + more))
+        .collect();
+    let served = eventually(HANG, || {
+        targets
+            .iter()
+            .all(|(l, target)| l.ok.load(Ordering::SeqCst) >= *target)
+    });
+    let counts: Vec<usize> = targets
+        .iter()
+        .map(|(l, _)| l.ok.load(Ordering::SeqCst))
+        .collect();
+    assert!(
+        served,
+        "{more} more echoes on each loop; answered so far: {counts:?}"
+    );
+}
+
 /// Opens a fresh TLS connection and echoes on it every `every`, until `stop`.
-fn client_loop(
-    addr: SocketAddr,
-    every: Duration,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<LoopReport> {
-    std::thread::spawn(move || {
+fn client_loop(addr: SocketAddr, every: Duration, stop: Arc<AtomicBool>) -> ClientLoop {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&ok);
+    let thread = std::thread::spawn(move || {
         let config = client_config(&common::dev_ca()).unwrap();
         let mut report = LoopReport::default();
         let mut last_ok = Instant::now();
@@ -445,16 +496,19 @@ fn client_loop(
                     report.longest_gap = report.longest_gap.max(last_ok.elapsed());
                     last_ok = Instant::now();
                     report.ok += 1;
+                    counter.fetch_add(1, Ordering::SeqCst);
                 }
                 Ok(_) => report.other.push("echo mismatch".into()),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => report.refused += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => report.reset += 1,
                 Err(e) => report.other.push(e.to_string()),
             }
+            // Pacing, so that the loops leave the machine to the processes under test.
             std::thread::sleep(every);
         }
         report
-    })
+    });
+    ClientLoop { ok, thread }
 }
 
 /// Makes this test process the reaper of orphans, so the process an upgrade starts (the old
@@ -501,7 +555,7 @@ fn new_process(old: &Tlsvisor) -> (u32, SocketAddr) {
     assert!(eventually(HANG, || !old.logs_with(ready).is_empty()));
     let new_pid = old.logs_with(ready)[0]["pid"].as_u64().unwrap() as u32;
     // Both processes log to the same stderr: the second metrics line is the new process's.
-    let new_metrics = old.logs_with("metrics listening")[1]["metrics_listen"]
+    let new_metrics = old.logged("metrics listening", 2)[1]["metrics_listen"]
         .as_str()
         .unwrap()
         .parse()
@@ -548,7 +602,7 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
     // A connection that lives across the upgrade: the old process drains it with close_notify.
     let mut long_lived = old.connect().unwrap();
     assert_eq!(long_lived.echo(b"before").unwrap(), b"before");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_served(&clients, 10);
     let before = scrape(old.metrics.unwrap());
     assert!(before.get("tlsvisor_connections_accepted_total") > 5.0);
 
@@ -564,11 +618,12 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
         eventually(HANG, || try_http_get(admin, "/health/live").is_ok()),
         "the new process answers on the admin port"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The old process is gone: these are served by the new one.
+    wait_served(&clients, 10);
     stop.store(true, Ordering::SeqCst);
     let report = clients
         .into_iter()
-        .map(|c| c.join().unwrap())
+        .map(ClientLoop::join)
         .fold(LoopReport::default(), LoopReport::merge);
     println!("upgrade client loop: {report:?}");
     assert_eq!((report.refused, report.reset), (0, 0), "{report:?}");
@@ -582,8 +637,8 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
     echo_once(old.listen, b"after").unwrap();
     let after = scrape(new_metrics);
     assert!(after.get("tlsvisor_connections_accepted_total") >= 1.0);
-    let shutdowns = old.logs_with("shutdown complete");
-    assert_eq!(shutdowns.len(), 1, "the old process completed its shutdown");
+    // The old process completed its shutdown.
+    let shutdowns = old.logged("shutdown complete", 1);
     assert_eq!(shutdowns[0]["left_registered"], 0);
     // SAFETY: kill(2) on the process our child started (reparented to us).
     assert_eq!(unsafe { libc::kill(new_pid as i32, libc::SIGTERM) }, 0);
@@ -600,7 +655,7 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
 fn upgrade_fails_and_old_keeps_serving(mut old: Tlsvisor, before: impl FnOnce(), why: &str) {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = client_loop(old.listen, Duration::from_millis(3), Arc::clone(&stop));
-    std::thread::sleep(Duration::from_millis(200));
+    wait_served([&clients], 10);
     before();
     old.signal(libc::SIGUSR2);
     // HANG (30 s) is above the 20 s readiness timeout.
@@ -608,9 +663,10 @@ fn upgrade_fails_and_old_keeps_serving(mut old: Tlsvisor, before: impl FnOnce(),
     assert!(eventually(HANG, || !old.logs_with(message).is_empty()));
     let failed = &old.logs_with(message)[0];
     assert!(failed["error"].as_str().unwrap().contains(why), "{failed}");
-    std::thread::sleep(Duration::from_millis(300));
+    // Served after the failure too.
+    wait_served([&clients], 10);
     stop.store(true, Ordering::SeqCst);
-    let report = clients.join().unwrap();
+    let report = clients.join();
     println!("failed-upgrade client loop: {report:?}");
     assert_eq!((report.refused, report.reset), (0, 0), "{report:?}");
     assert!(report.other.is_empty(), "{report:?}");
@@ -694,10 +750,18 @@ fn two_listen_addresses_are_served_with_one_ledger_and_sigterm_drains_both() {
         }
     }
     let live = live_clients(&addrs);
-    // 3 + 1 on each address, in one ledger (the scrape checks accepted == active + disposed).
-    let metrics = server.scrape();
+    // 3 + 1 on each address, in one ledger (the scrape checks accepted == active + disposed);
+    // the six closed ones leave the books a moment after their clients are done.
+    let mut metrics = server.scrape();
+    assert!(
+        eventually(HANG, || {
+            metrics = server.scrape();
+            metrics.get("tlsvisor_connections_active") == 2.0
+        }),
+        "the two live clients are the active ones: {}",
+        metrics.get("tlsvisor_connections_active")
+    );
     assert_eq!(metrics.get("tlsvisor_connections_accepted_total"), 8.0);
-    assert_eq!(metrics.get("tlsvisor_connections_active"), 2.0);
     assert_eq!(
         metrics.sum("tlsvisor_worker_connections_accepted_total"),
         8.0
@@ -759,15 +823,16 @@ fn sigusr2_with_two_listeners_hands_over_both_without_refusing_a_client() {
             (addr, client_loop(addr, Duration::from_millis(3), stop))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_served(clients.iter().map(|(_, l)| l), 10);
 
     old.signal(libc::SIGUSR2);
     let (new_pid, new_metrics) = new_process(&old);
     old_exits_0(&mut old);
-    std::thread::sleep(Duration::from_millis(300));
+    // The old process is gone: these are served by the new one, on both addresses.
+    wait_served(clients.iter().map(|(_, l)| l), 10);
     stop.store(true, Ordering::SeqCst);
     for (addr, client) in clients {
-        let report = client.join().unwrap();
+        let report = client.join();
         println!("upgrade client loop on {addr}: {report:?}");
         assert_eq!((report.refused, report.reset), (0, 0), "{addr}: {report:?}");
         assert!(report.other.is_empty(), "{addr}: {report:?}");
@@ -775,7 +840,7 @@ fn sigusr2_with_two_listeners_hands_over_both_without_refusing_a_client() {
     }
 
     // The new process took both sockets, mapped by address, and serves both.
-    let inherited = old.logs_with("serving an inherited socket (LISTEN_FDS)");
+    let inherited = old.logged("serving an inherited socket (LISTEN_FDS)", 2);
     let mapped: Vec<&str> = inherited
         .iter()
         .map(|l| l["listen"].as_str().unwrap())
@@ -788,7 +853,7 @@ fn sigusr2_with_two_listeners_hands_over_both_without_refusing_a_client() {
     }
     let after = scrape(new_metrics);
     assert!(after.get("tlsvisor_connections_accepted_total") >= 2.0);
-    assert_eq!(old.logs_with("shutdown complete").len(), 1);
+    old.logged("shutdown complete", 1);
     // SAFETY: kill(2) on the process our child started (reparented to us).
     assert_eq!(unsafe { libc::kill(new_pid as i32, libc::SIGTERM) }, 0);
     assert_eq!(wait_pid(new_pid, HANG), Some(0), "the new process exits 0");

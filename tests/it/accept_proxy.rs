@@ -3,13 +3,12 @@
 //! address must be the peer in `/connections`, in the disposal log line, and in the PROXY
 //! header sent upstream. Invalid, cut short or late headers are `proxy_header_invalid`.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 
-use common::{Tlsvisor, HANG};
+use crate::common;
+use crate::common::{Tlsvisor, HANG};
 use serde_json::Value;
 use tlsvisor_actors::testing::{client_config, eventually, TlsClient};
 

@@ -1,9 +1,7 @@
 //! `--user` / `--group`: started as root, the process binds, reads its keys, then serves as
 //! the given user.
 
-mod common;
-
-use common::{Tlsvisor, HANG};
+use crate::common::{Tlsvisor, HANG};
 use tlsvisor_actors::testing::eventually;
 
 /// The ids of a `/proc/PID/status` line (`Uid:` or `Gid:`): real, effective, saved, fs.

@@ -79,7 +79,7 @@ fn admitted(server: &TestServer, cert: Option<&(String, String)>) -> bool {
 fn serial(cert_pem: &str) -> String {
     use rustls::pki_types::pem::PemObject;
     let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-    tlsvisor_actors::CertificateInfo::from_der(&der)
+    tlsvisor_actors::testing::CertificateFacts::from_der(&der)
         .unwrap()
         .serial_hex
 }
@@ -122,7 +122,7 @@ fn required_client_certificates_allow_listed_and_revoked() {
         server
             .snapshot()
             .ledger
-            .disposed_for(DisposeReason::ClientAuthFailed),
+            .disposed(DisposeReason::ClientAuthFailed),
         4
     );
     let seen = identities.0.lock().unwrap().clone();
@@ -238,7 +238,7 @@ fn the_client_cas_expiry_is_reported_with_the_server_certificates() {
     let names: Vec<_> = loaded
         .certificates()
         .iter()
-        .map(|c| c.name.clone())
+        .map(|c| c.name().to_string())
         .collect();
     let ca = scratch.path("client-ca.crt").display().to_string();
     assert_eq!(names.len(), 2, "{names:?}");

@@ -1,11 +1,10 @@
 //! Idle memory that stays idle: a connection that streamed and went quiet costs what a
 //! never-used idle connection costs, measured from outside on the real binary.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{dev_ca, Tlsvisor, HANG};
+use crate::common;
+use crate::common::{dev_ca, Tlsvisor, HANG};
 use tlsvisor_actors::testing::{client_config, eventually, leak, TlsClient};
 
 const CONNECTIONS: usize = 2_000;

@@ -1,7 +1,7 @@
 //! The upstream pool through a running server, without programs from outside: a failed connect
 //! retried on the other upstream, the leases given back however connections end, a unix-socket
-//! upstream with the PROXY header. (`tests/upstreams.rs` of the binary does the same with
-//! real redis servers.)
+//! upstream with the PROXY header. (`tests/it/interop_upstreams.rs` of the binary does the same
+//! with real redis servers.)
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tlsvisor_actors::testing::{client_config, eventually, AsyncTlsClient, CloseSeen};
 use tlsvisor_actors::{DevCerts, Echo, Server, ServerConfig};
 
+use crate::support;
+
 /// A ceiling only a hang reaches.
 const HANG: Duration = Duration::from_secs(20);
 
@@ -25,15 +27,16 @@ fn second_address() -> SocketAddr {
 #[actix_rt::test]
 async fn several_listeners_share_the_workers_the_registries_and_the_limits() {
     let certs = DevCerts::generate().unwrap();
-    let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), certs.server_config().unwrap());
+    let mut config = ServerConfig::default();
     config.workers = 2;
     // Three connections in all, whatever the listener: the limit is the server's.
     config.max_connections = 3;
     let handed_over = TcpListener::bind("127.0.0.1:0").unwrap();
     let handed_addr = handed_over.local_addr().unwrap();
-    let server = Server::builder(config, Echo)
-        .also_listen(second_address())
-        .also_listener(handed_over.try_clone().unwrap())
+    let server = Server::builder(config, certs.server_tls().unwrap(), Echo)
+        .listen(([127, 0, 0, 1], 0).into())
+        .listen(second_address())
+        .listener(handed_over.try_clone().unwrap())
         .start()
         .unwrap();
     let addrs = server.local_addrs().to_vec();
@@ -72,7 +75,8 @@ async fn several_listeners_share_the_workers_the_registries_and_the_limits() {
             Ok::<_, std::io::Error>(c)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It is in the first listener's accept queue: not accepted, so not served.
+    support::accept_queue_reaches(addrs[0].port(), 1, HANG).await;
     assert!(
         !waiting.is_finished(),
         "over max_connections: not served yet"
@@ -126,9 +130,10 @@ async fn a_bind_failure_names_the_address_and_leaves_nothing_listening() {
     let free = TcpListener::bind("127.0.0.1:0").unwrap();
     let first = free.local_addr().unwrap();
     drop(free);
-    let config = ServerConfig::new(first, certs.server_config().unwrap());
-    let error = match Server::builder(config, Echo)
-        .also_listen(taken_addr)
+    let tls = certs.server_tls().unwrap();
+    let error = match Server::builder(ServerConfig::default(), tls, Echo)
+        .listen(first)
+        .listen(taken_addr)
         .start()
     {
         Ok(_) => panic!("the second address is taken"),
@@ -147,11 +152,12 @@ async fn a_bind_failure_names_the_address_and_leaves_nothing_listening() {
 #[actix_rt::test]
 async fn at_the_limit_a_quiet_listener_does_not_keep_the_slot_from_a_busy_one() {
     let certs = DevCerts::generate().unwrap();
-    let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), certs.server_config().unwrap());
+    let mut config = ServerConfig::default();
     config.workers = 1;
     config.max_connections = 1;
-    let server = Server::builder(config, Echo)
-        .also_listen(([127, 0, 0, 1], 0).into())
+    let server = Server::builder(config, certs.server_tls().unwrap(), Echo)
+        .listen(([127, 0, 0, 1], 0).into())
+        .listen(([127, 0, 0, 1], 0).into())
         .start()
         .unwrap();
     let (busy, quiet) = (server.local_addrs()[0], server.local_addrs()[1]);
@@ -161,14 +167,15 @@ async fn at_the_limit_a_quiet_listener_does_not_keep_the_slot_from_a_busy_one() 
         .into_iter()
         .enumerate()
     {
-        let served = tokio::time::timeout(Duration::from_secs(5), async {
+        // Kept from its slot by a quiet listener, a client would wait for ever: HANG tells.
+        let served = tokio::time::timeout(HANG, async {
             let mut c = AsyncTlsClient::connect(addr, client.clone()).await?;
             c.echo(b"one at a time").await?;
             Ok::<_, std::io::Error>(c.close().await)
         })
         .await;
         let seen = served
-            .unwrap_or_else(|_| panic!("round {round} on {addr}: not served within 5 s"))
+            .unwrap_or_else(|_| panic!("round {round} on {addr}: not served within {HANG:?}"))
             .unwrap();
         assert!(matches!(seen, CloseSeen::CloseNotifyThenEof), "{seen:?}");
     }
@@ -181,7 +188,7 @@ async fn at_the_limit_a_quiet_listener_does_not_keep_the_slot_from_a_busy_one() 
         let mut c = AsyncTlsClient::connect(quiet, client).await?;
         c.echo(b"after resume").await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::accept_queue_reaches(quiet.port(), 1, HANG).await;
     assert!(!waiting.is_finished(), "paused: not served");
     assert_eq!(server.stats().ledger().accepted, 6);
     assert!(handle.resume());

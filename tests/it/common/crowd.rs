@@ -1,8 +1,11 @@
 //! A crowd of TLS clients in a second process, so that a test can SIGKILL all of them at once
 //! (the kernel then closes every socket together, as when a node of clients dies).
 //!
-//! The test binary re-runs itself as the crowd: a test binary that uses this module has a test
-//! named `crowd_child` that calls [`child_main_if_asked`].
+//! The test binary re-runs itself as the crowd: [`Crowd::gather`] starts it with only the
+//! ignored test [`crowd_child`] below, chosen by its full name. That test is the crowd process
+//! and nothing else: a normal run skips it, and started without the crowd's variables it fails.
+//! What the crowd did is asserted by the test that gathered it (every client through the
+//! handshake and an echo; with [`Crowd::summary`], how each connection ended, and a clean exit).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -39,13 +42,8 @@ impl Crowd {
     /// Starts the crowd and waits until every client has finished its handshake and one echo.
     pub(crate) fn gather(addr: SocketAddr, size: usize) -> Crowd {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crowd_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .args(["--exact", &child_test_name(), "--ignored", "--nocapture"])
+            .args(["--test-threads", "1"])
             .env(ADDR_VAR, addr.to_string())
             .env(SIZE_VAR, size.to_string())
             .stdin(Stdio::null())
@@ -59,10 +57,6 @@ impl Crowd {
         crowd
     }
 
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Kills every client at once.
     pub(crate) fn kill(mut self) {
         // SAFETY: kill(2) on our own child's pid.
@@ -70,10 +64,11 @@ impl Crowd {
         let _ = self.child.wait();
     }
 
-    /// Waits for the crowd to see every connection closed by the server.
+    /// Waits for the crowd to see every connection closed by the server, and to exit cleanly.
     pub(crate) fn summary(mut self) -> CrowdSummary {
         let line = self.next_line("SUMMARY");
-        let _ = self.child.wait();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the crowd process failed: {status:?}");
         let mut numbers = line
             .split_whitespace()
             .skip(1)
@@ -105,11 +100,19 @@ impl Drop for Crowd {
     }
 }
 
-/// In the crowd process: connect, report, wait for the server to close, report. Returns at once
-/// in a normal test run.
-pub(crate) fn child_main_if_asked() {
+/// The name libtest knows [`crowd_child`] by: its module path inside the test crate.
+fn child_test_name() -> String {
+    let module = module_path!();
+    let (_crate, inside) = module.split_once("::").expect("a module of the test crate");
+    format!("{inside}::crowd_child")
+}
+
+/// The crowd process: connect, report `READY`, wait for the server to close, report `SUMMARY`.
+#[test]
+#[ignore = "the crowd process that Crowd::gather starts; not a test on its own"]
+fn crowd_child() {
     let (Ok(addr), Ok(size)) = (std::env::var(ADDR_VAR), std::env::var(SIZE_VAR)) else {
-        return;
+        panic!("the crowd process is started by Crowd::gather, with {ADDR_VAR} and {SIZE_VAR}");
     };
     let addr: SocketAddr = addr.parse().unwrap();
     let size: usize = size.parse().unwrap();

@@ -55,7 +55,7 @@ async fn a_test_server_runs_in_the_callers_own_system() {
             s.ledger.disposed_total() == 10 && s.ledger.active == 0
         })
         .await;
-    assert_eq!(snap.ledger.disposed_for(DisposeReason::PeerEof), 10);
+    assert_eq!(snap.ledger.disposed(DisposeReason::PeerEof), 10);
     server.assert_each_disposed_once();
     let sockets = server.server_sockets().unwrap();
     assert!(
@@ -88,10 +88,7 @@ async fn the_async_client_sees_the_graceful_close_of_a_shutdown() {
         .wait_for("disposed", HANG, |s| s.ledger.active == 0)
         .await;
     assert_eq!(
-        server
-            .snapshot()
-            .ledger
-            .disposed_for(DisposeReason::Shutdown),
+        server.snapshot().ledger.disposed(DisposeReason::Shutdown),
         1
     );
     server.shutdown(Duration::from_secs(2)).await;

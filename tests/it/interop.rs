@@ -1,17 +1,15 @@
 //! Against programs this project did not write, from Debian's packages: `openssl s_client`,
 //! `openssl verify`, `promtool`, a real Prometheus server, redis and haproxy. Run with
 //! `--features interop`; `.ci/run` installs the programs.
-#![cfg(feature = "interop")]
-
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::redis::Redis;
-use common::{http_get, Tlsvisor, HANG};
+use crate::common;
+use crate::common::redis::Redis;
+use crate::common::{http_get, Tlsvisor, HANG};
 use tlsvisor_actors::testing::{eventually, ScratchDir, TlsClient};
 
 /// `openssl s_client` connected to `addr`, verifying the server against `ca`.
@@ -83,7 +81,7 @@ fn openssl_s_client_clean_close_is_peer_eof() {
         == 0.0));
     let metrics = server.scrape();
     assert_eq!(metrics.disposed("peer_eof"), 1.0);
-    let disposals = server.logs_with("disposed");
+    let disposals = server.logged("disposed", 1);
     assert_eq!(disposals[0]["close_notify"], true);
 }
 

@@ -1,10 +1,9 @@
 //! Driving the real `tlsvisor` binary: start it, read its JSON logs, scrape its metrics, signal
 //! it, and hold many client connections from a second process.
 
-#![allow(dead_code)] // each test binary uses its own part of this module
-
 pub(crate) mod certs;
 pub(crate) mod crowd;
+#[cfg(feature = "interop")]
 pub(crate) mod redis;
 
 use std::collections::HashMap;
@@ -148,6 +147,23 @@ impl Tlsvisor {
             .into_iter()
             .filter(|v| v["msg"] == msg)
             .collect()
+    }
+
+    /// Log records whose message is `msg`, once there are `n` of them, and no more. The process
+    /// writes its log on a thread of its own (and after an upgrade two processes share the
+    /// stderr), so a line can trail the metric or the line of the other process that came after
+    /// it: a test that has seen those waits for the line.
+    pub(crate) fn logged(&self, msg: &str, n: usize) -> Vec<serde_json::Value> {
+        let mut lines = Vec::new();
+        assert!(
+            eventually(HANG, || {
+                lines = self.logs_with(msg);
+                lines.len() >= n
+            }),
+            "{n} log lines {msg:?}: {lines:?}"
+        );
+        assert_eq!(lines.len(), n, "{n} log lines {msg:?}: {lines:?}");
+        lines
     }
 
     fn log_field(&self, msg: &str, field: &str) -> Option<String> {
@@ -312,8 +328,54 @@ impl Drop for Tlsvisor {
     }
 }
 
+/// Connections waiting in the accept queue of the sockets listening on `port`: their TCP
+/// handshake is done and nothing has accepted them yet, so none of them can have got through a
+/// TLS handshake (a listening socket's `rx_queue` in `/proc/net/tcp` is its accept queue).
+pub(crate) fn accept_queue(port: u16) -> usize {
+    let mut queued = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(queues)) =
+                (fields.get(1), fields.get(3), fields.get(4))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if *state != "0A" || local_port != Some(port) {
+                continue;
+            }
+            let rx_queue = queues
+                .split(':')
+                .nth(1)
+                .and_then(|hex| usize::from_str_radix(hex, 16).ok());
+            queued += rx_queue.expect("a tx_queue:rx_queue field");
+        }
+    }
+    queued
+}
+
+/// Waits (up to [`HANG`]) until `n` connections wait in the accept queue on `port`.
+pub(crate) fn wait_accept_queue(port: u16, n: usize) {
+    let mut seen = 0;
+    assert!(
+        eventually(HANG, || {
+            seen = accept_queue(port);
+            seen == n
+        }),
+        "{n} connections should wait in the accept queue of port {port}; {seen} do"
+    );
+}
+
 /// An address on 127.0.0.1 with a port free now (bound and released: for a program that must
 /// bind it itself, such as `systemd-socket-activate`).
+#[cfg(feature = "interop")]
 pub(crate) fn free_addr() -> SocketAddr {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
     probe.local_addr().expect("the probe's address")
@@ -333,6 +395,7 @@ pub(crate) fn ipv6_loopback() -> Option<std::net::IpAddr> {
 
 /// A second address to listen on beside 127.0.0.1: `[::1]` if possible, else `127.0.0.1`;
 /// with a port free now.
+#[cfg(feature = "interop")]
 pub(crate) fn free_second_addr() -> SocketAddr {
     let ip = ipv6_loopback().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let probe = std::net::TcpListener::bind((ip, 0)).expect("bind a probe");
@@ -340,6 +403,7 @@ pub(crate) fn free_second_addr() -> SocketAddr {
 }
 
 /// A plain HTTP/1.0 GET (the metrics endpoint is the only HTTP the tests speak).
+#[cfg(feature = "interop")]
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
     try_http_get(addr, path).unwrap()
 }

@@ -2,13 +2,12 @@
 //! `RLIMIT_NOFILE`), a flood of silent sockets against the handshake limit, and the signals of
 //! a shutdown (SIGHUP, a second SIGTERM, a worker stuck in a protocol callback).
 
-mod common;
-
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{dev_ca, Limits, Metrics, Tlsvisor, HANG};
+use crate::common;
+use crate::common::{dev_ca, Limits, Metrics, Tlsvisor, HANG};
 use tlsvisor_actors::testing::{
     client_config, eventually, leak, upstream, TestUpstream, TlsClient,
 };
@@ -177,8 +176,9 @@ fn metrics_answer_again_after_the_process_ran_out_of_descriptors() {
             "1",
             "--max-handshakes-per-ip",
             "0",
+            // Far longer than the test: no silent client frees its descriptor by timing out.
             "--handshake-timeout",
-            "60s",
+            "600s",
         ],
         &Limits {
             nofile: Some(NOFILE),
@@ -205,6 +205,9 @@ fn metrics_answer_again_after_the_process_ran_out_of_descriptors() {
         "every descriptor taken: {} of {NOFILE}",
         below_limit()
     );
+    // And every silent client past the limit shed: none waits in the TLS listener's queue. A
+    // shedding frees descriptors for a moment, which the metrics listener could take.
+    common::wait_accept_queue(server.listen.port(), 0);
     let metrics = server.metrics.unwrap();
     let waiting = std::thread::spawn(move || common::try_http_get(metrics, "/metrics"));
     let refused = |r: &serde_json::Value| {
@@ -219,6 +222,8 @@ fn metrics_answer_again_after_the_process_ran_out_of_descriptors() {
         "the metrics listener met EMFILE: {:?}",
         server.logs()
     );
+    // The scrape waits in the metrics listener's accept queue: not accepted, so not answered.
+    common::wait_accept_queue(metrics.port(), 1);
     assert!(!waiting.is_finished(), "no answer while out of descriptors");
     let released = Instant::now();
     drop(silent);
@@ -226,11 +231,10 @@ fn metrics_answer_again_after_the_process_ran_out_of_descriptors() {
         .join()
         .unwrap()
         .expect("the waiting scrape is answered");
+    // Retried every 500 ms, it is answered soon after; not retried, it would never be (the
+    // answer above is the check; the time is for the record).
     let took = released.elapsed();
-    assert!(
-        took < Duration::from_secs(5),
-        "answered {took:?} after the episode"
-    );
+    assert!(took < HANG, "answered {took:?} after the episode");
     let metrics = common::Metrics::parse(&answer);
     assert!(metrics.get("tlsvisor_connections_rejected_total{reason=\"fd_exhausted\"}") > 0.0);
     assert!(eventually(HANG, || server
@@ -295,10 +299,19 @@ fn sighup_never_terminates() {
 }
 
 /// Clients that never read make the graceful close slow (their echoes and our close_notify
-/// cannot be written); a second SIGTERM ends the shutdown within a second, non-zero.
+/// cannot be written): it would last the whole grace period. A second SIGTERM ends it at once,
+/// non-zero.
 #[test]
 fn a_second_sigterm_forces_a_slow_shutdown() {
-    let mut server = Tlsvisor::serve(&["--shutdown-grace", "30s", "--close-timeout", "30s"]);
+    // A grace period far above HANG: an exit within HANG was forced.
+    let grace = Duration::from_secs(300);
+    let grace_flag = format!("{}s", grace.as_secs());
+    let mut server = Tlsvisor::serve(&[
+        "--shutdown-grace",
+        &grace_flag,
+        "--close-timeout",
+        &grace_flag,
+    ]);
     let mut stalled: Vec<TlsClient> = (0..20).map(|_| server.connect().unwrap()).collect();
     for client in &mut stalled {
         client
@@ -306,7 +319,13 @@ fn a_second_sigterm_forces_a_slow_shutdown() {
             .unwrap();
     }
     server.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        eventually(HANG, || server
+            .logs_with("signal received: shutting down")
+            .len()
+            == 1),
+        "the first SIGTERM starts the shutdown"
+    );
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "the shutdown is slow: still running"
@@ -317,7 +336,7 @@ fn a_second_sigterm_forces_a_slow_shutdown() {
         .wait_exit(HANG)
         .expect("exits after the second SIGTERM");
     let took = second.elapsed();
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(took < grace, "took {took:?}");
     assert!(
         !status.success(),
         "a forced shutdown is a failure: {status:?}"
@@ -348,9 +367,13 @@ fn a_stuck_worker_cannot_hang_the_binary_shutdown() {
     let status = server
         .wait_exit(HANG)
         .expect("exits despite the stuck worker");
+    // Within grace + SHUTDOWN_OVERHEAD on an idle machine; any bound short of a hang holds.
     let took = started.elapsed();
-    let bound = Duration::from_secs(1) + tlsvisor_actors::SHUTDOWN_OVERHEAD;
-    assert!(took < bound + Duration::from_secs(1), "took {took:?}");
+    eprintln!(
+        "stuck worker: exited {took:?} after SIGTERM (grace 1 s + overhead {:?})",
+        tlsvisor_actors::SHUTDOWN_OVERHEAD
+    );
+    assert!(took < HANG, "took {took:?}");
     assert!(!status.success(), "{status:?}");
     assert_eq!(
         server
