@@ -19,6 +19,7 @@ use tlsvisor_actors::{
 use crate::activation::{Inherited, InheritedSocket, Matched};
 use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::error::BoxError;
+use crate::http::HttpListener;
 use crate::logging;
 use crate::notify::{self, Notifier};
 use crate::reload::{self, CertWatcher};
@@ -138,54 +139,8 @@ async fn serve(
 ) -> Result<(), BoxError> {
     let mut signals = Signals::install()?;
     let notifier = Notifier::from_env(&log);
-    let inherited = process.inherited.assign(&settings.values.listen)?;
-    // What is served is the address an inherited socket is bound to, which a socket mapped by
-    // order does not share with its --listen entry.
-    for socket in inherited.iter().flatten() {
-        let what = format!("the inherited socket {} (LISTEN_FDS)", socket.addr);
-        settings.may_serve_on(&what, socket.addr)?;
-    }
-
-    let builder = match settings.values.protocol {
-        ProtocolKind::Proxy => {
-            let mut proxy = ProxyConfig::with_upstreams(&settings.values.upstream);
-            proxy.connect_timeout = settings.values.upstream_connect_timeout;
-            proxy.proxy_header = settings.values.proxy_protocol.map(|v| match v {
-                ProxyProtocolVersion::V1 => ProxyHeader::V1,
-                ProxyProtocolVersion::V2 => ProxyHeader::V2,
-            });
-            Server::proxy(config, tls, proxy)
-        }
-        ProtocolKind::Echo => Server::builder(config, tls, Echo),
-    };
-    let builder = listen_on(builder, &settings.values.listen, inherited, &log);
-    #[cfg(feature = "fault-injection")]
-    let builder = builder.faults(faults_from_env(&log)?);
-    #[cfg(feature = "fault-injection")]
-    if process.inherited.upgrade_ready.is_some() && never_ready(&log) {
-        // Stuck before it serves (a start-up blocked on a slow mount, say): it accepts nothing
-        // and never says it is ready, until the old process's timeout kills it.
-        std::future::pending::<()>().await;
-    }
-    let server = builder.logger(log.clone()).start()?;
-    // Shared by both listeners' expositions: refusals are counted wherever they happen.
-    let unauthorized = crate::admin::unauthorized_counter()?;
-    let metrics = settings
-        .values
-        .metrics_listen
-        .map(|addr| -> Result<_, BoxError> {
-            let tls_metrics = Box::new(TlsCollector::new(server.tls_reloader())?);
-            let extra: Vec<Box<dyn prometheus::core::Collector>> =
-                vec![tls_metrics, Box::new(unauthorized.clone())];
-            let registry = crate::metrics::registry(server.stats(), extra)?;
-            crate::http::serve_metrics(addr, registry, &log)
-        })
-        .transpose()?;
-    let admin = settings
-        .values
-        .admin_listen
-        .map(|addr| crate::admin::start_for(addr, &settings, &server, unauthorized, &log))
-        .transpose()?;
+    let server = start_server(&settings, config, tls, &mut process, &log).await?;
+    let http = HttpListeners::start(&settings, &server, &log)?;
     // Every socket is bound and every key file read: root is no longer needed.
     if settings.values.user.is_some() || settings.values.group.is_some() {
         crate::privileges::drop_to(
@@ -206,47 +161,21 @@ async fn serve(
 
     // The acceptors run: tell whoever waits (systemd, the process this one upgrades).
     notifier.ready(&server.stats());
-    let upgrade_ready = process.inherited.upgrade_ready.take();
-    if let Some(ready) = upgrade_ready {
+    if let Some(ready) = process.inherited.upgrade_ready.take() {
         if let Err(e) = ready.send(b"READY=1") {
             warn!(log, "upgrade: cannot tell the old process we are ready"; "error" => %e);
         }
     }
     let watch = notifier_task(&notifier, &server);
-
-    let reloader = server.tls_reloader();
-    let mut upgraded = false;
-    let name = loop {
-        let event = signals
-            .next_event(&log, || {
-                notifier.reloading();
-                reload::reload(&settings, &reloader, &log);
-                notifier.ready(&server.stats());
-            })
-            .await;
-        match event {
-            Event::Stop(name) => {
-                notifier.stopping();
-                break name;
-            }
-            Event::Upgrade => {
-                info!(log, "upgrade requested: starting the new binary"; "signal" => "SIGUSR2");
-                match process.upgrade.run(&server).await {
-                    Ok(pid) => {
-                        // The new process is systemd's main process now; this one only drains.
-                        server.set_listener_shared(true);
-                        upgraded = true;
-                        notifier.main_pid(pid);
-                        info!(log, "upgrade: the new process is ready; draining this one"; "pid" => pid);
-                        break "SIGUSR2";
-                    }
-                    Err(e) => {
-                        error!(log, "upgrade failed: this process keeps serving"; "error" => %e)
-                    }
-                }
-            }
-        }
-    };
+    let (name, upgraded) = until_stop(
+        &mut signals,
+        &notifier,
+        &settings,
+        &server,
+        &mut process,
+        &log,
+    )
+    .await;
     if let Some(watch) = watch {
         watch.abort();
     }
@@ -268,8 +197,7 @@ async fn serve(
             return force(second, &handle, &stats, &log).await
         }
     };
-    drop(metrics);
-    drop(admin);
+    drop(http);
     if report.left_registered > 0 || report.abandoned_workers > 0 {
         return Err(format!(
             "shutdown incomplete: {} connections left registered, {} worker threads abandoned",
@@ -278,6 +206,124 @@ async fn serve(
         .into());
     }
     Ok(())
+}
+
+/// Builds the server for the protocol asked for, on its listeners (inherited or bound), and
+/// starts it: accepting from here on.
+async fn start_server(
+    settings: &Settings,
+    config: ServerConfig,
+    tls: LoadedTls,
+    process: &mut Process,
+    log: &Logger,
+) -> Result<Server, BoxError> {
+    let inherited = process.inherited.assign(&settings.values.listen)?;
+    // What is served is the address an inherited socket is bound to, which a socket mapped by
+    // order does not share with its --listen entry.
+    for socket in inherited.iter().flatten() {
+        let what = format!("the inherited socket {} (LISTEN_FDS)", socket.addr);
+        settings.may_serve_on(&what, socket.addr)?;
+    }
+    let builder = match settings.values.protocol {
+        ProtocolKind::Proxy => {
+            let mut proxy = ProxyConfig::with_upstreams(&settings.values.upstream);
+            proxy.connect_timeout = settings.values.upstream_connect_timeout;
+            proxy.proxy_header = settings.values.proxy_protocol.map(|v| match v {
+                ProxyProtocolVersion::V1 => ProxyHeader::V1,
+                ProxyProtocolVersion::V2 => ProxyHeader::V2,
+            });
+            Server::proxy(config, tls, proxy)
+        }
+        ProtocolKind::Echo => Server::builder(config, tls, Echo),
+    };
+    let builder = listen_on(builder, &settings.values.listen, inherited, log);
+    #[cfg(feature = "fault-injection")]
+    let builder = builder.faults(faults_from_env(log)?);
+    #[cfg(feature = "fault-injection")]
+    if process.inherited.upgrade_ready.is_some() && never_ready(log) {
+        // Stuck before it serves (a start-up blocked on a slow mount, say): it accepts nothing
+        // and never says it is ready, until the old process's timeout kills it.
+        std::future::pending::<()>().await;
+    }
+    Ok(builder.logger(log.clone()).start()?)
+}
+
+/// The HTTP listeners beside the server: `--metrics-listen` and `--admin-listen`. Dropping
+/// them stops them.
+struct HttpListeners {
+    _metrics: Option<HttpListener>,
+    _admin: Option<HttpListener>,
+}
+
+impl HttpListeners {
+    fn start(settings: &Settings, server: &Server, log: &Logger) -> Result<Self, BoxError> {
+        // Shared by both listeners' expositions: refusals are counted wherever they happen.
+        let unauthorized = crate::admin::unauthorized_counter()?;
+        let metrics = settings
+            .values
+            .metrics_listen
+            .map(|addr| -> Result<_, BoxError> {
+                let tls_metrics = Box::new(TlsCollector::new(server.tls_reloader())?);
+                let extra: Vec<Box<dyn prometheus::core::Collector>> =
+                    vec![tls_metrics, Box::new(unauthorized.clone())];
+                let registry = crate::metrics::registry(server.stats(), extra)?;
+                crate::http::serve_metrics(addr, registry, log)
+            })
+            .transpose()?;
+        let admin = settings
+            .values
+            .admin_listen
+            .map(|addr| crate::admin::start_for(addr, settings, server, unauthorized, log))
+            .transpose()?;
+        Ok(HttpListeners {
+            _metrics: metrics,
+            _admin: admin,
+        })
+    }
+}
+
+/// Serves until a stop signal, or until a SIGUSR2 upgrade has handed the sockets to a new
+/// process that is ready; reloads on SIGHUP meanwhile. Returns the signal's name and whether
+/// an upgrade happened.
+async fn until_stop(
+    signals: &mut Signals,
+    notifier: &Notifier,
+    settings: &Settings,
+    server: &Server,
+    process: &mut Process,
+    log: &Logger,
+) -> (&'static str, bool) {
+    let reloader = server.tls_reloader();
+    loop {
+        let event = signals
+            .next_event(log, || {
+                notifier.reloading();
+                reload::reload(settings, &reloader, log);
+                notifier.ready(&server.stats());
+            })
+            .await;
+        match event {
+            Event::Stop(name) => {
+                notifier.stopping();
+                return (name, false);
+            }
+            Event::Upgrade => {
+                info!(log, "upgrade requested: starting the new binary"; "signal" => "SIGUSR2");
+                match process.upgrade.run(server).await {
+                    Ok(pid) => {
+                        // The new process is systemd's main process now; this one only drains.
+                        server.set_listener_shared(true);
+                        notifier.main_pid(pid);
+                        info!(log, "upgrade: the new process is ready; draining this one"; "pid" => pid);
+                        return ("SIGUSR2", true);
+                    }
+                    Err(e) => {
+                        error!(log, "upgrade failed: this process keeps serving"; "error" => %e)
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Gives the builder a listener for each `--listen` entry, in order: the inherited socket

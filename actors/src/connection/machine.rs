@@ -207,46 +207,23 @@ impl Connection {
         };
         let (read_half, write_half) = tokio::io::split(stream);
         let writer = ClientWriter::Ready(write_half);
-        let service = match &self.env.service {
-            Service::Sessions(protocol) => {
-                let protocol = Arc::clone(protocol);
-                let info = ConnInfo {
-                    id: self.id,
-                    peer: self.peer,
-                    tls,
-                };
-                let reader =
-                    ReaderState::Running(spawn_reader(&self.env, read_half, Side::Client, ctx));
-                match self.open_session(&*protocol, &info) {
-                    Ok(session) => OpenService::Session {
-                        session: SessionState {
-                            session,
-                            reply: Vec::new(),
-                        },
-                        reader,
-                    },
-                    // Straight to closing: the client is read on (and dropped) meanwhile, for
-                    // the lingering close.
-                    Err(reason) => {
-                        self.reason.get_or_insert(reason);
-                        self.step(|_handshaking| {
-                            Phase::Closing(Closing {
-                                established,
-                                writer,
-                                linger: reader,
-                                pending: Vec::new(),
-                                upstream: None,
-                            })
-                        });
-                        return self.closing_started(ctx);
-                    }
-                }
+        let service = match self.service_for(read_half, tls, local, ctx) {
+            Ok(service) => service,
+            // Straight to closing: the client is read on (and dropped) meanwhile, for the
+            // lingering close.
+            Err((reason, reader)) => {
+                self.reason.get_or_insert(reason);
+                self.step(|_handshaking| {
+                    Phase::Closing(Closing {
+                        established,
+                        writer,
+                        linger: reader,
+                        pending: Vec::new(),
+                        upstream: None,
+                    })
+                });
+                return self.closing_started(ctx);
             }
-            // The client is read once the upstream is there to take its bytes.
-            Service::Proxy(_) => OpenService::Connecting {
-                client: read_half,
-                local: local.unwrap_or(self.peer),
-            },
         };
         // Leaving `Handshaking` gives its slot to the next client.
         self.step(|_handshaking| {
@@ -263,6 +240,45 @@ impl Connection {
         }
         if matches!(self.env.service, Service::Proxy(_)) {
             self.connect_upstream(ctx);
+        }
+    }
+
+    /// What the open connection does with the client's bytes: a session of the server's
+    /// protocol (its reader started), or, for a proxy, the client's read half kept until the
+    /// upstream is connected. A protocol that refuses the connection (or panics) gives the
+    /// reason to close, and the reader already started, for the lingering close.
+    fn service_for(
+        &mut self,
+        read_half: tokio::io::ReadHalf<TlsStream>,
+        tls: TlsInfo,
+        local: Option<SocketAddr>,
+        ctx: &mut Context<Self>,
+    ) -> Result<OpenService, (DisposeReason, ReaderState)> {
+        let protocol = match &self.env.service {
+            Service::Sessions(protocol) => Arc::clone(protocol),
+            // The client is read once the upstream is there to take its bytes.
+            Service::Proxy(_) => {
+                return Ok(OpenService::Connecting {
+                    client: read_half,
+                    local: local.unwrap_or(self.peer),
+                })
+            }
+        };
+        let info = ConnInfo {
+            id: self.id,
+            peer: self.peer,
+            tls,
+        };
+        let reader = ReaderState::Running(spawn_reader(&self.env, read_half, Side::Client, ctx));
+        match self.open_session(&*protocol, &info) {
+            Ok(session) => Ok(OpenService::Session {
+                session: SessionState {
+                    session,
+                    reply: Vec::new(),
+                },
+                reader,
+            }),
+            Err(reason) => Err((reason, reader)),
         }
     }
 

@@ -114,34 +114,10 @@ impl ServerBuilder {
     /// Binds, starts the worker arbiters (each with its acceptor and its registry) and the
     /// supervisor. Must run inside an actix system; the supervisor lives on the calling arbiter.
     pub fn start(self) -> Result<Server, ServerError> {
-        self.config.validate()?;
-        let pool = match &self.service {
-            Service::Proxy(pool) if pool.config().upstreams.is_empty() => {
-                return Err(ServerError::Config("a proxy needs an upstream".into()))
-            }
-            Service::Proxy(pool) => Some(Arc::clone(pool)),
-            Service::Sessions(_) => None,
-        };
-        if actix_rt::System::try_current().is_none() {
-            return Err(ServerError::NoSystem);
-        }
-        if self.listeners.is_empty() {
-            return Err(ServerError::Config(
-                "nothing to listen on: give the builder an address (listen) or a socket \
-                 (listener)"
-                    .into(),
-            ));
-        }
+        let pool = self.check()?;
         let listeners = Arc::new(Listeners::open(&self.config, self.listeners)?);
         // Never empty: checked above.
         let local_addrs = listeners.addrs();
-        let bind_error = |source| ServerError::Bind {
-            addr: local_addrs[0],
-            source,
-        };
-
-        // The lines about one listener (listening, accept failures, shutdown) name it with
-        // `listen`; the server's other lines are about all of them.
         let log = self.log;
         // The reserve that lets an acceptor shed clients once descriptors run out; a process
         // that cannot open one now has bigger problems, and accepting works without it.
@@ -155,22 +131,15 @@ impl ServerBuilder {
         let copies = (0..self.config.workers)
             .map(|_| listeners.copies())
             .collect::<std::io::Result<Vec<_>>>()
-            .map_err(bind_error)?;
+            .map_err(|source| ServerError::Bind {
+                addr: local_addrs[0],
+                source,
+            })?;
         let workers = start_workers(self.config.workers)?;
-        // A registry on each worker: a connection's Register and Dispose never leave its
-        // thread. The books they keep (`Stats`) are one, behind one lock.
-        let registries: Vec<Addr<HandlerRegistry<Connection>>> = workers
-            .iter()
-            .map(|worker| {
-                #[allow(unused_mut)] // only the test harness's audit changes it
-                let mut registry = HandlerRegistry::new(Arc::clone(&stats), log.clone());
-                #[cfg(feature = "testing")]
-                if let Some(audit) = &self.audit {
-                    registry = registry.with_audit(Arc::clone(audit));
-                }
-                HandlerRegistry::start_in_arbiter(&worker.handle(), move |_| registry)
-            })
-            .collect();
+        #[cfg(not(feature = "testing"))]
+        let registries = start_registries(&workers, &stats, &log);
+        #[cfg(feature = "testing")]
+        let registries = start_registries(&workers, &stats, &log, self.audit.as_ref());
         let tls = TlsReloader::new(self.tls);
         // Pause, drain and readiness live with the admission limits.
         let control = Arc::clone(&limits);
@@ -185,28 +154,8 @@ impl ServerBuilder {
             next_id: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         });
-        let protocol = match &env.service {
-            Service::Sessions(protocol) => protocol.name(),
-            Service::Proxy(_) => "proxy",
-        };
-        let mut acceptors = Vec::with_capacity(workers.len());
-        let each_worker = workers.iter().zip(&registries).zip(copies).enumerate();
-        for (index, ((worker, registry), copy)) in each_worker {
-            let env = Arc::clone(&env);
-            let registry = registry.clone();
-            acceptors.push(Acceptor::start_in_arbiter(&worker.handle(), move |_| {
-                Acceptor::new(copy, index, env, registry)
-            }));
-        }
-        for addr in &local_addrs {
-            info!(log, "listening"; "listen" => addr.to_string(), "protocol" => protocol,
-                "workers" => workers.len(),
-                "max_connections" => env.config.max_connections,
-                "max_handshakes" => env.config.effective_max_handshakes(),
-                "max_connections_per_ip" => env.config.max_connections_per_ip,
-                "max_handshakes_per_ip" => env.config.effective_max_handshakes_per_ip());
-        }
-        let registries = Registries(registries);
+        let acceptors = start_acceptors(&workers, &registries, copies, &env);
+        log_listening(&local_addrs, workers.len(), &env);
         let supervisor =
             ConnectionSupervisor::new(acceptors, Arc::clone(&listeners), registries.clone(), env)
                 .start();
@@ -223,6 +172,88 @@ impl ServerBuilder {
             tls,
             control,
         })
+    }
+
+    /// What must hold before anything starts: a valid configuration, an actix system to run
+    /// in, something to listen on, and an upstream for a proxy (the pool, returned).
+    fn check(&self) -> Result<Option<Arc<UpstreamPool>>, ServerError> {
+        self.config.validate()?;
+        if actix_rt::System::try_current().is_none() {
+            return Err(ServerError::NoSystem);
+        }
+        if self.listeners.is_empty() {
+            return Err(ServerError::Config(
+                "nothing to listen on: give the builder an address (listen) or a socket \
+                 (listener)"
+                    .into(),
+            ));
+        }
+        match &self.service {
+            Service::Proxy(pool) if pool.config().upstreams.is_empty() => {
+                Err(ServerError::Config("a proxy needs an upstream".into()))
+            }
+            Service::Proxy(pool) => Ok(Some(Arc::clone(pool))),
+            Service::Sessions(_) => Ok(None),
+        }
+    }
+}
+
+/// A registry on each worker: a connection's `Register` and `Dispose` never leave its thread.
+/// The books they keep (`Stats`) are one, behind one lock.
+fn start_registries(
+    workers: &[Arbiter],
+    stats: &Arc<Stats>,
+    log: &Logger,
+    #[cfg(feature = "testing")] audit: Option<&crate::supervision::registry::DisposalAudit>,
+) -> Registries<Connection> {
+    let registries = workers
+        .iter()
+        .map(|worker| {
+            #[allow(unused_mut)] // only the test harness's audit changes it
+            let mut registry = HandlerRegistry::new(Arc::clone(stats), log.clone());
+            #[cfg(feature = "testing")]
+            if let Some(audit) = audit {
+                registry = registry.with_audit(Arc::clone(audit));
+            }
+            HandlerRegistry::start_in_arbiter(&worker.handle(), move |_| registry)
+        })
+        .collect();
+    Registries(registries)
+}
+
+/// An acceptor on each worker, over that worker's copies of the listening sockets, starting
+/// connections in that worker's registry.
+fn start_acceptors(
+    workers: &[Arbiter],
+    registries: &Registries<Connection>,
+    copies: Vec<Vec<(std::net::TcpListener, SocketAddr)>>,
+    env: &Arc<ConnectionEnv>,
+) -> Vec<Addr<Acceptor>> {
+    let each_worker = workers.iter().zip(&registries.0).zip(copies).enumerate();
+    each_worker
+        .map(|(index, ((worker, registry), copy))| {
+            let env = Arc::clone(env);
+            let registry = registry.clone();
+            Acceptor::start_in_arbiter(&worker.handle(), move |_| {
+                Acceptor::new(copy, index, env, registry)
+            })
+        })
+        .collect()
+}
+
+/// One line per listener: what it serves and under which limits.
+fn log_listening(addrs: &[SocketAddr], workers: usize, env: &ConnectionEnv) {
+    let protocol = match &env.service {
+        Service::Sessions(protocol) => protocol.name(),
+        Service::Proxy(_) => "proxy",
+    };
+    for addr in addrs {
+        info!(env.log, "listening"; "listen" => addr.to_string(), "protocol" => protocol,
+            "workers" => workers,
+            "max_connections" => env.config.max_connections,
+            "max_handshakes" => env.config.effective_max_handshakes(),
+            "max_connections_per_ip" => env.config.max_connections_per_ip,
+            "max_handshakes_per_ip" => env.config.effective_max_handshakes_per_ip());
     }
 }
 
