@@ -65,8 +65,7 @@ pub(crate) fn start(addr: SocketAddr, admin: Admin) -> Result<HttpListener, BoxE
 
 /// Reads the token file (surrounding whitespace is not part of the token).
 pub(crate) fn read_token(path: &std::path::Path) -> Result<String, BoxError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--admin-token-file {}: {e}", path.display()))?;
+    let text = crate::bounded_file::read_text("--admin-token-file", path)?;
     let token = text.trim().to_string();
     if token.is_empty() {
         return Err(format!("--admin-token-file {}: the file is empty", path.display()).into());
@@ -293,21 +292,16 @@ fn describe(d: &ConnDescription) -> serde_json::Value {
     out
 }
 
-/// Starts the admin API of `server` on `addr` as the settings say (the token file is read
-/// now: a missing or empty one is a start-up error).
+/// Starts the admin API of `server` on `addr` as the settings say, asking for `token` (read
+/// from `--admin-token-file` by `prepare`) if there is one.
 pub(crate) fn start_for(
     addr: SocketAddr,
     settings: &Settings,
     server: &tlsvisor_actors::Server,
+    token: Option<String>,
     unauthorized: IntCounter,
     log: &Logger,
 ) -> Result<HttpListener, BoxError> {
-    let token = settings
-        .values
-        .admin_token_file
-        .as_deref()
-        .map(read_token)
-        .transpose()?;
     if token.is_none() && !addr.ip().is_loopback() {
         warn!(log, "the admin API listens beyond loopback without --admin-token-file: \
                     anyone who reaches it can close connections";

@@ -3,6 +3,7 @@
 
 mod activation;
 mod admin;
+mod bounded_file;
 mod certs;
 mod check;
 mod cli;
@@ -14,6 +15,7 @@ mod log_bridge;
 mod logging;
 mod metrics;
 mod notify;
+mod prepare;
 mod privileges;
 mod reload;
 mod serve;

@@ -6,8 +6,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use slog::{error, info, Logger};
-use tlsvisor_actors::{LoadedTls, TlsReloader, TlsSource};
+use slog::{error, info, warn, Logger};
+use tlsvisor_actors::{LoadedTls, TlsReloader, TlsSource, TlsWarning};
 
 use crate::certs;
 use crate::error::BoxError;
@@ -47,8 +47,12 @@ pub(crate) fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
 pub(crate) fn reload(settings: &Settings, reloader: &TlsReloader, log: &Logger) -> bool {
     match reloader.reload_from(&tls_source(settings)) {
         Ok(()) => {
-            let certificates = reloader.current().certificates().len();
-            info!(log, "TLS configuration reloaded"; "certificates" => certificates);
+            let current = reloader.current();
+            info!(log, "TLS configuration reloaded";
+                "certificates" => current.certificates().len());
+            for warning in current.warnings() {
+                warn_about(warning, log);
+            }
             true
         }
         Err(e) => {
@@ -57,6 +61,13 @@ pub(crate) fn reload(settings: &Settings, reloader: &TlsReloader, log: &Logger) 
             false
         }
     }
+}
+
+/// One warning line for a served certificate outside its validity period, with the file and
+/// the date (in `detail`), at start-up and at every reload that serves it.
+pub(crate) fn warn_about(warning: &TlsWarning, log: &Logger) {
+    warn!(log, "CERTIFICATE OUTSIDE ITS VALIDITY PERIOD: serving it all the same";
+        "file" => %warning.path().display(), "detail" => %warning);
 }
 
 /// What a file looked like at one poll: modification time and size, or absent.

@@ -12,16 +12,16 @@ use slog::{error, info, o, warn, Logger};
 use std::net::SocketAddr;
 
 use tlsvisor_actors::{
-    CloseMode, Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerBuilder, ServerConfig,
-    ServerHandle, Stats,
+    CloseMode, Echo, LoadedTls, ProxyConfig, Server, ServerBuilder, ServerConfig, ServerHandle,
+    Stats,
 };
 
 use crate::activation::{Inherited, InheritedSocket, Matched};
-use crate::cli::{ProtocolKind, ProxyProtocolVersion};
 use crate::error::BoxError;
 use crate::http::HttpListener;
 use crate::logging;
 use crate::notify::{self, Notifier};
+use crate::prepare::{self, Prepared, Warning};
 use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
 use crate::tls_metrics::TlsCollector;
@@ -35,28 +35,22 @@ pub(crate) fn run(settings: Settings) -> Result<(), BoxError> {
     let upgrade = Upgrade::capture()?;
     let (log, _flush_on_exit) =
         logging::build(settings.values.log_format, settings.values.log_level);
-    let nofile = raise_fd_limit(&log);
-    warn_if_descriptors_short(&settings, nofile, &log);
+    // Everything built from the settings, checked as `tlsvisor check` checks it.
+    let prepared = prepare::prepare(&settings)?;
+    raise_fd_limit(&log);
+    for warning in &prepared.warnings {
+        match warning {
+            Warning::Certificate(warning) => reload::warn_about(warning, &log),
+            Warning::Descriptors { .. } => warn!(log, "{}", warning),
+        }
+    }
     if settings.cert == CertSource::BuiltIn {
         warn!(log, "USING THE BUILT-IN DEVELOPMENT CERTIFICATE: anyone can impersonate this \
                     server; pass --cert and --key for real use";
             "trust_for_testing" => "certs/ca.crt");
     }
-    let tls = reload::build_tls(&settings)?;
-    let mut config = ServerConfig::default();
-    config.workers = settings.values.workers;
-    config.accept_proxy = settings.accept_proxy.clone();
-    config.max_connections = settings.values.max_connections;
-    config.max_handshakes = settings.values.max_handshakes;
-    config.max_connections_per_ip = settings.values.max_connections_per_ip;
-    config.max_handshakes_per_ip = settings.values.max_handshakes_per_ip;
-    config.handshake_timeout = settings.values.handshake_timeout;
-    config.idle_timeout = settings.idle_timeout();
-    config.close_timeout = settings.values.close_timeout;
-    config.reuse_port = settings.values.reuse_port;
-
     let process = Process { inherited, upgrade };
-    actix_rt::System::new().block_on(serve(settings, config, tls, process, log))
+    actix_rt::System::new().block_on(serve(settings, prepared, process, log))
 }
 
 /// How long a forced shutdown waits for the registries to take the forced close, and then for
@@ -132,15 +126,21 @@ impl Signals {
 
 async fn serve(
     settings: Settings,
-    config: ServerConfig,
-    tls: LoadedTls,
+    prepared: Prepared,
     mut process: Process,
     log: Logger,
 ) -> Result<(), BoxError> {
     let mut signals = Signals::install()?;
     let notifier = Notifier::from_env(&log);
-    let server = start_server(&settings, config, tls, &mut process, &log).await?;
-    let http = HttpListeners::start(&settings, &server, &log)?;
+    let Prepared {
+        config,
+        tls,
+        proxy,
+        admin_token,
+        ..
+    } = prepared;
+    let server = start_server(&settings, (config, tls, proxy), &mut process, &log).await?;
+    let http = HttpListeners::start(&settings, &server, admin_token, &log)?;
     // Every socket is bound and every key file read: root is no longer needed.
     if settings.values.user.is_some() || settings.values.group.is_some() {
         crate::privileges::drop_to(
@@ -212,8 +212,7 @@ async fn serve(
 /// starts it: accepting from here on.
 async fn start_server(
     settings: &Settings,
-    config: ServerConfig,
-    tls: LoadedTls,
+    (config, tls, proxy): (ServerConfig, LoadedTls, Option<ProxyConfig>),
     process: &mut Process,
     log: &Logger,
 ) -> Result<Server, BoxError> {
@@ -224,17 +223,9 @@ async fn start_server(
         let what = format!("the inherited socket {} (LISTEN_FDS)", socket.addr);
         settings.may_serve_on(&what, socket.addr)?;
     }
-    let builder = match settings.values.protocol {
-        ProtocolKind::Proxy => {
-            let mut proxy = ProxyConfig::with_upstreams(&settings.values.upstream);
-            proxy.connect_timeout = settings.values.upstream_connect_timeout;
-            proxy.proxy_header = settings.values.proxy_protocol.map(|v| match v {
-                ProxyProtocolVersion::V1 => ProxyHeader::V1,
-                ProxyProtocolVersion::V2 => ProxyHeader::V2,
-            });
-            Server::proxy(config, tls, proxy)
-        }
-        ProtocolKind::Echo => Server::builder(config, tls, Echo),
+    let builder = match proxy {
+        Some(proxy) => Server::proxy(config, tls, proxy),
+        None => Server::builder(config, tls, Echo),
     };
     let builder = listen_on(builder, &settings.values.listen, inherited, log);
     #[cfg(feature = "fault-injection")]
@@ -256,7 +247,12 @@ struct HttpListeners {
 }
 
 impl HttpListeners {
-    fn start(settings: &Settings, server: &Server, log: &Logger) -> Result<Self, BoxError> {
+    fn start(
+        settings: &Settings,
+        server: &Server,
+        admin_token: Option<String>,
+        log: &Logger,
+    ) -> Result<Self, BoxError> {
         // Shared by both listeners' expositions: refusals are counted wherever they happen.
         let unauthorized = crate::admin::unauthorized_counter()?;
         let metrics = settings
@@ -273,7 +269,9 @@ impl HttpListeners {
         let admin = settings
             .values
             .admin_listen
-            .map(|addr| crate::admin::start_for(addr, settings, server, unauthorized, log))
+            .map(|addr| {
+                crate::admin::start_for(addr, settings, server, admin_token, unauthorized, log)
+            })
             .transpose()?;
         Ok(HttpListeners {
             _metrics: metrics,
@@ -418,30 +416,6 @@ fn never_ready(log: &Logger) -> bool {
         warn!(log, "fault: not telling the old process we are ready"; "fault" => "never_ready");
     }
     hang
-}
-
-/// Descriptors the process holds besides its connections: stdio, the reactors, the
-/// listener's copies, the metrics listener and its scrapes, the spare, with room to spare.
-const FIXED_DESCRIPTORS: u64 = 64;
-
-/// Says so at start-up when `--max-connections` cannot be reached within the open-files limit:
-/// past the limit, new clients are shed (`fd_exhausted`) rather than paused at
-/// `--max-connections`. Not clamped: the operator may know better (few proxied connections,
-/// say), and the shedding keeps the server serving either way.
-fn warn_if_descriptors_short(settings: &Settings, nofile: Option<u64>, log: &Logger) {
-    let per_connection = match settings.values.protocol {
-        ProtocolKind::Proxy => 2,
-        ProtocolKind::Echo => 1,
-    };
-    let needed = (settings.values.max_connections as u64)
-        .saturating_mul(per_connection)
-        .saturating_add(FIXED_DESCRIPTORS);
-    if let Some(nofile) = nofile.filter(|n| *n < needed) {
-        warn!(log, "the open files limit is below what --max-connections needs; past it new \
-                    clients are shed as fd_exhausted";
-            "nofile" => nofile, "max_connections" => settings.values.max_connections,
-            "needed" => needed);
-    }
 }
 
 /// Raises the soft open-files limit to the hard limit: every connection is a descriptor, and the
