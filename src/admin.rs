@@ -16,7 +16,7 @@ use prometheus::{IntCounter, Registry};
 use serde::Deserialize;
 use serde_json::json;
 use slog::{info, warn, Logger};
-use tlsvisor_actors::{CloseMode, ConnDescription, ConnId, ServerHandle, TlsReloader};
+use tlsvisor_actors::{CloseMode, ConnDescription, ConnId, ServerHandle};
 
 use crate::cli::parse_duration;
 use crate::error::BoxError;
@@ -41,7 +41,8 @@ pub(crate) fn unauthorized_counter() -> Result<IntCounter, prometheus::Error> {
 pub(crate) struct Admin {
     pub handle: ServerHandle,
     pub settings: Settings,
-    pub reloader: TlsReloader,
+    /// `POST /reload`'s (shared with SIGHUP's: one reload at a time).
+    pub reloads: reload::Reloads,
     pub metrics: Registry,
     /// `None`: no token asked for (keep the listener on loopback then).
     pub token: Option<String>,
@@ -306,15 +307,17 @@ fn millis(duration: Duration) -> u64 {
 
 async fn reload_tls(admin: web::Data<Admin>) -> HttpResponse {
     info!(admin.log, "reload requested"; "via" => "admin");
-    // Reading and checking the files blocks: off the admin worker's thread.
-    let admin = admin.into_inner();
-    let done = web::block(move || reload::reload(&admin.settings, &admin.reloader, &admin.log));
-    match done.await {
-        Ok(true) => HttpResponse::Ok().json(json!({"reloaded": true})),
-        Ok(false) => HttpResponse::InternalServerError()
-            .json(json!({"reloaded": false, "error": "reload failed; see the log"})),
-        Err(e) => HttpResponse::InternalServerError()
-            .json(json!({"reloaded": false, "error": e.to_string()})),
+    // The files are read on a thread of their own, with a deadline (`reload::Reloads`).
+    match admin.reloads.reload().await {
+        Ok(()) => HttpResponse::Ok().json(json!({"reloaded": true})),
+        Err(e) => {
+            let body = json!({"reloaded": false, "error": e.to_string()});
+            match e {
+                reload::ReloadError::Busy => HttpResponse::Conflict().json(body),
+                reload::ReloadError::TimedOut => HttpResponse::GatewayTimeout().json(body),
+                reload::ReloadError::Refused(_) => HttpResponse::InternalServerError().json(body),
+            }
+        }
     }
 }
 
@@ -355,6 +358,7 @@ pub(crate) fn start_for(
     settings: &Settings,
     server: &tlsvisor_actors::Server,
     token: Option<String>,
+    reloads: reload::Reloads,
     unauthorized: IntCounter,
     log: &Logger,
 ) -> Result<HttpListener, BoxError> {
@@ -375,7 +379,7 @@ pub(crate) fn start_for(
         Admin {
             handle: server.handle(),
             settings: settings.clone(),
-            reloader: server.tls_reloader(),
+            reloads,
             metrics,
             token,
             unauthorized,

@@ -140,7 +140,9 @@ async fn serve(
         ..
     } = prepared;
     let server = start_server(&settings, (config, tls, proxy), &mut process, &log).await?;
-    let http = HttpListeners::start(&settings, &server, admin_token, &log)?;
+    // SIGHUP and `POST /reload` share it: one reload at a time, off this thread.
+    let reloads = reload::Reloads::new(settings.clone(), server.tls_reloader(), log.clone());
+    let http = HttpListeners::start(&settings, &server, admin_token, &reloads, &log)?;
     // Every socket is bound and every key file read: root is no longer needed.
     if settings.values.user.is_some() || settings.values.group.is_some() {
         crate::privileges::drop_to(
@@ -170,7 +172,7 @@ async fn serve(
     let (name, upgraded) = until_stop(
         &mut signals,
         &notifier,
-        &settings,
+        &reloads,
         &server,
         &mut process,
         &log,
@@ -251,6 +253,7 @@ impl HttpListeners {
         settings: &Settings,
         server: &Server,
         admin_token: Option<String>,
+        reloads: &reload::Reloads,
         log: &Logger,
     ) -> Result<Self, BoxError> {
         // Shared by both listeners' expositions: refusals are counted wherever they happen.
@@ -270,7 +273,16 @@ impl HttpListeners {
             .values
             .admin_listen
             .map(|addr| {
-                crate::admin::start_for(addr, settings, server, admin_token, unauthorized, log)
+                let reloads = reloads.clone();
+                crate::admin::start_for(
+                    addr,
+                    settings,
+                    server,
+                    admin_token,
+                    reloads,
+                    unauthorized,
+                    log,
+                )
             })
             .transpose()?;
         Ok(HttpListeners {
@@ -283,21 +295,29 @@ impl HttpListeners {
 /// Serves until a stop signal, or until a SIGUSR2 upgrade has handed the sockets to a new
 /// process that is ready; reloads on SIGHUP meanwhile. Returns the signal's name and whether
 /// an upgrade happened.
+///
+/// A SIGHUP's reload runs in a task of its own (its files are read on a thread of their own,
+/// with a deadline): this loop never waits for it, so a stop signal is handled at once even
+/// while a reload is stuck on a hung mount.
 async fn until_stop(
     signals: &mut Signals,
     notifier: &Notifier,
-    settings: &Settings,
+    reloads: &reload::Reloads,
     server: &Server,
     process: &mut Process,
     log: &Logger,
 ) -> (&'static str, bool) {
-    let reloader = server.tls_reloader();
     loop {
         let event = signals
             .next_event(log, || {
-                notifier.reloading();
-                reload::reload(settings, &reloader, log);
-                notifier.ready(&server.stats());
+                let (notifier, reloads, stats) =
+                    (notifier.clone(), reloads.clone(), server.stats());
+                actix_rt::spawn(async move {
+                    notifier.reloading();
+                    // The outcome is logged and counted by `reload` itself.
+                    let _ = reloads.reload().await;
+                    notifier.ready(&stats);
+                });
             })
             .await;
         match event {

@@ -305,18 +305,6 @@ fn a_fifo_as_certificate_is_refused_at_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A self-signed server certificate for `localhost` valid from `from` to `to` (years), with
-/// serverAuth: (certificate PEM, key PEM).
-fn dated_certificate(from: i32, to: i32) -> (String, String) {
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.not_before = rcgen::date_time_ymd(from, 1, 1);
-    params.not_after = rcgen::date_time_ymd(to, 1, 1);
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
 /// Issue 17, finding 9: a CA certificate or a client-only one is refused as a server's (every
 /// client would refuse it); one outside its dates is served, with a warning `check` prints too.
 #[test]
@@ -349,7 +337,7 @@ fn check_refuses_certificates_no_client_accepts_and_warns_about_dates() {
         ("expired", 2000, 2001, "expired at 2001-01-01T00:00:00Z"),
         ("early", 2090, 2091, "not valid before 2090-01-01T00:00:00Z"),
     ] {
-        let (pem, key) = dated_certificate(from, to);
+        let (pem, key) = crate::common::certs::dated_certificate(from, to);
         std::fs::write(path(&format!("{name}.crt")), pem).unwrap();
         std::fs::write(path(&format!("{name}.key")), key).unwrap();
         let (cert, key) = (path(&format!("{name}.crt")), path(&format!("{name}.key")));
