@@ -63,10 +63,16 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 /// takes: a longer one is a mistake (a unit read wrongly).
 const LONGEST_DRAIN: Duration = tlsvisor_actors::ServerConfig::MAX_TIMEOUT;
 
-/// Binds `addr` and serves the admin API on one actix-web worker of the current system.
-pub(crate) fn start(addr: SocketAddr, admin: Admin) -> Result<HttpListener, BoxError> {
+/// Serves the admin API on `addr` (on `inherited` if that is a socket for it) on one actix-web
+/// worker of the current system.
+pub(crate) fn start(
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+    admin: Admin,
+) -> Result<HttpListener, BoxError> {
     let log = admin.log.clone();
-    let listener = crate::http::start(addr, "the admin API", web::Data::new(admin), |routes| {
+    let data = web::Data::new(admin);
+    let listener = crate::http::start(addr, inherited, "the admin API", data, |routes| {
         // One scope over every path, so that the token is checked before routing: a path
         // that matches no route, or whose id or query does not parse, is still refused first.
         routes.service(
@@ -354,7 +360,7 @@ fn describe(d: &ConnDescription) -> serde_json::Value {
 /// Starts the admin API of `server` on `addr` as the settings say, asking for `token` (read
 /// from `--admin-token-file` by `prepare`) if there is one.
 pub(crate) fn start_for(
-    addr: SocketAddr,
+    (addr, inherited): (SocketAddr, Option<std::net::TcpListener>),
     settings: &Settings,
     server: &tlsvisor_actors::Server,
     token: Option<String>,
@@ -376,6 +382,7 @@ pub(crate) fn start_for(
     )?;
     start(
         addr,
+        inherited,
         Admin {
             handle: server.handle(),
             settings: settings.clone(),

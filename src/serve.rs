@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix_rt::signal::unix::{signal, Signal, SignalKind};
 use slog::{error, info, o, warn, Logger};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 
 use tlsvisor_actors::{
     CloseMode, Echo, LoadedTls, ProxyConfig, Server, ServerBuilder, ServerConfig, ServerHandle,
@@ -142,7 +142,18 @@ async fn serve(
     let server = start_server(&settings, (config, tls, proxy), &mut process, &log).await?;
     // SIGHUP and `POST /reload` share it: one reload at a time, off this thread.
     let reloads = reload::Reloads::new(settings.clone(), server.tls_reloader(), log.clone());
-    let http = HttpListeners::start(&settings, &server, admin_token, &reloads, &log)?;
+    let inherited_http = (
+        process.inherited.metrics.take(),
+        process.inherited.admin.take(),
+    );
+    let http = HttpListeners::start(
+        &settings,
+        &server,
+        inherited_http,
+        admin_token,
+        &reloads,
+        &log,
+    )?;
     // Every socket is bound and every key file read: root is no longer needed.
     if settings.values.user.is_some() || settings.values.group.is_some() {
         crate::privileges::drop_to(
@@ -173,11 +184,15 @@ async fn serve(
         &mut signals,
         &notifier,
         &reloads,
-        &server,
+        (&server, &http),
         &mut process,
         &log,
     )
     .await;
+    // After an upgrade the new process serves the metrics and the admin API on the same
+    // sockets: this one stops answering there at once, so that an operator's `POST /drain` or
+    // a scrape reaches the process that now runs things.
+    let http = (!upgraded).then_some(http);
     if let Some(watch) = watch {
         watch.abort();
     }
@@ -244,14 +259,15 @@ async fn start_server(
 /// The HTTP listeners beside the server: `--metrics-listen` and `--admin-listen`. Dropping
 /// them stops them.
 struct HttpListeners {
-    _metrics: Option<HttpListener>,
-    _admin: Option<HttpListener>,
+    metrics: Option<HttpListener>,
+    admin: Option<HttpListener>,
 }
 
 impl HttpListeners {
     fn start(
         settings: &Settings,
         server: &Server,
+        (mut inherited_metrics, mut inherited_admin): (Option<TcpListener>, Option<TcpListener>),
         admin_token: Option<String>,
         reloads: &reload::Reloads,
         log: &Logger,
@@ -266,7 +282,7 @@ impl HttpListeners {
                 let extra: Vec<Box<dyn prometheus::core::Collector>> =
                     vec![tls_metrics, Box::new(unauthorized.clone())];
                 let registry = crate::metrics::registry(server.stats(), extra)?;
-                crate::http::serve_metrics(addr, registry, log)
+                crate::http::serve_metrics(addr, inherited_metrics.take(), registry, log)
             })
             .transpose()?;
         let admin = settings
@@ -275,7 +291,7 @@ impl HttpListeners {
             .map(|addr| {
                 let reloads = reloads.clone();
                 crate::admin::start_for(
-                    addr,
+                    (addr, inherited_admin.take()),
                     settings,
                     server,
                     admin_token,
@@ -285,10 +301,21 @@ impl HttpListeners {
                 )
             })
             .transpose()?;
-        Ok(HttpListeners {
-            _metrics: metrics,
-            _admin: admin,
-        })
+        Ok(HttpListeners { metrics, admin })
+    }
+
+    /// Another descriptor of each listening socket, named for the new process of a binary
+    /// upgrade (`activation.rs`).
+    fn handover(&self) -> std::io::Result<Vec<(&'static str, TcpListener)>> {
+        let named = [
+            (crate::activation::METRICS_NAME, &self.metrics),
+            (crate::activation::ADMIN_NAME, &self.admin),
+        ];
+        named
+            .into_iter()
+            .filter_map(|(name, listener)| Some((name, listener.as_ref()?.socket())))
+            .map(|(name, socket)| socket.map(|socket| (name, socket)))
+            .collect()
     }
 }
 
@@ -303,7 +330,7 @@ async fn until_stop(
     signals: &mut Signals,
     notifier: &Notifier,
     reloads: &reload::Reloads,
-    server: &Server,
+    (server, http): (&Server, &HttpListeners),
     process: &mut Process,
     log: &Logger,
 ) -> (&'static str, bool) {
@@ -327,7 +354,7 @@ async fn until_stop(
             }
             Event::Upgrade => {
                 info!(log, "upgrade requested: starting the new binary"; "signal" => "SIGUSR2");
-                match process.upgrade.run(server).await {
+                match process.upgrade.run(server, http.handover()).await {
                     Ok(pid) => {
                         // The new process is systemd's main process now; this one only drains.
                         server.set_listener_shared(true);

@@ -4,12 +4,15 @@
 //! The sockets go over with the `LISTEN_FDS` convention (fds 3, 4, ..., one per `--listen`
 //! address, in order, each named `listen`), so the new process takes them the way it takes
 //! sockets from systemd (`activation.rs`: mapped back to its `--listen` entries by the address
-//! each is bound to). After them, named [`READY_NAME`], goes one end of a datagram socket pair:
-//! the new process sends `READY=1` there once it accepts. Nothing is ever closed in between:
+//! each is bound to). After them go the metrics and admin listeners' sockets, named
+//! `tlsvisor-metrics` and `tlsvisor-admin` (they cannot be bound twice: `listen.rs`), and,
+//! named [`READY_NAME`], one end of a datagram socket pair: the new process sends `READY=1`
+//! there once it accepts. Nothing is ever closed in between:
 //! both processes accept from the same sockets until the old one stops, so no client in an
 //! accept queue is lost.
 
 use std::ffi::OsString;
+use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -84,28 +87,36 @@ impl Upgrade {
     /// Starts the new process with a descriptor of each of `server`'s listening sockets and
     /// waits until it is ready. Returns its pid; from then on both accept from the sockets,
     /// and the caller stops this one's acceptors (leaving the sockets listening) and drains.
-    pub(crate) async fn run(&self, server: &Server) -> Result<u32, UpgradeError> {
+    ///
+    /// `http` are the metrics and admin sockets, by name (`activation.rs`): they go over too.
+    pub(crate) async fn run(
+        &self,
+        server: &Server,
+        http: std::io::Result<Vec<(&'static str, TcpListener)>>,
+    ) -> Result<u32, UpgradeError> {
         let listeners = server.listening_sockets().map_err(UpgradeError::Setup)?;
+        let http = http.map_err(UpgradeError::Setup)?;
         let (ours, theirs) = UnixDatagram::pair().map_err(UpgradeError::Setup)?;
-        let count = listeners.len();
-        let mut names = vec!["listen"; count];
+        let mut names = vec!["listen"; listeners.len()];
+        names.extend(http.iter().map(|(name, _)| *name));
         names.push(READY_NAME);
-        let mut mappings: Vec<FdMapping> = listeners
+        let descriptors = listeners
             .into_iter()
-            .enumerate()
-            .map(|(n, listener)| FdMapping {
-                parent_fd: OwnedFd::from(listener),
-                child_fd: FIRST_FD + n as i32,
+            .map(OwnedFd::from)
+            .chain(http.into_iter().map(|(_, socket)| OwnedFd::from(socket)))
+            .chain(std::iter::once(OwnedFd::from(theirs)));
+        let mappings: Vec<FdMapping> = descriptors
+            .zip(FIRST_FD..)
+            .map(|(parent_fd, child_fd)| FdMapping {
+                parent_fd,
+                child_fd,
             })
             .collect();
-        mappings.push(FdMapping {
-            parent_fd: OwnedFd::from(theirs),
-            child_fd: FIRST_FD + count as i32,
-        });
+        let count = mappings.len();
         let mut command = Command::new(&self.exe);
         command
             .args(&self.args)
-            .env("LISTEN_FDS", (count + 1).to_string())
+            .env("LISTEN_FDS", count.to_string())
             .env("LISTEN_FDNAMES", names.join(":"))
             // The new pid is unknown until it runs: see `Inherited::from_env`.
             .env_remove("LISTEN_PID")

@@ -529,3 +529,23 @@ fn drain_refuses_periods_past_a_day_without_a_panic() {
     assert_eq!(client.echo(b"after resume").unwrap(), b"after resume");
     server.scrape();
 }
+
+/// Issue 17, finding 5: neither the admin nor the metrics socket can be shared: another socket
+/// asking for `SO_REUSEPORT` (as any process of the same user could) cannot bind their port.
+#[test]
+fn no_other_socket_can_bind_the_admin_or_metrics_port() {
+    let (server, admin) = serve_admin(&[]);
+    let metrics = server.metrics.unwrap();
+    for addr in [admin, metrics] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.set_reuseport(true).unwrap();
+        let bound = socket.bind(addr);
+        assert_eq!(
+            bound.as_ref().map_err(|e| e.kind()).err(),
+            Some(std::io::ErrorKind::AddrInUse),
+            "{addr}: {bound:?}"
+        );
+    }
+    assert_eq!(curl(admin, "GET", "/health/live", None).0, 200);
+}

@@ -608,6 +608,11 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
 
     old.signal(libc::SIGUSR2);
     let (new_pid, new_metrics) = new_process(&old);
+    // The metrics and admin sockets were handed over, not bound again (no SO_REUSEPORT): the
+    // new process serves the very port the old one had (--metrics-listen asked for port 0).
+    assert_eq!(Some(new_metrics), old.metrics);
+    let admin_lines = old.logged("admin listening", 2);
+    assert_eq!(admin_lines[1]["admin_listen"], admin_flag.as_str());
     assert!(matches!(
         long_lived.read_until_close(),
         CloseSeen::CloseNotifyThenEof
