@@ -47,8 +47,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Already logged by the process this one was to replace (a failed binary upgrade).
+        Err(e) if e.is::<serve::Reported>() => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("tlsvisor: {e}");
+            // One write: another process may share this stderr (a binary upgrade), and
+            // `eprintln!` writes its pieces one `write(2)` each.
+            use std::io::Write;
+            let line = format!("tlsvisor: {e}\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             ExitCode::FAILURE
         }
     }

@@ -29,9 +29,45 @@ use crate::upgrade::Upgrade;
 
 /// Runs the server described by `settings` until a signal, then runs the shutdown protocol and
 /// returns (exit code 0) once it is done.
+///
+/// Started by a binary upgrade, a process that cannot start sends its reason to the old
+/// process, which logs it (`upgrade.rs`), and prints nothing itself: the error is then
+/// [`Reported`].
 pub(crate) fn run(settings: Settings) -> Result<(), BoxError> {
     // Before any thread starts: this edits the environment.
     let inherited = Inherited::from_env()?;
+    let upgrading = inherited
+        .upgrade_ready
+        .as_ref()
+        .and_then(|ready| ready.try_clone().ok());
+    let result = run_inherited(settings, inherited);
+    // Once it said it was ready the old process no longer listens: a later error is printed.
+    let upgrading = upgrading.filter(|_| !TOLD_READY.load(std::sync::atomic::Ordering::SeqCst));
+    match (result, upgrading) {
+        (Err(e), Some(ready)) if crate::upgrade::send_failure(&ready, &e.to_string()) => {
+            Err(Box::new(Reported))
+        }
+        (result, _) => result,
+    }
+}
+
+/// Set once this process told the process it upgrades that it is ready.
+static TOLD_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An error already reported where it belongs (to the process an upgrade replaces): `main`
+/// exits non-zero without printing it again.
+#[derive(Debug)]
+pub(crate) struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reported to the upgrading process")
+    }
+}
+
+impl std::error::Error for Reported {}
+
+fn run_inherited(settings: Settings, inherited: Inherited) -> Result<(), BoxError> {
     let upgrade = Upgrade::capture()?;
     let (log, _flush_on_exit) =
         logging::build(settings.values.log_format, settings.values.log_level);
@@ -175,6 +211,7 @@ async fn serve(
     // The acceptors run: tell whoever waits (systemd, the process this one upgrades).
     notifier.ready(&server.stats());
     if let Some(ready) = process.inherited.upgrade_ready.take() {
+        TOLD_READY.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = ready.send(b"READY=1") {
             warn!(log, "upgrade: cannot tell the old process we are ready"; "error" => %e);
         }

@@ -657,7 +657,12 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
 /// SIGUSR2 to `old` (after `before` breaks the upgrade) under a client loop: the upgrade must
 /// fail with an error containing `why`, the loop see nothing refused or failed, and the old
 /// process keep serving and exit 0 on SIGTERM.
-fn upgrade_fails_and_old_keeps_serving(mut old: Tlsvisor, before: impl FnOnce(), why: &str) {
+/// Returns the lines of the shared stderr that were not JSON records.
+fn upgrade_fails_and_old_keeps_serving(
+    mut old: Tlsvisor,
+    before: impl FnOnce(),
+    why: &str,
+) -> Vec<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = client_loop(old.listen, Duration::from_millis(3), Arc::clone(&stop));
     wait_served([&clients], 10);
@@ -679,6 +684,7 @@ fn upgrade_fails_and_old_keeps_serving(mut old: Tlsvisor, before: impl FnOnce(),
     scrape(old.metrics.unwrap());
     old.signal(libc::SIGTERM);
     assert!(old.wait_exit(HANG).unwrap().success());
+    old.raw_lines()
 }
 
 #[test]
@@ -695,7 +701,11 @@ fn a_new_binary_that_fails_to_start_leaves_the_old_one_serving() {
     let old = Tlsvisor::serve(&["--workers", "2", "--cert", &cert, "--key", &key]);
     // The configuration the new process would read is broken: it exits at start-up.
     let break_key = || ScratchDir::replace(std::path::Path::new(&key), "not a key\n").unwrap();
-    upgrade_fails_and_old_keeps_serving(old, break_key, "exited before it was ready");
+    // Issue 17, finding 11: the old process logs the new one's reason, naming the file, on a
+    // line of its own; the new one prints nothing that could interleave with it.
+    let why = format!("exited before it was ready (exit status: 1): TLS: {key}");
+    let raw = upgrade_fails_and_old_keeps_serving(old, break_key, &why);
+    assert!(raw.is_empty(), "every line is one JSON record: {raw:?}");
 }
 
 #[test]
