@@ -85,7 +85,7 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
     let mut problems = Vec::new();
     let config = server_config(settings);
     if let Err(e) = config.validate() {
-        problems.push(e.to_string());
+        problems.push(in_flag_names(&e.to_string()));
     }
     // Reads every TLS file and checks each certificate and key; the error names the file.
     let tls = reload::build_tls(settings)
@@ -122,6 +122,27 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
         }
         _ => Err(Problems(problems)),
     }
+}
+
+/// The library's words for its settings (`ServerConfig`'s field names), and the flags that set
+/// them: its error is shown in the flags' names, which is what an operator typed.
+const FLAG_NAMES: [(&str, &str); 7] = [
+    ("workers must", "--workers must"),
+    ("max_connections must", "--max-connections must"),
+    ("max_handshakes must", "--max-handshakes must"),
+    ("handshake_timeout must", "--handshake-timeout must"),
+    ("idle_timeout must", "--idle-timeout must"),
+    ("close_timeout must", "--close-timeout must"),
+    ("accept_proxy timeout must", "--accept-proxy-timeout must"),
+];
+
+/// `message` from `ServerConfig::validate`, with each setting named by its flag.
+fn in_flag_names(message: &str) -> String {
+    FLAG_NAMES
+        .iter()
+        .fold(message.to_string(), |message, (field, flag)| {
+            message.replace(field, flag)
+        })
 }
 
 /// The server configuration the settings describe (checked by the caller).
@@ -177,4 +198,21 @@ fn descriptors_short(settings: &Settings) -> Option<Warning> {
         max_connections,
         needed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_errors_name_the_flags() {
+        assert_eq!(
+            in_flag_names("invalid server configuration: max_connections must be at least 1"),
+            "invalid server configuration: --max-connections must be at least 1"
+        );
+        assert_eq!(
+            in_flag_names("workers must be between 1 and 1024 (it is 0)"),
+            "--workers must be between 1 and 1024 (it is 0)"
+        );
+    }
 }

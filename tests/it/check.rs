@@ -220,30 +220,30 @@ fn check_and_serve_refuse_the_same_settings_out_of_bounds() {
     std::fs::write(&token, "s3cret\n").unwrap();
     let token = token.to_str().unwrap().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--workers", "0"], "workers must be between 1 and"),
+        (vec!["--workers", "0"], "--workers must be between 1 and"),
         (
             vec!["--workers", "1099511627776"],
-            "workers must be between 1 and",
+            "--workers must be between 1 and",
         ),
         (
             vec!["--workers", "4611686018427387904"],
-            "workers must be between 1 and",
+            "--workers must be between 1 and",
         ),
         (
             vec!["--max-connections", "0"],
-            "max_connections must be at least 1",
+            "--max-connections must be at least 1",
         ),
         (
             vec!["--max-handshakes", "0"],
-            "max_handshakes must be at least 1",
+            "--max-handshakes must be at least 1",
         ),
         (
             vec!["--handshake-timeout", "0"],
-            "handshake_timeout must be above zero",
+            "--handshake-timeout must be above zero",
         ),
         (
             vec!["--handshake-timeout", "400d"],
-            "handshake_timeout must be at most 24h",
+            "--handshake-timeout must be at most 24h",
         ),
         (
             vec!["--accept-proxy-timeout", "0"],
