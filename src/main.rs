@@ -30,13 +30,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, ServeArgs};
-use crate::settings::Settings;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => Settings::resolve(ServeArgs::default()).and_then(serve::run),
-        Some(Command::Serve(flags)) => Settings::resolve(*flags).and_then(serve::run),
+        None => serve::run(ServeArgs::default()),
+        Some(Command::Serve(flags)) => serve::run(*flags),
         Some(Command::Check(flags)) => check::run(*flags),
         Some(Command::GenCerts { out }) => certs::generate_into(&out).map(|()| {
             eprintln!(

@@ -17,6 +17,7 @@ use tlsvisor_actors::{
 };
 
 use crate::activation::{Inherited, InheritedSocket, Matched};
+use crate::cli::ServeArgs;
 use crate::error::BoxError;
 use crate::http::HttpListener;
 use crate::logging;
@@ -27,20 +28,21 @@ use crate::settings::{CertSource, Settings};
 use crate::tls_metrics::TlsCollector;
 use crate::upgrade::Upgrade;
 
-/// Runs the server described by `settings` until a signal, then runs the shutdown protocol and
-/// returns (exit code 0) once it is done.
+/// Runs the server described by `flags` (and the config file they name) until a signal, then
+/// runs the shutdown protocol and returns (exit code 0) once it is done.
 ///
 /// Started by a binary upgrade, a process that cannot start sends its reason to the old
 /// process, which logs it (`upgrade.rs`), and prints nothing itself: the error is then
 /// [`Reported`].
-pub(crate) fn run(settings: Settings) -> Result<(), BoxError> {
+pub(crate) fn run(flags: ServeArgs) -> Result<(), BoxError> {
     // Before any thread starts: this edits the environment.
     let inherited = Inherited::from_env()?;
     let upgrading = inherited
         .upgrade_ready
         .as_ref()
         .and_then(|ready| ready.try_clone().ok());
-    let result = run_inherited(settings, inherited);
+    // The settings too: a config file an upgrade's new process cannot read is reported.
+    let result = Settings::resolve(flags).and_then(|settings| run_inherited(settings, inherited));
     // Once it said it was ready the old process no longer listens: a later error is printed.
     let upgrading = upgrading.filter(|_| !TOLD_READY.load(std::sync::atomic::Ordering::SeqCst));
     match (result, upgrading) {

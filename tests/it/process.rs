@@ -873,3 +873,18 @@ fn sigusr2_with_two_listeners_hands_over_both_without_refusing_a_client() {
     assert_eq!(unsafe { libc::kill(new_pid as i32, libc::SIGTERM) }, 0);
     assert_eq!(wait_pid(new_pid, HANG), Some(0), "the new process exits 0");
 }
+
+/// Issue 17, finding 11: a config file the new process cannot read is reported the same way,
+/// in the old process's line, naming the file.
+#[test]
+fn a_config_file_broken_before_an_upgrade_is_named_in_the_old_process_log() {
+    let dir = ScratchDir::new("upgrade-bad-config").unwrap();
+    let config = dir.path("tlsvisor.toml");
+    std::fs::write(&config, "workers = 2\n").unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let old = Tlsvisor::serve(&["--config", &config]);
+    let break_config = || std::fs::write(&config, "workers = \"many\"\n").unwrap();
+    let why = format!("exited before it was ready (exit status: 1): bad config {config}");
+    let raw = upgrade_fails_and_old_keeps_serving(old, break_config, &why);
+    assert!(raw.is_empty(), "every line is one JSON record: {raw:?}");
+}
