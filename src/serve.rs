@@ -79,7 +79,13 @@ fn run_inherited(settings: Settings, inherited: Inherited) -> Result<(), BoxErro
     for warning in &prepared.warnings {
         match warning {
             Warning::Certificate(warning) => reload::warn_about(warning, &log),
-            Warning::Descriptors { .. } => warn!(log, "{}", warning),
+            Warning::Descriptors {
+                nofile,
+                max_connections,
+                needed,
+            } => warn!(log, "the open files limit is below what --max-connections needs; past \
+                             it new clients are shed as fd_exhausted";
+                "nofile" => nofile, "max_connections" => max_connections, "needed" => needed),
         }
     }
     if settings.cert == CertSource::BuiltIn {
