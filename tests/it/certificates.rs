@@ -497,3 +497,43 @@ fn an_expired_certificate_is_served_with_a_warning_at_start_and_on_reload() {
     server.logged("TLS configuration reloaded", 1);
     server.logged(line, 2);
 }
+
+/// Issue 17, finding 9: a CA certificate put in place of the server's (reloading one broke
+/// every handshake) or a client-only one is refused by the reload, which keeps the
+/// certificate in use.
+#[test]
+fn a_reload_refuses_a_ca_or_client_only_certificate_and_keeps_serving_the_old_one() {
+    let scratch = ScratchDir::new("bin-reload-ca").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (cert, key, first) = issue_into(&scratch, &certs, "server", &["localhost"]);
+    let server = Tlsvisor::serve(&["--cert", &cert, "--key", &key]);
+    let ca = certs.ca_cert_pem.clone();
+    let (client_cert, client_key) = certs.issue_client("alice", &["localhost"], &[]).unwrap();
+    let wrong = [
+        (
+            certs.ca_cert_pem.clone(),
+            certs.ca_key_pem.clone(),
+            "CA certificate",
+        ),
+        (client_cert, client_key, "does not include serverAuth"),
+    ];
+    for (n, (wrong_cert, wrong_key, why)) in wrong.into_iter().enumerate() {
+        replace(&cert, &wrong_cert);
+        replace(&key, &wrong_key);
+        server.signal(libc::SIGHUP);
+        let failures = server.logged(
+            "TLS reload failed; keeping the previous configuration",
+            n + 1,
+        );
+        let error = failures[n]["error"].as_str().unwrap();
+        assert!(
+            error.contains(&cert) && error.contains("not a server certificate"),
+            "{error}"
+        );
+        assert!(error.contains(why), "{error}");
+        assert_eq!(
+            served_serial(&server, &ca, "localhost"),
+            Some(first.serial_hex.clone())
+        );
+    }
+}
