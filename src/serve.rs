@@ -42,6 +42,7 @@ pub(crate) fn run(settings: Settings) -> Result<(), BoxError> {
                     server; pass --cert and --key for real use";
             "trust_for_testing" => "certs/ca.crt");
     }
+    let tls_files = reload::FilesSeen::of(&settings);
     let tls = reload::build_tls(&settings)?;
     let mut config = ServerConfig::default();
     config.workers = settings.values.workers;
@@ -55,7 +56,11 @@ pub(crate) fn run(settings: Settings) -> Result<(), BoxError> {
     config.close_timeout = settings.values.close_timeout;
     config.reuse_port = settings.values.reuse_port;
 
-    let process = Process { inherited, upgrade };
+    let process = Process {
+        inherited,
+        upgrade,
+        tls_files,
+    };
     actix_rt::System::new().block_on(serve(settings, config, tls, process, log))
 }
 
@@ -73,11 +78,13 @@ struct Signals {
     user2: Signal,
 }
 
-/// What the process brings from outside the server: sockets it inherited, and how to start
-/// its successor.
+/// What the process brings from outside the server: sockets it inherited, how to start its
+/// successor, and how the TLS files looked when it read them.
 pub(crate) struct Process {
     inherited: Inherited,
     upgrade: Upgrade,
+    /// The TLS files as they were when the configuration was first read (`--watch-certs`).
+    tls_files: reload::FilesSeen,
 }
 
 /// What ends `Signals::next_event`.
@@ -155,6 +162,7 @@ async fn serve(
             server.tls_reloader(),
             log.clone(),
             reload::WATCH_INTERVAL,
+            process.tls_files.clone(),
         )?),
         false => None,
     };
