@@ -207,19 +207,33 @@ fn hang_if_asked() {
     }
 }
 
-/// What a file looked like at one poll: modification time and size, or absent.
-type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+/// What the TLS files looked like at one look: each one's modification time and size, or
+/// absent.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct FilesSeen(Vec<(PathBuf, Option<(SystemTime, u64)>)>);
 
-fn fingerprint(files: &[PathBuf]) -> Fingerprint {
-    files
-        .iter()
-        .map(|path| {
-            let seen = std::fs::metadata(path)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())));
-            (path.clone(), seen)
-        })
-        .collect()
+impl FilesSeen {
+    /// The TLS files of `settings` as they are now. Taken before the files are read for the
+    /// first time, it is what `--watch-certs` compares with: a change made after the read,
+    /// however soon, is then seen (taken later, by the watcher itself, a renewal landing
+    /// between the read and the watcher's start went unseen for good).
+    pub(crate) fn of(settings: &Settings) -> FilesSeen {
+        FilesSeen::of_files(&tls_source(settings).files())
+    }
+
+    fn of_files(files: &[PathBuf]) -> FilesSeen {
+        FilesSeen(
+            files
+                .iter()
+                .map(|path| {
+                    let seen = std::fs::metadata(path)
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())));
+                    (path.clone(), seen)
+                })
+                .collect(),
+        )
+    }
 }
 
 /// `--watch-certs`: a thread that polls the TLS files and reloads once they changed and then
@@ -232,12 +246,14 @@ pub(crate) struct CertWatcher {
 }
 
 impl CertWatcher {
-    /// Starts watching the files of `settings` every `interval`.
+    /// Starts watching the files of `settings` every `interval`; `loaded` is how they looked
+    /// when the configuration in use was read from them.
     pub(crate) fn start(
         settings: Settings,
         reloader: TlsReloader,
         log: Logger,
         interval: Duration,
+        loaded: FilesSeen,
     ) -> std::io::Result<CertWatcher> {
         let files = tls_source(&settings).files();
         let (stop, stopped) = mpsc::channel::<()>();
@@ -246,11 +262,11 @@ impl CertWatcher {
             .spawn(move || {
                 info!(log, "watching certificate files"; "files" => files.len(),
                     "interval_ms" => interval.as_millis() as u64);
-                let mut loaded = fingerprint(&files);
+                let mut loaded = loaded;
                 let mut last = loaded.clone();
                 // Only the sender's drop ends the wait early: that is the stop.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    let now = fingerprint(&files);
+                    let now = FilesSeen::of_files(&files);
                     if now != loaded && now == last {
                         reload(&settings, &reloader, &log);
                         loaded = now.clone();

@@ -73,6 +73,8 @@ fn run_inherited(settings: Settings, inherited: Inherited) -> Result<(), BoxErro
     let upgrade = Upgrade::capture()?;
     let (log, _flush_on_exit) =
         logging::build(settings.values.log_format, settings.values.log_level);
+    // Before the files are read: `--watch-certs` compares with this (see `FilesSeen::of`).
+    let tls_files = reload::FilesSeen::of(&settings);
     // Everything built from the settings, checked as `tlsvisor check` checks it.
     let prepared = prepare::prepare(&settings)?;
     raise_fd_limit(&log);
@@ -93,7 +95,11 @@ fn run_inherited(settings: Settings, inherited: Inherited) -> Result<(), BoxErro
                     server; pass --cert and --key for real use";
             "trust_for_testing" => "certs/ca.crt");
     }
-    let process = Process { inherited, upgrade };
+    let process = Process {
+        inherited,
+        upgrade,
+        tls_files,
+    };
     actix_rt::System::new().block_on(serve(settings, prepared, process, log))
 }
 
@@ -111,11 +117,13 @@ struct Signals {
     user2: Signal,
 }
 
-/// What the process brings from outside the server: sockets it inherited, and how to start
-/// its successor.
+/// What the process brings from outside the server: sockets it inherited, how to start its
+/// successor, and how the TLS files looked when it read them.
 pub(crate) struct Process {
     inherited: Inherited,
     upgrade: Upgrade,
+    /// The TLS files as they were when the configuration was first read (`--watch-certs`).
+    tls_files: reload::FilesSeen,
 }
 
 /// What ends `Signals::next_event`.
@@ -212,6 +220,7 @@ async fn serve(
             server.tls_reloader(),
             log.clone(),
             reload::WATCH_INTERVAL,
+            process.tls_files.clone(),
         )?),
         false => None,
     };
