@@ -50,13 +50,25 @@ pub(crate) enum Kind {
 /// own) and its name in the report.
 pub(crate) const KINDS: [(Kind, u64, &str); 12] = [
     (Kind::Clean, 34, "clean session"),
-    (Kind::CleanClientCert, 10, "clean session, client certificate"),
+    (
+        Kind::CleanClientCert,
+        10,
+        "clean session, client certificate",
+    ),
     (Kind::CleanResumed, 6, "clean session, resumption"),
-    (Kind::CleanBehindProxy, 4, "clean session behind a PROXY v2 header"),
+    (
+        Kind::CleanBehindProxy,
+        4,
+        "clean session behind a PROXY v2 header",
+    ),
     (Kind::AbruptClose, 4, "FIN without close_notify"),
     (Kind::ResetMidStream, 10, "reset mid-stream"),
     (Kind::HalfClientHello, 8, "half ClientHello"),
-    (Kind::UnknownCaCert, 8, "client certificate of an unknown CA"),
+    (
+        Kind::UnknownCaCert,
+        8,
+        "client certificate of an unknown CA",
+    ),
     (Kind::ProxyGarbage, 6, "PROXY garbage"),
     (Kind::UpstreamReset, 5, "upstream resets"),
     (Kind::UpstreamClose, 5, "upstream closes first"),
@@ -64,7 +76,8 @@ pub(crate) const KINDS: [(Kind, u64, &str); 12] = [
 ];
 
 impl Kind {
-    fn index(self) -> usize {
+    /// Its place in [`KINDS`] (and in [`Books::counts`]).
+    pub(crate) fn index(self) -> usize {
         KINDS
             .iter()
             .position(|(k, _, _)| *k == self)
@@ -364,7 +377,12 @@ pub(crate) async fn run(kind: Kind, target: &Target, books: &Books, seed: u64, s
     books.ended(kind, outcome);
 }
 
-async fn tcp(kind: Kind, source: IpAddr, target: &Target, books: &Books) -> Result<TcpStream, Failure> {
+async fn tcp(
+    kind: Kind,
+    source: IpAddr,
+    target: &Target,
+    books: &Books,
+) -> Result<TcpStream, Failure> {
     let tcp = connect_from(source, target.server)
         .await
         .map_err(fail("connect"))?;
@@ -384,7 +402,12 @@ async fn clean(kind: Kind, target: &Target, books: &Books, rng: &mut Rng) -> Res
     let mut tcp = tcp(kind, source, target, books).await?;
     if kind == Kind::CleanBehindProxy {
         let client = SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(10, rng.below(256) as u8, rng.below(256) as u8, 1)),
+            IpAddr::V4(Ipv4Addr::new(
+                10,
+                rng.below(256) as u8,
+                rng.below(256) as u8,
+                1,
+            )),
             rng.range(1024, 65535) as u16,
         );
         tcp.write_all(&proxy_v2(client, target.server))
@@ -509,10 +532,7 @@ async fn proxy_garbage(target: &Target, books: &Books, rng: &mut Rng) -> Result<
         3 => b"PROXY TCP4 999.1.1.1 nowhere 1 2\r\n".to_vec(),
         // A valid v2 header cut short.
         4 => {
-            let full = proxy_v2(
-                SocketAddr::from(([10, 0, 0, 1], 1234)),
-                target.server,
-            );
+            let full = proxy_v2(SocketAddr::from(([10, 0, 0, 1], 1234)), target.server);
             full[..rng.range(1, full.len() as u64) as usize].to_vec()
         }
         // No header at all: a ClientHello.
@@ -524,7 +544,9 @@ async fn proxy_garbage(target: &Target, books: &Books, rng: &mut Rng) -> Result<
     let mut buf = [0u8; 512];
     match tcp.read(&mut buf).await {
         Ok(0) | Err(_) => Ok(()),
-        Ok(n) => Err(format!("{n} bytes of answer to PROXY garbage (sort {sort})")),
+        Ok(n) => Err(format!(
+            "{n} bytes of answer to PROXY garbage (sort {sort})"
+        )),
     }
 }
 

@@ -43,11 +43,19 @@ pub(crate) fn render(s: &Settings, soak: &Soak) -> String {
     let mut md = String::new();
     let secs = soak.elapsed.as_secs_f64().max(1e-9);
     let _ = writeln!(md, "### Soak: {}\n", s.label());
-    let _ = writeln!(md, "- Machine: {}; load average as the mix ended: {}", machine(), soak.loadavg);
+    let _ = writeln!(
+        md,
+        "- Machine: {}; load average as the mix ended: {}",
+        machine(),
+        soak.loadavg
+    );
     let _ = writeln!(
         md,
         "- Mix: {} clients at a time plus up to {} silent sockets; warm-up {} clients; seed {}",
-        s.concurrency, s.silent, n(s.warmup), s.seed
+        s.concurrency,
+        s.silent,
+        n(s.warmup),
+        s.seed
     );
     let _ = writeln!(
         md,
@@ -166,7 +174,11 @@ pub(crate) fn render(s: &Settings, soak: &Soak) -> String {
         );
     }
     if !soak.samples.is_empty() {
-        let _ = writeln!(md, "\nUnexpected client outcomes (the first {}):\n", soak.samples.len());
+        let _ = writeln!(
+            md,
+            "\nUnexpected client outcomes (the first {}):\n",
+            soak.samples.len()
+        );
         for sample in &soak.samples {
             let _ = writeln!(md, "- {sample}");
         }
@@ -176,7 +188,11 @@ pub(crate) fn render(s: &Settings, soak: &Soak) -> String {
         "\ntlsvisor logged {} lines at `warn` and above (kept in `{}`){}",
         n(soak.log.lines),
         soak.log.path.display(),
-        if soak.log.lines == 0 { "." } else { ", by message:\n" }
+        if soak.log.lines == 0 {
+            "."
+        } else {
+            ", by message:\n"
+        }
     );
     for (message, count) in soak.log.messages.iter().take(10) {
         let _ = writeln!(md, "- {} × `{message}`", n(*count));

@@ -92,8 +92,11 @@ impl Settings {
     /// The settings from `TLSVISOR_SOAK_*`.
     pub(crate) fn from_env() -> Settings {
         let duration = env_duration("TLSVISOR_SOAK_DURATION");
-        let connections = env_number("TLSVISOR_SOAK_CONNECTIONS")
-            .or(if duration.is_some() { None } else { Some(1_000_000) });
+        let connections = env_number("TLSVISOR_SOAK_CONNECTIONS").or(if duration.is_some() {
+            None
+        } else {
+            Some(1_000_000)
+        });
         Settings {
             connections,
             duration,
@@ -311,8 +314,7 @@ fn client_configs(files: &Files) -> Target {
             with_cert(ca, cert.as_bytes(), key.as_bytes()).expect("a client configuration"),
         ),
         unknown_ca: no_resumption(
-            with_cert(ca, bad_cert.as_bytes(), bad_key.as_bytes())
-                .expect("a client configuration"),
+            with_cert(ca, bad_cert.as_bytes(), bad_key.as_bytes()).expect("a client configuration"),
         ),
         plain,
         client_hellos,
@@ -373,7 +375,11 @@ fn start_server(s: &Settings, files: &Files, upstreams: &[SocketAddr], out: &Pat
             Ok((200, _, _))
         )
     });
-    assert!(ready, "tlsvisor not ready after 30 s; see {}", log.display());
+    assert!(
+        ready,
+        "tlsvisor not ready after 30 s; see {}",
+        log.display()
+    );
     Server {
         pid: child.id(),
         child,
@@ -742,7 +748,9 @@ pub(crate) fn soak(s: &Settings) -> Soak {
     let (mut end, last) = op.quiet_usage(&server);
     let waited = Instant::now();
     if end.threads != start.threads {
-        wait_for(THREADS_LIMIT, || procfs::threads(server.pid) == start.threads);
+        wait_for(THREADS_LIMIT, || {
+            procfs::threads(server.pid) == start.threads
+        });
         let _quiet = lock(&op.scrapes);
         end = usage(server.pid);
     }
@@ -770,10 +778,17 @@ pub(crate) fn soak(s: &Settings) -> Soak {
     }
     for (i, a) in addrs.iter().enumerate() {
         let n = leak::sockets_to_remote_port(a.port(), TcpState::CloseWait).unwrap_or(usize::MAX);
-        close_wait.push((if i == 0 { "to upstream 1" } else { "to upstream 2" }, n));
+        close_wait.push((
+            if i == 0 {
+                "to upstream 1"
+            } else {
+                "to upstream 2"
+            },
+            n,
+        ));
     }
-    let established = leak::sockets_on_local_port(server.tls.port(), TcpState::Established)
-        .unwrap_or(usize::MAX);
+    let established =
+        leak::sockets_on_local_port(server.tls.port(), TcpState::Established).unwrap_or(usize::MAX);
 
     let exit = terminate(&mut server.child);
     stop_upstreams.store(true, Ordering::SeqCst);
@@ -863,7 +878,7 @@ fn summarise_log(path: &Path) -> LogSummary {
         *by_message.entry(message).or_default() += 1;
     }
     let mut messages: Vec<(String, u64)> = by_message.into_iter().collect();
-    messages.sort_by(|a, b| b.1.cmp(&a.1));
+    messages.sort_by_key(|m| std::cmp::Reverse(m.1));
     LogSummary {
         lines,
         messages,
@@ -927,7 +942,10 @@ fn checks(
         soak.scrapes.inconsistent == 0,
         match &soak.scrapes.inconsistent_sample {
             None => format!("{} scrapes", soak.scrapes.rounds),
-            Some(first) => format!("{} of {}; first: {first}", soak.scrapes.inconsistent, soak.scrapes.rounds),
+            Some(first) => format!(
+                "{} of {}; first: {first}",
+                soak.scrapes.inconsistent, soak.scrapes.rounds
+            ),
         },
     ));
     for name in [
@@ -1042,6 +1060,7 @@ fn checks(
                 .unwrap_or_default()
         ),
     ));
+    out.extend(reasons_match_kinds(soak));
     out.push(check(
         "the upstreams came back on schedule",
         rebind_failures == 0,
@@ -1051,6 +1070,93 @@ fn checks(
         "SIGTERM at the end: exit status 0",
         soak.exit.starts_with("exit status: 0"),
         soak.exit.clone(),
+    ));
+    out
+}
+
+/// What the clients did, in groups, against the reasons the server recorded for them during
+/// the run: each group's clients must be exactly its reasons' disposals. (A reset mid-stream is
+/// seen by the reader or by a write, whichever comes first; a silent socket ends by its FIN or
+/// by the handshake timeout; a client that failed as an upstream went down was refused a
+/// connect or cut by the reset of an upstream's backlog.) Exact only when every client did what
+/// its kind expects.
+fn reasons_match_kinds(soak: &Soak) -> Vec<Check> {
+    use Kind::*;
+    let k = |kind: Kind| &soak.kinds[kind.index()];
+    let expected = |kinds: &[Kind]| kinds.iter().map(|&kind| k(kind).expected).sum::<u64>();
+    let started = |kinds: &[Kind]| kinds.iter().map(|&kind| k(kind).started).sum::<u64>();
+    let failed_as_down: u64 = soak.kinds.iter().map(|c| c.outage).sum();
+    let groups: Vec<(&str, u64, &[&str])> = vec![
+        (
+            "clean sessions and FINs without close_notify, as expected",
+            expected(&[
+                Clean,
+                CleanClientCert,
+                CleanResumed,
+                CleanBehindProxy,
+                AbruptClose,
+            ]),
+            &["peer_eof"],
+        ),
+        (
+            "resets mid-stream, as expected",
+            expected(&[ResetMidStream]),
+            &["reader_error", "writer_error"],
+        ),
+        (
+            "half ClientHellos and silent sockets",
+            started(&[HalfClientHello, Silent]),
+            &["handshake_failed", "handshake_timeout"],
+        ),
+        (
+            "client certificates of an unknown CA",
+            started(&[UnknownCaCert]),
+            &["client_auth_failed"],
+        ),
+        (
+            "PROXY garbage",
+            started(&[ProxyGarbage]),
+            &["proxy_header_invalid"],
+        ),
+        (
+            "upstream closes first, as expected",
+            expected(&[UpstreamClose]),
+            &["upstream_eof"],
+        ),
+        (
+            "upstream resets, and every client that failed as an upstream went down",
+            started(&[UpstreamReset]) + failed_as_down,
+            &["upstream_error", "upstream_connect_failed"],
+        ),
+    ];
+    let mut matched: Vec<&str> = Vec::new();
+    let mut out = Vec::new();
+    for (what, clients, reasons) in groups {
+        let disposed: u64 = reasons
+            .iter()
+            .map(|r| soak.disposed.get(*r).copied().unwrap_or(0))
+            .sum();
+        matched.extend(reasons);
+        out.push(check(
+            format!("reasons match the mix: {what} == {}", reasons.join(" + ")),
+            clients == disposed,
+            format!("{clients} clients, {disposed} disposals"),
+        ));
+    }
+    let others: Vec<String> = soak
+        .disposed
+        .iter()
+        .filter(|(r, n)| **n > 0 && !matched.contains(&r.as_str()))
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    out.push(check(
+        "no other disposal reason during the run",
+        others.is_empty(),
+        if others.is_empty() {
+            "none".to_string()
+        } else {
+            others.join(", ")
+        },
     ));
     out
 }
