@@ -13,7 +13,10 @@
 //!    `--listen 0.0.0.0:8443`; it is logged, with both addresses.
 //!
 //! `FileDescriptorName=` (`LISTEN_FDNAMES`) cannot carry an address — `:` separates the names —
-//! so names only label sockets in the logs, and pick out the upgrade's readiness socket. An
+//! so names only label sockets in the logs, and pick out three sockets that are not `--listen`
+//! entries: the upgrade's readiness socket, and the metrics and admin listeners a binary
+//! upgrade hands over ([`METRICS_NAME`], [`ADMIN_NAME`]; each serves its flag if bound to its
+//! address, port 0 taking any port, and is closed otherwise). An
 //! entry no socket maps to is bound as usual. A socket no entry is left for is an error: a
 //! socket unit and `--listen` that disagree would otherwise serve nothing where systemd listens.
 
@@ -28,6 +31,12 @@ use crate::error::BoxError;
 /// ready on (a datagram socket, the `sd_notify` message format).
 pub(crate) const READY_NAME: &str = "tlsvisor-upgrade-ready";
 
+/// `FileDescriptorName` of the `--metrics-listen` socket a binary upgrade hands over.
+pub(crate) const METRICS_NAME: &str = "tlsvisor-metrics";
+
+/// `FileDescriptorName` of the `--admin-listen` socket a binary upgrade hands over.
+pub(crate) const ADMIN_NAME: &str = "tlsvisor-admin";
+
 /// What the process inherited.
 #[derive(Default)]
 pub(crate) struct Inherited {
@@ -35,6 +44,10 @@ pub(crate) struct Inherited {
     listeners: Vec<InheritedSocket>,
     /// The upgrade's readiness socket, when a binary upgrade started this process.
     pub upgrade_ready: Option<UnixDatagram>,
+    /// The metrics listener's socket, handed over by the process this one upgrades.
+    pub metrics: Option<TcpListener>,
+    /// The admin listener's socket, handed over by the process this one upgrades.
+    pub admin: Option<TcpListener>,
 }
 
 /// One inherited listening socket.
@@ -99,6 +112,17 @@ impl Inherited {
                     )
                 })?
                 .ok_or_else(|| format!("LISTEN_FDS: socket {index} ({name}) is missing"))?;
+            match name.as_str() {
+                METRICS_NAME => {
+                    inherited.metrics = Some(listener);
+                    continue;
+                }
+                ADMIN_NAME => {
+                    inherited.admin = Some(listener);
+                    continue;
+                }
+                _ => {}
+            }
             let addr = listener.local_addr()?;
             inherited.listeners.push(InheritedSocket {
                 listener,

@@ -1,9 +1,14 @@
 //! The admin API (`--admin-listen`): actix-web on the same actix system as the supervisor
 //! (served as `http.rs` says), steering it through a `ServerHandle` (every question goes to
 //! the registries by message, with a deadline).
+//!
+//! The token is checked first, before routing and before a path or query is parsed: an
+//! unauthenticated request learns nothing (not whether a path exists, not how its parameters
+//! are parsed) and gets a 401, counted, whatever it asked for. Only the two health probes are
+//! open, for load balancers and orchestrators that hold no token.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -11,11 +16,12 @@ use prometheus::{IntCounter, Registry};
 use serde::Deserialize;
 use serde_json::json;
 use slog::{info, warn, Logger};
-use tlsvisor_actors::{CloseMode, ConnDescription, ConnId, ServerHandle, TlsReloader};
+use tlsvisor_actors::{CloseMode, ConnDescription, ConnId, ServerHandle};
 
 use crate::cli::parse_duration;
 use crate::error::BoxError;
 use crate::http::HttpListener;
+use crate::log_limit::LogLimit;
 use crate::reload;
 use crate::settings::Settings;
 
@@ -35,38 +41,83 @@ pub(crate) fn unauthorized_counter() -> Result<IntCounter, prometheus::Error> {
 pub(crate) struct Admin {
     pub handle: ServerHandle,
     pub settings: Settings,
-    pub reloader: TlsReloader,
+    /// `POST /reload`'s (shared with SIGHUP's: one reload at a time).
+    pub reloads: reload::Reloads,
     pub metrics: Registry,
     /// `None`: no token asked for (keep the listener on loopback then).
     pub token: Option<String>,
     pub unauthorized: IntCounter,
+    /// One warning line per second at most for refused requests.
+    pub refusals_logged: LogLimit,
     pub log: Logger,
 }
 
-/// Binds `addr` and serves the admin API on one actix-web worker of the current system.
-pub(crate) fn start(addr: SocketAddr, admin: Admin) -> Result<HttpListener, BoxError> {
+/// The paths open without the token: the probes of load balancers and orchestrators.
+const OPEN_PATHS: [&str; 2] = ["/health/live", "/health/ready"];
+
+/// At most one warning line per this interval for refused requests (a client can send them as
+/// fast as it likes).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest `POST /drain` period or `accept_for`, as for every other duration the binary
+/// takes: a longer one is a mistake (a unit read wrongly).
+const LONGEST_DRAIN: Duration = tlsvisor_actors::ServerConfig::MAX_TIMEOUT;
+
+/// Serves the admin API on `addr` (on `inherited` if that is a socket for it) on one actix-web
+/// worker of the current system.
+pub(crate) fn start(
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+    admin: Admin,
+) -> Result<HttpListener, BoxError> {
     let log = admin.log.clone();
-    let listener = crate::http::start(addr, "the admin API", web::Data::new(admin), |routes| {
-        routes
-            .route("/health/live", web::get().to(live))
-            .route("/health/ready", web::get().to(ready))
-            .route("/metrics", web::get().to(metrics))
-            .route("/connections", web::get().to(list))
-            .route("/connections/{id}", web::get().to(one))
-            .route("/connections/{id}", web::delete().to(kill))
-            .route("/pause", web::post().to(pause))
-            .route("/resume", web::post().to(resume))
-            .route("/drain", web::post().to(drain))
-            .route("/reload", web::post().to(reload_tls));
+    let data = web::Data::new(admin);
+    let listener = crate::http::start(addr, inherited, "the admin API", data, |routes| {
+        // One scope over every path, so that the token is checked before routing: a path
+        // that matches no route, or whose id or query does not parse, is still refused first.
+        routes.service(
+            web::scope("")
+                .wrap_fn(|request, service| {
+                    use actix_web::dev::Service;
+                    let refusal = request
+                        .app_data::<web::Data<Admin>>()
+                        .and_then(|admin| refused(request.request(), admin));
+                    let outcome = match refusal {
+                        Some(refusal) => Err(request.into_response(refusal)),
+                        None => Ok(service.call(request)),
+                    };
+                    async move {
+                        match outcome {
+                            Err(refused) => Ok(refused),
+                            Ok(call) => call.await,
+                        }
+                    }
+                })
+                .configure(routes_behind_the_token),
+        );
     })?;
     info!(log, "admin listening"; "admin_listen" => %listener.addr);
     Ok(listener)
 }
 
+/// The admin API's routes (the token was checked before any of them is reached).
+fn routes_behind_the_token(routes: &mut web::ServiceConfig) {
+    routes
+        .route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics))
+        .route("/connections", web::get().to(list))
+        .route("/connections/{id}", web::get().to(one))
+        .route("/connections/{id}", web::delete().to(kill))
+        .route("/pause", web::post().to(pause))
+        .route("/resume", web::post().to(resume))
+        .route("/drain", web::post().to(drain))
+        .route("/reload", web::post().to(reload_tls));
+}
+
 /// Reads the token file (surrounding whitespace is not part of the token).
 pub(crate) fn read_token(path: &std::path::Path) -> Result<String, BoxError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--admin-token-file {}: {e}", path.display()))?;
+    let text = crate::bounded_file::read_text("--admin-token-file", path)?;
     let token = text.trim().to_string();
     if token.is_empty() {
         return Err(format!("--admin-token-file {}: the file is empty", path.display()).into());
@@ -74,21 +125,30 @@ pub(crate) fn read_token(path: &std::path::Path) -> Result<String, BoxError> {
     Ok(token)
 }
 
-/// `None` when the request may go on, else the 401 to answer (counted).
+/// `None` when the request may go on, else the 401 to answer (counted, and logged at most
+/// once per [`REFUSAL_LOG_EVERY`] with how many were left out).
 fn refused(req: &HttpRequest, admin: &Admin) -> Option<HttpResponse> {
     let expected = admin.token.as_deref()?;
+    if OPEN_PATHS.contains(&req.path()) {
+        return None;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     if presented.is_some_and(|p| same(p.as_bytes(), expected.as_bytes())) {
         return None;
     }
     admin.unauthorized.inc();
-    warn!(admin.log, "admin request refused: missing or wrong token";
-        "path" => req.path(), "peer" => req.peer_addr().map(|a| a.to_string()).unwrap_or_default());
+    if let Some(suppressed) = admin.refusals_logged.admit(Instant::now()) {
+        // The path as sent, cut short: it is the client's, of any length.
+        let path: String = req.path().chars().take(128).collect();
+        warn!(admin.log, "admin request refused: missing or wrong token";
+            "path" => path,
+            "peer" => req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "suppressed_since_last" => suppressed);
+    }
     Some(
         HttpResponse::Unauthorized()
             .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
@@ -96,18 +156,19 @@ fn refused(req: &HttpRequest, admin: &Admin) -> Option<HttpResponse> {
     )
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is matched without
+/// regard to case (RFC 7235 section 2.1: `bearer`, `BEARER`), and the token is trimmed.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// Compares without stopping at the first difference (the time does not tell how much of a
 /// guess was right).
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-macro_rules! authorized {
-    ($req:expr, $admin:expr) => {
-        if let Some(refusal) = refused(&$req, &$admin) {
-            return refusal;
-        }
-    };
 }
 
 async fn live() -> HttpResponse {
@@ -129,8 +190,7 @@ async fn ready(admin: web::Data<Admin>) -> HttpResponse {
     }
 }
 
-async fn metrics(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
-    authorized!(req, admin);
+async fn metrics(admin: web::Data<Admin>) -> HttpResponse {
     crate::http::exposition(&admin.metrics)
 }
 
@@ -140,8 +200,7 @@ struct Page {
     limit: Option<usize>,
 }
 
-async fn list(req: HttpRequest, admin: web::Data<Admin>, page: web::Query<Page>) -> HttpResponse {
-    authorized!(req, admin);
+async fn list(admin: web::Data<Admin>, page: web::Query<Page>) -> HttpResponse {
     let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, LARGEST_PAGE);
     let found = admin
         .handle
@@ -156,8 +215,7 @@ async fn list(req: HttpRequest, admin: web::Data<Admin>, page: web::Query<Page>)
     HttpResponse::Ok().json(json!({"connections": connections, "next_after": next}))
 }
 
-async fn one(req: HttpRequest, admin: web::Data<Admin>, id: web::Path<u64>) -> HttpResponse {
-    authorized!(req, admin);
+async fn one(admin: web::Data<Admin>, id: web::Path<u64>) -> HttpResponse {
     match admin.handle.connection(ConnId(*id)).await {
         Some(found) => HttpResponse::Ok().json(describe(&found)),
         None => not_live(*id),
@@ -171,12 +229,10 @@ struct KillQuery {
 }
 
 async fn kill(
-    req: HttpRequest,
     admin: web::Data<Admin>,
     id: web::Path<u64>,
     query: web::Query<KillQuery>,
 ) -> HttpResponse {
-    authorized!(req, admin);
     let mode = match query.force {
         true => CloseMode::Force,
         false => CloseMode::Graceful,
@@ -193,15 +249,13 @@ fn not_live(id: u64) -> HttpResponse {
     HttpResponse::NotFound().json(json!({"error": "no live connection with this id", "id": id}))
 }
 
-async fn pause(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
-    authorized!(req, admin);
+async fn pause(admin: web::Data<Admin>) -> HttpResponse {
     let changed = admin.handle.pause();
     info!(admin.log, "admin: accepting paused"; "changed" => changed);
     HttpResponse::Ok().json(json!({"paused": true, "changed": changed}))
 }
 
-async fn resume(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
-    authorized!(req, admin);
+async fn resume(admin: web::Data<Admin>) -> HttpResponse {
     let changed = admin.handle.resume();
     info!(admin.log, "admin: accepting resumed"; "changed" => changed);
     HttpResponse::Ok().json(json!({"paused": false, "changed": changed}))
@@ -214,30 +268,20 @@ struct DrainQuery {
     accept_for: Option<String>,
 }
 
-async fn drain(
-    req: HttpRequest,
-    admin: web::Data<Admin>,
-    query: web::Query<DrainQuery>,
-) -> HttpResponse {
-    authorized!(req, admin);
-    let period = match query.period.as_deref().map(parse_duration) {
-        None => admin.settings.values.shutdown_grace,
-        Some(Ok(period)) => period,
-        Some(Err(e)) => {
-            return HttpResponse::BadRequest().json(json!({"error": format!("period: {e}")}))
-        }
+async fn drain(admin: web::Data<Admin>, query: web::Query<DrainQuery>) -> HttpResponse {
+    let period = match drain_duration("period", query.period.as_deref()) {
+        Ok(period) => period.unwrap_or(admin.settings.values.shutdown_grace),
+        Err(refusal) => return *refusal,
     };
-    let accept_for = match query.accept_for.as_deref().map(parse_duration) {
-        None => Duration::ZERO,
-        Some(Ok(accept_for)) => accept_for,
-        Some(Err(e)) => {
-            return HttpResponse::BadRequest().json(json!({"error": format!("accept_for: {e}")}))
-        }
+    let accept_for = match drain_duration("accept_for", query.accept_for.as_deref()) {
+        Ok(accept_for) => accept_for.unwrap_or(Duration::ZERO),
+        Err(refusal) => return *refusal,
     };
     let log = admin.log.clone();
-    let period_ms = period.as_millis() as u64;
+    // At most a day each (checked above, and `--shutdown-grace` likewise): no wrap.
+    let period_ms = millis(period);
     info!(log, "admin: draining"; "period_ms" => period_ms,
-        "accept_for_ms" => accept_for.as_millis() as u64);
+        "accept_for_ms" => millis(accept_for));
     // Not ready from this call on, before this answer; paused then too, or after
     // `accept_for`, and before the first connection is asked to close.
     let draining = admin.handle.drain_accepting_for(accept_for, period);
@@ -248,18 +292,38 @@ async fn drain(
     HttpResponse::Accepted().json(json!({"draining": true, "period_ms": period_ms}))
 }
 
-async fn reload_tls(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
-    authorized!(req, admin);
+/// A `POST /drain` duration parameter: absent, or one that parses and is at most
+/// [`LONGEST_DRAIN`]; else the 400 to answer.
+fn drain_duration(name: &str, text: Option<&str>) -> Result<Option<Duration>, Box<HttpResponse>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let refuse = |why: String| Box::new(HttpResponse::BadRequest().json(json!({"error": why})));
+    match parse_duration(text) {
+        Ok(duration) if duration <= LONGEST_DRAIN => Ok(Some(duration)),
+        Ok(_) => Err(refuse(format!("{name}: at most 24h"))),
+        Err(e) => Err(refuse(format!("{name}: {e}"))),
+    }
+}
+
+/// Milliseconds, saturating (a `Duration` holds more than `u64` milliseconds).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn reload_tls(admin: web::Data<Admin>) -> HttpResponse {
     info!(admin.log, "reload requested"; "via" => "admin");
-    // Reading and checking the files blocks: off the admin worker's thread.
-    let admin = admin.into_inner();
-    let done = web::block(move || reload::reload(&admin.settings, &admin.reloader, &admin.log));
-    match done.await {
-        Ok(true) => HttpResponse::Ok().json(json!({"reloaded": true})),
-        Ok(false) => HttpResponse::InternalServerError()
-            .json(json!({"reloaded": false, "error": "reload failed; see the log"})),
-        Err(e) => HttpResponse::InternalServerError()
-            .json(json!({"reloaded": false, "error": e.to_string()})),
+    // The files are read on a thread of their own, with a deadline (`reload::Reloads`).
+    match admin.reloads.reload().await {
+        Ok(()) => HttpResponse::Ok().json(json!({"reloaded": true})),
+        Err(e) => {
+            let body = json!({"reloaded": false, "error": e.to_string()});
+            match e {
+                reload::ReloadError::Busy => HttpResponse::Conflict().json(body),
+                reload::ReloadError::TimedOut => HttpResponse::GatewayTimeout().json(body),
+                reload::ReloadError::Refused(_) => HttpResponse::InternalServerError().json(body),
+            }
+        }
     }
 }
 
@@ -293,21 +357,17 @@ fn describe(d: &ConnDescription) -> serde_json::Value {
     out
 }
 
-/// Starts the admin API of `server` on `addr` as the settings say (the token file is read
-/// now: a missing or empty one is a start-up error).
+/// Starts the admin API of `server` on `addr` as the settings say, asking for `token` (read
+/// from `--admin-token-file` by `prepare`) if there is one.
 pub(crate) fn start_for(
-    addr: SocketAddr,
+    (addr, inherited): (SocketAddr, Option<std::net::TcpListener>),
     settings: &Settings,
     server: &tlsvisor_actors::Server,
+    token: Option<String>,
+    reloads: reload::Reloads,
     unauthorized: IntCounter,
     log: &Logger,
 ) -> Result<HttpListener, BoxError> {
-    let token = settings
-        .values
-        .admin_token_file
-        .as_deref()
-        .map(read_token)
-        .transpose()?;
     if token.is_none() && !addr.ip().is_loopback() {
         warn!(log, "the admin API listens beyond loopback without --admin-token-file: \
                     anyone who reaches it can close connections";
@@ -322,13 +382,15 @@ pub(crate) fn start_for(
     )?;
     start(
         addr,
+        inherited,
         Admin {
             handle: server.handle(),
             settings: settings.clone(),
-            reloader: server.tls_reloader(),
+            reloads,
             metrics,
             token,
             unauthorized,
+            refusals_logged: LogLimit::new(REFUSAL_LOG_EVERY),
             log: log.clone(),
         },
     )

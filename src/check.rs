@@ -1,6 +1,8 @@
-//! `tlsvisor check`: validates what `serve` would run with, without serving: the settings,
-//! every certificate and key (and that they match), each upstream address, the admin token
-//! file. One line per problem on stderr; exit 0 only if there is none.
+//! `tlsvisor check`: validates what `serve` would run with, without serving. It builds what
+//! `serve` builds, through the same `prepare::prepare` (the settings' bounds, every certificate
+//! and key and that they match, the admin token file, the user and group), and adds what only a
+//! check asks: whether each upstream resolves. One line per problem on stderr, and one per
+//! warning (a certificate outside its dates); exit 0 only if there is no problem.
 
 use std::net::ToSocketAddrs;
 use std::os::unix::fs::FileTypeExt;
@@ -9,7 +11,7 @@ use tlsvisor_actors::UpstreamAddr;
 
 use crate::cli::{ProtocolKind, ServeArgs};
 use crate::error::BoxError;
-use crate::reload;
+use crate::prepare::{self, Problems, Warning};
 use crate::settings::{CertSource, Settings};
 
 /// Checks `flags` (and the config file they name) as `serve` would read them.
@@ -17,9 +19,12 @@ pub(crate) fn run(flags: ServeArgs) -> Result<(), BoxError> {
     // A settings error (an unreadable or malformed config file, a bad flag combination) stops
     // here: nothing else can be read without them.
     let settings = Settings::resolve(flags)?;
-    let problems = problems(&settings);
+    let (problems, warnings) = problems(&settings);
     for problem in &problems {
         eprintln!("tlsvisor check: {problem}");
+    }
+    for warning in &warnings {
+        eprintln!("tlsvisor check: warning: {warning}");
     }
     if !problems.is_empty() {
         return Err(format!("{} problem(s) found", problems.len()).into());
@@ -64,14 +69,12 @@ fn upstream_problem(upstream: &str) -> Option<String> {
     }
 }
 
-/// Every problem found in what the settings point at.
-fn problems(settings: &Settings) -> Vec<String> {
-    let mut problems = Vec::new();
-    // Reads every TLS file and checks each key against its certificate; the error names the
-    // file.
-    if let Err(e) = reload::build_tls(settings) {
-        problems.push(format!("TLS: {e}"));
-    }
+/// Every problem found in what the settings point at, and the warnings `serve` would log.
+fn problems(settings: &Settings) -> (Vec<String>, Vec<Warning>) {
+    let (mut problems, warnings) = match prepare::prepare(settings) {
+        Ok(prepared) => (Vec::new(), prepared.warnings),
+        Err(Problems(problems)) => (problems, Vec::new()),
+    };
     problems.extend(
         settings
             .values
@@ -79,16 +82,5 @@ fn problems(settings: &Settings) -> Vec<String> {
             .iter()
             .filter_map(|upstream| upstream_problem(upstream).map(|p| format!("--upstream {p}"))),
     );
-    if let Err(e) = crate::privileges::check(
-        settings.values.user.as_deref(),
-        settings.values.group.as_deref(),
-    ) {
-        problems.push(e.to_string());
-    }
-    if let Some(path) = &settings.values.admin_token_file {
-        if let Err(e) = crate::admin::read_token(path) {
-            problems.push(e.to_string());
-        }
-    }
-    problems
+    (problems, warnings)
 }

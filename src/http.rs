@@ -38,6 +38,16 @@ pub(crate) struct HttpListener {
     server: actix_web::dev::ServerHandle,
     /// The address it is bound to (port 0 resolved).
     pub addr: SocketAddr,
+    /// A descriptor of its listening socket, for a binary upgrade to hand over.
+    socket: std::net::TcpListener,
+}
+
+impl HttpListener {
+    /// Another descriptor of the listening socket (the same socket, with its accept queue):
+    /// what a binary upgrade gives the new process.
+    pub(crate) fn socket(&self) -> std::io::Result<std::net::TcpListener> {
+        self.socket.try_clone()
+    }
 }
 
 impl Drop for HttpListener {
@@ -47,15 +57,31 @@ impl Drop for HttpListener {
     }
 }
 
-/// Binds `addr` and serves the `routes`, which share `data`, on one actix-web worker of the
-/// current actix system. `what` names the listener in errors (`metrics`, `the admin API`).
+/// Serves the `routes`, which share `data`, on one actix-web worker of the current actix
+/// system: on `inherited` if it is a socket for `addr` (handed over by the process this one
+/// upgrades), else on `addr`, bound now. `what` names the listener in errors (`metrics`,
+/// `the admin API`).
 pub(crate) fn start<D: Send + Sync + 'static>(
     addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
     what: &str,
     data: web::Data<D>,
     routes: fn(&mut web::ServiceConfig),
 ) -> Result<HttpListener, BoxError> {
     let cannot = |e: std::io::Error| format!("cannot serve {what} on {addr}: {e}");
+    let inherited = inherited.filter(|socket| {
+        socket
+            .local_addr()
+            .is_ok_and(|bound| crate::listen::serves(addr, bound))
+    });
+    let listener = match inherited {
+        Some(socket) => {
+            socket.set_nonblocking(true).map_err(cannot)?;
+            socket
+        }
+        None => crate::listen::bind(addr).map_err(cannot)?,
+    };
+    let socket = listener.try_clone().map_err(cannot)?;
     let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
         // One thread is plenty for an operator and a scraper; the work is in the registries.
         .workers(1)
@@ -66,8 +92,7 @@ pub(crate) fn start<D: Send + Sync + 'static>(
         .keep_alive(KEEP_ALIVE)
         .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
         .max_connections(MAX_CONNECTIONS)
-        // Reusable: a binary upgrade binds it again while this process still holds it.
-        .listen(crate::listen::reusable(addr).map_err(cannot)?)
+        .listen(listener)
         .map_err(cannot)?;
     let bound = server.addrs().first().copied().unwrap_or(addr);
     let server = server.run();
@@ -76,6 +101,7 @@ pub(crate) fn start<D: Send + Sync + 'static>(
     Ok(HttpListener {
         server: handle,
         addr: bound,
+        socket,
     })
 }
 
@@ -83,16 +109,23 @@ pub(crate) fn start<D: Send + Sync + 'static>(
 /// its token), answering from `registry`.
 pub(crate) fn serve_metrics(
     addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
     registry: Registry,
     log: &Logger,
 ) -> Result<HttpListener, BoxError> {
-    let listener = start(addr, "metrics", web::Data::new(registry), |routes| {
-        routes
-            .route("/metrics", web::get().to(scrape))
-            .default_service(web::to(|| async {
-                HttpResponse::NotFound().body("not found; try /metrics\n")
-            }));
-    })?;
+    let listener = start(
+        addr,
+        inherited,
+        "metrics",
+        web::Data::new(registry),
+        |routes| {
+            routes
+                .route("/metrics", web::get().to(scrape))
+                .default_service(web::to(|| async {
+                    HttpResponse::NotFound().body("not found; try /metrics\n")
+                }));
+        },
+    )?;
     info!(log, "metrics listening"; "metrics_listen" => %listener.addr);
     Ok(listener)
 }

@@ -3,6 +3,7 @@
 
 mod activation;
 mod admin;
+mod bounded_file;
 mod certs;
 mod check;
 mod cli;
@@ -11,9 +12,11 @@ mod exposition;
 mod http;
 mod listen;
 mod log_bridge;
+mod log_limit;
 mod logging;
 mod metrics;
 mod notify;
+mod prepare;
 mod privileges;
 mod reload;
 mod serve;
@@ -27,13 +30,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, ServeArgs};
-use crate::settings::Settings;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => Settings::resolve(ServeArgs::default()).and_then(serve::run),
-        Some(Command::Serve(flags)) => Settings::resolve(*flags).and_then(serve::run),
+        None => serve::run(ServeArgs::default()),
+        Some(Command::Serve(flags)) => serve::run(*flags),
         Some(Command::Check(flags)) => check::run(*flags),
         Some(Command::GenCerts { out }) => certs::generate_into(&out).map(|()| {
             eprintln!(
@@ -44,8 +46,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Already logged by the process this one was to replace (a failed binary upgrade).
+        Err(e) if e.is::<serve::Reported>() => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("tlsvisor: {e}");
+            // One write: another process may share this stderr (a binary upgrade), and
+            // `eprintln!` writes its pieces one `write(2)` each.
+            use std::io::Write;
+            let line = format!("tlsvisor: {e}\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             ExitCode::FAILURE
         }
     }

@@ -1,13 +1,24 @@
 //! Building the TLS configuration from the settings' files, and rebuilding it while the server
-//! runs: on SIGHUP (`reload`) and, with `--watch-certs`, when the files change (`CertWatcher`).
+//! runs: on SIGHUP and `POST /reload` (`Reloads`, off the thread that asked, with a deadline)
+//! and, with `--watch-certs`, when the files change (`CertWatcher`, on a thread of its own).
+//!
+//! Reading the files can block: every file is refused unless it is a regular file of at most
+//! 1 MiB (a FIFO or a device is refused before it is read), but a regular file on a hung
+//! network mount can still hold a `read(2)` for as long as the mount hangs. So a reload never
+//! reads on the signal-handling loop or on an HTTP worker: it reads on a thread of its own,
+//! the caller waits at most [`RELOAD_DEADLINE`], and a reload still stuck past it is given up
+//! (counted as failed, the configuration in use kept; what the stuck thread reads later is
+//! dropped, never installed). One reload at a time: while one is stuck, another is refused at
+//! once rather than piling up threads behind the same mount.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use slog::{error, info, Logger};
-use tlsvisor_actors::{LoadedTls, TlsReloader, TlsSource};
+use slog::{error, info, warn, Logger};
+use tlsvisor_actors::{LoadedTls, TlsReloader, TlsSource, TlsWarning};
 
 use crate::certs;
 use crate::error::BoxError;
@@ -47,14 +58,151 @@ pub(crate) fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
 pub(crate) fn reload(settings: &Settings, reloader: &TlsReloader, log: &Logger) -> bool {
     match reloader.reload_from(&tls_source(settings)) {
         Ok(()) => {
-            let certificates = reloader.current().certificates().len();
-            info!(log, "TLS configuration reloaded"; "certificates" => certificates);
+            let current = reloader.current();
+            info!(log, "TLS configuration reloaded";
+                "certificates" => current.certificates().len());
+            for warning in current.warnings() {
+                warn_about(warning, log);
+            }
             true
         }
         Err(e) => {
             error!(log, "TLS reload failed; keeping the previous configuration";
                 "error" => %e);
             false
+        }
+    }
+}
+
+/// One warning line for a served certificate outside its validity period, with the file and
+/// the date (in `detail`), at start-up and at every reload that serves it.
+pub(crate) fn warn_about(warning: &TlsWarning, log: &Logger) {
+    warn!(log, "CERTIFICATE OUTSIDE ITS VALIDITY PERIOD: serving it all the same";
+        "file" => %warning.path().display(), "detail" => %warning);
+}
+
+/// How long a SIGHUP or `POST /reload` waits for the files to be read and checked before it
+/// gives the reload up. A reload reads a few KiB from a handful of files in milliseconds; ten
+/// seconds is only ever reached by a storage that hangs.
+pub(crate) const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a reload asked for by SIGHUP or `POST /reload` did not happen (the configuration in use
+/// is kept in every case).
+#[derive(Debug)]
+pub(crate) enum ReloadError {
+    /// Another reload is still running (stuck, if it is past its deadline).
+    Busy,
+    /// The files were refused; the reason names the file.
+    Refused(String),
+    /// The files were not read within [`RELOAD_DEADLINE`].
+    TimedOut,
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Busy => f.write_str("another reload is still running"),
+            ReloadError::Refused(why) => f.write_str(why),
+            ReloadError::TimedOut => write!(
+                f,
+                "reading the TLS files took longer than {}s (a hung mount?)",
+                RELOAD_DEADLINE.as_secs()
+            ),
+        }
+    }
+}
+
+/// Runs reloads off the calling thread, one at a time, with a deadline (see the module docs).
+/// Clones share the one-at-a-time flag.
+#[derive(Clone)]
+pub(crate) struct Reloads {
+    settings: Settings,
+    reloader: TlsReloader,
+    running: Arc<AtomicBool>,
+    log: Logger,
+}
+
+/// Clears the running flag when the reading thread ends, however it ends.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Reloads {
+    pub(crate) fn new(settings: Settings, reloader: TlsReloader, log: Logger) -> Reloads {
+        Reloads {
+            settings,
+            reloader,
+            running: Arc::new(AtomicBool::new(false)),
+            log,
+        }
+    }
+
+    /// Reads and checks the files on a thread of its own and, if that is done within
+    /// [`RELOAD_DEADLINE`] and everything is valid, swaps the new configuration in. One log
+    /// line says what happened either way; a refused or timed-out reload is counted in
+    /// `tlsvisor_tls_reloads_total{result="failed"}` (a busy one is not: nothing was tried).
+    pub(crate) async fn reload(&self) -> Result<(), ReloadError> {
+        if self.running.swap(true, Ordering::SeqCst) {
+            warn!(
+                self.log,
+                "TLS reload not started: another reload is still running"
+            );
+            return Err(ReloadError::Busy);
+        }
+        let running = Running(Arc::clone(&self.running));
+        let (done, result) = tokio::sync::oneshot::channel();
+        let settings = self.settings.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tlsvisor-reload".into())
+            .spawn(move || {
+                let _running = running;
+                #[cfg(feature = "fault-injection")]
+                hang_if_asked();
+                // The receiver may have given up (deadline): then this result is dropped.
+                let _ = done.send(build_tls(&settings).map_err(|e| e.to_string()));
+            });
+        let outcome = match spawned {
+            Err(e) => Err(ReloadError::Refused(format!("cannot start a thread: {e}"))),
+            Ok(_) => match tokio::time::timeout(RELOAD_DEADLINE, result).await {
+                Err(_) => Err(ReloadError::TimedOut),
+                // The thread always sends unless it panicked; say so rather than hang.
+                Ok(Err(_)) => Err(ReloadError::Refused("the reload thread failed".into())),
+                Ok(Ok(Err(why))) => Err(ReloadError::Refused(why)),
+                Ok(Ok(Ok(loaded))) => Ok(loaded),
+            },
+        };
+        match outcome {
+            Ok(loaded) => {
+                self.reloader.reload(loaded);
+                let current = self.reloader.current();
+                info!(self.log, "TLS configuration reloaded";
+                    "certificates" => current.certificates().len());
+                for warning in current.warnings() {
+                    warn_about(warning, &self.log);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.reloader.reload_failed();
+                error!(self.log, "TLS reload failed; keeping the previous configuration";
+                    "error" => %e);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `TLSVISOR_RELOAD_FAULT=hang`: the reading thread never returns, as a read on a hung network
+/// mount would not, so that tests can see the deadline and a stop signal handled meanwhile.
+#[cfg(feature = "fault-injection")]
+fn hang_if_asked() {
+    if std::env::var("TLSVISOR_RELOAD_FAULT").is_ok_and(|v| v == "hang") {
+        loop {
+            std::thread::park();
         }
     }
 }

@@ -9,59 +9,98 @@ use std::time::{Duration, Instant};
 
 use actix_rt::signal::unix::{signal, Signal, SignalKind};
 use slog::{error, info, o, warn, Logger};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 
 use tlsvisor_actors::{
-    CloseMode, Echo, LoadedTls, ProxyConfig, ProxyHeader, Server, ServerBuilder, ServerConfig,
-    ServerHandle, Stats,
+    CloseMode, Echo, LoadedTls, ProxyConfig, Server, ServerBuilder, ServerConfig, ServerHandle,
+    Stats,
 };
 
 use crate::activation::{Inherited, InheritedSocket, Matched};
-use crate::cli::{ProtocolKind, ProxyProtocolVersion};
+use crate::cli::ServeArgs;
 use crate::error::BoxError;
 use crate::http::HttpListener;
 use crate::logging;
 use crate::notify::{self, Notifier};
+use crate::prepare::{self, Prepared, Warning};
 use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
 use crate::tls_metrics::TlsCollector;
 use crate::upgrade::Upgrade;
 
-/// Runs the server described by `settings` until a signal, then runs the shutdown protocol and
-/// returns (exit code 0) once it is done.
-pub(crate) fn run(settings: Settings) -> Result<(), BoxError> {
+/// Runs the server described by `flags` (and the config file they name) until a signal, then
+/// runs the shutdown protocol and returns (exit code 0) once it is done.
+///
+/// Started by a binary upgrade, a process that cannot start sends its reason to the old
+/// process, which logs it (`upgrade.rs`), and prints nothing itself: the error is then
+/// [`Reported`].
+pub(crate) fn run(flags: ServeArgs) -> Result<(), BoxError> {
     // Before any thread starts: this edits the environment.
     let inherited = Inherited::from_env()?;
+    let upgrading = inherited
+        .upgrade_ready
+        .as_ref()
+        .and_then(|ready| ready.try_clone().ok());
+    // The settings too: a config file an upgrade's new process cannot read is reported.
+    let result = Settings::resolve(flags).and_then(|settings| run_inherited(settings, inherited));
+    // Once it said it was ready the old process no longer listens: a later error is printed.
+    let upgrading = upgrading.filter(|_| !TOLD_READY.load(std::sync::atomic::Ordering::SeqCst));
+    match (result, upgrading) {
+        (Err(e), Some(ready)) if crate::upgrade::send_failure(&ready, &e.to_string()) => {
+            Err(Box::new(Reported))
+        }
+        (result, _) => result,
+    }
+}
+
+/// Set once this process told the process it upgrades that it is ready.
+static TOLD_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An error already reported where it belongs (to the process an upgrade replaces): `main`
+/// exits non-zero without printing it again.
+#[derive(Debug)]
+pub(crate) struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reported to the upgrading process")
+    }
+}
+
+impl std::error::Error for Reported {}
+
+fn run_inherited(settings: Settings, inherited: Inherited) -> Result<(), BoxError> {
     let upgrade = Upgrade::capture()?;
     let (log, _flush_on_exit) =
         logging::build(settings.values.log_format, settings.values.log_level);
-    let nofile = raise_fd_limit(&log);
-    warn_if_descriptors_short(&settings, nofile, &log);
+    // Before the files are read: `--watch-certs` compares with this (see `FilesSeen::of`).
+    let tls_files = reload::FilesSeen::of(&settings);
+    // Everything built from the settings, checked as `tlsvisor check` checks it.
+    let prepared = prepare::prepare(&settings)?;
+    raise_fd_limit(&log);
+    for warning in &prepared.warnings {
+        match warning {
+            Warning::Certificate(warning) => reload::warn_about(warning, &log),
+            Warning::Descriptors {
+                nofile,
+                max_connections,
+                needed,
+            } => warn!(log, "the open files limit is below what --max-connections needs; past \
+                             it new clients are shed as fd_exhausted";
+                "nofile" => nofile, "max_connections" => max_connections, "needed" => needed),
+        }
+    }
     if settings.cert == CertSource::BuiltIn {
         warn!(log, "USING THE BUILT-IN DEVELOPMENT CERTIFICATE: anyone can impersonate this \
                     server; pass --cert and --key for real use";
             "trust_for_testing" => "certs/ca.crt");
     }
-    let tls_files = reload::FilesSeen::of(&settings);
-    let tls = reload::build_tls(&settings)?;
-    let mut config = ServerConfig::default();
-    config.workers = settings.values.workers;
-    config.accept_proxy = settings.accept_proxy.clone();
-    config.max_connections = settings.values.max_connections;
-    config.max_handshakes = settings.values.max_handshakes;
-    config.max_connections_per_ip = settings.values.max_connections_per_ip;
-    config.max_handshakes_per_ip = settings.values.max_handshakes_per_ip;
-    config.handshake_timeout = settings.values.handshake_timeout;
-    config.idle_timeout = settings.idle_timeout();
-    config.close_timeout = settings.values.close_timeout;
-    config.reuse_port = settings.values.reuse_port;
-
     let process = Process {
         inherited,
         upgrade,
         tls_files,
     };
-    actix_rt::System::new().block_on(serve(settings, config, tls, process, log))
+    actix_rt::System::new().block_on(serve(settings, prepared, process, log))
 }
 
 /// How long a forced shutdown waits for the registries to take the forced close, and then for
@@ -139,15 +178,34 @@ impl Signals {
 
 async fn serve(
     settings: Settings,
-    config: ServerConfig,
-    tls: LoadedTls,
+    prepared: Prepared,
     mut process: Process,
     log: Logger,
 ) -> Result<(), BoxError> {
     let mut signals = Signals::install()?;
     let notifier = Notifier::from_env(&log);
-    let server = start_server(&settings, config, tls, &mut process, &log).await?;
-    let http = HttpListeners::start(&settings, &server, &log)?;
+    let Prepared {
+        config,
+        tls,
+        proxy,
+        admin_token,
+        ..
+    } = prepared;
+    let server = start_server(&settings, (config, tls, proxy), &mut process, &log).await?;
+    // SIGHUP and `POST /reload` share it: one reload at a time, off this thread.
+    let reloads = reload::Reloads::new(settings.clone(), server.tls_reloader(), log.clone());
+    let inherited_http = (
+        process.inherited.metrics.take(),
+        process.inherited.admin.take(),
+    );
+    let http = HttpListeners::start(
+        &settings,
+        &server,
+        inherited_http,
+        admin_token,
+        &reloads,
+        &log,
+    )?;
     // Every socket is bound and every key file read: root is no longer needed.
     if settings.values.user.is_some() || settings.values.group.is_some() {
         crate::privileges::drop_to(
@@ -170,6 +228,7 @@ async fn serve(
     // The acceptors run: tell whoever waits (systemd, the process this one upgrades).
     notifier.ready(&server.stats());
     if let Some(ready) = process.inherited.upgrade_ready.take() {
+        TOLD_READY.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = ready.send(b"READY=1") {
             warn!(log, "upgrade: cannot tell the old process we are ready"; "error" => %e);
         }
@@ -178,12 +237,16 @@ async fn serve(
     let (name, upgraded) = until_stop(
         &mut signals,
         &notifier,
-        &settings,
-        &server,
+        &reloads,
+        (&server, &http),
         &mut process,
         &log,
     )
     .await;
+    // After an upgrade the new process serves the metrics and the admin API on the same
+    // sockets: this one stops answering there at once, so that an operator's `POST /drain` or
+    // a scrape reaches the process that now runs things.
+    let http = (!upgraded).then_some(http);
     if let Some(watch) = watch {
         watch.abort();
     }
@@ -220,8 +283,7 @@ async fn serve(
 /// starts it: accepting from here on.
 async fn start_server(
     settings: &Settings,
-    config: ServerConfig,
-    tls: LoadedTls,
+    (config, tls, proxy): (ServerConfig, LoadedTls, Option<ProxyConfig>),
     process: &mut Process,
     log: &Logger,
 ) -> Result<Server, BoxError> {
@@ -232,17 +294,9 @@ async fn start_server(
         let what = format!("the inherited socket {} (LISTEN_FDS)", socket.addr);
         settings.may_serve_on(&what, socket.addr)?;
     }
-    let builder = match settings.values.protocol {
-        ProtocolKind::Proxy => {
-            let mut proxy = ProxyConfig::with_upstreams(&settings.values.upstream);
-            proxy.connect_timeout = settings.values.upstream_connect_timeout;
-            proxy.proxy_header = settings.values.proxy_protocol.map(|v| match v {
-                ProxyProtocolVersion::V1 => ProxyHeader::V1,
-                ProxyProtocolVersion::V2 => ProxyHeader::V2,
-            });
-            Server::proxy(config, tls, proxy)
-        }
-        ProtocolKind::Echo => Server::builder(config, tls, Echo),
+    let builder = match proxy {
+        Some(proxy) => Server::proxy(config, tls, proxy),
+        None => Server::builder(config, tls, Echo),
     };
     let builder = listen_on(builder, &settings.values.listen, inherited, log);
     #[cfg(feature = "fault-injection")]
@@ -259,12 +313,19 @@ async fn start_server(
 /// The HTTP listeners beside the server: `--metrics-listen` and `--admin-listen`. Dropping
 /// them stops them.
 struct HttpListeners {
-    _metrics: Option<HttpListener>,
-    _admin: Option<HttpListener>,
+    metrics: Option<HttpListener>,
+    admin: Option<HttpListener>,
 }
 
 impl HttpListeners {
-    fn start(settings: &Settings, server: &Server, log: &Logger) -> Result<Self, BoxError> {
+    fn start(
+        settings: &Settings,
+        server: &Server,
+        (mut inherited_metrics, mut inherited_admin): (Option<TcpListener>, Option<TcpListener>),
+        admin_token: Option<String>,
+        reloads: &reload::Reloads,
+        log: &Logger,
+    ) -> Result<Self, BoxError> {
         // Shared by both listeners' expositions: refusals are counted wherever they happen.
         let unauthorized = crate::admin::unauthorized_counter()?;
         let metrics = settings
@@ -275,39 +336,69 @@ impl HttpListeners {
                 let extra: Vec<Box<dyn prometheus::core::Collector>> =
                     vec![tls_metrics, Box::new(unauthorized.clone())];
                 let registry = crate::metrics::registry(server.stats(), extra)?;
-                crate::http::serve_metrics(addr, registry, log)
+                crate::http::serve_metrics(addr, inherited_metrics.take(), registry, log)
             })
             .transpose()?;
         let admin = settings
             .values
             .admin_listen
-            .map(|addr| crate::admin::start_for(addr, settings, server, unauthorized, log))
+            .map(|addr| {
+                let reloads = reloads.clone();
+                crate::admin::start_for(
+                    (addr, inherited_admin.take()),
+                    settings,
+                    server,
+                    admin_token,
+                    reloads,
+                    unauthorized,
+                    log,
+                )
+            })
             .transpose()?;
-        Ok(HttpListeners {
-            _metrics: metrics,
-            _admin: admin,
-        })
+        Ok(HttpListeners { metrics, admin })
+    }
+
+    /// Another descriptor of each listening socket, named for the new process of a binary
+    /// upgrade (`activation.rs`).
+    fn handover(&self) -> std::io::Result<Vec<(&'static str, TcpListener)>> {
+        let named = [
+            (crate::activation::METRICS_NAME, &self.metrics),
+            (crate::activation::ADMIN_NAME, &self.admin),
+        ];
+        named
+            .into_iter()
+            .filter_map(|(name, listener)| Some((name, listener.as_ref()?.socket())))
+            .map(|(name, socket)| socket.map(|socket| (name, socket)))
+            .collect()
     }
 }
 
 /// Serves until a stop signal, or until a SIGUSR2 upgrade has handed the sockets to a new
 /// process that is ready; reloads on SIGHUP meanwhile. Returns the signal's name and whether
 /// an upgrade happened.
+///
+/// A SIGHUP's reload runs in a task of its own (its files are read on a thread of their own,
+/// with a deadline): this loop never waits for it, so a stop signal is handled at once even
+/// while a reload is stuck on a hung mount.
 async fn until_stop(
     signals: &mut Signals,
     notifier: &Notifier,
-    settings: &Settings,
-    server: &Server,
+    reloads: &reload::Reloads,
+    (server, http): (&Server, &HttpListeners),
     process: &mut Process,
     log: &Logger,
 ) -> (&'static str, bool) {
-    let reloader = server.tls_reloader();
     loop {
         let event = signals
             .next_event(log, || {
-                notifier.reloading();
-                reload::reload(settings, &reloader, log);
-                notifier.ready(&server.stats());
+                let (notifier, reloads, stats) =
+                    (notifier.clone(), reloads.clone(), server.stats());
+                actix_rt::spawn(async move {
+                    notifier.reloading();
+                    // The outcome is logged and counted by `reload` itself.
+                    let _ = reloads.reload().await;
+                    notifier.ready(&stats);
+                });
             })
             .await;
         match event {
@@ -317,7 +408,7 @@ async fn until_stop(
             }
             Event::Upgrade => {
                 info!(log, "upgrade requested: starting the new binary"; "signal" => "SIGUSR2");
-                match process.upgrade.run(server).await {
+                match process.upgrade.run(server, http.handover()).await {
                     Ok(pid) => {
                         // The new process is systemd's main process now; this one only drains.
                         server.set_listener_shared(true);
@@ -426,30 +517,6 @@ fn never_ready(log: &Logger) -> bool {
         warn!(log, "fault: not telling the old process we are ready"; "fault" => "never_ready");
     }
     hang
-}
-
-/// Descriptors the process holds besides its connections: stdio, the reactors, the
-/// listener's copies, the metrics listener and its scrapes, the spare, with room to spare.
-const FIXED_DESCRIPTORS: u64 = 64;
-
-/// Says so at start-up when `--max-connections` cannot be reached within the open-files limit:
-/// past the limit, new clients are shed (`fd_exhausted`) rather than paused at
-/// `--max-connections`. Not clamped: the operator may know better (few proxied connections,
-/// say), and the shedding keeps the server serving either way.
-fn warn_if_descriptors_short(settings: &Settings, nofile: Option<u64>, log: &Logger) {
-    let per_connection = match settings.values.protocol {
-        ProtocolKind::Proxy => 2,
-        ProtocolKind::Echo => 1,
-    };
-    let needed = (settings.values.max_connections as u64)
-        .saturating_mul(per_connection)
-        .saturating_add(FIXED_DESCRIPTORS);
-    if let Some(nofile) = nofile.filter(|n| *n < needed) {
-        warn!(log, "the open files limit is below what --max-connections needs; past it new \
-                    clients are shed as fd_exhausted";
-            "nofile" => nofile, "max_connections" => settings.values.max_connections,
-            "needed" => needed);
-    }
 }
 
 /// Raises the soft open-files limit to the hard limit: every connection is a descriptor, and the

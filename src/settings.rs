@@ -45,8 +45,7 @@ impl Settings {
     pub(crate) fn resolve(flags: ServeArgs) -> Result<Settings, BoxError> {
         let mut file = match &flags.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                let text = crate::bounded_file::read_text("cannot read config", path)?;
                 toml::from_str::<ServeArgs>(&text)
                     .map_err(|e| format!("bad config {}: {e}", path.display()))?
             }
@@ -112,6 +111,8 @@ impl Settings {
         if self.values.sni_strict && self.cert == CertSource::BuiltIn {
             return Err("--sni-strict needs --cert and --key".into());
         }
+        self.check_http_listeners()?;
+        self.check_durations()?;
         match (self.values.protocol, self.values.upstream.is_empty()) {
             (ProtocolKind::Proxy, true) => {
                 Err("--protocol proxy needs --upstream HOST:PORT or unix:/path".into())
@@ -125,6 +126,76 @@ impl Settings {
 }
 
 impl Settings {
+    /// The admin and metrics listeners: each on an address of its own (two sockets on one
+    /// address would split requests between them, tokens included, and neither is bound
+    /// shareable), and the token file only with the admin API it protects (given without it,
+    /// an operator would believe an API protected that is not even there, or one they meant
+    /// to open is missing).
+    fn check_http_listeners(&self) -> Result<(), BoxError> {
+        let values = &self.values;
+        let named = [
+            ("--metrics-listen", values.metrics_listen),
+            ("--admin-listen", values.admin_listen),
+        ];
+        let taken: Vec<(&str, SocketAddr)> = values
+            .listen
+            .iter()
+            .map(|addr| ("--listen", *addr))
+            .chain(
+                named
+                    .iter()
+                    .filter_map(|(flag, addr)| Some((*flag, (*addr)?))),
+            )
+            .collect();
+        // Port 0 is a fresh port for each; the same IP and port for two sockets is not.
+        for (n, (flag, addr)) in taken.iter().enumerate() {
+            let earlier = taken[..n]
+                .iter()
+                .find(|(other, seen)| addr.port() != 0 && seen == addr && other != flag);
+            if let Some((other, _)) = earlier {
+                return Err(format!(
+                    "{other} and {flag} are the same address ({addr}): give each its own"
+                )
+                .into());
+            }
+        }
+        if values.admin_token_file.is_some() && values.admin_listen.is_none() {
+            return Err(
+                "--admin-token-file needs --admin-listen (there is no admin API to \
+                        protect without it)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The durations the library does not see (it bounds its own in `ServerConfig::validate`):
+    /// each above zero where zero makes no sense, and none over a day (a wrong unit, and a
+    /// deadline past the clock's range).
+    fn check_durations(&self) -> Result<(), BoxError> {
+        let values = &self.values;
+        let most = tlsvisor_actors::ServerConfig::MAX_TIMEOUT;
+        let durations = [
+            (
+                "--upstream-connect-timeout",
+                values.upstream_connect_timeout,
+                false,
+            ),
+            ("--accept-proxy-timeout", values.accept_proxy_timeout, false),
+            // Zero: close at once, without a grace period.
+            ("--shutdown-grace", values.shutdown_grace, true),
+        ];
+        for (flag, duration, zero_allowed) in durations {
+            if duration.is_zero() && !zero_allowed {
+                return Err(format!("{flag} must be above zero").into());
+            }
+            if duration > most {
+                return Err(format!("{flag} must be at most 24h").into());
+            }
+        }
+        Ok(())
+    }
+
     /// Whether these settings may serve TLS on `addr` (named `what` in the error): the
     /// built-in development certificate is served on loopback addresses only, since its private
     /// key is published with the source and anyone who reaches the port could impersonate the

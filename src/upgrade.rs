@@ -4,12 +4,15 @@
 //! The sockets go over with the `LISTEN_FDS` convention (fds 3, 4, ..., one per `--listen`
 //! address, in order, each named `listen`), so the new process takes them the way it takes
 //! sockets from systemd (`activation.rs`: mapped back to its `--listen` entries by the address
-//! each is bound to). After them, named [`READY_NAME`], goes one end of a datagram socket pair:
-//! the new process sends `READY=1` there once it accepts. Nothing is ever closed in between:
+//! each is bound to). After them go the metrics and admin listeners' sockets, named
+//! `tlsvisor-metrics` and `tlsvisor-admin` (they cannot be bound twice: `listen.rs`), and,
+//! named [`READY_NAME`], one end of a datagram socket pair: the new process sends `READY=1`
+//! there once it accepts. Nothing is ever closed in between:
 //! both processes accept from the same sockets until the old one stops, so no client in an
 //! accept queue is lost.
 
 use std::ffi::OsString;
+use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -40,8 +43,9 @@ pub(crate) enum UpgradeError {
     Setup(std::io::Error),
     /// The new binary could not be started (missing, not executable, ...).
     Spawn(PathBuf, std::io::Error),
-    /// The new process exited before it was ready (a broken config, a broken binary).
-    Exited(ExitStatus),
+    /// The new process exited before it was ready (a broken config, a broken binary), with
+    /// the reason it sent on the readiness socket (`ERROR=...`), if it sent one.
+    Exited(ExitStatus, Option<String>),
     /// The new process was not ready within [`READY_TIMEOUT`]; it was killed.
     Timeout,
 }
@@ -51,9 +55,13 @@ impl std::fmt::Display for UpgradeError {
         match self {
             UpgradeError::Setup(e) => write!(f, "cannot prepare the handover: {e}"),
             UpgradeError::Spawn(path, e) => write!(f, "cannot start {}: {e}", path.display()),
-            UpgradeError::Exited(status) => {
+            UpgradeError::Exited(status, None) => {
                 write!(f, "the new process exited before it was ready ({status})")
             }
+            UpgradeError::Exited(status, Some(reason)) => write!(
+                f,
+                "the new process exited before it was ready ({status}): {reason}"
+            ),
             UpgradeError::Timeout => write!(
                 f,
                 "the new process was not ready within {}s; killed it",
@@ -84,28 +92,36 @@ impl Upgrade {
     /// Starts the new process with a descriptor of each of `server`'s listening sockets and
     /// waits until it is ready. Returns its pid; from then on both accept from the sockets,
     /// and the caller stops this one's acceptors (leaving the sockets listening) and drains.
-    pub(crate) async fn run(&self, server: &Server) -> Result<u32, UpgradeError> {
+    ///
+    /// `http` are the metrics and admin sockets, by name (`activation.rs`): they go over too.
+    pub(crate) async fn run(
+        &self,
+        server: &Server,
+        http: std::io::Result<Vec<(&'static str, TcpListener)>>,
+    ) -> Result<u32, UpgradeError> {
         let listeners = server.listening_sockets().map_err(UpgradeError::Setup)?;
+        let http = http.map_err(UpgradeError::Setup)?;
         let (ours, theirs) = UnixDatagram::pair().map_err(UpgradeError::Setup)?;
-        let count = listeners.len();
-        let mut names = vec!["listen"; count];
+        let mut names = vec!["listen"; listeners.len()];
+        names.extend(http.iter().map(|(name, _)| *name));
         names.push(READY_NAME);
-        let mut mappings: Vec<FdMapping> = listeners
+        let descriptors = listeners
             .into_iter()
-            .enumerate()
-            .map(|(n, listener)| FdMapping {
-                parent_fd: OwnedFd::from(listener),
-                child_fd: FIRST_FD + n as i32,
+            .map(OwnedFd::from)
+            .chain(http.into_iter().map(|(_, socket)| OwnedFd::from(socket)))
+            .chain(std::iter::once(OwnedFd::from(theirs)));
+        let mappings: Vec<FdMapping> = descriptors
+            .zip(FIRST_FD..)
+            .map(|(parent_fd, child_fd)| FdMapping {
+                parent_fd,
+                child_fd,
             })
             .collect();
-        mappings.push(FdMapping {
-            parent_fd: OwnedFd::from(theirs),
-            child_fd: FIRST_FD + count as i32,
-        });
+        let count = mappings.len();
         let mut command = Command::new(&self.exe);
         command
             .args(&self.args)
-            .env("LISTEN_FDS", (count + 1).to_string())
+            .env("LISTEN_FDS", count.to_string())
             .env("LISTEN_FDNAMES", names.join(":"))
             // The new pid is unknown until it runs: see `Inherited::from_env`.
             .env_remove("LISTEN_PID")
@@ -123,12 +139,41 @@ impl Upgrade {
     }
 }
 
+/// The longest reason a new process sends (`ERROR=...`), in bytes; the rest is cut.
+pub(crate) const MAX_REASON: usize = 2048;
+
+/// What the new process of an upgrade sends on the readiness socket when it cannot start: its
+/// reason, on one line, at most [`MAX_REASON`] bytes. The old process logs it as one line of
+/// its own: the new process does not print it (both write to the same stderr, and two
+/// processes writing at once interleaved their lines byte by byte). Returns whether it was
+/// sent.
+pub(crate) fn send_failure(ready: &std::os::unix::net::UnixDatagram, reason: &str) -> bool {
+    let mut line = format!("ERROR={}", reason.replace(['\n', '\r'], " "));
+    if line.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    ready.send(line.as_bytes()).is_ok()
+}
+
+/// The reason in an `ERROR=` line of `message`, if there is one.
+fn failure_in(message: &[u8]) -> Option<String> {
+    message
+        .split(|b| *b == b'\n')
+        .find_map(|line| line.strip_prefix(b"ERROR="))
+        .map(|reason| String::from_utf8_lossy(reason).into_owned())
+}
+
 /// Waits for `READY=1` on `ready`, for the child to exit, or for the timeout.
 async fn wait_ready(mut child: Child, ready: UnixDatagram) -> Result<u32, UpgradeError> {
     ready.set_nonblocking(true).map_err(UpgradeError::Setup)?;
     let ready = tokio::net::UnixDatagram::from_std(ready).map_err(UpgradeError::Setup)?;
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    let mut message = [0_u8; 256];
+    let mut message = vec![0_u8; MAX_REASON + 64];
+    let mut reason = None;
     loop {
         tokio::select! {
             received = ready.recv(&mut message) => {
@@ -136,10 +181,15 @@ async fn wait_ready(mut child: Child, ready: UnixDatagram) -> Result<u32, Upgrad
                 if message[..n].split(|b| *b == b'\n').any(|line| line == b"READY=1") {
                     return Ok(child.id());
                 }
+                reason = reason.or_else(|| failure_in(&message[..n]));
             }
             _ = tokio::time::sleep(POLL) => {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(UpgradeError::Exited(status));
+                    // Its reason may still wait in the socket: the exit was seen first.
+                    while let Ok(n) = ready.try_recv(&mut message) {
+                        reason = reason.or_else(|| failure_in(&message[..n]));
+                    }
+                    return Err(UpgradeError::Exited(status, reason));
                 }
                 if tokio::time::Instant::now() >= deadline {
                     // Killing and reaping a child that is ours cannot fail in a way that
@@ -150,5 +200,30 @@ async fn wait_ready(mut child: Child, ready: UnixDatagram) -> Result<u32, Upgrad
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_goes_over_as_one_line_cut_at_the_limit() {
+        let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        assert!(send_failure(
+            &theirs,
+            "TLS: cannot read a.crt:\nno such file"
+        ));
+        let mut message = vec![0_u8; MAX_REASON + 64];
+        let n = ours.recv(&mut message).unwrap();
+        assert_eq!(
+            failure_in(&message[..n]).as_deref(),
+            Some("TLS: cannot read a.crt: no such file")
+        );
+        assert!(send_failure(&theirs, &"é".repeat(MAX_REASON)));
+        let n = ours.recv(&mut message).unwrap();
+        assert!(n <= MAX_REASON);
+        assert!(failure_in(&message[..n]).unwrap().ends_with('é'));
+        assert_eq!(failure_in(b"READY=1"), None);
     }
 }

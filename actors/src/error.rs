@@ -66,12 +66,30 @@ pub enum TlsConfigError {
         /// What the OS said.
         source: io::Error,
     },
+    /// A file is not a regular file (a FIFO, a device, a directory): it is refused before it
+    /// is read, since reading it could block or never end.
+    NotRegularFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead (`a FIFO`, `a character device`, ...).
+        kind: &'static str,
+    },
+    /// A file is larger than any certificate, key, CA bundle, CRL or ticket key file should be.
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The most bytes read from one file.
+        limit: u64,
+    },
     /// The PEM text holds no certificate.
     NoCertificate,
     /// The PEM text holds no private key, or one rustls cannot parse.
     NoPrivateKey,
     /// rustls refused the certificate and key (mismatch, unsupported key type, …).
     Rustls(rustls::Error),
+    /// A certificate given to serve cannot authenticate a TLS server: it is a CA certificate,
+    /// or its extended key usage leaves out serverAuth. Clients would refuse every handshake.
+    NotServerCertificate(String),
     /// A certificate's DER could not be read (serial, expiry, names).
     Certificate(crate::tls::certificate::X509Error),
     /// Two certificates of the same key type serve the same name: which one a client got would
@@ -116,9 +134,24 @@ impl fmt::Display for TlsConfigError {
             TlsConfigError::Read { path, source } => {
                 write!(f, "cannot read {}: {source}", path.display())
             }
+            TlsConfigError::NotRegularFile { path, kind } => write!(
+                f,
+                "cannot read {}: it is {kind}, not a regular file",
+                path.display()
+            ),
+            TlsConfigError::TooLarge { path, limit } => write!(
+                f,
+                "cannot read {}: larger than {} (no certificate, key, CA bundle, CRL or ticket \
+                 key file is; is it the right file?)",
+                path.display(),
+                human_bytes(*limit)
+            ),
             TlsConfigError::NoCertificate => f.write_str("no PEM certificate found"),
             TlsConfigError::NoPrivateKey => f.write_str("no usable PEM private key found"),
             TlsConfigError::Rustls(e) => write!(f, "certificate and key rejected: {e}"),
+            TlsConfigError::NotServerCertificate(why) => {
+                write!(f, "not a server certificate: {why}")
+            }
             TlsConfigError::Certificate(e) => e.fmt(f),
             TlsConfigError::NameOverlap {
                 name,
@@ -154,6 +187,16 @@ impl std::error::Error for TlsConfigError {
             TlsConfigError::InFile { source, .. } => Some(source.as_ref()),
             _ => None,
         }
+    }
+}
+
+/// `limit` in the largest binary unit that divides it (`1 MiB`), else in bytes.
+fn human_bytes(limit: u64) -> String {
+    match limit {
+        0 => "0 bytes".into(),
+        n if n % (1024 * 1024) == 0 => format!("{} MiB", n / (1024 * 1024)),
+        n if n % 1024 == 0 => format!("{} KiB", n / 1024),
+        n => format!("{n} bytes"),
     }
 }
 

@@ -114,6 +114,7 @@ pub use tls::policy::{TlsPolicy, TlsVersion};
 pub use tls::reload::{TlsReloader, TlsSnapshot};
 pub use tls::source::{CertificateFiles, LoadedTls, PemCertificate, TlsSource};
 pub use tls::tickets::{TicketKeys, TICKET_LIFETIME_SECS};
+pub use tls::warning::TlsWarning;
 // The books, and what an operator reads and does while it runs.
 pub use connection::messages::CloseMode;
 pub use supervision::conn_description::ConnDescription;

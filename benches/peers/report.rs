@@ -367,6 +367,9 @@ lowest is shown: interference from the rest of the VM only adds CPU. Each round'
 is in the notes. Memory, SIGKILL bursts (median of 3) and SIGTERM are measured once.
 ";
 
+/// Where the soak's section of docs/benchmarks.md begins; it runs to the end of the file.
+const SOAK_HEADING: &str = "\n## Soak";
+
 pub(crate) fn write(docs: &Path, rows: &[Row], machine: &str, versions: &[String]) {
     let mut md = String::new();
     let _ = writeln!(
@@ -479,7 +482,14 @@ pub(crate) fn write(docs: &Path, rows: &[Row], machine: &str, versions: &[String
     if !notes.is_empty() {
         let _ = writeln!(md, "\n## Notes from the run\n\n{}", notes.join("\n"));
     }
-    std::fs::write(docs.join("benchmarks.md"), md).unwrap();
+    // The soak's section (`cargo bench --bench soak`, written by hand from its reports) is
+    // not this run's: keep it as it is.
+    let path = docs.join("benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Some(at) = old.find(SOAK_HEADING) {
+        md.push_str(&old[at..]);
+    }
+    std::fs::write(path, md).unwrap();
     std::fs::write(docs.join("benchmarks.svg"), svg(&ratios(rows, "tlsvisor"))).unwrap();
 }
 

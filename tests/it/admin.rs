@@ -398,3 +398,154 @@ fn readiness_goes_off_as_soon_as_a_shutdown_starts() {
         .expect("exits after the grace period");
     assert!(status.success(), "{status:?}");
 }
+
+/// One request with curl and the given `Authorization` header value: the status.
+fn curl_authorization(admin: SocketAddr, method: &str, path: &str, value: &str) -> u16 {
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "30", "-X", method])
+        .args([
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Authorization: {value}"),
+        ])
+        .arg(format!("http://{admin}{path}"))
+        .output()
+        .expect("run curl");
+    String::from_utf8(output.stdout).unwrap().parse().unwrap()
+}
+
+/// Issue 17, finding 8: the token is checked before the path and the query are parsed (an
+/// unauthenticated client learns nothing and is counted), the scheme's case does not matter,
+/// and the refusals' warning lines are rate-limited.
+#[test]
+fn authentication_comes_before_parsing_and_its_warnings_are_rate_limited() {
+    let dir = std::env::temp_dir().join(format!("tlsvisor-admin-first-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let (server, admin) = serve_admin(&["--admin-token-file", token_file.to_str().unwrap()]);
+
+    let unauthenticated = [
+        ("DELETE", "/connections/abc"),
+        ("GET", "/connections/abc"),
+        ("GET", "/connections?limit=abc"),
+        ("DELETE", "/connections/1?force=maybe"),
+        ("POST", "/drain?period=banana"),
+        ("GET", "/no-such-path"),
+        ("PUT", "/health/live/extra"),
+    ];
+    for (method, path) in unauthenticated {
+        let (status, body) = curl(admin, method, path, None);
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert!(!body.contains("abc") && !body.contains("banana"), "{body}");
+    }
+    let counted = server.scrape().get("tlsvisor_admin_unauthorized_total");
+    assert_eq!(counted, unauthenticated.len() as f64);
+
+    // RFC 7235: the scheme is case-insensitive.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let value = format!("{scheme} s3cret-token");
+        assert_eq!(
+            curl_authorization(admin, "GET", "/connections", &value),
+            200,
+            "{value}"
+        );
+    }
+    assert_eq!(
+        curl_authorization(admin, "GET", "/connections", "Basic s3cret-token"),
+        401
+    );
+    assert_eq!(
+        curl_authorization(admin, "GET", "/connections", "bearers3cret-token"),
+        401
+    );
+    // Authenticated, a bad id is the handler's answer again.
+    assert_eq!(
+        curl_authorization(admin, "DELETE", "/connections/abc", "bearer s3cret-token"),
+        404
+    );
+
+    // A burst of refusals: one warning line a second at most, each saying how many it left
+    // out; every refusal is counted all the same.
+    let started = Instant::now();
+    for _ in 0..60 {
+        assert_eq!(curl(admin, "GET", "/connections", Some("wrong")).0, 401);
+    }
+    let elapsed = started.elapsed();
+    let before = server.scrape().get("tlsvisor_admin_unauthorized_total");
+    assert_eq!(before, (unauthenticated.len() + 2 + 60) as f64);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(curl(admin, "GET", "/nope", None).0, 401);
+    let lines = server.logs_with("admin request refused: missing or wrong token");
+    let most = elapsed.as_secs() as usize + 3;
+    assert!(
+        !lines.is_empty() && lines.len() <= most,
+        "{} lines in {elapsed:?}: {lines:?}",
+        lines.len()
+    );
+    let left_out: u64 = lines
+        .iter()
+        .map(|l| l["suppressed_since_last"].as_u64().unwrap())
+        .sum();
+    assert!(
+        eventually(HANG, || {
+            let lines = server.logs_with("admin request refused: missing or wrong token");
+            let left_out: u64 = lines
+                .iter()
+                .map(|l| l["suppressed_since_last"].as_u64().unwrap())
+                .sum();
+            lines.len() as u64 + left_out == (unauthenticated.len() + 2 + 60 + 1) as u64
+        }),
+        "{left_out} left out, {} lines",
+        lines.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 17, finding 2: a drain period or accept_for past a day (or past what a `Duration`
+/// holds) is refused with a 400, nothing is drained, and a sane one still works.
+#[test]
+fn drain_refuses_periods_past_a_day_without_a_panic() {
+    let (server, admin) = serve_admin(&[]);
+    let mut client = server.connect().unwrap();
+    for query in [
+        "period=18446744073709551615s",
+        "period=500000000000y",
+        "period=25h",
+        "accept_for=18446744073709551615s",
+    ] {
+        let (status, body) = curl(admin, "POST", &format!("/drain?{query}"), None);
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(ready_status(admin), 200, "{query}: nothing drained");
+    }
+    assert_eq!(client.echo(b"still served").unwrap(), b"still served");
+    let (status, body) = curl(admin, "POST", "/drain?period=24h", None);
+    assert_eq!(status, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["period_ms"], 86_400_000);
+    assert_eq!(ready_status(admin), 503);
+    json(admin, "POST", "/resume");
+    assert_eq!(client.echo(b"after resume").unwrap(), b"after resume");
+    server.scrape();
+}
+
+/// Issue 17, finding 5: neither the admin nor the metrics socket can be shared: another socket
+/// asking for `SO_REUSEPORT` (as any process of the same user could) cannot bind their port.
+#[test]
+fn no_other_socket_can_bind_the_admin_or_metrics_port() {
+    let (server, admin) = serve_admin(&[]);
+    let metrics = server.metrics.unwrap();
+    for addr in [admin, metrics] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.set_reuseport(true).unwrap();
+        let bound = socket.bind(addr);
+        assert_eq!(
+            bound.as_ref().map_err(|e| e.kind()).err(),
+            Some(std::io::ErrorKind::AddrInUse),
+            "{addr}: {bound:?}"
+        );
+    }
+    assert_eq!(curl(admin, "GET", "/health/live", None).0, 200);
+}

@@ -361,3 +361,179 @@ fn sighup_reloads_the_files_and_a_broken_key_keeps_the_old_certificate() {
         .get("tlsvisor_connections_active")
         == 1.0));
 }
+
+/// `POST path` on `admin` with curl: (status, body).
+fn post(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "30",
+            "-X",
+            "POST",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(format!("http://{admin}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').expect("curl's status line");
+    (status.parse().unwrap(), body.to_string())
+}
+
+/// Issue 17, finding 4: a FIFO put where the certificate was (its open would wait for a
+/// writer, on the signal-handling thread) and `/dev/zero` (it never ends) fail a reload at
+/// once, by SIGHUP and by `POST /reload`, saying why; the server serves on and stops promptly.
+#[test]
+fn a_fifo_or_a_device_as_certificate_fails_a_reload_at_once_saying_why() {
+    let scratch = ScratchDir::new("bin-reload-fifo").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (cert, key, first) = issue_into(&scratch, &certs, "server", &["localhost"]);
+    let mut server = Tlsvisor::serve(&[
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = server.admin_listen();
+    let ca = certs.ca_cert_pem.clone();
+    std::fs::remove_file(&cert).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&cert).status();
+    assert!(made.unwrap().success());
+    server.signal(libc::SIGHUP);
+    let failures = server.logged("TLS reload failed; keeping the previous configuration", 1);
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains(&cert) && error.contains("a FIFO"), "{error}");
+    let started = std::time::Instant::now();
+    let (status, body) = post(admin, "/reload");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("a FIFO"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    std::fs::remove_file(&cert).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &cert).unwrap();
+    let (status, body) = post(admin, "/reload");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("a character device"), "{body}");
+    assert_eq!(
+        server
+            .scrape()
+            .get("tlsvisor_tls_reloads_total{result=\"failed\"}"),
+        3.0
+    );
+    assert_eq!(
+        served_serial(&server, &ca, "localhost"),
+        Some(first.serial_hex)
+    );
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(std::time::Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// Issue 17, finding 4: a reload stuck reading (as on a hung network mount; here the fault
+/// `TLSVISOR_RELOAD_FAULT=hang`) neither holds up the stop signals nor piles up: a second
+/// reload is refused at once (409), the stuck one is given up after its deadline and counted
+/// as failed, and SIGTERM still stops the server promptly.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_stuck_reload_holds_up_neither_signals_nor_the_admin_api() {
+    let limits = common::Limits {
+        env: vec![("TLSVISOR_RELOAD_FAULT", "hang")],
+        ..common::Limits::default()
+    };
+    let mut server = Tlsvisor::serve_with(&["--admin-listen", "127.0.0.1:0"], &limits);
+    let admin = server.admin_listen();
+    server.signal(libc::SIGHUP);
+    server.logged("reload requested", 1);
+    let started = std::time::Instant::now();
+    let (status, body) = post(admin, "/reload");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("another reload is still running"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // Served meanwhile, and scraped.
+    assert_eq!(
+        server.connect().unwrap().echo(b"served").unwrap(),
+        b"served"
+    );
+    let failures = server.logged("TLS reload failed; keeping the previous configuration", 1);
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains("took longer than 10s"), "{error}");
+    assert_eq!(
+        server
+            .scrape()
+            .get("tlsvisor_tls_reloads_total{result=\"failed\"}"),
+        1.0
+    );
+    // The reading thread is still stuck: the stop signal is handled all the same.
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(std::time::Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// Issue 17, finding 9: an expired certificate is served (see `TlsWarning` for why) with a
+/// loud warning at start and at every reload that serves it.
+#[test]
+fn an_expired_certificate_is_served_with_a_warning_at_start_and_on_reload() {
+    let scratch = ScratchDir::new("bin-expired").unwrap();
+    let (pem, key_pem) = common::certs::dated_certificate(2000, 2001);
+    let (cert, key) = (path_in(&scratch, "old.crt"), path_in(&scratch, "old.key"));
+    replace(&cert, &pem);
+    replace(&key, &key_pem);
+    let server = Tlsvisor::serve(&["--cert", &cert, "--key", &key]);
+    let line = "CERTIFICATE OUTSIDE ITS VALIDITY PERIOD: serving it all the same";
+    let warned = server.logged(line, 1);
+    assert_eq!(warned[0]["file"], cert.as_str());
+    assert!(
+        warned[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expired at 2001-01-01T00:00:00Z"),
+        "{warned:?}"
+    );
+    server.signal(libc::SIGHUP);
+    server.logged("TLS configuration reloaded", 1);
+    server.logged(line, 2);
+}
+
+/// Issue 17, finding 9: a CA certificate put in place of the server's (reloading one broke
+/// every handshake) or a client-only one is refused by the reload, which keeps the
+/// certificate in use.
+#[test]
+fn a_reload_refuses_a_ca_or_client_only_certificate_and_keeps_serving_the_old_one() {
+    let scratch = ScratchDir::new("bin-reload-ca").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let (cert, key, first) = issue_into(&scratch, &certs, "server", &["localhost"]);
+    let server = Tlsvisor::serve(&["--cert", &cert, "--key", &key]);
+    let ca = certs.ca_cert_pem.clone();
+    let (client_cert, client_key) = certs.issue_client("alice", &["localhost"], &[]).unwrap();
+    let wrong = [
+        (
+            certs.ca_cert_pem.clone(),
+            certs.ca_key_pem.clone(),
+            "CA certificate",
+        ),
+        (client_cert, client_key, "does not include serverAuth"),
+    ];
+    for (n, (wrong_cert, wrong_key, why)) in wrong.into_iter().enumerate() {
+        replace(&cert, &wrong_cert);
+        replace(&key, &wrong_key);
+        server.signal(libc::SIGHUP);
+        let failures = server.logged(
+            "TLS reload failed; keeping the previous configuration",
+            n + 1,
+        );
+        let error = failures[n]["error"].as_str().unwrap();
+        assert!(
+            error.contains(&cert) && error.contains("not a server certificate"),
+            "{error}"
+        );
+        assert!(error.contains(why), "{error}");
+        assert_eq!(
+            served_serial(&server, &ca, "localhost"),
+            Some(first.serial_hex.clone())
+        );
+    }
+}

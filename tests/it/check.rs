@@ -57,12 +57,14 @@ fn check_accepts_a_good_configuration_and_names_each_problem() {
         a.to_str().unwrap(),
         "--admin-token-file",
         &path(&a, "no-such-token"),
+        "--admin-listen",
+        "127.0.0.1:0",
     ]);
     assert_eq!(unreadable.status.code(), Some(1), "{unreadable:?}");
     let stderr = String::from_utf8_lossy(&unreadable.stderr);
     let lines: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.starts_with("tlsvisor check:"))
+        .filter(|l| l.starts_with("tlsvisor check:") && !l.contains(" warning: "))
         .collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(lines[0].contains(a.to_str().unwrap()), "{stderr}");
@@ -150,7 +152,7 @@ fn check_names_each_upstream_that_cannot_be_used() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     let lines: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.starts_with("tlsvisor check:"))
+        .filter(|l| l.starts_with("tlsvisor check:") && !l.contains(" warning: "))
         .collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(
@@ -161,5 +163,191 @@ fn check_names_each_upstream_that_cannot_be_used() {
         lines[1].contains("missing.sock") && lines[1].contains("No such file"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tlsvisor serve` with `args` (on a free loopback port): it must refuse to start, exiting 1
+/// (not a signal: no abort) within a few seconds; returns its stderr.
+fn serve_refuses(args: &[&str]) -> String {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tlsvisor serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve {args:?} started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "serve {args:?}: {status:?}\n{stderr}"
+    );
+    stderr
+}
+
+/// Issue 17, findings 1 and 9: every bound `serve` applies, `check` applies too, and neither
+/// aborts (a huge `--workers` allocated per-worker books before anything checked it).
+#[test]
+fn check_and_serve_refuse_the_same_settings_out_of_bounds() {
+    let long_alpn = "x".repeat(300);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let token = std::env::temp_dir().join(format!("tlsvisor-check-token-{}", std::process::id()));
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let token = token.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--workers", "0"], "--workers must be between 1 and"),
+        (
+            vec!["--workers", "1099511627776"],
+            "--workers must be between 1 and",
+        ),
+        (
+            vec!["--workers", "4611686018427387904"],
+            "--workers must be between 1 and",
+        ),
+        (
+            vec!["--max-connections", "0"],
+            "--max-connections must be at least 1",
+        ),
+        (
+            vec!["--max-handshakes", "0"],
+            "--max-handshakes must be at least 1",
+        ),
+        (
+            vec!["--handshake-timeout", "0"],
+            "--handshake-timeout must be above zero",
+        ),
+        (
+            vec!["--handshake-timeout", "400d"],
+            "--handshake-timeout must be at most 24h",
+        ),
+        (
+            vec!["--accept-proxy-timeout", "0"],
+            "--accept-proxy-timeout must be above zero",
+        ),
+        (vec!["--alpn", ""], "ALPN protocol names are 1 to 255 bytes"),
+        (vec!["--alpn", &long_alpn], "is 300 bytes"),
+        (
+            vec!["--admin-token-file", &token],
+            "--admin-token-file needs --admin-listen",
+        ),
+        (
+            vec!["--metrics-listen", &port, "--admin-listen", &port],
+            "--metrics-listen and --admin-listen are the same address",
+        ),
+        (
+            vec!["--cert", "/dev/zero", "--key", "/dev/zero"],
+            "/dev/zero: it is a character device",
+        ),
+    ];
+    for (args, why) in &cases {
+        let checked = check(args);
+        let stderr = String::from_utf8_lossy(&checked.stderr);
+        assert_eq!(checked.status.code(), Some(1), "check {args:?}: {stderr}");
+        assert!(stderr.contains(why), "check {args:?}: {stderr}");
+        let served = serve_refuses(args);
+        assert!(served.contains(why), "serve {args:?}: {served}");
+    }
+    let _ = std::fs::remove_file(&token);
+}
+
+/// Issue 17, finding 4: a FIFO in place of a certificate is refused at once (opening it would
+/// wait for a writer), by `check` and by `serve`.
+#[test]
+fn a_fifo_as_certificate_is_refused_at_once() {
+    let dir = std::env::temp_dir().join(format!("tlsvisor-check-fifo-{}", std::process::id()));
+    gen_certs(&dir);
+    let fifo = dir.join("fifo.crt");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (fifo, key) = (
+        fifo.to_str().unwrap().to_string(),
+        dir.join("server.key").to_str().unwrap().to_string(),
+    );
+    let started = std::time::Instant::now();
+    let checked = check(&["--cert", &fifo, "--key", &key]);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("it is a FIFO, not a regular file"),
+        "{stderr}"
+    );
+    let served = serve_refuses(&["--cert", &fifo, "--key", &key]);
+    assert!(served.contains("it is a FIFO"), "{served}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 17, finding 9: a CA certificate or a client-only one is refused as a server's (every
+/// client would refuse it); one outside its dates is served, with a warning `check` prints too.
+#[test]
+fn check_refuses_certificates_no_client_accepts_and_warns_about_dates() {
+    let dir = std::env::temp_dir().join(format!("tlsvisor-check-usage-{}", std::process::id()));
+    gen_certs(&dir);
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+
+    let ca = check(&["--cert", &path("ca.crt"), "--key", &path("ca.key")]);
+    let stderr = String::from_utf8_lossy(&ca.stderr);
+    assert_eq!(ca.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not a server certificate") && stderr.contains("CA certificate"),
+        "{stderr}"
+    );
+
+    let certs = tlsvisor_actors::DevCerts::generate().unwrap();
+    let (client_pem, client_key) = certs.issue_client("alice", &[], &[]).unwrap();
+    std::fs::write(path("client.crt"), client_pem).unwrap();
+    std::fs::write(path("client.key"), client_key).unwrap();
+    let client = check(&["--cert", &path("client.crt"), "--key", &path("client.key")]);
+    let stderr = String::from_utf8_lossy(&client.stderr);
+    assert_eq!(client.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("clientAuth") && stderr.contains("does not include serverAuth"),
+        "{stderr}"
+    );
+
+    for (name, from, to, what) in [
+        ("expired", 2000, 2001, "expired at 2001-01-01T00:00:00Z"),
+        ("early", 2090, 2091, "not valid before 2090-01-01T00:00:00Z"),
+    ] {
+        let (pem, key) = crate::common::certs::dated_certificate(from, to);
+        std::fs::write(path(&format!("{name}.crt")), pem).unwrap();
+        std::fs::write(path(&format!("{name}.key")), key).unwrap();
+        let (cert, key) = (path(&format!("{name}.crt")), path(&format!("{name}.key")));
+        let dated = check(&["--cert", &cert, "--key", &key]);
+        let stderr = String::from_utf8_lossy(&dated.stderr);
+        assert!(dated.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("tlsvisor check: warning:") && stderr.contains(what),
+            "{stderr}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -608,6 +608,11 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
 
     old.signal(libc::SIGUSR2);
     let (new_pid, new_metrics) = new_process(&old);
+    // The metrics and admin sockets were handed over, not bound again (no SO_REUSEPORT): the
+    // new process serves the very port the old one had (--metrics-listen asked for port 0).
+    assert_eq!(Some(new_metrics), old.metrics);
+    let admin_lines = old.logged("admin listening", 2);
+    assert_eq!(admin_lines[1]["admin_listen"], admin_flag.as_str());
     assert!(matches!(
         long_lived.read_until_close(),
         CloseSeen::CloseNotifyThenEof
@@ -652,7 +657,12 @@ fn sigusr2_upgrades_in_place_without_refusing_resetting_or_failing_a_client() {
 /// SIGUSR2 to `old` (after `before` breaks the upgrade) under a client loop: the upgrade must
 /// fail with an error containing `why`, the loop see nothing refused or failed, and the old
 /// process keep serving and exit 0 on SIGTERM.
-fn upgrade_fails_and_old_keeps_serving(mut old: Tlsvisor, before: impl FnOnce(), why: &str) {
+/// Returns the lines of the shared stderr that were not JSON records.
+fn upgrade_fails_and_old_keeps_serving(
+    mut old: Tlsvisor,
+    before: impl FnOnce(),
+    why: &str,
+) -> Vec<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = client_loop(old.listen, Duration::from_millis(3), Arc::clone(&stop));
     wait_served([&clients], 10);
@@ -674,6 +684,7 @@ fn upgrade_fails_and_old_keeps_serving(mut old: Tlsvisor, before: impl FnOnce(),
     scrape(old.metrics.unwrap());
     old.signal(libc::SIGTERM);
     assert!(old.wait_exit(HANG).unwrap().success());
+    old.raw_lines()
 }
 
 #[test]
@@ -690,7 +701,11 @@ fn a_new_binary_that_fails_to_start_leaves_the_old_one_serving() {
     let old = Tlsvisor::serve(&["--workers", "2", "--cert", &cert, "--key", &key]);
     // The configuration the new process would read is broken: it exits at start-up.
     let break_key = || ScratchDir::replace(std::path::Path::new(&key), "not a key\n").unwrap();
-    upgrade_fails_and_old_keeps_serving(old, break_key, "exited before it was ready");
+    // Issue 17, finding 11: the old process logs the new one's reason, naming the file, on a
+    // line of its own; the new one prints nothing that could interleave with it.
+    let why = format!("exited before it was ready (exit status: 1): TLS: {key}");
+    let raw = upgrade_fails_and_old_keeps_serving(old, break_key, &why);
+    assert!(raw.is_empty(), "every line is one JSON record: {raw:?}");
 }
 
 #[test]
@@ -857,4 +872,19 @@ fn sigusr2_with_two_listeners_hands_over_both_without_refusing_a_client() {
     // SAFETY: kill(2) on the process our child started (reparented to us).
     assert_eq!(unsafe { libc::kill(new_pid as i32, libc::SIGTERM) }, 0);
     assert_eq!(wait_pid(new_pid, HANG), Some(0), "the new process exits 0");
+}
+
+/// Issue 17, finding 11: a config file the new process cannot read is reported the same way,
+/// in the old process's line, naming the file.
+#[test]
+fn a_config_file_broken_before_an_upgrade_is_named_in_the_old_process_log() {
+    let dir = ScratchDir::new("upgrade-bad-config").unwrap();
+    let config = dir.path("tlsvisor.toml");
+    std::fs::write(&config, "workers = 2\n").unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let old = Tlsvisor::serve(&["--config", &config]);
+    let break_config = || std::fs::write(&config, "workers = \"many\"\n").unwrap();
+    let why = format!("exited before it was ready (exit status: 1): bad config {config}");
+    let raw = upgrade_fails_and_old_keeps_serving(old, break_config, &why);
+    assert!(raw.is_empty(), "every line is one JSON record: {raw:?}");
 }

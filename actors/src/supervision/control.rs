@@ -14,8 +14,9 @@ use tokio::sync::watch;
 pub(crate) struct Control {
     /// True while accepting is paused (`ServerHandle::pause`, a drain).
     paused: watch::Sender<bool>,
-    /// Set when a drain starts, cleared by `resume`.
-    draining: AtomicBool,
+    /// Set when a drain starts, cleared by `resume` (a watch, so that a drain waiting out its
+    /// schedule hears a `resume` at once).
+    draining: watch::Sender<bool>,
     /// Set as soon as the shutdown protocol is asked for; never cleared.
     stopping: AtomicBool,
 }
@@ -24,7 +25,7 @@ impl Control {
     pub(crate) fn new() -> Control {
         Control {
             paused: watch::Sender::new(false),
-            draining: AtomicBool::new(false),
+            draining: watch::Sender::new(false),
             stopping: AtomicBool::new(false),
         }
     }
@@ -39,7 +40,15 @@ impl Control {
     }
 
     pub(crate) fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::SeqCst);
+        self.draining.send_replace(draining);
+    }
+
+    /// Resolves once no drain is under way (at once if none is): what a drain's waits race
+    /// against, so that `resume` ends one promptly whatever its schedule.
+    pub(crate) async fn until_not_draining(&self) {
+        let mut draining = self.draining.subscribe();
+        // The sender lives as long as `self`: the wait cannot fail while we are borrowed.
+        let _ = draining.wait_for(|draining| !draining).await;
     }
 
     pub(crate) fn set_stopping(&self) {
@@ -67,7 +76,7 @@ impl Control {
     pub(crate) fn readiness(&self) -> Readiness {
         Readiness {
             paused: self.is_paused(),
-            draining: self.draining.load(Ordering::SeqCst),
+            draining: *self.draining.borrow(),
             stopping: self.stopping.load(Ordering::SeqCst),
         }
     }

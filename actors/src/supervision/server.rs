@@ -579,9 +579,13 @@ impl ServerHandle {
     /// Pauses accepting and marks the server draining (not ready) at once, when called; the
     /// future it returns then asks the connections live now to close gracefully (reason
     /// `shutdown`), one after another spread evenly over `period`, so their clients reconnect
-    /// elsewhere gradually. It resolves once every one was asked (or early if
+    /// elsewhere gradually. It resolves once every one was asked (or as soon as
     /// [`ServerHandle::resume`] is called meanwhile), with how many were asked. Accepting
     /// stays paused afterwards.
+    ///
+    /// Any `period` is safe: one the clock cannot reach (`Duration::MAX`) schedules the closes
+    /// as late as it can, and only a `resume` ends such a drain. A caller taking the period
+    /// from an operator should bound it (the binary refuses more than a day).
     pub fn drain(&self, period: Duration) -> impl std::future::Future<Output = usize> + 'static {
         self.drain_accepting_for(Duration::ZERO, period)
     }
@@ -603,9 +607,14 @@ impl ServerHandle {
         }
         let handle = self.clone();
         async move {
+            let control = &handle.control.control;
             if !accept_for.is_zero() {
-                tokio::time::sleep(accept_for).await;
-                let control = &handle.control.control;
+                // tokio's `sleep` takes any duration (one past the clock's range sleeps as long
+                // as it can); a `resume` ends the wait at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(accept_for) => {}
+                    _ = control.until_not_draining() => return 0,
+                }
                 if !control.readiness().draining {
                     return 0;
                 }
@@ -619,7 +628,11 @@ impl ServerHandle {
         let control = &self.control.control;
         let ids = self.live_connections().await;
         let started = tokio::time::Instant::now();
-        let step = period / (ids.len().max(1) as u32);
+        // No arithmetic here can overflow or divide by zero, whatever `period` and however
+        // many connections: the step is at least `period / u32::MAX`, and a close time past
+        // the clock's range waits as long as the clock can.
+        let count = u32::try_from(ids.len()).unwrap_or(u32::MAX).max(1);
+        let step = period / count;
         let close = Close {
             mode: CloseMode::Graceful,
             reason: DisposeReason::Shutdown,
@@ -628,7 +641,20 @@ impl ServerHandle {
         for (n, id) in ids.into_iter().enumerate() {
             // The first one step in, the last at the end of the period: readiness is off for
             // a step before anything closes.
-            tokio::time::sleep_until(started + step * (n as u32 + 1)).await;
+            let nth = u32::try_from(n).unwrap_or(u32::MAX).saturating_add(1);
+            let due = step
+                .checked_mul(nth)
+                .and_then(|offset| started.checked_add(offset));
+            let wait = async {
+                match due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => tokio::time::sleep(Duration::MAX).await,
+                }
+            };
+            tokio::select! {
+                _ = wait => {}
+                _ = control.until_not_draining() => break,
+            }
             if !control.readiness().draining {
                 break;
             }

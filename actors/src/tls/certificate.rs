@@ -1,5 +1,6 @@
-//! The few facts a TLS front needs from an X.509 certificate: serial, expiry, subject CNs and
-//! subject alternative names, read from its DER.
+//! The few facts a TLS front needs from an X.509 certificate: serial, validity, subject CNs,
+//! subject alternative names, and what it may be used for (basicConstraints' cA, the extended
+//! key usage), read from its DER.
 //!
 //! rustls and webpki verify certificates but do not expose these fields. The DER is read by
 //! x509-parser (maintained and fuzzed by the rusticata project); this file decides what its
@@ -21,6 +22,8 @@ pub(crate) struct CertificateInfo {
     /// The serial number in lowercase hex, leading zero bytes dropped (as `openssl x509
     /// -serial` prints it, in lowercase).
     pub(crate) serial_hex: String,
+    /// `notBefore` as seconds since the Unix epoch.
+    pub(crate) not_before_unix: i64,
     /// `notAfter` as seconds since the Unix epoch.
     pub(crate) not_after_unix: i64,
     /// The subject's common names, in the order the certificate lists them: a subject may
@@ -31,6 +34,47 @@ pub(crate) struct CertificateInfo {
     pub(crate) dns_names: Vec<String>,
     /// The subject alternative names of type URI, as written.
     pub(crate) uris: Vec<String>,
+    /// What the certificate may be used for, or why that cannot be read.
+    pub(crate) usage: Result<Usage, String>,
+}
+
+/// What a certificate may be used for: the two extensions a server certificate is judged by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// basicConstraints says cA: the certificate signs other certificates.
+    pub(crate) is_ca: bool,
+    /// The purposes its extended key usage names (`serverAuth`, `clientAuth`, ..., other
+    /// purposes by OID), in order; `None` without the extension, which allows any purpose.
+    pub(crate) purposes: Option<Vec<String>>,
+}
+
+impl Usage {
+    /// Why a certificate with this usage cannot serve as a TLS server's certificate, if it
+    /// cannot: a CA certificate (clients refuse a CA as an end entity: webpki answers
+    /// `CaUsedAsEndEntity`), or an extended key usage without serverAuth (or
+    /// anyExtendedKeyUsage).
+    pub(crate) fn server_problem(&self) -> Option<String> {
+        if self.is_ca {
+            return Some(
+                "it is a CA certificate (basicConstraints cA): it signs certificates, clients \
+                 refuse it as a server's; serve the certificate issued for this server"
+                    .into(),
+            );
+        }
+        match &self.purposes {
+            Some(purposes)
+                if !purposes
+                    .iter()
+                    .any(|p| p == "serverAuth" || p == "anyExtendedKeyUsage") =>
+            {
+                Some(format!(
+                    "its extended key usage ({}) does not include serverAuth: clients refuse it",
+                    purposes.join(", ")
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The DER of a certificate did not have the shape RFC 5280 gives it.
@@ -70,10 +114,12 @@ impl CertificateInfo {
             .collect();
         let mut info = CertificateInfo {
             serial_hex: serial_hex(cert.raw_serial()),
+            not_before_unix: cert.validity().not_before.timestamp(),
             not_after_unix: cert.validity().not_after.timestamp(),
             subject_cns,
             dns_names: Vec::new(),
             uris: Vec::new(),
+            usage: usage(&cert),
         };
         // A subjectAltName that does not parse, or two of them, is an error: unlike one
         // undecodable name, it leaves no way to tell which names the certificate has.
@@ -92,6 +138,40 @@ impl CertificateInfo {
         }
         Ok(info)
     }
+}
+
+/// basicConstraints and the extended key usage. Either one unreadable (malformed, or present
+/// twice) is kept as the reason rather than failing the whole read: the same reader reads
+/// client certificates (where only the names matter) and CA bundles, and only a certificate
+/// about to be served is judged by its usage (`Usage::server_problem`, whose caller refuses
+/// an unreadable one).
+fn usage(cert: &X509Certificate<'_>) -> Result<Usage, String> {
+    let is_ca = cert
+        .basic_constraints()
+        .map_err(|e| format!("basicConstraints: {e}"))?
+        .is_some_and(|bc| bc.value.ca);
+    let purposes = cert
+        .extended_key_usage()
+        .map_err(|e| format!("extendedKeyUsage: {e}"))?
+        .map(|eku| {
+            let eku = eku.value;
+            let named = [
+                (eku.server_auth, "serverAuth"),
+                (eku.client_auth, "clientAuth"),
+                (eku.code_signing, "codeSigning"),
+                (eku.email_protection, "emailProtection"),
+                (eku.time_stamping, "timeStamping"),
+                (eku.ocsp_signing, "OCSPSigning"),
+                (eku.any, "anyExtendedKeyUsage"),
+            ];
+            named
+                .into_iter()
+                .filter(|(set, _)| *set)
+                .map(|(_, name)| name.to_string())
+                .chain(eku.other.iter().map(|oid| oid.to_id_string()))
+                .collect()
+        });
+    Ok(Usage { is_ca, purposes })
 }
 
 /// The text of a name attribute (a CN), decoded by the rules of the string type it declares:
@@ -188,6 +268,11 @@ impl LoadedCertificate {
     /// Its `notAfter`, in seconds since the Unix epoch.
     pub fn not_after_unix(&self) -> i64 {
         self.info.not_after_unix
+    }
+
+    /// Its `notBefore`, in seconds since the Unix epoch.
+    pub fn not_before_unix(&self) -> i64 {
+        self.info.not_before_unix
     }
 
     /// Its serial number in lowercase hex, leading zero bytes dropped (as `openssl x509
@@ -316,6 +401,66 @@ mod tests {
         assert_eq!(info.uris, ["spiffe://test/one"]);
         // 2031-07-04T00:00:00Z
         assert_eq!(info.not_after_unix, 1_940_889_600);
+    }
+
+    #[test]
+    fn usage_reads_ca_and_extended_key_usage_and_judges_a_server_certificate() {
+        use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa};
+        let usage_of = |edit: &dyn Fn(&mut CertificateParams)| {
+            let mut params = CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+            edit(&mut params);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            CertificateInfo::from_der(cert.der())
+                .unwrap()
+                .usage
+                .unwrap()
+        };
+        let plain = usage_of(&|_| {});
+        assert_eq!((plain.is_ca, plain.purposes.clone()), (false, None));
+        assert_eq!(plain.server_problem(), None, "no EKU: any purpose");
+        let server =
+            usage_of(&|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]);
+        assert_eq!(server.server_problem(), None);
+        let both = usage_of(&|p| {
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ]
+        });
+        assert_eq!(
+            both.purposes.as_deref(),
+            Some(&["serverAuth".to_string(), "clientAuth".to_string()][..])
+        );
+        assert_eq!(both.server_problem(), None);
+        let any = usage_of(&|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::Any]);
+        assert_eq!(any.server_problem(), None);
+        let client =
+            usage_of(&|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        let why = client.server_problem().expect("a client-only certificate");
+        assert!(
+            why.contains("clientAuth") && why.contains("serverAuth"),
+            "{why}"
+        );
+        let ca = usage_of(&|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained));
+        assert!(ca.is_ca);
+        assert!(ca
+            .server_problem()
+            .expect("a CA")
+            .contains("CA certificate"));
+        let not_ca = usage_of(&|p| p.is_ca = IsCa::ExplicitNoCa);
+        assert_eq!(not_ca.server_problem(), None, "cA false");
+    }
+
+    #[test]
+    fn not_before_is_read() {
+        let mut params = CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2030, 1, 2);
+        params.not_after = rcgen::date_time_ymd(2031, 7, 4);
+        let key = KeyPair::generate().unwrap();
+        let info = CertificateInfo::from_der(params.self_signed(&key).unwrap().der()).unwrap();
+        // 2030-01-02T00:00:00Z
+        assert_eq!(info.not_before_unix, 1_893_542_400);
     }
 
     #[test]

@@ -345,10 +345,12 @@ mod tests {
     fn any_entry_of_any_kind_admits() {
         let client = CertificateInfo {
             serial_hex: "01".into(),
+            not_before_unix: 0,
             not_after_unix: 0,
             subject_cns: strings(&["a", "b"]),
             dns_names: strings(&["Host.Test"]),
             uris: strings(&["spiffe://test/svc"]),
+            usage: Err("not read".into()),
         };
         let allow = |cns: &[&str], dns: &[&str], uris: &[&str]| AllowList {
             cns: strings(cns),

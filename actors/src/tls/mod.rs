@@ -1,7 +1,7 @@
 //! TLS configuration as data: the files and settings of a server ([`source::TlsSource`]), one
 //! validated build of them, swapped whole on reload ([`reload::TlsReloader`]), the policy
 //! (versions, suites, groups, ALPN), the certificate chosen by SNI, session tickets, client
-//! certificates, and the facts read from a certificate. No actor lives here: a connection
+//! certificates, the facts read from a certificate, and the warnings a load gives. No actor lives here: a connection
 //! takes the configuration current when its handshake starts and keeps it.
 
 pub(crate) mod certificate;
@@ -15,3 +15,4 @@ pub(crate) mod reload;
 pub(crate) mod sni;
 pub(crate) mod source;
 pub(crate) mod tickets;
+pub(crate) mod warning;

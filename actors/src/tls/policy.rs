@@ -85,11 +85,13 @@ fn select<T: Clone>(
 
 impl TlsPolicy {
     /// The ring provider narrowed to this policy's suites and groups, and the versions to
-    /// enable. Checks every name and that some suite is left for the versions allowed.
+    /// enable. Checks every name, the ALPN names' lengths, and that some suite is left for the
+    /// versions allowed.
     pub(crate) fn provider(
         &self,
     ) -> Result<(CryptoProvider, &'static [&'static SupportedProtocolVersion]), TlsConfigError>
     {
+        self.check_alpn()?;
         let mut provider = rustls::crypto::ring::default_provider();
         if !self.cipher_suites.is_empty() {
             provider.cipher_suites = select(
@@ -125,6 +127,24 @@ impl TlsPolicy {
             ));
         }
         Ok((provider, versions))
+    }
+
+    /// RFC 7301: a protocol name is 1 to 255 bytes (its length is one byte, and an empty name
+    /// is invalid). rustls would send whatever it is given, and a client would refuse the
+    /// ServerHello.
+    fn check_alpn(&self) -> Result<(), TlsConfigError> {
+        match self.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+            None => Ok(()),
+            Some(name) => {
+                let shown: String = name.chars().take(32).collect();
+                let cut = if shown.len() < name.len() { "..." } else { "" };
+                Err(TlsConfigError::Policy(format!(
+                    "ALPN protocol names are 1 to 255 bytes (RFC 7301); {shown:?}{cut} is {} \
+                     bytes",
+                    name.len()
+                )))
+            }
+        }
     }
 
     /// The ALPN protocols as rustls takes them.
@@ -178,6 +198,27 @@ mod tests {
         };
         let error = policy.provider().unwrap_err().to_string();
         assert!(error.contains("TLS13_AES_256_GCM_SHA384"), "{error}");
+    }
+
+    #[test]
+    fn alpn_names_are_1_to_255_bytes() {
+        let with = |alpn: Vec<String>| {
+            TlsPolicy {
+                alpn,
+                ..TlsPolicy::default()
+            }
+            .provider()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert!(with(vec!["h2".into(), "x".repeat(255)]).is_ok());
+        let empty = with(vec!["h2".into(), String::new()]).unwrap_err();
+        assert!(
+            empty.contains("RFC 7301") && empty.contains("is 0 bytes"),
+            "{empty}"
+        );
+        let long = with(vec!["x".repeat(300)]).unwrap_err();
+        assert!(long.contains("is 300 bytes") && long.len() < 200, "{long}");
     }
 
     #[test]

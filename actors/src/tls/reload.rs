@@ -58,6 +58,13 @@ impl TlsReloader {
         self.0.reloads_ok.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a reload that failed where [`TlsReloader::reload_from`] was not the one to load
+    /// (an embedder that loads elsewhere, with a deadline of its own), and keeps the
+    /// configuration in use.
+    pub fn reload_failed(&self) {
+        self.0.reloads_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Loads `source` and swaps it in if it loaded completely; otherwise counts a failed
     /// reload and keeps the configuration in use. Reads files: call it where blocking for the
     /// time of a read is fine.

@@ -16,6 +16,7 @@ use crate::tls::files::{in_file, parse_certificates, read_file};
 use crate::tls::policy::TlsPolicy;
 use crate::tls::sni::{SniEntry, SniResolver};
 use crate::tls::tickets::{default_ticketer, TicketKeys};
+use crate::tls::warning::TlsWarning;
 
 /// A certificate chain and its private key, as PEM files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +81,8 @@ pub struct LoadedTls {
     certificates: Vec<LoadedCertificate>,
     /// With `sni_strict`: the resolver that knows which names are served.
     strict_sni: Option<Arc<SniResolver>>,
+    /// What the load found worth an operator's attention (see `TlsWarning`).
+    warnings: Vec<TlsWarning>,
 }
 
 /// Leaves the key out of debug output.
@@ -106,6 +109,7 @@ impl LoadedTls {
             config,
             certificates: Vec::new(),
             strict_sni: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -143,6 +147,13 @@ impl LoadedTls {
     pub fn certificates(&self) -> &[LoadedCertificate] {
         &self.certificates
     }
+
+    /// What the load found that works but deserves a warning: a served certificate outside
+    /// its validity period (expired, or not yet valid), which is served all the same (see
+    /// [`TlsWarning`] for why). Empty when there is nothing to say.
+    pub fn warnings(&self) -> &[TlsWarning] {
+        &self.warnings
+    }
 }
 
 impl TlsSource {
@@ -168,6 +179,12 @@ impl TlsSource {
 
     /// Reads and checks every file and builds the configuration. Any error names its file; on
     /// error nothing is half-built, so a running server keeps what it has.
+    ///
+    /// Every file must be a regular file of at most 1 MiB (a FIFO, a device or a larger file
+    /// is refused before it is read whole). Each certificate to serve must be able to serve:
+    /// a CA certificate, or one whose extended key usage leaves out serverAuth, is refused
+    /// (every client would refuse it). One outside its validity period is served, with a
+    /// [`LoadedTls::warnings`] entry.
     pub fn load(&self) -> Result<LoadedTls, TlsConfigError> {
         let (provider, versions) = self.policy.provider()?;
         let provider = Arc::new(provider);
@@ -203,6 +220,21 @@ impl TlsSource {
             });
             certificates.push(certificate);
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        // Only the served certificates so far: the client CAs are added below.
+        let warnings: Vec<TlsWarning> = certificates
+            .iter()
+            .filter_map(|served| {
+                TlsWarning::for_validity(
+                    PathBuf::from(&served.name),
+                    served.info.not_before_unix,
+                    served.info.not_after_unix,
+                    now,
+                )
+            })
+            .collect();
         let resolver = Arc::new(SniResolver::new(entries)?);
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions)
@@ -227,6 +259,7 @@ impl TlsSource {
             config: Arc::new(config),
             certificates,
             strict_sni: self.sni_strict.then_some(resolver),
+            warnings,
         })
     }
 }
@@ -255,6 +288,15 @@ fn certified(
     let info = CertificateInfo::from_der(&chain[0])
         .map_err(TlsConfigError::Certificate)
         .map_err(in_file(cert))?;
+    // A certificate no client accepts for a server is refused here rather than by every
+    // handshake (a CA certificate put in place by mistake broke 1,313 handshakes in 1.5 s).
+    let unusable = match &info.usage {
+        Ok(usage) => usage.server_problem(),
+        Err(why) => Some(format!("its usage cannot be read ({why})")),
+    };
+    if let Some(why) = unusable {
+        return Err(in_file(cert)(TlsConfigError::NotServerCertificate(why)));
+    }
     let key_der = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|_| in_file(key)(TlsConfigError::NoPrivateKey))?;
     // Checks that the key is usable and matches the leaf's public key.

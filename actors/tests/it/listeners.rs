@@ -214,3 +214,45 @@ fn the_test_harness_serves_several_addresses_with_one_ledger() {
     assert_eq!(snapshot.ledger.accepted, 2);
     assert_eq!(server.assert_each_disposed_once().len(), 2);
 }
+
+/// Issue 17, finding 2: a drain over a period the clock cannot reach, with a live connection,
+/// neither panics (a close time past `Instant`'s range overflowed) nor closes anything; a
+/// `resume` ends it at once.
+#[actix_rt::test]
+async fn a_drain_over_any_period_never_panics_and_resume_ends_it() {
+    let certs = DevCerts::generate().unwrap();
+    let mut config = ServerConfig::default();
+    config.workers = 1;
+    let server = Server::builder(config, certs.server_tls().unwrap(), Echo)
+        .listen(([127, 0, 0, 1], 0).into())
+        .start()
+        .unwrap();
+    let client = client_config(certs.ca_cert_pem.as_bytes()).unwrap();
+    let mut c = AsyncTlsClient::connect(server.local_addrs()[0], client)
+        .await
+        .unwrap();
+    assert_eq!(c.echo(b"live").await.unwrap(), b"live");
+    let handle = server.handle();
+    for period in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+        let draining = actix_rt::spawn(handle.drain(period));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !draining.is_finished(),
+            "{period:?}: still waiting to close"
+        );
+        assert_eq!(c.echo(b"still served").await.unwrap(), b"still served");
+        assert!(handle.resume());
+        let asked = tokio::time::timeout(HANG, draining).await.unwrap().unwrap();
+        assert_eq!(asked, 0, "{period:?}: resume ended it before any close");
+    }
+    let accept_for = actix_rt::spawn(handle.drain_accepting_for(Duration::MAX, Duration::MAX));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Still accepting (not paused yet): `resume` ends the drain all the same.
+    handle.resume();
+    let asked = tokio::time::timeout(HANG, accept_for)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(asked, 0);
+    server.shutdown(Duration::from_secs(1)).await;
+}

@@ -49,3 +49,15 @@ pub(crate) fn alice_only<'a>(cert: &'a str, key: &'a str, ca: &'a str) -> Vec<&'
     ];
     flags.to_vec()
 }
+
+/// A self-signed server certificate for `localhost` valid from `from` to `to` (years), with
+/// serverAuth: (certificate PEM, key PEM).
+pub(crate) fn dated_certificate(from: i32, to: i32) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(to, 1, 1);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}

@@ -1,0 +1,218 @@
+//! Everything `serve` builds from its settings before it binds a socket, built by the one
+//! function `tlsvisor check` calls too: so `check` applies every validation `serve` applies
+//! (the server configuration's bounds, every TLS file and certificate, the token file, the
+//! user and group), and a configuration `check` passes is one `serve` starts with. A reload
+//! rebuilds the TLS part through the same `reload::build_tls`.
+//!
+//! Every problem is collected, not only the first: `check` prints one line each, `serve`
+//! refuses to start with all of them in its error.
+
+use std::fmt;
+
+use tlsvisor_actors::{LoadedTls, ProxyConfig, ProxyHeader, ServerConfig, TlsWarning};
+
+use crate::cli::{ProtocolKind, ProxyProtocolVersion};
+use crate::reload;
+use crate::settings::Settings;
+
+/// What `serve` runs: checked, complete.
+pub(crate) struct Prepared {
+    /// The server's limits and timeouts, validated.
+    pub config: ServerConfig,
+    /// The TLS configuration, every file read and checked.
+    pub tls: LoadedTls,
+    /// With `--protocol proxy`: the upstreams and how to reach them.
+    pub proxy: Option<ProxyConfig>,
+    /// The admin API's token, read from `--admin-token-file`.
+    pub admin_token: Option<String>,
+    /// What works but deserves an operator's attention (a certificate outside its dates, too
+    /// few descriptors for `--max-connections`): logged by `serve`, printed by `check`.
+    pub warnings: Vec<Warning>,
+}
+
+/// Something `serve` goes on with but says loudly.
+pub(crate) enum Warning {
+    /// A served certificate outside its validity period (see `TlsWarning` for why it is
+    /// served all the same).
+    Certificate(TlsWarning),
+    /// The open-files limit is below what `--max-connections` needs: past it new clients are
+    /// shed as `fd_exhausted` rather than paused at `--max-connections`. Not refused: the
+    /// operator may know better (few proxied connections, say), and the shedding keeps the
+    /// server serving either way.
+    Descriptors {
+        nofile: u64,
+        max_connections: usize,
+        needed: u64,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::Certificate(warning) => warning.fmt(f),
+            Warning::Descriptors {
+                nofile,
+                max_connections,
+                needed,
+            } => write!(
+                f,
+                "the open files limit ({nofile}) is below what --max-connections \
+                 {max_connections} needs ({needed}); past it new clients are shed as \
+                 fd_exhausted"
+            ),
+        }
+    }
+}
+
+/// Every problem that keeps the settings from being served, one line each.
+#[derive(Debug)]
+pub(crate) struct Problems(pub Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Descriptors the process holds besides its connections: stdio, the reactors, the
+/// listeners' copies, the HTTP listeners and their clients, the spare, with room to spare.
+const FIXED_DESCRIPTORS: u64 = 64;
+
+/// Builds and checks everything `serve` needs from `settings` (see the module docs).
+pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
+    let mut problems = Vec::new();
+    let config = server_config(settings);
+    if let Err(e) = config.validate() {
+        problems.push(in_flag_names(&e.to_string()));
+    }
+    // Reads every TLS file and checks each certificate and key; the error names the file.
+    let tls = reload::build_tls(settings)
+        .map_err(|e| problems.push(format!("TLS: {e}")))
+        .ok();
+    let admin_token = match settings.values.admin_token_file.as_deref() {
+        Some(path) => crate::admin::read_token(path)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok(),
+        None => None,
+    };
+    if let Err(e) = crate::privileges::check(
+        settings.values.user.as_deref(),
+        settings.values.group.as_deref(),
+    ) {
+        problems.push(e.to_string());
+    }
+    match (tls, problems.is_empty()) {
+        (Some(tls), true) => {
+            let mut warnings: Vec<Warning> = tls
+                .warnings()
+                .iter()
+                .cloned()
+                .map(Warning::Certificate)
+                .collect();
+            warnings.extend(descriptors_short(settings));
+            Ok(Prepared {
+                config,
+                tls,
+                proxy: proxy_config(settings),
+                admin_token,
+                warnings,
+            })
+        }
+        _ => Err(Problems(problems)),
+    }
+}
+
+/// The library's words for its settings (`ServerConfig`'s field names), and the flags that set
+/// them: its error is shown in the flags' names, which is what an operator typed.
+const FLAG_NAMES: [(&str, &str); 7] = [
+    ("workers must", "--workers must"),
+    ("max_connections must", "--max-connections must"),
+    ("max_handshakes must", "--max-handshakes must"),
+    ("handshake_timeout must", "--handshake-timeout must"),
+    ("idle_timeout must", "--idle-timeout must"),
+    ("close_timeout must", "--close-timeout must"),
+    ("accept_proxy timeout must", "--accept-proxy-timeout must"),
+];
+
+/// `message` from `ServerConfig::validate`, with each setting named by its flag.
+fn in_flag_names(message: &str) -> String {
+    FLAG_NAMES
+        .iter()
+        .fold(message.to_string(), |message, (field, flag)| {
+            message.replace(field, flag)
+        })
+}
+
+/// The server configuration the settings describe (checked by the caller).
+fn server_config(settings: &Settings) -> ServerConfig {
+    let values = &settings.values;
+    let mut config = ServerConfig::default();
+    config.workers = values.workers;
+    config.accept_proxy = settings.accept_proxy.clone();
+    config.max_connections = values.max_connections;
+    config.max_handshakes = values.max_handshakes;
+    config.max_connections_per_ip = values.max_connections_per_ip;
+    config.max_handshakes_per_ip = values.max_handshakes_per_ip;
+    config.handshake_timeout = values.handshake_timeout;
+    config.idle_timeout = settings.idle_timeout();
+    config.close_timeout = values.close_timeout;
+    config.reuse_port = values.reuse_port;
+    config
+}
+
+/// With `--protocol proxy`, the upstreams and how to reach them. (Whether each resolves is
+/// `check`'s question alone: a name that does not resolve now may by the first connect.)
+fn proxy_config(settings: &Settings) -> Option<ProxyConfig> {
+    let values = &settings.values;
+    if values.protocol != ProtocolKind::Proxy {
+        return None;
+    }
+    let mut proxy = ProxyConfig::with_upstreams(&values.upstream);
+    proxy.connect_timeout = values.upstream_connect_timeout;
+    proxy.proxy_header = values.proxy_protocol.map(|v| match v {
+        ProxyProtocolVersion::V1 => ProxyHeader::V1,
+        ProxyProtocolVersion::V2 => ProxyHeader::V2,
+    });
+    Some(proxy)
+}
+
+/// The warning when the open-files limit `serve` will run under (it raises the soft limit to
+/// the hard one) cannot hold `--max-connections`: the sum is computed saturating, whatever the
+/// setting.
+fn descriptors_short(settings: &Settings) -> Option<Warning> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let per_connection = match settings.values.protocol {
+        ProtocolKind::Proxy => 2,
+        ProtocolKind::Echo => 1,
+    };
+    let max_connections = settings.values.max_connections;
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(per_connection)
+        .saturating_add(FIXED_DESCRIPTORS);
+    let (_, nofile) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    (nofile < needed).then_some(Warning::Descriptors {
+        nofile,
+        max_connections,
+        needed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_errors_name_the_flags() {
+        assert_eq!(
+            in_flag_names("invalid server configuration: max_connections must be at least 1"),
+            "invalid server configuration: --max-connections must be at least 1"
+        );
+        assert_eq!(
+            in_flag_names("workers must be between 1 and 1024 (it is 0)"),
+            "--workers must be between 1 and 1024 (it is 0)"
+        );
+    }
+}
