@@ -101,7 +101,7 @@ pub(crate) fn classify(
     if inner.is_some_and(|e| e.is::<UnrecognizedName>()) {
         return (
             C::UnrecognizedName,
-            Some(AlertDescription::UnrecognizedName),
+            Some(AlertDescription::UnrecognisedName),
         );
     }
     let Some(tls) = inner.and_then(|e| e.downcast_ref::<TlsError>()) else {
@@ -167,7 +167,10 @@ fn certificate_class(e: &CertificateError) -> HandshakeFailureClass {
     use CertificateError as E;
     use HandshakeFailureClass as C;
     match e {
-        E::UnknownIssuer => C::ClientCertificateUnknownCa,
+        // A bad signature from an issuer of the right name is a certificate of another CA
+        // that happens to share the name: to an operator, an unknown CA.
+        #[allow(deprecated)] // rustls 0.23 still reports BadSignature
+        E::UnknownIssuer | E::BadSignature => C::ClientCertificateUnknownCa,
         E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. } => {
             C::ClientCertificateExpired
         }
@@ -180,13 +183,21 @@ fn certificate_class(e: &CertificateError) -> HandshakeFailureClass {
 /// name (`DecodeError`); an alert rustls does not name is `Unknown(…)` as rustls prints it.
 pub(crate) fn alert_name(alert: AlertDescription) -> String {
     let mut snake = String::new();
-    for (i, ch) in format!("{alert:?}").chars().enumerate() {
-        if ch.is_ascii_uppercase() && i > 0 {
+    let mut after_lower = false;
+    for ch in format!("{alert:?}").chars() {
+        // A word starts at an upper-case letter after a lower-case one: `UnknownCA` is
+        // `unknown_ca`, not `unknown_c_a`.
+        if ch.is_ascii_uppercase() && after_lower {
             snake.push('_');
         }
+        after_lower = ch.is_ascii_lowercase() || ch.is_ascii_digit();
         snake.push(ch.to_ascii_lowercase());
     }
-    snake
+    // rustls spells this one the British way; RFC 6066 and every TLS tool, the American.
+    match snake.as_str() {
+        "unrecognised_name" => "unrecognized_name".to_string(),
+        _ => snake,
+    }
 }
 
 #[cfg(test)]
