@@ -8,6 +8,7 @@
 //! open, for load balancers and orchestrators that hold no token.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header;
@@ -16,7 +17,9 @@ use prometheus::{IntCounter, Registry};
 use serde::Deserialize;
 use serde_json::json;
 use slog::{info, warn, Logger};
-use tlsvisor_actors::{CloseMode, ConnDescription, ConnId, ServerHandle};
+use tlsvisor_actors::{
+    CloseMode, ConnDescription, ConnId, HandshakeFailureClass, ServerHandle, Stats, RECENT_FAILURES,
+};
 
 use crate::cli::parse_duration;
 use crate::error::BoxError;
@@ -40,6 +43,8 @@ pub(crate) fn unauthorized_counter() -> Result<IntCounter, prometheus::Error> {
 /// What every admin request handler shares.
 pub(crate) struct Admin {
     pub handle: ServerHandle,
+    /// The server's books (the failed handshakes of `/handshake-failures`).
+    pub stats: Arc<Stats>,
     pub settings: Settings,
     /// `POST /reload`'s (shared with SIGHUP's: one reload at a time).
     pub reloads: reload::Reloads,
@@ -107,6 +112,7 @@ fn routes_behind_the_token(routes: &mut web::ServiceConfig) {
         .route("/health/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics))
         .route("/connections", web::get().to(list))
+        .route("/handshake-failures", web::get().to(handshake_failures))
         .route("/connections/{id}", web::get().to(one))
         .route("/connections/{id}", web::delete().to(kill))
         .route("/pause", web::post().to(pause))
@@ -213,6 +219,74 @@ async fn list(admin: web::Data<Admin>, page: web::Query<Page>) -> HttpResponse {
     };
     let connections: Vec<_> = found.iter().map(describe).collect();
     HttpResponse::Ok().json(json!({"connections": connections, "next_after": next}))
+}
+
+#[derive(Deserialize)]
+struct FailureFilter {
+    class: Option<String>,
+    peer: Option<String>,
+    sni: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /handshake-failures`: the most recent failed handshakes, newest first, filtered by
+/// class, peer (an IP address, or an address with its port) and SNI (any case).
+async fn handshake_failures(
+    admin: web::Data<Admin>,
+    filter: web::Query<FailureFilter>,
+) -> HttpResponse {
+    let class = match filter
+        .class
+        .as_deref()
+        .map(HandshakeFailureClass::from_name)
+    {
+        Some(None) => {
+            let known: Vec<_> = HandshakeFailureClass::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .collect();
+            return HttpResponse::BadRequest().json(json!({
+                "error": format!("unknown class; the classes are {}", known.join(", ")),
+            }));
+        }
+        Some(Some(class)) => Some(class),
+        None => None,
+    };
+    let limit = filter
+        .limit
+        .unwrap_or(DEFAULT_PAGE)
+        .clamp(1, RECENT_FAILURES);
+    let peer_matches = |peer: SocketAddr| match filter.peer.as_deref() {
+        None => true,
+        Some(wanted) => peer.ip().to_string() == wanted || peer.to_string() == wanted,
+    };
+    let sni_matches = |sni: Option<&str>| match filter.sni.as_deref() {
+        None => true,
+        Some(wanted) => sni.is_some_and(|sni| sni.eq_ignore_ascii_case(wanted)),
+    };
+    let failures: Vec<_> = admin
+        .stats
+        .recent_handshake_failures()
+        .into_iter()
+        .filter(|f| class.map_or(true, |c| f.class == c))
+        .filter(|f| peer_matches(f.peer) && sni_matches(f.sni.as_deref()))
+        .take(limit)
+        .map(|f| {
+            json!({
+                "at_unix_ms": f.at_unix_ms,
+                "conn_id": f.conn_id.0,
+                "peer": f.peer.to_string(),
+                "class": f.class.as_str(),
+                "sni": f.sni,
+                "cipher_suites": f.cipher_suites,
+                "groups": f.groups,
+                "alpn": f.alpn,
+                "alert": f.alert,
+                "error": f.error,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "handshake_failures": failures }))
 }
 
 async fn one(admin: web::Data<Admin>, id: web::Path<u64>) -> HttpResponse {
@@ -385,6 +459,7 @@ pub(crate) fn start_for(
         inherited,
         Admin {
             handle: server.handle(),
+            stats: server.stats(),
             settings: settings.clone(),
             reloads,
             metrics,

@@ -9,7 +9,8 @@ use prometheus::Registry;
 use crate::exposition::set_value;
 use crate::upstream_metrics::UpstreamCollector;
 use tlsvisor_actors::{
-    DisposeReason, LatencySnapshot, RejectReason, Stats, CONNECT_LATENCY_BUCKETS,
+    DisposeReason, HandshakeFailureClass, LatencySnapshot, RejectReason, Stats,
+    CONNECT_LATENCY_BUCKETS,
 };
 
 /// Exposes one server's `Stats`, read as one snapshot per scrape so that
@@ -20,7 +21,7 @@ struct StatsCollector {
 }
 
 /// (name, help, type, label) of every family the collector emits.
-const FAMILIES: [(&str, &str, MetricType, Option<&str>); 15] = [
+const FAMILIES: [(&str, &str, MetricType, Option<&str>); 16] = [
     (
         "tlsvisor_connections_active",
         "Connections registered and not yet disposed.",
@@ -112,6 +113,13 @@ const FAMILIES: [(&str, &str, MetricType, Option<&str>); 15] = [
          unless a guarantee broke.",
         MetricType::COUNTER,
         None,
+    ),
+    (
+        "tlsvisor_handshake_failures_total",
+        "Failed TLS handshakes, by class (GET /handshake-failures on the admin API lists the \
+         latest).",
+        MetricType::COUNTER,
+        Some("class"),
     ),
 ];
 
@@ -223,6 +231,16 @@ impl Collector for StatsCollector {
                     .collect(),
             ),
             family(14, one(snap.dispose_lost)),
+            family(
+                15,
+                HandshakeFailureClass::ALL
+                    .iter()
+                    .map(|c| {
+                        let failures = snap.handshake_failures(*c) as f64;
+                        (Some(c.as_str().to_string()), failures)
+                    })
+                    .collect(),
+            ),
         ]
     }
 }

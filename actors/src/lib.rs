@@ -121,6 +121,9 @@ pub use supervision::conn_description::ConnDescription;
 pub use supervision::conn_id::ConnId;
 pub use supervision::control::Readiness;
 pub use supervision::dispose_reason::DisposeReason;
+pub use supervision::handshake_failures::{
+    HandshakeFailure, HandshakeFailureClass, RECENT_FAILURES,
+};
 pub use supervision::messages::ShutdownReport;
 pub use supervision::stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,

@@ -21,6 +21,7 @@ mod binary;
 mod certificates;
 mod check;
 mod edge;
+mod handshake_failures;
 #[cfg(feature = "interop")]
 mod interop;
 #[cfg(feature = "interop")]

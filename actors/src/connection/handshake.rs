@@ -4,22 +4,29 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::{timeout_at, Instant};
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::connection::handshake_failure::{HelloSummary, UnrecognizedName};
 use crate::edge::read_ahead::ReadAhead;
 use crate::tls::source::LoadedTls;
 
 /// The server side of a TLS stream over TCP (read ahead while the client streams).
 pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
 
-/// Why a handshake did not produce a stream.
+/// Why a handshake did not produce a stream, with what the client had offered if its
+/// ClientHello was read.
 pub(super) enum HandshakeError {
     /// It did not finish within the handshake timeout.
-    TimedOut,
+    TimedOut { hello: Option<HelloSummary> },
     /// It failed: not TLS, no shared parameters, a refused client certificate, a reset.
-    Failed(io::Error),
+    Failed {
+        error: io::Error,
+        hello: Option<HelloSummary>,
+    },
 }
 
 /// Runs the handshake on `tcp` with `tls`, bounded by `limit`; `inject_failure` is the
@@ -31,40 +38,51 @@ pub(super) async fn handshake(
     inject_failure: bool,
 ) -> Result<TlsStream, HandshakeError> {
     if inject_failure {
-        return Err(HandshakeError::Failed(io::Error::other(
-            "injected handshake failure",
-        )));
+        return Err(HandshakeError::Failed {
+            error: io::Error::other("injected handshake failure"),
+            hello: None,
+        });
     }
-    match tokio::time::timeout(limit, accept(tls, tcp)).await {
-        Err(_) => Err(HandshakeError::TimedOut),
-        Ok(Err(e)) => Err(HandshakeError::Failed(e)),
-        Ok(Ok(stream)) => Ok(stream),
-    }
+    accept(tls, tcp, Instant::now() + limit).await
 }
 
 /// A fatal `unrecognized_name` alert (RFC 6066) as a plaintext TLS record: before the
 /// ServerHello nothing is encrypted, so these seven bytes are the whole answer.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
-/// Runs the handshake on `tcp` with `tls`. The ClientHello is read first so that a
-/// `--sni-strict` server can refuse an unknown name with `unrecognized_name`, which rustls's
-/// certificate resolver cannot send (a resolver that finds nothing makes rustls send
-/// `access_denied`).
-async fn accept(tls: Arc<LoadedTls>, tcp: TcpStream) -> io::Result<TlsStream> {
-    let mut start =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(tcp)).await?;
-    let server_name = start.client_hello().server_name().map(str::to_string);
-    if tls.refuses(server_name.as_deref()) {
+/// Runs the handshake on `tcp` with `tls`, finished by `deadline`. The ClientHello is read
+/// first so that a `--sni-strict` server can refuse an unknown name with `unrecognized_name`,
+/// which rustls's certificate resolver cannot send (a resolver that finds nothing makes rustls
+/// send `access_denied`), and so that a failure can say what the client offered.
+async fn accept(
+    tls: Arc<LoadedTls>,
+    tcp: TcpStream,
+    deadline: Instant,
+) -> Result<TlsStream, HandshakeError> {
+    let hello_read =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(tcp));
+    let mut start = match timeout_at(deadline, hello_read).await {
+        Err(_) => return Err(HandshakeError::TimedOut { hello: None }),
+        Ok(Err(error)) => return Err(HandshakeError::Failed { error, hello: None }),
+        Ok(Ok(start)) => start,
+    };
+    let hello = HelloSummary::of(&start.client_hello());
+    if tls.refuses(hello.sni.as_deref()) {
         // Best effort, within the handshake's own time limit: if it fails, the client sees
         // the connection close without the alert.
-        let _ = start.io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "unrecognized_name: no certificate for {}",
-                server_name.unwrap_or_default()
-            ),
-        ));
+        let _ = timeout_at(deadline, start.io.write_all(&UNRECOGNIZED_NAME_ALERT)).await;
+        let name = hello.sni.clone().unwrap_or_default();
+        return Err(HandshakeError::Failed {
+            error: io::Error::new(io::ErrorKind::InvalidData, UnrecognizedName(name)),
+            hello: Some(hello),
+        });
     }
-    start.into_stream(Arc::clone(tls.config())).await
+    match timeout_at(deadline, start.into_stream(Arc::clone(tls.config()))).await {
+        Err(_) => Err(HandshakeError::TimedOut { hello: Some(hello) }),
+        Ok(Err(error)) => Err(HandshakeError::Failed {
+            error,
+            hello: Some(hello),
+        }),
+        Ok(Ok(stream)) => Ok(stream),
+    }
 }

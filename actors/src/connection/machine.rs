@@ -24,12 +24,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use rustls::AlertDescription;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::connection::actor::{log_conn, Connection};
 use crate::connection::env::{ConnectionEnv, Service};
 use crate::connection::handshake::{handshake, HandshakeError, TlsStream};
+use crate::connection::handshake_failure::{alert_name, classify, HelloSummary};
 use crate::connection::messages::{ReadOutcome, Side};
 use crate::connection::phase::{
     ClientWriter, Closing, Drained, Established, Handshaking, Open, OpenService, Phase, ProxyFlow,
@@ -42,6 +44,9 @@ use crate::edge::accept_proxy::{read_header, Original};
 use crate::fault::FaultPoint;
 use crate::protocol::{ConnInfo, Flow};
 use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::handshake_failures::{
+    now_unix_ms, HandshakeFailure, HandshakeFailureClass,
+};
 use crate::tls::client_auth::is_client_auth_failure;
 use crate::tls::info::TlsInfo;
 use crate::upstream::pool::Connected;
@@ -185,16 +190,17 @@ impl Connection {
         }
         let stream = match result {
             Ok(stream) => stream,
-            Err(HandshakeError::TimedOut) => {
-                log_conn!(debug, self, "handshake timed out");
+            Err(HandshakeError::TimedOut { hello }) => {
+                self.handshake_failed(HandshakeFailureClass::Timeout, None, hello, "timed out");
                 return self.stop(DisposeReason::HandshakeTimeout, ctx);
             }
-            Err(HandshakeError::Failed(e)) => {
-                log_conn!(debug, self, "handshake failed"; "error" => %e);
-                let reason = match is_client_auth_failure(&e) {
+            Err(HandshakeError::Failed { error, hello }) => {
+                let (class, alert) = classify(&error, hello.is_some());
+                let reason = match is_client_auth_failure(&error) {
                     true => DisposeReason::ClientAuthFailed,
                     false => DisposeReason::HandshakeFailed,
                 };
+                self.handshake_failed(class, alert, hello, &error.to_string());
                 return self.stop(reason, ctx);
             }
         };
@@ -240,6 +246,44 @@ impl Connection {
         }
         if matches!(self.env.service, Service::Proxy(_)) {
             self.connect_upstream(ctx);
+        }
+    }
+
+    /// Books a failed handshake (its class counted, the failure kept for
+    /// `GET /handshake-failures`) and logs it: one line per class per second, carrying how
+    /// many of its class went unlogged since.
+    fn handshake_failed(
+        &self,
+        class: HandshakeFailureClass,
+        alert: Option<AlertDescription>,
+        hello: Option<HelloSummary>,
+        error: &str,
+    ) {
+        let hello = hello.unwrap_or_default();
+        let offered = hello.offered();
+        let failure = HandshakeFailure {
+            at_unix_ms: now_unix_ms(),
+            conn_id: self.id,
+            peer: self.peer,
+            class,
+            sni: hello.sni,
+            cipher_suites: offered.cipher_suites,
+            groups: offered.groups,
+            alpn: offered.alpn,
+            alert: alert.map(alert_name),
+            error: error.to_string(),
+        };
+        let line = failure.clone();
+        if let Some(suppressed) = self.env.stats.handshake_failed(failure) {
+            log_conn!(info, self, "handshake failed";
+                "class" => line.class.as_str(),
+                "sni" => line.sni.as_deref().unwrap_or(""),
+                "alert" => line.alert.as_deref().unwrap_or(""),
+                "cipher_suites" => line.cipher_suites.join(","),
+                "groups" => line.groups.join(","),
+                "alpn" => line.alpn.join(","),
+                "error" => &line.error,
+                "suppressed" => suppressed);
         }
     }
 

@@ -6,7 +6,8 @@
 //! - `machine.rs`: the state machine, every transition and every event that causes one;
 //! - `phase.rs`: what each phase owns; `writer.rs`: a write direction; `upstream_link.rs`: a
 //!   proxied connection's hold on its upstream;
-//! - `handshake.rs`: the server side of the TLS handshake; `reader.rs`: the reader child of
+//! - `handshake.rs`: the server side of the TLS handshake; `handshake_failure.rs`: the class
+//!   of a failed one and what the client had offered; `reader.rs`: the reader child of
 //!   each side; `session.rs` and `proxy.rs`: what happens to the bytes read;
 //! - `messages.rs`: what it receives; `env.rs`: what every connection of a server shares;
 //!   `access_log.rs`: the fields of its one `disposed` line.
@@ -15,6 +16,7 @@ mod access_log;
 pub(crate) mod actor;
 pub(crate) mod env;
 pub(crate) mod handshake;
+mod handshake_failure;
 mod machine;
 pub(crate) mod messages;
 mod phase;

@@ -9,6 +9,7 @@ pub(crate) mod conn_description;
 pub(crate) mod conn_id;
 pub(crate) mod control;
 pub(crate) mod dispose_reason;
+pub(crate) mod handshake_failures;
 pub(crate) mod labels;
 pub(crate) mod messages;
 pub(crate) mod registration;

@@ -5,6 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::edge::per_ip::PerIpTable;
 use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::handshake_failures::{
+    HandshakeFailure, HandshakeFailureClass, HandshakeFailures,
+};
 use crate::supervision::labels::labels;
 use crate::upstream::pool::UpstreamPool;
 use crate::upstream::pool::UpstreamSnapshot;
@@ -116,6 +119,9 @@ pub struct Snapshot {
     /// Sockets closed at accept, per reason, indexed like [`RejectReason::ALL`] (read through
     /// [`Snapshot::rejected`]).
     rejected: [u64; RejectReason::COUNT],
+    /// Failed handshakes, per class, indexed like [`HandshakeFailureClass::ALL`] (read
+    /// through [`Snapshot::handshake_failures`]).
+    handshake_failures: [u64; HandshakeFailureClass::COUNT],
     /// Errors returned by `accept(2)`.
     pub accept_errors: u64,
     /// `Dispose` messages that could not be delivered because the registry was gone (each
@@ -142,6 +148,12 @@ impl Snapshot {
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().sum()
     }
+
+    /// Failed handshakes of one class (each one is also a disposal, as `handshake_failed`,
+    /// `handshake_timeout` or `client_auth_failed`).
+    pub fn handshake_failures(&self, class: HandshakeFailureClass) -> u64 {
+        self.handshake_failures[class.index()]
+    }
 }
 
 /// Shared, lock-light counters of one server instance.
@@ -155,6 +167,7 @@ pub struct Stats {
     handshakes_in_progress: AtomicI64,
     rejected: [AtomicU64; RejectReason::COUNT],
     accept_errors: AtomicU64,
+    handshake_failures: HandshakeFailures,
     dispose_lost: AtomicU64,
     bytes_client_to_upstream: AtomicU64,
     bytes_upstream_to_client: AtomicU64,
@@ -180,6 +193,9 @@ impl Stats {
             ledger: self.ledger(),
             handshakes_in_progress: self.handshakes_in_progress.load(Ordering::Relaxed),
             rejected: std::array::from_fn(|i| self.rejected[i].load(Ordering::Relaxed)),
+            handshake_failures: std::array::from_fn(|i| {
+                self.handshake_failures.count(HandshakeFailureClass::ALL[i])
+            }),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             dispose_lost: self.dispose_lost.load(Ordering::Relaxed),
             acceptors_paused: self.paused_acceptors(),
@@ -264,6 +280,17 @@ impl Stats {
         self.ledger
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The most recent failed handshakes, newest first (at most [`RECENT_FAILURES`](crate::RECENT_FAILURES)).
+    pub fn recent_handshake_failures(&self) -> Vec<HandshakeFailure> {
+        self.handshake_failures.recent()
+    }
+
+    /// Books a failed handshake; `Some(suppressed)` when it should be logged (see
+    /// `HandshakeFailures::record`).
+    pub(crate) fn handshake_failed(&self, failure: HandshakeFailure) -> Option<u64> {
+        self.handshake_failures.record(failure)
     }
 
     pub(crate) fn handshake_started(&self) {
