@@ -8,11 +8,24 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::connection::shared_socket::{SharedSocket, SocketWatch};
 use crate::edge::read_ahead::ReadAhead;
 use crate::tls::source::LoadedTls;
 
+/// The client's TCP socket, shared: a proxied connection watches it for a reset while a write
+/// to the upstream holds its reader back.
+pub(crate) type ClientSocket = SharedSocket<TcpStream>;
+
+/// A watch on the client's socket (see [`SocketWatch::failed`]).
+pub(crate) type ClientWatch = SocketWatch<TcpStream>;
+
 /// The server side of a TLS stream over TCP (read ahead while the client streams).
-pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<ClientSocket>>;
+
+/// A watch on the socket under `stream`.
+pub(crate) fn watch(stream: &TlsStream) -> ClientWatch {
+    stream.get_ref().0.get_ref().watch()
+}
 
 /// Why a handshake did not produce a stream.
 pub(super) enum HandshakeError {
@@ -51,8 +64,11 @@ const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 /// certificate resolver cannot send (a resolver that finds nothing makes rustls send
 /// `access_denied`).
 async fn accept(tls: Arc<LoadedTls>, tcp: TcpStream) -> io::Result<TlsStream> {
-    let mut start =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(tcp)).await?;
+    let mut start = LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        ReadAhead::new(SharedSocket::new(tcp)),
+    )
+    .await?;
     let server_name = start.client_hello().server_name().map(str::to_string);
     if tls.refuses(server_name.as_deref()) {
         // Best effort, within the handshake's own time limit: if it fails, the client sees
