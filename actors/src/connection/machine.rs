@@ -395,8 +395,12 @@ impl Connection {
                 return;
             };
             // A write in flight is the client not reading, not the client idle: the write's own
-            // stall limit ends that one, as a writer_error.
-            if open.writer.is_busy() {
+            // stall limit ends that one, as a writer_error. Likewise a write to the upstream
+            // in flight is the upstream not reading (its stall limit ends it as upstream_error),
+            // not the client idle: its reader waits for that write.
+            let upstream_busy = matches!(&open.service,
+                OpenService::Proxy(proxying) if proxying.upstream.writer.is_busy());
+            if open.writer.is_busy() || upstream_busy {
                 return act.arm_idle_timer(limit, ctx);
             }
             let idle = open.last_read.elapsed();
