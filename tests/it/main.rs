@@ -21,6 +21,7 @@ mod binary;
 mod certificates;
 mod check;
 mod edge;
+mod hostile_upstreams;
 #[cfg(feature = "interop")]
 mod interop;
 #[cfg(feature = "interop")]
