@@ -109,6 +109,68 @@ fn garbage_a_cut_header_and_a_late_one_are_proxy_header_invalid() {
     assert_eq!(client.echo(b"v1").unwrap(), b"v1");
 }
 
+/// [`v2_header`] with `tlvs` after its addresses, its length field covering them.
+fn v2_header_with_tlvs(tlvs: &[u8]) -> Vec<u8> {
+    let mut header = v2_header();
+    header[14..16].copy_from_slice(&((12 + tlvs.len()) as u16).to_be_bytes());
+    header.extend(tlvs);
+    header
+}
+
+fn tlv(kind: u8, value: &[u8]) -> Vec<u8> {
+    let mut tlv = vec![kind];
+    tlv.extend((value.len() as u16).to_be_bytes());
+    tlv.extend(value);
+    tlv
+}
+
+/// Issue 17, finding 10: haproxy refuses these, and so must we (a balancer's header with
+/// garbage in it is not one to trust the client's address from).
+#[test]
+fn v2_headers_with_malformed_tlvs_are_proxy_header_invalid() {
+    let server = Tlsvisor::serve(&["--accept-proxy", "v2"]);
+    // Well-formed TLVs (ALPN, authority, a custom one) are read past.
+    let fine = [
+        tlv(0x01, b"h2"),
+        tlv(0x02, b"example.com"),
+        tlv(0xea, b"vpce-0123"),
+    ]
+    .concat();
+    let mut client = connect_with_header(&server, &v2_header_with_tlvs(&fine)).unwrap();
+    assert_eq!(client.echo(b"through").unwrap(), b"through");
+    // A TLV whose length runs past the end of the header.
+    let mut past = tlv(0x01, b"h2");
+    past.extend([0xe0, 0, 40, 1, 2, 3]);
+    // A 4,080-byte payload: the addresses and one TLV of 4,065 bytes of garbage.
+    let garbage: Vec<u8> = (0..4065u32).map(|i| (i * 7 + 3) as u8).collect();
+    let huge = tlv(0xe3, &garbage);
+    // Two bytes left over after the last TLV.
+    let leftover = [tlv(0x01, b"h2"), vec![0xe0, 0]].concat();
+    for (n, tlvs) in [past, huge, leftover].iter().enumerate() {
+        let header = v2_header_with_tlvs(tlvs);
+        assert!(header.len() <= 4096);
+        assert!(
+            connect_with_header(&server, &header).is_err(),
+            "header {n} was accepted"
+        );
+        assert!(disposed_as(&server, "proxy_header_invalid", n as f64 + 1.0));
+    }
+    // The log line can trail the metric (the log has a thread of its own): wait for it.
+    let reasons: Vec<String> = server
+        .logged("PROXY header invalid", 3)
+        .iter()
+        .map(|l| l["error"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(reasons[0].contains("runs past"), "{reasons:?}");
+    assert!(reasons[1].contains("longer than 1024"), "{reasons:?}");
+    assert!(reasons[2].contains("left after"), "{reasons:?}");
+    assert!(matches!(
+        client.close(),
+        tlsvisor_actors::testing::CloseSeen::CloseNotifyThenEof
+    ));
+    assert!(disposed_as(&server, "peer_eof", 1.0));
+}
+
 #[test]
 fn a_source_outside_accept_proxy_from_is_a_direct_client_and_its_header_is_refused() {
     let server = Tlsvisor::serve(&[

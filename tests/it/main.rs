@@ -22,6 +22,7 @@ mod certificates;
 mod check;
 mod edge;
 mod handshake_failures;
+mod hostile_upstreams;
 #[cfg(feature = "interop")]
 mod interop;
 #[cfg(feature = "interop")]

@@ -11,11 +11,24 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::connection::handshake_failure::{HelloSummary, UnrecognizedName};
+use crate::connection::shared_socket::{SharedSocket, SocketWatch};
 use crate::edge::read_ahead::ReadAhead;
 use crate::tls::source::LoadedTls;
 
+/// The client's TCP socket, shared: a proxied connection watches it for a reset while a write
+/// to the upstream holds its reader back.
+pub(crate) type ClientSocket = SharedSocket<TcpStream>;
+
+/// A watch on the client's socket (see [`SocketWatch::failed`]).
+pub(crate) type ClientWatch = SocketWatch<TcpStream>;
+
 /// The server side of a TLS stream over TCP (read ahead while the client streams).
-pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<ClientSocket>>;
+
+/// A watch on the socket under `stream`.
+pub(crate) fn watch(stream: &TlsStream) -> ClientWatch {
+    stream.get_ref().0.get_ref().watch()
+}
 
 /// Why a handshake did not produce a stream, with what the client had offered if its
 /// ClientHello was read.
@@ -59,8 +72,10 @@ async fn accept(
     tcp: TcpStream,
     deadline: Instant,
 ) -> Result<TlsStream, HandshakeError> {
-    let hello_read =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(tcp));
+    let hello_read = LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        ReadAhead::new(SharedSocket::new(tcp)),
+    );
     let mut start = match timeout_at(deadline, hello_read).await {
         Err(_) => return Err(HandshakeError::TimedOut { hello: None }),
         Ok(Err(error)) => return Err(HandshakeError::Failed { error, hello: None }),

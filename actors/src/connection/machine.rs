@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 
 use crate::connection::actor::{log_conn, Connection};
 use crate::connection::env::{ConnectionEnv, Service};
-use crate::connection::handshake::{handshake, HandshakeError, TlsStream};
+use crate::connection::handshake::{self, handshake, ClientWatch, HandshakeError, TlsStream};
 use crate::connection::handshake_failure::{alert_name, classify, HelloSummary};
 use crate::connection::messages::{ReadOutcome, Side};
 use crate::connection::phase::{
@@ -39,7 +39,7 @@ use crate::connection::phase::{
 };
 use crate::connection::reader::{Reader, ReaderHandle};
 use crate::connection::upstream_link::UpstreamLink;
-use crate::connection::writer::Writer;
+use crate::connection::writer::{OtherSideFailed, Writer};
 use crate::edge::accept_proxy::{read_header, Original};
 use crate::fault::FaultPoint;
 use crate::protocol::{ConnInfo, Flow};
@@ -211,9 +211,10 @@ impl Connection {
             handshake_ms: self.registered_at.elapsed().as_millis() as u64,
             tls: Box::new(tls.clone()),
         };
+        let watch = handshake::watch(&stream);
         let (read_half, write_half) = tokio::io::split(stream);
         let writer = ClientWriter::Ready(write_half);
-        let service = match self.service_for(read_half, tls, local, ctx) {
+        let service = match self.service_for(read_half, watch, tls, local, ctx) {
             Ok(service) => service,
             // Straight to closing: the client is read on (and dropped) meanwhile, for the
             // lingering close.
@@ -289,11 +290,13 @@ impl Connection {
 
     /// What the open connection does with the client's bytes: a session of the server's
     /// protocol (its reader started), or, for a proxy, the client's read half kept until the
-    /// upstream is connected. A protocol that refuses the connection (or panics) gives the
-    /// reason to close, and the reader already started, for the lingering close.
+    /// upstream is connected, with a watch on its socket. A protocol that refuses the
+    /// connection (or panics) gives the reason to close, and the reader already started, for
+    /// the lingering close.
     fn service_for(
         &mut self,
         read_half: tokio::io::ReadHalf<TlsStream>,
+        watch: ClientWatch,
         tls: TlsInfo,
         local: Option<SocketAddr>,
         ctx: &mut Context<Self>,
@@ -305,6 +308,7 @@ impl Connection {
                 return Ok(OpenService::Connecting {
                     client: read_half,
                     local: local.unwrap_or(self.peer),
+                    watch,
                 })
             }
         };
@@ -327,19 +331,28 @@ impl Connection {
     }
 
     /// Asks the pool for an upstream and connects to it (timeout, retry on another upstream
-    /// and the PROXY header are the pool's).
+    /// and the PROXY header are the pool's), unless the client's socket fails first (nothing
+    /// reads it meanwhile, and a black-holed connect takes the whole connect timeout).
     fn connect_upstream(&mut self, ctx: &mut Context<Self>) {
         let (Service::Proxy(pool), Phase::Open(open)) = (&self.env.service, &self.phase) else {
             return;
         };
-        let OpenService::Connecting { local, .. } = &open.service else {
+        let OpenService::Connecting { local, watch, .. } = &open.service else {
             return;
         };
         let tls = (*open.established.tls).clone();
         let connecting =
             Arc::clone(pool).connect(self.env.log.clone(), self.peer, *local, Some(tls));
+        let client = watch.clone();
+        let raced = async move {
+            tokio::select! {
+                biased;
+                connected = connecting => Ok(connected),
+                failure = client.failed() => Err(OtherSideFailed(failure)),
+            }
+        };
         ctx.spawn(
-            connecting
+            raced
                 .into_actor(self)
                 .map(|result, act, ctx| act.upstream_connected(result, ctx)),
         );
@@ -347,7 +360,11 @@ impl Connection {
 
     /// `Open(Connecting) → Open(Proxy)`: both sides are read from now on. A failed connect
     /// closes the client gracefully (`upstream_connect_failed`).
-    fn upstream_connected(&mut self, result: io::Result<Connected>, ctx: &mut Context<Self>) {
+    fn upstream_connected(
+        &mut self,
+        result: Result<io::Result<Connected>, OtherSideFailed>,
+        ctx: &mut Context<Self>,
+    ) {
         // Closed meanwhile: the client's read half went into the close; the upstream socket,
         // if any, is dropped here.
         let Phase::Open(Open {
@@ -362,24 +379,29 @@ impl Connection {
             lease,
             latency,
         } = match result {
-            Ok(connected) => connected,
-            Err(e) => {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(e)) => {
                 log_conn!(warn, self, "upstream connect failed"; "error" => %e);
                 return self.close(DisposeReason::UpstreamConnectFailed, ctx);
             }
+            Err(OtherSideFailed(e)) => return self.client_failed(e, ctx),
         };
         self.env.stats.upstream_opened(latency);
-        let (read_half, write_half) = stream.into_split();
-        let link = UpstreamLink::new(write_half, lease, Arc::clone(&self.env.stats));
+        let (read_half, write_half, watch) = stream.into_split();
+        let link = UpstreamLink::new(write_half, watch, lease, Arc::clone(&self.env.stats));
         let upstream = spawn_reader(&self.env, read_half, Side::Upstream, ctx);
         let env = Arc::clone(&self.env);
         self.step(|phase| match phase {
             Phase::Open(mut open) => {
-                if let OpenService::Connecting { client, .. } = open.service {
-                    let client = spawn_reader(&env, client, Side::Client, ctx);
+                if let OpenService::Connecting { client, watch, .. } = open.service {
+                    let reader = spawn_reader(&env, client, Side::Client, ctx);
                     open.service = OpenService::Proxy(Proxying {
                         upstream: link,
-                        flow: ProxyFlow::Both { client, upstream },
+                        flow: ProxyFlow::Both {
+                            client: reader,
+                            upstream,
+                        },
+                        client: watch,
                     });
                 }
                 Phase::Open(open)
@@ -417,8 +439,12 @@ impl Connection {
                 return;
             };
             // A write in flight is the client not reading, not the client idle: the write's own
-            // stall limit ends that one, as a writer_error.
-            if open.writer.is_busy() {
+            // stall limit ends that one, as a writer_error. Likewise a write to the upstream
+            // in flight is the upstream not reading (its stall limit ends it as upstream_error),
+            // not the client idle: its reader waits for that write.
+            let upstream_busy = matches!(&open.service,
+                OpenService::Proxy(proxying) if proxying.upstream.writer.is_busy());
+            if open.writer.is_busy() || upstream_busy {
                 return act.arm_idle_timer(limit, ctx);
             }
             let idle = open.last_read.elapsed();
@@ -544,9 +570,8 @@ impl Connection {
             _ => return,
         }
         if let ReadOutcome::Failed(e) = outcome {
-            log_conn!(debug, self, "upstream read failed"; "error" => %e);
             self.mark_finished(Side::Upstream);
-            return self.close(DisposeReason::UpstreamError, ctx);
+            return self.upstream_failed(e, ctx);
         }
         let Phase::Open(Open {
             service: OpenService::Proxy(proxying),
@@ -559,6 +584,13 @@ impl Connection {
         // to the client now.
         proxying.finished(Side::Upstream);
         self.shut_client_write(ctx);
+    }
+
+    /// The upstream's socket failed (a read, a write, or its watch while a write to the
+    /// client was stalled): both sides close; what the upstream may still send is drained.
+    fn upstream_failed(&mut self, e: io::Error, ctx: &mut Context<Self>) {
+        log_conn!(debug, self, "upstream failed"; "error" => %e);
+        self.close(DisposeReason::UpstreamError, ctx);
     }
 
     /// Marks one side of a proxied connection finished (its reader has stopped), before a
@@ -595,13 +627,18 @@ impl Connection {
         );
     }
 
-    /// A write to the client is over: its half is free again (or the close goes on).
+    /// A write to the client is over: its half is free again (or the close goes on). A write
+    /// of the upstream's bytes may have been cut short by the upstream's socket failing.
     pub(super) fn client_written(
         &mut self,
         half: tokio::io::WriteHalf<TlsStream>,
-        result: io::Result<()>,
+        outcome: Result<io::Result<()>, OtherSideFailed>,
         ctx: &mut Context<Self>,
     ) {
+        let (result, upstream_failure) = match outcome {
+            Ok(result) => (result, None),
+            Err(OtherSideFailed(e)) => (Ok(()), Some(e)),
+        };
         if let Err(e) = &result {
             log_conn!(debug, self, "write failed"; "error" => %e);
             self.reason.get_or_insert(DisposeReason::WriterError);
@@ -610,6 +647,9 @@ impl Connection {
             Phase::Open(open) => {
                 // Only a close shuts the client's direction, and never while a write holds it.
                 drop(open.writer.put_back(half));
+                if let Some(e) = upstream_failure {
+                    return self.upstream_failed(e, ctx);
+                }
                 if result.is_err() {
                     self.close(DisposeReason::WriterError, ctx);
                 }
@@ -624,11 +664,13 @@ impl Connection {
     }
 
     /// A write to the upstream is over: its half is free again, or dropped (the FIN) if the
-    /// client finished meanwhile or the connection is closing.
+    /// client finished meanwhile or the connection is closing. A write cut short by the
+    /// client's socket failing (a reset while the upstream did not read) ends the connection
+    /// as the client's failure, which it is.
     pub(super) fn upstream_written(
         &mut self,
         half: UpstreamWriteHalf,
-        result: io::Result<usize>,
+        outcome: Result<io::Result<usize>, OtherSideFailed>,
         ctx: &mut Context<Self>,
     ) {
         let link = match &mut self.phase {
@@ -646,11 +688,14 @@ impl Connection {
             return;
         };
         drop(link.writer.put_back(half));
-        match result {
-            Ok(len) => link.count_proxied(Side::Client, len),
-            Err(e) => {
-                log_conn!(debug, self, "upstream write failed"; "error" => %e);
-                self.close(DisposeReason::UpstreamError, ctx);
+        match outcome {
+            Ok(Ok(len)) => link.count_proxied(Side::Client, len),
+            Ok(Err(e)) => self.upstream_failed(e, ctx),
+            Err(OtherSideFailed(e)) => {
+                log_conn!(debug, self, "the client failed while its bytes waited for the upstream";
+                    "error" => %e);
+                self.mark_finished(Side::Client);
+                self.client_failed(e, ctx);
             }
         }
     }
@@ -789,6 +834,8 @@ fn closing_of(open: Open, env: &ConnectionEnv, ctx: &mut Context<Connection>) ->
         OpenService::Proxy(Proxying {
             upstream: mut link,
             flow,
+            // The watch goes; the client's reader, if any, still holds its socket.
+            client: _,
         }) => {
             // The upstream gets its FIN now rather than when the actor stops; what it still
             // sends is drained.

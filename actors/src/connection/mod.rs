@@ -9,6 +9,8 @@
 //! - `handshake.rs`: the server side of the TLS handshake; `handshake_failure.rs`: the class
 //!   of a failed one and what the client had offered; `reader.rs`: the reader child of
 //!   each side; `session.rs` and `proxy.rs`: what happens to the bytes read;
+//!   `shared_socket.rs`: a socket with a reading, a writing and a watching owner (a stalled
+//!   write notices the other side's reset);
 //! - `messages.rs`: what it receives; `env.rs`: what every connection of a server shares;
 //!   `access_log.rs`: the fields of its one `disposed` line.
 
@@ -23,5 +25,6 @@ mod phase;
 mod proxy;
 pub(crate) mod reader;
 mod session;
+pub(crate) mod shared_socket;
 mod upstream_link;
 mod writer;

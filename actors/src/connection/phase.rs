@@ -15,7 +15,7 @@ use actix::SpawnHandle;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::connection::handshake::TlsStream;
+use crate::connection::handshake::{ClientWatch, TlsStream};
 use crate::connection::messages::Side;
 use crate::connection::reader::ReaderHandle;
 use crate::connection::upstream_link::UpstreamLink;
@@ -86,6 +86,8 @@ pub(super) enum OpenService {
         client: ReadHalf<TlsStream>,
         /// Our address as the client sees it, for the PROXY header sent upstream.
         local: SocketAddr,
+        /// The client's socket, watched while the connect is under way (nothing reads it).
+        watch: ClientWatch,
     },
     /// Forwarding both ways.
     Proxy(Proxying),
@@ -101,6 +103,9 @@ pub(super) struct SessionState {
 pub(super) struct Proxying {
     pub(super) upstream: UpstreamLink,
     pub(super) flow: ProxyFlow,
+    /// The client's socket, watched while a write to the upstream holds the client's reader
+    /// back (the upstream's is in the link).
+    pub(super) client: ClientWatch,
 }
 
 /// Which directions of a proxied connection still flow. Each side's reader lives while that
@@ -202,16 +207,27 @@ impl Phase {
     }
 
     /// The upstream link, while there is one (open and proxying, or drained while closing).
-    pub(super) fn upstream(&self) -> Option<&UpstreamLink> {
+    pub(super) fn upstream(&mut self) -> Option<&mut UpstreamLink> {
         match self {
             Phase::Open(Open {
                 service: OpenService::Proxy(proxying),
                 ..
-            }) => Some(&proxying.upstream),
+            }) => Some(&mut proxying.upstream),
             Phase::Closing(Closing {
                 upstream: Some(drained),
                 ..
-            }) => Some(&drained.link),
+            }) => Some(&mut drained.link),
+            _ => None,
+        }
+    }
+
+    /// The upstream link of a connection open and proxying (not once it closes).
+    pub(super) fn proxying_upstream(&mut self) -> Option<&mut UpstreamLink> {
+        match self {
+            Phase::Open(Open {
+                service: OpenService::Proxy(proxying),
+                ..
+            }) => Some(&mut proxying.upstream),
             _ => None,
         }
     }

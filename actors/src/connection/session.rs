@@ -2,6 +2,8 @@
 //! session (panics and errors become disposal reasons), and writing its replies to the client
 //! with backpressure. A write's completion goes back to the state machine.
 
+use std::future::Future;
+use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -12,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use crate::connection::actor::{log_conn, Connection};
 use crate::connection::messages::{Inbound, Side};
 use crate::connection::phase::{Open, OpenService, Phase, SessionState};
-use crate::connection::writer::with_limit;
+use crate::connection::writer::watching;
 use crate::error::SessionError;
 use crate::fault::FaultPoint;
 use crate::protocol::{AsyncReply, Flow, Session};
@@ -163,15 +165,18 @@ impl Connection {
         // The buffer is freed once written: nothing is pending then (one chunk in flight), and
         // a connection that streamed and went quiet must not keep what its largest reply
         // needed (it kept up to 256 KiB before). A reply costs an allocation instead.
-        self.write_to_client(data, |_, _, _| {})
+        // The client's own write: no other side to watch.
+        self.write_to_client(data, std::future::pending(), |_, _, _| {})
     }
 
-    /// Writes `data` to the client and flushes it; then `done` gets the data back with
+    /// Writes `data` to the client and flushes it, unless `source` (a watch on where the data
+    /// came from: the upstream's socket) fails first; then `done` gets the data back with
     /// whether it was written, and the state machine gets the write half back. The reader that
     /// produced the data waits for this to resolve before reading again.
     pub(super) fn write_to_client<B: AsRef<[u8]> + 'static>(
         &mut self,
         data: B,
+        source: impl Future<Output = io::Error> + 'static,
         done: impl FnOnce(&mut Self, B, bool) + 'static,
     ) -> ResponseActFuture<Self, ()> {
         let Phase::Open(open) = &mut self.phase else {
@@ -182,22 +187,23 @@ impl Connection {
         };
         let stall_limit = self.env.config.idle_timeout;
         let write = async move {
-            let result = with_limit(stall_limit, async {
+            let writing = async {
                 half.write_all(data.as_ref()).await?;
                 half.flush().await
-            })
-            .await;
-            (half, data, result)
+            };
+            let outcome = watching(stall_limit, writing, source).await;
+            (half, data, outcome)
         };
         Box::pin(
             write
                 .into_actor(self)
-                .map(|(half, data, result), act, ctx| {
-                    if result.is_ok() {
+                .map(|(half, data, outcome), act, ctx| {
+                    let written = matches!(outcome, Ok(Ok(())));
+                    if written {
                         act.bytes_out += data.as_ref().len() as u64;
                     }
-                    done(act, data, result.is_ok());
-                    act.client_written(half, result, ctx);
+                    done(act, data, written);
+                    act.client_written(half, outcome, ctx);
                 }),
         )
     }

@@ -7,7 +7,7 @@ use crate::connection::messages::Side;
 use crate::connection::writer::Writer;
 use crate::supervision::stats::Stats;
 use crate::upstream::pool::UpstreamLease;
-use crate::upstream::stream::UpstreamWriteHalf;
+use crate::upstream::stream::{UpstreamWatch, UpstreamWriteHalf};
 
 /// The upstream side of a proxied connection (its reader's handle is kept by the phase, beside
 /// it). Dropping the link closes the upstream's write half (a FIN, once the read half is gone
@@ -16,6 +16,9 @@ use crate::upstream::stream::UpstreamWriteHalf;
 pub(super) struct UpstreamLink {
     /// Dropping an owned write half shuts the socket's write side: the upstream reads EOF.
     pub(super) writer: Writer<UpstreamWriteHalf>,
+    /// The upstream's socket, watched while a write to the client holds the upstream's reader
+    /// back.
+    pub(super) watch: UpstreamWatch,
     /// The upstream's place in its "active" count, given back when the link is dropped.
     lease: UpstreamLease,
     stats: Arc<Stats>,
@@ -23,9 +26,15 @@ pub(super) struct UpstreamLink {
 
 impl UpstreamLink {
     /// A link over a connected upstream, counted open from now on.
-    pub(super) fn new(writer: UpstreamWriteHalf, lease: UpstreamLease, stats: Arc<Stats>) -> Self {
+    pub(super) fn new(
+        writer: UpstreamWriteHalf,
+        watch: UpstreamWatch,
+        lease: UpstreamLease,
+        stats: Arc<Stats>,
+    ) -> Self {
         UpstreamLink {
             writer: Writer::Ready(writer),
+            watch,
             lease,
             stats,
         }

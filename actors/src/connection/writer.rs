@@ -1,6 +1,7 @@
 //! `Writer`: one write direction of a connection (to the client, or to its upstream), which
 //! one write at a time holds, and the limit on how long a write may stall.
 
+use std::future::Future;
 use std::io;
 use std::time::Duration;
 
@@ -67,5 +68,25 @@ pub(super) async fn with_limit<T>(
         Some(limit) => tokio::time::timeout(limit, work)
             .await
             .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled"))),
+    }
+}
+
+/// A write cut short because the socket of the other side failed meanwhile: the peer whose
+/// bytes were being written is gone (a reset), and nothing read it while it waited.
+pub(super) struct OtherSideFailed(pub(super) io::Error);
+
+/// Runs a write under its stall limit ([`with_limit`]) unless `other_side` (a watch on the
+/// socket the bytes came from, `SocketWatch::failed`) resolves first: while a write is stalled
+/// its source is not read (one chunk in flight), and only this notices the source resetting.
+/// The write is polled first, so one that completes at once never polls the watch.
+pub(super) async fn watching<T>(
+    limit: Option<Duration>,
+    write: impl Future<Output = io::Result<T>>,
+    other_side: impl Future<Output = io::Error>,
+) -> Result<io::Result<T>, OtherSideFailed> {
+    tokio::select! {
+        biased;
+        written = with_limit(limit, write) => Ok(written),
+        failure = other_side => Err(OtherSideFailed(failure)),
     }
 }

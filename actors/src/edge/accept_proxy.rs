@@ -188,6 +188,9 @@ fn parse_v1(line: &[u8]) -> io::Result<Original> {
 
 fn parse_v2(bytes: &[u8]) -> io::Result<Original> {
     let header = ppp::v2::Header::try_from(bytes).map_err(|e| invalid(&format!("v2: {e}")))?;
+    // ppp reads the TLVs lazily, so a header whose TLV area is garbage parses: checked here,
+    // for LOCAL headers too (a balancer's own checks send well-formed ones).
+    check_tlvs(header.as_bytes(), header.tlv_bytes())?;
     if header.command == ppp::v2::Command::Local {
         return Ok(Original::Local);
     }
@@ -203,6 +206,79 @@ fn parse_v2(bytes: &[u8]) -> io::Result<Original> {
         ppp::v2::Addresses::Unspecified => Ok(Original::Local),
         ppp::v2::Addresses::Unix(_) => Err(invalid("v2: a unix-socket source has no address")),
     }
+}
+
+/// PROXY v2 TLV types that [`check_tlvs`] bounds (HAProxy's proxy-protocol.txt, 2.2).
+const PP2_TYPE_AUTHORITY: u8 = 0x02;
+const PP2_TYPE_CRC32C: u8 = 0x03;
+const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
+/// A TLV's type and length.
+const TLV_HEADER: usize = 3;
+/// The longest TLV value accepted: haproxy's `HA_PP2_MAX_ALLOC`, which it calls a bound
+/// against denial of service. (A client certificate sent in TLVs does not fit either.)
+const MAX_TLV_VALUE: usize = 1024;
+/// The longest `PP2_TYPE_AUTHORITY` (a host name) and `PP2_TYPE_UNIQUE_ID` (the
+/// specification's bound), as haproxy enforces them.
+const MAX_AUTHORITY: usize = 255;
+const MAX_UNIQUE_ID: usize = 128;
+
+/// Refuses a TLV area haproxy refuses (`conn_recv_proxy` in its `src/connection.c`): every TLV
+/// must fit in the header, together they must fill it exactly (no byte left over, no TLV
+/// running past the end), no value may be longer than [`MAX_TLV_VALUE`], an authority longer
+/// than 255 bytes or a unique id longer than 128, and a `PP2_TYPE_CRC32C` must be four bytes
+/// and match the header. TLVs of other types are accepted and ignored, as haproxy does (cloud
+/// balancers send their own, in the range 0xE0–0xEF the specification leaves to applications).
+fn check_tlvs(header: &[u8], mut tlvs: &[u8]) -> io::Result<()> {
+    while !tlvs.is_empty() {
+        let [kind, high, low, ..] = *tlvs else {
+            return Err(invalid("v2: bytes left after the last TLV"));
+        };
+        let length = usize::from(u16::from_be_bytes([high, low]));
+        let Some(value) = tlvs.get(TLV_HEADER..TLV_HEADER + length) else {
+            return Err(invalid("v2: a TLV runs past the end of the header"));
+        };
+        let limit = match kind {
+            PP2_TYPE_AUTHORITY => MAX_AUTHORITY,
+            PP2_TYPE_UNIQUE_ID => MAX_UNIQUE_ID,
+            _ => MAX_TLV_VALUE,
+        };
+        if length > limit {
+            return Err(invalid(&format!(
+                "v2: TLV {kind:#04x} of {length} bytes, longer than {limit}"
+            )));
+        }
+        if kind == PP2_TYPE_CRC32C {
+            check_crc32c(header, header.len() - tlvs.len() + TLV_HEADER, value)?;
+        }
+        tlvs = &tlvs[TLV_HEADER + length..];
+    }
+    Ok(())
+}
+
+/// A `PP2_TYPE_CRC32C` TLV whose value, at `at` in `header`, is four bytes: the CRC-32C of the
+/// whole header with those four bytes zeroed.
+fn check_crc32c(header: &[u8], at: usize, value: &[u8]) -> io::Result<()> {
+    let Ok(sent) = <[u8; 4]>::try_from(value) else {
+        return Err(invalid("v2: a CRC32C TLV is not four bytes"));
+    };
+    let mut zeroed = header.to_vec();
+    zeroed[at..at + 4].fill(0);
+    if crc32c(&zeroed) != u32::from_be_bytes(sent) {
+        return Err(invalid("v2: the CRC32C TLV does not match the header"));
+    }
+    Ok(())
+}
+
+/// CRC-32C (Castagnoli), bit by bit: a header is at most 4 KiB and the TLV is rare.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0x82F6_3B78 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
 }
 
 #[cfg(test)]
@@ -242,6 +318,123 @@ mod tests {
         assert_eq!(
             parse_v2(&v2).unwrap(),
             Original::Client("203.0.113.7:51000".parse().unwrap())
+        );
+    }
+
+    /// A v2 PROXY header for 203.0.113.7:51000 → 192.0.2.1:443 followed by `tlvs`, its
+    /// length field covering them.
+    fn v2_with_tlvs(tlvs: &[u8]) -> Vec<u8> {
+        let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        header.extend([0x21, 0x11]);
+        header.extend(((12 + tlvs.len()) as u16).to_be_bytes());
+        header.extend([203, 0, 113, 7, 192, 0, 2, 1, 0xc7, 0x38, 1, 0xbb]);
+        header.extend(tlvs);
+        header
+    }
+
+    fn tlv(kind: u8, value: &[u8]) -> Vec<u8> {
+        let mut tlv = vec![kind];
+        tlv.extend((value.len() as u16).to_be_bytes());
+        tlv.extend(value);
+        tlv
+    }
+
+    fn refusal(header: &[u8]) -> String {
+        match parse_v2(header) {
+            Ok(found) => panic!("accepted as {found:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const ORIGINAL: &str = "203.0.113.7:51000";
+
+    #[test]
+    fn well_formed_tlvs_are_accepted_whatever_their_type() {
+        let tlvs = [
+            tlv(0x01, b"h2"),
+            tlv(PP2_TYPE_AUTHORITY, &[b'a'; MAX_AUTHORITY]),
+            tlv(0x04, &[0; 17]),
+            tlv(PP2_TYPE_UNIQUE_ID, &[1; MAX_UNIQUE_ID]),
+            tlv(0x20, &[1, 0, 0, 0, 0]),
+            tlv(0xea, &[9; MAX_TLV_VALUE]),
+            tlv(0x00, b""),
+        ]
+        .concat();
+        let header = v2_with_tlvs(&tlvs);
+        assert_eq!(
+            parse_v2(&header).unwrap(),
+            Original::Client(ORIGINAL.parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_tlv_running_past_the_header_or_bytes_left_over_are_refused() {
+        // The length field of the last TLV says 10; 4 bytes follow.
+        let mut past = tlv(0x01, b"h2");
+        past.extend([0xe0, 0, 10, 1, 2, 3, 4]);
+        assert!(refusal(&v2_with_tlvs(&past)).contains("runs past"));
+        // One or two bytes where a TLV's type and length should be.
+        for left in [&[0xe0][..], &[0xe0, 0]] {
+            let tlvs = [tlv(0x01, b"h2"), left.to_vec()].concat();
+            assert!(refusal(&v2_with_tlvs(&tlvs)).contains("left after"));
+        }
+    }
+
+    /// The header: 4,080 bytes of payload, all but the addresses one TLV of garbage.
+    #[test]
+    fn a_4080_byte_garbage_tlv_is_refused() {
+        let garbage: Vec<u8> = (0..4065u32).map(|i| (i * 7 + 3) as u8).collect();
+        let header = v2_with_tlvs(&tlv(0xe3, &garbage));
+        assert_eq!(header.len(), MAX_V2_LENGTH);
+        assert!(refusal(&header).contains("longer than 1024"));
+        // Garbage that is no TLV at all.
+        let header = v2_with_tlvs(&garbage[..4068 - 12 + 9]);
+        assert!(parse_v2(&header).is_err());
+    }
+
+    #[test]
+    fn an_authority_or_unique_id_longer_than_haproxy_takes_is_refused() {
+        let long_name = tlv(PP2_TYPE_AUTHORITY, &[b'a'; MAX_AUTHORITY + 1]);
+        assert!(refusal(&v2_with_tlvs(&long_name)).contains("longer than 255"));
+        let long_id = tlv(PP2_TYPE_UNIQUE_ID, &[1; MAX_UNIQUE_ID + 1]);
+        assert!(refusal(&v2_with_tlvs(&long_id)).contains("longer than 128"));
+    }
+
+    #[test]
+    fn a_crc32c_tlv_must_be_four_bytes_and_match_the_header() {
+        // The check value of CRC-32C (RFC 3720, B.4): "123456789".
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        let with_crc = |crc: u32| {
+            v2_with_tlvs(&[tlv(0x01, b"h2"), tlv(PP2_TYPE_CRC32C, &crc.to_be_bytes())].concat())
+        };
+        let right = crc32c(&with_crc(0));
+        assert!(parse_v2(&with_crc(right)).is_ok());
+        assert!(refusal(&with_crc(right ^ 1)).contains("does not match"));
+        assert!(refusal(&v2_with_tlvs(&tlv(PP2_TYPE_CRC32C, &[0; 3]))).contains("four bytes"));
+    }
+
+    /// What tlsvisor itself sends upstream with `--proxy-protocol v2` (ALPN, authority, SSL
+    /// with its sub-TLVs) is accepted by its own reader.
+    #[test]
+    fn the_headers_tlsvisor_sends_are_accepted() {
+        let tls = crate::tls::info::TlsInfo {
+            version: Some("TLSv1.3"),
+            cipher_suite: Some("TLS13_AES_128_GCM_SHA256"),
+            server_name: Some("example.com".into()),
+            alpn: Some("h2".into()),
+            client: None,
+            resumed: false,
+        };
+        let header = crate::upstream::config::proxy_header_with_tls(
+            crate::upstream::config::ProxyHeader::V2,
+            ORIGINAL.parse().unwrap(),
+            "192.0.2.1:443".parse().unwrap(),
+            Some(&tls),
+        );
+        assert!(header.len() > 16 + 12 + 3 * 3, "TLVs written");
+        assert_eq!(
+            parse_v2(&header).unwrap(),
+            Original::Client(ORIGINAL.parse().unwrap())
         );
     }
 
@@ -360,6 +553,38 @@ mod tests {
                 // The other version alone refuses it.
                 let only = if binary { ProxyVersions::V1 } else { ProxyVersions::V2 };
                 prop_assert!(verdict(&bytes, only).0.is_err());
+            }
+
+            #[test]
+            fn tlvs_that_tile_the_header_within_the_bounds_are_accepted_and_any_cut_refused(
+                (src, dst) in pair(),
+                tlvs in proptest::collection::vec(
+                    (any::<u8>().prop_filter("bounded or checked types", |k| {
+                        ![PP2_TYPE_AUTHORITY, PP2_TYPE_CRC32C, PP2_TYPE_UNIQUE_ID].contains(k)
+                    }), proptest::collection::vec(any::<u8>(), 0..300)),
+                    0..8,
+                ),
+                cut in 1..3usize,
+            ) {
+                let mut area = Vec::new();
+                for (kind, value) in &tlvs {
+                    area.push(*kind);
+                    area.extend((value.len() as u16).to_be_bytes());
+                    area.extend(value);
+                }
+                let base = v2(src, dst);
+                let with = |area: &[u8]| {
+                    let mut header = base.clone();
+                    let length = (base.len() - V2_FIXED + area.len()) as u16;
+                    header[14..16].copy_from_slice(&length.to_be_bytes());
+                    header.extend(area);
+                    header
+                };
+                prop_assert_eq!(parse_v2(&with(&area)).unwrap(), Original::Client(src));
+                // The length field shortened: the last TLV runs past the end, or leaves bytes.
+                if area.len() >= cut {
+                    prop_assert!(parse_v2(&with(&area[..area.len() - cut])).is_err());
+                }
             }
 
             #[test]

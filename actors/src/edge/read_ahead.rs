@@ -45,6 +45,12 @@ impl<S> ReadAhead<S> {
         }
     }
 
+    /// The transport under the read-ahead (the client's socket: a connection keeps a watch on
+    /// it).
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.io
+    }
+
     /// Bytes read ahead and not yet handed out.
     #[cfg(test)]
     fn buffered(&self) -> usize {

@@ -1,16 +1,20 @@
-//! The proxy's upstream socket, TCP or unix, and its owned halves.
+//! The proxy's upstream socket, TCP or unix, and its halves.
 //!
 //! An enum rather than a trait object: the reader is generic over `AsyncRead`, the two kinds
 //! are all there is, and a match costs less than a vtable call and a box per connection.
-//! Dropping either kind's owned write half shuts the socket's write side (tokio does it for
-//! both), which is how the proxy passes a client's FIN on.
+//! Each half is a handle on one shared socket (`connection/shared_socket.rs`), and so is the
+//! watch a proxied connection keeps to notice the upstream failing while nothing reads it.
+//! Dropping the write half shuts the socket's write side, which is how the proxy passes a
+//! client's end on: the upstream reads EOF.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{tcp, unix, TcpStream, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::connection::shared_socket::{SharedSocket, SocketWatch};
 
 /// A connected upstream socket.
 pub(crate) enum UpstreamStream {
@@ -20,28 +24,55 @@ pub(crate) enum UpstreamStream {
 
 /// The read half of an [`UpstreamStream`].
 pub(crate) enum UpstreamReadHalf {
-    Tcp(tcp::OwnedReadHalf),
-    Unix(unix::OwnedReadHalf),
+    Tcp(SharedSocket<TcpStream>),
+    Unix(SharedSocket<UnixStream>),
 }
 
 /// The write half of an [`UpstreamStream`]; dropping it sends the upstream a FIN.
 pub(crate) enum UpstreamWriteHalf {
-    Tcp(tcp::OwnedWriteHalf),
-    Unix(unix::OwnedWriteHalf),
+    Tcp(SharedSocket<TcpStream>),
+    Unix(SharedSocket<UnixStream>),
+}
+
+/// A watch on an [`UpstreamStream`]: resolves once the upstream's socket fails.
+#[derive(Clone)]
+pub(crate) enum UpstreamWatch {
+    Tcp(SocketWatch<TcpStream>),
+    Unix(SocketWatch<UnixStream>),
 }
 
 impl UpstreamStream {
-    /// Splits into owned halves; the socket closes once both are dropped.
-    pub(crate) fn into_split(self) -> (UpstreamReadHalf, UpstreamWriteHalf) {
+    /// Splits into its halves and a watch; the socket closes once all three are dropped.
+    pub(crate) fn into_split(self) -> (UpstreamReadHalf, UpstreamWriteHalf, UpstreamWatch) {
         match self {
             UpstreamStream::Tcp(s) => {
-                let (r, w) = s.into_split();
-                (UpstreamReadHalf::Tcp(r), UpstreamWriteHalf::Tcp(w))
+                let s = SharedSocket::new(s);
+                let watch = UpstreamWatch::Tcp(s.watch());
+                (
+                    UpstreamReadHalf::Tcp(s.handle()),
+                    UpstreamWriteHalf::Tcp(s),
+                    watch,
+                )
             }
             UpstreamStream::Unix(s) => {
-                let (r, w) = s.into_split();
-                (UpstreamReadHalf::Unix(r), UpstreamWriteHalf::Unix(w))
+                let s = SharedSocket::new(s);
+                let watch = UpstreamWatch::Unix(s.watch());
+                (
+                    UpstreamReadHalf::Unix(s.handle()),
+                    UpstreamWriteHalf::Unix(s),
+                    watch,
+                )
             }
+        }
+    }
+}
+
+impl UpstreamWatch {
+    /// The upstream's socket reported an error (a reset): see [`SocketWatch::failed`].
+    pub(crate) async fn failed(self) -> io::Error {
+        match self {
+            UpstreamWatch::Tcp(w) => w.failed().await,
+            UpstreamWatch::Unix(w) => w.failed().await,
         }
     }
 }
@@ -83,5 +114,16 @@ impl AsyncWrite for UpstreamWriteHalf {
             UpstreamWriteHalf::Tcp(h) => Pin::new(h).poll_shutdown(cx),
             UpstreamWriteHalf::Unix(h) => Pin::new(h).poll_shutdown(cx),
         }
+    }
+}
+
+impl Drop for UpstreamWriteHalf {
+    /// The FIN: the upstream reads EOF (as tokio's own write halves do when dropped). An error
+    /// means the socket is gone already, which is what the FIN was to say.
+    fn drop(&mut self) {
+        let _ = match self {
+            UpstreamWriteHalf::Tcp(h) => h.shutdown_write(),
+            UpstreamWriteHalf::Unix(h) => h.shutdown_write(),
+        };
     }
 }

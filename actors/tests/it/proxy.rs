@@ -314,6 +314,95 @@ fn a_client_the_upstream_does_not_read_is_not_read_either() {
     server.wait_disposed(1, HANG);
 }
 
+/// Closes the client's socket with a reset (SO_LINGER 0), as a client killed with unread
+/// bytes, or one that gave up, does.
+fn reset(client: TlsClient) {
+    socket2::SockRef::from(client.tcp())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+}
+
+/// Issue 17, finding 7. The upstream never reads, so the proxy's write to it stalls and the
+/// client's reader waits for it (one chunk in flight): nothing reads the client's socket. Its
+/// reset must still end the connection at once, as the client's failure (`reader_error`, as
+/// a reset seen by a read is), with every socket closed — not at the idle timeout (5 min
+/// here) as the upstream's error.
+#[test]
+fn a_client_reset_while_its_upload_stalls_on_an_upstream_that_does_not_read_is_reader_error_at_once(
+) {
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+    let up = TestUpstream::start(move |s: TcpStream| {
+        let _ = release_rx.lock().unwrap().recv_timeout(HANG);
+        drop(s);
+    });
+    let server = proxy_to(up.addr());
+    let mut client = server.connect().unwrap();
+    // Blocked: the upstream's buffers, ours and the client's are full.
+    client
+        .send_until_blocked(Duration::from_millis(500), BULK)
+        .unwrap();
+    let started = std::time::Instant::now();
+    reset(client);
+    server.wait_disposed(1, HANG);
+    eprintln!("disposed {:?} after the client's reset", started.elapsed());
+    assert_eq!(only_reason(&server), DisposeReason::ReaderError);
+    assert!(server.server_sockets().unwrap().is_clean());
+    assert_upstream_sockets_closed(up.addr());
+    release_tx.send(()).unwrap();
+}
+
+/// The other direction of finding 7: the client does not read, so the proxy's write to it
+/// stalls and nothing reads the upstream; the upstream's reset ends the connection as
+/// `upstream_error` within the close's bound, not at the idle timeout as a `writer_error`.
+#[test]
+fn an_upstream_reset_while_its_bytes_wait_for_a_client_that_does_not_read_is_upstream_error_at_once(
+) {
+    let (blocked_tx, blocked_rx) = std::sync::mpsc::channel::<()>();
+    let (reset_tx, reset_rx) = std::sync::mpsc::channel::<()>();
+    let blocked_tx = std::sync::Arc::new(std::sync::Mutex::new(blocked_tx));
+    let reset_rx = std::sync::Arc::new(std::sync::Mutex::new(reset_rx));
+    let up = TestUpstream::start(move |mut s: TcpStream| {
+        s.set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let chunk = vec![0x33u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < BULK && s.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        let _ = blocked_tx.lock().unwrap().send(());
+        let _ = reset_rx.lock().unwrap().recv_timeout(HANG);
+        upstream::reset(s);
+        sent
+    });
+    let server = proxy_to(up.addr());
+    // Connected, reading nothing from now on.
+    let client = server.connect().unwrap();
+    blocked_rx
+        .recv_timeout(HANG)
+        .expect("the upstream's writes block");
+    let started = std::time::Instant::now();
+    reset_tx.send(()).unwrap();
+    let sent = up.next_report(HANG).unwrap();
+    assert!(
+        sent < BULK,
+        "the proxy took all {sent} bytes from the upstream"
+    );
+    server.wait_disposed(1, HANG);
+    eprintln!(
+        "disposed {:?} after the upstream's reset",
+        started.elapsed()
+    );
+    assert_eq!(only_reason(&server), DisposeReason::UpstreamError);
+    assert_upstream_sockets_closed(up.addr());
+    drop(client);
+    assert!(tlsvisor_actors::testing::eventually(HANG, || server
+        .server_sockets()
+        .unwrap()
+        .is_clean()));
+}
+
 /// What a recording upstream reads before the client's first byte: the PROXY header, read
 /// until its CRLF (v1) or as long as its length field says (v2).
 fn header_seen_by_upstream(version: ProxyHeader) -> (Vec<u8>, SocketAddr, SocketAddr) {
