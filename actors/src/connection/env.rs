@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use slog::Logger;
 
+use crate::connection::log_throttle::Throttles;
 use crate::edge::admission::Limits;
 use crate::fault::Faults;
 use crate::protocol::Protocol;
@@ -31,6 +32,8 @@ pub(crate) struct ConnectionEnv {
     pub(crate) limits: Arc<Limits>,
     pub(crate) faults: Faults,
     pub(crate) log: Logger,
+    /// The warnings a client can cause, at most once a second each.
+    pub(crate) throttles: Throttles,
     /// The next connection id (shared by the acceptors of every worker).
     pub(crate) next_id: AtomicU64,
     /// Set by the shutdown protocol once accepting has stopped, before it asks the registries

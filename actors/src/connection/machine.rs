@@ -381,7 +381,10 @@ impl Connection {
         } = match result {
             Ok(Ok(connected)) => connected,
             Ok(Err(e)) => {
-                log_conn!(warn, self, "upstream connect failed"; "error" => %e);
+                if let Some(suppressed) = self.env.throttles.upstream_connect_failed.admit() {
+                    log_conn!(warn, self, "upstream connect failed";
+                        "error" => %e, "suppressed" => suppressed);
+                }
                 return self.close(DisposeReason::UpstreamConnectFailed, ctx);
             }
             Err(OtherSideFailed(e)) => return self.client_failed(e, ctx),

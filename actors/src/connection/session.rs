@@ -79,7 +79,10 @@ impl Connection {
         let reason = match outcome {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => {
-                log_conn!(warn, self, "session refused input"; "error" => %e);
+                if let Some(suppressed) = self.env.throttles.session_refused_input.admit() {
+                    log_conn!(warn, self, "session refused input";
+                        "error" => %e, "suppressed" => suppressed);
+                }
                 DisposeReason::ProtocolError
             }
             // The session may be in any state: it is dropped (guarded) as the close begins.
@@ -143,7 +146,10 @@ impl Connection {
                     return act.answer(flow, ctx);
                 }
                 Ok(Err(e)) => {
-                    log_conn!(warn, act, "session refused input"; "error" => %e);
+                    if let Some(suppressed) = act.env.throttles.session_refused_input.admit() {
+                        log_conn!(warn, act, "session refused input";
+                            "error" => %e, "suppressed" => suppressed);
+                    }
                     DisposeReason::ProtocolError
                 }
                 // Dropped (guarded) as the close begins.

@@ -11,6 +11,7 @@ use slog::{info, o, Logger};
 
 use crate::connection::actor::Connection;
 use crate::connection::env::{ConnectionEnv, Service};
+use crate::connection::log_throttle::Throttles;
 use crate::connection::messages::Close;
 use crate::connection::messages::CloseMode;
 use crate::edge::acceptor::Acceptor;
@@ -151,6 +152,7 @@ impl ServerBuilder {
             limits,
             faults: self.faults.clone(),
             log: log.clone(),
+            throttles: Throttles::default(),
             next_id: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         });
