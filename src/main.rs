@@ -1,52 +1,8 @@
-//! `tlsvisor`: the server binary. See README.md for how to run it and ARCHITECTURE.md for how
-//! it works.
-
-mod activation;
-mod admin;
-mod certs;
-mod check;
-mod cli;
-mod error;
-mod exposition;
-mod http;
-mod listen;
-mod log_bridge;
-mod logging;
-mod metrics;
-mod notify;
-mod privileges;
-mod reload;
-mod serve;
-mod settings;
-mod tls_metrics;
-mod upgrade;
-mod upstream_metrics;
+//! `tlsvisor`: the server binary. Its code is the `tlsvisor` library (`lib.rs`), so that its
+//! parsers can be fuzzed; see README.md for how to run it and ARCHITECTURE.md for how it works.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use crate::cli::{Cli, Command, ServeArgs};
-use crate::settings::Settings;
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        None => Settings::resolve(ServeArgs::default()).and_then(serve::run),
-        Some(Command::Serve(flags)) => Settings::resolve(*flags).and_then(serve::run),
-        Some(Command::Check(flags)) => check::run(*flags),
-        Some(Command::GenCerts { out }) => certs::generate_into(&out).map(|()| {
-            eprintln!(
-                "wrote ca.crt, ca.key, server.crt, server.key to {} (development use only)",
-                out.display()
-            )
-        }),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tlsvisor: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tlsvisor::run()
 }

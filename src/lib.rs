@@ -1,0 +1,56 @@
+//! `tlsvisor`: the server binary's code, as a library so that its parsers can be reached from
+//! outside the binary (the fuzz targets in `fuzz/`). `main.rs` only calls [`run`]. See
+//! README.md for how to run it and ARCHITECTURE.md for how it works; nothing here is a
+//! supported API.
+
+mod activation;
+mod admin;
+mod certs;
+mod check;
+mod cli;
+mod error;
+mod exposition;
+mod http;
+mod listen;
+mod log_bridge;
+mod logging;
+mod metrics;
+mod notify;
+mod privileges;
+mod reload;
+mod serve;
+mod settings;
+mod tls_metrics;
+mod upgrade;
+mod upstream_metrics;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, ServeArgs};
+use crate::settings::Settings;
+
+/// The `tlsvisor` command: parses the command line, runs what it asks for, and says how it
+/// ended (an error is one line on stderr and exit code 1).
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => Settings::resolve(ServeArgs::default()).and_then(serve::run),
+        Some(Command::Serve(flags)) => Settings::resolve(*flags).and_then(serve::run),
+        Some(Command::Check(flags)) => check::run(*flags),
+        Some(Command::GenCerts { out }) => certs::generate_into(&out).map(|()| {
+            eprintln!(
+                "wrote ca.crt, ca.key, server.crt, server.key to {} (development use only)",
+                out.display()
+            )
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tlsvisor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
