@@ -24,6 +24,10 @@ mod tls_metrics;
 mod upgrade;
 mod upstream_metrics;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_hooks;
+
 use std::process::ExitCode;
 
 use clap::Parser;

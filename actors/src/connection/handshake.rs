@@ -4,7 +4,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -46,13 +46,16 @@ pub(super) async fn handshake(
 /// ServerHello nothing is encrypted, so these seven bytes are the whole answer.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
-/// Runs the handshake on `tcp` with `tls`. The ClientHello is read first so that a
-/// `--sni-strict` server can refuse an unknown name with `unrecognized_name`, which rustls's
-/// certificate resolver cannot send (a resolver that finds nothing makes rustls send
-/// `access_denied`).
-async fn accept(tls: Arc<LoadedTls>, tcp: TcpStream) -> io::Result<TlsStream> {
+/// Runs the handshake on `io` (a client's TCP socket; an in-memory stream in the fuzz
+/// targets) with `tls`. The ClientHello is read first so that a `--sni-strict` server can
+/// refuse an unknown name with `unrecognized_name`, which rustls's certificate resolver cannot
+/// send (a resolver that finds nothing makes rustls send `access_denied`).
+pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: Arc<LoadedTls>,
+    io: S,
+) -> io::Result<tokio_rustls::server::TlsStream<ReadAhead<S>>> {
     let mut start =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(tcp)).await?;
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(io)).await?;
     let server_name = start.client_hello().server_name().map(str::to_string);
     if tls.refuses(server_name.as_deref()) {
         // Best effort, within the handshake's own time limit: if it fails, the client sees
