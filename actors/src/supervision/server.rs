@@ -619,7 +619,7 @@ impl ServerHandle {
         let control = &self.control.control;
         let ids = self.live_connections().await;
         let started = tokio::time::Instant::now();
-        let step = period / (ids.len().max(1) as u32);
+        let step = period / u32::try_from(ids.len().max(1)).unwrap_or(u32::MAX);
         let close = Close {
             mode: CloseMode::Graceful,
             reason: DisposeReason::Shutdown,
@@ -627,8 +627,11 @@ impl ServerHandle {
         let mut asked = 0;
         for (n, id) in ids.into_iter().enumerate() {
             // The first one step in, the last at the end of the period: readiness is off for
-            // a step before anything closes.
-            tokio::time::sleep_until(started + step * (n as u32 + 1)).await;
+            // a step before anything closes. Saturating: a period past the clock's end (an
+            // admin's `?period=18446744073709551615s`) is a wait, not an overflow panic;
+            // tokio's `sleep` takes any duration.
+            let due = step.saturating_mul(u32::try_from(n + 1).unwrap_or(u32::MAX));
+            tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
             if !control.readiness().draining {
                 break;
             }
