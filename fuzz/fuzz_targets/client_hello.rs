@@ -157,7 +157,7 @@ fuzz_target!(|data: &[u8]| {
     let [first, client @ ..] = data else {
         return;
     };
-    let (strict, plan) = (usize::from(first & 1), first >> 1 | first << 7);
+    let (strict, plan) = (usize::from(first & 1), first.rotate_right(1));
     let tls = servers()[strict].clone();
     let socket = Client {
         data: client,
