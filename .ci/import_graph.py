@@ -20,14 +20,21 @@ COMMENT_RE = re.compile(r"//[^\n]*")
 
 
 def module_files(root):
-    """Maps a module path (tuple of names) to its file, for one crate rooted at `root`."""
+    """Maps a module path (tuple of names) to its file, for one crate rooted at `root`.
+
+    With both `lib.rs` and `main.rs`, `lib.rs` is the root of the modules and `main.rs` is a
+    crate of its own (the binary, which reaches the library by its name, not by `crate::`):
+    it is left out, having no arrow into these files."""
     files = {}
+    has_lib = os.path.exists(os.path.join(root, "lib.rs"))
     for dirpath, _, names in os.walk(root):
         for name in names:
             if not name.endswith(".rs"):
                 continue
             rel = os.path.relpath(os.path.join(dirpath, name), root)
             parts = rel[:-3].split(os.sep)
+            if parts == ["main"] and has_lib:
+                continue
             if parts[-1] in ("lib", "main") and len(parts) == 1:
                 parts = []
             elif parts[-1] == "mod":

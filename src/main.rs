@@ -1,60 +1,8 @@
-//! `tlsvisor`: the server binary. See README.md for how to run it and ARCHITECTURE.md for how
-//! it works.
-
-mod activation;
-mod admin;
-mod bounded_file;
-mod certs;
-mod check;
-mod cli;
-mod error;
-mod exposition;
-mod http;
-mod listen;
-mod log_bridge;
-mod log_limit;
-mod logging;
-mod metrics;
-mod notify;
-mod prepare;
-mod privileges;
-mod reload;
-mod serve;
-mod settings;
-mod tls_metrics;
-mod upgrade;
-mod upstream_metrics;
+//! `tlsvisor`: the server binary. Its code is the `tlsvisor` library (`lib.rs`), so that its
+//! parsers can be fuzzed; see README.md for how to run it and ARCHITECTURE.md for how it works.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use crate::cli::{Cli, Command, ServeArgs};
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        None => serve::run(ServeArgs::default()),
-        Some(Command::Serve(flags)) => serve::run(*flags),
-        Some(Command::Check(flags)) => check::run(*flags),
-        Some(Command::GenCerts { out }) => certs::generate_into(&out).map(|()| {
-            eprintln!(
-                "wrote ca.crt, ca.key, server.crt, server.key to {} (development use only)",
-                out.display()
-            )
-        }),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        // Already logged by the process this one was to replace (a failed binary upgrade).
-        Err(e) if e.is::<serve::Reported>() => ExitCode::FAILURE,
-        Err(e) => {
-            // One write: another process may share this stderr (a binary upgrade), and
-            // `eprintln!` writes its pieces one `write(2)` each.
-            use std::io::Write;
-            let line = format!("tlsvisor: {e}\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            ExitCode::FAILURE
-        }
-    }
+    tlsvisor::run()
 }

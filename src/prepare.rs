@@ -146,7 +146,7 @@ fn in_flag_names(message: &str) -> String {
 }
 
 /// The server configuration the settings describe (checked by the caller).
-fn server_config(settings: &Settings) -> ServerConfig {
+pub(crate) fn server_config(settings: &Settings) -> ServerConfig {
     let values = &settings.values;
     let mut config = ServerConfig::default();
     config.workers = values.workers;

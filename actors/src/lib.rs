@@ -95,6 +95,10 @@ pub mod testing;
 #[doc(hidden)]
 pub mod bench_hooks;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_hooks;
+
 // Serving: the server, its settings, what it speaks.
 pub use protocol::{AsyncReply, ConnInfo, Echo, Flow, Protocol, Session};
 pub use supervision::config::ServerConfig;

@@ -4,10 +4,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{timeout_at, Instant};
-
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::connection::handshake_failure::{HelloSummary, UnrecognizedName};
@@ -32,7 +31,7 @@ pub(crate) fn watch(stream: &TlsStream) -> ClientWatch {
 
 /// Why a handshake did not produce a stream, with what the client had offered if its
 /// ClientHello was read.
-pub(super) enum HandshakeError {
+pub(crate) enum HandshakeError {
     /// It did not finish within the handshake timeout.
     TimedOut { hello: Option<HelloSummary> },
     /// It failed: not TLS, no shared parameters, a refused client certificate, a reset.
@@ -56,26 +55,25 @@ pub(super) async fn handshake(
             hello: None,
         });
     }
-    accept(tls, tcp, Instant::now() + limit).await
+    accept(tls, SharedSocket::new(tcp), Instant::now() + limit).await
 }
 
 /// A fatal `unrecognized_name` alert (RFC 6066) as a plaintext TLS record: before the
 /// ServerHello nothing is encrypted, so these seven bytes are the whole answer.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
-/// Runs the handshake on `tcp` with `tls`, finished by `deadline`. The ClientHello is read
-/// first so that a `--sni-strict` server can refuse an unknown name with `unrecognized_name`,
-/// which rustls's certificate resolver cannot send (a resolver that finds nothing makes rustls
-/// send `access_denied`), and so that a failure can say what the client offered.
-async fn accept(
+/// Runs the handshake on `io` (a client's socket; an in-memory stream in the fuzz targets)
+/// with `tls`, finished by `deadline`. The ClientHello is read first so that a `--sni-strict`
+/// server can refuse an unknown name with `unrecognized_name`, which rustls's certificate
+/// resolver cannot send (a resolver that finds nothing makes rustls send `access_denied`), and
+/// so that a failure can say what the client offered.
+pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     tls: Arc<LoadedTls>,
-    tcp: TcpStream,
+    io: S,
     deadline: Instant,
-) -> Result<TlsStream, HandshakeError> {
-    let hello_read = LazyConfigAcceptor::new(
-        rustls::server::Acceptor::default(),
-        ReadAhead::new(SharedSocket::new(tcp)),
-    );
+) -> Result<tokio_rustls::server::TlsStream<ReadAhead<S>>, HandshakeError> {
+    let hello_read =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(io));
     let mut start = match timeout_at(deadline, hello_read).await {
         Err(_) => return Err(HandshakeError::TimedOut { hello: None }),
         Ok(Err(error)) => return Err(HandshakeError::Failed { error, hello: None }),

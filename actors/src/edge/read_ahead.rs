@@ -52,9 +52,16 @@ impl<S> ReadAhead<S> {
     }
 
     /// Bytes read ahead and not yet handed out.
-    #[cfg(test)]
-    fn buffered(&self) -> usize {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn buffered(&self) -> usize {
         self.end - self.start
+    }
+
+    /// Bytes of read-ahead memory held (the fuzz target checks it is freed when the peer goes
+    /// quiet).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn held(&self) -> usize {
+        self.buf.capacity()
     }
 
     fn hand_out(&mut self, out: &mut ReadBuf<'_>) {

@@ -47,7 +47,7 @@ impl AllowList {
         self.cns.is_empty() && self.dns_sans.is_empty() && self.uri_sans.is_empty()
     }
 
-    fn admits(&self, client: &CertificateInfo) -> bool {
+    pub(crate) fn admits(&self, client: &CertificateInfo) -> bool {
         client.subject_cns.iter().any(|cn| self.cns.contains(cn))
             || client
                 .dns_names

@@ -60,8 +60,13 @@ impl TicketKeys {
     /// key; `openssl rand -hex 48` makes one), newest first; blank lines and `#` comments are
     /// skipped. An error names the file and the line, never the key.
     pub fn from_file(path: &Path) -> Result<TicketKeys, TlsConfigError> {
-        let text = read_file(path)?;
-        let text = String::from_utf8_lossy(&text);
+        TicketKeys::parse(path, &read_file(path)?)
+    }
+
+    /// Reads the content of a key file (`path` names it in errors), as [`TicketKeys::from_file`]
+    /// says.
+    pub(crate) fn parse(path: &Path, text: &[u8]) -> Result<TicketKeys, TlsConfigError> {
+        let text = String::from_utf8_lossy(text);
         let mut secrets = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();

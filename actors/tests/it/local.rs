@@ -93,3 +93,31 @@ async fn the_async_client_sees_the_graceful_close_of_a_shutdown() {
     );
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Found by the `admin_query` fuzz target (`POST /drain?period=18446744073709551615s`): a drain
+/// whose period is too long to add to the clock panicked in its task ("overflow when adding
+/// duration to instant"), so nothing was closed and the server stayed paused. Such a period
+/// only means "close late": the drain waits, and the connection is still served.
+#[actix_rt::test]
+async fn a_drain_over_a_period_past_the_clocks_end_waits_instead_of_panicking() {
+    let server = TestServer::builder().start_local(Echo).unwrap();
+    let mut client = server.connect().await.unwrap();
+    assert_eq!(client.echo(b"hello").await.unwrap(), b"hello");
+    server
+        .wait_for("registered", HANG, |s| s.ledger.active == 1)
+        .await;
+    let handle = server.handle();
+    for period in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+        let drain = actix_rt::spawn(handle.drain_accepting_for(Duration::ZERO, period));
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !drain.is_finished(),
+            "the drain over {period:?} ended (or panicked) at once"
+        );
+        drain.abort();
+        assert!(handle.resume());
+    }
+    assert_eq!(client.echo(b"still served").await.unwrap(), b"still served");
+    assert_eq!(server.snapshot().ledger.active, 1);
+    server.shutdown(Duration::from_secs(2)).await;
+}

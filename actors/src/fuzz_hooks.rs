@@ -1,0 +1,141 @@
+//! What the fuzz targets in `fuzz/` reach of the crate's parsers: thin wrappers over
+//! crate-private code, so that a target runs exactly what the server runs on the same bytes.
+//! Hidden from the documentation, compiled only with the `fuzzing` feature, and not a
+//! supported API (nor part of `public-api.txt`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::edge::accept_proxy::{self, Original, ProxyVersions};
+use crate::tls::certificate::{CertificateInfo, X509Error};
+use crate::tls::client_auth::{AllowList, ClientIdentity};
+use crate::tls::source::LoadedTls;
+use crate::tls::tickets::TicketKeys;
+
+/// The longest PROXY v2 header the reader accepts (the fixed part and its TLVs).
+pub const PROXY_V2_MAX_LENGTH: usize = accept_proxy::MAX_V2_LENGTH;
+
+/// What a valid PROXY header said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProxyOriginal {
+    /// The client's original address.
+    Client(SocketAddr),
+    /// A `LOCAL` (v2) or `UNKNOWN` (v1) header: the TCP peer stays the peer.
+    Local,
+}
+
+/// Reads one PROXY header from `reader` as an acceptor reads it from a client socket (the
+/// crate's `read_header`), consuming exactly its bytes.
+pub async fn read_proxy_header<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    versions: ProxyVersions,
+) -> io::Result<ProxyOriginal> {
+    Ok(match accept_proxy::read_header(reader, versions).await? {
+        Original::Client(addr) => ProxyOriginal::Client(addr),
+        Original::Local => ProxyOriginal::Local,
+    })
+}
+
+/// The server side of a handshake on `io` with `tls`, as a connection runs it (the crate's
+/// `accept`: the ClientHello first and the `--sni-strict` refusal, then rustls with the SNI
+/// resolver, over the read-ahead transport). Returns the negotiated SNI on success.
+pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: Arc<LoadedTls>,
+    io: S,
+) -> io::Result<Option<String>> {
+    use crate::connection::handshake::{accept, HandshakeError};
+    // The fuzz targets' streams end; a day is no limit for them.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
+    match accept(tls, io, deadline).await {
+        Ok(stream) => Ok(stream.get_ref().1.server_name().map(str::to_string)),
+        Err(HandshakeError::Failed { error, .. }) => Err(error),
+        Err(HandshakeError::TimedOut { .. }) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// The read-ahead transport a client socket is wrapped in under rustls (the crate's
+/// `ReadAhead`), with what it holds in view.
+#[derive(Debug)]
+pub struct ReadAhead<S>(crate::edge::read_ahead::ReadAhead<S>);
+
+impl<S> ReadAhead<S> {
+    /// Wraps `io`.
+    pub fn new(io: S) -> Self {
+        ReadAhead(crate::edge::read_ahead::ReadAhead::new(io))
+    }
+
+    /// Bytes read ahead and not yet handed out.
+    pub fn buffered(&self) -> usize {
+        self.0.buffered()
+    }
+
+    /// Bytes of read-ahead memory held.
+    pub fn held(&self) -> usize {
+        self.0.held()
+    }
+
+    /// The most it reads at once while the peer streams.
+    pub const GULP: usize = crate::edge::read_ahead::GULP;
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+/// Ticket keys from the content of a key file (`TicketKeys::from_file` without the file).
+pub fn ticket_keys(text: &[u8]) -> Result<TicketKeys, crate::TlsConfigError> {
+    TicketKeys::parse(Path::new("fuzz.key"), text)
+}
+
+/// What the crate reads from a certificate (`CertificateInfo`), and how the allow-list and a
+/// client's identity see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// Serial number, lowercase hex, leading zero bytes dropped.
+    pub serial_hex: String,
+    /// `notAfter`, seconds since the Unix epoch.
+    pub not_after_unix: i64,
+    /// Every subject CN validly encoded in its declared type, in order.
+    pub subject_cns: Vec<String>,
+    /// SAN dNSNames (ASCII only).
+    pub dns_names: Vec<String>,
+    /// SAN URIs (ASCII only).
+    pub uris: Vec<String>,
+}
+
+/// Reads a DER certificate as the crate does (server certificates, CA bundles, clients).
+pub fn certificate_facts(der: &[u8]) -> Result<CertificateFacts, X509Error> {
+    let info = CertificateInfo::from_der(der)?;
+    Ok(CertificateFacts {
+        serial_hex: info.serial_hex,
+        not_after_unix: info.not_after_unix,
+        subject_cns: info.subject_cns,
+        dns_names: info.dns_names,
+        uris: info.uris,
+    })
+}
+
+/// Whether `allow` admits a client presenting `der` (`None` if it cannot be read), as the
+/// verifier decides after webpki's verification.
+pub fn allow_list_admits(allow: &AllowList, der: &[u8]) -> Option<bool> {
+    CertificateInfo::from_der(der)
+        .ok()
+        .map(|info| allow.admits(&info))
+}
+
+/// The identity a connection records for a client presenting `der`.
+pub fn client_identity(der: &[u8]) -> Option<ClientIdentity> {
+    ClientIdentity::of(&rustls::pki_types::CertificateDer::from(der))
+}
