@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use slog::Logger;
 
-use crate::connection::log_throttle::Throttles;
 use crate::edge::admission::Limits;
 use crate::fault::Faults;
 use crate::protocol::Protocol;
 use crate::supervision::config::ServerConfig;
+use crate::supervision::log_throttle::Throttles;
 use crate::supervision::stats::Stats;
 use crate::tls::reload::TlsReloader;
 use crate::upstream::pool::UpstreamPool;

@@ -11,8 +11,7 @@
 //!   each side; `session.rs` and `proxy.rs`: what happens to the bytes read;
 //!   `shared_socket.rs`: a socket with a reading, a writing and a watching owner (a stalled
 //!   write notices the other side's reset);
-//! - `messages.rs`: what it receives; `env.rs`: what every connection of a server shares
-//!   (`log_throttle.rs`: its warnings that clients can cause, once a second at most);
+//! - `messages.rs`: what it receives; `env.rs`: what every connection of a server shares;
 //!   `access_log.rs`: the fields of its one `disposed` line.
 
 mod access_log;
@@ -20,7 +19,6 @@ pub(crate) mod actor;
 pub(crate) mod env;
 pub(crate) mod handshake;
 mod handshake_failure;
-pub(crate) mod log_throttle;
 mod machine;
 pub(crate) mod messages;
 mod phase;

@@ -16,6 +16,7 @@ use crate::edge::admission::Reserved;
 use crate::edge::spare_fd;
 use crate::fault::FaultPoint;
 use crate::supervision::conn_id::ConnId;
+use crate::supervision::log_throttle::LogThrottle;
 use crate::supervision::messages::StopAccepting;
 use crate::supervision::registration::Registration;
 use crate::supervision::registry::HandlerRegistry;
@@ -25,9 +26,6 @@ use crate::supervision::stats::RejectReason;
 /// each failure in a row doubles it, up to [`LONGEST_PAUSE`]. A disposal ends a pause early.
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
-
-/// At most one warning line per worker per this period; the others are counted in the next.
-const WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// Accepts on its own copies (`dup`s) of the server's listening sockets, admits each socket
 /// (see `admission.rs`), and starts its `Connection` on this same arbiter, registered with
@@ -83,7 +81,7 @@ impl Actor for Acceptor {
             env: Arc::clone(&self.env),
             registry: self.registry.clone(),
             pause: Pause::default(),
-            warnings: Warnings::default(),
+            warnings: LogThrottle::default(),
             client_failures: 0,
             turn: 0,
         };
@@ -107,7 +105,8 @@ struct AcceptLoop {
     env: Arc<ConnectionEnv>,
     registry: Addr<HandlerRegistry<Connection>>,
     pause: Pause,
-    warnings: Warnings,
+    /// At most one warning line a second per worker; the others are counted in the next.
+    warnings: LogThrottle,
     /// Failures "of the client" in a row: many of them mean the error is not the client's
     /// (a seccomp filter or an LSM refusing accept(2) with EPERM, say), and retrying at once
     /// would spin.
@@ -221,7 +220,7 @@ impl AcceptLoop {
     /// repeat; a disposal (a descriptor freed) ends the pause early.
     async fn back_off(&mut self, e: io::Error, shed: u64, listen: SocketAddr) {
         let delay = self.pause.next(shed);
-        if let Some(suppressed) = self.warnings.allow() {
+        if let Some(suppressed) = self.warnings.admit() {
             warn!(self.env.log, "cannot accept: pausing this worker's acceptor";
                 "error" => %e, "worker" => self.worker, "listen" => %listen, "shed" => shed,
                 "pause_ms" => delay.as_millis() as u64, "suppressed" => suppressed);
@@ -241,7 +240,7 @@ impl AcceptLoop {
         };
         // Under sustained pressure episodes end and begin many times a second: the line
         // shares the warnings' rate limit.
-        if self.warnings.allow().is_some() {
+        if self.warnings.admit().is_some() {
             info!(self.env.log, "accepting again";
                 "worker" => self.worker,
                 "paused_ms" => episode.since.elapsed().as_millis() as u64,
@@ -250,7 +249,7 @@ impl AcceptLoop {
     }
 
     fn warn(&mut self, what: &str, e: &io::Error, listen: SocketAddr) {
-        if let Some(suppressed) = self.warnings.allow() {
+        if let Some(suppressed) = self.warnings.admit() {
             warn!(self.env.log, "{}", what;
                 "error" => %e, "worker" => self.worker, "listen" => %listen,
                 "suppressed" => suppressed);
@@ -414,30 +413,6 @@ impl Pause {
     }
 }
 
-/// Rate limit of one acceptor's warnings.
-#[derive(Default)]
-struct Warnings {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Warnings {
-    /// Whether a line may be written now; if so, how many were suppressed since the last one.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < WARN_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,15 +426,5 @@ mod tests {
         assert_eq!((episode.failures, episode.shed), (10, 10));
         assert!(pause.reset().is_none());
         assert_eq!(pause.next(0), FIRST_PAUSE);
-    }
-
-    #[test]
-    fn warnings_are_one_per_period_with_a_count() {
-        let mut warnings = Warnings::default();
-        assert_eq!(warnings.allow(), Some(0));
-        assert_eq!(warnings.allow(), None);
-        assert_eq!(warnings.allow(), None);
-        warnings.last = Some(Instant::now() - WARN_EVERY);
-        assert_eq!(warnings.allow(), Some(2));
     }
 }

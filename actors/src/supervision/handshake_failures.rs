@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::labels::labels;
+use crate::supervision::log_throttle::LogThrottle;
 
 labels! {
     /// Why a TLS handshake failed: one word per cause an operator acts on differently.
@@ -86,6 +87,8 @@ pub struct HandshakeFailure {
 #[derive(Debug, Default)]
 pub(crate) struct HandshakeFailures {
     counts: [AtomicU64; HandshakeFailureClass::COUNT],
+    /// One log line per class per second.
+    throttles: [LogThrottle; HandshakeFailureClass::COUNT],
     recent: Mutex<Recent>,
 }
 
@@ -93,9 +96,6 @@ pub(crate) struct HandshakeFailures {
 struct Recent {
     /// Newest at the front.
     failures: VecDeque<HandshakeFailure>,
-    /// Per class: the second (since the epoch) of the last logged line, and how many were
-    /// not logged since.
-    throttle: [(u64, u64); HandshakeFailureClass::COUNT],
 }
 
 impl HandshakeFailures {
@@ -111,13 +111,8 @@ impl HandshakeFailures {
             recent.failures.pop_back();
         }
         recent.failures.push_front(failure);
-        let (last, suppressed) = &mut recent.throttle[class];
-        if *last == second && *last != 0 {
-            *suppressed += 1;
-            return None;
-        }
-        *last = second;
-        Some(std::mem::take(suppressed))
+        drop(recent);
+        self.throttles[class].admit_at(second)
     }
 
     /// Failed handshakes of one class since the server started.

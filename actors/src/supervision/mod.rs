@@ -11,6 +11,7 @@ pub(crate) mod control;
 pub(crate) mod dispose_reason;
 pub(crate) mod handshake_failures;
 pub(crate) mod labels;
+pub(crate) mod log_throttle;
 pub(crate) mod messages;
 pub(crate) mod registration;
 pub(crate) mod registry;

@@ -11,7 +11,6 @@ use slog::{info, o, Logger};
 
 use crate::connection::actor::Connection;
 use crate::connection::env::{ConnectionEnv, Service};
-use crate::connection::log_throttle::Throttles;
 use crate::connection::messages::Close;
 use crate::connection::messages::CloseMode;
 use crate::edge::acceptor::Acceptor;
@@ -26,6 +25,7 @@ use crate::supervision::conn_description::ConnDescription;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::control::Readiness;
 use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::log_throttle::Throttles;
 use crate::supervision::messages::{Shutdown, ShutdownReport};
 use crate::supervision::registry::HandlerRegistry;
 use crate::supervision::registry::Registries;

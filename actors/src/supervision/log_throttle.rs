@@ -2,6 +2,7 @@
 //! many were left out since the last one. A flood of clients while an upstream is down wrote
 //! one `upstream connect failed` warning each (16,554 in the million-connection soak); the
 //! disposal reason and the counters still record every one, the log says it once a second.
+//! Used for the connections' warnings, the acceptors' and each class of failed handshake.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,7 +27,8 @@ impl LogThrottle {
         self.admit_at(now)
     }
 
-    fn admit_at(&self, second: u64) -> Option<u64> {
+    /// [`LogThrottle::admit`] at `second` (since the Unix epoch).
+    pub(crate) fn admit_at(&self, second: u64) -> Option<u64> {
         let last = self.last_second.load(Ordering::Relaxed);
         // Of the connections that race here in a new second, the one whose exchange wins
         // writes the line; the others count themselves out.
