@@ -226,6 +226,8 @@ fn serve(token_file: std::path::PathBuf) -> Result<(Server, crate::http::HttpLis
     let settings = Settings::resolve(ServeArgs {
         listen: vec![loopback],
         admin_token_file: Some(token_file),
+        // A token file needs an admin API to protect (the settings refuse it otherwise).
+        admin_listen: Some(loopback),
         workers: Some(1),
         // The silent client stays registered (handshaking) until a drain or a kill closes it.
         handshake_timeout: Some(Duration::from_secs(3600)),

@@ -108,7 +108,9 @@ fn servers() -> &'static [Arc<LoadedTls>; 2] {
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
+        // Timers: the handshake runs under its deadline (a day in the hook: no input waits).
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("a runtime")
     })
