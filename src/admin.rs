@@ -282,6 +282,8 @@ async fn handshake_failures(
                 "groups": f.groups,
                 "alpn": f.alpn,
                 "alert": f.alert,
+                "client_subject": f.client_subject,
+                "client_issuer": f.client_issuer,
                 "error": f.error,
             })
         })
