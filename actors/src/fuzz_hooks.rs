@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::edge::accept_proxy::{self, Original, ProxyVersions};
-use crate::tls::certificate::{CertificateInfo, X509Error};
+use crate::tls::certificate::CertificateInfo;
 use crate::tls::client_auth::{AllowList, ClientIdentity};
 use crate::tls::source::LoadedTls;
 use crate::tls::tickets::TicketKeys;
@@ -97,34 +97,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
 /// Ticket keys from the content of a key file (`TicketKeys::from_file` without the file).
 pub fn ticket_keys(text: &[u8]) -> Result<TicketKeys, crate::TlsConfigError> {
     TicketKeys::parse(Path::new("fuzz.key"), text)
-}
-
-/// What the crate reads from a certificate (`CertificateInfo`), and how the allow-list and a
-/// client's identity see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateFacts {
-    /// Serial number, lowercase hex, leading zero bytes dropped.
-    pub serial_hex: String,
-    /// `notAfter`, seconds since the Unix epoch.
-    pub not_after_unix: i64,
-    /// Every subject CN validly encoded in its declared type, in order.
-    pub subject_cns: Vec<String>,
-    /// SAN dNSNames (ASCII only).
-    pub dns_names: Vec<String>,
-    /// SAN URIs (ASCII only).
-    pub uris: Vec<String>,
-}
-
-/// Reads a DER certificate as the crate does (server certificates, CA bundles, clients).
-pub fn certificate_facts(der: &[u8]) -> Result<CertificateFacts, X509Error> {
-    let info = CertificateInfo::from_der(der)?;
-    Ok(CertificateFacts {
-        serial_hex: info.serial_hex,
-        not_after_unix: info.not_after_unix,
-        subject_cns: info.subject_cns,
-        dns_names: info.dns_names,
-        uris: info.uris,
-    })
 }
 
 /// Whether `allow` admits a client presenting `der` (`None` if it cannot be read), as the

@@ -7,11 +7,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tlsvisor_actors::fuzz_hooks::{allow_list_admits, certificate_facts, client_identity};
+use tlsvisor_actors::fuzz_hooks::{allow_list_admits, client_identity};
+use tlsvisor_actors::testing::CertificateFacts;
 use tlsvisor_actors::AllowList;
 
 fuzz_target!(|data: &[u8]| {
-    let facts = certificate_facts(data);
+    let facts = CertificateFacts::from_der(data);
     let identity = client_identity(data);
     let allow = AllowList {
         cns: vec!["client.test".into()],

@@ -19,6 +19,8 @@ pub struct CertificateFacts {
     pub subject_cns: Vec<String>,
     /// The DNS subject alternative names.
     pub dns_names: Vec<String>,
+    /// The URI subject alternative names.
+    pub uris: Vec<String>,
 }
 
 impl CertificateFacts {
@@ -30,6 +32,7 @@ impl CertificateFacts {
             not_after_unix: info.not_after_unix,
             subject_cns: info.subject_cns,
             dns_names: info.dns_names,
+            uris: info.uris,
         })
     }
 
