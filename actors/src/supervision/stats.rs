@@ -134,7 +134,9 @@ pub struct Snapshot {
     pub acceptors_paused: i64,
     /// Connections admitted by each worker's acceptor, indexed by worker.
     pub worker_accepted: Vec<u64>,
-    /// Client addresses (IPv6: /64 prefixes) holding a per-IP slot; 0 once no connection is live.
+    /// Client addresses (IPv6: /64 prefixes) holding a per-IP slot, or whose handshake-rate
+    /// bucket is still refilling; 0 once no connection is live (with a per-IP rate, a second
+    /// or so later).
     pub per_ip_clients: usize,
     /// Proxy traffic (all zero when not proxying).
     pub proxy: ProxySnapshot,
