@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -18,13 +18,13 @@ use serde::Deserialize;
 use serde_json::json;
 use slog::{info, warn, Logger};
 use tlsvisor_actors::{
-    CloseMode, ConnDescription, ConnId, HandshakeFailureClass, ServerHandle, Stats, RECENT_FAILURES,
+    CloseMode, ConnDescription, ConnId, HandshakeFailureClass, LogThrottle, ServerHandle, Stats,
+    RECENT_FAILURES,
 };
 
 use crate::cli::parse_duration;
 use crate::error::BoxError;
 use crate::http::HttpListener;
-use crate::log_limit::LogLimit;
 use crate::reload;
 use crate::settings::Settings;
 
@@ -53,16 +53,12 @@ pub(crate) struct Admin {
     pub token: Option<String>,
     pub unauthorized: IntCounter,
     /// One warning line per second at most for refused requests.
-    pub refusals_logged: LogLimit,
+    pub refusals_logged: LogThrottle,
     pub log: Logger,
 }
 
 /// The paths open without the token: the probes of load balancers and orchestrators.
 const OPEN_PATHS: [&str; 2] = ["/health/live", "/health/ready"];
-
-/// At most one warning line per this interval for refused requests (a client can send them as
-/// fast as it likes).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The longest `POST /drain` period or `accept_for`, as for every other duration the binary
 /// takes: a longer one is a mistake (a unit read wrongly).
@@ -132,7 +128,7 @@ pub(crate) fn read_token(path: &std::path::Path) -> Result<String, BoxError> {
 }
 
 /// `None` when the request may go on, else the 401 to answer (counted, and logged at most
-/// once per [`REFUSAL_LOG_EVERY`] with how many were left out).
+/// once a second with how many were left out: a client can send them as fast as it likes).
 fn refused(req: &HttpRequest, admin: &Admin) -> Option<HttpResponse> {
     let expected = admin.token.as_deref()?;
     if OPEN_PATHS.contains(&req.path()) {
@@ -147,7 +143,7 @@ fn refused(req: &HttpRequest, admin: &Admin) -> Option<HttpResponse> {
         return None;
     }
     admin.unauthorized.inc();
-    if let Some(suppressed) = admin.refusals_logged.admit(Instant::now()) {
+    if let Some(suppressed) = admin.refusals_logged.admit() {
         // The path as sent, cut short: it is the client's, of any length.
         let path: String = req.path().chars().take(128).collect();
         warn!(admin.log, "admin request refused: missing or wrong token";
@@ -282,6 +278,8 @@ async fn handshake_failures(
                 "groups": f.groups,
                 "alpn": f.alpn,
                 "alert": f.alert,
+                "client_subject": f.client_subject,
+                "client_issuer": f.client_issuer,
                 "error": f.error,
             })
         })
@@ -465,7 +463,7 @@ pub(crate) fn start_for(
             metrics,
             token,
             unauthorized,
-            refusals_logged: LogLimit::new(REFUSAL_LOG_EVERY),
+            refusals_logged: LogThrottle::new(),
             log: log.clone(),
         },
     )

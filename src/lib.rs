@@ -14,7 +14,6 @@ mod exposition;
 mod http;
 mod listen;
 mod log_bridge;
-mod log_limit;
 mod logging;
 mod metrics;
 mod notify;

@@ -128,6 +128,7 @@ pub use supervision::dispose_reason::DisposeReason;
 pub use supervision::handshake_failures::{
     HandshakeFailure, HandshakeFailureClass, RECENT_FAILURES,
 };
+pub use supervision::log_throttle::LogThrottle;
 pub use supervision::messages::ShutdownReport;
 pub use supervision::stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,

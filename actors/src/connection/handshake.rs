@@ -12,6 +12,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::connection::handshake_failure::{HelloSummary, UnrecognizedName};
 use crate::connection::shared_socket::{SharedSocket, SocketWatch};
 use crate::edge::read_ahead::ReadAhead;
+use crate::tls::refused_certificate::{RefusedCertificate, WithRefused};
 use crate::tls::source::LoadedTls;
 
 /// The client's TCP socket, shared: a proxied connection watches it for a reset while a write
@@ -38,6 +39,8 @@ pub(crate) enum HandshakeError {
     Failed {
         error: io::Error,
         hello: Option<HelloSummary>,
+        /// The client certificate the verifier refused, if that is why it failed.
+        refused: Option<RefusedCertificate>,
     },
 }
 
@@ -53,6 +56,7 @@ pub(super) async fn handshake(
         return Err(HandshakeError::Failed {
             error: io::Error::other("injected handshake failure"),
             hello: None,
+            refused: None,
         });
     }
     accept(tls, SharedSocket::new(tcp), Instant::now() + limit).await
@@ -76,7 +80,13 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(io));
     let mut start = match timeout_at(deadline, hello_read).await {
         Err(_) => return Err(HandshakeError::TimedOut { hello: None }),
-        Ok(Err(error)) => return Err(HandshakeError::Failed { error, hello: None }),
+        Ok(Err(error)) => {
+            return Err(HandshakeError::Failed {
+                error,
+                hello: None,
+                refused: None,
+            })
+        }
         Ok(Ok(start)) => start,
     };
     let hello = HelloSummary::of(&start.client_hello());
@@ -88,14 +98,17 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(HandshakeError::Failed {
             error: io::Error::new(io::ErrorKind::InvalidData, UnrecognizedName(name)),
             hello: Some(hello),
+            refused: None,
         });
     }
-    match timeout_at(deadline, start.into_stream(Arc::clone(tls.config()))).await {
+    let finish = WithRefused::new(start.into_stream(Arc::clone(tls.config())));
+    match timeout_at(deadline, finish).await {
         Err(_) => Err(HandshakeError::TimedOut { hello: Some(hello) }),
-        Ok(Err(error)) => Err(HandshakeError::Failed {
+        Ok((Err(error), refused)) => Err(HandshakeError::Failed {
             error,
             hello: Some(hello),
+            refused,
         }),
-        Ok(Ok(stream)) => Ok(stream),
+        Ok((Ok(stream), _)) => Ok(stream),
     }
 }

@@ -49,6 +49,7 @@ use crate::supervision::handshake_failures::{
 };
 use crate::tls::client_auth::is_client_auth_failure;
 use crate::tls::info::TlsInfo;
+use crate::tls::refused_certificate::RefusedCertificate;
 use crate::upstream::pool::Connected;
 use crate::upstream::stream::UpstreamWriteHalf;
 
@@ -192,16 +193,21 @@ impl Connection {
         let stream = match result {
             Ok(stream) => stream,
             Err(HandshakeError::TimedOut { hello }) => {
-                self.handshake_failed(HandshakeFailureClass::Timeout, None, hello, "timed out");
+                let class = HandshakeFailureClass::Timeout;
+                self.handshake_failed(class, None, hello, None, "timed out");
                 return self.stop(DisposeReason::HandshakeTimeout, ctx);
             }
-            Err(HandshakeError::Failed { error, hello }) => {
+            Err(HandshakeError::Failed {
+                error,
+                hello,
+                refused,
+            }) => {
                 let (class, alert) = classify(&error, hello.is_some());
                 let reason = match is_client_auth_failure(&error) {
                     true => DisposeReason::ClientAuthFailed,
                     false => DisposeReason::HandshakeFailed,
                 };
-                self.handshake_failed(class, alert, hello, &error.to_string());
+                self.handshake_failed(class, alert, hello, refused, &error.to_string());
                 return self.stop(reason, ctx);
             }
         };
@@ -259,9 +265,11 @@ impl Connection {
         class: HandshakeFailureClass,
         alert: Option<AlertDescription>,
         hello: Option<HelloSummary>,
+        refused: Option<RefusedCertificate>,
         error: &str,
     ) {
         let hello = hello.unwrap_or_default();
+        let refused = refused.unwrap_or_default();
         let offered = hello.offered();
         let failure = HandshakeFailure {
             at_unix_ms: now_unix_ms(),
@@ -273,6 +281,8 @@ impl Connection {
             groups: offered.groups,
             alpn: offered.alpn,
             alert: alert.map(alert_name),
+            client_subject: Some(refused.subject).filter(|s| !s.is_empty()),
+            client_issuer: Some(refused.issuer).filter(|s| !s.is_empty()),
             error: error.to_string(),
         };
         let line = failure.clone();
@@ -284,6 +294,8 @@ impl Connection {
                 "cipher_suites" => line.cipher_suites.join(","),
                 "groups" => line.groups.join(","),
                 "alpn" => line.alpn.join(","),
+                "client_subject" => line.client_subject.as_deref().unwrap_or(""),
+                "client_issuer" => line.client_issuer.as_deref().unwrap_or(""),
                 "error" => &line.error,
                 "suppressed" => suppressed);
         }

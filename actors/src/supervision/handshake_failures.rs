@@ -79,6 +79,11 @@ pub struct HandshakeFailure {
     pub alpn: Vec<String>,
     /// The alert sent to the client (`handshake_failure`, `unknown_ca`…), if one was.
     pub alert: Option<String>,
+    /// The subject of the client certificate refused (RFC 4514, at most 256 bytes), when the
+    /// handshake failed on one.
+    pub client_subject: Option<String>,
+    /// The issuer named by that certificate (which CA the client thought it had).
+    pub client_issuer: Option<String>,
     /// The error, as rustls or the socket reported it.
     pub error: String,
 }
@@ -150,6 +155,8 @@ mod tests {
             groups: Vec::new(),
             alpn: Vec::new(),
             alert: None,
+            client_subject: None,
+            client_issuer: None,
             error: String::new(),
         }
     }

@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One throttled warning, shared by every connection of a server. Lock-free: two atomics.
+///
+/// Public for embedders whose protocols log what a client can cause: share one per warning,
+/// and write the line only when [`LogThrottle::admit`] says so, with the count it gives.
 #[derive(Debug, Default)]
-pub(crate) struct LogThrottle {
+pub struct LogThrottle {
     /// The second (since the Unix epoch) of the last line written; 0 before the first.
     last_second: AtomicU64,
     /// Warnings left out since the last line written.
@@ -17,9 +20,14 @@ pub(crate) struct LogThrottle {
 }
 
 impl LogThrottle {
+    /// A throttle that has written no line yet.
+    pub fn new() -> LogThrottle {
+        LogThrottle::default()
+    }
+
     /// Whether to write the line now: `Some(n)` with the `n` left out since the last line,
     /// or `None` to leave this one out (it is counted).
-    pub(crate) fn admit(&self) -> Option<u64> {
+    pub fn admit(&self) -> Option<u64> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -11,6 +11,7 @@ pub(crate) mod dev_certs;
 pub(crate) mod files;
 pub(crate) mod info;
 pub(crate) mod policy;
+pub(crate) mod refused_certificate;
 pub(crate) mod reload;
 pub(crate) mod sni;
 pub(crate) mod source;

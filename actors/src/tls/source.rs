@@ -14,6 +14,7 @@ use crate::tls::certificate::{CertificateInfo, LoadedCertificate};
 use crate::tls::client_auth::ClientAuth;
 use crate::tls::files::{in_file, parse_certificates, read_file};
 use crate::tls::policy::TlsPolicy;
+use crate::tls::refused_certificate::RecordRefused;
 use crate::tls::sni::{SniEntry, SniResolver};
 use crate::tls::tickets::{default_ticketer, TicketKeys};
 use crate::tls::warning::TlsWarning;
@@ -243,7 +244,7 @@ impl TlsSource {
             Some(client_auth) => {
                 let (verifier, cas) = client_auth.verifier(provider)?;
                 certificates.extend(cas);
-                builder.with_client_cert_verifier(verifier)
+                builder.with_client_cert_verifier(RecordRefused::wrap(verifier))
             }
             None => builder.with_no_client_auth(),
         };
