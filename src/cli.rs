@@ -309,14 +309,34 @@ serve_settings! {
     /// 0 = off [default: a quarter of --max-handshakes].
     #[arg(long)]
     max_handshakes_per_ip: Option<usize>,
+    /// New TLS handshakes a second, server-wide; over it accepting slows (clients wait in the
+    /// backlog; none is refused for it), bursts of a tenth of a second's worth pass; 0 = off
+    /// [default: 0].
+    #[arg(long)]
+    max_handshake_rate: Option<usize> = 0,
+    /// New TLS handshakes a second per client address (IPv6: per /64), a second's worth at
+    /// once; more are closed at accept; 0 = off [default: 0].
+    #[arg(long)]
+    max_handshake_rate_per_ip: Option<usize> = 0,
     /// Time a client gets to finish the TLS handshake [default: 10s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     handshake_timeout: Option<Duration> = ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
-    /// Time without a byte from the client before it is closed; 0 disables [default: 5m].
+    /// Time without a byte in either direction (from the client, or from the upstream) before
+    /// the connection is closed; 0 disables [default: 5m].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     idle_timeout: Option<Duration> = ServerConfig::DEFAULT_IDLE_TIMEOUT,
+    /// Close each connection gracefully this long after it was accepted, spread by a random
+    /// ±10 %; 0 = no limit [default: 0].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    max_lifetime: Option<Duration> = Duration::ZERO,
+    /// Proxy: once one side has finished, the time the other direction gets to finish before
+    /// the connection is closed; 0 = no limit (the idle timeout still applies) [default: 0].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    half_close_timeout: Option<Duration> = Duration::ZERO,
     /// Time a graceful close gets (flush, close_notify, wait for the client) [default: 2s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -487,12 +507,20 @@ mod tests {
             max-handshakes = 64
             max-connections-per-ip = 3
             max-handshakes-per-ip = 0
+            max-handshake-rate = 100
+            max-handshake-rate-per-ip = 10
+            max-lifetime = "1h"
+            half-close-timeout = "30s"
             "#,
         )
         .unwrap();
         assert_eq!(args.max_handshakes, Some(64));
         assert_eq!(args.max_connections_per_ip, Some(3));
         assert_eq!(args.max_handshakes_per_ip, Some(0));
+        assert_eq!(args.max_handshake_rate, Some(100));
+        assert_eq!(args.max_handshake_rate_per_ip, Some(10));
+        assert_eq!(args.max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(args.half_close_timeout, Some(Duration::from_secs(30)));
         assert_eq!(args.listen, ["127.0.0.1:9000".parse().unwrap()]);
         assert_eq!(args.max_connections, Some(7));
         assert_eq!(args.handshake_timeout, Some(Duration::from_millis(250)));

@@ -126,10 +126,17 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
 
 /// The library's words for its settings (`ServerConfig`'s field names), and the flags that set
 /// them: its error is shown in the flags' names, which is what an operator typed.
-const FLAG_NAMES: [(&str, &str); 7] = [
+const FLAG_NAMES: [(&str, &str); 11] = [
     ("workers must", "--workers must"),
     ("max_connections must", "--max-connections must"),
     ("max_handshakes must", "--max-handshakes must"),
+    ("max_handshake_rate must", "--max-handshake-rate must"),
+    (
+        "max_handshake_rate_per_ip must",
+        "--max-handshake-rate-per-ip must",
+    ),
+    ("max_lifetime must", "--max-lifetime must"),
+    ("half_close_timeout must", "--half-close-timeout must"),
     ("handshake_timeout must", "--handshake-timeout must"),
     ("idle_timeout must", "--idle-timeout must"),
     ("close_timeout must", "--close-timeout must"),
@@ -156,10 +163,19 @@ pub(crate) fn server_config(settings: &Settings) -> ServerConfig {
     config.max_connections_per_ip = values.max_connections_per_ip;
     config.max_handshakes_per_ip = values.max_handshakes_per_ip;
     config.handshake_timeout = values.handshake_timeout;
+    config.max_handshake_rate = values.max_handshake_rate;
+    config.max_handshake_rate_per_ip = values.max_handshake_rate_per_ip;
     config.idle_timeout = settings.idle_timeout();
+    config.max_lifetime = off_if_zero(values.max_lifetime);
+    config.half_close_timeout = off_if_zero(values.half_close_timeout);
     config.close_timeout = values.close_timeout;
     config.reuse_port = values.reuse_port;
     config
+}
+
+/// A duration whose 0 means "no limit" (as `--idle-timeout 0`).
+fn off_if_zero(duration: std::time::Duration) -> Option<std::time::Duration> {
+    Some(duration).filter(|d| !d.is_zero())
 }
 
 /// With `--protocol proxy`, the upstreams and how to reach them. (Whether each resolves is

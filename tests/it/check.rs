@@ -249,6 +249,24 @@ fn check_and_serve_refuse_the_same_settings_out_of_bounds() {
             vec!["--accept-proxy-timeout", "0"],
             "--accept-proxy-timeout must be above zero",
         ),
+        // The limits of issue 20: rates bounded (0 is off), durations at most a day (0 is
+        // off).
+        (
+            vec!["--max-handshake-rate", "1000001"],
+            "--max-handshake-rate must be at most 1000000 a second",
+        ),
+        (
+            vec!["--max-handshake-rate-per-ip", "18446744073709551615"],
+            "--max-handshake-rate-per-ip must be at most 1000000 a second",
+        ),
+        (
+            vec!["--max-lifetime", "400d"],
+            "--max-lifetime must be at most 24h",
+        ),
+        (
+            vec!["--half-close-timeout", "25h"],
+            "--half-close-timeout must be at most 24h",
+        ),
         (vec!["--alpn", ""], "ALPN protocol names are 1 to 255 bytes"),
         (vec!["--alpn", &long_alpn], "is 300 bytes"),
         (

@@ -29,6 +29,7 @@ mod interop;
 mod interop_tls;
 #[cfg(feature = "interop")]
 mod interop_upstreams;
+mod limits;
 mod memory;
 mod privileges;
 mod process;

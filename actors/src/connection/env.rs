@@ -1,5 +1,6 @@
 //! What every connection of one server shares.
 
+use std::collections::hash_map::RandomState;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
@@ -40,6 +41,9 @@ pub(crate) struct ConnectionEnv {
     /// to close everything. A connection that starts after that closes at once rather than
     /// starting a handshake that the `Close` queued behind its start would abandon.
     pub(crate) draining: AtomicBool,
+    /// The random key that spreads each connection's `max_lifetime` by ±10 %
+    /// (`connection/deadlines.rs`).
+    pub(crate) lifetime_spread: RandomState,
 }
 
 impl Service {

@@ -7,7 +7,7 @@
 //!    the upstream ([`Connection::upstream_connected`] starts forwarding);
 //! 3. the events of an open connection: bytes in (`session.rs`, `proxy.rs`), a side finishing
 //!    ([`Connection::client_finished`], [`Connection::upstream_finished`]), a write done, the
-//!    idle timer;
+//!    idle timer (and the lifetime and half-close deadlines of `deadlines.rs`);
 //! 4. the two ways to end: [`Connection::close`] (graceful: flush, `close_notify`, FIN, a
 //!    bounded linger for the client's own end) and [`Connection::stop`] (at once); both end in
 //!    the stop hook (`actor.rs`), the only sender of `Dispose`.
@@ -78,6 +78,7 @@ impl Connection {
         if self.env.draining.load(Ordering::SeqCst) {
             return self.stop(DisposeReason::Shutdown, ctx);
         }
+        self.arm_max_lifetime(ctx);
         let mut socket = None;
         self.step(|phase| match phase {
             Phase::Accepted(accepted) => {
@@ -447,7 +448,10 @@ impl Connection {
 
     // --- 3. events of an open connection ---------------------------------------------------
 
-    /// One timer per idle period, not per read: on expiry it re-arms for what is left.
+    /// One timer per idle period, not per read: on expiry it re-arms for what is left. Idle
+    /// means no byte in either direction: every chunk read, from the client or (proxy) from
+    /// the upstream, sets `last_read` (`session.rs`), so a client that only listens to what
+    /// the upstream sends (a pub/sub subscriber) is not idle.
     pub(super) fn arm_idle_timer(&mut self, after: Duration, ctx: &mut Context<Self>) {
         let timer = ctx.run_later(after, |act, ctx| {
             let (Some(limit), Phase::Open(open)) = (act.env.config.idle_timeout, &act.phase) else {
@@ -550,9 +554,11 @@ impl Connection {
             };
             return;
         }
-        // The first: the upstream reads EOF, upstream → client flows on.
+        // The first: the upstream reads EOF, upstream → client flows on, for at most the
+        // half-close timeout.
         proxying.upstream.shut_write();
         proxying.finished(Side::Client);
+        self.arm_half_close_deadline(ctx);
     }
 
     /// The client's read failed.
@@ -596,8 +602,12 @@ impl Connection {
             return;
         };
         // All the upstream sent is written to the client already: close_notify and a FIN go
-        // to the client now.
+        // to the client now. If the client had not finished, it gets the half-close timeout.
+        let half_closed = matches!(proxying.flow, ProxyFlow::Both { .. });
         proxying.finished(Side::Upstream);
+        if half_closed {
+            self.arm_half_close_deadline(ctx);
+        }
         self.shut_client_write(ctx);
     }
 

@@ -4,6 +4,8 @@
 //! - `actor.rs`: the `Connection` itself (identity, books, phase) and its entry points (the
 //!   hooks, the messages it handles);
 //! - `machine.rs`: the state machine, every transition and every event that causes one;
+//!   `deadlines.rs`: the lifetime limit and the half-close deadline (timers beside the idle
+//!   one);
 //! - `phase.rs`: what each phase owns; `writer.rs`: a write direction; `upstream_link.rs`: a
 //!   proxied connection's hold on its upstream;
 //! - `handshake.rs`: the server side of the TLS handshake; `handshake_failure.rs`: the class
@@ -16,6 +18,7 @@
 
 mod access_log;
 pub(crate) mod actor;
+mod deadlines;
 pub(crate) mod env;
 pub(crate) mod handshake;
 mod handshake_failure;

@@ -33,6 +33,8 @@ impl Connection {
         }
         let proxying = match &mut self.phase {
             Phase::Open(open) => {
+                // A byte either way is activity (the idle timeout's definition): the client's,
+                // and the upstream's that a listening client receives.
                 open.last_read = Instant::now();
                 matches!(open.service, OpenService::Proxy(_))
             }

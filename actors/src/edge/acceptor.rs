@@ -144,12 +144,17 @@ impl AcceptLoop {
             };
             // A pause while waiting for a client gives the reservation back and waits in
             // `reserve`, so a paused acceptor stops polling its listener. `next_socket` is
-            // cancel-safe (an accepted socket is returned without another await).
+            // cancel-safe (an accepted socket is returned without another await). Over the
+            // server-wide handshake rate the acceptor first waits its turn, not polling its
+            // listener either: clients wait in the backlog, none is refused for the rate.
             let limits = Arc::clone(&self.env.limits);
             let next = tokio::select! {
                 biased;
                 () = limits.control.until_paused() => continue,
-                next = self.next_socket(&mut registered) => next,
+                next = async {
+                    limits.handshake_turn().await;
+                    self.next_socket(&mut registered).await
+                } => next,
             };
             let Some((socket, peer)) = next else {
                 return;

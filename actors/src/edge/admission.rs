@@ -3,8 +3,12 @@
 //! The server-wide limits (`max_connections`, `max_handshakes`) are applied *before* `accept`:
 //! an acceptor first reserves room for one more connection and one more handshake, and while
 //! it cannot, it stops polling its listener, so new clients wait in the kernel's backlog
-//! instead of being accepted and closed. The per-client limits can only be applied after
-//! `accept` (the address is not known before): a client over its limit is closed at once.
+//! instead of being accepted and closed. The server-wide rate of new handshakes
+//! (`max_handshake_rate`) works the same way: an acceptor waits its turn before it accepts, so
+//! over the rate clients wait in the backlog a little longer, and none is refused for it (as
+//! haproxy's `maxsslrate`). The per-client limits can only be applied after `accept` (the
+//! address is not known before): a client over its limit, or over its own rate
+//! (`max_handshake_rate_per_ip`), is closed at once.
 //! Behind a balancer that sends PROXY headers (`accept_proxy`), the client is known later
 //! still: a socket from a balancer is admitted without per-client slots, and claims them for
 //! the original address once its header is read ([`Limits::claim_for_original`]), so that the
@@ -20,6 +24,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::edge::per_ip::{PerIpClaim, PerIpLimits, PerIpSlot};
+use crate::edge::rate::{HandshakeRate, Rate};
 use crate::supervision::config::ServerConfig;
 use crate::supervision::control::Control;
 use crate::supervision::stats::RejectReason;
@@ -29,6 +34,8 @@ use crate::supervision::stats::Stats;
 pub(crate) struct Limits {
     connections: Arc<Semaphore>,
     handshakes: Arc<Semaphore>,
+    /// New handshakes a second, server-wide (`None`: off).
+    handshake_rate: Option<HandshakeRate>,
     per_ip: PerIpLimits,
     stats: Arc<Stats>,
     /// Woken when a connection is disposed: an acceptor paused by a shortage of descriptors
@@ -50,9 +57,11 @@ impl Limits {
         Arc::new(Limits {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             handshakes: Arc::new(Semaphore::new(config.effective_max_handshakes())),
+            handshake_rate: Rate::server_wide(config.max_handshake_rate).map(HandshakeRate::new),
             per_ip: PerIpLimits {
                 connections: config.max_connections_per_ip,
                 handshakes: config.effective_max_handshakes_per_ip(),
+                rate: Rate::per_client(config.max_handshake_rate_per_ip),
             },
             stats,
             disposed: Notify::new(),
@@ -76,6 +85,21 @@ impl Limits {
             connection,
             handshake,
         })
+    }
+
+    /// Waits until one more handshake fits the server-wide rate (at once when it is off):
+    /// the acceptor does not poll its listener meanwhile, and clients wait in the backlog.
+    /// It counts as paused while it waits.
+    pub(crate) async fn handshake_turn(&self) {
+        let Some(rate) = &self.handshake_rate else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let turn = rate.next_turn(now);
+        if turn > now {
+            let _paused = self.stats.acceptor_paused();
+            tokio::time::sleep_until(turn.into()).await;
+        }
     }
 
     /// Turns a reservation into the slots of a connection from `client`, or gives it back if
@@ -186,9 +210,11 @@ mod tests {
         Arc::new(Limits {
             connections: Arc::new(Semaphore::new(8)),
             handshakes: Arc::new(Semaphore::new(8)),
+            handshake_rate: None,
             per_ip: PerIpLimits {
                 connections: 2,
                 handshakes: 2,
+                rate: None,
             },
             stats,
             disposed: Notify::new(),

@@ -30,11 +30,36 @@ pub struct ServerConfig {
     /// flooding silent sockets can never hold more than a quarter of the slots. `Some(0)`
     /// switches it off.
     pub max_handshakes_per_ip: Option<usize>,
+    /// New TLS handshakes a second, for the whole server (every worker and listener share it);
+    /// 0 switches it off (the default). Over it accepting slows instead of refusing (as
+    /// haproxy's `maxsslrate`): an acceptor waits for its turn before it accepts, so clients
+    /// wait in the kernel's backlog and none is refused for the rate. Bursts of up to a tenth
+    /// of a second's worth (at least 1) pass at once.
+    pub max_handshake_rate: usize,
+    /// New TLS handshakes a second one client address may start (IPv6: one /64); a socket over
+    /// it is closed at accept (`rejected_total{reason="per_ip_limit"}`). Up to a second's
+    /// worth may come at once (a client opening its pool). 0 switches it off (the default).
+    pub max_handshake_rate_per_ip: usize,
     /// Time a client gets to finish the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Time without a byte from the client (or with a write stalled) before the connection is
-    /// closed. `None` disables it.
+    /// Time without a byte in either direction before the connection is closed
+    /// (`idle_timeout`): a byte read from the client, or (proxy) from the upstream, starts it
+    /// again, so a client that only sends and one that only receives (a pub/sub subscriber)
+    /// both stay. While a write is stalled (the other side does not read) the timer waits: the
+    /// write's own limit, this same duration, ends it instead (`writer_error`, or
+    /// `upstream_error` for the upstream). `None` disables it.
     pub idle_timeout: Option<Duration>,
+    /// Longest life of a connection, counted from its accept: it is then closed gracefully
+    /// (`close_notify`, as any close) with the reason `max_lifetime`. Each connection's is
+    /// spread by a random ±10 %, so connections opened together do not all close together.
+    /// `None`: no limit (the default).
+    pub max_lifetime: Option<Duration>,
+    /// Proxy: once one side has finished (the client's `close_notify`, passed on as a FIN to
+    /// the upstream, or the upstream's FIN, passed on as `close_notify`), the time the other
+    /// direction gets to finish too; then the connection is closed with the reason
+    /// `half_close_timeout`. `None`: no limit (the default; the idle timeout still ends a
+    /// half-closed connection that goes quiet).
+    pub half_close_timeout: Option<Duration>,
     /// Time a graceful close gets to flush, send `close_notify` and see the client finish,
     /// before the connection stops anyway.
     pub close_timeout: Duration,
@@ -56,7 +81,8 @@ pub struct ServerConfig {
 }
 
 impl Default for ServerConfig {
-    /// One worker per core, 10,000 connections, 10 s handshake, 5 min idle, 2 s close.
+    /// One worker per core, 10,000 connections, 10 s handshake, 5 min idle, 2 s close; no
+    /// handshake rate, lifetime or half-close limit.
     fn default() -> Self {
         ServerConfig {
             workers: ServerConfig::default_workers(),
@@ -64,8 +90,12 @@ impl Default for ServerConfig {
             max_handshakes: None,
             max_connections_per_ip: 0,
             max_handshakes_per_ip: None,
+            max_handshake_rate: 0,
+            max_handshake_rate_per_ip: 0,
             handshake_timeout: ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: Some(ServerConfig::DEFAULT_IDLE_TIMEOUT),
+            max_lifetime: None,
+            half_close_timeout: None,
             close_timeout: ServerConfig::DEFAULT_CLOSE_TIMEOUT,
             accept_proxy: None,
             read_buffer: 64 * 1024,
@@ -95,7 +125,7 @@ impl ServerConfig {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
     /// Default time to finish the TLS handshake.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-    /// Default time without a byte from the client.
+    /// Default time without a byte in either direction.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     /// Default time a graceful close gets.
     pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -114,6 +144,11 @@ impl ServerConfig {
     /// The longest any timeout may be: a day. Longer is a mistake (a unit read wrongly), and
     /// a deadline past it could overflow the clock.
     pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+    /// The highest handshake rate (server-wide or per client) that may be set: a million a
+    /// second, far above what any machine completes, so a higher one is a mistake (and the
+    /// rate's interval stays a whole microsecond).
+    pub const MAX_HANDSHAKE_RATE: usize = 1_000_000;
 
     /// Whether these settings can work: every count at least 1 and within its bound, every
     /// timeout above zero and at most [`ServerConfig::MAX_TIMEOUT`]. The error says which
@@ -143,6 +178,18 @@ impl ServerConfig {
         if self.max_connections_per_ip > most || self.max_handshakes_per_ip.unwrap_or(0) > most {
             return fail("the per-IP limits must be below 2^61".into());
         }
+        let rates = [
+            ("max_handshake_rate", self.max_handshake_rate),
+            ("max_handshake_rate_per_ip", self.max_handshake_rate_per_ip),
+        ];
+        for (name, rate) in rates {
+            if rate > ServerConfig::MAX_HANDSHAKE_RATE {
+                return fail(format!(
+                    "{name} must be at most {} a second, or 0 for no limit (it is {rate})",
+                    ServerConfig::MAX_HANDSHAKE_RATE
+                ));
+            }
+        }
         if self.read_buffer == 0 || self.read_buffer > 16 * 1024 * 1024 {
             return fail("read_buffer must be between 1 byte and 16 MiB".into());
         }
@@ -150,6 +197,8 @@ impl ServerConfig {
             ("handshake_timeout", Some(self.handshake_timeout)),
             ("idle_timeout", self.idle_timeout),
             ("close_timeout", Some(self.close_timeout)),
+            ("max_lifetime", self.max_lifetime),
+            ("half_close_timeout", self.half_close_timeout),
             (
                 "accept_proxy timeout",
                 self.accept_proxy.as_ref().map(|a| a.timeout),
@@ -167,5 +216,41 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_new_limits_are_off_by_default_and_bounded() {
+        let config = ServerConfig::default();
+        assert_eq!(config.max_handshake_rate, 0);
+        assert_eq!(config.max_handshake_rate_per_ip, 0);
+        assert!(config.max_lifetime.is_none() && config.half_close_timeout.is_none());
+        config.validate().unwrap();
+        let refused = |change: &dyn Fn(&mut ServerConfig), why: &str| {
+            let mut config = ServerConfig::default();
+            change(&mut config);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(why), "{error}");
+        };
+        refused(
+            &|c| c.max_handshake_rate = 1_000_001,
+            "max_handshake_rate must be at most 1000000",
+        );
+        refused(
+            &|c| c.max_handshake_rate_per_ip = usize::MAX,
+            "max_handshake_rate_per_ip must be at most",
+        );
+        refused(
+            &|c| c.max_lifetime = Some(Duration::ZERO),
+            "max_lifetime must be above zero",
+        );
+        refused(
+            &|c| c.half_close_timeout = Some(Duration::from_secs(90_000)),
+            "half_close_timeout must be at most 24h",
+        );
     }
 }

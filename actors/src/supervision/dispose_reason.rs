@@ -20,7 +20,8 @@ labels! {
         HandshakeFailed => "handshake_failed",
         /// The TLS handshake did not finish within the handshake timeout.
         HandshakeTimeout => "handshake_timeout",
-        /// Nothing was read from the client within the idle timeout.
+        /// No byte in either direction (from the client, or from the upstream) within the idle
+        /// timeout.
         IdleTimeout => "idle_timeout",
         /// The connection was registered but could not be started (Garnet's scenario).
         StartFailed => "start_failed",
@@ -51,6 +52,11 @@ labels! {
         /// limits (also counted as a `per_ip_limit` rejection: behind a balancer the limit can only
         /// be applied once the connection is accepted and its header read).
         PerIpLimit => "per_ip_limit",
+        /// The connection reached `max_lifetime` (spread by ±10 %) and was closed gracefully.
+        MaxLifetime => "max_lifetime",
+        /// Proxy: one side had finished, and the other did not finish within
+        /// `half_close_timeout`.
+        HalfCloseTimeout => "half_close_timeout",
     }
 }
 
@@ -82,13 +88,15 @@ mod tests {
                 DisposeReason::SessionClosed => "session_closed",
                 DisposeReason::ProxyHeaderInvalid => "proxy_header_invalid",
                 DisposeReason::PerIpLimit => "per_ip_limit",
+                DisposeReason::MaxLifetime => "max_lifetime",
+                DisposeReason::HalfCloseTimeout => "half_close_timeout",
             }
         }
         for (i, reason) in DisposeReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
             assert_eq!(reason.as_str(), contract_name(*reason));
         }
-        assert_eq!(DisposeReason::COUNT, 18);
+        assert_eq!(DisposeReason::COUNT, 20);
     }
 
     #[test]

@@ -155,6 +155,7 @@ impl ServerBuilder {
             throttles: Throttles::default(),
             next_id: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            lifetime_spread: std::collections::hash_map::RandomState::new(),
         });
         let acceptors = start_acceptors(&workers, &registries, copies, &env);
         log_listening(&local_addrs, workers.len(), &env);
@@ -255,7 +256,9 @@ fn log_listening(addrs: &[SocketAddr], workers: usize, env: &ConnectionEnv) {
             "max_connections" => env.config.max_connections,
             "max_handshakes" => env.config.effective_max_handshakes(),
             "max_connections_per_ip" => env.config.max_connections_per_ip,
-            "max_handshakes_per_ip" => env.config.effective_max_handshakes_per_ip());
+            "max_handshakes_per_ip" => env.config.effective_max_handshakes_per_ip(),
+            "max_handshake_rate" => env.config.max_handshake_rate,
+            "max_handshake_rate_per_ip" => env.config.max_handshake_rate_per_ip);
     }
 }
 

@@ -15,14 +15,15 @@ use crate::upstream::pool::UpstreamSnapshot;
 labels! {
     /// Why an accepted socket was closed before it became a `Connection`.
     ///
-    /// The server-wide limits (`max_connections`, `max_handshakes`) reject nothing: at those,
-    /// the acceptors stop accepting and clients wait in the kernel's backlog.
+    /// The server-wide limits (`max_connections`, `max_handshakes`, `max_handshake_rate`)
+    /// reject nothing: at those, the acceptors stop accepting and clients wait in the kernel's
+    /// backlog.
     pub enum RejectReason {
         /// The process ran out of file descriptors: the socket was accepted on the spare
         /// descriptor and closed at once, so the client sees a prompt close instead of a hang.
         FdExhausted => "fd_exhausted",
         /// Its client address (IPv6: its /64) was at `max_connections_per_ip` or
-        /// `max_handshakes_per_ip`.
+        /// `max_handshakes_per_ip`, or over `max_handshake_rate_per_ip`.
         PerIpLimit => "per_ip_limit",
     }
 }
@@ -128,11 +129,14 @@ pub struct Snapshot {
     /// logged too). 0 unless a guarantee broke: see ARCHITECTURE.md.
     pub dispose_lost: u64,
     /// Acceptors not polling their listener right now: waiting for a connection or handshake
-    /// slot, or backing off after the process ran out of descriptors.
+    /// slot or for their turn under the handshake rate, or backing off after the process ran
+    /// out of descriptors.
     pub acceptors_paused: i64,
     /// Connections admitted by each worker's acceptor, indexed by worker.
     pub worker_accepted: Vec<u64>,
-    /// Client addresses (IPv6: /64 prefixes) holding a per-IP slot; 0 once no connection is live.
+    /// Client addresses (IPv6: /64 prefixes) holding a per-IP slot, or whose handshake-rate
+    /// bucket is still refilling; 0 once no connection is live (with a per-IP rate, a second
+    /// or so later).
     pub per_ip_clients: usize,
     /// Proxy traffic (all zero when not proxying).
     pub proxy: ProxySnapshot,
