@@ -11,6 +11,7 @@
 //!   each side; `session.rs` and `proxy.rs`: what happens to the bytes read;
 //!   `shared_socket.rs`: a socket with a reading, a writing and a watching owner (a stalled
 //!   write notices the other side's reset);
+//! - `injected.rs`: what a runtime fault rule that hit the connection does to it;
 //! - `messages.rs`: what it receives; `env.rs`: what every connection of a server shares;
 //!   `access_log.rs`: the fields of its one `disposed` line.
 
@@ -19,6 +20,7 @@ pub(crate) mod actor;
 pub(crate) mod env;
 pub(crate) mod handshake;
 mod handshake_failure;
+mod injected;
 mod machine;
 pub(crate) mod messages;
 mod phase;

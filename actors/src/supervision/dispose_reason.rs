@@ -51,6 +51,9 @@ labels! {
         /// limits (also counted as a `per_ip_limit` rejection: behind a balancer the limit can only
         /// be applied once the connection is accepted and its header read).
         PerIpLimit => "per_ip_limit",
+        /// A runtime fault rule (`POST /faults`) ended it on purpose: a reset during the
+        /// handshake, a truncation, a reset or an early `close_notify` after some bytes.
+        FaultInjected => "fault_injected",
     }
 }
 
@@ -82,6 +85,7 @@ mod tests {
                 DisposeReason::SessionClosed => "session_closed",
                 DisposeReason::ProxyHeaderInvalid => "proxy_header_invalid",
                 DisposeReason::PerIpLimit => "per_ip_limit",
+                DisposeReason::FaultInjected => "fault_injected",
             }
         }
         for (i, reason) in DisposeReason::ALL.iter().enumerate() {
