@@ -92,7 +92,7 @@ mod tests {
             assert_eq!(reason.index(), i);
             assert_eq!(reason.as_str(), contract_name(*reason));
         }
-        assert_eq!(DisposeReason::COUNT, 18);
+        assert_eq!(DisposeReason::COUNT, 19);
     }
 
     #[test]
