@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::connection::access_log::DisposalFields;
 use crate::connection::env::ConnectionEnv;
-use crate::connection::injected::Hit;
+use crate::connection::hit::Hit;
 use crate::connection::messages::{Close, CloseMode, Describe, Inbound, ReaderFinished, Side};
 use crate::connection::phase::{Accepted, Phase};
 use crate::edge::admission::HandshakeSlot;

@@ -1,5 +1,5 @@
 //! A connection hit by a runtime fault rule: what the rule picked at the ClientHello leaves
-//! for the open connection ([`Hit`]), and the three places the state machine asks it — before
+//! for the open connection (a `Hit`, `hit.rs`), and the three places the state machine asks it — before
 //! a write (a pause), as bytes go to the client (a cut), and when the cut is reached (the
 //! ending, through `close` or `stop` like every other ending, reason `fault_injected`).
 
@@ -9,16 +9,10 @@ use actix::prelude::*;
 
 use crate::connection::actor::{log_conn, Connection};
 use crate::connection::handshake::ClientWatch;
-use crate::fault::injected::{DataFault, Ending};
+use crate::connection::hit::Hit;
+use crate::fault::injected::Ending;
 use crate::fault::set::Picked;
 use crate::supervision::dispose_reason::DisposeReason;
-
-/// A rule acting on this open connection, with a watch on the client's socket to reset or
-/// truncate it.
-pub(crate) struct Hit {
-    fault: DataFault,
-    client: ClientWatch,
-}
 
 impl Connection {
     /// The rule the ClientHello picked, if any: logged, and kept if it acts on the open

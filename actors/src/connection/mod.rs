@@ -11,7 +11,8 @@
 //!   each side; `session.rs` and `proxy.rs`: what happens to the bytes read;
 //!   `shared_socket.rs`: a socket with a reading, a writing and a watching owner (a stalled
 //!   write notices the other side's reset);
-//! - `injected.rs`: what a runtime fault rule that hit the connection does to it;
+//! - `injected.rs`: what a runtime fault rule that hit the connection does to it (`hit.rs`:
+//!   what it keeps of the rule);
 //! - `messages.rs`: what it receives; `env.rs`: what every connection of a server shares;
 //!   `access_log.rs`: the fields of its one `disposed` line.
 
@@ -20,6 +21,7 @@ pub(crate) mod actor;
 pub(crate) mod env;
 pub(crate) mod handshake;
 mod handshake_failure;
+mod hit;
 mod injected;
 mod machine;
 pub(crate) mod messages;
