@@ -118,14 +118,14 @@ pub(crate) fn parse(body: &[u8]) -> Result<FaultRule, String> {
         .peer
         .map(|p| p.parse().map_err(|e| format!("peer: {e}")))
         .transpose()?;
+    let mut matching = FaultMatch::default();
+    matching.sni = m.sni;
+    matching.peer = peer;
+    matching.listener = m.listener;
+    matching.probability = m.probability.unwrap_or(1.0);
+    matching.at_most = m.at_most;
     Ok(FaultRule {
-        matching: FaultMatch {
-            sni: m.sni,
-            peer,
-            listener: m.listener,
-            probability: m.probability.unwrap_or(1.0),
-            at_most: m.at_most,
-        },
+        matching,
         action,
         lifetime: duration("expires_in", &json.expires_in)?,
     })

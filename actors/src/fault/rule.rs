@@ -20,7 +20,9 @@ const MAX_SNI: usize = 253;
 
 /// Which connections a rule hits. Every field given must match; an empty match hits every
 /// connection. The match is made once per connection, once its ClientHello is read (so the
-/// SNI is known); a connection that sends no ClientHello is never hit.
+/// SNI is known); a connection that sends no ClientHello is never hit. Non-exhaustive (a
+/// `service` field comes with services): start from `FaultMatch::default()` and set fields.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
 pub struct FaultMatch {
     /// The SNI the client sent, exactly (without regard to ASCII case). (A `service` field
