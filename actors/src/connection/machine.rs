@@ -220,7 +220,8 @@ impl Connection {
         if !matches!(self.phase, Phase::Handshaking(_)) {
             return;
         }
-        let client = result.as_ref().ok().map(handshake::watch);
+        // A watch (one more owner of the socket) only for a connection a rule hit.
+        let client = picked.and(result.as_ref().ok()).map(handshake::watch);
         self.fault_picked(picked, client.as_ref());
         let stream = match result {
             Ok(stream) => stream,
