@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::json;
 use slog::{info, warn, Logger};
 use tlsvisor_actors::{
-    CloseMode, ConnDescription, ConnId, HandshakeFailureClass, LogThrottle, ServerHandle, Stats,
-    RECENT_FAILURES,
+    CloseMode, ConnDescription, ConnId, FaultRuleError, FaultRuleId, Faults, HandshakeFailureClass,
+    LogThrottle, ServerHandle, Stats, RECENT_FAILURES,
 };
 
 use crate::cli::parse_duration;
@@ -52,6 +52,8 @@ pub(crate) struct Admin {
     /// `None`: no token asked for (keep the listener on loopback then).
     pub token: Option<String>,
     pub unauthorized: IntCounter,
+    /// The server's fault set, with `--runtime-faults` (`/faults` answers 404 without).
+    pub faults: Option<Faults>,
     /// One warning line per second at most for refused requests.
     pub refusals_logged: LogThrottle,
     pub log: Logger,
@@ -114,7 +116,12 @@ fn routes_behind_the_token(routes: &mut web::ServiceConfig) {
         .route("/pause", web::post().to(pause))
         .route("/resume", web::post().to(resume))
         .route("/drain", web::post().to(drain))
-        .route("/reload", web::post().to(reload_tls));
+        .route("/reload", web::post().to(reload_tls))
+        .route("/faults", web::get().to(list_faults))
+        .route("/faults", web::post().to(add_fault))
+        .route("/faults/{id}", web::delete().to(remove_fault))
+        // The only bodies read are `POST /faults`'s: a few hundred bytes (413 past this).
+        .app_data(web::PayloadConfig::new(crate::fault_rules::MAX_RULE_BODY));
 }
 
 /// Reads the token file (surrounding whitespace is not part of the token).
@@ -399,6 +406,60 @@ async fn reload_tls(admin: web::Data<Admin>) -> HttpResponse {
     }
 }
 
+/// The answer to `/faults` on a server without `--runtime-faults`.
+fn faults_off() -> HttpResponse {
+    HttpResponse::NotFound()
+        .json(json!({"error": "runtime faults are off (start with --runtime-faults)"}))
+}
+
+/// `GET /faults`: the installed rules, with how often each fired.
+async fn list_faults(admin: web::Data<Admin>) -> HttpResponse {
+    let Some(faults) = &admin.faults else {
+        return faults_off();
+    };
+    let rules: Vec<_> = faults
+        .rules()
+        .iter()
+        .map(crate::fault_rules::show)
+        .collect();
+    HttpResponse::Ok().json(json!({ "faults": rules }))
+}
+
+/// `POST /faults`: installs the rule the JSON body describes; answers its id.
+async fn add_fault(admin: web::Data<Admin>, body: web::Bytes) -> HttpResponse {
+    let Some(faults) = &admin.faults else {
+        return faults_off();
+    };
+    let rule = match crate::fault_rules::parse(&body) {
+        Ok(rule) => rule,
+        Err(why) => return HttpResponse::BadRequest().json(json!({ "error": why })),
+    };
+    let action = rule.action.name();
+    match faults.install(rule) {
+        Ok(id) => {
+            warn!(admin.log, "admin: fault rule installed"; "fault_id" => id.0, "action" => action);
+            HttpResponse::Created().json(json!({ "id": id.0 }))
+        }
+        Err(e @ FaultRuleError::TooMany) => {
+            HttpResponse::Conflict().json(json!({ "error": e.to_string() }))
+        }
+        Err(e) => HttpResponse::BadRequest().json(json!({ "error": e.to_string() })),
+    }
+}
+
+/// `DELETE /faults/{id}`: removes a rule (connections it hit keep what it did to them).
+async fn remove_fault(admin: web::Data<Admin>, id: web::Path<u64>) -> HttpResponse {
+    let Some(faults) = &admin.faults else {
+        return faults_off();
+    };
+    if faults.remove(FaultRuleId(*id)) {
+        info!(admin.log, "admin: fault rule removed"; "fault_id" => *id);
+        HttpResponse::Ok().json(json!({ "id": *id, "removed": true }))
+    } else {
+        HttpResponse::NotFound().json(json!({ "error": "no fault rule with this id", "id": *id }))
+    }
+}
+
 /// One connection as JSON: each TLS field only when known.
 fn describe(d: &ConnDescription) -> serde_json::Value {
     let mut out = json!({
@@ -463,6 +524,10 @@ pub(crate) fn start_for(
             metrics,
             token,
             unauthorized,
+            faults: settings
+                .values
+                .runtime_faults
+                .then(|| server.faults().clone()),
             refusals_logged: LogThrottle::new(),
             log: log.clone(),
         },

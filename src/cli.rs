@@ -271,6 +271,12 @@ serve_settings! {
     /// `Authorization: Bearer TOKEN`.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Let the admin API install TLS faults for testing clients (`POST /faults`: delay,
+    /// stall or reset handshakes, add latency, cap bandwidth, truncate, reset, close early).
+    /// Needs --admin-listen on loopback or --admin-token-file. Not for production traffic.
+    #[arg(long)]
+    #[serde(default)]
+    runtime_faults: bool,
     /// Read a PROXY protocol header (from a load balancer in front) before each TLS
     /// handshake; the client's original address then stands for the peer.
     #[arg(long, value_enum)]

@@ -11,6 +11,7 @@ mod check;
 mod cli;
 mod error;
 mod exposition;
+mod fault_rules;
 mod http;
 mod listen;
 mod log_bridge;

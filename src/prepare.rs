@@ -97,6 +97,9 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
             .ok(),
         None => None,
     };
+    if let Some(problem) = runtime_faults_refused(settings) {
+        problems.push(problem);
+    }
     if let Err(e) = crate::privileges::check(
         settings.values.user.as_deref(),
         settings.values.group.as_deref(),
@@ -121,6 +124,29 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
             })
         }
         _ => Err(Problems(problems)),
+    }
+}
+
+/// Why `--runtime-faults` cannot be on with these settings, if it cannot: its rules are
+/// installed through the admin API, and whoever can install one can break every connection,
+/// so that API must be there and reachable from loopback only, or ask for a token.
+fn runtime_faults_refused(settings: &Settings) -> Option<String> {
+    let values = &settings.values;
+    if !values.runtime_faults {
+        return None;
+    }
+    match values.admin_listen {
+        None => Some(
+            "--runtime-faults needs --admin-listen: its rules are installed through the admin API"
+                .to_string(),
+        ),
+        Some(addr) if !addr.ip().is_loopback() && values.admin_token_file.is_none() => {
+            Some(format!(
+                "--runtime-faults needs --admin-token-file when --admin-listen ({addr}) is not \
+                 on loopback: anyone who reaches it could break every connection"
+            ))
+        }
+        Some(_) => None,
     }
 }
 

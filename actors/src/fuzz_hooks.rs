@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::edge::accept_proxy::{self, Original, ProxyVersions};
+use crate::fault::injected::HelloFault;
 use crate::tls::certificate::CertificateInfo;
 use crate::tls::client_auth::{AllowList, ClientIdentity};
 use crate::tls::source::LoadedTls;
@@ -52,10 +53,11 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     use crate::connection::handshake::{accept, HandshakeError};
     // The fuzz targets' streams end; a day is no limit for them.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
-    match accept(tls, io, deadline).await {
+    match accept(tls, io, deadline, |_| HelloFault::Proceed).await {
         Ok(stream) => Ok(stream.get_ref().1.server_name().map(str::to_string)),
         Err(HandshakeError::Failed { error, .. }) => Err(error),
         Err(HandshakeError::TimedOut { .. }) => Err(io::ErrorKind::TimedOut.into()),
+        Err(HandshakeError::Injected) => Err(io::ErrorKind::ConnectionReset.into()),
     }
 }
 

@@ -135,6 +135,9 @@ pub use supervision::stats::{
 };
 // Errors.
 pub use error::{ServerError, SessionError, TlsConfigError};
-// Fault injection, compiled in only with the feature.
-#[cfg(feature = "fault-injection")]
-pub use fault::{FaultPoint, Faults};
+// Faults on purpose: the runtime rules (always), and the named points (switched on only with
+// the `fault-injection` feature).
+pub use fault::{
+    FaultAction, FaultDirection, FaultMatch, FaultPoint, FaultRule, FaultRuleError, FaultRuleId,
+    Faults, InstalledFault, MAX_FAULT_DELAY, MAX_FAULT_LIFETIME, MAX_FAULT_RULES,
+};

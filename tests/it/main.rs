@@ -33,3 +33,4 @@ mod limits;
 mod memory;
 mod privileges;
 mod process;
+mod runtime_faults;

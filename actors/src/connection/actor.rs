@@ -13,10 +13,11 @@ use tokio::net::TcpStream;
 
 use crate::connection::access_log::DisposalFields;
 use crate::connection::env::ConnectionEnv;
+use crate::connection::hit::Hit;
 use crate::connection::messages::{Close, CloseMode, Describe, Inbound, ReaderFinished, Side};
 use crate::connection::phase::{Accepted, Phase};
 use crate::edge::admission::HandshakeSlot;
-use crate::fault::FaultPoint;
+use crate::fault::point::FaultPoint;
 use crate::supervision::conn_description::ConnDescription;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
@@ -57,6 +58,8 @@ pub(crate) struct Connection {
     /// Decrypted bytes read from the client and written to it (the access log's sizes).
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
+    /// The runtime fault rule acting on this connection, if one hit it (boxed: rare).
+    pub(super) hit: Option<Box<Hit>>,
     pub(super) registration: Registration<Connection>,
 }
 
@@ -82,6 +85,7 @@ impl Connection {
             registered_at: Instant::now(),
             bytes_in: 0,
             bytes_out: 0,
+            hit: None,
             registration,
         }
     }
@@ -109,6 +113,8 @@ impl Actor for Connection {
         // closes the sockets at once, stops the readers (each lives while its handle, owned by
         // the phase, does), gives back the handshake slot and the upstream.
         let last = std::mem::replace(&mut self.phase, Phase::Disposed);
+        // Its watch is one more owner of the client's socket: it goes with the phase.
+        self.hit = None;
         let reason = match self.reason {
             Some(reason) => reason,
             // A handler unwound: actix ran this hook while dropping the panicked actor.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use slog::Logger;
 
 use crate::edge::admission::Limits;
-use crate::fault::Faults;
+use crate::fault::set::Faults;
 use crate::protocol::Protocol;
 use crate::supervision::config::ServerConfig;
 use crate::supervision::log_throttle::Throttles;

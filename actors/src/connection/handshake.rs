@@ -12,6 +12,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::connection::handshake_failure::{HelloSummary, UnrecognizedName};
 use crate::connection::shared_socket::{SharedSocket, SocketWatch};
 use crate::edge::read_ahead::ReadAhead;
+use crate::fault::injected::HelloFault;
 use crate::tls::refused_certificate::{RefusedCertificate, WithRefused};
 use crate::tls::source::LoadedTls;
 
@@ -42,15 +43,19 @@ pub(crate) enum HandshakeError {
         /// The client certificate the verifier refused, if that is why it failed.
         refused: Option<RefusedCertificate>,
     },
+    /// A fault rule reset it once the ClientHello was read (the socket resets on close).
+    Injected,
 }
 
 /// Runs the handshake on `tcp` with `tls`, bounded by `limit`; `inject_failure` is the
-/// `during_handshake` fault point.
+/// `during_handshake` fault point, `at_hello` asks the runtime fault rules what to do once the
+/// ClientHello (and so the SNI) is read, with a watch on the socket to act on it.
 pub(super) async fn handshake(
     tls: Arc<LoadedTls>,
     tcp: TcpStream,
     limit: Duration,
     inject_failure: bool,
+    at_hello: impl FnOnce(&ClientWatch, Option<&str>) -> HelloFault,
 ) -> Result<TlsStream, HandshakeError> {
     if inject_failure {
         return Err(HandshakeError::Failed {
@@ -59,7 +64,12 @@ pub(super) async fn handshake(
             refused: None,
         });
     }
-    accept(tls, SharedSocket::new(tcp), Instant::now() + limit).await
+    let socket = SharedSocket::new(tcp);
+    let watch = socket.watch();
+    accept(tls, socket, Instant::now() + limit, |sni| {
+        at_hello(&watch, sni)
+    })
+    .await
 }
 
 /// A fatal `unrecognized_name` alert (RFC 6066) as a plaintext TLS record: before the
@@ -69,12 +79,14 @@ const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 /// Runs the handshake on `io` (a client's socket; an in-memory stream in the fuzz targets)
 /// with `tls`, finished by `deadline`. The ClientHello is read first so that a `--sni-strict`
 /// server can refuse an unknown name with `unrecognized_name`, which rustls's certificate
-/// resolver cannot send (a resolver that finds nothing makes rustls send `access_denied`), and
-/// so that a failure can say what the client offered.
+/// resolver cannot send (a resolver that finds nothing makes rustls send `access_denied`), so
+/// that a failure can say what the client offered, and so that a runtime fault rule can
+/// match the SNI (`at_hello`, asked once with it).
 pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     tls: Arc<LoadedTls>,
     io: S,
     deadline: Instant,
+    at_hello: impl FnOnce(Option<&str>) -> HelloFault,
 ) -> Result<tokio_rustls::server::TlsStream<ReadAhead<S>>, HandshakeError> {
     let hello_read =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(io));
@@ -100,6 +112,22 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             hello: Some(hello),
             refused: None,
         });
+    }
+    match at_hello(hello.sni.as_deref()) {
+        HelloFault::Proceed => {}
+        HelloFault::Delay(delay) => {
+            if timeout_at(deadline, tokio::time::sleep(delay))
+                .await
+                .is_err()
+            {
+                return Err(HandshakeError::TimedOut { hello: Some(hello) });
+            }
+        }
+        HelloFault::Stall => {
+            tokio::time::sleep_until(deadline).await;
+            return Err(HandshakeError::TimedOut { hello: Some(hello) });
+        }
+        HelloFault::Reset => return Err(HandshakeError::Injected),
     }
     let finish = WithRefused::new(start.into_stream(Arc::clone(tls.config())));
     match timeout_at(deadline, finish).await {

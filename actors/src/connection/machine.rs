@@ -41,7 +41,10 @@ use crate::connection::reader::{Reader, ReaderHandle};
 use crate::connection::upstream_link::UpstreamLink;
 use crate::connection::writer::{OtherSideFailed, Writer};
 use crate::edge::accept_proxy::{read_header, Original};
-use crate::fault::FaultPoint;
+use crate::fault::injected::HelloFault;
+use crate::fault::point::FaultPoint;
+use crate::fault::rule::Candidate;
+use crate::fault::set::Picked;
 use crate::protocol::{ConnInfo, Flow};
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::handshake_failures::{
@@ -169,10 +172,38 @@ impl Connection {
         let tls = self.env.tls.current();
         let limit = self.env.config.handshake_timeout;
         let inject_failure = self.fault(FaultPoint::DuringHandshake);
+        // The runtime fault rules, asked once the ClientHello is read; with none installed
+        // this is one relaxed load, and the handshake asks nothing.
+        let rules = self.env.faults.has_rules().then(|| self.env.faults.clone());
+        let peer = self.peer.ip();
+        let running = async move {
+            let mut picked = None;
+            let result = handshake(tls, tcp, limit, inject_failure, |watch, sni| {
+                let Some(rules) = rules else {
+                    return HelloFault::Proceed;
+                };
+                let listener = || watch.local_addr();
+                picked = rules.pick(&Candidate {
+                    peer,
+                    listener: &listener,
+                    sni,
+                });
+                let at_hello = picked.map_or(HelloFault::Proceed, |p| p.at_hello());
+                if at_hello == HelloFault::Reset {
+                    // The handshake's handles on the socket go as it returns: an RST then.
+                    let _ = watch.reset_on_close();
+                }
+                at_hello
+            })
+            .await;
+            (result, picked)
+        };
         ctx.spawn(
-            handshake(tls, tcp, limit, inject_failure)
+            running
                 .into_actor(self)
-                .map(move |result, act, ctx| act.handshake_done(result, local, ctx)),
+                .map(move |(result, picked), act, ctx| {
+                    act.handshake_done(result, picked, local, ctx)
+                }),
         );
     }
 
@@ -184,14 +215,19 @@ impl Connection {
     fn handshake_done(
         &mut self,
         result: Result<TlsStream, HandshakeError>,
+        picked: Option<Picked>,
         local: Option<SocketAddr>,
         ctx: &mut Context<Self>,
     ) {
         if !matches!(self.phase, Phase::Handshaking(_)) {
             return;
         }
+        // A watch (one more owner of the socket) only for a connection a rule hit.
+        let client = picked.and(result.as_ref().ok()).map(handshake::watch);
+        self.fault_picked(picked, client.as_ref());
         let stream = match result {
             Ok(stream) => stream,
+            Err(HandshakeError::Injected) => return self.stop(DisposeReason::FaultInjected, ctx),
             Err(HandshakeError::TimedOut { hello }) => {
                 let class = HandshakeFailureClass::Timeout;
                 self.handshake_failed(class, None, hello, None, "timed out");
@@ -251,6 +287,9 @@ impl Connection {
         });
         if let Some(limit) = self.env.config.idle_timeout {
             self.arm_idle_timer(limit, ctx);
+        }
+        if let Some(ending) = self.fault_at_once() {
+            return self.fault_ends(ending, ctx);
         }
         if matches!(self.env.service, Service::Proxy(_)) {
             self.connect_upstream(ctx);

@@ -13,6 +13,8 @@
 //!   each side; `session.rs` and `proxy.rs`: what happens to the bytes read;
 //!   `shared_socket.rs`: a socket with a reading, a writing and a watching owner (a stalled
 //!   write notices the other side's reset);
+//! - `injected.rs`: what a runtime fault rule that hit the connection does to it (`hit.rs`:
+//!   what it keeps of the rule);
 //! - `messages.rs`: what it receives; `env.rs`: what every connection of a server shares;
 //!   `access_log.rs`: the fields of its one `disposed` line.
 
@@ -22,6 +24,8 @@ mod deadlines;
 pub(crate) mod env;
 pub(crate) mod handshake;
 mod handshake_failure;
+mod hit;
+mod injected;
 mod machine;
 pub(crate) mod messages;
 mod phase;

@@ -34,6 +34,7 @@ impl Connection {
     /// Writes a chunk of the client's to the upstream, unless the client's socket fails
     /// first; the state machine gets the write half back once it is over.
     fn write_to_upstream(&mut self, bytes: bytes::Bytes) -> ResponseActFuture<Self, ()> {
+        let pause = self.fault_pause(bytes.len(), false);
         let Phase::Open(Open {
             service: OpenService::Proxy(proxying),
             ..
@@ -47,6 +48,9 @@ impl Connection {
         let client = proxying.client.clone();
         let stall_limit = self.env.config.idle_timeout;
         let write = async move {
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
             let outcome = watching(stall_limit, half.write_all(&bytes), client.failed()).await;
             (half, outcome.map(|written| written.map(|()| bytes.len())))
         };

@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::connection::messages::{Inbound, ReadOutcome, ReaderFinished, Side};
-use crate::fault::{FaultPoint, Faults};
+use crate::fault::point::FaultPoint;
+use crate::fault::set::Faults;
 
 /// Reads one side of a connection and hands each chunk to its parent `Connection`, waiting for
 /// the parent to handle it before reading again (backpressure).

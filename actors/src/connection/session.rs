@@ -16,7 +16,7 @@ use crate::connection::messages::{Inbound, Side};
 use crate::connection::phase::{Open, OpenService, Phase, SessionState};
 use crate::connection::writer::watching;
 use crate::error::SessionError;
-use crate::fault::FaultPoint;
+use crate::fault::point::FaultPoint;
 use crate::protocol::{AsyncReply, Flow, Session};
 use crate::supervision::dispose_reason::DisposeReason;
 
@@ -194,9 +194,16 @@ impl Connection {
             return Box::pin(fut::ready(()));
         };
         let stall_limit = self.env.config.idle_timeout;
+        // A runtime fault rule may slow this write, or cut it short and end the connection.
+        let len = data.as_ref().len();
+        let pause = self.fault_pause(len, true);
+        let (allowed, ending) = self.fault_cut(len);
         let write = async move {
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
             let writing = async {
-                half.write_all(data.as_ref()).await?;
+                half.write_all(&data.as_ref()[..allowed]).await?;
                 half.flush().await
             };
             let outcome = watching(stall_limit, writing, source).await;
@@ -205,13 +212,16 @@ impl Connection {
         Box::pin(
             write
                 .into_actor(self)
-                .map(|(half, data, outcome), act, ctx| {
+                .map(move |(half, data, outcome), act, ctx| {
                     let written = matches!(outcome, Ok(Ok(())));
                     if written {
-                        act.bytes_out += data.as_ref().len() as u64;
+                        act.bytes_out += allowed as u64;
                     }
                     done(act, data, written);
                     act.client_written(half, outcome, ctx);
+                    if let (true, Some(ending)) = (written, ending) {
+                        act.fault_ends(ending, ctx);
+                    }
                 }),
         )
     }

@@ -108,6 +108,25 @@ impl<S: Socket> SharedSocket<S> {
 }
 
 impl<S: Socket> SocketWatch<S> {
+    /// `SO_LINGER` 0: closing the socket (once its last handle goes) sends an RST instead of a
+    /// FIN. What a fault rule's reset does.
+    pub(crate) fn reset_on_close(&self) -> io::Result<()> {
+        socket2::SockRef::from(&*self.0).set_linger(Some(std::time::Duration::ZERO))
+    }
+
+    /// `shutdown(SHUT_WR)` without a TLS `close_notify`: the peer reads a truncated stream.
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        socket2::SockRef::from(&*self.0).shutdown(Shutdown::Write)
+    }
+
+    /// The address the socket was accepted on (`getsockname(2)`).
+    pub(crate) fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        socket2::SockRef::from(&*self.0)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+    }
+
     /// Resolves once the socket reports an error — a reset, retransmissions that timed out:
     /// its peer is gone for good, whatever is still queued in it. It reads nothing, so what
     /// the peer sent stays in the kernel. A future that is never polled costs nothing: a write

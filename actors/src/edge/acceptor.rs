@@ -14,7 +14,7 @@ use crate::connection::actor::Connection;
 use crate::connection::env::ConnectionEnv;
 use crate::edge::admission::Reserved;
 use crate::edge::spare_fd;
-use crate::fault::FaultPoint;
+use crate::fault::point::FaultPoint;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::log_throttle::LogThrottle;
 use crate::supervision::messages::StopAccepting;

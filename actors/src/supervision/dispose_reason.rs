@@ -57,6 +57,9 @@ labels! {
         /// Proxy: one side had finished, and the other did not finish within
         /// `half_close_timeout`.
         HalfCloseTimeout => "half_close_timeout",
+        /// A runtime fault rule (`POST /faults`) ended it on purpose: a reset during the
+        /// handshake, a truncation, a reset or an early `close_notify` after some bytes.
+        FaultInjected => "fault_injected",
     }
 }
 
@@ -90,13 +93,14 @@ mod tests {
                 DisposeReason::PerIpLimit => "per_ip_limit",
                 DisposeReason::MaxLifetime => "max_lifetime",
                 DisposeReason::HalfCloseTimeout => "half_close_timeout",
+                DisposeReason::FaultInjected => "fault_injected",
             }
         }
         for (i, reason) in DisposeReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
             assert_eq!(reason.as_str(), contract_name(*reason));
         }
-        assert_eq!(DisposeReason::COUNT, 20);
+        assert_eq!(DisposeReason::COUNT, 21);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::edge::admission::Limits;
 use crate::edge::listeners::{ListenOn, Listeners};
 use crate::edge::spare_fd;
 use crate::error::ServerError;
-use crate::fault::Faults;
+use crate::fault::set::Faults;
 use crate::protocol::Protocol;
 use crate::supervision::config::ServerConfig;
 use crate::supervision::conn_description::ConnDescription;
@@ -98,8 +98,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Uses this fault set; switching points on in it affects this server only.
-    #[cfg(feature = "fault-injection")]
+    /// Uses this fault set (shared with its clones: rules installed in it, or points switched
+    /// on, affect this server only).
     pub fn faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
         self
@@ -169,7 +169,6 @@ impl ServerBuilder {
             workers,
             local_addrs,
             stats,
-            #[cfg(feature = "fault-injection")]
             faults: self.faults,
             log,
             tls,
@@ -277,7 +276,6 @@ pub struct Server {
     /// Never empty: one per listener, in the order the builder was given them.
     local_addrs: Vec<SocketAddr>,
     stats: Arc<Stats>,
-    #[cfg(feature = "fault-injection")]
     faults: Faults,
     log: Logger,
     tls: TlsReloader,
@@ -389,8 +387,8 @@ impl Server {
         }
     }
 
-    /// The fault set of this server: switching a point on affects this server only.
-    #[cfg(feature = "fault-injection")]
+    /// The fault set of this server: a rule installed in it (or a point switched on) affects
+    /// this server only.
     pub fn faults(&self) -> &Faults {
         &self.faults
     }

@@ -17,7 +17,7 @@ use super::leak::ServerSockets;
 use super::wait::eventually;
 use crate::connection::actor::Connection;
 use crate::connection::messages::CloseMode;
-use crate::fault::Faults;
+use crate::fault::set::Faults;
 use crate::protocol::Protocol;
 use crate::supervision::config::ServerConfig;
 use crate::supervision::conn_id::ConnId;
@@ -222,9 +222,7 @@ impl Setup {
         for addr in self.listen {
             builder = builder.listen(addr);
         }
-        #[cfg(feature = "fault-injection")]
-        let builder = builder.faults(self.faults);
-        builder
+        builder.faults(self.faults)
     }
 }
 

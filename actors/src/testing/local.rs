@@ -12,7 +12,7 @@ use super::client::client_config;
 use super::harness::TestServerBuilder;
 use super::leak::ServerSockets;
 use crate::error::ServerError;
-use crate::fault::Faults;
+use crate::fault::set::Faults;
 use crate::protocol::Protocol;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::messages::ShutdownReport;
