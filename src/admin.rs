@@ -118,7 +118,8 @@ fn routes_behind_the_token(routes: &mut web::ServiceConfig) {
         .route("/pause", web::post().to(pause))
         .route("/resume", web::post().to(resume))
         .route("/drain", web::post().to(drain))
-        .route("/reload", web::post().to(reload_tls));
+        .route("/reload", web::post().to(reload_tls))
+        .route("/revalidate", web::post().to(revalidate));
 }
 
 /// Reads the token file (surrounding whitespace is not part of the token).
@@ -398,6 +399,24 @@ async fn reload_tls(admin: web::Data<Admin>) -> HttpResponse {
                 reload::ReloadError::Refused(_) => HttpResponse::InternalServerError().json(body),
             }
         }
+    }
+}
+
+/// `POST /revalidate`: a revalidation pass now, against the client-certificate policy in use
+/// (what a reload that changes it runs by itself); answers its counts. 409 with
+/// `--revalidate-live off` (connections keep no chain to check).
+async fn revalidate(admin: web::Data<Admin>) -> HttpResponse {
+    info!(admin.log, "revalidation requested"; "via" => "admin");
+    match admin.handle.revalidate().await {
+        Some(report) => HttpResponse::Ok().json(json!({
+            "kept": report.kept,
+            "closed": report.closed,
+            "duration_ms": report.elapsed.as_secs_f64() * 1000.0,
+            "complete": report.complete,
+        })),
+        None => HttpResponse::Conflict().json(json!({
+            "error": "live revalidation is off (--revalidate-live off)",
+        })),
     }
 }
 

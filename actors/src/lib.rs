@@ -129,6 +129,7 @@ pub use supervision::handshake_failures::{
     HandshakeFailure, HandshakeFailureClass, RECENT_FAILURES,
 };
 pub use supervision::messages::ShutdownReport;
+pub use supervision::revalidation::RevalidationReport;
 pub use supervision::stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };

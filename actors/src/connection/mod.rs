@@ -11,11 +11,14 @@
 //!   each side; `session.rs` and `proxy.rs`: what happens to the bytes read;
 //!   `shared_socket.rs`: a socket with a reading, a writing and a watching owner (a stalled
 //!   write notices the other side's reset);
+//! - `credentials.rs`: its client certificate checked again when the policy changes, and
+//!   closed at its expiry;
 //! - `messages.rs`: what it receives; `env.rs`: what every connection of a server shares;
 //!   `access_log.rs`: the fields of its one `disposed` line.
 
 mod access_log;
 pub(crate) mod actor;
+mod credentials;
 pub(crate) mod env;
 pub(crate) mod handshake;
 mod handshake_failure;

@@ -51,6 +51,14 @@ labels! {
         /// limits (also counted as a `per_ip_limit` rejection: behind a balancer the limit can only
         /// be applied once the connection is accepted and its header read).
         PerIpLimit => "per_ip_limit",
+        /// mTLS: a reload (or `POST /revalidate`) put in place a client-certificate policy (CA
+        /// bundle, CRLs, allow-list) that a new handshake with this client's certificate would
+        /// fail; closed gracefully. Also a resumed handshake whose certificate the current
+        /// policy refuses (rustls does not verify it again on resumption).
+        CredentialsRevoked => "credentials_revoked",
+        /// mTLS: the client's certificate (or one of the chain it presented) reached its
+        /// `notAfter` while the connection was open; closed gracefully at that moment.
+        ClientCertificateExpired => "client_certificate_expired",
     }
 }
 
@@ -82,13 +90,15 @@ mod tests {
                 DisposeReason::SessionClosed => "session_closed",
                 DisposeReason::ProxyHeaderInvalid => "proxy_header_invalid",
                 DisposeReason::PerIpLimit => "per_ip_limit",
+                DisposeReason::CredentialsRevoked => "credentials_revoked",
+                DisposeReason::ClientCertificateExpired => "client_certificate_expired",
             }
         }
         for (i, reason) in DisposeReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
             assert_eq!(reason.as_str(), contract_name(*reason));
         }
-        assert_eq!(DisposeReason::COUNT, 18);
+        assert_eq!(DisposeReason::COUNT, 20);
     }
 
     #[test]
