@@ -372,7 +372,8 @@ impl Server {
     }
 
     /// The handle that replaces the TLS configuration while the server runs (SIGHUP,
-    /// `--watch-certs`); live connections keep the configuration they started with.
+    /// `--watch-certs`); live connections keep the configuration they started with, but are
+    /// checked against a changed client-certificate policy (see [`ServerHandle::revalidate`]).
     pub fn tls_reloader(&self) -> TlsReloader {
         self.tls.clone()
     }

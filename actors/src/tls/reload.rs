@@ -17,8 +17,9 @@ pub(crate) type PolicyChanged = Box<dyn Fn(&Arc<LoadedTls>) + Send + Sync>;
 /// [`Server::tls_reloader`](crate::Server::tls_reloader)); clones share it.
 ///
 /// Each connection takes the configuration current when its handshake starts and keeps it:
-/// a reload never touches a live connection or a handshake under way, and every handshake after
-/// it uses the new configuration. A reload is all or nothing: only a configuration that loaded
+/// a reload changes no live connection's certificate or TLS policy, and every handshake after
+/// it uses the new configuration. Only the client's credentials are checked again, when the
+/// client-certificate policy changed (see [`TlsReloader::reload`]). A reload is all or nothing: only a configuration that loaded
 /// completely ([`TlsSource::load`](crate::TlsSource::load) returned it) is ever swapped in.
 #[derive(Clone)]
 pub struct TlsReloader(Arc<Shared>);
