@@ -117,6 +117,7 @@ fn routes_behind_the_token(routes: &mut web::ServiceConfig) {
         .route("/resume", web::post().to(resume))
         .route("/drain", web::post().to(drain))
         .route("/reload", web::post().to(reload_tls))
+        .route("/revalidate", web::post().to(revalidate))
         .route("/faults", web::get().to(list_faults))
         .route("/faults", web::post().to(add_fault))
         .route("/faults/{id}", web::delete().to(remove_fault))
@@ -457,6 +458,24 @@ async fn remove_fault(admin: web::Data<Admin>, id: web::Path<u64>) -> HttpRespon
         HttpResponse::Ok().json(json!({ "id": *id, "removed": true }))
     } else {
         HttpResponse::NotFound().json(json!({ "error": "no fault rule with this id", "id": *id }))
+    }
+}
+
+/// `POST /revalidate`: a revalidation pass now, against the client-certificate policy in use
+/// (what a reload that changes it runs by itself); answers its counts. 409 with
+/// `--revalidate-live off` (connections keep no chain to check).
+async fn revalidate(admin: web::Data<Admin>) -> HttpResponse {
+    info!(admin.log, "revalidation requested"; "via" => "admin");
+    match admin.handle.revalidate().await {
+        Some(report) => HttpResponse::Ok().json(json!({
+            "kept": report.kept,
+            "closed": report.closed,
+            "duration_ms": report.elapsed.as_secs_f64() * 1000.0,
+            "complete": report.complete,
+        })),
+        None => HttpResponse::Conflict().json(json!({
+            "error": "live revalidation is off (--revalidate-live off)",
+        })),
     }
 }
 

@@ -236,6 +236,13 @@ serve_settings! {
     /// [default: random keys per process, rotated every 6 h].
     #[arg(long)]
     ticket_key_file: Option<PathBuf>,
+    /// After a reload that changes the client-certificate policy (CA bundle, CRLs,
+    /// allow-lists), check every open connection's client certificate again and close those
+    /// the new policy refuses (`credentials_revoked`); close a connection when its client
+    /// certificate expires (`client_certificate_expired`). `off`: a new policy applies to new
+    /// handshakes only [default: on].
+    #[arg(long, value_enum)]
+    revalidate_live: Option<OnOff> = OnOff::On,
     /// Poll the certificate and key files every second and reload them once they changed.
     #[arg(long)]
     #[serde(default)]
@@ -367,6 +374,17 @@ pub(crate) enum ClientAuthKind {
     Require,
     /// Clients without a certificate are admitted; a certificate given must verify.
     Optional,
+}
+
+/// A setting that is `on` or `off` (and defaults to `on`, which a bare switch could not turn
+/// off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// `--tls-min-version`.
@@ -640,6 +658,23 @@ mod tests {
                 .unwrap();
         assert_eq!(args.tls_min_version, Some(TlsMinVersion::V1_2));
         assert_eq!(args.cipher_suites, ["A", "B"]);
+    }
+
+    #[test]
+    fn revalidate_live_is_on_by_default_and_off_by_flag_or_key() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["tlsvisor", "serve"].iter().chain(args))?;
+            let Some(Command::Serve(args)) = cli.command else {
+                panic!("serve");
+            };
+            Ok::<_, clap::Error>(args.values().revalidate_live)
+        };
+        assert_eq!(parse(&[]).unwrap(), OnOff::On);
+        assert_eq!(parse(&["--revalidate-live", "off"]).unwrap(), OnOff::Off);
+        assert!(parse(&["--revalidate-live", "maybe"]).is_err());
+        let args: ServeArgs = toml::from_str("revalidate-live = \"off\"").unwrap();
+        assert_eq!(args.values().revalidate_live, OnOff::Off);
+        assert!(toml::from_str::<ServeArgs>("revalidate-live = true").is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ struct StatsCollector {
 }
 
 /// (name, help, type, label) of every family the collector emits.
-const FAMILIES: [(&str, &str, MetricType, Option<&str>); 16] = [
+const FAMILIES: [(&str, &str, MetricType, Option<&str>); 17] = [
     (
         "tlsvisor_connections_active",
         "Connections registered and not yet disposed.",
@@ -120,6 +120,13 @@ const FAMILIES: [(&str, &str, MetricType, Option<&str>); 16] = [
          latest).",
         MetricType::COUNTER,
         Some("class"),
+    ),
+    (
+        "tlsvisor_connections_revalidated_total",
+        "Open connections checked against a new client-certificate policy (after a reload that \
+         changed it, or POST /revalidate), by result: kept, or closed as credentials_revoked.",
+        MetricType::COUNTER,
+        Some("result"),
     ),
 ];
 
@@ -240,6 +247,13 @@ impl Collector for StatsCollector {
                         (Some(c.as_str().to_string()), failures)
                     })
                     .collect(),
+            ),
+            family(
+                16,
+                vec![
+                    (Some("kept".into()), snap.revalidated_kept as f64),
+                    (Some("closed".into()), snap.revalidated_closed as f64),
+                ],
             ),
         ]
     }

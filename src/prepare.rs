@@ -11,7 +11,7 @@ use std::fmt;
 
 use tlsvisor_actors::{LoadedTls, ProxyConfig, ProxyHeader, ServerConfig, TlsWarning};
 
-use crate::cli::{ProtocolKind, ProxyProtocolVersion};
+use crate::cli::{OnOff, ProtocolKind, ProxyProtocolVersion};
 use crate::reload;
 use crate::settings::Settings;
 
@@ -196,6 +196,7 @@ pub(crate) fn server_config(settings: &Settings) -> ServerConfig {
     config.half_close_timeout = off_if_zero(values.half_close_timeout);
     config.close_timeout = values.close_timeout;
     config.reuse_port = values.reuse_port;
+    config.revalidate_live = values.revalidate_live == OnOff::On;
     config
 }
 

@@ -38,7 +38,11 @@
 //! SNI, [`TlsPolicy`], [`ClientAuth`], ticket keys) and [`TlsSource::load`] builds a
 //! [`LoadedTls`] only once all of it checks out. A running server's [`TlsReloader`] swaps it
 //! whole: each connection keeps the configuration current when its handshake started, so a
-//! reload never touches a live connection, and a failed load changes nothing.
+//! reload changes no live connection's certificate or policy, and a failed load changes
+//! nothing. The exception is the client's credentials: a reload that changes the
+//! client-certificate policy checks every open connection's client certificate against it, and
+//! closes those it refuses (`credentials_revoked`; [`ServerConfig::revalidate_live`],
+//! [`ServerHandle::revalidate`]).
 //!
 //! # The lifecycle guarantee
 //!
@@ -130,6 +134,7 @@ pub use supervision::handshake_failures::{
 };
 pub use supervision::log_throttle::LogThrottle;
 pub use supervision::messages::ShutdownReport;
+pub use supervision::revalidation::RevalidationReport;
 pub use supervision::stats::{
     LatencySnapshot, Ledger, ProxySnapshot, RejectReason, Snapshot, Stats, CONNECT_LATENCY_BUCKETS,
 };

@@ -33,4 +33,5 @@ mod limits;
 mod memory;
 mod privileges;
 mod process;
+mod revalidate;
 mod runtime_faults;

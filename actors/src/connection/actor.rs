@@ -22,6 +22,7 @@ use crate::supervision::conn_description::ConnDescription;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::registration::Registration;
+use crate::supervision::revalidation::Revalidate;
 
 /// Logs at `$level` on the server's logger with the connection's `conn_id` and `peer` inline.
 /// Nothing is built for a filtered-out record, and an idle connection keeps no logger of its
@@ -173,6 +174,14 @@ impl Handler<Close> for Connection {
             CloseMode::Graceful => self.close(msg.reason, ctx),
             CloseMode::Force => self.stop(msg.reason, ctx),
         }
+    }
+}
+
+impl Handler<Revalidate> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Revalidate, ctx: &mut Self::Context) {
+        self.revalidate(&msg.0, ctx);
     }
 }
 

@@ -51,6 +51,7 @@ use crate::supervision::handshake_failures::{
     now_unix_ms, HandshakeFailure, HandshakeFailureClass,
 };
 use crate::tls::client_auth::is_client_auth_failure;
+use crate::tls::client_policy::{ClientPolicy, PeerChain};
 use crate::tls::info::TlsInfo;
 use crate::tls::refused_certificate::RefusedCertificate;
 use crate::upstream::pool::Connected;
@@ -168,8 +169,10 @@ impl Connection {
             true => tcp.local_addr().ok(),
             false => None,
         };
-        // Taken now and kept: a reload during this handshake does not change it.
+        // Taken now and kept: a reload during this handshake does not change it (but the
+        // policy it verified the client with is compared with the current one as it ends).
         let tls = self.env.tls.current();
+        let verified_by = tls.client_policy().cloned();
         let limit = self.env.config.handshake_timeout;
         let inject_failure = self.fault(FaultPoint::DuringHandshake);
         // The runtime fault rules, asked once the ClientHello is read; with none installed
@@ -202,7 +205,7 @@ impl Connection {
             running
                 .into_actor(self)
                 .map(move |(result, picked), act, ctx| {
-                    act.handshake_done(result, picked, local, ctx)
+                    act.handshake_done(result, picked, local, verified_by, ctx)
                 }),
         );
     }
@@ -217,6 +220,7 @@ impl Connection {
         result: Result<TlsStream, HandshakeError>,
         picked: Option<Picked>,
         local: Option<SocketAddr>,
+        verified_by: Option<Arc<ClientPolicy>>,
         ctx: &mut Context<Self>,
     ) {
         if !matches!(self.phase, Phase::Handshaking(_)) {
@@ -248,11 +252,17 @@ impl Connection {
             }
         };
         let tls = TlsInfo::of(stream.get_ref().1);
+        let peer_chain = match self.env.config.revalidate_live {
+            true => PeerChain::of(stream.get_ref().1.peer_certificates()),
+            false => None,
+        };
+        let resumed = tls.resumed;
         let established = Established {
             // Handshaking starts right after registration, so the time since then is the
             // handshake's.
             handshake_ms: self.registered_at.elapsed().as_millis() as u64,
             tls: Box::new(tls.clone()),
+            peer_chain,
         };
         let watch = handshake::watch(&stream);
         let (read_half, write_half) = tokio::io::split(stream);
@@ -291,6 +301,8 @@ impl Connection {
         if let Some(ending) = self.fault_at_once() {
             return self.fault_ends(ending, ctx);
         }
+        // May close it at once: a proxy then connects nothing (its phase is not `Open`).
+        self.credentials_established(verified_by.as_deref(), resumed, ctx);
         if matches!(self.env.service, Service::Proxy(_)) {
             self.connect_upstream(ctx);
         }

@@ -15,11 +15,14 @@
 //!   write notices the other side's reset);
 //! - `injected.rs`: what a runtime fault rule that hit the connection does to it (`hit.rs`:
 //!   what it keeps of the rule);
+//! - `credentials.rs`: its client certificate checked again when the policy changes, and
+//!   closed at its expiry;
 //! - `messages.rs`: what it receives; `env.rs`: what every connection of a server shares;
 //!   `access_log.rs`: the fields of its one `disposed` line.
 
 mod access_log;
 pub(crate) mod actor;
+mod credentials;
 mod deadlines;
 pub(crate) mod env;
 pub(crate) mod handshake;

@@ -9,6 +9,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::SpawnHandle;
@@ -22,6 +23,7 @@ use crate::connection::upstream_link::UpstreamLink;
 use crate::connection::writer::Writer;
 use crate::edge::admission::HandshakeSlot;
 use crate::protocol::Session;
+use crate::tls::client_policy::PeerChain;
 use crate::tls::info::TlsInfo;
 
 /// Where a connection is in its life. Phases only move forward.
@@ -60,6 +62,9 @@ pub(super) struct Established {
     pub(super) tls: Box<TlsInfo>,
     /// How long the handshake took, from registration.
     pub(super) handshake_ms: u64,
+    /// The client's certificate chain, kept for live revalidation: only when the client
+    /// presented one and `revalidate_live` is on (a connection without pays one null pointer).
+    pub(super) peer_chain: Option<Arc<PeerChain>>,
 }
 
 /// An open connection.

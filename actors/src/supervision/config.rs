@@ -78,6 +78,14 @@ pub struct ServerConfig {
     /// of a binary upgrade shares one socket instead and loses nothing). Also lets any process
     /// of the same user bind into the port.
     pub reuse_port: bool,
+    /// Live revalidation (on by default): after a reload that changes the client-certificate
+    /// policy (CA bundle, CRLs, allow-list), every open connection's client certificate chain
+    /// is verified again against the new policy and those a new handshake would refuse are
+    /// closed gracefully (`credentials_revoked`); a connection is closed when its client
+    /// certificate expires (`client_certificate_expired`). Each connection with a client
+    /// certificate keeps its chain for this (see ARCHITECTURE.md for the cost). Off: a new
+    /// policy applies to new handshakes only, and nothing is kept.
+    pub revalidate_live: bool,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +109,7 @@ impl Default for ServerConfig {
             read_buffer: 64 * 1024,
             backlog: 1024,
             reuse_port: false,
+            revalidate_live: true,
         }
     }
 }

@@ -60,6 +60,14 @@ labels! {
         /// A runtime fault rule (`POST /faults`) ended it on purpose: a reset during the
         /// handshake, a truncation, a reset or an early `close_notify` after some bytes.
         FaultInjected => "fault_injected",
+        /// mTLS: a reload (or `POST /revalidate`) put in place a client-certificate policy (CA
+        /// bundle, CRLs, allow-list) that a new handshake with this client's certificate would
+        /// fail; closed gracefully. Also a resumed handshake whose certificate the current
+        /// policy refuses (rustls does not verify it again on resumption).
+        CredentialsRevoked => "credentials_revoked",
+        /// mTLS: the client's certificate (or one of the chain it presented) reached its
+        /// `notAfter` while the connection was open; closed gracefully at that moment.
+        ClientCertificateExpired => "client_certificate_expired",
     }
 }
 
@@ -94,13 +102,15 @@ mod tests {
                 DisposeReason::MaxLifetime => "max_lifetime",
                 DisposeReason::HalfCloseTimeout => "half_close_timeout",
                 DisposeReason::FaultInjected => "fault_injected",
+                DisposeReason::CredentialsRevoked => "credentials_revoked",
+                DisposeReason::ClientCertificateExpired => "client_certificate_expired",
             }
         }
         for (i, reason) in DisposeReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
             assert_eq!(reason.as_str(), contract_name(*reason));
         }
-        assert_eq!(DisposeReason::COUNT, 21);
+        assert_eq!(DisposeReason::COUNT, 23);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::connection::messages::{Close, CloseMode};
 use crate::supervision::conn_description::ConnDescription;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::revalidation::Revalidate;
 
 /// Worker arbiter → registry, before the connection actor `C` starts: records a live
 /// connection. The registry keeps only a weak address, so the entry never keeps a dead
@@ -72,6 +73,12 @@ pub(crate) struct Kill {
     /// Graceful (close_notify first) or forced.
     pub mode: CloseMode,
 }
+
+/// A revalidation pass → registry: send this `Revalidate` to every live connection (each
+/// checks itself, on its own actor). Replies with how many were asked.
+#[derive(Message, Clone)]
+#[rtype(result = "usize")]
+pub(crate) struct RevalidateAll(pub Revalidate);
 
 /// Anyone → registry: resolves once no connection is registered (at once if none is).
 #[derive(Message, Clone, Copy, Debug)]

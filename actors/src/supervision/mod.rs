@@ -15,6 +15,8 @@ pub(crate) mod log_throttle;
 pub(crate) mod messages;
 pub(crate) mod registration;
 pub(crate) mod registry;
+pub(crate) mod revalidation;
+pub(crate) mod revalidator;
 pub(crate) mod server;
 pub(crate) mod stats;
 pub(crate) mod supervisor;

@@ -17,8 +17,9 @@ use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::messages::{
     CloseAll, CloseOne, DescribeConnections, Dispose, DisposedVia, Kill, LiveConnections, Register,
-    WaitEmpty,
+    RevalidateAll, WaitEmpty,
 };
+use crate::supervision::revalidation::Revalidate;
 use crate::supervision::stats::Stats;
 
 /// Capacity for `send`s to the registry. `Register` and `Dispose` use `do_send`, which ignores
@@ -44,15 +45,18 @@ pub struct DisposalRecord {
 #[cfg(feature = "testing")]
 pub(crate) type DisposalAudit = Arc<Mutex<Vec<DisposalRecord>>>;
 
-/// What a registry needs of the connections it records: to be told to close, and to describe
-/// themselves. The server's connections are `Connection` actors; the registry is generic so
+/// What a registry needs of the connections it records: to be told to close, to describe
+/// themselves, and to check their client certificate against a new policy. The server's connections are `Connection` actors; the registry is generic so
 /// that it depends on these two messages only (and can be tested with a stand-in).
 pub(crate) trait Registered:
-    Actor<Context = Context<Self>> + Handler<Close> + Handler<Describe>
+    Actor<Context = Context<Self>> + Handler<Close> + Handler<Describe> + Handler<Revalidate>
 {
 }
 
-impl<C> Registered for C where C: Actor<Context = Context<C>> + Handler<Close> + Handler<Describe> {}
+impl<C> Registered for C where
+    C: Actor<Context = Context<C>> + Handler<Close> + Handler<Describe> + Handler<Revalidate>
+{
+}
 
 struct Entry<C: Actor> {
     connection: WeakAddr<C>,
@@ -187,6 +191,15 @@ impl<C: Registered> Registries<C> {
             .any(|live| live.unwrap_or(false))
     }
 
+    /// Hands `revalidate` to every live connection of every registry (fire and forget: the
+    /// pass it carries reports when the last connection is done with it).
+    pub(crate) fn revalidate_all(&self, revalidate: Revalidate) {
+        for registry in &self.0 {
+            // A registry that is gone drops its copy, and with it its share of the pass.
+            registry.do_send(RevalidateAll(revalidate.clone()));
+        }
+    }
+
     /// Sends `close` to `id` wherever it is; whether it was live.
     pub(crate) async fn close_one(&self, id: ConnId, close: Close, deadline: Instant) -> bool {
         self.ask_all(CloseOne { id, close }, deadline)
@@ -315,6 +328,23 @@ impl<C: Registered> Handler<CloseAll> for HandlerRegistry<C> {
     }
 }
 
+impl<C: Registered> Handler<RevalidateAll> for HandlerRegistry<C> {
+    type Result = usize;
+
+    /// One message per connection and nothing else: each connection verifies itself, so the
+    /// registry's mailbox is held for the fan-out only (about a microsecond a connection).
+    fn handle(&mut self, msg: RevalidateAll, _ctx: &mut Self::Context) -> usize {
+        let mut asked = 0;
+        for entry in self.entries.values() {
+            if let Some(connection) = entry.connection.upgrade() {
+                connection.do_send(msg.0.clone());
+                asked += 1;
+            }
+        }
+        asked
+    }
+}
+
 impl<C: Registered> Handler<Kill> for HandlerRegistry<C> {
     type Result = bool;
 
@@ -413,6 +443,12 @@ mod tests {
         fn handle(&mut self, _msg: Close, ctx: &mut Self::Context) {
             ctx.stop();
         }
+    }
+
+    impl Handler<Revalidate> for Standin {
+        type Result = ();
+
+        fn handle(&mut self, _msg: Revalidate, _ctx: &mut Self::Context) {}
     }
 
     impl Handler<Describe> for Standin {

@@ -29,6 +29,8 @@ use crate::supervision::log_throttle::Throttles;
 use crate::supervision::messages::{Shutdown, ShutdownReport};
 use crate::supervision::registry::HandlerRegistry;
 use crate::supervision::registry::Registries;
+use crate::supervision::revalidation::{RevalidationReport, Trigger};
+use crate::supervision::revalidator::Revalidator;
 use crate::supervision::stats::Stats;
 use crate::supervision::supervisor::ConnectionSupervisor;
 use crate::supervision::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
@@ -142,6 +144,14 @@ impl ServerBuilder {
         #[cfg(feature = "testing")]
         let registries = start_registries(&workers, &stats, &log, self.audit.as_ref());
         let tls = TlsReloader::new(self.tls);
+        let revalidator = Arc::new(Revalidator::new(
+            registries.clone(),
+            Arc::clone(&stats),
+            log.clone(),
+            self.config.revalidate_live,
+        ));
+        let on_reload = Arc::clone(&revalidator);
+        tls.on_policy_change(Box::new(move |new| on_reload.start(new, Trigger::Reload)));
         // Pause, drain and readiness live with the admission limits.
         let control = Arc::clone(&limits);
         let env = Arc::new(ConnectionEnv {
@@ -173,6 +183,7 @@ impl ServerBuilder {
             log,
             tls,
             control,
+            revalidator,
         })
     }
 
@@ -281,6 +292,8 @@ pub struct Server {
     tls: TlsReloader,
     /// Pause, drain and readiness (they live with the admission limits).
     control: Arc<Limits>,
+    /// Revalidation passes over the registries (a reload's, and those asked for).
+    revalidator: Arc<Revalidator<Connection>>,
 }
 
 impl Server {
@@ -360,7 +373,8 @@ impl Server {
     }
 
     /// The handle that replaces the TLS configuration while the server runs (SIGHUP,
-    /// `--watch-certs`); live connections keep the configuration they started with.
+    /// `--watch-certs`); live connections keep the configuration they started with, but are
+    /// checked against a changed client-certificate policy (see [`ServerHandle::revalidate`]).
     pub fn tls_reloader(&self) -> TlsReloader {
         self.tls.clone()
     }
@@ -384,6 +398,8 @@ impl Server {
             control: Arc::clone(&self.control),
             registries: self.registries.clone(),
             workers: self.workers.iter().map(Arbiter::handle).collect(),
+            tls: self.tls.clone(),
+            revalidator: Arc::clone(&self.revalidator),
         }
     }
 
@@ -512,6 +528,8 @@ pub struct ServerHandle {
     control: Arc<Limits>,
     registries: Registries<Connection>,
     workers: Vec<ArbiterHandle>,
+    tls: TlsReloader,
+    revalidator: Arc<Revalidator<Connection>>,
 }
 
 impl ServerHandle {
@@ -532,6 +550,19 @@ impl ServerHandle {
             .into_iter()
             .filter(|answered| !answered)
             .count()
+    }
+
+    /// Checks every open connection's client certificate against the client-certificate
+    /// policy in use now, as a new handshake would (CA bundle, CRLs, allow-list, dates, at this
+    /// moment), and closes those it refuses gracefully, reason `credentials_revoked`; the
+    /// others are untouched. What a reload that changes the policy does by itself; this runs
+    /// one on demand (`POST /revalidate`). Each connection checks itself on its own worker.
+    ///
+    /// Returns the counts once every connection gave its verdict (at most 30 s: a worker stuck
+    /// in a protocol callback gives none, and the report says `complete: false`), or `None`
+    /// if [`ServerConfig::revalidate_live`] is off (connections keep no chain to check).
+    pub async fn revalidate(&self) -> Option<RevalidationReport> {
+        self.revalidator.run(&self.tls.current()).await
     }
 
     /// Every connection registered now, on any worker that answers within 5 s, in id order.

@@ -140,6 +140,11 @@ pub struct Snapshot {
     pub per_ip_clients: usize,
     /// Proxy traffic (all zero when not proxying).
     pub proxy: ProxySnapshot,
+    /// Open connections a revalidation pass found still admitted (`result="kept"`).
+    pub revalidated_kept: u64,
+    /// Open connections a revalidation pass closed as `credentials_revoked`
+    /// (`result="closed"`).
+    pub revalidated_closed: u64,
 }
 
 impl Snapshot {
@@ -173,6 +178,8 @@ pub struct Stats {
     accept_errors: AtomicU64,
     handshake_failures: HandshakeFailures,
     dispose_lost: AtomicU64,
+    revalidated_kept: AtomicU64,
+    revalidated_closed: AtomicU64,
     bytes_client_to_upstream: AtomicU64,
     bytes_upstream_to_client: AtomicU64,
     upstreams_open: AtomicI64,
@@ -210,7 +217,18 @@ impl Stats {
                 .collect(),
             per_ip_clients: self.per_ip.len(),
             proxy: self.proxy_snapshot(),
+            revalidated_kept: self.revalidated_kept.load(Ordering::Relaxed),
+            revalidated_closed: self.revalidated_closed.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts one verdict of a revalidation pass: kept, or closed.
+    pub(crate) fn revalidated(&self, kept: bool) {
+        let counter = match kept {
+            true => &self.revalidated_kept,
+            false => &self.revalidated_closed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn proxy_snapshot(&self) -> ProxySnapshot {

@@ -282,6 +282,12 @@ impl TestServer {
         block_on(self.handle.kill(id, mode))
     }
 
+    /// Runs a revalidation pass now and waits for its report, as
+    /// [`ServerHandle::revalidate`] does (`None` with `revalidate_live` off).
+    pub fn revalidate(&self) -> Option<crate::RevalidationReport> {
+        block_on(self.handle.revalidate())
+    }
+
     /// Every id registered now, on any worker, in id order, as
     /// [`Server::live_connections`](crate::Server::live_connections) answers.
     pub fn live_connections(&self) -> Vec<ConnId> {

@@ -15,6 +15,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use crate::error::TlsConfigError;
 use crate::tls::certificate::CertificateInfo;
 use crate::tls::certificate::LoadedCertificate;
+use crate::tls::client_policy::{ClientPolicy, Fingerprint};
 use crate::tls::files::{in_file, parse_certificates, read_file};
 
 /// Whether a client must present a certificate.
@@ -87,15 +88,21 @@ impl ClientAuth {
         std::iter::once(&self.ca).chain(&self.crls)
     }
 
-    /// Reads the CA bundle and the CRLs and builds the verifier; also returns the CAs, for the
-    /// expiry gauge (`name` is `FILE#N`, the N-th certificate of the bundle from 0).
+    /// Reads the CA bundle and the CRLs and builds the verifier, as the policy handshakes and
+    /// live revalidation apply (with a digest of what it was built from); also returns the
+    /// CAs, for the expiry gauge (`name` is `FILE#N`, the N-th certificate of the bundle
+    /// from 0).
     pub(crate) fn verifier(
         &self,
         provider: Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<(Arc<dyn ClientCertVerifier>, Vec<LoadedCertificate>), TlsConfigError> {
+    ) -> Result<(ClientPolicy, Vec<LoadedCertificate>), TlsConfigError> {
         let mut roots = rustls::RootCertStore::empty();
         let mut cas = Vec::new();
-        let bundle = parse_certificates(&self.ca, &read_file(&self.ca)?)?;
+        let mut fingerprint = Fingerprint::new();
+        fingerprint.part(&[u8::from(self.mode == ClientAuthMode::Optional)]);
+        let ca_bytes = read_file(&self.ca)?;
+        fingerprint.part(&ca_bytes);
+        let bundle = parse_certificates(&self.ca, &ca_bytes)?;
         for (index, cert) in bundle.into_iter().enumerate() {
             let info = CertificateInfo::from_der(&cert)
                 .map_err(TlsConfigError::Certificate)
@@ -112,6 +119,7 @@ impl ClientAuth {
         let mut crls = Vec::new();
         for path in &self.crls {
             let bytes = read_file(path)?;
+            fingerprint.part(&bytes);
             let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
                 .collect::<Result<_, _>>()
                 .map_err(|_| in_file(path)(TlsConfigError::Policy("unreadable CRL".into())))?;
@@ -132,14 +140,21 @@ impl ClientAuth {
             let files: Vec<String> = self.files().map(|p| p.display().to_string()).collect();
             TlsConfigError::Policy(format!("client CA or CRL ({}): {e}", files.join(", ")))
         })?;
+        for list in [&self.allow.cns, &self.allow.dns_sans, &self.allow.uri_sans] {
+            fingerprint.part(&(list.len() as u64).to_be_bytes());
+            for name in list {
+                fingerprint.part(name.as_bytes());
+            }
+        }
+        let fingerprint = fingerprint.finish();
         if self.allow.is_empty() {
-            return Ok((inner, cas));
+            return Ok((ClientPolicy::new(inner, fingerprint), cas));
         }
         let verifier = Arc::new(AllowListVerifier {
             inner,
             allow: self.allow.clone(),
         });
-        Ok((verifier, cas))
+        Ok((ClientPolicy::new(verifier, fingerprint), cas))
     }
 }
 

@@ -55,6 +55,28 @@ impl DevCerts {
         dns: &[&str],
         uris: &[&str],
     ) -> Result<(String, String), rcgen::Error> {
+        self.issue_client_with(cn, dns, uris, None)
+    }
+
+    /// [`DevCerts::issue_client`] for subject CN `cn` alone, valid until `not_after_unix`
+    /// (seconds since the Unix epoch; certificates carry whole seconds): a test of what
+    /// happens when a client certificate expires while connected issues one expiring in a
+    /// few seconds.
+    pub fn issue_client_until(
+        &self,
+        cn: &str,
+        not_after_unix: u64,
+    ) -> Result<(String, String), rcgen::Error> {
+        self.issue_client_with(cn, &[], &[], Some(not_after_unix))
+    }
+
+    fn issue_client_with(
+        &self,
+        cn: &str,
+        dns: &[&str],
+        uris: &[&str],
+        not_after_unix: Option<u64>,
+    ) -> Result<(String, String), rcgen::Error> {
         let (ca, ca_key) = self.ca()?;
         let mut params =
             CertificateParams::new(dns.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
@@ -67,6 +89,11 @@ impl DevCerts {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial()?);
+        if let Some(unix) = not_after_unix {
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after =
+                rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(unix);
+        }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &ca, &ca_key)?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -163,4 +190,66 @@ fn random_serial() -> Result<rcgen::SerialNumber, rcgen::Error> {
         .map_err(|_| rcgen::Error::RingUnspecified)?;
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     Ok(rcgen::SerialNumber::from(bytes.to_vec()))
+}
+
+#[cfg(all(test, feature = "dev-certs"))]
+mod tests {
+    //! A CRL and client certificates made here, as ClientAuth's policy sees them (the live
+    //! revalidation's verdicts).
+    use super::*;
+    use crate::tls::certificate::CertificateInfo;
+    use crate::tls::client_auth::ClientAuth;
+    use crate::tls::client_policy::{ClientPolicy, PeerChain};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    use std::sync::Arc;
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    fn policy(dir: &std::path::Path, certs: &DevCerts, crl: Option<&str>) -> ClientPolicy {
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, &certs.ca_cert_pem).unwrap();
+        let mut auth = ClientAuth::new(&ca);
+        if let Some(crl) = crl {
+            let path = dir.join("crl.pem");
+            std::fs::write(&path, crl).unwrap();
+            auth.crls.push(path);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        auth.verifier(provider).unwrap().0
+    }
+
+    #[test]
+    fn a_chain_fails_a_policy_that_revokes_it_and_no_other() {
+        let dir =
+            std::env::temp_dir().join(format!("tlsvisor-client-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let certs = DevCerts::generate().unwrap();
+        let (alice, _) = certs.issue_client("alice", &[], &[]).unwrap();
+        let (bob, _) = certs.issue_client("bob", &[], &[]).unwrap();
+        let alice_serial = CertificateInfo::from_der(&der(&alice)).unwrap().serial_hex;
+        let before = policy(&dir, &certs, None);
+        let revoking = policy(&dir, &certs, Some(&certs.crl(&[&alice_serial]).unwrap()));
+        assert!(ClientPolicy::differ(Some(&before), Some(&revoking)));
+        assert!(!ClientPolicy::differ(
+            Some(&before),
+            Some(&policy(&dir, &certs, None))
+        ));
+        let alice = PeerChain::of(Some(&[der(&alice)])).unwrap();
+        let bob = PeerChain::of(Some(&[der(&bob)])).unwrap();
+        let now = UnixTime::now();
+        assert!(before.admits(Some(&alice), now).is_ok());
+        assert!(revoking.admits(Some(&alice), now).is_err());
+        assert!(revoking.admits(Some(&bob), now).is_ok());
+        // Required by default: no certificate fails.
+        assert!(revoking.admits(None, now).is_err());
+        eprintln!(
+            "a kept one-certificate chain: {} bytes on the heap",
+            alice.heap_bytes()
+        );
+        assert!(alice.heap_bytes() > 300 && alice.heap_bytes() < 2048);
+        assert!(alice.not_after_unix().is_some());
+    }
 }

@@ -1,18 +1,25 @@
 //! `TlsReloader`: the TLS configuration a server's handshakes use now, replaceable while it
 //! runs.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::TlsConfigError;
+use crate::tls::client_policy::ClientPolicy;
 use crate::tls::source::{LoadedTls, TlsSource};
+
+/// What a server does when a reload changes the client-certificate policy: check its live
+/// connections against the configuration just swapped in (set once, by `Server::start`).
+pub(crate) type PolicyChanged = Box<dyn Fn(&Arc<LoadedTls>) + Send + Sync>;
 
 /// A handle on the TLS configuration of a running server (from
 /// [`Server::tls_reloader`](crate::Server::tls_reloader)); clones share it.
 ///
 /// Each connection takes the configuration current when its handshake starts and keeps it:
-/// a reload never touches a live connection or a handshake under way, and every handshake after
-/// it uses the new configuration. A reload is all or nothing: only a configuration that loaded
+/// a reload changes no live connection's certificate or TLS policy, and every handshake after
+/// it uses the new configuration. Only the client's credentials are checked again, when the
+/// client-certificate policy changed (see [`TlsReloader::reload`]). A reload is all or nothing: only a configuration that loaded
 /// completely ([`TlsSource::load`](crate::TlsSource::load) returned it) is ever swapped in.
 #[derive(Clone)]
 pub struct TlsReloader(Arc<Shared>);
@@ -23,6 +30,10 @@ struct Shared {
     current: RwLock<Arc<LoadedTls>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Called after a reload whose client-certificate policy differs from the one before.
+    /// Asserted unwind-safe: the hook only sends messages, after the swap is complete, so a
+    /// panic in it leaves nothing here half-changed.
+    on_policy_change: OnceLock<AssertUnwindSafe<PolicyChanged>>,
 }
 
 /// Reload counts and the certificates served, for metrics.
@@ -43,6 +54,7 @@ impl TlsReloader {
             current: RwLock::new(Arc::new(initial)),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            on_policy_change: OnceLock::new(),
         }))
     }
 
@@ -52,10 +64,31 @@ impl TlsReloader {
         Arc::clone(&self.0.current.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Replaces the configuration with `new` and counts a successful reload.
+    /// Replaces the configuration with `new` and counts a successful reload. If its
+    /// client-certificate policy (CA bundle, CRLs, allow-list, whether a certificate is
+    /// required) differs from the one replaced, the server's live connections are checked
+    /// against it (unless `ServerConfig::revalidate_live` is off): those it would refuse in a
+    /// handshake now are closed gracefully, reason `credentials_revoked`.
     pub fn reload(&self, new: LoadedTls) {
-        *self.0.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        let new = Arc::new(new);
+        let old = std::mem::replace(
+            &mut *self.0.current.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::clone(&new),
+        );
         self.0.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        let changed = ClientPolicy::differ(
+            old.client_policy().map(|p| &**p),
+            new.client_policy().map(|p| &**p),
+        );
+        if let (true, Some(hook)) = (changed, self.0.on_policy_change.get()) {
+            hook(&new);
+        }
+    }
+
+    /// Sets what a reload that changes the client-certificate policy triggers (once: a
+    /// reloader belongs to one server).
+    pub(crate) fn on_policy_change(&self, hook: PolicyChanged) {
+        let _ = self.0.on_policy_change.set(AssertUnwindSafe(hook));
     }
 
     /// Counts a reload that failed where [`TlsReloader::reload_from`] was not the one to load

@@ -12,6 +12,7 @@ use rustls::sign::CertifiedKey;
 use crate::error::TlsConfigError;
 use crate::tls::certificate::{CertificateInfo, LoadedCertificate};
 use crate::tls::client_auth::ClientAuth;
+use crate::tls::client_policy::ClientPolicy;
 use crate::tls::files::{in_file, parse_certificates, read_file};
 use crate::tls::policy::TlsPolicy;
 use crate::tls::refused_certificate::RecordRefused;
@@ -84,6 +85,9 @@ pub struct LoadedTls {
     strict_sni: Option<Arc<SniResolver>>,
     /// What the load found worth an operator's attention (see `TlsWarning`).
     warnings: Vec<TlsWarning>,
+    /// The client-certificate policy its handshakes apply (`None`: no client verification,
+    /// or a configuration built elsewhere whose verifier is unknown here).
+    client_policy: Option<Arc<ClientPolicy>>,
 }
 
 /// Leaves the key out of debug output.
@@ -111,6 +115,7 @@ impl LoadedTls {
             certificates: Vec::new(),
             strict_sni: None,
             warnings: Vec::new(),
+            client_policy: None,
         }
     }
 
@@ -147,6 +152,11 @@ impl LoadedTls {
     /// whose expiry matters to the operator.
     pub fn certificates(&self) -> &[LoadedCertificate] {
         &self.certificates
+    }
+
+    /// The client-certificate policy its handshakes apply, if it verifies clients.
+    pub(crate) fn client_policy(&self) -> Option<&Arc<ClientPolicy>> {
+        self.client_policy.as_ref()
     }
 
     /// What the load found that works but deserves a warning: a served certificate outside
@@ -240,13 +250,15 @@ impl TlsSource {
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions)
             .map_err(TlsConfigError::Rustls)?;
-        let builder = match &self.client_auth {
+        let (builder, client_policy) = match &self.client_auth {
             Some(client_auth) => {
-                let (verifier, cas) = client_auth.verifier(provider)?;
+                let (policy, cas) = client_auth.verifier(provider)?;
                 certificates.extend(cas);
-                builder.with_client_cert_verifier(RecordRefused::wrap(verifier))
+                let builder =
+                    builder.with_client_cert_verifier(RecordRefused::wrap(policy.verifier()));
+                (builder, Some(Arc::new(policy)))
             }
-            None => builder.with_no_client_auth(),
+            None => (builder.with_no_client_auth(), None),
         };
         let mut config =
             builder.with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
@@ -261,6 +273,7 @@ impl TlsSource {
             certificates,
             strict_sni: self.sni_strict.then_some(resolver),
             warnings,
+            client_policy,
         })
     }
 }

@@ -1,0 +1,96 @@
+//! A connection's client credentials while it is open (with `revalidate_live`, the default):
+//! checked again when the client-certificate policy changes (a revalidation pass, or a reload
+//! that landed during this connection's own handshake), and watched for expiry. Either ending
+//! is a graceful close through [`Connection::close`], so through the stop hook's one
+//! `Dispose`: `credentials_revoked` or `client_certificate_expired`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use rustls::pki_types::UnixTime;
+
+use crate::connection::actor::{log_conn, Connection};
+use crate::connection::phase::Phase;
+use crate::supervision::dispose_reason::DisposeReason;
+use crate::supervision::revalidation::RevalidationPass;
+use crate::tls::client_policy::ClientPolicy;
+
+/// The longest single wait of the expiry timer; a later `notAfter` is reached by waiting again
+/// (tokio's timers hold about two years, a certificate may be valid for ten).
+const LONGEST_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl Connection {
+    /// The handshake just ended and the connection is open: arms the expiry timer of its
+    /// client certificate, and checks the chain against the current policy if the handshake
+    /// did not verify it with that one: a reload landed during the handshake (its pass missed
+    /// this connection, which was not open yet), or the session was resumed (rustls does not
+    /// verify a resumed client's certificate again, and tickets outlive reloads).
+    pub(super) fn credentials_established(
+        &mut self,
+        verified_by: Option<&ClientPolicy>,
+        resumed: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.env.config.revalidate_live {
+            return;
+        }
+        let Some(established) = self.phase.established() else {
+            return;
+        };
+        let chain = established.peer_chain.clone();
+        if let Some(not_after) = chain.as_ref().and_then(|c| c.not_after_unix()) {
+            self.arm_expiry(not_after, ctx);
+        }
+        let current = self.env.tls.current();
+        let policy = current.client_policy();
+        if !resumed && !ClientPolicy::differ(verified_by, policy.map(|p| &**p)) {
+            return;
+        }
+        let Some(policy) = policy else {
+            return;
+        };
+        if let Err(e) = policy.admits(chain.as_deref(), UnixTime::now()) {
+            log_conn!(info, self, "client refused by the current policy after its handshake";
+                "resumed" => resumed, "error" => %e);
+            self.close(DisposeReason::CredentialsRevoked, ctx);
+        }
+    }
+
+    /// A revalidation pass asks: would a new handshake admit this client now? An open
+    /// connection answers (its verdict counted in the pass) and closes if not; one still in
+    /// its handshake or already closing has nothing to answer.
+    pub(super) fn revalidate(&mut self, pass: &Arc<RevalidationPass>, ctx: &mut Context<Self>) {
+        let Phase::Open(open) = &self.phase else {
+            return;
+        };
+        let chain = open.established.peer_chain.clone();
+        if let Err(why) = pass.check(chain.as_deref()) {
+            log_conn!(info, self, "credentials revoked: closing"; "error" => why);
+            self.close(DisposeReason::CredentialsRevoked, ctx);
+        }
+    }
+
+    /// Closes the connection at `not_after` (Unix seconds), the moment its client certificate
+    /// expires: a timer per connection with a client certificate, none for the others.
+    fn arm_expiry(&mut self, not_after: i64, ctx: &mut Context<Self>) {
+        let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).unwrap_or(0));
+        let remaining = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let wait = remaining.min(LONGEST_WAIT);
+        // The timer goes with the actor: a connection that ends first cancels it by ending.
+        ctx.run_later(wait, move |act, ctx| match wait < remaining {
+            true => act.arm_expiry(not_after, ctx),
+            false => act.certificate_expired(ctx),
+        });
+    }
+
+    /// The expiry timer fired: an open connection closes; one closing already goes on.
+    fn certificate_expired(&mut self, ctx: &mut Context<Self>) {
+        if let Phase::Open(_) = self.phase {
+            log_conn!(info, self, "client certificate expired: closing");
+            self.close(DisposeReason::ClientCertificateExpired, ctx);
+        }
+    }
+}
