@@ -113,10 +113,12 @@ impl Settings {
         }
         self.check_http_listeners()?;
         self.check_durations()?;
+        let (_, tls_upstreams) = crate::upstream_tls::upstreams(&self.values.upstream)?;
+        crate::upstream_tls::check(&self.values, tls_upstreams)?;
         match (self.values.protocol, self.values.upstream.is_empty()) {
-            (ProtocolKind::Proxy, true) => {
-                Err("--protocol proxy needs --upstream HOST:PORT or unix:/path".into())
-            }
+            (ProtocolKind::Proxy, true) => Err(
+                "--protocol proxy needs --upstream HOST:PORT, unix:/path or tls://HOST:PORT".into(),
+            ),
             (ProtocolKind::Echo, false) => {
                 Err("--upstream is only used with --protocol proxy".into())
             }

@@ -16,12 +16,24 @@ use tokio_rustls::TlsConnector;
 /// Any single step of a workload that takes longer than this is a hang.
 const STEP: Duration = Duration::from_secs(30);
 
-/// A client configuration trusting `ca`, TLS 1.3 and 1.2, ring's X25519 first (no
-/// post-quantum group: every peer negotiates the same classical key exchange). Resumption
-/// (TLS 1.3 tickets) only if `resume`.
+/// A client configuration trusting `ca`, TLS 1.3 and 1.2, X25519 first and no post-quantum
+/// group (every peer negotiates the same classical key exchange, whichever provider this build
+/// uses). Resumption (TLS 1.3 tickets) only if `resume`.
 pub(crate) fn client_config(ca: &[u8], resume: bool) -> Arc<rustls::ClientConfig> {
-    let base = tlsvisor_actors::testing::client_config(ca).unwrap();
-    let mut config = (*base).clone();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut provider = tlsvisor_actors::crypto_provider();
+    provider
+        .kx_groups
+        .retain(|g| !format!("{:?}", g.name()).contains("MLKEM"));
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     if !resume {
         config.resumption = Resumption::disabled();
     }

@@ -32,3 +32,4 @@ mod interop_upstreams;
 mod memory;
 mod privileges;
 mod process;
+mod upstream_tls;

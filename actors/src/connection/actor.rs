@@ -123,6 +123,7 @@ impl Actor for Connection {
             close_notify: self.clean_eof,
             handshake_ms: established.map(|e| e.handshake_ms),
             tls: established.map(|e| &*e.tls),
+            upstream_tls: last.upstream_tls(),
         };
         log_conn!(info, self, "disposed";
             "reason" => reason.as_str(),
@@ -184,6 +185,7 @@ impl Handler<Describe> for Connection {
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             tls: self.phase.established().map(|e| (*e.tls).clone()),
+            upstream_tls: self.phase.upstream_tls().cloned(),
         })
     }
 }

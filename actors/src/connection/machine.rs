@@ -51,6 +51,7 @@ use crate::tls::client_auth::is_client_auth_failure;
 use crate::tls::info::TlsInfo;
 use crate::upstream::pool::Connected;
 use crate::upstream::stream::UpstreamWriteHalf;
+use crate::upstream::tls::is_tls_failure;
 
 impl Connection {
     /// Moves to the phase `next` makes of the current one. `next` owns the old phase: what it
@@ -378,20 +379,32 @@ impl Connection {
             stream,
             lease,
             latency,
+            tls,
         } = match result {
             Ok(Ok(connected)) => connected,
             Ok(Err(e)) => {
+                let tls_failed = is_tls_failure(&e);
                 if let Some(suppressed) = self.env.throttles.upstream_connect_failed.admit() {
-                    log_conn!(warn, self, "upstream connect failed";
-                        "error" => %e, "suppressed" => suppressed);
+                    match tls_failed {
+                        true => log_conn!(warn, self, "upstream TLS handshake failed";
+                            "error" => %e, "suppressed" => suppressed),
+                        false => log_conn!(warn, self, "upstream connect failed";
+                            "error" => %e, "suppressed" => suppressed),
+                    }
                 }
-                return self.close(DisposeReason::UpstreamConnectFailed, ctx);
+                return self.close(
+                    match tls_failed {
+                        true => DisposeReason::UpstreamTlsFailed,
+                        false => DisposeReason::UpstreamConnectFailed,
+                    },
+                    ctx,
+                );
             }
             Err(OtherSideFailed(e)) => return self.client_failed(e, ctx),
         };
         self.env.stats.upstream_opened(latency);
         let (read_half, write_half, watch) = stream.into_split();
-        let link = UpstreamLink::new(write_half, watch, lease, Arc::clone(&self.env.stats));
+        let link = UpstreamLink::new(write_half, watch, lease, Arc::clone(&self.env.stats), tls);
         let upstream = spawn_reader(&self.env, read_half, Side::Upstream, ctx);
         let env = Arc::clone(&self.env);
         self.step(|phase| match phase {
@@ -538,9 +551,11 @@ impl Connection {
             };
             return;
         }
-        // The first: the upstream reads EOF, upstream → client flows on.
-        proxying.upstream.shut_write();
+        // The first: the upstream reads EOF (after close_notify, for TLS), upstream → client
+        // flows on.
+        let tls_half = proxying.upstream.shut_write();
         proxying.finished(Side::Client);
+        upstream_goodbye(tls_half, self.env.config.close_timeout, ctx);
     }
 
     /// The client's read failed.
@@ -690,7 +705,9 @@ impl Connection {
         let Some(link) = link else {
             return;
         };
-        drop(link.writer.put_back(half));
+        // Shut while this write held the half: it goes now (for TLS, after close_notify).
+        let shut_meanwhile = link.writer.put_back(half);
+        upstream_goodbye(shut_meanwhile, self.env.config.close_timeout, ctx);
         match outcome {
             Ok(Ok(len)) => link.count_proxied(Side::Client, len),
             Ok(Err(e)) => self.upstream_failed(e, ctx),
@@ -842,7 +859,7 @@ fn closing_of(open: Open, env: &ConnectionEnv, ctx: &mut Context<Connection>) ->
         }) => {
             // The upstream gets its FIN now rather than when the actor stops; what it still
             // sends is drained.
-            link.shut_write();
+            upstream_goodbye(link.shut_write(), env.config.close_timeout, ctx);
             let (client, upstream) = match flow {
                 ProxyFlow::Both { client, upstream } => {
                     (ReaderState::Running(client), ReaderState::Running(upstream))
@@ -869,6 +886,25 @@ fn closing_of(open: Open, env: &ConnectionEnv, ctx: &mut Context<Connection>) ->
         pending,
         upstream,
     }
+}
+
+/// Ends the upstream's write direction with `half`, if there is one: a TLS half gets its
+/// `close_notify` and FIN from a shutdown bounded by `limit`, run on the connection (should it
+/// stop first, the half's drop sends what it can at once); a plaintext half's drop is its FIN.
+fn upstream_goodbye(
+    half: Option<UpstreamWriteHalf>,
+    limit: Duration,
+    ctx: &mut Context<Connection>,
+) {
+    let Some(mut half) = half else {
+        return;
+    };
+    if !half.is_tls() {
+        return drop(half);
+    }
+    ctx.spawn(fut::wrap_future(async move {
+        let _ = tokio::time::timeout(limit, half.shutdown()).await;
+    }));
 }
 
 /// The reason of a proxied connection whose two sides both finished: who ended it.

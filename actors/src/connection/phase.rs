@@ -221,6 +221,22 @@ impl Phase {
         }
     }
 
+    /// What the TLS handshake with the upstream negotiated, while there is a TLS upstream.
+    pub(super) fn upstream_tls(&self) -> Option<&TlsInfo> {
+        let link = match self {
+            Phase::Open(Open {
+                service: OpenService::Proxy(proxying),
+                ..
+            }) => &proxying.upstream,
+            Phase::Closing(Closing {
+                upstream: Some(drained),
+                ..
+            }) => &drained.link,
+            _ => return None,
+        };
+        link.tls.as_deref()
+    }
+
     /// The upstream link of a connection open and proxying (not once it closes).
     pub(super) fn proxying_upstream(&mut self) -> Option<&mut UpstreamLink> {
         match self {

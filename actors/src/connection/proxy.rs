@@ -47,7 +47,12 @@ impl Connection {
         let client = proxying.client.clone();
         let stall_limit = self.env.config.idle_timeout;
         let write = async move {
-            let outcome = watching(stall_limit, half.write_all(&bytes), client.failed()).await;
+            // Flushed: a TLS upstream's rustls may hold the last record of a write otherwise.
+            let write = async {
+                half.write_all(&bytes).await?;
+                half.flush().await
+            };
+            let outcome = watching(stall_limit, write, client.failed()).await;
             (half, outcome.map(|written| written.map(|()| bytes.len())))
         };
         Box::pin(

@@ -51,6 +51,11 @@ labels! {
         /// limits (also counted as a `per_ip_limit` rejection: behind a balancer the limit can only
         /// be applied once the connection is accepted and its header read).
         PerIpLimit => "per_ip_limit",
+        /// Proxy to a TLS upstream: the TLS handshake with the upstream failed (its certificate
+        /// did not verify, no shared parameters, it refused our client certificate, it does not
+        /// speak TLS) or did not finish within the connect timeout; counted against the
+        /// upstream's passive health like a failed connect.
+        UpstreamTlsFailed => "upstream_tls_failed",
     }
 }
 
@@ -82,13 +87,14 @@ mod tests {
                 DisposeReason::SessionClosed => "session_closed",
                 DisposeReason::ProxyHeaderInvalid => "proxy_header_invalid",
                 DisposeReason::PerIpLimit => "per_ip_limit",
+                DisposeReason::UpstreamTlsFailed => "upstream_tls_failed",
             }
         }
         for (i, reason) in DisposeReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
             assert_eq!(reason.as_str(), contract_name(*reason));
         }
-        assert_eq!(DisposeReason::COUNT, 18);
+        assert_eq!(DisposeReason::COUNT, 19);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::supervision::supervisor::ConnectionSupervisor;
 use crate::supervision::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
 use crate::tls::reload::TlsReloader;
 use crate::tls::source::LoadedTls;
-use crate::upstream::config::ProxyConfig;
+use crate::upstream::config::{server_name_for, ProxyConfig};
 use crate::upstream::pool::UpstreamPool;
 
 /// How long `Server::shutdown` waits for each worker thread to finish once it is told to stop.
@@ -194,7 +194,15 @@ impl ServerBuilder {
             Service::Proxy(pool) if pool.config().upstreams.is_empty() => {
                 Err(ServerError::Config("a proxy needs an upstream".into()))
             }
-            Service::Proxy(pool) => Ok(Some(Arc::clone(pool))),
+            Service::Proxy(pool) => {
+                // Each TLS upstream needs a name to verify its certificate under.
+                if let Some(tls) = &pool.config().tls {
+                    for upstream in &pool.config().upstreams {
+                        server_name_for(tls, upstream).map_err(ServerError::Config)?;
+                    }
+                }
+                Ok(Some(Arc::clone(pool)))
+            }
             Service::Sessions(_) => Ok(None),
         }
     }
@@ -289,8 +297,9 @@ impl Server {
         Server::builder_for(config, tls, Service::Sessions(Arc::new(protocol)))
     }
 
-    /// A builder for a TLS-terminating proxy to plaintext upstreams (one or several, TCP or
-    /// unix, see [`ProxyConfig`]); starting it fails if `proxy` lists no upstream.
+    /// A builder for a TLS-terminating proxy to upstreams (one or several, TCP or unix,
+    /// plaintext or TLS, see [`ProxyConfig`]); starting it fails if `proxy` lists no upstream,
+    /// or a TLS upstream has no name to verify.
     pub fn proxy(config: ServerConfig, tls: LoadedTls, proxy: ProxyConfig) -> ServerBuilder {
         Server::builder_for(
             config,
