@@ -397,3 +397,319 @@ fn upstream_tls_options_are_checked_before_serving() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("--upstream-sni"), "{stderr}");
 }
+
+/// The plaintext listener's address (`--listen-plain`), from its log line.
+fn plain_addr(server: &Tlsvisor) -> std::net::SocketAddr {
+    let line = &server.logged("listening plain", 1)[0];
+    line["listen_plain"].as_str().unwrap().parse().unwrap()
+}
+
+/// The ledger once it settled: every accepted connection disposed, none active.
+fn assert_books_exact(server: &Tlsvisor, accepted: f64) {
+    let settled = eventually(HANG, || {
+        let m = server.scrape();
+        m.get("tlsvisor_connections_active") == 0.0
+            && m.get("tlsvisor_connections_accepted_total") == accepted
+    });
+    let m = server.scrape();
+    assert!(
+        settled,
+        "accepted {} active {}",
+        m.get("tlsvisor_connections_accepted_total"),
+        m.get("tlsvisor_connections_active")
+    );
+    assert_eq!(m.sum("tlsvisor_connections_disposed_total"), accepted);
+    assert_eq!(m.get("tlsvisor_dispose_duplicates_total"), 0.0);
+    assert_eq!(m.get("tlsvisor_dispose_fallback_total"), 0.0);
+}
+
+#[test]
+fn client_mode_carries_plaintext_over_tls_and_a_fin_becomes_close_notify() {
+    let certs = UpstreamCerts::new("upstream-tls-client-mode");
+    let upstream = tls_echo(upstream_config(&certs.upstream, None));
+    let target = format!("tls://{}", upstream.addr());
+    let ca = certs.path("upstream-ca.crt");
+    let mut server = Tlsvisor::serve(&[
+        "--protocol",
+        "proxy",
+        "--listen-plain",
+        "127.0.0.1:0",
+        "--upstream",
+        &target,
+        "--upstream-ca",
+        &ca,
+        "--upstream-sni",
+        "localhost",
+    ]);
+    let plain = plain_addr(&server);
+    let mut client = TcpStream::connect(plain).unwrap();
+    client.set_read_timeout(Some(HANG)).unwrap();
+    let data = tlsvisor_actors::testing::upstream::pattern(7, 4 << 20);
+    let writer = {
+        let (mut sending, data) = (client.try_clone().unwrap(), data.clone());
+        std::thread::spawn(move || {
+            sending.write_all(&data).unwrap();
+            // The client's FIN: its clean end, passed on as the upstream's close_notify.
+            sending.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == data, "{} bytes back of {}", back.len(), data.len());
+    let seen = upstream.next_report(HANG).expect("the upstream saw it");
+    assert_eq!(seen.handshake, Some(HandshakeKind::Full), "{seen:?}");
+    assert!(seen.close_notify, "{seen:?}");
+    let line = &disposed(&server, 1)[0];
+    assert!(line["upstream_tls_version"].is_string(), "{line}");
+    assert!(
+        line.get("tls_version").is_none(),
+        "no TLS with the client: {line}"
+    );
+    assert_books_exact(&server, 1.0);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(HANG).unwrap().success());
+}
+
+#[test]
+fn client_mode_needs_tls_upstreams() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
+        .args([
+            "check",
+            "--protocol",
+            "proxy",
+            "--upstream",
+            "127.0.0.1:6379",
+        ])
+        .args(["--listen-plain", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr.contains("--listen-plain (client mode) needs"),
+        "{stderr}"
+    );
+}
+
+/// Against a real `redis-server --tls-port` that requires client certificates.
+#[cfg(feature = "interop")]
+mod interop {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::process::{Child, Command, Stdio};
+
+    use tlsvisor_actors::testing::eventually;
+
+    use super::{assert_books_exact, disposed, plain_addr, UpstreamCerts};
+    use crate::common::{free_addr, Tlsvisor, HANG};
+
+    /// A TLS-only redis on a free port, verifying clients against `certs`' client CA.
+    struct TlsRedis {
+        child: Child,
+        addr: SocketAddr,
+    }
+
+    impl TlsRedis {
+        fn start(certs: &UpstreamCerts) -> TlsRedis {
+            let addr = free_addr();
+            for (file, text) in [
+                ("redis.crt", certs.upstream.server_cert_pem.as_str()),
+                ("redis.key", certs.upstream.server_key_pem.as_str()),
+            ] {
+                tlsvisor_actors::testing::ScratchDir::replace(&certs.scratch.path(file), text)
+                    .unwrap();
+            }
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", "0"])
+                .args(["--tls-port", &addr.port().to_string()])
+                .args(["--tls-cert-file", &certs.path("redis.crt")])
+                .args(["--tls-key-file", &certs.path("redis.key")])
+                .args(["--tls-ca-cert-file", &certs.path("other-ca.crt")])
+                .args(["--tls-auth-clients", "yes"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            let redis = TlsRedis { child, addr };
+            assert!(
+                eventually(HANG, || redis.cli(certs, &["PING"]) == "PONG"),
+                "redis-server --tls-port did not answer"
+            );
+            redis
+        }
+
+        /// `redis-cli` straight to it over TLS, with the client certificate.
+        fn cli(&self, certs: &UpstreamCerts, args: &[&str]) -> String {
+            let out = Command::new("redis-cli")
+                .args(["--tls", "--cacert", &certs.path("upstream-ca.crt")])
+                .args(["--cert", &certs.path("client.crt")])
+                .args(["--key", &certs.path("client.key")])
+                .args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()])
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+
+        fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for TlsRedis {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// tlsvisor proxying to `redis` over TLS with the client certificate, with `extra` flags.
+    fn tlsvisor_to(redis: &TlsRedis, certs: &UpstreamCerts, extra: &[&str]) -> Tlsvisor {
+        let target = format!("tls://{}", redis.addr);
+        let (ca, cert, key) = (
+            certs.path("upstream-ca.crt"),
+            certs.path("client.crt"),
+            certs.path("client.key"),
+        );
+        let mut args = vec![
+            "--protocol",
+            "proxy",
+            "--upstream",
+            &target,
+            "--upstream-ca",
+            &ca,
+            "--upstream-cert",
+            &cert,
+            "--upstream-key",
+            &key,
+            "--upstream-sni",
+            "localhost",
+        ];
+        args.extend_from_slice(extra);
+        Tlsvisor::serve(&args)
+    }
+
+    fn dev_ca_path() -> String {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.crt").to_string()
+    }
+
+    #[test]
+    fn redis_cli_and_redis_benchmark_over_tls_both_hops() {
+        let certs = UpstreamCerts::new("interop-upstream-tls-redis");
+        let redis = TlsRedis::start(&certs);
+        let mut server = tlsvisor_to(&redis, &certs, &[]);
+        let port = server.listen.port().to_string();
+        let ca = dev_ca_path();
+        let tls_client = ["--tls", "--cacert", &ca, "--sni", "localhost", "-p", &port];
+        let pong = Command::new("redis-cli")
+            .args(tls_client)
+            .arg("PING")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&pong.stdout).trim(), "PONG");
+        let bench = Command::new("redis-benchmark")
+            .args(tls_client)
+            .args(["-q", "-n", "2000", "-c", "10", "-t", "get,set"])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&bench.stdout);
+        assert!(bench.status.success(), "{report}");
+        assert!(report.contains("SET") && report.contains("GET"), "{report}");
+        // Resumed to the upstream: of the benchmark's connections, all but the first few
+        // (before the first session ticket arrived) resumed their upstream session.
+        let lines = server.logs_with("disposed");
+        let resumed = lines
+            .iter()
+            .filter(|l| l["upstream_resumed"] == true)
+            .count();
+        assert!(resumed >= 1, "no upstream handshake resumed: {lines:?}");
+        let accepted = server.scrape().get("tlsvisor_connections_accepted_total");
+        assert_books_exact(&server, accepted);
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_exit(HANG).unwrap().success());
+    }
+
+    #[test]
+    fn client_mode_redis_cli_in_plaintext_32_mib_both_ways_and_kills_keep_the_books() {
+        let certs = UpstreamCerts::new("interop-upstream-tls-client-mode");
+        let mut redis = TlsRedis::start(&certs);
+        let mut server = tlsvisor_to(&redis, &certs, &["--listen-plain", "127.0.0.1:0"]);
+        let plain = plain_addr(&server);
+        let port = plain.port().to_string();
+        let cli = || {
+            let mut c = Command::new("redis-cli");
+            c.args(["-h", "127.0.0.1", "-p", &port]);
+            c
+        };
+        let pong = cli().arg("PING").output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&pong.stdout).trim(), "PONG");
+        // 32 MiB up (SET from stdin) and back (GET), compared byte for byte.
+        let value: Vec<u8> = tlsvisor_actors::testing::upstream::pattern(32, 32 << 20)
+            .iter()
+            .map(|b| b'a' + b % 26)
+            .collect();
+        let mut set = cli()
+            .args(["-x", "SET", "big"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        set.stdin.take().unwrap().write_all(&value).unwrap();
+        let set = set.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
+        let got = cli().args(["--raw", "GET", "big"]).output().unwrap();
+        let mut back = got.stdout;
+        assert_eq!(
+            back.pop(),
+            Some(b'\n'),
+            "redis-cli --raw ends with a newline"
+        );
+        assert!(
+            back == value,
+            "{} bytes back of {}",
+            back.len(),
+            value.len()
+        );
+
+        // A killed client: a real redis-cli blocked in SUBSCRIBE, SIGKILLed.
+        let mut subscriber = cli()
+            .args(["SUBSCRIBE", "news"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 9];
+        subscriber
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap();
+        subscriber.kill().unwrap();
+        subscriber.wait().unwrap();
+        assert_books_exact(&server, 4.0);
+
+        // A killed upstream: a live plaintext client, then redis SIGKILLed.
+        let mut live = TcpStream::connect(plain).unwrap();
+        live.set_read_timeout(Some(HANG)).unwrap();
+        live.write_all(b"PING\r\n").unwrap();
+        let mut pong = [0u8; 7];
+        live.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"+PONG\r\n");
+        redis.kill();
+        let mut rest = Vec::new();
+        // The client is closed (a FIN, or a reset), never left hanging.
+        let _ = live.read_to_end(&mut rest);
+        assert_books_exact(&server, 5.0);
+        let lines = disposed(&server, 5);
+        let last = &lines[4];
+        assert!(
+            ["upstream_eof", "upstream_error"].contains(&last["reason"].as_str().unwrap()),
+            "{last}"
+        );
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_exit(HANG).unwrap().success());
+    }
+}

@@ -58,6 +58,8 @@ pub(crate) struct Connection {
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
     pub(super) registration: Registration<Connection>,
+    /// Its client speaks plaintext (accepted on a plaintext listener: client mode).
+    pub(super) plain: bool,
 }
 
 impl Connection {
@@ -70,12 +72,14 @@ impl Connection {
         env: Arc<ConnectionEnv>,
         registration: Registration<Connection>,
         slot: HandshakeSlot,
+        plain: bool,
     ) -> Self {
         Connection {
             id,
             peer,
             env,
             phase: Phase::Accepted(Accepted { socket, slot }),
+            plain,
             reason: None,
             clean_eof: None,
             in_handler: false,

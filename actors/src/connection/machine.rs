@@ -29,8 +29,9 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::connection::actor::{log_conn, Connection};
+use crate::connection::client_stream::ClientStream;
 use crate::connection::env::{ConnectionEnv, Service};
-use crate::connection::handshake::{self, handshake, ClientWatch, HandshakeError, TlsStream};
+use crate::connection::handshake::{handshake, ClientSocket, ClientWatch, HandshakeError};
 use crate::connection::handshake_failure::{alert_name, classify, HelloSummary};
 use crate::connection::messages::{ReadOutcome, Side};
 use crate::connection::phase::{
@@ -38,6 +39,7 @@ use crate::connection::phase::{
     Proxying, ReaderState, SessionState,
 };
 use crate::connection::reader::{Reader, ReaderHandle};
+use crate::connection::shared_socket::SharedSocket;
 use crate::connection::upstream_link::UpstreamLink;
 use crate::connection::writer::{OtherSideFailed, Writer};
 use crate::edge::accept_proxy::{read_header, Original};
@@ -154,7 +156,8 @@ impl Connection {
         self.begin_handshake(tcp, ctx);
     }
 
-    /// Starts the TLS handshake on the socket, bounded by `handshake_timeout`.
+    /// Starts the TLS handshake on the socket, bounded by `handshake_timeout`; a client of a
+    /// plaintext listener (client mode) has none, and is open at once.
     fn begin_handshake(&mut self, tcp: TcpStream, ctx: &mut Context<Self>) {
         // Small TLS records (handshake flights, echoes) must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
@@ -164,6 +167,10 @@ impl Connection {
             true => tcp.local_addr().ok(),
             false => None,
         };
+        if self.plain {
+            let socket: ClientSocket = SharedSocket::new(tcp);
+            return self.handshake_done(Ok(ClientStream::Plain(socket)), local, ctx);
+        }
         // Taken now and kept: a reload during this handshake does not change it.
         let tls = self.env.tls.current();
         let limit = self.env.config.handshake_timeout;
@@ -171,6 +178,7 @@ impl Connection {
         ctx.spawn(
             handshake(tls, tcp, limit, inject_failure)
                 .into_actor(self)
+                .map(|result, _, _| result.map(ClientStream::Tls))
                 .map(move |result, act, ctx| act.handshake_done(result, local, ctx)),
         );
     }
@@ -182,7 +190,7 @@ impl Connection {
     /// stops the connection: there is no TLS session to close.
     fn handshake_done(
         &mut self,
-        result: Result<TlsStream, HandshakeError>,
+        result: Result<ClientStream, HandshakeError>,
         local: Option<SocketAddr>,
         ctx: &mut Context<Self>,
     ) {
@@ -205,14 +213,14 @@ impl Connection {
                 return self.stop(reason, ctx);
             }
         };
-        let tls = TlsInfo::of(stream.get_ref().1);
+        let tls = stream.tls_info();
         let established = Established {
             // Handshaking starts right after registration, so the time since then is the
             // handshake's.
             handshake_ms: self.registered_at.elapsed().as_millis() as u64,
             tls: Box::new(tls.clone()),
         };
-        let watch = handshake::watch(&stream);
+        let watch = stream.watch();
         let (read_half, write_half) = tokio::io::split(stream);
         let writer = ClientWriter::Ready(write_half);
         let service = match self.service_for(read_half, watch, tls, local, ctx) {
@@ -296,7 +304,7 @@ impl Connection {
     /// the lingering close.
     fn service_for(
         &mut self,
-        read_half: tokio::io::ReadHalf<TlsStream>,
+        read_half: tokio::io::ReadHalf<ClientStream>,
         watch: ClientWatch,
         tls: TlsInfo,
         local: Option<SocketAddr>,
@@ -591,6 +599,14 @@ impl Connection {
             self.mark_finished(Side::Upstream);
             return self.upstream_failed(e, ctx);
         }
+        if let ReadOutcome::PeerEof { clean: false } = outcome {
+            // A TLS upstream's TCP end without close_notify: it died (killed, crashed) or the
+            // stream was cut, so this is no half-close to pass on; both sides close, as for a
+            // client that ends the same way. (A plaintext upstream's end is always clean.)
+            self.mark_finished(Side::Upstream);
+            log_conn!(debug, self, "the upstream ended without close_notify");
+            return self.close(DisposeReason::UpstreamError, ctx);
+        }
         let Phase::Open(Open {
             service: OpenService::Proxy(proxying),
             ..
@@ -649,7 +665,7 @@ impl Connection {
     /// of the upstream's bytes may have been cut short by the upstream's socket failing.
     pub(super) fn client_written(
         &mut self,
-        half: tokio::io::WriteHalf<TlsStream>,
+        half: tokio::io::WriteHalf<ClientStream>,
         outcome: Result<io::Result<()>, OtherSideFailed>,
         ctx: &mut Context<Self>,
     ) {
