@@ -18,7 +18,7 @@ const STEP: Duration = Duration::from_secs(30);
 
 /// A client configuration trusting `ca`, TLS 1.3 and 1.2, X25519 first and no post-quantum
 /// group (every peer negotiates the same classical key exchange, whichever provider this build
-/// uses). Resumption (TLS 1.3 tickets) only if `resume`.
+/// uses) unless `TLSVISOR_BENCH_PQ` is set. Resumption (TLS 1.3 tickets) only if `resume`.
 pub(crate) fn client_config(ca: &[u8], resume: bool) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;
@@ -26,9 +26,14 @@ pub(crate) fn client_config(ca: &[u8], resume: bool) -> Arc<rustls::ClientConfig
         roots.add(cert.unwrap()).unwrap();
     }
     let mut provider = tlsvisor_actors::crypto_provider();
-    provider
-        .kx_groups
-        .retain(|g| !format!("{:?}", g.name()).contains("MLKEM"));
+    // TLSVISOR_BENCH_PQ=1 keeps the provider's post-quantum hybrid first, to measure what
+    // X25519MLKEM768 costs a server (against peers that lack it, the comparison is not like
+    // for like: run it with TLSVISOR_BENCH_ONLY=tlsvisor,bare-rustls).
+    if std::env::var_os("TLSVISOR_BENCH_PQ").is_none() {
+        provider
+            .kx_groups
+            .retain(|g| !format!("{:?}", g.name()).contains("MLKEM"));
+    }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .unwrap()
