@@ -498,6 +498,7 @@ fn describe(d: &ConnDescription) -> serde_json::Value {
         };
         put("tls_version", tls.version.map(Into::into));
         put("cipher", tls.cipher_suite.map(Into::into));
+        put("kx_group", tls.kx_group.map(Into::into));
         put("sni", tls.server_name.clone().map(Into::into));
         put("alpn", tls.alpn.clone().map(Into::into));
         put("resumed", tls.version.map(|_| tls.resumed.into()));
@@ -505,6 +506,18 @@ fn describe(d: &ConnDescription) -> serde_json::Value {
             put("client_cn", client.cn.clone().map(Into::into));
             put("client_serial", Some(client.serial.clone().into()));
         }
+    }
+    if let (Some(tls), Some(map)) = (&d.upstream_tls, out.as_object_mut()) {
+        map.insert(
+            "upstream_tls".to_string(),
+            json!({
+                "tls_version": tls.version,
+                "cipher": tls.cipher_suite,
+                "kx_group": tls.kx_group,
+                "alpn": tls.alpn,
+                "resumed": tls.resumed,
+            }),
+        );
     }
     out
 }

@@ -75,12 +75,9 @@ fn problems(settings: &Settings) -> (Vec<String>, Vec<Warning>) {
         Ok(prepared) => (Vec::new(), prepared.warnings),
         Err(Problems(problems)) => (problems, Vec::new()),
     };
-    problems.extend(
-        settings
-            .values
-            .upstream
-            .iter()
-            .filter_map(|upstream| upstream_problem(upstream).map(|p| format!("--upstream {p}"))),
-    );
+    problems.extend(settings.values.upstream.iter().filter_map(|upstream| {
+        let bare = upstream.strip_prefix("tls://").unwrap_or(upstream);
+        upstream_problem(bare).map(|p| format!("--upstream {p}"))
+    }));
     (problems, warnings)
 }

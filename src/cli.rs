@@ -195,8 +195,8 @@ serve_settings! {
     #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "de_list")]
     cipher_suites: Vec<String>,
-    /// Key-exchange groups offered, comma-separated (X25519, secp256r1, secp384r1)
-    /// [default: rustls's].
+    /// Key-exchange groups offered, comma-separated (X25519MLKEM768, X25519, secp256r1,
+    /// secp384r1) [default: the provider's: X25519MLKEM768 first with aws-lc-rs].
     #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "de_list")]
     kx_groups: Vec<String>,
@@ -255,11 +255,30 @@ serve_settings! {
     /// What to speak over each connection [default: echo].
     #[arg(long, value_enum)]
     protocol: Option<ProtocolKind> = ProtocolKind::Echo,
-    /// Plaintext upstream for `--protocol proxy`: HOST:PORT or unix:/path; repeatable (each
-    /// client goes to the healthy one with the fewest connections).
+    /// Upstream for `--protocol proxy`: HOST:PORT or unix:/path (plaintext), tls://HOST:PORT
+    /// (TLS); repeatable (each client goes to the healthy one with the fewest connections).
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
     upstream: Vec<String>,
+    /// PEM bundle of the CAs a tls:// upstream's certificate must chain to [default: the
+    /// system's bundle].
+    #[arg(long)]
+    upstream_ca: Option<PathBuf>,
+    /// PEM client certificate chain presented to tls:// upstreams (with --upstream-key).
+    #[arg(long)]
+    upstream_cert: Option<PathBuf>,
+    /// PEM private key of --upstream-cert.
+    #[arg(long)]
+    upstream_key: Option<PathBuf>,
+    /// Name sent as SNI to tls:// upstreams and verified in their certificates [default: each
+    /// upstream's host].
+    #[arg(long)]
+    upstream_sni: Option<String>,
+    /// Accept plaintext TCP here and connect out over TLS to the tls:// upstreams (client
+    /// mode, stunnel's `client = yes`); repeatable.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    listen_plain: Vec<SocketAddr>,
     /// Time to connect to the upstream (proxy) [default: 5s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]

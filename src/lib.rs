@@ -26,6 +26,7 @@ mod settings;
 mod tls_metrics;
 mod upgrade;
 mod upstream_metrics;
+mod upstream_tls;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -106,6 +106,10 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
     ) {
         problems.push(e.to_string());
     }
+    let proxy = proxy_config(settings)
+        .map_err(|e| problems.push(e.to_string()))
+        .ok()
+        .flatten();
     match (tls, problems.is_empty()) {
         (Some(tls), true) => {
             let mut warnings: Vec<Warning> = tls
@@ -118,7 +122,7 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
             Ok(Prepared {
                 config,
                 tls,
-                proxy: proxy_config(settings),
+                proxy,
                 admin_token,
                 warnings,
             })
@@ -205,20 +209,25 @@ fn off_if_zero(duration: std::time::Duration) -> Option<std::time::Duration> {
     Some(duration).filter(|d| !d.is_zero())
 }
 
-/// With `--protocol proxy`, the upstreams and how to reach them. (Whether each resolves is
-/// `check`'s question alone: a name that does not resolve now may by the first connect.)
-fn proxy_config(settings: &Settings) -> Option<ProxyConfig> {
+/// With `--protocol proxy`, the upstreams and how to reach them, and TLS to them (its files
+/// read and checked). (Whether each resolves is `check`'s question alone: a name that does
+/// not resolve now may by the first connect.)
+fn proxy_config(settings: &Settings) -> Result<Option<ProxyConfig>, crate::error::BoxError> {
     let values = &settings.values;
     if values.protocol != ProtocolKind::Proxy {
-        return None;
+        return Ok(None);
     }
-    let mut proxy = ProxyConfig::with_upstreams(&values.upstream);
+    let (upstreams, tls) = crate::upstream_tls::upstreams(&values.upstream)?;
+    let mut proxy = ProxyConfig::with_upstreams(&upstreams);
+    if tls {
+        proxy = proxy.with_tls(crate::upstream_tls::build(values)?);
+    }
     proxy.connect_timeout = values.upstream_connect_timeout;
     proxy.proxy_header = values.proxy_protocol.map(|v| match v {
         ProxyProtocolVersion::V1 => ProxyHeader::V1,
         ProxyProtocolVersion::V2 => ProxyHeader::V2,
     });
-    Some(proxy)
+    Ok(Some(proxy))
 }
 
 /// The warning when the open-files limit `serve` will run under (it raises the soft limit to

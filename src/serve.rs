@@ -299,6 +299,12 @@ async fn start_server(
         None => Server::builder(config, tls, Echo),
     };
     let builder = listen_on(builder, &settings.values.listen, inherited, log);
+    // Client mode: plaintext clients, proxied over TLS (checked: a proxy to tls:// upstreams).
+    let builder = settings
+        .values
+        .listen_plain
+        .iter()
+        .fold(builder, |builder, addr| builder.listen_plain(*addr));
     #[cfg(feature = "fault-injection")]
     let builder = builder.faults(faults_from_env(log)?);
     #[cfg(feature = "fault-injection")]

@@ -113,10 +113,21 @@ impl Settings {
         }
         self.check_http_listeners()?;
         self.check_durations()?;
+        let (_, tls_upstreams) = crate::upstream_tls::upstreams(&self.values.upstream)?;
+        crate::upstream_tls::check(&self.values, tls_upstreams)?;
+        let client_mode = !self.values.listen_plain.is_empty();
+        if client_mode && (self.values.protocol != ProtocolKind::Proxy || !tls_upstreams) {
+            return Err(
+                "--listen-plain (client mode) needs --protocol proxy and TLS upstreams \
+                        (--upstream tls://HOST:PORT): its clients are plaintext, so the hop to \
+                        the upstream is the one to encrypt"
+                    .into(),
+            );
+        }
         match (self.values.protocol, self.values.upstream.is_empty()) {
-            (ProtocolKind::Proxy, true) => {
-                Err("--protocol proxy needs --upstream HOST:PORT or unix:/path".into())
-            }
+            (ProtocolKind::Proxy, true) => Err(
+                "--protocol proxy needs --upstream HOST:PORT, unix:/path or tls://HOST:PORT".into(),
+            ),
             (ProtocolKind::Echo, false) => {
                 Err("--upstream is only used with --protocol proxy".into())
             }
@@ -141,6 +152,12 @@ impl Settings {
             .listen
             .iter()
             .map(|addr| ("--listen", *addr))
+            .chain(
+                values
+                    .listen_plain
+                    .iter()
+                    .map(|addr| ("--listen-plain", *addr)),
+            )
             .chain(
                 named
                     .iter()

@@ -112,9 +112,11 @@ pub use edge::accept_proxy::{AcceptProxy, Cidr, ProxyVersions};
 // The proxy's upstreams.
 pub use upstream::config::{ProxyConfig, ProxyHeader, UpstreamAddr, UpstreamHealth};
 pub use upstream::pool::UpstreamSnapshot;
+pub use upstream::tls::UpstreamTls;
 // TLS: its files and settings, one validated build of them, and swapping it while running.
 pub use tls::certificate::{LoadedCertificate, X509Error};
 pub use tls::client_auth::{AllowList, ClientAuth, ClientAuthMode, ClientIdentity};
+pub use tls::crypto::{crypto_provider, CRYPTO_PROVIDER_NAME};
 #[cfg(feature = "dev-certs")]
 pub use tls::dev_certs::{DevCerts, DEV_CERT_NAMES};
 pub use tls::info::TlsInfo;

@@ -16,12 +16,29 @@ use tokio_rustls::TlsConnector;
 /// Any single step of a workload that takes longer than this is a hang.
 const STEP: Duration = Duration::from_secs(30);
 
-/// A client configuration trusting `ca`, TLS 1.3 and 1.2, ring's X25519 first (no
-/// post-quantum group: every peer negotiates the same classical key exchange). Resumption
-/// (TLS 1.3 tickets) only if `resume`.
+/// A client configuration trusting `ca`, TLS 1.3 and 1.2, X25519 first and no post-quantum
+/// group (every peer negotiates the same classical key exchange, whichever provider this build
+/// uses) unless `TLSVISOR_BENCH_PQ` is set. Resumption (TLS 1.3 tickets) only if `resume`.
 pub(crate) fn client_config(ca: &[u8], resume: bool) -> Arc<rustls::ClientConfig> {
-    let base = tlsvisor_actors::testing::client_config(ca).unwrap();
-    let mut config = (*base).clone();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut provider = tlsvisor_actors::crypto_provider();
+    // TLSVISOR_BENCH_PQ=1 keeps the provider's post-quantum hybrid first, to measure what
+    // X25519MLKEM768 costs a server (against peers that lack it, the comparison is not like
+    // for like: run it with TLSVISOR_BENCH_ONLY=tlsvisor,bare-rustls).
+    if std::env::var_os("TLSVISOR_BENCH_PQ").is_none() {
+        provider
+            .kx_groups
+            .retain(|g| !format!("{:?}", g.name()).contains("MLKEM"));
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     if !resume {
         config.resumption = Resumption::disabled();
     }

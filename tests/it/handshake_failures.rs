@@ -134,7 +134,7 @@ fn each_failed_handshake_is_classed_counted_logged_and_listed() {
     // TLS 1.2 only, against a server at 1.3 and above.
     let tls12 = client_with(
         ca,
-        rustls::crypto::ring::default_provider(),
+        tlsvisor_actors::crypto_provider(),
         &[&rustls::version::TLS12],
     );
     assert!(TlsClient::connect(server.listen, tls12).is_err());
@@ -142,8 +142,9 @@ fn each_failed_handshake_is_classed_counted_logged_and_listed() {
     assert_eq!(entry["alert"], "protocol_version");
 
     // Only P-384, against a server that offers X25519 alone.
-    let mut p384 = rustls::crypto::ring::default_provider();
-    p384.kx_groups = vec![rustls::crypto::ring::kx_group::SECP384R1];
+    let mut p384 = tlsvisor_actors::crypto_provider();
+    p384.kx_groups
+        .retain(|g| g.name() == rustls::NamedGroup::secp384r1);
     assert!(TlsClient::connect(
         server.listen,
         client_with(ca, p384, &[&rustls::version::TLS13])

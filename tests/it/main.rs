@@ -35,3 +35,4 @@ mod privileges;
 mod process;
 mod revalidate;
 mod runtime_faults;
+mod upstream_tls;

@@ -1,7 +1,7 @@
 //! The fields of a connection's one `disposed` log line (its access log) beyond its id, peer,
 //! reason and lifetime.
 
-use crate::tls::info::TlsInfo;
+use crate::tls::info::{TlsInfo, UpstreamTlsFields};
 
 /// The sizes, always, and fields that exist only for some connections, each written only when
 /// known, so a value is never `None` or Rust debug output. README documents every JSON key.
@@ -16,6 +16,8 @@ pub(crate) struct DisposalFields<'a> {
     pub(crate) handshake_ms: Option<u64>,
     /// What the handshake negotiated.
     pub(crate) tls: Option<&'a TlsInfo>,
+    /// What the handshake with a TLS upstream negotiated (fields prefixed `upstream_`).
+    pub(crate) upstream_tls: Option<&'a TlsInfo>,
 }
 
 impl slog::KV for DisposalFields<'_> {
@@ -28,8 +30,11 @@ impl slog::KV for DisposalFields<'_> {
         if let Some(ms) = self.handshake_ms {
             out.emit_u64("handshake_ms", ms)?;
         }
-        match self.tls {
-            Some(tls) => tls.serialize(record, out),
+        if let Some(tls) = self.tls {
+            tls.serialize(record, out)?;
+        }
+        match self.upstream_tls {
+            Some(tls) => UpstreamTlsFields(tls).serialize(record, out),
             None => Ok(()),
         }
     }

@@ -62,6 +62,8 @@ pub(crate) struct Connection {
     /// The runtime fault rule acting on this connection, if one hit it (boxed: rare).
     pub(super) hit: Option<Box<Hit>>,
     pub(super) registration: Registration<Connection>,
+    /// Its client speaks plaintext (accepted on a plaintext listener: client mode).
+    pub(super) plain: bool,
 }
 
 impl Connection {
@@ -74,12 +76,14 @@ impl Connection {
         env: Arc<ConnectionEnv>,
         registration: Registration<Connection>,
         slot: HandshakeSlot,
+        plain: bool,
     ) -> Self {
         Connection {
             id,
             peer,
             env,
             phase: Phase::Accepted(Accepted { socket, slot }),
+            plain,
             reason: None,
             clean_eof: None,
             in_handler: false,
@@ -130,6 +134,7 @@ impl Actor for Connection {
             close_notify: self.clean_eof,
             handshake_ms: established.map(|e| e.handshake_ms),
             tls: established.map(|e| &*e.tls),
+            upstream_tls: last.upstream_tls(),
         };
         log_conn!(info, self, "disposed";
             "reason" => reason.as_str(),
@@ -199,6 +204,7 @@ impl Handler<Describe> for Connection {
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             tls: self.phase.established().map(|e| (*e.tls).clone()),
+            upstream_tls: self.phase.upstream_tls().cloned(),
         })
     }
 }

@@ -26,11 +26,6 @@ pub(crate) type ClientWatch = SocketWatch<TcpStream>;
 /// The server side of a TLS stream over TCP (read ahead while the client streams).
 pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<ClientSocket>>;
 
-/// A watch on the socket under `stream`.
-pub(crate) fn watch(stream: &TlsStream) -> ClientWatch {
-    stream.get_ref().0.get_ref().watch()
-}
-
 /// Why a handshake did not produce a stream, with what the client had offered if its
 /// ClientHello was read.
 pub(crate) enum HandshakeError {

@@ -29,8 +29,9 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::connection::actor::{log_conn, Connection};
+use crate::connection::client_stream::ClientStream;
 use crate::connection::env::{ConnectionEnv, Service};
-use crate::connection::handshake::{self, handshake, ClientWatch, HandshakeError, TlsStream};
+use crate::connection::handshake::{handshake, ClientSocket, ClientWatch, HandshakeError};
 use crate::connection::handshake_failure::{alert_name, classify, HelloSummary};
 use crate::connection::messages::{ReadOutcome, Side};
 use crate::connection::phase::{
@@ -38,6 +39,7 @@ use crate::connection::phase::{
     Proxying, ReaderState, SessionState,
 };
 use crate::connection::reader::{Reader, ReaderHandle};
+use crate::connection::shared_socket::SharedSocket;
 use crate::connection::upstream_link::UpstreamLink;
 use crate::connection::writer::{OtherSideFailed, Writer};
 use crate::edge::accept_proxy::{read_header, Original};
@@ -56,6 +58,7 @@ use crate::tls::info::TlsInfo;
 use crate::tls::refused_certificate::RefusedCertificate;
 use crate::upstream::pool::Connected;
 use crate::upstream::stream::UpstreamWriteHalf;
+use crate::upstream::tls::is_tls_failure;
 
 impl Connection {
     /// Moves to the phase `next` makes of the current one. `next` owns the old phase: what it
@@ -159,7 +162,8 @@ impl Connection {
         self.begin_handshake(tcp, ctx);
     }
 
-    /// Starts the TLS handshake on the socket, bounded by `handshake_timeout`.
+    /// Starts the TLS handshake on the socket, bounded by `handshake_timeout`; a client of a
+    /// plaintext listener (client mode) has none, and is open at once.
     fn begin_handshake(&mut self, tcp: TcpStream, ctx: &mut Context<Self>) {
         // Small TLS records (handshake flights, echoes) must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
@@ -169,6 +173,11 @@ impl Connection {
             true => tcp.local_addr().ok(),
             false => None,
         };
+        if self.plain {
+            let socket: ClientSocket = SharedSocket::new(tcp);
+            let stream = Ok(ClientStream::Plain(socket));
+            return self.handshake_done(stream, None, local, None, ctx);
+        }
         // Taken now and kept: a reload during this handshake does not change it (but the
         // policy it verified the client with is compared with the current one as it ends).
         let tls = self.env.tls.current();
@@ -205,6 +214,7 @@ impl Connection {
             running
                 .into_actor(self)
                 .map(move |(result, picked), act, ctx| {
+                    let result = result.map(ClientStream::Tls);
                     act.handshake_done(result, picked, local, verified_by, ctx)
                 }),
         );
@@ -217,7 +227,7 @@ impl Connection {
     /// stops the connection: there is no TLS session to close.
     fn handshake_done(
         &mut self,
-        result: Result<TlsStream, HandshakeError>,
+        result: Result<ClientStream, HandshakeError>,
         picked: Option<Picked>,
         local: Option<SocketAddr>,
         verified_by: Option<Arc<ClientPolicy>>,
@@ -227,7 +237,7 @@ impl Connection {
             return;
         }
         // A watch (one more owner of the socket) only for a connection a rule hit.
-        let client = picked.and(result.as_ref().ok()).map(handshake::watch);
+        let client = picked.and(result.as_ref().ok()).map(ClientStream::watch);
         self.fault_picked(picked, client.as_ref());
         let stream = match result {
             Ok(stream) => stream,
@@ -251,9 +261,9 @@ impl Connection {
                 return self.stop(reason, ctx);
             }
         };
-        let tls = TlsInfo::of(stream.get_ref().1);
+        let tls = stream.tls_info();
         let peer_chain = match self.env.config.revalidate_live {
-            true => PeerChain::of(stream.get_ref().1.peer_certificates()),
+            true => PeerChain::of(stream.peer_certificates()),
             false => None,
         };
         let resumed = tls.resumed;
@@ -264,7 +274,7 @@ impl Connection {
             tls: Box::new(tls.clone()),
             peer_chain,
         };
-        let watch = handshake::watch(&stream);
+        let watch = stream.watch();
         let (read_half, write_half) = tokio::io::split(stream);
         let writer = ClientWriter::Ready(write_half);
         let service = match self.service_for(read_half, watch, tls, local, ctx) {
@@ -359,7 +369,7 @@ impl Connection {
     /// the lingering close.
     fn service_for(
         &mut self,
-        read_half: tokio::io::ReadHalf<TlsStream>,
+        read_half: tokio::io::ReadHalf<ClientStream>,
         watch: ClientWatch,
         tls: TlsInfo,
         local: Option<SocketAddr>,
@@ -442,20 +452,32 @@ impl Connection {
             stream,
             lease,
             latency,
+            tls,
         } = match result {
             Ok(Ok(connected)) => connected,
             Ok(Err(e)) => {
+                let tls_failed = is_tls_failure(&e);
                 if let Some(suppressed) = self.env.throttles.upstream_connect_failed.admit() {
-                    log_conn!(warn, self, "upstream connect failed";
-                        "error" => %e, "suppressed" => suppressed);
+                    match tls_failed {
+                        true => log_conn!(warn, self, "upstream TLS handshake failed";
+                            "error" => %e, "suppressed" => suppressed),
+                        false => log_conn!(warn, self, "upstream connect failed";
+                            "error" => %e, "suppressed" => suppressed),
+                    }
                 }
-                return self.close(DisposeReason::UpstreamConnectFailed, ctx);
+                return self.close(
+                    match tls_failed {
+                        true => DisposeReason::UpstreamTlsFailed,
+                        false => DisposeReason::UpstreamConnectFailed,
+                    },
+                    ctx,
+                );
             }
             Err(OtherSideFailed(e)) => return self.client_failed(e, ctx),
         };
         self.env.stats.upstream_opened(latency);
         let (read_half, write_half, watch) = stream.into_split();
-        let link = UpstreamLink::new(write_half, watch, lease, Arc::clone(&self.env.stats));
+        let link = UpstreamLink::new(write_half, watch, lease, Arc::clone(&self.env.stats), tls);
         let upstream = spawn_reader(&self.env, read_half, Side::Upstream, ctx);
         let env = Arc::clone(&self.env);
         self.step(|phase| match phase {
@@ -605,10 +627,11 @@ impl Connection {
             };
             return;
         }
-        // The first: the upstream reads EOF, upstream → client flows on, for at most the
-        // half-close timeout.
-        proxying.upstream.shut_write();
+        // The first: the upstream reads EOF (after close_notify, for TLS), upstream → client
+        // flows on, for at most the half-close timeout.
+        let tls_half = proxying.upstream.shut_write();
         proxying.finished(Side::Client);
+        upstream_goodbye(tls_half, self.env.config.close_timeout, ctx);
         self.arm_half_close_deadline(ctx);
     }
 
@@ -644,6 +667,14 @@ impl Connection {
         if let ReadOutcome::Failed(e) = outcome {
             self.mark_finished(Side::Upstream);
             return self.upstream_failed(e, ctx);
+        }
+        if let ReadOutcome::PeerEof { clean: false } = outcome {
+            // A TLS upstream's TCP end without close_notify: it died (killed, crashed) or the
+            // stream was cut, so this is no half-close to pass on; both sides close, as for a
+            // client that ends the same way. (A plaintext upstream's end is always clean.)
+            self.mark_finished(Side::Upstream);
+            log_conn!(debug, self, "the upstream ended without close_notify");
+            return self.close(DisposeReason::UpstreamError, ctx);
         }
         let Phase::Open(Open {
             service: OpenService::Proxy(proxying),
@@ -707,7 +738,7 @@ impl Connection {
     /// of the upstream's bytes may have been cut short by the upstream's socket failing.
     pub(super) fn client_written(
         &mut self,
-        half: tokio::io::WriteHalf<TlsStream>,
+        half: tokio::io::WriteHalf<ClientStream>,
         outcome: Result<io::Result<()>, OtherSideFailed>,
         ctx: &mut Context<Self>,
     ) {
@@ -763,7 +794,9 @@ impl Connection {
         let Some(link) = link else {
             return;
         };
-        drop(link.writer.put_back(half));
+        // Shut while this write held the half: it goes now (for TLS, after close_notify).
+        let shut_meanwhile = link.writer.put_back(half);
+        upstream_goodbye(shut_meanwhile, self.env.config.close_timeout, ctx);
         match outcome {
             Ok(Ok(len)) => link.count_proxied(Side::Client, len),
             Ok(Err(e)) => self.upstream_failed(e, ctx),
@@ -915,7 +948,7 @@ fn closing_of(open: Open, env: &ConnectionEnv, ctx: &mut Context<Connection>) ->
         }) => {
             // The upstream gets its FIN now rather than when the actor stops; what it still
             // sends is drained.
-            link.shut_write();
+            upstream_goodbye(link.shut_write(), env.config.close_timeout, ctx);
             let (client, upstream) = match flow {
                 ProxyFlow::Both { client, upstream } => {
                     (ReaderState::Running(client), ReaderState::Running(upstream))
@@ -942,6 +975,25 @@ fn closing_of(open: Open, env: &ConnectionEnv, ctx: &mut Context<Connection>) ->
         pending,
         upstream,
     }
+}
+
+/// Ends the upstream's write direction with `half`, if there is one: a TLS half gets its
+/// `close_notify` and FIN from a shutdown bounded by `limit`, run on the connection (should it
+/// stop first, the half's drop sends what it can at once); a plaintext half's drop is its FIN.
+fn upstream_goodbye(
+    half: Option<UpstreamWriteHalf>,
+    limit: Duration,
+    ctx: &mut Context<Connection>,
+) {
+    let Some(mut half) = half else {
+        return;
+    };
+    if !half.is_tls() {
+        return drop(half);
+    }
+    ctx.spawn(fut::wrap_future(async move {
+        let _ = tokio::time::timeout(limit, half.shutdown()).await;
+    }));
 }
 
 /// The reason of a proxied connection whose two sides both finished: who ended it.

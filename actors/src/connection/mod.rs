@@ -8,6 +8,7 @@
 //!   one);
 //! - `phase.rs`: what each phase owns; `writer.rs`: a write direction; `upstream_link.rs`: a
 //!   proxied connection's hold on its upstream;
+//! - `client_stream.rs`: the client's stream, TLS or plaintext (client mode);
 //! - `handshake.rs`: the server side of the TLS handshake; `handshake_failure.rs`: the class
 //!   of a failed one and what the client had offered; `reader.rs`: the reader child of
 //!   each side; `session.rs` and `proxy.rs`: what happens to the bytes read;
@@ -22,6 +23,7 @@
 
 mod access_log;
 pub(crate) mod actor;
+mod client_stream;
 mod credentials;
 mod deadlines;
 pub(crate) mod env;

@@ -16,7 +16,8 @@ use actix::SpawnHandle;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::connection::handshake::{ClientWatch, TlsStream};
+use crate::connection::client_stream::ClientStream;
+use crate::connection::handshake::ClientWatch;
 use crate::connection::messages::Side;
 use crate::connection::reader::ReaderHandle;
 use crate::connection::upstream_link::UpstreamLink;
@@ -88,7 +89,7 @@ pub(super) enum OpenService {
     /// Connecting to the upstream. The client's read half waits here: the client is not read
     /// before the upstream can take its bytes.
     Connecting {
-        client: ReadHalf<TlsStream>,
+        client: ReadHalf<ClientStream>,
         /// Our address as the client sees it, for the PROXY header sent upstream.
         local: SocketAddr,
         /// The client's socket, watched while the connect is under way (nothing reads it).
@@ -162,7 +163,7 @@ pub(super) enum ReaderState {
 }
 
 /// The client's write direction.
-pub(super) type ClientWriter = Writer<WriteHalf<TlsStream>>;
+pub(super) type ClientWriter = Writer<WriteHalf<ClientStream>>;
 
 impl Proxying {
     /// `side` has finished: its reader has stopped (its handle is dropped here).
@@ -224,6 +225,22 @@ impl Phase {
             }) => Some(&mut drained.link),
             _ => None,
         }
+    }
+
+    /// What the TLS handshake with the upstream negotiated, while there is a TLS upstream.
+    pub(super) fn upstream_tls(&self) -> Option<&TlsInfo> {
+        let link = match self {
+            Phase::Open(Open {
+                service: OpenService::Proxy(proxying),
+                ..
+            }) => &proxying.upstream,
+            Phase::Closing(Closing {
+                upstream: Some(drained),
+                ..
+            }) => &drained.link,
+            _ => return None,
+        };
+        link.tls.as_deref()
     }
 
     /// The upstream link of a connection open and proxying (not once it closes).

@@ -51,7 +51,12 @@ impl Connection {
             if let Some(pause) = pause {
                 tokio::time::sleep(pause).await;
             }
-            let outcome = watching(stall_limit, half.write_all(&bytes), client.failed()).await;
+            // Flushed: a TLS upstream's rustls may hold the last record of a write otherwise.
+            let write = async {
+                half.write_all(&bytes).await?;
+                half.flush().await
+            };
+            let outcome = watching(stall_limit, write, client.failed()).await;
             (half, outcome.map(|written| written.map(|()| bytes.len())))
         };
         Box::pin(

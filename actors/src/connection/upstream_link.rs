@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::connection::messages::Side;
 use crate::connection::writer::Writer;
 use crate::supervision::stats::Stats;
+use crate::tls::info::TlsInfo;
 use crate::upstream::pool::UpstreamLease;
 use crate::upstream::stream::{UpstreamWatch, UpstreamWriteHalf};
 
@@ -22,6 +23,9 @@ pub(super) struct UpstreamLink {
     /// The upstream's place in its "active" count, given back when the link is dropped.
     lease: UpstreamLease,
     stats: Arc<Stats>,
+    /// What the TLS handshake with the upstream negotiated (a TLS group; boxed: a plaintext
+    /// upstream pays one pointer).
+    pub(super) tls: Option<Box<TlsInfo>>,
 }
 
 impl UpstreamLink {
@@ -31,19 +35,23 @@ impl UpstreamLink {
         watch: UpstreamWatch,
         lease: UpstreamLease,
         stats: Arc<Stats>,
+        tls: Option<TlsInfo>,
     ) -> Self {
         UpstreamLink {
             writer: Writer::Ready(writer),
             watch,
             lease,
             stats,
+            tls: tls.map(Box::new),
         }
     }
 
-    /// Shuts the write side: the upstream gets its FIN now (or, if a write holds the half,
-    /// as soon as that write completes).
-    pub(super) fn shut_write(&mut self) {
-        drop(self.writer.shut());
+    /// Shuts the write side: a plaintext upstream gets its FIN now (or, if a write holds the
+    /// half, as soon as that write completes). A free TLS half is returned: its
+    /// `close_notify` and FIN take an asynchronous shutdown (`machine.rs`, `upstream_goodbye`).
+    #[must_use = "a TLS half returned must be shut down (or dropped)"]
+    pub(super) fn shut_write(&mut self) -> Option<UpstreamWriteHalf> {
+        self.writer.shut().filter(UpstreamWriteHalf::is_tls)
     }
 
     /// Counts bytes written onwards, server-wide and against this upstream.

@@ -420,6 +420,7 @@ mod tests {
         let tls = crate::tls::info::TlsInfo {
             version: Some("TLSv1.3"),
             cipher_suite: Some("TLS13_AES_128_GCM_SHA256"),
+            kx_group: Some("X25519MLKEM768"),
             server_name: Some("example.com".into()),
             alpn: Some("h2".into()),
             client: None,

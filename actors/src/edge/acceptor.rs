@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::connection::actor::Connection;
 use crate::connection::env::ConnectionEnv;
 use crate::edge::admission::Reserved;
+use crate::edge::listeners::AcceptOn;
 use crate::edge::spare_fd;
 use crate::fault::point::FaultPoint;
 use crate::supervision::conn_id::ConnId;
@@ -48,7 +49,7 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 /// listener registered, so there is nothing to re-create (and fail to) when it resumes.
 pub(crate) struct Acceptor {
     /// Move into the accept loop when the actor starts; each with its address, for the logs.
-    listeners: Vec<(std::net::TcpListener, SocketAddr)>,
+    listeners: Vec<AcceptOn>,
     worker: usize,
     env: Arc<ConnectionEnv>,
     /// The registry on this acceptor's arbiter.
@@ -57,7 +58,7 @@ pub(crate) struct Acceptor {
 
 impl Acceptor {
     pub(crate) fn new(
-        listeners: Vec<(std::net::TcpListener, SocketAddr)>,
+        listeners: Vec<AcceptOn>,
         worker: usize,
         env: Arc<ConnectionEnv>,
         registry: Addr<HandlerRegistry<Connection>>,
@@ -119,6 +120,8 @@ struct AcceptLoop {
 struct Registered {
     socket: TcpListener,
     addr: SocketAddr,
+    /// Its clients speak plaintext (client mode).
+    plain: bool,
 }
 
 /// Client failures in a row after which the acceptor pauses as for any other failure.
@@ -130,11 +133,20 @@ const CLIENT_FAILURES_BEFORE_PAUSE: u32 = 64;
 const AFTER_DISPOSAL: Duration = Duration::from_millis(1);
 
 impl AcceptLoop {
-    async fn run(mut self, listeners: Vec<(std::net::TcpListener, SocketAddr)>) {
+    async fn run(mut self, listeners: Vec<AcceptOn>) {
         let mut registered = Vec::with_capacity(listeners.len());
-        for (listener, addr) in listeners {
-            let socket = self.register(listener, addr).await;
-            registered.push(Registered { socket, addr });
+        for AcceptOn {
+            socket,
+            addr,
+            plain,
+        } in listeners
+        {
+            let socket = self.register(socket, addr).await;
+            registered.push(Registered {
+                socket,
+                addr,
+                plain,
+            });
         }
         loop {
             // Room for one more connection and handshake first: at a limit the listener is not
@@ -156,10 +168,10 @@ impl AcceptLoop {
                     self.next_socket(&mut registered).await
                 } => next,
             };
-            let Some((socket, peer)) = next else {
+            let Some((socket, peer, plain)) = next else {
                 return;
             };
-            self.admit(socket, peer, reserved);
+            self.admit(socket, peer, plain, reserved);
         }
     }
 
@@ -181,22 +193,22 @@ impl AcceptLoop {
     async fn next_socket(
         &mut self,
         listeners: &mut Vec<Registered>,
-    ) -> Option<(TcpStream, SocketAddr)> {
+    ) -> Option<(TcpStream, SocketAddr, bool)> {
         loop {
             if listeners.is_empty() {
                 return None;
             }
             let (result, index) = accept_any(listeners, &self.env, self.turn).await;
-            let listen = listeners[index].addr;
+            let (listen, plain) = (listeners[index].addr, listeners[index].plain);
             // Next time the listener after the one just polled goes first, whatever came of
             // it: one whose accepts keep failing (EPERM from a security policy leaves the
             // client queued and the listener readable) must not be first every time, or the
             // others are never polled.
             self.turn = index.wrapping_add(1);
             match result {
-                Ok(accepted) => {
+                Ok((socket, peer)) => {
                     self.resumed();
-                    return Some(accepted);
+                    return Some((socket, peer, plain));
                 }
                 // accept(2) on a socket that is no longer listening.
                 Err(Failure { error, .. }) if error.raw_os_error() == Some(libc::EINVAL) => {
@@ -261,7 +273,7 @@ impl AcceptLoop {
         }
     }
 
-    fn admit(&self, tcp: TcpStream, peer: SocketAddr, reserved: Reserved) {
+    fn admit(&self, tcp: TcpStream, peer: SocketAddr, plain: bool, reserved: Reserved) {
         let env = &self.env;
         // A balancer's socket: the client it carries is known once its PROXY header is read,
         // and claims its per-IP slots then (connection/accept_header.rs).
@@ -291,7 +303,7 @@ impl AcceptLoop {
                 env.log.clone(),
             )
             .holding(connection_slot);
-            Connection::new(id, peer, tcp, env, registration, handshake_slot)
+            Connection::new(id, peer, tcp, env, registration, handshake_slot, plain)
         });
     }
 }

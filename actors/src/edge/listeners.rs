@@ -22,12 +22,14 @@ pub(crate) enum ListenOn {
     Bind(SocketAddr),
     /// Serve this socket, already bound and listening; it is shared with whoever gave it.
     Socket(TcpListener),
+    /// Bind this address for plaintext clients (client mode: TLS to the upstream only).
+    BindPlain(SocketAddr),
 }
 
 impl ListenOn {
     fn is_ipv4(&self) -> bool {
         match self {
-            ListenOn::Bind(addr) => addr.is_ipv4(),
+            ListenOn::Bind(addr) | ListenOn::BindPlain(addr) => addr.is_ipv4(),
             ListenOn::Socket(socket) => socket.local_addr().is_ok_and(|a| a.is_ipv4()),
         }
     }
@@ -40,6 +42,16 @@ struct Listening {
     /// Set while another process serves from this socket too: shutdown then leaves it
     /// listening.
     shared: AtomicBool,
+    /// Its clients speak plaintext (client mode).
+    plain: bool,
+}
+
+/// One worker's descriptor of a listening socket, for its acceptor.
+pub(crate) struct AcceptOn {
+    pub(crate) socket: TcpListener,
+    pub(crate) addr: SocketAddr,
+    /// Its clients speak plaintext (client mode).
+    pub(crate) plain: bool,
 }
 
 /// The listening sockets of one server, the first first (`Server::local_addr`).
@@ -57,10 +69,14 @@ impl Listeners {
         let v6_only = sources.iter().any(ListenOn::is_ipv4);
         let mut listening = Vec::with_capacity(sources.len());
         for source in sources {
-            let (socket, shared, asked) = match source {
+            let (socket, shared, asked, plain) = match source {
                 ListenOn::Bind(addr) => {
                     let socket = bind(addr, config, v6_only).map_err(|e| bind_error(addr, e))?;
-                    (socket, false, addr)
+                    (socket, false, addr, false)
+                }
+                ListenOn::BindPlain(addr) => {
+                    let socket = bind(addr, config, v6_only).map_err(|e| bind_error(addr, e))?;
+                    (socket, false, addr, true)
                 }
                 ListenOn::Socket(socket) => {
                     let addr = socket
@@ -73,7 +89,7 @@ impl Listeners {
                     socket
                         .set_nonblocking(true)
                         .map_err(|e| bind_error(addr, e))?;
-                    (socket, true, addr)
+                    (socket, true, addr, false)
                 }
             };
             let addr = socket.local_addr().map_err(|e| bind_error(asked, e))?;
@@ -81,22 +97,44 @@ impl Listeners {
                 socket,
                 addr,
                 shared: AtomicBool::new(shared),
+                plain,
             });
         }
         Ok(Listeners(listening))
     }
 
-    /// The addresses actually bound, in order.
+    /// The addresses actually bound for TLS clients, in order.
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
-        self.0.iter().map(|l| l.addr).collect()
+        self.0.iter().filter(|l| !l.plain).map(|l| l.addr).collect()
     }
 
-    /// A new descriptor (a `dup`) of every socket, in order, with its address: one set per
-    /// worker's acceptor, or to hand to another process.
-    pub(crate) fn copies(&self) -> std::io::Result<Vec<(TcpListener, SocketAddr)>> {
+    /// The addresses actually bound for plaintext clients (client mode), in order.
+    pub(crate) fn plain_addrs(&self) -> Vec<SocketAddr> {
+        self.0.iter().filter(|l| l.plain).map(|l| l.addr).collect()
+    }
+
+    /// A new descriptor (a `dup`) of every TLS socket, in order: to hand to another process
+    /// (the plaintext ones are not handed over: see ARCHITECTURE.md).
+    pub(crate) fn copies(&self) -> std::io::Result<Vec<TcpListener>> {
         self.0
             .iter()
-            .map(|l| Ok((l.socket.try_clone()?, l.addr)))
+            .filter(|l| !l.plain)
+            .map(|l| l.socket.try_clone())
+            .collect()
+    }
+
+    /// A new descriptor of every socket, in order, with its address and whether its clients
+    /// speak plaintext: one set per worker's acceptor.
+    pub(crate) fn accepting_copies(&self) -> std::io::Result<Vec<AcceptOn>> {
+        self.0
+            .iter()
+            .map(|l| {
+                Ok(AcceptOn {
+                    socket: l.socket.try_clone()?,
+                    addr: l.addr,
+                    plain: l.plain,
+                })
+            })
             .collect()
     }
 

@@ -28,4 +28,7 @@ pub struct ConnDescription {
     pub bytes_out: u64,
     /// What its handshake negotiated (SNI, ALPN, client certificate), once it finished.
     pub tls: Option<TlsInfo>,
+    /// What the handshake with its TLS upstream negotiated (version, cipher, group, ALPN,
+    /// whether it resumed), while it has one.
+    pub upstream_tls: Option<TlsInfo>,
 }

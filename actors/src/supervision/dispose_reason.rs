@@ -68,6 +68,11 @@ labels! {
         /// mTLS: the client's certificate (or one of the chain it presented) reached its
         /// `notAfter` while the connection was open; closed gracefully at that moment.
         ClientCertificateExpired => "client_certificate_expired",
+        /// Proxy to a TLS upstream: the TLS handshake with the upstream failed (its certificate
+        /// did not verify, no shared parameters, it refused our client certificate, it does not
+        /// speak TLS) or did not finish within the connect timeout; counted against the
+        /// upstream's passive health like a failed connect.
+        UpstreamTlsFailed => "upstream_tls_failed",
     }
 }
 
@@ -104,13 +109,14 @@ mod tests {
                 DisposeReason::FaultInjected => "fault_injected",
                 DisposeReason::CredentialsRevoked => "credentials_revoked",
                 DisposeReason::ClientCertificateExpired => "client_certificate_expired",
+                DisposeReason::UpstreamTlsFailed => "upstream_tls_failed",
             }
         }
         for (i, reason) in DisposeReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
             assert_eq!(reason.as_str(), contract_name(*reason));
         }
-        assert_eq!(DisposeReason::COUNT, 23);
+        assert_eq!(DisposeReason::COUNT, 24);
     }
 
     #[test]

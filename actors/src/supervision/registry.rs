@@ -464,6 +464,7 @@ mod tests {
                 bytes_in: 0,
                 bytes_out: 0,
                 tls: None,
+                upstream_tls: None,
             })
         }
     }

@@ -15,7 +15,7 @@ use crate::connection::messages::Close;
 use crate::connection::messages::CloseMode;
 use crate::edge::acceptor::Acceptor;
 use crate::edge::admission::Limits;
-use crate::edge::listeners::{ListenOn, Listeners};
+use crate::edge::listeners::{AcceptOn, ListenOn, Listeners};
 use crate::edge::spare_fd;
 use crate::error::ServerError;
 use crate::fault::set::Faults;
@@ -36,7 +36,7 @@ use crate::supervision::supervisor::ConnectionSupervisor;
 use crate::supervision::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
 use crate::tls::reload::TlsReloader;
 use crate::tls::source::LoadedTls;
-use crate::upstream::config::ProxyConfig;
+use crate::upstream::config::{server_name_for, ProxyConfig};
 use crate::upstream::pool::UpstreamPool;
 
 /// How long `Server::shutdown` waits for each worker thread to finish once it is told to stop.
@@ -81,6 +81,17 @@ impl ServerBuilder {
         self
     }
 
+    /// Listens on `addr` for plaintext clients: client mode (stunnel's `client = yes`). Each
+    /// is proxied to the upstreams over TLS, as the same supervised connection as a TLS
+    /// client's (readers, registry, limits, `Dispose`); a client's FIN is its clean end,
+    /// passed on as the upstream's `close_notify`. Needs [`Server::proxy`] with
+    /// [`ProxyConfig::tls`](crate::ProxyConfig::tls). These sockets are not handed over by
+    /// [`Server::listening_sockets`].
+    pub fn listen_plain(mut self, addr: SocketAddr) -> Self {
+        self.listeners.push(ListenOn::BindPlain(addr));
+        self
+    }
+
     /// Serves `listener`, a socket already bound and listening (inherited from systemd's
     /// socket activation, or handed over by the process being upgraded): the address stays
     /// where it is, with its accept queue, and is never bound again.
@@ -119,8 +130,12 @@ impl ServerBuilder {
     pub fn start(self) -> Result<Server, ServerError> {
         let pool = self.check()?;
         let listeners = Arc::new(Listeners::open(&self.config, self.listeners)?);
-        // Never empty: checked above.
-        let local_addrs = listeners.addrs();
+        // Together never empty: checked above.
+        let (local_addrs, plain_addrs) = (listeners.addrs(), listeners.plain_addrs());
+        let first_addr = match local_addrs.first().or(plain_addrs.first()) {
+            Some(addr) => *addr,
+            None => return Err(ServerError::Config("nothing to listen on".into())),
+        };
         let log = self.log;
         // The reserve that lets an acceptor shed clients once descriptors run out; a process
         // that cannot open one now has bigger problems, and accepting works without it.
@@ -132,10 +147,10 @@ impl ServerBuilder {
         // Each worker accepts on its own descriptor (a dup) of every listening socket. The
         // copies are made before any thread starts: a failure leaves nothing running.
         let copies = (0..self.config.workers)
-            .map(|_| listeners.copies())
+            .map(|_| listeners.accepting_copies())
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|source| ServerError::Bind {
-                addr: local_addrs[0],
+                addr: first_addr,
                 source,
             })?;
         let workers = start_workers(self.config.workers)?;
@@ -168,7 +183,7 @@ impl ServerBuilder {
             lifetime_spread: std::collections::hash_map::RandomState::new(),
         });
         let acceptors = start_acceptors(&workers, &registries, copies, &env);
-        log_listening(&local_addrs, workers.len(), &env);
+        log_listening(&local_addrs, &plain_addrs, workers.len(), &env);
         let supervisor =
             ConnectionSupervisor::new(acceptors, Arc::clone(&listeners), registries.clone(), env)
                 .start();
@@ -178,6 +193,8 @@ impl ServerBuilder {
             registries,
             workers,
             local_addrs,
+            plain_addrs,
+            first_addr,
             stats,
             faults: self.faults,
             log,
@@ -201,11 +218,31 @@ impl ServerBuilder {
                     .into(),
             ));
         }
+        let plain = self
+            .listeners
+            .iter()
+            .any(|l| matches!(l, ListenOn::BindPlain(_)));
+        let tls_upstreams = matches!(&self.service, Service::Proxy(p) if p.config().tls.is_some());
+        if plain && !tls_upstreams {
+            return Err(ServerError::Config(
+                "a plaintext listener (client mode) needs a proxy to TLS upstreams \
+                 (ProxyConfig::tls)"
+                    .into(),
+            ));
+        }
         match &self.service {
             Service::Proxy(pool) if pool.config().upstreams.is_empty() => {
                 Err(ServerError::Config("a proxy needs an upstream".into()))
             }
-            Service::Proxy(pool) => Ok(Some(Arc::clone(pool))),
+            Service::Proxy(pool) => {
+                // Each TLS upstream needs a name to verify its certificate under.
+                if let Some(tls) = &pool.config().tls {
+                    for upstream in &pool.config().upstreams {
+                        server_name_for(tls, upstream).map_err(ServerError::Config)?;
+                    }
+                }
+                Ok(Some(Arc::clone(pool)))
+            }
             Service::Sessions(_) => Ok(None),
         }
     }
@@ -239,7 +276,7 @@ fn start_registries(
 fn start_acceptors(
     workers: &[Arbiter],
     registries: &Registries<Connection>,
-    copies: Vec<Vec<(std::net::TcpListener, SocketAddr)>>,
+    copies: Vec<Vec<AcceptOn>>,
     env: &Arc<ConnectionEnv>,
 ) -> Vec<Addr<Acceptor>> {
     let each_worker = workers.iter().zip(&registries.0).zip(copies).enumerate();
@@ -254,12 +291,17 @@ fn start_acceptors(
         .collect()
 }
 
-/// One line per listener: what it serves and under which limits.
-fn log_listening(addrs: &[SocketAddr], workers: usize, env: &ConnectionEnv) {
+/// One line per listener: what it serves and under which limits (`listening`, and
+/// `listening plain` for a plaintext listener of client mode).
+fn log_listening(addrs: &[SocketAddr], plain: &[SocketAddr], workers: usize, env: &ConnectionEnv) {
     let protocol = match &env.service {
         Service::Sessions(protocol) => protocol.name(),
         Service::Proxy(_) => "proxy",
     };
+    for addr in plain {
+        info!(env.log, "listening plain"; "listen_plain" => addr.to_string(),
+            "protocol" => protocol, "workers" => workers);
+    }
     for addr in addrs {
         info!(env.log, "listening"; "listen" => addr.to_string(), "protocol" => protocol,
             "workers" => workers,
@@ -284,8 +326,12 @@ pub struct Server {
     supervisor: Addr<ConnectionSupervisor>,
     registries: Registries<Connection>,
     workers: Vec<Arbiter>,
-    /// Never empty: one per listener, in the order the builder was given them.
+    /// One per TLS listener, in the order the builder was given them.
     local_addrs: Vec<SocketAddr>,
+    /// One per plaintext listener (client mode), in order.
+    plain_addrs: Vec<SocketAddr>,
+    /// The first TLS listener's address, else the first plaintext one's.
+    first_addr: SocketAddr,
     stats: Arc<Stats>,
     faults: Faults,
     log: Logger,
@@ -303,8 +349,9 @@ impl Server {
         Server::builder_for(config, tls, Service::Sessions(Arc::new(protocol)))
     }
 
-    /// A builder for a TLS-terminating proxy to plaintext upstreams (one or several, TCP or
-    /// unix, see [`ProxyConfig`]); starting it fails if `proxy` lists no upstream.
+    /// A builder for a TLS-terminating proxy to upstreams (one or several, TCP or unix,
+    /// plaintext or TLS, see [`ProxyConfig`]); starting it fails if `proxy` lists no upstream,
+    /// or a TLS upstream has no name to verify.
     pub fn proxy(config: ServerConfig, tls: LoadedTls, proxy: ProxyConfig) -> ServerBuilder {
         Server::builder_for(
             config,
@@ -326,14 +373,20 @@ impl Server {
         }
     }
 
-    /// The address actually bound for the first listener (useful with port 0).
+    /// The address actually bound for the first TLS listener (useful with port 0), or for the
+    /// first plaintext one if there is no TLS listener.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addrs[0]
+        self.first_addr
     }
 
-    /// The addresses actually bound, one per listener, the first first.
+    /// The addresses actually bound, one per TLS listener, the first first.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The addresses actually bound, one per plaintext listener ([`ServerBuilder::listen_plain`]).
+    pub fn plain_addrs(&self) -> &[SocketAddr] {
+        &self.plain_addrs
     }
 
     /// A new descriptor of the first listening socket, to hand to another process (a binary
@@ -344,19 +397,13 @@ impl Server {
             .copies()?
             .into_iter()
             .next()
-            .map(|(socket, _)| socket)
             .ok_or_else(|| std::io::Error::other("no listening socket"))
     }
 
     /// A new descriptor of every listening socket, in the order of [`Server::local_addrs`],
     /// to hand to another process (a binary upgrade); see [`Server::listening_socket`].
     pub fn listening_sockets(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
-        Ok(self
-            .listeners
-            .copies()?
-            .into_iter()
-            .map(|(socket, _)| socket)
-            .collect())
+        self.listeners.copies()
     }
 
     /// Says whether another process serves from these listening sockets too (all of them).

@@ -20,7 +20,7 @@ pub fn client_config(ca_pem: &[u8]) -> io::Result<Arc<ClientConfig>> {
         roots.add(cert).map_err(io::Error::other)?;
     }
     let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        ClientConfig::builder_with_provider(Arc::new(crate::tls::crypto::crypto_provider()))
             .with_safe_default_protocol_versions()
             .map_err(io::Error::other)?
             .with_root_certificates(roots)
@@ -60,7 +60,7 @@ pub fn client_config_with_cert(
     let key =
         rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem).map_err(io::Error::other)?;
     let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        ClientConfig::builder_with_provider(Arc::new(crate::tls::crypto::crypto_provider()))
             .with_safe_default_protocol_versions()
             .map_err(io::Error::other)?
             .with_root_certificates(roots)
@@ -73,7 +73,7 @@ pub fn client_config_with_cert(
 /// so that a test can look at which certificate a server chose for a name it does not serve.
 /// Never use it outside tests.
 pub fn client_config_accepting_any() -> io::Result<Arc<ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::tls::crypto::crypto_provider());
     let verifier = Arc::new(AcceptAny(Arc::clone(&provider)));
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -307,7 +307,7 @@ mod tests {
 
     /// The verifier `ClientAuth::verifier` builds for an allow-list of `cns`, trusting `ca`.
     fn verifier(ca: &CertificateDer<'static>, cns: &[&str]) -> AllowListVerifier {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::tls::crypto::crypto_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone()).unwrap();
         let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use ring::digest::{Context, SHA256};
+use crate::tls::crypto::primitives::digest::{Context, SHA256};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 

@@ -182,9 +182,8 @@ fn issue_server(
 
 /// A positive 16-byte random serial, so that every issued certificate can be told apart.
 fn random_serial() -> Result<rcgen::SerialNumber, rcgen::Error> {
-    use rustls::crypto::ring::default_provider;
     let mut bytes = [0u8; 16];
-    default_provider()
+    crate::tls::crypto::crypto_provider()
         .secure_random
         .fill(&mut bytes)
         .map_err(|_| rcgen::Error::RingUnspecified)?;
@@ -217,7 +216,7 @@ mod tests {
             std::fs::write(&path, crl).unwrap();
             auth.crls.push(path);
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::tls::crypto::crypto_provider());
         auth.verifier(provider).unwrap().0
     }
 

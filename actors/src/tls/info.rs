@@ -1,6 +1,6 @@
 //! `TlsInfo`: what a connection's handshake negotiated, for sessions and the disposal log line.
 
-use rustls::ServerConnection;
+use rustls::{ClientConnection, CommonState, ServerConnection};
 
 use crate::tls::client_auth::ClientIdentity;
 
@@ -12,6 +12,9 @@ pub struct TlsInfo {
     pub version: Option<&'static str>,
     /// The cipher suite, by rustls's name (`TLS13_AES_128_GCM_SHA256`).
     pub cipher_suite: Option<&'static str>,
+    /// The key-exchange group by its IANA name (`X25519MLKEM768`, `X25519`, `secp256r1`); none
+    /// for a TLS 1.2 resumption, which exchanges no key.
+    pub kx_group: Option<&'static str>,
     /// The name the client asked for (SNI), lowercase.
     pub server_name: Option<String>,
     /// The application protocol agreed by ALPN (`h2`), if any.
@@ -26,6 +29,25 @@ impl TlsInfo {
     /// Reads what `conn` negotiated (after its handshake).
     pub(crate) fn of(conn: &ServerConnection) -> TlsInfo {
         TlsInfo {
+            server_name: conn.server_name().map(str::to_ascii_lowercase),
+            // rustls hands over peer certificates only after verifying them.
+            client: conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(ClientIdentity::of),
+            ..TlsInfo::negotiated(conn)
+        }
+    }
+
+    /// Reads what our handshake with a TLS upstream negotiated (no SNI or client identity:
+    /// the upstream is the server there).
+    pub(crate) fn of_upstream(conn: &ClientConnection) -> TlsInfo {
+        TlsInfo::negotiated(conn)
+    }
+
+    /// What either side of a handshake negotiated.
+    fn negotiated(conn: &CommonState) -> TlsInfo {
+        TlsInfo {
             version: conn.protocol_version().map(|v| match v {
                 rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
                 rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
@@ -34,17 +56,44 @@ impl TlsInfo {
             cipher_suite: conn
                 .negotiated_cipher_suite()
                 .map(|s| s.suite().as_str().unwrap_or("unknown")),
-            server_name: conn.server_name().map(str::to_ascii_lowercase),
+            kx_group: conn
+                .negotiated_key_exchange_group()
+                .map(|g| g.name().as_str().unwrap_or("unknown")),
+            server_name: None,
             alpn: conn
                 .alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-            // rustls hands over peer certificates only after verifying them.
-            client: conn
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(ClientIdentity::of),
+            client: None,
         }
+    }
+}
+
+/// What the handshake with a TLS upstream negotiated, as fields of the disposal log line, each
+/// prefixed `upstream_` (`upstream_tls_version`, `upstream_kx_group`, `upstream_resumed`, …).
+pub(crate) struct UpstreamTlsFields<'a>(pub(crate) &'a TlsInfo);
+
+impl slog::KV for UpstreamTlsFields<'_> {
+    fn serialize(
+        &self,
+        _record: &slog::Record<'_>,
+        out: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        let tls = self.0;
+        if let Some(version) = tls.version {
+            out.emit_str("upstream_tls_version", version)?;
+            out.emit_bool("upstream_resumed", tls.resumed)?;
+        }
+        if let Some(suite) = tls.cipher_suite {
+            out.emit_str("upstream_cipher", suite)?;
+        }
+        if let Some(group) = tls.kx_group {
+            out.emit_str("upstream_kx_group", group)?;
+        }
+        if let Some(alpn) = &tls.alpn {
+            out.emit_str("upstream_alpn", alpn)?;
+        }
+        Ok(())
     }
 }
 
@@ -61,6 +110,9 @@ impl slog::KV for TlsInfo {
         }
         if let Some(suite) = self.cipher_suite {
             out.emit_str("cipher", suite)?;
+        }
+        if let Some(group) = self.kx_group {
+            out.emit_str("kx_group", group)?;
         }
         if let Some(name) = &self.server_name {
             out.emit_str("sni", name)?;

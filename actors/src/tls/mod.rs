@@ -7,6 +7,7 @@
 pub(crate) mod certificate;
 pub(crate) mod client_auth;
 pub(crate) mod client_policy;
+pub(crate) mod crypto;
 #[cfg(feature = "dev-certs")]
 pub(crate) mod dev_certs;
 pub(crate) mod files;

@@ -5,6 +5,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::SupportedProtocolVersion;
 
 use crate::error::TlsConfigError;
+use crate::tls::crypto::{all_kx_groups, crypto_provider, CRYPTO_PROVIDER_NAME};
 
 /// What `--tls-min-version 1.3` enables.
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -19,8 +20,9 @@ pub enum TlsVersion {
     Tls13,
 }
 
-/// The negotiable part of the TLS configuration. Empty lists mean rustls's defaults (its
-/// ring provider's suites and groups, in its order of preference).
+/// The negotiable part of the TLS configuration. Empty lists mean the defaults of the build's
+/// provider (`tls/crypto.rs`), in its order of preference: with aws-lc-rs, the groups
+/// `X25519MLKEM768`, `X25519`, `secp256r1`, `secp384r1`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsPolicy {
     /// The lowest version accepted.
@@ -28,7 +30,8 @@ pub struct TlsPolicy {
     /// Cipher suites offered, by rustls or IANA name (`TLS13_AES_128_GCM_SHA256` or
     /// `TLS_AES_128_GCM_SHA256`, `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`), in preference order.
     pub cipher_suites: Vec<String>,
-    /// Key-exchange groups offered (`X25519`, `secp256r1`, `secp384r1`), in preference order.
+    /// Key-exchange groups offered (`X25519MLKEM768` with aws-lc-rs, `X25519`, `secp256r1`,
+    /// `secp384r1`), in preference order.
     pub kx_groups: Vec<String>,
     /// Choose the cipher suite by the server's order rather than the client's.
     pub prefer_server_cipher_order: bool,
@@ -49,7 +52,25 @@ fn suite_names(suite: &rustls::SupportedCipherSuite) -> (String, String) {
     (rustls_name, iana)
 }
 
-fn group_name(group: &dyn rustls::crypto::SupportedKxGroup) -> String {
+/// An unknown post-quantum group in a build without one (ring) says which build has it.
+fn post_quantum_hint(error: TlsConfigError) -> TlsConfigError {
+    match error {
+        TlsConfigError::UnknownName {
+            what,
+            name,
+            mut valid,
+        } if name.to_ascii_uppercase().contains("MLKEM") => {
+            valid.push(format!(
+                "(this build uses {CRYPTO_PROVIDER_NAME}; {name} needs the aws-lc-rs build)"
+            ));
+            TlsConfigError::UnknownName { what, name, valid }
+        }
+        other => other,
+    }
+}
+
+/// The IANA name of a key-exchange group (`X25519MLKEM768`, `X25519`, `secp256r1`).
+pub(crate) fn group_name(group: &dyn rustls::crypto::SupportedKxGroup) -> String {
     group
         .name()
         .as_str()
@@ -84,7 +105,7 @@ fn select<T: Clone>(
 }
 
 impl TlsPolicy {
-    /// The ring provider narrowed to this policy's suites and groups, and the versions to
+    /// The build's provider narrowed to this policy's suites and groups, and the versions to
     /// enable. Checks every name, the ALPN names' lengths, and that some suite is left for the
     /// versions allowed.
     pub(crate) fn provider(
@@ -92,7 +113,7 @@ impl TlsPolicy {
     ) -> Result<(CryptoProvider, &'static [&'static SupportedProtocolVersion]), TlsConfigError>
     {
         self.check_alpn()?;
-        let mut provider = rustls::crypto::ring::default_provider();
+        let mut provider = crypto_provider();
         if !self.cipher_suites.is_empty() {
             provider.cipher_suites = select(
                 "cipher suite",
@@ -105,12 +126,14 @@ impl TlsPolicy {
             )?;
         }
         if !self.kx_groups.is_empty() {
+            // Any group the provider has, not only its defaults (`MLKEM768` alone, say).
             provider.kx_groups = select(
                 "key-exchange group",
                 &self.kx_groups,
-                &provider.kx_groups,
+                all_kx_groups(),
                 |g| vec![group_name(*g)],
-            )?;
+            )
+            .map_err(post_quantum_hint)?;
         }
         let versions: &'static [&'static SupportedProtocolVersion] = match self.min_version {
             TlsVersion::Tls12 => rustls::ALL_VERSIONS,

@@ -6,8 +6,10 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use ring::rand::{SecureRandom, SystemRandom};
+use crate::tls::crypto::primitives::aead::{
+    Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN,
+};
+use crate::tls::crypto::primitives::rand::{SecureRandom, SystemRandom};
 use rustls::server::ProducesTickets;
 
 use crate::error::TlsConfigError;
@@ -188,7 +190,7 @@ pub(crate) fn default_ticketer() -> Result<Arc<dyn ProducesTickets>, TlsConfigEr
     if let Some(ticketer) = TICKETER.get() {
         return Ok(Arc::clone(ticketer));
     }
-    let made = rustls::crypto::ring::Ticketer::new().map_err(TlsConfigError::Rustls)?;
+    let made = crate::tls::crypto::Ticketer::new().map_err(TlsConfigError::Rustls)?;
     Ok(Arc::clone(TICKETER.get_or_init(|| made)))
 }
 

@@ -9,8 +9,12 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::connection::shared_socket::SharedSocket;
 use crate::tls::info::TlsInfo;
-use crate::upstream::stream::UpstreamStream;
+use crate::upstream::stream::{Transport, UpstreamStream};
+use rustls::pki_types::ServerName;
+
+use crate::upstream::tls::{UpstreamTls, UpstreamTlsFailed};
 
 /// Which PROXY protocol header (HAProxy's specification) to send before the client's bytes, so
 /// the upstream sees the client's address rather than ours.
@@ -103,6 +107,10 @@ pub struct ProxyConfig {
     pub proxy_header: Option<ProxyHeader>,
     /// Passive health checks.
     pub health: UpstreamHealth,
+    /// TLS to every upstream of the group (`None`: plaintext). A failed handshake counts
+    /// against the upstream's health like a failed connect, and disposes the connection as
+    /// `upstream_tls_failed`.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl ProxyConfig {
@@ -123,8 +131,45 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             proxy_header: None,
             health: UpstreamHealth::default(),
+            tls: None,
         }
     }
+
+    /// Speaks TLS to every upstream (see [`UpstreamTls`]).
+    pub fn with_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// The name to verify `upstream` under: the group's, or the upstream's host.
+pub(crate) fn server_name_for(
+    tls: &UpstreamTls,
+    upstream: &UpstreamAddr,
+) -> Result<ServerName<'static>, String> {
+    if let Some(name) = &tls.server_name {
+        return Ok(name.clone());
+    }
+    match upstream {
+        UpstreamAddr::Tcp(addr) => {
+            let host = host_of(addr);
+            ServerName::try_from(host.to_string())
+                .map_err(|e| format!("{addr}: {host:?} is no server name ({e})"))
+        }
+        UpstreamAddr::Unix(path) => Err(format!(
+            "unix:{}: a TLS upstream on a unix socket needs a server name to verify",
+            path.display()
+        )),
+    }
+}
+
+/// `HOST` of `HOST:PORT` (`[::1]:6379` → `::1`).
+fn host_of(addr: &str) -> &str {
+    let host = match addr.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => addr,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// PROXY v2 TLV types and SSL sub-types (HAProxy's proxy-protocol.txt, section 2.2).
@@ -231,8 +276,45 @@ pub(crate) fn proxy_header_with_tls(
     }
 }
 
-/// Opens a connection to `upstream` for `client` and sends the PROXY header if configured.
+/// Opens a connection to `upstream` for `client`, sends the PROXY header if configured, then
+/// runs the TLS handshake of a TLS group (all of it within the connect timeout); the TLS of
+/// `tls` is the client's, whose ALPN is passed on. A failed or late handshake is an
+/// [`UpstreamTlsFailed`] error.
 pub(crate) async fn connect(
+    upstream: &UpstreamAddr,
+    config: &ProxyConfig,
+    client: SocketAddr,
+    server: SocketAddr,
+    tls: Option<&TlsInfo>,
+) -> io::Result<UpstreamStream> {
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let stream = connect_plain(upstream, config, client, server, tls).await?;
+    let Some(upstream_tls) = &config.tls else {
+        return Ok(stream);
+    };
+    let transport = match stream {
+        UpstreamStream::Tcp(s) => Transport::Tcp(SharedSocket::new(s)),
+        UpstreamStream::Unix(s) => Transport::Unix(SharedSocket::new(s)),
+        tls @ UpstreamStream::Tls(_) => return Ok(tls),
+    };
+    let name = server_name_for(upstream_tls, upstream)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, UpstreamTlsFailed(e)))?;
+    let alpn = tls.and_then(|t| t.alpn.as_deref());
+    match tokio::time::timeout_at(deadline, upstream_tls.handshake(transport, name, alpn)).await {
+        Ok(Ok(stream)) => Ok(UpstreamStream::Tls(Box::new(stream))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            UpstreamTlsFailed(format!(
+                "no handshake within the connect timeout ({:?})",
+                config.connect_timeout
+            )),
+        )),
+    }
+}
+
+/// The TCP or unix connect and the PROXY header, within the connect timeout.
+async fn connect_plain(
     upstream: &UpstreamAddr,
     config: &ProxyConfig,
     client: SocketAddr,
@@ -361,6 +443,13 @@ mod tests {
 #[cfg(test)]
 mod addr_tests {
     use super::*;
+
+    #[test]
+    fn the_host_of_an_address() {
+        assert_eq!(host_of("redis.internal:6380"), "redis.internal");
+        assert_eq!(host_of("127.0.0.1:6380"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:6380"), "::1");
+    }
 
     #[test]
     fn unix_prefix_is_a_path_and_the_rest_is_host_port() {

@@ -30,6 +30,7 @@ use crate::connection::messages::Side;
 use crate::tls::info::TlsInfo;
 use crate::upstream::config::{self, ProxyConfig, UpstreamHealth};
 use crate::upstream::stream::UpstreamStream;
+use crate::upstream::tls::{is_tls_failure, UpstreamTlsFailed};
 
 /// The upstreams of one proxying server.
 #[derive(Debug)]
@@ -56,7 +57,7 @@ struct UpstreamCounters {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UpstreamSnapshot {
-    /// The upstream as configured (`HOST:PORT` or `unix:/path`).
+    /// The upstream as configured (`HOST:PORT`, `unix:/path`, `tls://HOST:PORT`).
     pub upstream: String,
     /// Not marked down by the passive health checks.
     pub up: bool,
@@ -72,11 +73,13 @@ pub struct UpstreamSnapshot {
     pub bytes_upstream_to_client: u64,
 }
 
-/// A successful connect: the socket, the lease that counts it, and how long the connect took.
+/// A successful connect: the socket, the lease that counts it, how long the connect took, and
+/// what the TLS handshake with the upstream negotiated (a TLS group).
 pub(crate) struct Connected {
     pub(crate) stream: UpstreamStream,
     pub(crate) lease: UpstreamLease,
     pub(crate) latency: Duration,
+    pub(crate) tls: Option<TlsInfo>,
 }
 
 impl UpstreamPool {
@@ -120,7 +123,14 @@ impl UpstreamPool {
             "upstream" => %self.config.upstreams[tried], "error" => %first_error);
         self.attempt(second, &log, client, server, tls.as_ref())
             .await
-            .map_err(|(_, e)| io::Error::new(e.kind(), format!("{first_error}; then {e}")))
+            .map_err(|(_, e)| {
+                let both = format!("{first_error}; then {e}");
+                // The last attempt decides the reason: a TLS failure stays one.
+                match is_tls_failure(&e) {
+                    true => io::Error::new(e.kind(), UpstreamTlsFailed(both)),
+                    false => io::Error::new(e.kind(), both),
+                }
+            })
     }
 
     /// One connect on `lease`'s upstream; the failure carries the upstream's index, and its
@@ -138,15 +148,24 @@ impl UpstreamPool {
         match config::connect(upstream, &self.config, client, server, tls).await {
             Ok(stream) => {
                 lease.report(log, None);
+                let tls = match &stream {
+                    UpstreamStream::Tls(tls) => Some(TlsInfo::of_upstream(tls.get_ref().1)),
+                    _ => None,
+                };
                 Ok(Connected {
                     stream,
                     lease,
                     latency: started.elapsed(),
+                    tls,
                 })
             }
             Err(e) => {
                 lease.report(log, Some(&e));
-                let named = io::Error::new(e.kind(), format!("{upstream}: {e}"));
+                let text = format!("{upstream}: {e}");
+                let named = match is_tls_failure(&e) {
+                    true => io::Error::new(e.kind(), UpstreamTlsFailed(text)),
+                    false => io::Error::new(e.kind(), text),
+                };
                 Err((lease.index, named))
             }
         }
@@ -189,7 +208,11 @@ impl UpstreamPool {
             .zip(self.counters.iter())
             .enumerate()
             .map(|(index, (upstream, c))| UpstreamSnapshot {
-                upstream: upstream.to_string(),
+                // As configured: a TLS group's upstreams are `tls://HOST:PORT`.
+                upstream: match self.config.tls {
+                    Some(_) => format!("tls://{upstream}"),
+                    None => upstream.to_string(),
+                },
                 up: choice.is_up(index),
                 connections_opened: c.opened.load(Ordering::Relaxed),
                 connections_active: c.active.load(Ordering::Relaxed),

@@ -357,7 +357,7 @@ fn client_with(
     roots
         .add(rustls::pki_types::CertificateDer::from_pem_slice(ca).unwrap())
         .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(tlsvisor_actors::crypto_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .unwrap()
