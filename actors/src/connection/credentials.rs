@@ -14,46 +14,54 @@ use crate::connection::actor::{log_conn, Connection};
 use crate::connection::phase::Phase;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::revalidation::RevalidationPass;
-use crate::tls::client_policy::ClientPolicy;
+use crate::tls::client_policy::{ClientPolicy, PeerChain};
 
 /// The longest single wait of the expiry timer; a later `notAfter` is reached by waiting again
 /// (tokio's timers hold about two years, a certificate may be valid for ten).
 const LONGEST_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 impl Connection {
-    /// The handshake just ended and the connection is open: arms the expiry timer of its
-    /// client certificate, and checks the chain against the current policy if the handshake
-    /// did not verify it with that one: a reload landed during the handshake (its pass missed
-    /// this connection, which was not open yet), or the session was resumed (rustls does not
-    /// verify a resumed client's certificate again, and tickets outlive reloads).
-    pub(super) fn credentials_established(
-        &mut self,
+    /// The handshake just ended: whether the current policy refuses this client although
+    /// the handshake admitted it. That happens when the handshake did not verify the chain
+    /// with the current policy: a reload landed during the handshake (its pass missed this
+    /// connection, which was not open yet), or the session was resumed (rustls does not
+    /// verify a resumed client's certificate again, and tickets outlive reloads). Asked
+    /// before the connection opens its session or upstream: a refused client gets neither.
+    pub(super) fn refused_after_handshake(
+        &self,
+        chain: Option<&PeerChain>,
         verified_by: Option<&ClientPolicy>,
         resumed: bool,
-        ctx: &mut Context<Self>,
-    ) {
+    ) -> bool {
         if !self.env.config.revalidate_live {
-            return;
-        }
-        let Some(established) = self.phase.established() else {
-            return;
-        };
-        let chain = established.peer_chain.clone();
-        if let Some(not_after) = chain.as_ref().and_then(|c| c.not_after_unix()) {
-            self.arm_expiry(not_after, ctx);
+            return false;
         }
         let current = self.env.tls.current();
         let policy = current.client_policy();
         if !resumed && !ClientPolicy::differ(verified_by, policy.map(|p| &**p)) {
-            return;
+            return false;
         }
         let Some(policy) = policy else {
-            return;
+            return false;
         };
-        if let Err(e) = policy.admits(chain.as_deref(), UnixTime::now()) {
-            log_conn!(info, self, "client refused by the current policy after its handshake";
-                "resumed" => resumed, "error" => %e);
-            self.close(DisposeReason::CredentialsRevoked, ctx);
+        match policy.admits(chain, UnixTime::now()) {
+            Ok(()) => false,
+            Err(e) => {
+                log_conn!(info, self, "client refused by the current policy after its handshake";
+                    "resumed" => resumed, "error" => %e);
+                true
+            }
+        }
+    }
+
+    /// The connection is open: arms the expiry timer of its client certificate, if it
+    /// presented one (and `revalidate_live` kept it).
+    pub(super) fn watch_credentials_expiry(&mut self, ctx: &mut Context<Self>) {
+        let not_after = (self.phase.established())
+            .and_then(|e| e.peer_chain.as_ref())
+            .and_then(|c| c.not_after_unix());
+        if let Some(not_after) = not_after {
+            self.arm_expiry(not_after, ctx);
         }
     }
 
@@ -64,6 +72,9 @@ impl Connection {
         let Phase::Open(open) = &self.phase else {
             return;
         };
+        if !pass.is_for(self.env.tls.current().client_policy().map(|p| &**p)) {
+            return;
+        }
         let chain = open.established.peer_chain.clone();
         if let Err(why) = pass.check(chain.as_deref()) {
             log_conn!(info, self, "credentials revoked: closing"; "error" => why);

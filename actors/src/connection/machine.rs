@@ -267,6 +267,8 @@ impl Connection {
             false => None,
         };
         let resumed = tls.resumed;
+        let refused =
+            self.refused_after_handshake(peer_chain.as_deref(), verified_by.as_deref(), resumed);
         let established = Established {
             // Handshaking starts right after registration, so the time since then is the
             // handshake's.
@@ -277,22 +279,20 @@ impl Connection {
         let watch = stream.watch();
         let (read_half, write_half) = tokio::io::split(stream);
         let writer = ClientWriter::Ready(write_half);
+        if refused {
+            // No session, no upstream: the client is only read on (and dropped) for the
+            // lingering close.
+            let reader =
+                ReaderState::Running(spawn_reader(&self.env, read_half, Side::Client, ctx));
+            let reason = DisposeReason::CredentialsRevoked;
+            return self.close_before_open(reason, established, writer, reader, ctx);
+        }
         let service = match self.service_for(read_half, watch, tls, local, ctx) {
             Ok(service) => service,
             // Straight to closing: the client is read on (and dropped) meanwhile, for the
             // lingering close.
             Err((reason, reader)) => {
-                self.reason.get_or_insert(reason);
-                self.step(|_handshaking| {
-                    Phase::Closing(Closing {
-                        established,
-                        writer,
-                        linger: reader,
-                        pending: Vec::new(),
-                        upstream: None,
-                    })
-                });
-                return self.closing_started(ctx);
+                return self.close_before_open(reason, established, writer, reader, ctx);
             }
         };
         // Leaving `Handshaking` gives its slot to the next client.
@@ -311,11 +311,34 @@ impl Connection {
         if let Some(ending) = self.fault_at_once() {
             return self.fault_ends(ending, ctx);
         }
-        // May close it at once: a proxy then connects nothing (its phase is not `Open`).
-        self.credentials_established(verified_by.as_deref(), resumed, ctx);
+        self.watch_credentials_expiry(ctx);
         if matches!(self.env.service, Service::Proxy(_)) {
             self.connect_upstream(ctx);
         }
+    }
+
+    /// `Handshaking → Closing` without opening: the protocol refused the connection, or the
+    /// current client-certificate policy did. `reader` reads the client on for the lingering
+    /// close.
+    fn close_before_open(
+        &mut self,
+        reason: DisposeReason,
+        established: Established,
+        writer: ClientWriter,
+        reader: ReaderState,
+        ctx: &mut Context<Self>,
+    ) {
+        self.reason.get_or_insert(reason);
+        self.step(|_handshaking| {
+            Phase::Closing(Closing {
+                established,
+                writer,
+                linger: reader,
+                pending: Vec::new(),
+                upstream: None,
+            })
+        });
+        self.closing_started(ctx)
     }
 
     /// Books a failed handshake (its class counted, the failure kept for

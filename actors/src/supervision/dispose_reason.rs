@@ -65,7 +65,7 @@ labels! {
         /// fail; closed gracefully. Also a resumed handshake whose certificate the current
         /// policy refuses (rustls does not verify it again on resumption).
         CredentialsRevoked => "credentials_revoked",
-        /// mTLS: the client's certificate (or one of the chain it presented) reached its
+        /// mTLS: the client's certificate (the leaf it presented) reached its
         /// `notAfter` while the connection was open; closed gracefully at that moment.
         ClientCertificateExpired => "client_certificate_expired",
         /// Proxy to a TLS upstream: the TLS handshake with the upstream failed (its certificate

@@ -130,6 +130,13 @@ impl RevalidationPass {
         Arc::clone(&self.tally)
     }
 
+    /// Whether this pass checks against the policy in use now, `current`: a pass overtaken by
+    /// a later reload is not (that reload runs a pass of its own), and a connection skips it
+    /// rather than close on a policy already replaced (a CRL put in and rolled back at once).
+    pub(crate) fn is_for(&self, current: Option<&ClientPolicy>) -> bool {
+        !ClientPolicy::differ(self.policy.as_deref(), current)
+    }
+
     /// Whether a new handshake would admit the client of `chain` (`None`: no certificate), and
     /// if not, why; counted as kept or closed.
     pub(crate) fn check(&self, chain: Option<&PeerChain>) -> Result<(), String> {

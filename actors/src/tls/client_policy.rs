@@ -103,8 +103,11 @@ pub(crate) struct PeerChain {
     certs: Vec<CertificateDer<'static>>,
     /// SHA-256 of the chain: a pass verifies each distinct chain once.
     digest: [u8; 32],
-    /// The earliest `notAfter` of the presented certificates (Unix seconds): when the chain
-    /// stops verifying by date.
+    /// The client certificate's own `notAfter` (Unix seconds): when the connection's
+    /// credentials expire. Only the leaf's: the other certificates a client sends may be no
+    /// part of the path the verifier built (an old intermediate kept after a CA renewal, an
+    /// expired cross-sign), and their dates would close a valid client at once. An
+    /// intermediate on the path that expires first is caught by the next pass.
     not_after_unix: Option<i64>,
 }
 
@@ -116,11 +119,9 @@ impl PeerChain {
         for cert in certs {
             digest.part(cert);
         }
-        let not_after_unix = certs
-            .iter()
-            .filter_map(|c| CertificateInfo::from_der(c).ok())
-            .map(|info| info.not_after_unix)
-            .min();
+        let not_after_unix = CertificateInfo::from_der(&certs[0])
+            .ok()
+            .map(|info| info.not_after_unix);
         Some(Arc::new(PeerChain {
             certs: certs.to_vec(),
             digest: digest.finish(),

@@ -251,4 +251,21 @@ mod tests {
         assert!(alice.heap_bytes() > 300 && alice.heap_bytes() < 2048);
         assert!(alice.not_after_unix().is_some());
     }
+
+    #[test]
+    fn a_chain_expires_with_its_leaf_not_with_extra_certificates_the_client_sent() {
+        let dir = std::env::temp_dir().join(format!("tlsvisor-extra-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let certs = DevCerts::generate().unwrap();
+        let (alice, _) = certs.issue_client("alice", &[], &[]).unwrap();
+        // An old certificate sent along (an expired intermediate or cross-sign): webpki does
+        // not need it, and its date must not close a valid client.
+        let (old, _) = certs.issue_client_until("old", 1_000_000_000).unwrap();
+        let chain = PeerChain::of(Some(&[der(&alice), der(&old)])).unwrap();
+        let leaf = CertificateInfo::from_der(&der(&alice)).unwrap();
+        assert_eq!(chain.not_after_unix(), Some(leaf.not_after_unix));
+        assert!(policy(&dir, &certs, None)
+            .admits(Some(&chain), UnixTime::now())
+            .is_ok());
+    }
 }

@@ -6,9 +6,9 @@
 //! the verifier alone. The verifier is shared by every connection and is not told which one
 //! it verifies; but it runs synchronously inside the poll of the handshake that received the
 //! certificate, on that poll's thread, and tokio-rustls returns the error from that same poll.
-//! So [`RecordRefused`] leaves what it refused in a thread-local slot, and [`WithRefused`]
-//! empties the slot before each poll of its handshake and takes it after the poll that
-//! failed: nothing else runs on the thread in between.
+//! So [`RecordRefused`] leaves the certificate it was shown in a thread-local slot, and
+//! [`WithRefused`] empties the slot before each poll of its handshake and takes it after each:
+//! nothing else runs on the thread in between. Only a failed handshake reads it.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -28,8 +28,10 @@ use x509_parser::prelude::FromDer;
 const NAME_KEPT: usize = 256;
 
 thread_local! {
-    /// What the verifier refused during the current poll on this thread.
-    static REFUSED: RefCell<Option<RefusedCertificate>> = const { RefCell::new(None) };
+    /// The client certificate the verifier saw during the current poll on this thread (kept
+    /// as DER: it is read only if the handshake then fails, on its certificate or on what
+    /// follows it, such as a CertificateVerify that does not verify).
+    static PRESENTED: RefCell<Option<CertificateDer<'static>>> = const { RefCell::new(None) };
 }
 
 /// A client certificate the server refused: its subject and issuer as RFC 4514 strings
@@ -55,7 +57,7 @@ impl RefusedCertificate {
     }
 }
 
-/// Verifies as `inner` does, and notes the end-entity certificate of a client it refuses.
+/// Verifies as `inner` does, and notes the end-entity certificate the client presented.
 #[derive(Debug)]
 pub(crate) struct RecordRefused {
     inner: Arc<dyn ClientCertVerifier>,
@@ -86,14 +88,9 @@ impl ClientCertVerifier for RecordRefused {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verdict = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now);
-        if verdict.is_err() {
-            let refused = RefusedCertificate::of(end_entity);
-            REFUSED.with(|slot| *slot.borrow_mut() = refused);
-        }
-        verdict
+        PRESENTED.with(|slot| *slot.borrow_mut() = Some(end_entity.clone().into_owned()));
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -123,26 +120,41 @@ impl ClientCertVerifier for RecordRefused {
     }
 }
 
-/// A handshake future that also yields the client certificate its verifier refused, if the
-/// poll that ended it refused one.
+/// A handshake future that also yields, when it fails, the client certificate presented in
+/// the poll that failed (the names of a certificate that verified but whose handshake then
+/// failed too: a CertificateVerify that does not match it is a refusal of that client).
 pub(crate) struct WithRefused<F> {
     handshake: F,
+    /// What the verifier was shown in an earlier poll of this handshake (the Certificate
+    /// and a CertificateVerify may arrive in different reads).
+    presented: Option<CertificateDer<'static>>,
 }
 
 impl<F> WithRefused<F> {
     pub(crate) fn new(handshake: F) -> WithRefused<F> {
-        WithRefused { handshake }
+        WithRefused {
+            handshake,
+            presented: None,
+        }
     }
 }
 
-impl<F: Future + Unpin> Future for WithRefused<F> {
+impl<T, E, F: Future<Output = Result<T, E>> + Unpin> Future for WithRefused<F> {
     type Output = (F::Output, Option<RefusedCertificate>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Whatever an earlier poll of another handshake on this thread left is not ours.
-        REFUSED.with(|slot| slot.borrow_mut().take());
-        let output = std::task::ready!(Pin::new(&mut self.handshake).poll(cx));
-        Poll::Ready((output, REFUSED.with(|slot| slot.borrow_mut().take())))
+        PRESENTED.with(|slot| slot.borrow_mut().take());
+        let polled = Pin::new(&mut self.handshake).poll(cx);
+        if let Some(der) = PRESENTED.with(|slot| slot.borrow_mut().take()) {
+            self.presented = Some(der);
+        }
+        let output = std::task::ready!(polled);
+        let refused = match output.is_err() {
+            true => (self.presented.take()).and_then(|der| RefusedCertificate::of(&der)),
+            false => None,
+        };
+        Poll::Ready((output, refused))
     }
 }
 
