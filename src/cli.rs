@@ -52,7 +52,7 @@ macro_rules! serve_settings {
     (@read [] -> [$($args:tt)*] [$($values:tt)*] [$(($name:ident $(= $default:expr)?))*]) => {
         /// Flags of `serve`. Each may also be set in the `--config` file under the same name; a
         /// flag wins over the file.
-        #[derive(Debug, Default, Args, Deserialize)]
+        #[derive(Debug, Default, Clone, Args, Deserialize)]
         #[serde(rename_all = "kebab-case", deny_unknown_fields)]
         pub(crate) struct ServeArgs { $($args)* }
 

@@ -50,13 +50,29 @@ pub(crate) fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
     Ok(tls_source(settings).load()?)
 }
 
-/// Rebuilds the TLS configuration from the files and swaps it in; on any error keeps the one in
-/// use. Either way one log line says what happened (the error names the file) and
-/// `tlsvisor_tls_reloads_total{result}` counts it. Returns whether it reloaded.
+/// What a reload installs: the settings read again (the flags over the config file as it is
+/// now, checked as at start-up) and the TLS configuration built from them, every file read
+/// and validated. So a SIGHUP after an edit of the config file applies its TLS keys:
+/// certificates, the client-certificate policy (CA, CRLs, allow-lists: live connections are
+/// then checked against it), versions, ALPN, tickets. Its other keys (listeners, limits,
+/// upstreams) take effect on SIGUSR2 or a restart. Any problem refuses the whole reload,
+/// naming it; the configuration in use is kept.
+fn reread_and_build(settings: &Settings) -> Result<LoadedTls, String> {
+    let fresh = settings.reread().map_err(|e| e.to_string())?;
+    build_tls(&fresh).map_err(|e| e.to_string())
+}
+
+/// Rebuilds the TLS configuration (see [`reread_and_build`]) and swaps it in; on any error
+/// keeps the one in use. Either way one log line says what happened (the error names the
+/// file) and `tlsvisor_tls_reloads_total{result}` counts it. Returns whether it reloaded.
 ///
 /// Reads files on the calling thread: call it where blocking for a few milliseconds is fine.
 pub(crate) fn reload(settings: &Settings, reloader: &TlsReloader, log: &Logger) -> bool {
-    match reloader.reload_from(&tls_source(settings)) {
+    let built = reread_and_build(settings);
+    if built.is_err() {
+        reloader.reload_failed();
+    }
+    match built.map(|loaded| reloader.reload(loaded)) {
         Ok(()) => {
             let current = reloader.current();
             info!(log, "TLS configuration reloaded";
@@ -163,7 +179,7 @@ impl Reloads {
                 #[cfg(feature = "fault-injection")]
                 hang_if_asked();
                 // The receiver may have given up (deadline): then this result is dropped.
-                let _ = done.send(build_tls(&settings).map_err(|e| e.to_string()));
+                let _ = done.send(reread_and_build(&settings));
             });
         let outcome = match spawned {
             Err(e) => Err(ReloadError::Refused(format!("cannot start a thread: {e}"))),

@@ -38,11 +38,14 @@ pub(crate) struct Settings {
     pub client_auth: Option<ClientAuth>,
     /// `--accept-proxy`: read a PROXY header before each handshake.
     pub accept_proxy: Option<tlsvisor_actors::AcceptProxy>,
+    /// The flags as given: a reload resolves them again over the config file as it is then.
+    flags: ServeArgs,
 }
 
 impl Settings {
     /// Resolves the flags, reading `--config` if given.
     pub(crate) fn resolve(flags: ServeArgs) -> Result<Settings, BoxError> {
+        let given = flags.clone();
         let mut file = match &flags.config {
             Some(path) => {
                 let text = crate::bounded_file::read_text("cannot read config", path)?;
@@ -87,9 +90,17 @@ impl Settings {
             cert,
             client_auth,
             accept_proxy,
+            flags: given,
         };
         settings.check()?;
         Ok(settings)
+    }
+
+    /// The settings again, from the same flags over the config file as it reads now: what a
+    /// reload takes its TLS settings from (certificates, the client-certificate policy with its
+    /// allow-lists, versions, ALPN, tickets).
+    pub(crate) fn reread(&self) -> Result<Settings, BoxError> {
+        Settings::resolve(self.flags.clone())
     }
 
     /// The idle timeout; zero means "never" (an operator switching it off).

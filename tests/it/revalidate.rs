@@ -4,8 +4,8 @@
 //! certificate that expires while connected is closed at its `notAfter` as
 //! `client_certificate_expired`; `--revalidate-live off` keeps today's behaviour; `POST
 //! /revalidate` runs a pass on demand. Real TLS clients over real sockets, the real binary and
-//! real signals (the allow-list through the library, since the binary reads allow-lists from
-//! its flags once).
+//! real signals (an allow-list edited in the config file and SIGHUP, and one replaced through
+//! the library's `TlsReloader`).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -410,4 +410,55 @@ fn a_name_removed_from_the_allow_list_is_closed_on_reload() {
     // Every id disposed exactly once, through its stop hook.
     let records = server.assert_each_disposed_once();
     assert_eq!(records.len(), 2 * PER_CLIENT);
+}
+
+/// The allow-list in the config file, edited and reloaded with SIGHUP: the name taken out is
+/// closed as `credentials_revoked`, the other stays; a config file broken by the next edit
+/// refuses the reload whole and changes nothing.
+#[test]
+fn a_name_removed_from_the_config_files_allow_list_is_closed_on_sighup() {
+    raise_open_files_limit();
+    let mtls = Mtls::new("bin-revalidate-allow-file");
+    let config = path_in(&mtls.scratch, "tlsvisor.toml");
+    let with = |names: &str| format!("allow-cn = [{names}]\n");
+    replace(&config, &with("\"alice\", \"bob\""));
+    let server = mtls.serve(&["--config", &config]);
+    let (alice, bob) = (
+        Client::issue(&mtls.certs, "alice"),
+        Client::issue(&mtls.certs, "bob"),
+    );
+    let mut kept = alice.crowd(&mtls.certs, server.listen, 20);
+    let dropped = bob.crowd(&mtls.certs, server.listen, 20);
+
+    replace(&config, &with("\"alice\""));
+    let reloaded = Instant::now();
+    server.signal(libc::SIGHUP);
+    let took = all_closed_gracefully(dropped, reloaded);
+    eprintln!("allow-list edit + SIGHUP → last of 20 dropped connections closed: {took:?}");
+    all_still_echo(&mut kept);
+    assert!(bob.connect(&mtls.certs, server.listen).is_err());
+    assert!(eventually(HANG, || server
+        .scrape()
+        .disposed("credentials_revoked")
+        == 20.0));
+
+    // A broken edit: the reload is refused, naming the file, and alice stays admitted.
+    replace(&config, "allow-cn = [\"alice\"\n");
+    server.signal(libc::SIGHUP);
+    let refused = server.logged("TLS reload failed; keeping the previous configuration", 1);
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("tlsvisor.toml"),
+        "{}",
+        refused[0]
+    );
+    all_still_echo(&mut kept);
+    alice.connect(&mtls.certs, server.listen).unwrap();
+
+    for client in kept {
+        assert!(matches!(client.close(), CloseSeen::CloseNotifyThenEof));
+    }
+    books_exact(&server);
 }
