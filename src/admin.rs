@@ -490,6 +490,9 @@ fn describe(d: &ConnDescription) -> serde_json::Value {
         "bytes_in": d.bytes_in,
         "bytes_out": d.bytes_out,
     });
+    if let (Some(service), Some(map)) = (&d.service, out.as_object_mut()) {
+        map.insert("service".to_string(), service.clone().into());
+    }
     if let (Some(tls), Some(map)) = (&d.tls, out.as_object_mut()) {
         let mut put = |key: &str, value: Option<serde_json::Value>| {
             if let Some(value) = value {

@@ -44,8 +44,9 @@ pub(crate) fn run(flags: ServeArgs) -> Result<(), BoxError> {
         .map(|a| a.to_string())
         .collect();
     println!(
-        "configuration OK: listen {}, {certificates}, protocol {protocol}",
-        listen.join(" ")
+        "configuration OK: listen {}, {certificates}, protocol {protocol}, {} named service(s)",
+        listen.join(" "),
+        settings.services.len()
     );
     Ok(())
 }

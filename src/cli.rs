@@ -182,6 +182,12 @@ serve_settings! {
     #[arg(skip)]
     #[serde(default)]
     certificate: Vec<CertificateEntry>,
+    /// The config file's `[[service]]` tables (see [`ServiceEntry`]): names served with their
+    /// own certificates, client policy, ALPN, protocol and upstreams. Kept as tables until
+    /// resolved, so that an error can name the service.
+    #[arg(skip)]
+    #[serde(default)]
+    service: Vec<toml::Table>,
     /// Refuse a client whose SNI names no certificate (alert `unrecognized_name`) instead of
     /// serving it the first certificate.
     #[arg(long)]
@@ -429,6 +435,44 @@ pub(crate) struct CertificateEntry {
     pub ocsp_response: Option<PathBuf>,
 }
 
+/// One `[[service]]` table of the config file: a service by name. Exactly these keys (each
+/// named and read like the top-level key of the same name); an unknown one is refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct ServiceEntry {
+    /// Exact names and `*.` wildcards (RFC 6125); the first is the service's label.
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub names: Vec<String>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub cert: Vec<PathBuf>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub key: Vec<PathBuf>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub ocsp_response: Vec<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: Option<ClientAuthKind>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub client_crl: Vec<PathBuf>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub allow_cn: Vec<String>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub allow_dns_san: Vec<String>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub allow_uri_san: Vec<String>,
+    #[serde(default, deserialize_with = "de_list")]
+    pub alpn: Vec<String>,
+    pub tls_min_version: Option<TlsMinVersion>,
+    /// [default: `proxy` with an upstream, else `echo`].
+    pub protocol: Option<ProtocolKind>,
+    #[serde(default, deserialize_with = "de_one_or_many")]
+    pub upstream: Vec<String>,
+    pub upstream_ca: Option<PathBuf>,
+    pub upstream_cert: Option<PathBuf>,
+    pub upstream_key: Option<PathBuf>,
+    pub upstream_sni: Option<String>,
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum ProtocolKind {
@@ -495,7 +539,7 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
 
 /// A config-file key that takes one value or a list (`cert = "a.pem"` or `cert = ["a", "b"]`).
 /// Names are never split at commas: a subject CN may contain one (`Acme, Inc.`).
-fn de_one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+pub(crate) fn de_one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -513,7 +557,7 @@ where
 }
 
 /// A config-file list given as a list or as one comma-separated string, like the flag.
-fn de_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn de_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum TextOrList {

@@ -9,9 +9,9 @@
 
 use std::fmt;
 
-use tlsvisor_actors::{LoadedTls, ProxyConfig, ProxyHeader, ServerConfig, TlsWarning};
+use tlsvisor_actors::{LoadedTls, ProxyConfig, ServerConfig, Service, TlsWarning};
 
-use crate::cli::{OnOff, ProtocolKind, ProxyProtocolVersion};
+use crate::cli::{OnOff, ProtocolKind};
 use crate::reload;
 use crate::settings::Settings;
 
@@ -23,6 +23,8 @@ pub(crate) struct Prepared {
     pub tls: LoadedTls,
     /// With `--protocol proxy`: the upstreams and how to reach them.
     pub proxy: Option<ProxyConfig>,
+    /// The `[[service]]` tables, built (every file read) and checked as a table.
+    pub services: Vec<Service>,
     /// The admin API's token, read from `--admin-token-file`.
     pub admin_token: Option<String>,
     /// What works but deserves an operator's attention (a certificate outside its dates, too
@@ -44,6 +46,9 @@ pub(crate) enum Warning {
         max_connections: usize,
         needed: u64,
     },
+    /// Names of a service that no certificate of that service covers: a client asking for
+    /// one would refuse the certificate.
+    Uncovered { service: String, names: Vec<String> },
 }
 
 impl fmt::Display for Warning {
@@ -59,6 +64,12 @@ impl fmt::Display for Warning {
                 "the open files limit ({nofile}) is below what --max-connections \
                  {max_connections} needs ({needed}); past it new clients are shed as \
                  fd_exhausted"
+            ),
+            Warning::Uncovered { service, names } => write!(
+                f,
+                "service {service}: no certificate of the service covers {}; clients asking \
+                 for it will refuse the certificate",
+                names.join(", ")
             ),
         }
     }
@@ -110,6 +121,9 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
         .map_err(|e| problems.push(e.to_string()))
         .ok()
         .flatten();
+    let services = crate::service_settings::build_all(&settings.services)
+        .map_err(|e| problems.push(e))
+        .unwrap_or_default();
     match (tls, problems.is_empty()) {
         (Some(tls), true) => {
             let mut warnings: Vec<Warning> = tls
@@ -119,16 +133,42 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
                 .map(Warning::Certificate)
                 .collect();
             warnings.extend(descriptors_short(settings));
+            warnings.extend(service_warnings(&services));
             Ok(Prepared {
                 config,
                 tls,
                 proxy,
+                services,
                 admin_token,
                 warnings,
             })
         }
         _ => Err(Problems(problems)),
     }
+}
+
+/// What the services' loads found worth a warning: certificates outside their dates, and
+/// names no certificate of their service covers.
+pub(crate) fn service_warnings(services: &[Service]) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for service in services {
+        warnings.extend(
+            service
+                .tls()
+                .warnings()
+                .iter()
+                .cloned()
+                .map(Warning::Certificate),
+        );
+        let names = service.uncovered_names();
+        if !names.is_empty() {
+            warnings.push(Warning::Uncovered {
+                service: service.label().to_string(),
+                names,
+            });
+        }
+    }
+    warnings
 }
 
 /// Why `--runtime-faults` cannot be on with these settings, if it cannot: its rules are
@@ -213,21 +253,7 @@ fn off_if_zero(duration: std::time::Duration) -> Option<std::time::Duration> {
 /// read and checked). (Whether each resolves is `check`'s question alone: a name that does
 /// not resolve now may by the first connect.)
 fn proxy_config(settings: &Settings) -> Result<Option<ProxyConfig>, crate::error::BoxError> {
-    let values = &settings.values;
-    if values.protocol != ProtocolKind::Proxy {
-        return Ok(None);
-    }
-    let (upstreams, tls) = crate::upstream_tls::upstreams(&values.upstream)?;
-    let mut proxy = ProxyConfig::with_upstreams(&upstreams);
-    if tls {
-        proxy = proxy.with_tls(crate::upstream_tls::build(values)?);
-    }
-    proxy.connect_timeout = values.upstream_connect_timeout;
-    proxy.proxy_header = values.proxy_protocol.map(|v| match v {
-        ProxyProtocolVersion::V1 => ProxyHeader::V1,
-        ProxyProtocolVersion::V2 => ProxyHeader::V2,
-    });
-    Ok(Some(proxy))
+    crate::upstream_tls::proxy_config(&settings.values)
 }
 
 /// The warning when the open-files limit `serve` will run under (it raises the soft limit to

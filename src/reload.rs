@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use slog::{error, info, warn, Logger};
-use tlsvisor_actors::{LoadedTls, TlsReloader, TlsSource, TlsWarning};
+use tlsvisor_actors::{LoadedTls, Service, TlsReloader, TlsSource, TlsWarning};
 
 use crate::certs;
 use crate::error::BoxError;
@@ -50,16 +50,82 @@ pub(crate) fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
     Ok(tls_source(settings).load()?)
 }
 
+/// Every file the TLS configurations of `settings` are read from: the default service's and
+/// every `[[service]]`'s (what `--watch-certs` polls).
+pub(crate) fn tls_files(settings: &Settings) -> Vec<PathBuf> {
+    let mut files = tls_source(settings).files();
+    for service in &settings.services {
+        files.extend(service.tls_source().files());
+    }
+    files
+}
+
+/// What a reload installs: the default service's TLS and every `[[service]]`, built.
+pub(crate) struct Rebuilt {
+    tls: LoadedTls,
+    services: Vec<Service>,
+    /// The listeners the file names now are not those bound at start (only SIGUSR2 or a
+    /// restart binds others).
+    listeners_differ: bool,
+}
+
 /// What a reload installs: the settings read again (the flags over the config file as it is
-/// now, checked as at start-up) and the TLS configuration built from them, every file read
-/// and validated. So a SIGHUP after an edit of the config file applies its TLS keys:
-/// certificates, the client-certificate policy (CA, CRLs, allow-lists: live connections are
-/// then checked against it), versions, ALPN, tickets. Its other keys (listeners, limits,
-/// upstreams) take effect on SIGUSR2 or a restart. Any problem refuses the whole reload,
-/// naming it; the configuration in use is kept.
-fn reread_and_build(settings: &Settings) -> Result<LoadedTls, String> {
+/// now, checked as at start-up) and the service table built from them, every file read and
+/// validated. So a SIGHUP after an edit of the config file applies its TLS keys (certificates,
+/// the client-certificate policy (CA, CRLs, allow-lists: live connections are then checked
+/// against it), versions, ALPN, tickets) and its whole `[[service]]` list: names, their
+/// certificates and policies, protocols and upstream groups. Its other keys (listeners,
+/// limits, the default service's protocol and upstreams) take effect on SIGUSR2 or a restart.
+/// Any problem refuses the whole reload, naming it (the service and the file); the table in
+/// use is kept.
+fn reread_and_build(settings: &Settings) -> Result<Rebuilt, String> {
     let fresh = settings.reread().map_err(|e| e.to_string())?;
-    build_tls(&fresh).map_err(|e| e.to_string())
+    let tls = build_tls(&fresh).map_err(|e| e.to_string())?;
+    let services = crate::service_settings::build_all(&fresh.services)?;
+    let listeners_differ = fresh.values.listen != settings.values.listen
+        || fresh.values.listen_plain != settings.values.listen_plain;
+    Ok(Rebuilt {
+        tls,
+        services,
+        listeners_differ,
+    })
+}
+
+/// Swaps `rebuilt` in (the library checks the table whole once more) and logs the one line
+/// that says so, with what the operator must know: the listeners that need SIGUSR2.
+fn install(rebuilt: Rebuilt, reloader: &TlsReloader, log: &Logger) -> Result<(), String> {
+    let services = rebuilt.services.len();
+    let uncovered: Vec<(String, Vec<String>)> = (rebuilt.services.iter())
+        .map(|s| (s.label().to_string(), s.uncovered_names()))
+        .filter(|(_, names)| !names.is_empty())
+        .collect();
+    let service_warnings: Vec<TlsWarning> = (rebuilt.services.iter())
+        .flat_map(|s| s.tls().warnings().to_vec())
+        .collect();
+    reloader
+        .reload_services(rebuilt.tls, rebuilt.services)
+        .map_err(|e| e.to_string())?;
+    let current = reloader.current();
+    let listeners = match rebuilt.listeners_differ {
+        true => "listeners differ; needs SIGUSR2",
+        false => "unchanged",
+    };
+    info!(log, "TLS configuration reloaded";
+        "certificates" => current.certificates().len(),
+        "services" => services,
+        "listeners" => listeners);
+    for warning in current.warnings() {
+        warn_about(warning, log);
+    }
+    for warning in &service_warnings {
+        warn_about(warning, log);
+    }
+    for (service, names) in uncovered {
+        warn!(log, "no certificate of the service covers these names; clients asking for \
+                    them will refuse the certificate";
+            "service" => service, "names" => names.join(", "));
+    }
+    Ok(())
 }
 
 /// Rebuilds the TLS configuration (see [`reread_and_build`]) and swaps it in; on any error
@@ -72,16 +138,9 @@ pub(crate) fn reload(settings: &Settings, reloader: &TlsReloader, log: &Logger) 
     if built.is_err() {
         reloader.reload_failed();
     }
-    match built.map(|loaded| reloader.reload(loaded)) {
-        Ok(()) => {
-            let current = reloader.current();
-            info!(log, "TLS configuration reloaded";
-                "certificates" => current.certificates().len());
-            for warning in current.warnings() {
-                warn_about(warning, log);
-            }
-            true
-        }
+    // A table the library refuses counts its own failure.
+    match built.and_then(|rebuilt| install(rebuilt, reloader, log)) {
+        Ok(()) => true,
         Err(e) => {
             error!(log, "TLS reload failed; keeping the previous configuration";
                 "error" => %e);
@@ -188,22 +247,21 @@ impl Reloads {
                 // The thread always sends unless it panicked; say so rather than hang.
                 Ok(Err(_)) => Err(ReloadError::Refused("the reload thread failed".into())),
                 Ok(Ok(Err(why))) => Err(ReloadError::Refused(why)),
-                Ok(Ok(Ok(loaded))) => Ok(loaded),
+                Ok(Ok(Ok(rebuilt))) => Ok(rebuilt),
             },
         };
-        match outcome {
-            Ok(loaded) => {
-                self.reloader.reload(loaded);
-                let current = self.reloader.current();
-                info!(self.log, "TLS configuration reloaded";
-                    "certificates" => current.certificates().len());
-                for warning in current.warnings() {
-                    warn_about(warning, &self.log);
+        let installed = match outcome {
+            Ok(rebuilt) => install(rebuilt, &self.reloader, &self.log)
+                // The library counted the refusal.
+                .map_err(|why| (ReloadError::Refused(why), false)),
+            Err(e) => Err((e, true)),
+        };
+        match installed {
+            Ok(()) => Ok(()),
+            Err((e, uncounted)) => {
+                if uncounted {
+                    self.reloader.reload_failed();
                 }
-                Ok(())
-            }
-            Err(e) => {
-                self.reloader.reload_failed();
                 error!(self.log, "TLS reload failed; keeping the previous configuration";
                     "error" => %e);
                 Err(e)
@@ -234,7 +292,7 @@ impl FilesSeen {
     /// however soon, is then seen (taken later, by the watcher itself, a renewal landing
     /// between the read and the watcher's start went unseen for good).
     pub(crate) fn of(settings: &Settings) -> FilesSeen {
-        FilesSeen::of_files(&tls_source(settings).files())
+        FilesSeen::of_files(&tls_files(settings))
     }
 
     fn of_files(files: &[PathBuf]) -> FilesSeen {
@@ -271,7 +329,7 @@ impl CertWatcher {
         interval: Duration,
         loaded: FilesSeen,
     ) -> std::io::Result<CertWatcher> {
-        let files = tls_source(&settings).files();
+        let files = tls_files(&settings);
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("tlsvisor-watch-certs".into())

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener};
 
 use tlsvisor_actors::{
     CloseMode, Echo, LoadedTls, ProxyConfig, Server, ServerBuilder, ServerConfig, ServerHandle,
-    Stats,
+    Service, Stats,
 };
 
 use crate::activation::{Inherited, InheritedSocket, Matched};
@@ -88,6 +88,7 @@ fn run_inherited(settings: Settings, inherited: Inherited) -> Result<(), BoxErro
             } => warn!(log, "the open files limit is below what --max-connections needs; past \
                              it new clients are shed as fd_exhausted";
                 "nofile" => nofile, "max_connections" => max_connections, "needed" => needed),
+            Warning::Uncovered { .. } => warn!(log, "{}", warning),
         }
     }
     if settings.cert == CertSource::BuiltIn {
@@ -188,10 +189,12 @@ async fn serve(
         config,
         tls,
         proxy,
+        services,
         admin_token,
         ..
     } = prepared;
-    let server = start_server(&settings, (config, tls, proxy), &mut process, &log).await?;
+    let built = (config, tls, proxy, services);
+    let server = start_server(&settings, built, &mut process, &log).await?;
     // SIGHUP and `POST /reload` share it: one reload at a time, off this thread.
     let reloads = reload::Reloads::new(settings.clone(), server.tls_reloader(), log.clone());
     let inherited_http = (
@@ -283,7 +286,7 @@ async fn serve(
 /// starts it: accepting from here on.
 async fn start_server(
     settings: &Settings,
-    (config, tls, proxy): (ServerConfig, LoadedTls, Option<ProxyConfig>),
+    (config, tls, proxy, services): (ServerConfig, LoadedTls, Option<ProxyConfig>, Vec<Service>),
     process: &mut Process,
     log: &Logger,
 ) -> Result<Server, BoxError> {
@@ -298,6 +301,7 @@ async fn start_server(
         Some(proxy) => Server::proxy(config, tls, proxy),
         None => Server::builder(config, tls, Echo),
     };
+    let builder = builder.services(services);
     let builder = listen_on(builder, &settings.values.listen, inherited, log);
     // Client mode: plaintext clients, proxied over TLS (checked: a proxy to tls:// upstreams).
     let builder = settings

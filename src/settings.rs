@@ -1,18 +1,13 @@
 //! The effective settings of `serve`: flags over the config file over defaults.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{
-    AcceptProxyVersion, CertificateEntry, ClientAuthKind, ProtocolKind, ServeArgs, TlsMinVersion,
-    Values,
-};
-use tlsvisor_actors::{
-    AllowList, CertificateFiles, ClientAuth, ClientAuthMode, TlsPolicy, TlsVersion,
-};
+use crate::cli::{AcceptProxyVersion, ProtocolKind, ServeArgs, TlsMinVersion, Values};
+use tlsvisor_actors::{CertificateFiles, ClientAuth, TlsPolicy, TlsVersion};
 
 use crate::error::BoxError;
+use crate::tls_settings::{certificate_pairs, client_auth};
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +33,8 @@ pub(crate) struct Settings {
     pub client_auth: Option<ClientAuth>,
     /// `--accept-proxy`: read a PROXY header before each handshake.
     pub accept_proxy: Option<tlsvisor_actors::AcceptProxy>,
+    /// The config file's `[[service]]` tables, resolved and checked (files not read yet).
+    pub services: Vec<crate::service_settings::ServiceSettings>,
     /// The flags as given: a reload resolves them again over the config file as it is then.
     flags: ServeArgs,
 }
@@ -75,7 +72,10 @@ impl Settings {
         };
         let client_auth = client_auth(&values)?;
         let accept_proxy = accept_proxy(&values)?;
+        let services =
+            crate::service_settings::resolve(&values.service, &values, given.config.as_deref())?;
         let settings = Settings {
+            services,
             tls_policy: TlsPolicy {
                 min_version: match values.tls_min_version {
                     TlsMinVersion::V1_3 => TlsVersion::Tls13,
@@ -247,69 +247,6 @@ fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
-/// `--client-ca` and the flags that refine it.
-fn client_auth(given: &Values) -> Result<Option<ClientAuth>, BoxError> {
-    let crls = given.client_crl.clone();
-    let allow = AllowList {
-        cns: given.allow_cn.clone(),
-        dns_sans: given.allow_dns_san.clone(),
-        uri_sans: given.allow_uri_san.clone(),
-    };
-    let mode = given.client_auth;
-    let Some(ca) = given.client_ca.clone() else {
-        if mode.is_some() || !crls.is_empty() || allow != AllowList::default() {
-            return Err("--client-auth, --client-crl and --allow-* need --client-ca".into());
-        }
-        return Ok(None);
-    };
-    Ok(Some(ClientAuth {
-        ca,
-        mode: match mode {
-            Some(ClientAuthKind::Optional) => ClientAuthMode::Optional,
-            Some(ClientAuthKind::Require) | None => ClientAuthMode::Require,
-        },
-        crls,
-        allow,
-    }))
-}
-
-/// The certificate pairs one source of settings gives (`--cert`/`--key` in order, with the
-/// `--ocsp-response`s, then the file's `[[certificate]]` tables), or `None` if it gives none.
-fn certificate_pairs(
-    cert: &[PathBuf],
-    key: &[PathBuf],
-    ocsp_response: &[PathBuf],
-    tables: &[CertificateEntry],
-) -> Result<Option<Vec<CertificateFiles>>, BoxError> {
-    if cert.len() != key.len() {
-        return Err(format!(
-            "--cert and --key go together, paired in order ({} --cert, {} --key)",
-            cert.len(),
-            key.len()
-        )
-        .into());
-    }
-    if ocsp_response.len() > cert.len() {
-        return Err(
-            "--ocsp-response pairs in order with --cert: more responses than certificates".into(),
-        );
-    }
-    let mut ocsp = ocsp_response.iter().cloned();
-    let pairs: Vec<CertificateFiles> = cert
-        .iter()
-        .zip(key)
-        .map(|(cert, key)| CertificateFiles {
-            ocsp: ocsp.next(),
-            ..CertificateFiles::new(cert, key)
-        })
-        .chain(tables.iter().map(|entry| CertificateFiles {
-            ocsp: entry.ocsp_response.clone(),
-            ..CertificateFiles::new(&entry.cert, &entry.key)
-        }))
-        .collect();
-    Ok((!pairs.is_empty()).then_some(pairs))
-}
-
 /// `--accept-proxy` and its companions; `--accept-proxy-from` without it is an error.
 fn accept_proxy(given: &Values) -> Result<Option<tlsvisor_actors::AcceptProxy>, BoxError> {
     use tlsvisor_actors::{AcceptProxy, Cidr, ProxyVersions};
@@ -341,6 +278,7 @@ fn accept_proxy(given: &Values) -> Result<Option<tlsvisor_actors::AcceptProxy>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {

@@ -1,5 +1,5 @@
-//! The TLS families of `/metrics`: reloads and certificate expiry, read from the server's
-//! [`TlsReloader`].
+//! The TLS and service families of `/metrics`: reloads, certificate expiry, and connections
+//! per service, read from the server's [`TlsReloader`].
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
@@ -11,6 +11,12 @@ const RELOADS: &str = "tlsvisor_tls_reloads_total";
 const EXPIRY: &str = "tlsvisor_certificate_expiry_timestamp_seconds";
 const RELOADS_HELP: &str = "TLS configuration reloads (SIGHUP, --watch-certs), by result.";
 const EXPIRY_HELP: &str = "notAfter of each certificate served, in Unix seconds.";
+const SERVICE_ACTIVE: &str = "tlsvisor_service_connections_active";
+const SERVICE_TOTAL: &str = "tlsvisor_service_connections_total";
+const SERVICE_ACTIVE_HELP: &str =
+    "Connections whose ClientHello chose the service (its first name, or default), not ended yet.";
+const SERVICE_TOTAL_HELP: &str =
+    "Connections whose ClientHello chose the service (its first name, or default).";
 
 /// Exposes a server's reload counts and the expiry of every certificate it serves now.
 pub(crate) struct TlsCollector {
@@ -34,6 +40,8 @@ impl TlsCollector {
             descs: vec![
                 desc(RELOADS, RELOADS_HELP, "result")?,
                 desc(EXPIRY, EXPIRY_HELP, "name")?,
+                desc(SERVICE_ACTIVE, SERVICE_ACTIVE_HELP, "service")?,
+                desc(SERVICE_TOTAL, SERVICE_TOTAL_HELP, "service")?,
             ],
         })
     }
@@ -76,9 +84,42 @@ impl Collector for TlsCollector {
                 metric
             })
             .collect();
+        let services = self.reloader.service_connections();
+        let active = services
+            .iter()
+            .map(|s| {
+                let mut metric = labelled("service", &s.service);
+                let mut gauge = Gauge::default();
+                gauge.set_value(s.active as f64);
+                metric.set_gauge(gauge);
+                metric
+            })
+            .collect();
+        let total = services
+            .iter()
+            .map(|s| {
+                let mut metric = labelled("service", &s.service);
+                let mut counter = Counter::default();
+                counter.set_value(s.total as f64);
+                metric.set_counter(counter);
+                metric
+            })
+            .collect();
         vec![
             family(RELOADS, RELOADS_HELP, MetricType::COUNTER, reloads),
             family(EXPIRY, EXPIRY_HELP, MetricType::GAUGE, expiry),
+            family(
+                SERVICE_ACTIVE,
+                SERVICE_ACTIVE_HELP,
+                MetricType::GAUGE,
+                active,
+            ),
+            family(
+                SERVICE_TOTAL,
+                SERVICE_TOTAL_HELP,
+                MetricType::COUNTER,
+                total,
+            ),
         ]
     }
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tlsvisor_actors::{crypto_provider, UpstreamTls};
+use tlsvisor_actors::{crypto_provider, ProxyConfig, ProxyHeader, UpstreamTls};
 
-use crate::cli::Values;
+use crate::cli::{ProtocolKind, ProxyProtocolVersion, Values};
 use crate::error::BoxError;
 
 /// How a TLS upstream is written.
@@ -149,6 +149,27 @@ fn system_bundle() -> Result<PathBuf, BoxError> {
             )
             .into()
         })
+}
+
+/// With protocol proxy, one service's upstream group (the default's, or a `[[service]]`'s):
+/// the upstreams and how to reach them, and TLS to them (its files read and checked).
+pub(crate) fn proxy_config(
+    values: &crate::cli::Values,
+) -> Result<Option<ProxyConfig>, crate::error::BoxError> {
+    if values.protocol != ProtocolKind::Proxy {
+        return Ok(None);
+    }
+    let (upstreams, tls) = crate::upstream_tls::upstreams(&values.upstream)?;
+    let mut proxy = ProxyConfig::with_upstreams(&upstreams);
+    if tls {
+        proxy = proxy.with_tls(crate::upstream_tls::build(values)?);
+    }
+    proxy.connect_timeout = values.upstream_connect_timeout;
+    proxy.proxy_header = values.proxy_protocol.map(|v| match v {
+        ProxyProtocolVersion::V1 => ProxyHeader::V1,
+        ProxyProtocolVersion::V2 => ProxyHeader::V2,
+    });
+    Ok(Some(proxy))
 }
 
 #[cfg(test)]

@@ -53,7 +53,17 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     use crate::connection::handshake::{accept, HandshakeError};
     // The fuzz targets' streams end; a day is no limit for them.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
-    match accept(tls, io, deadline, |_| HelloFault::Proceed).await {
+    // One default service serving `tls`: a table without names cannot be refused.
+    let default = crate::service::definition::Service::new(
+        &[],
+        (*tls).clone(),
+        crate::service::handler::Handler::Sessions(Arc::new(crate::protocol::Echo)),
+    )
+    .and_then(|default| crate::service::table::ServiceTable::new(default, Vec::new()))
+    .map_err(io::Error::other)?;
+    let mut chosen = None;
+    let hello_done = |_: Option<&str>| HelloFault::Proceed;
+    match accept(Arc::new(default), io, deadline, &mut chosen, hello_done).await {
         Ok(stream) => Ok(stream.get_ref().1.server_name().map(str::to_string)),
         Err(HandshakeError::Failed { error, .. }) => Err(error),
         Err(HandshakeError::TimedOut { .. }) => Err(io::ErrorKind::TimedOut.into()),

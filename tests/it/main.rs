@@ -35,4 +35,5 @@ mod privileges;
 mod process;
 mod revalidate;
 mod runtime_faults;
+mod services;
 mod upstream_tls;

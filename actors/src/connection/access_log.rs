@@ -6,6 +6,8 @@ use crate::tls::info::{TlsInfo, UpstreamTlsFields};
 /// The sizes, always, and fields that exist only for some connections, each written only when
 /// known, so a value is never `None` or Rust debug output. README documents every JSON key.
 pub(crate) struct DisposalFields<'a> {
+    /// The service its ClientHello chose (its label: first name, or `default`), once chosen.
+    pub(crate) service: Option<&'a str>,
     /// Decrypted bytes read from the client.
     pub(crate) bytes_in: u64,
     /// Decrypted bytes written to the client.
@@ -22,6 +24,9 @@ pub(crate) struct DisposalFields<'a> {
 
 impl slog::KV for DisposalFields<'_> {
     fn serialize(&self, record: &slog::Record<'_>, out: &mut dyn slog::Serializer) -> slog::Result {
+        if let Some(service) = self.service {
+            out.emit_str("service", service)?;
+        }
         out.emit_u64("bytes_in", self.bytes_in)?;
         out.emit_u64("bytes_out", self.bytes_out)?;
         if let Some(clean) = self.close_notify {

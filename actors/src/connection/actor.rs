@@ -18,6 +18,8 @@ use crate::connection::messages::{Close, CloseMode, Describe, Inbound, ReaderFin
 use crate::connection::phase::{Accepted, Phase};
 use crate::edge::admission::HandshakeSlot;
 use crate::fault::point::FaultPoint;
+use crate::service::counts::ServiceSeat;
+use crate::service::definition::Service;
 use crate::supervision::conn_description::ConnDescription;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
@@ -64,6 +66,11 @@ pub(crate) struct Connection {
     pub(super) registration: Registration<Connection>,
     /// Its client speaks plaintext (accepted on a plaintext listener: client mode).
     pub(super) plain: bool,
+    /// The service its ClientHello chose (the default for a plaintext client), kept for its
+    /// whole life whatever a reload does: its protocol, upstream group and client policy.
+    pub(super) service: Option<Arc<Service>>,
+    /// Its place in its service's connection figures, given up as it goes.
+    pub(super) seat: Option<ServiceSeat>,
 }
 
 impl Connection {
@@ -92,7 +99,15 @@ impl Connection {
             bytes_out: 0,
             hit: None,
             registration,
+            service: None,
+            seat: None,
         }
+    }
+
+    /// The connection is now `service`'s: kept for its life, counted in its figures.
+    pub(super) fn served_by(&mut self, service: Arc<Service>) {
+        self.seat = Some(service.count.seat());
+        self.service = Some(service);
     }
 
     /// Whether fault point `point` fires here (never without `fault-injection`).
@@ -129,6 +144,7 @@ impl Actor for Connection {
         };
         let established = last.established();
         let fields = DisposalFields {
+            service: self.service.as_deref().map(Service::label),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             close_notify: self.clean_eof,
@@ -199,6 +215,7 @@ impl Handler<Describe> for Connection {
             peer: self.peer,
             // Only the registries know which worker they are on; they fill this in.
             worker: 0,
+            service: self.service.as_ref().map(|s| s.label().to_string()),
             state: self.phase.name(),
             age: self.registered_at.elapsed(),
             bytes_in: self.bytes_in,

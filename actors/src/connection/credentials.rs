@@ -36,8 +36,13 @@ impl Connection {
         if !self.env.config.revalidate_live {
             return false;
         }
-        let current = self.env.tls.current();
-        let policy = current.client_policy();
+        // Its service as the current table has it (one gone since keeps the policy it had).
+        let Some(own) = self.service.as_ref() else {
+            return false;
+        };
+        let table = self.env.tls.services();
+        let current = table.by_label(own.label()).unwrap_or(own);
+        let policy = current.tls().client_policy();
         if !resumed && !ClientPolicy::differ(verified_by, policy.map(|p| &**p)) {
             return false;
         }
@@ -65,18 +70,31 @@ impl Connection {
         }
     }
 
-    /// A revalidation pass asks: would a new handshake admit this client now? An open
-    /// connection answers (its verdict counted in the pass) and closes if not; one still in
-    /// its handshake or already closing has nothing to answer.
+    /// A revalidation pass asks: would a new handshake of its service admit this client now?
+    /// An open connection answers (its verdict counted in the pass) and closes if not; one
+    /// still in its handshake or already closing has nothing to answer.
     pub(super) fn revalidate(&mut self, pass: &Arc<RevalidationPass>, ctx: &mut Context<Self>) {
         let Phase::Open(open) = &self.phase else {
             return;
         };
-        if !pass.is_for(self.env.tls.current().client_policy().map(|p| &**p)) {
+        // Checked against its own service's policy: a pass that does not check its service
+        // (another service's policy changed), or one its service has left since (the name
+        // moved away), has nothing to say to it.
+        let Some(label) = self.service.as_ref().map(|s| s.label()) else {
+            return;
+        };
+        let Some(at) = pass.service(label) else {
+            return;
+        };
+        let table = self.env.tls.services();
+        let Some(current) = table.by_label(label) else {
+            return;
+        };
+        if !pass.is_for(at, current.tls().client_policy().map(|p| &**p)) {
             return;
         }
         let chain = open.established.peer_chain.clone();
-        if let Err(why) = pass.check(chain.as_deref()) {
+        if let Err(why) = pass.check(at, chain.as_deref()) {
             log_conn!(info, self, "credentials revoked: closing"; "error" => why);
             self.close(DisposeReason::CredentialsRevoked, ctx);
         }

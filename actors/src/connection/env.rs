@@ -8,26 +8,16 @@ use slog::Logger;
 
 use crate::edge::admission::Limits;
 use crate::fault::set::Faults;
-use crate::protocol::Protocol;
 use crate::supervision::config::ServerConfig;
 use crate::supervision::log_throttle::Throttles;
 use crate::supervision::stats::Stats;
 use crate::tls::reload::TlsReloader;
-use crate::upstream::pool::UpstreamPool;
-
-/// What a server does with each connection's bytes.
-pub(crate) enum Service {
-    /// Hand them to a session of this protocol, write back its replies.
-    Sessions(Arc<dyn Protocol>),
-    /// Forward them to a plaintext upstream of the pool, and the upstream's bytes back.
-    Proxy(Arc<UpstreamPool>),
-}
 
 /// What every connection of one server shares.
 pub(crate) struct ConnectionEnv {
-    /// The TLS configuration; each handshake takes the one current when it starts.
+    /// The services and their TLS configurations; each handshake chooses from the table
+    /// current when it starts, and the connection keeps the service it chose.
     pub(crate) tls: TlsReloader,
-    pub(crate) service: Service,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<Stats>,
     pub(crate) limits: Arc<Limits>,
@@ -44,11 +34,4 @@ pub(crate) struct ConnectionEnv {
     /// The random key that spreads each connection's `max_lifetime` by ±10 %
     /// (`connection/deadlines.rs`).
     pub(crate) lifetime_spread: RandomState,
-}
-
-impl Service {
-    /// Whether each upstream connection starts with a PROXY protocol header.
-    pub(crate) fn sends_proxy_header(&self) -> bool {
-        matches!(self, Service::Proxy(pool) if pool.config().proxy_header.is_some())
-    }
 }

@@ -13,8 +13,9 @@ use crate::connection::handshake_failure::{HelloSummary, UnrecognizedName};
 use crate::connection::shared_socket::{SharedSocket, SocketWatch};
 use crate::edge::read_ahead::ReadAhead;
 use crate::fault::injected::HelloFault;
+use crate::service::definition::Service;
+use crate::service::table::ServiceTable;
 use crate::tls::refused_certificate::{RefusedCertificate, WithRefused};
-use crate::tls::source::LoadedTls;
 
 /// The client's TCP socket, shared: a proxied connection watches it for a reset while a write
 /// to the upstream holds its reader back.
@@ -42,29 +43,45 @@ pub(crate) enum HandshakeError {
     Injected,
 }
 
-/// Runs the handshake on `tcp` with `tls`, bounded by `limit`; `inject_failure` is the
-/// `during_handshake` fault point, `at_hello` asks the runtime fault rules what to do once the
-/// ClientHello (and so the SNI) is read, with a watch on the socket to act on it.
+/// Runs the handshake on `tcp` with the service its ClientHello chooses in `services`, bounded
+/// by `limit`; `inject_failure` is the `during_handshake` fault point, `at_hello` asks the
+/// runtime fault rules what to do once the ClientHello (and so the SNI) is read, with a watch
+/// on the socket to act on it. Returns the service chosen (if the ClientHello was read) with
+/// the outcome.
 pub(super) async fn handshake(
-    tls: Arc<LoadedTls>,
+    services: Arc<ServiceTable>,
     tcp: TcpStream,
     limit: Duration,
     inject_failure: bool,
     at_hello: impl FnOnce(&ClientWatch, Option<&str>) -> HelloFault,
-) -> Result<TlsStream, HandshakeError> {
+) -> (Option<Arc<Service>>, Result<TlsStream, HandshakeError>) {
     if inject_failure {
-        return Err(HandshakeError::Failed {
+        let failed = HandshakeError::Failed {
             error: io::Error::other("injected handshake failure"),
             hello: None,
             refused: None,
-        });
+        };
+        return (None, Err(failed));
     }
     let socket = SharedSocket::new(tcp);
     let watch = socket.watch();
-    accept(tls, socket, Instant::now() + limit, |sni| {
-        at_hello(&watch, sni)
-    })
-    .await
+    let mut chosen = None;
+    let result = accept(
+        services,
+        socket,
+        Instant::now() + limit,
+        &mut chosen,
+        |sni| at_hello(&watch, sni),
+    )
+    .await;
+    (chosen, result)
+}
+
+/// The service a ClientHello goes to: by its SNI in `services` (exact name, then wildcard,
+/// then the default). The one place a connection's service is chosen, right after its
+/// ClientHello is read and before anything is answered.
+pub(crate) fn choose_service(services: &ServiceTable, hello: &HelloSummary) -> Arc<Service> {
+    Arc::clone(services.choose(hello.sni.as_deref()))
 }
 
 /// A fatal `unrecognized_name` alert (RFC 6066) as a plaintext TLS record: before the
@@ -72,15 +89,17 @@ pub(super) async fn handshake(
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
 /// Runs the handshake on `io` (a client's socket; an in-memory stream in the fuzz targets)
-/// with `tls`, finished by `deadline`. The ClientHello is read first so that a `--sni-strict`
-/// server can refuse an unknown name with `unrecognized_name`, which rustls's certificate
+/// with the TLS of the service its ClientHello chooses in `services` (left in `chosen`),
+/// finished by `deadline`. The ClientHello is read first so that it can choose the service,
+/// so that a `--sni-strict` server can refuse an unknown name with `unrecognized_name`, which rustls's certificate
 /// resolver cannot send (a resolver that finds nothing makes rustls send `access_denied`), so
 /// that a failure can say what the client offered, and so that a runtime fault rule can
 /// match the SNI (`at_hello`, asked once with it).
 pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
-    tls: Arc<LoadedTls>,
+    services: Arc<ServiceTable>,
     io: S,
     deadline: Instant,
+    chosen: &mut Option<Arc<Service>>,
     at_hello: impl FnOnce(Option<&str>) -> HelloFault,
 ) -> Result<tokio_rustls::server::TlsStream<ReadAhead<S>>, HandshakeError> {
     let hello_read =
@@ -97,6 +116,9 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(start)) => start,
     };
     let hello = HelloSummary::of(&start.client_hello());
+    let service = choose_service(&services, &hello);
+    *chosen = Some(Arc::clone(&service));
+    let tls = service.tls();
     if tls.refuses(hello.sni.as_deref()) {
         // Best effort, within the handshake's own time limit: if it fails, the client sees
         // the connection close without the alert.

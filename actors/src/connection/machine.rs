@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 
 use crate::connection::actor::{log_conn, Connection};
 use crate::connection::client_stream::ClientStream;
-use crate::connection::env::{ConnectionEnv, Service};
+use crate::connection::env::ConnectionEnv;
 use crate::connection::handshake::{handshake, ClientSocket, ClientWatch, HandshakeError};
 use crate::connection::handshake_failure::{alert_name, classify, HelloSummary};
 use crate::connection::messages::{ReadOutcome, Side};
@@ -48,12 +48,13 @@ use crate::fault::point::FaultPoint;
 use crate::fault::rule::Candidate;
 use crate::fault::set::Picked;
 use crate::protocol::{ConnInfo, Flow};
+use crate::service::handler::Handler;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::handshake_failures::{
     now_unix_ms, HandshakeFailure, HandshakeFailureClass,
 };
 use crate::tls::client_auth::is_client_auth_failure;
-use crate::tls::client_policy::{ClientPolicy, PeerChain};
+use crate::tls::client_policy::PeerChain;
 use crate::tls::info::TlsInfo;
 use crate::tls::refused_certificate::RefusedCertificate;
 use crate::upstream::pool::Connected;
@@ -169,19 +170,20 @@ impl Connection {
         let _ = tcp.set_nodelay(true);
         // Our address as the client sees it only goes into a PROXY header: without one, no
         // getsockname(2) per connection.
-        let local = match self.env.service.sends_proxy_header() {
+        // Taken now and kept: a reload during this handshake does not change it (but the
+        // policy it verified the client with is compared with the current one as it ends).
+        let services = self.env.tls.services();
+        let local = match services.sends_proxy_header() {
             true => tcp.local_addr().ok(),
             false => None,
         };
         if self.plain {
+            // A plaintext client sends no ClientHello: it is the default service's.
+            self.served_by(Arc::clone(services.default_service()));
             let socket: ClientSocket = SharedSocket::new(tcp);
             let stream = Ok(ClientStream::Plain(socket));
-            return self.handshake_done(stream, None, local, None, ctx);
+            return self.handshake_done(stream, None, local, ctx);
         }
-        // Taken now and kept: a reload during this handshake does not change it (but the
-        // policy it verified the client with is compared with the current one as it ends).
-        let tls = self.env.tls.current();
-        let verified_by = tls.client_policy().cloned();
         let limit = self.env.config.handshake_timeout;
         let inject_failure = self.fault(FaultPoint::DuringHandshake);
         // The runtime fault rules, asked once the ClientHello is read; with none installed
@@ -190,7 +192,7 @@ impl Connection {
         let peer = self.peer.ip();
         let running = async move {
             let mut picked = None;
-            let result = handshake(tls, tcp, limit, inject_failure, |watch, sni| {
+            let (chosen, result) = handshake(services, tcp, limit, inject_failure, |watch, sni| {
                 let Some(rules) = rules else {
                     return HelloFault::Proceed;
                 };
@@ -208,14 +210,17 @@ impl Connection {
                 at_hello
             })
             .await;
-            (result, picked)
+            (chosen, result, picked)
         };
         ctx.spawn(
             running
                 .into_actor(self)
-                .map(move |(result, picked), act, ctx| {
+                .map(move |(chosen, result, picked), act, ctx| {
+                    if let Some(service) = chosen {
+                        act.served_by(service);
+                    }
                     let result = result.map(ClientStream::Tls);
-                    act.handshake_done(result, picked, local, verified_by, ctx)
+                    act.handshake_done(result, picked, local, ctx)
                 }),
         );
     }
@@ -230,12 +235,13 @@ impl Connection {
         result: Result<ClientStream, HandshakeError>,
         picked: Option<Picked>,
         local: Option<SocketAddr>,
-        verified_by: Option<Arc<ClientPolicy>>,
         ctx: &mut Context<Self>,
     ) {
         if !matches!(self.phase, Phase::Handshaking(_)) {
             return;
         }
+        // The policy its service's handshake verified the client with.
+        let verified_by = (self.service.as_ref()).and_then(|s| s.tls().client_policy().cloned());
         // A watch (one more owner of the socket) only for a connection a rule hit.
         let client = picked.and(result.as_ref().ok()).map(ClientStream::watch);
         self.fault_picked(picked, client.as_ref());
@@ -312,7 +318,7 @@ impl Connection {
             return self.fault_ends(ending, ctx);
         }
         self.watch_credentials_expiry(ctx);
-        if matches!(self.env.service, Service::Proxy(_)) {
+        if let Some(Handler::Proxy(_)) = self.service.as_deref().map(|s| &s.handler) {
             self.connect_upstream(ctx);
         }
     }
@@ -398,10 +404,14 @@ impl Connection {
         local: Option<SocketAddr>,
         ctx: &mut Context<Self>,
     ) -> Result<OpenService, (DisposeReason, ReaderState)> {
-        let protocol = match &self.env.service {
-            Service::Sessions(protocol) => Arc::clone(protocol),
+        let Some(service) = self.service.as_ref() else {
+            // A handshake that finished chose a service as it read the ClientHello.
+            return Err((DisposeReason::HandshakeFailed, ReaderState::Finished));
+        };
+        let protocol = match &service.handler {
+            Handler::Sessions(protocol) => Arc::clone(protocol),
             // The client is read once the upstream is there to take its bytes.
-            Service::Proxy(_) => {
+            Handler::Proxy(_) => {
                 return Ok(OpenService::Connecting {
                     client: read_half,
                     local: local.unwrap_or(self.peer),
@@ -431,7 +441,8 @@ impl Connection {
     /// and the PROXY header are the pool's), unless the client's socket fails first (nothing
     /// reads it meanwhile, and a black-holed connect takes the whole connect timeout).
     fn connect_upstream(&mut self, ctx: &mut Context<Self>) {
-        let (Service::Proxy(pool), Phase::Open(open)) = (&self.env.service, &self.phase) else {
+        let handler = self.service.as_deref().map(|s| &s.handler);
+        let (Some(Handler::Proxy(pool)), Phase::Open(open)) = (handler, &self.phase) else {
             return;
         };
         let OpenService::Connecting { local, watch, .. } = &open.service else {

@@ -18,6 +18,8 @@ pub struct ConnDescription {
     pub peer: SocketAddr,
     /// The worker (0-based) whose thread it lives on.
     pub worker: usize,
+    /// The service its ClientHello chose (its first name, or `default`), once chosen.
+    pub service: Option<String>,
     /// `registered`, `handshaking`, `open` or `closing`.
     pub state: &'static str,
     /// Time since it was accepted and registered.

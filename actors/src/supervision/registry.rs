@@ -459,6 +459,7 @@ mod tests {
                 id: ConnId(0),
                 peer: ([127, 0, 0, 1], 1).into(),
                 worker: 0,
+                service: None,
                 state: "open",
                 age: std::time::Duration::ZERO,
                 bytes_in: 0,

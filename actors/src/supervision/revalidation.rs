@@ -86,34 +86,41 @@ impl Tally {
 #[rtype(result = "()")]
 pub(crate) struct Revalidate(pub Arc<RevalidationPass>);
 
+/// The verdicts of one pass: by the service's place in the pass and the chain's digest.
+type Verdicts = HashMap<(usize, [u8; 32]), Result<(), String>>;
+
 /// One pass, shared by every connection asked (see the module docs).
 pub(crate) struct RevalidationPass {
-    /// `None`: the configuration verifies no client, so every connection passes.
-    policy: Option<Arc<ClientPolicy>>,
+    /// The services it checks, by label, each with its policy (`None`: that service verifies
+    /// no client, so each of its connections passes). A connection of a service not listed
+    /// has nothing to answer.
+    policies: Vec<(String, Option<Arc<ClientPolicy>>)>,
     /// One verification time for the whole pass, so that a verdict can be reused.
     now: UnixTime,
     started: Instant,
     trigger: Trigger,
     tally: Arc<Tally>,
-    /// Each distinct chain is verified once per pass: connections of one client (a pool)
-    /// present the same chain, and a verdict depends only on the chain, the policy and `now`.
-    verdicts: Mutex<HashMap<[u8; 32], Result<(), String>>>,
+    /// Each distinct chain is verified once per pass and service: connections of one client
+    /// (a pool) present the same chain, and a verdict depends only on the chain, the policy
+    /// (the service's, by its place in `policies`) and `now`.
+    verdicts: Mutex<Verdicts>,
     stats: Arc<Stats>,
     log: Logger,
     done: Option<oneshot::Sender<RevalidationReport>>,
 }
 
 impl RevalidationPass {
-    /// A pass against `policy`, timed from now; its report goes to `done` as it ends.
+    /// A pass against `policies` (by service label), timed from now; its report goes to
+    /// `done` as it ends.
     pub(crate) fn new(
-        policy: Option<Arc<ClientPolicy>>,
+        policies: Vec<(String, Option<Arc<ClientPolicy>>)>,
         trigger: Trigger,
         stats: Arc<Stats>,
         log: Logger,
         done: Option<oneshot::Sender<RevalidationReport>>,
     ) -> RevalidationPass {
         RevalidationPass {
-            policy,
+            policies,
             now: UnixTime::now(),
             started: Instant::now(),
             trigger,
@@ -130,26 +137,33 @@ impl RevalidationPass {
         Arc::clone(&self.tally)
     }
 
-    /// Whether this pass checks against the policy in use now, `current`: a pass overtaken by
-    /// a later reload is not (that reload runs a pass of its own), and a connection skips it
-    /// rather than close on a policy already replaced (a CRL put in and rolled back at once).
-    pub(crate) fn is_for(&self, current: Option<&ClientPolicy>) -> bool {
-        !ClientPolicy::differ(self.policy.as_deref(), current)
+    /// Where the pass keeps service `label`'s policy, if it checks that service.
+    pub(crate) fn service(&self, label: &str) -> Option<usize> {
+        self.policies.iter().position(|(l, _)| l == label)
     }
 
-    /// Whether a new handshake would admit the client of `chain` (`None`: no certificate), and
-    /// if not, why; counted as kept or closed.
-    pub(crate) fn check(&self, chain: Option<&PeerChain>) -> Result<(), String> {
-        let verdict = match (&self.policy, chain) {
+    /// Whether this pass checks the service at `service` (from [`RevalidationPass::service`])
+    /// against the policy that service has now, `current`: a pass overtaken by a later reload
+    /// is not (that reload runs a pass of its own), and a connection skips it rather than close
+    /// on a policy already replaced (a CRL put in and rolled back at once).
+    pub(crate) fn is_for(&self, service: usize, current: Option<&ClientPolicy>) -> bool {
+        !ClientPolicy::differ(self.policies[service].1.as_deref(), current)
+    }
+
+    /// Whether a new handshake of the service at `service` would admit the client of `chain`
+    /// (`None`: no certificate), and if not, why; counted as kept or closed.
+    pub(crate) fn check(&self, service: usize, chain: Option<&PeerChain>) -> Result<(), String> {
+        let verdict = match (&self.policies[service].1, chain) {
             (None, _) => Ok(()),
             (Some(policy), None) => policy.admits(None, self.now).map_err(|e| e.to_string()),
             (Some(policy), Some(chain)) => {
-                let cached = self.verdicts_lock().get(&chain.digest()).cloned();
+                let key = (service, chain.digest());
+                let cached = self.verdicts_lock().get(&key).cloned();
                 cached.unwrap_or_else(|| {
                     let verdict = policy
                         .admits(Some(chain), self.now)
                         .map_err(|e| e.to_string());
-                    self.verdicts_lock().insert(chain.digest(), verdict.clone());
+                    self.verdicts_lock().insert(key, verdict.clone());
                     verdict
                 })
             }
@@ -163,7 +177,7 @@ impl RevalidationPass {
         verdict
     }
 
-    fn verdicts_lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Result<(), String>>> {
+    fn verdicts_lock(&self) -> std::sync::MutexGuard<'_, Verdicts> {
         // Only inserts and lookups happen under it: a poisoned map is still a valid cache.
         self.verdicts.lock().unwrap_or_else(|p| p.into_inner())
     }

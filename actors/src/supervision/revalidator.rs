@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use slog::Logger;
 use tokio::sync::oneshot;
 
+use crate::service::table::ServiceTable;
 use crate::supervision::registry::{Registered, Registries};
 use crate::supervision::revalidation::{
     report_within, Revalidate, RevalidationPass, RevalidationReport, Tally, Trigger,
 };
 use crate::supervision::stats::Stats;
-use crate::tls::source::LoadedTls;
 
 /// How long [`Revalidator::run`] waits for the last verdict: a pass over 10,000 connections
 /// takes a fraction of a second; only a worker stuck in a protocol callback reaches this.
@@ -43,34 +43,40 @@ impl<C: Registered> Revalidator<C> {
         }
     }
 
-    /// Starts a pass against `tls`'s client-certificate policy and returns at once (what a
+    /// Starts a pass against the client-certificate policies of `table`'s services (of those
+    /// labelled in `only`, if given: the ones a reload changed) and returns at once (what a
     /// reload does: it may run on a thread of its own, with no runtime). Nothing when off.
-    pub(crate) fn start(&self, tls: &LoadedTls, trigger: Trigger) {
+    pub(crate) fn start(&self, table: &ServiceTable, only: Option<Vec<String>>, trigger: Trigger) {
         if self.enabled {
-            self.pass(tls, trigger, None);
+            self.pass(table, only, trigger, None);
         }
     }
 
-    /// Runs a pass against `tls`'s policy and waits for its report, at most
+    /// Runs a pass against every service's policy in `table` and waits for its report, at most
     /// [`REVALIDATE_WAIT`]. `None` when live revalidation is off.
-    pub(crate) async fn run(&self, tls: &LoadedTls) -> Option<RevalidationReport> {
+    pub(crate) async fn run(&self, table: &ServiceTable) -> Option<RevalidationReport> {
         if !self.enabled {
             return None;
         }
         let (done, report) = oneshot::channel();
         let started = Instant::now();
-        let tally = self.pass(tls, Trigger::Demand, Some(done));
+        let tally = self.pass(table, None, Trigger::Demand, Some(done));
         Some(report_within(report, tally, started, REVALIDATE_WAIT).await)
     }
 
     fn pass(
         &self,
-        tls: &LoadedTls,
+        table: &ServiceTable,
+        only: Option<Vec<String>>,
         trigger: Trigger,
         done: Option<oneshot::Sender<RevalidationReport>>,
     ) -> Arc<Tally> {
+        let mut policies = table.policies();
+        if let Some(only) = only {
+            policies.retain(|(label, _)| only.contains(label));
+        }
         let pass = RevalidationPass::new(
-            tls.client_policy().cloned(),
+            policies,
             trigger,
             Arc::clone(&self.stats),
             self.log.clone(),

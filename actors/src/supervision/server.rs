@@ -10,7 +10,7 @@ use actix_rt::{Arbiter, ArbiterHandle};
 use slog::{info, o, Logger};
 
 use crate::connection::actor::Connection;
-use crate::connection::env::{ConnectionEnv, Service};
+use crate::connection::env::ConnectionEnv;
 use crate::connection::messages::Close;
 use crate::connection::messages::CloseMode;
 use crate::edge::acceptor::Acceptor;
@@ -20,6 +20,8 @@ use crate::edge::spare_fd;
 use crate::error::ServerError;
 use crate::fault::set::Faults;
 use crate::protocol::Protocol;
+use crate::service::definition::Service;
+use crate::service::handler::Handler;
 use crate::supervision::config::ServerConfig;
 use crate::supervision::conn_description::ConnDescription;
 use crate::supervision::conn_id::ConnId;
@@ -56,7 +58,7 @@ pub const SHUTDOWN_OVERHEAD: Duration = Duration::from_secs(4);
 /// [`ServerBuilder::listener`], in order, at least one), and how it logs.
 pub struct ServerBuilder {
     config: ServerConfig,
-    service: Service,
+    service: Handler,
     tls: LoadedTls,
     log: Logger,
     faults: Faults,
@@ -64,6 +66,8 @@ pub struct ServerBuilder {
     audit: Option<crate::supervision::registry::DisposalAudit>,
     /// In the order given: the first is [`Server::local_addr`].
     listeners: Vec<ListenOn>,
+    /// The named services beside the default one.
+    services: Vec<Service>,
 }
 
 impl ServerBuilder {
@@ -105,6 +109,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Named services beside the default one (the builder's own TLS and protocol), each with
+    /// its own names, TLS, protocol and upstream group, chosen by the SNI of each ClientHello
+    /// (see [`ServiceTable`](crate::ServiceTable)). Starting refuses a table
+    /// [`ServiceTable::new`](crate::ServiceTable::new) refuses.
+    pub fn services(mut self, named: Vec<Service>) -> Self {
+        self.services = named;
+        self
+    }
+
     /// Logs through `log` (a child per connection carries `conn_id` and `peer`).
     pub fn logger(mut self, log: Logger) -> Self {
         self.log = log;
@@ -129,6 +142,9 @@ impl ServerBuilder {
     /// supervisor. Must run inside an actix system; the supervisor lives on the calling arbiter.
     pub fn start(self) -> Result<Server, ServerError> {
         let pool = self.check()?;
+        // The services are checked whole before anything starts.
+        let tls = TlsReloader::new(self.tls, self.service, self.services)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let listeners = Arc::new(Listeners::open(&self.config, self.listeners)?);
         // Together never empty: checked above.
         let (local_addrs, plain_addrs) = (listeners.addrs(), listeners.plain_addrs());
@@ -158,7 +174,6 @@ impl ServerBuilder {
         let registries = start_registries(&workers, &stats, &log);
         #[cfg(feature = "testing")]
         let registries = start_registries(&workers, &stats, &log, self.audit.as_ref());
-        let tls = TlsReloader::new(self.tls);
         let revalidator = Arc::new(Revalidator::new(
             registries.clone(),
             Arc::clone(&stats),
@@ -166,12 +181,13 @@ impl ServerBuilder {
             self.config.revalidate_live,
         ));
         let on_reload = Arc::clone(&revalidator);
-        tls.on_policy_change(Box::new(move |new| on_reload.start(new, Trigger::Reload)));
+        tls.on_policy_change(Box::new(move |table, changed| {
+            on_reload.start(table, Some(changed), Trigger::Reload)
+        }));
         // Pause, drain and readiness live with the admission limits.
         let control = Arc::clone(&limits);
         let env = Arc::new(ConnectionEnv {
             tls: tls.clone(),
-            service: self.service,
             config: self.config,
             stats: Arc::clone(&stats),
             limits,
@@ -222,7 +238,7 @@ impl ServerBuilder {
             .listeners
             .iter()
             .any(|l| matches!(l, ListenOn::BindPlain(_)));
-        let tls_upstreams = matches!(&self.service, Service::Proxy(p) if p.config().tls.is_some());
+        let tls_upstreams = matches!(&self.service, Handler::Proxy(p) if p.config().tls.is_some());
         if plain && !tls_upstreams {
             return Err(ServerError::Config(
                 "a plaintext listener (client mode) needs a proxy to TLS upstreams \
@@ -231,10 +247,10 @@ impl ServerBuilder {
             ));
         }
         match &self.service {
-            Service::Proxy(pool) if pool.config().upstreams.is_empty() => {
+            Handler::Proxy(pool) if pool.config().upstreams.is_empty() => {
                 Err(ServerError::Config("a proxy needs an upstream".into()))
             }
-            Service::Proxy(pool) => {
+            Handler::Proxy(pool) => {
                 // Each TLS upstream needs a name to verify its certificate under.
                 if let Some(tls) = &pool.config().tls {
                     for upstream in &pool.config().upstreams {
@@ -243,7 +259,7 @@ impl ServerBuilder {
                 }
                 Ok(Some(Arc::clone(pool)))
             }
-            Service::Sessions(_) => Ok(None),
+            Handler::Sessions(_) => Ok(None),
         }
     }
 }
@@ -294,10 +310,8 @@ fn start_acceptors(
 /// One line per listener: what it serves and under which limits (`listening`, and
 /// `listening plain` for a plaintext listener of client mode).
 fn log_listening(addrs: &[SocketAddr], plain: &[SocketAddr], workers: usize, env: &ConnectionEnv) {
-    let protocol = match &env.service {
-        Service::Sessions(protocol) => protocol.name(),
-        Service::Proxy(_) => "proxy",
-    };
+    let services = env.tls.services();
+    let protocol = services.default_service().protocol();
     for addr in plain {
         info!(env.log, "listening plain"; "listen_plain" => addr.to_string(),
             "protocol" => protocol, "workers" => workers);
@@ -346,7 +360,7 @@ impl Server {
     /// A builder serving `protocol` over `tls` with `config`. [`Server::tls_reloader`]
     /// replaces the TLS configuration while it runs.
     pub fn builder(config: ServerConfig, tls: LoadedTls, protocol: impl Protocol) -> ServerBuilder {
-        Server::builder_for(config, tls, Service::Sessions(Arc::new(protocol)))
+        Server::builder_for(config, tls, Handler::Sessions(Arc::new(protocol)))
     }
 
     /// A builder for a TLS-terminating proxy to upstreams (one or several, TCP or unix,
@@ -356,11 +370,11 @@ impl Server {
         Server::builder_for(
             config,
             tls,
-            Service::Proxy(Arc::new(UpstreamPool::new(proxy))),
+            Handler::Proxy(Arc::new(UpstreamPool::new(proxy))),
         )
     }
 
-    fn builder_for(config: ServerConfig, tls: LoadedTls, service: Service) -> ServerBuilder {
+    fn builder_for(config: ServerConfig, tls: LoadedTls, service: Handler) -> ServerBuilder {
         ServerBuilder {
             config,
             service,
@@ -370,6 +384,7 @@ impl Server {
             #[cfg(feature = "testing")]
             audit: None,
             listeners: Vec::new(),
+            services: Vec::new(),
         }
     }
 
@@ -609,7 +624,7 @@ impl ServerHandle {
     /// in a protocol callback gives none, and the report says `complete: false`), or `None`
     /// if [`ServerConfig::revalidate_live`] is off (connections keep no chain to check).
     pub async fn revalidate(&self) -> Option<RevalidationReport> {
-        self.revalidator.run(&self.tls.current()).await
+        self.revalidator.run(&self.tls.services()).await
     }
 
     /// Every connection registered now, on any worker that answers within 5 s, in id order.

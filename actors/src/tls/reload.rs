@@ -1,33 +1,41 @@
-//! `TlsReloader`: the TLS configuration a server's handshakes use now, replaceable while it
-//! runs.
+//! `TlsReloader`: the services (and so the TLS configurations) a server's handshakes use now,
+//! replaceable while it runs.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::TlsConfigError;
-use crate::tls::client_policy::ClientPolicy;
+use crate::service::counts::{ServiceConnections, ServiceCounts};
+use crate::service::definition::Service;
+use crate::service::error::ServiceError;
+use crate::service::handler::Handler;
+use crate::service::table::ServiceTable;
 use crate::tls::source::{LoadedTls, TlsSource};
 
-/// What a server does when a reload changes the client-certificate policy: check its live
-/// connections against the configuration just swapped in (set once, by `Server::start`).
-pub(crate) type PolicyChanged = Box<dyn Fn(&Arc<LoadedTls>) + Send + Sync>;
+/// What a server does when a reload changes the client-certificate policy of some services
+/// (their labels): check their live connections against the table just swapped in (set once,
+/// by `Server::start`).
+pub(crate) type PolicyChanged = Box<dyn Fn(&Arc<ServiceTable>, Vec<String>) + Send + Sync>;
 
-/// A handle on the TLS configuration of a running server (from
+/// A handle on the services of a running server and their TLS configurations (from
 /// [`Server::tls_reloader`](crate::Server::tls_reloader)); clones share it.
 ///
-/// Each connection takes the configuration current when its handshake starts and keeps it:
-/// a reload changes no live connection's certificate or TLS policy, and every handshake after
-/// it uses the new configuration. Only the client's credentials are checked again, when the
-/// client-certificate policy changed (see [`TlsReloader::reload`]). A reload is all or nothing: only a configuration that loaded
-/// completely ([`TlsSource::load`](crate::TlsSource::load) returned it) is ever swapped in.
+/// Each connection takes the service its ClientHello chose from the table current when its
+/// handshake starts, and keeps it: a reload changes no live connection's service, certificate,
+/// TLS policy, protocol or upstream group, and every handshake after it uses the new table.
+/// Only the client's credentials are checked again, when its service's client-certificate
+/// policy changed (see [`TlsReloader::reload`]). A reload is all or nothing: only a table
+/// whose every service loaded completely is ever swapped in.
 #[derive(Clone)]
 pub struct TlsReloader(Arc<Shared>);
 
 struct Shared {
     /// A lock held only to clone or replace an `Arc`: a read costs tens of nanoseconds against
     /// a handshake's hundreds of microseconds, so no lock-free swap crate is needed.
-    current: RwLock<Arc<LoadedTls>>,
+    current: RwLock<Arc<ServiceTable>>,
+    /// Connections per service label, carried over reloads.
+    counts: ServiceCounts,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// Called after a reload whose client-certificate policy differs from the one before.
@@ -43,45 +51,90 @@ pub struct TlsSnapshot {
     pub reloads_ok: u64,
     /// Reloads that failed and left the configuration as it was.
     pub reloads_failed: u64,
-    /// (name, `notAfter` in Unix seconds) of every certificate served now.
+    /// (name, `notAfter` in Unix seconds) of every certificate served now, by every service
+    /// (a file two services serve is listed once).
     pub certificate_expiry: Vec<(String, i64)>,
 }
 
 impl TlsReloader {
-    /// A handle serving `initial`.
-    pub fn new(initial: LoadedTls) -> TlsReloader {
-        TlsReloader(Arc::new(Shared {
-            current: RwLock::new(Arc::new(initial)),
+    /// A handle serving `initial` as the default service's TLS, whose bytes go to `handler`,
+    /// and the `named` services; refused as [`ServiceTable::new`] refuses.
+    pub(crate) fn new(
+        initial: LoadedTls,
+        handler: Handler,
+        named: Vec<Service>,
+    ) -> Result<TlsReloader, ServiceError> {
+        let counts = ServiceCounts::default();
+        let table = Service::new(&[], initial, handler)
+            .and_then(|default| ServiceTable::new(default, named))?
+            .counted_by(&counts);
+        Ok(TlsReloader(Arc::new(Shared {
+            current: RwLock::new(Arc::new(table)),
+            counts,
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             on_policy_change: OnceLock::new(),
-        }))
+        })))
     }
 
-    /// The configuration a handshake starting now uses.
+    /// The default service's TLS configuration now (what a server without named services
+    /// serves every client).
     pub fn current(&self) -> Arc<LoadedTls> {
+        Arc::clone(self.services().default_service().tls())
+    }
+
+    /// The services a handshake starting now chooses from.
+    pub fn services(&self) -> Arc<ServiceTable> {
         // A poisoned lock still holds a complete Arc: a panic cannot interrupt a plain store.
         Arc::clone(&self.0.current.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Replaces the configuration with `new` and counts a successful reload. If its
-    /// client-certificate policy (CA bundle, CRLs, allow-list, whether a certificate is
-    /// required) differs from the one replaced, the server's live connections are checked
-    /// against it (unless `ServerConfig::revalidate_live` is off): those it would refuse in a
-    /// handshake now are closed gracefully, reason `credentials_revoked`.
+    /// Replaces the default service's TLS configuration with `new`, keeping every named
+    /// service, and counts a successful reload. If its client-certificate policy (CA bundle,
+    /// CRLs, allow-list, whether a certificate is required) differs from the one replaced, the
+    /// default service's live connections are checked against it (unless
+    /// `ServerConfig::revalidate_live` is off): those it would refuse in a handshake now are
+    /// closed gracefully, reason `credentials_revoked`.
     pub fn reload(&self, new: LoadedTls) {
+        let table = self.services().with_default_tls(new);
+        self.install(table);
+    }
+
+    /// Replaces the whole table: the default service's TLS with `default_tls` (its protocol
+    /// and upstream group are the server's own, kept) and every named service with `named`.
+    /// Checked whole first (see [`ServiceTable::new`]); refused, nothing changes and the
+    /// failure is counted. Live connections keep the services they started with (an upstream
+    /// group no service has any more serves them to their end); those of a service whose
+    /// client-certificate policy changed are checked against it, as [`TlsReloader::reload`]
+    /// says.
+    pub fn reload_services(
+        &self,
+        default_tls: LoadedTls,
+        named: Vec<Service>,
+    ) -> Result<(), ServiceError> {
+        let default = self.services().default_service().with_tls(default_tls);
+        match ServiceTable::new(default, named) {
+            Ok(table) => {
+                self.install(table.counted_by(&self.0.counts));
+                Ok(())
+            }
+            Err(e) => {
+                self.reload_failed();
+                Err(e)
+            }
+        }
+    }
+
+    fn install(&self, new: ServiceTable) {
         let new = Arc::new(new);
         let old = std::mem::replace(
             &mut *self.0.current.write().unwrap_or_else(|p| p.into_inner()),
             Arc::clone(&new),
         );
         self.0.reloads_ok.fetch_add(1, Ordering::Relaxed);
-        let changed = ClientPolicy::differ(
-            old.client_policy().map(|p| &**p),
-            new.client_policy().map(|p| &**p),
-        );
-        if let (true, Some(hook)) = (changed, self.0.on_policy_change.get()) {
-            hook(&new);
+        let changed = new.policies_changed_since(&old);
+        if let (false, Some(hook)) = (changed.is_empty(), self.0.on_policy_change.get()) {
+            hook(&new, changed);
         }
     }
 
@@ -98,9 +151,9 @@ impl TlsReloader {
         self.0.reloads_failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Loads `source` and swaps it in if it loaded completely; otherwise counts a failed
-    /// reload and keeps the configuration in use. Reads files: call it where blocking for the
-    /// time of a read is fine.
+    /// Loads `source` and swaps it in as the default service's TLS if it loaded completely;
+    /// otherwise counts a failed reload and keeps the configuration in use. Reads files: call
+    /// it where blocking for the time of a read is fine.
     pub fn reload_from(&self, source: &TlsSource) -> Result<(), TlsConfigError> {
         match source.load() {
             Ok(loaded) => {
@@ -116,15 +169,29 @@ impl TlsReloader {
 
     /// Reload counts and the certificates served now.
     pub fn snapshot(&self) -> TlsSnapshot {
-        let current = self.current();
+        let table = self.services();
+        let mut certificate_expiry: Vec<(String, i64)> = Vec::new();
+        for service in table.services() {
+            for certificate in service.tls().certificates() {
+                if !certificate_expiry
+                    .iter()
+                    .any(|(n, _)| n == certificate.name())
+                {
+                    certificate_expiry
+                        .push((certificate.name().to_string(), certificate.not_after_unix()));
+                }
+            }
+        }
         TlsSnapshot {
             reloads_ok: self.0.reloads_ok.load(Ordering::Relaxed),
             reloads_failed: self.0.reloads_failed.load(Ordering::Relaxed),
-            certificate_expiry: current
-                .certificates()
-                .iter()
-                .map(|c| (c.name().to_string(), c.not_after_unix()))
-                .collect(),
+            certificate_expiry,
         }
+    }
+
+    /// Connections per service (by label: its first name, or `default`), every service seen
+    /// since the server started.
+    pub fn service_connections(&self) -> Vec<ServiceConnections> {
+        self.0.counts.snapshot()
     }
 }

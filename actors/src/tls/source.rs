@@ -88,6 +88,8 @@ pub struct LoadedTls {
     /// The client-certificate policy its handshakes apply (`None`: no client verification,
     /// or a configuration built elsewhere whose verifier is unknown here).
     client_policy: Option<Arc<ClientPolicy>>,
+    /// The lowercase SAN DNS names (wildcards included) of the certificates it serves.
+    served_names: Vec<String>,
 }
 
 /// Leaves the key out of debug output.
@@ -116,7 +118,19 @@ impl LoadedTls {
             strict_sni: None,
             warnings: Vec::new(),
             client_policy: None,
+            served_names: Vec::new(),
         }
+    }
+
+    /// Whether a certificate it serves covers `name` (lowercase): a host name exactly or by
+    /// a wildcard, a `*.` wildcard only by the same wildcard.
+    pub(crate) fn covers(&self, name: &str) -> bool {
+        self.served_names
+            .iter()
+            .any(|served| match name.starts_with("*.") {
+                true => served == name,
+                false => crate::tls::sni::name_matches(served, name),
+            })
     }
 
     /// Whether a client asking for `server_name` is refused (`--sni-strict` and no certificate
@@ -199,7 +213,7 @@ impl TlsSource {
     pub fn load(&self) -> Result<LoadedTls, TlsConfigError> {
         let (provider, versions) = self.policy.provider()?;
         let provider = Arc::new(provider);
-        let mut entries = Vec::with_capacity(self.certificates.len());
+        let mut entries: Vec<SniEntry> = Vec::with_capacity(self.certificates.len());
         let mut certificates = Vec::with_capacity(self.certificates.len());
         let mut pems = Vec::with_capacity(self.certificates.len().max(1));
         for pair in &self.certificates {
@@ -246,6 +260,7 @@ impl TlsSource {
                 )
             })
             .collect();
+        let served_names = entries.iter().flat_map(|e| e.names.clone()).collect();
         let resolver = Arc::new(SniResolver::new(entries)?);
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions)
@@ -274,6 +289,7 @@ impl TlsSource {
             strict_sni: self.sni_strict.then_some(resolver),
             warnings,
             client_policy,
+            served_names,
         })
     }
 }

@@ -1,0 +1,193 @@
+//! The `[[service]]` tables of the config file, resolved: each service's settings as the
+//! default service's are (a `Values` of its own, so that the same checks and builders serve
+//! both), checked, and built into a library `Service`. Every error names the service (its first
+//! name) and the file.
+//!
+//! A service's own keys are exactly those of `ServiceEntry`; a key it does not give is not
+//! inherited from the top level (another service's client CA or upstream would be a surprise),
+//! except the settings no service has a key for: cipher suites, key-exchange groups, the
+//! server's cipher order, the ticket keys and the upstream connect timeout.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tlsvisor_actors::{
+    CertificateFiles, ClientAuth, Echo, LoadedTls, Service, TlsPolicy, TlsSource, TlsVersion,
+};
+
+use crate::cli::{ProtocolKind, ServiceEntry, TlsMinVersion, Values};
+use crate::error::BoxError;
+
+/// One `[[service]]` table, resolved and checked (its files not read yet).
+#[derive(Clone, Debug)]
+pub(crate) struct ServiceSettings {
+    /// Its first name, as logs and metrics call it.
+    pub label: String,
+    pub names: Vec<String>,
+    /// Its settings, laid out as the top level's.
+    pub values: Values,
+    pub certificates: Vec<CertificateFiles>,
+    pub tls_policy: TlsPolicy,
+    pub client_auth: Option<ClientAuth>,
+    /// Where it was written, for errors.
+    pub file: String,
+}
+
+/// The `[[service]]` tables `tables` of the config file `file`, each over `top` (the resolved
+/// top level) as the module docs say.
+pub(crate) fn resolve(
+    tables: &[toml::Table],
+    top: &Values,
+    file: Option<&Path>,
+) -> Result<Vec<ServiceSettings>, BoxError> {
+    let file = file.map_or_else(|| "the flags".to_string(), |f| f.display().to_string());
+    tables
+        .iter()
+        .enumerate()
+        .map(|(n, table)| {
+            let label = table
+                .get("names")
+                .and_then(|names| match names {
+                    toml::Value::String(name) => Some(name.clone()),
+                    toml::Value::Array(names) => names.first()?.as_str().map(str::to_string),
+                    _ => None,
+                })
+                .map_or_else(|| format!("#{}", n + 1), |name| name.to_ascii_lowercase());
+            let named = |e: &dyn std::fmt::Display| format!("{file}: service {label}: {e}");
+            let entry = ServiceEntry::deserialize(toml::Value::Table(table.clone()))
+                .map_err(|e| named(&e))?;
+            one(entry, top, label.clone(), file.clone()).map_err(|e| named(&e).into())
+        })
+        .collect()
+}
+
+/// One service's settings over `top`, checked as the top level's are.
+fn one(
+    entry: ServiceEntry,
+    top: &Values,
+    label: String,
+    file: String,
+) -> Result<ServiceSettings, BoxError> {
+    if entry.names.is_empty() {
+        return Err("names = [...] is missing: a service is chosen by its names".into());
+    }
+    let mut values = top.clone();
+    values.cert = entry.cert;
+    values.key = entry.key;
+    values.ocsp_response = entry.ocsp_response;
+    values.certificate = Vec::new();
+    values.service = Vec::new();
+    values.sni_strict = false;
+    values.client_ca = entry.client_ca;
+    values.client_auth = entry.client_auth;
+    values.client_crl = entry.client_crl;
+    values.allow_cn = entry.allow_cn;
+    values.allow_dns_san = entry.allow_dns_san;
+    values.allow_uri_san = entry.allow_uri_san;
+    values.alpn = entry.alpn;
+    values.tls_min_version = entry.tls_min_version.unwrap_or(TlsMinVersion::V1_2);
+    values.protocol = entry.protocol.unwrap_or(match entry.upstream.is_empty() {
+        true => ProtocolKind::Echo,
+        false => ProtocolKind::Proxy,
+    });
+    values.upstream = entry.upstream;
+    values.upstream_ca = entry.upstream_ca;
+    values.upstream_cert = entry.upstream_cert;
+    values.upstream_key = entry.upstream_key;
+    values.upstream_sni = entry.upstream_sni;
+    values.proxy_protocol = entry.proxy_protocol;
+    values.listen_plain = Vec::new();
+    let certificates = crate::tls_settings::certificate_pairs(
+        &values.cert,
+        &values.key,
+        &values.ocsp_response,
+        &[],
+    )?
+    .ok_or("needs cert and key (a service has certificates of its own)")?;
+    let client_auth = crate::tls_settings::client_auth(&values)?;
+    let (_, tls_upstreams) = crate::upstream_tls::upstreams(&values.upstream)?;
+    crate::upstream_tls::check(&values, tls_upstreams)?;
+    match (values.protocol, values.upstream.is_empty()) {
+        (ProtocolKind::Proxy, true) => {
+            return Err(
+                "protocol proxy needs upstream = HOST:PORT, unix:/path or tls://HOST:PORT \
+                 (a string or a list)"
+                    .into(),
+            )
+        }
+        (ProtocolKind::Echo, false) => {
+            return Err("upstream is only used with protocol = \"proxy\"".into())
+        }
+        _ => {}
+    }
+    let tls_policy = TlsPolicy {
+        min_version: match values.tls_min_version {
+            TlsMinVersion::V1_3 => TlsVersion::Tls13,
+            TlsMinVersion::V1_2 => TlsVersion::Tls12,
+        },
+        alpn: values.alpn.clone(),
+        ..top_policy(top)
+    };
+    Ok(ServiceSettings {
+        label,
+        names: entry.names,
+        values,
+        certificates,
+        tls_policy,
+        client_auth,
+        file,
+    })
+}
+
+/// What a service takes of the top level's TLS policy: what it has no key for.
+fn top_policy(top: &Values) -> TlsPolicy {
+    TlsPolicy {
+        cipher_suites: top.cipher_suites.clone(),
+        kx_groups: top.kx_groups.clone(),
+        prefer_server_cipher_order: top.prefer_server_cipher_order,
+        ..TlsPolicy::default()
+    }
+}
+
+impl ServiceSettings {
+    /// Every file its TLS is read from (what `--watch-certs` polls).
+    pub(crate) fn tls_source(&self) -> TlsSource {
+        TlsSource {
+            certificates: self.certificates.clone(),
+            sni_strict: false,
+            policy: self.tls_policy.clone(),
+            built_in: None,
+            client_auth: self.client_auth.clone(),
+            ticket_key_file: self.values.ticket_key_file.clone(),
+        }
+    }
+
+    /// Reads every file and builds the service (its TLS, and its upstream group for a proxy);
+    /// an error names the service, the file it is written in and the file that failed.
+    pub(crate) fn build(&self) -> Result<Service, String> {
+        let named =
+            |e: &dyn std::fmt::Display| format!("{}: service {}: {e}", self.file, self.label);
+        let tls: LoadedTls = self.tls_source().load().map_err(|e| named(&e))?;
+        let service =
+            match crate::upstream_tls::proxy_config(&self.values).map_err(|e| named(&e))? {
+                Some(proxy) => Service::proxy(&self.names, tls, proxy),
+                None => Service::sessions(&self.names, tls, Echo),
+            };
+        // The library's error already names the service.
+        service.map_err(|e| format!("{}: {e}", self.file))
+    }
+}
+
+/// Builds every service of `services` (see [`ServiceSettings::build`]) and checks them as a
+/// table (a name two services claim, say): what `check`, `serve` and every reload do.
+pub(crate) fn build_all(services: &[ServiceSettings]) -> Result<Vec<Service>, String> {
+    let built = services
+        .iter()
+        .map(ServiceSettings::build)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Err(e) = tlsvisor_actors::ServiceTable::check(&built) {
+        let file = services.first().map_or("", |s| s.file.as_str());
+        return Err(format!("{file}: {e}"));
+    }
+    Ok(built)
+}
