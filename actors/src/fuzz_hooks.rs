@@ -50,11 +50,18 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     tls: Arc<LoadedTls>,
     io: S,
 ) -> io::Result<Option<String>> {
-    use crate::connection::handshake::{accept, HandshakeError};
+    use crate::connection::handshake::{accept, Accepted, HandshakeError, Termination};
     // The fuzz targets' streams end; a day is no limit for them.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
-    match accept(tls, io, deadline, |_| HelloFault::Proceed).await {
-        Ok(stream) => Ok(stream.get_ref().1.server_name().map(str::to_string)),
+    match accept(tls, io, deadline, Termination::Here, |_| {
+        HelloFault::Proceed
+    })
+    .await
+    {
+        Ok(Accepted::Terminated(stream)) => {
+            Ok(stream.get_ref().1.server_name().map(str::to_string))
+        }
+        Ok(Accepted::PassedThrough { hello, .. }) => Ok(hello.sni),
         Err(HandshakeError::Failed { error, .. }) => Err(error),
         Err(HandshakeError::TimedOut { .. }) => Err(io::ErrorKind::TimedOut.into()),
         Err(HandshakeError::Injected) => Err(io::ErrorKind::ConnectionReset.into()),

@@ -138,6 +138,7 @@ impl Actor for Connection {
         };
         log_conn!(info, self, "disposed";
             "reason" => reason.as_str(),
+            "protocol" => self.env.service.name(),
             "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64,
             fields);
         // A session dropped here may panic in its Drop: that must not cost the Dispose.
@@ -200,6 +201,7 @@ impl Handler<Describe> for Connection {
             // Only the registries know which worker they are on; they fill this in.
             worker: 0,
             state: self.phase.name(),
+            protocol: self.env.service.name(),
             age: self.registered_at.elapsed(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use slog::Logger;
 
+use crate::connection::handshake::Termination;
 use crate::edge::admission::Limits;
 use crate::fault::set::Faults;
 use crate::protocol::Protocol;
@@ -21,6 +22,10 @@ pub(crate) enum Service {
     Sessions(Arc<dyn Protocol>),
     /// Forward them to a plaintext upstream of the pool, and the upstream's bytes back.
     Proxy(Arc<UpstreamPool>),
+    /// Do not terminate TLS: read the ClientHello (for its SNI), then forward the client's
+    /// bytes, that hello first, untouched to a plaintext-TCP upstream of the pool (a TLS
+    /// server itself), and the upstream's bytes back.
+    Passthrough(Arc<UpstreamPool>),
 }
 
 /// What every connection of one server shares.
@@ -49,6 +54,33 @@ pub(crate) struct ConnectionEnv {
 impl Service {
     /// Whether each upstream connection starts with a PROXY protocol header.
     pub(crate) fn sends_proxy_header(&self) -> bool {
-        matches!(self, Service::Proxy(pool) if pool.config().proxy_header.is_some())
+        self.upstreams()
+            .is_some_and(|pool| pool.config().proxy_header.is_some())
+    }
+
+    /// The upstream group its connections are forwarded to, if they are.
+    pub(crate) fn upstreams(&self) -> Option<&Arc<UpstreamPool>> {
+        match self {
+            Service::Sessions(_) => None,
+            Service::Proxy(pool) | Service::Passthrough(pool) => Some(pool),
+        }
+    }
+
+    /// How its connections treat the client's TLS.
+    pub(crate) fn termination(&self) -> Termination {
+        match self {
+            Service::Passthrough(_) => Termination::PassThrough,
+            Service::Sessions(_) | Service::Proxy(_) => Termination::Here,
+        }
+    }
+
+    /// Its protocol's name, for logs and `/connections`: the session protocol's own, `proxy`
+    /// or `passthrough`.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Service::Sessions(protocol) => protocol.name(),
+            Service::Proxy(_) => "proxy",
+            Service::Passthrough(_) => "passthrough",
+        }
     }
 }

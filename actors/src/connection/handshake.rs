@@ -1,4 +1,10 @@
-//! The server side of a TLS handshake: read the ClientHello, pick the configuration, finish.
+//! The server side of a TLS handshake: read the ClientHello, pick the configuration, finish;
+//! or, for a protocol that passes TLS through (`--protocol passthrough`), read the ClientHello
+//! for its SNI and hand back the client's stream with every byte read so far still to come.
+//!
+//! The decision "terminate or pass through" is taken here and only here, by [`passes_through`],
+//! right after the ClientHello is parsed: it is the one place that knows the SNI before
+//! anything is sent to the client.
 
 use std::io;
 use std::sync::Arc;
@@ -26,6 +32,39 @@ pub(crate) type ClientWatch = SocketWatch<TcpStream>;
 /// The server side of a TLS stream over TCP (read ahead while the client streams).
 pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<ClientSocket>>;
 
+/// How the connection's protocol treats the client's TLS (the default service's protocol; a
+/// service chosen by SNI would say it per name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Termination {
+    /// TLS ends here: the handshake completes with our certificate.
+    Here,
+    /// TLS is not ours: the ClientHello is read for its SNI (and recorded), and the client's
+    /// bytes, that hello first, go to the upstream untouched.
+    PassThrough,
+}
+
+/// What the handshake produced.
+// Not boxed: it is moved once, into the connection's `ClientStream`, which is not boxed either.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Accepted<S> {
+    /// A TLS session with the client, terminated here.
+    Terminated(tokio_rustls::server::TlsStream<ReadAhead<S>>),
+    /// The client's stream, not terminated: reading it yields the ClientHello and whatever
+    /// followed it, as the client sent them, then the socket's bytes.
+    PassedThrough {
+        client: ReadAhead<S>,
+        hello: HelloSummary,
+    },
+}
+
+/// Whether a client whose ClientHello says `hello` is passed through rather than terminated.
+/// Today the protocol alone decides (a ClientHello without SNI is passed through like any
+/// other: the upstream group is the default service's). Routing by name decides here, with
+/// the service `hello.sni` chooses.
+fn passes_through(termination: Termination, _hello: &HelloSummary) -> bool {
+    termination == Termination::PassThrough
+}
+
 /// Why a handshake did not produce a stream, with what the client had offered if its
 /// ClientHello was read.
 pub(crate) enum HandshakeError {
@@ -42,16 +81,18 @@ pub(crate) enum HandshakeError {
     Injected,
 }
 
-/// Runs the handshake on `tcp` with `tls`, bounded by `limit`; `inject_failure` is the
-/// `during_handshake` fault point, `at_hello` asks the runtime fault rules what to do once the
-/// ClientHello (and so the SNI) is read, with a watch on the socket to act on it.
+/// Runs the handshake on `tcp` with `tls` (or only reads the ClientHello, when `termination`
+/// passes it through), bounded by `limit`; `inject_failure` is the `during_handshake` fault
+/// point, `at_hello` asks the runtime fault rules what to do once the ClientHello (and so the
+/// SNI) is read, with a watch on the socket to act on it.
 pub(super) async fn handshake(
     tls: Arc<LoadedTls>,
     tcp: TcpStream,
     limit: Duration,
+    termination: Termination,
     inject_failure: bool,
     at_hello: impl FnOnce(&ClientWatch, Option<&str>) -> HelloFault,
-) -> Result<TlsStream, HandshakeError> {
+) -> Result<Accepted<ClientSocket>, HandshakeError> {
     if inject_failure {
         return Err(HandshakeError::Failed {
             error: io::Error::other("injected handshake failure"),
@@ -61,7 +102,7 @@ pub(super) async fn handshake(
     }
     let socket = SharedSocket::new(tcp);
     let watch = socket.watch();
-    accept(tls, socket, Instant::now() + limit, |sni| {
+    accept(tls, socket, Instant::now() + limit, termination, |sni| {
         at_hello(&watch, sni)
     })
     .await
@@ -77,14 +118,24 @@ const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 /// resolver cannot send (a resolver that finds nothing makes rustls send `access_denied`), so
 /// that a failure can say what the client offered, and so that a runtime fault rule can
 /// match the SNI (`at_hello`, asked once with it).
+///
+/// With `termination` [`Termination::PassThrough`] every byte read from `io` is recorded until
+/// the ClientHello parses (bounded: `RECORD_LIMIT`); a client that passes through gets no byte
+/// from us, and its stream replays the recording first. A client that is not TLS, or whose
+/// ClientHello does not parse, fails here as it would on a terminating server (the same
+/// classes, `not_tls` included): nothing is forwarded for it.
 pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     tls: Arc<LoadedTls>,
     io: S,
     deadline: Instant,
+    termination: Termination,
     at_hello: impl FnOnce(Option<&str>) -> HelloFault,
-) -> Result<tokio_rustls::server::TlsStream<ReadAhead<S>>, HandshakeError> {
-    let hello_read =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(io));
+) -> Result<Accepted<S>, HandshakeError> {
+    let transport = match termination {
+        Termination::Here => ReadAhead::new(io),
+        Termination::PassThrough => ReadAhead::recording(io),
+    };
+    let hello_read = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), transport);
     let mut start = match timeout_at(deadline, hello_read).await {
         Err(_) => return Err(HandshakeError::TimedOut { hello: None }),
         Ok(Err(error)) => {
@@ -97,7 +148,8 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(start)) => start,
     };
     let hello = HelloSummary::of(&start.client_hello());
-    if tls.refuses(hello.sni.as_deref()) {
+    let pass_through = passes_through(termination, &hello);
+    if !pass_through && tls.refuses(hello.sni.as_deref()) {
         // Best effort, within the handshake's own time limit: if it fails, the client sees
         // the connection close without the alert.
         let _ = timeout_at(deadline, start.io.write_all(&UNRECOGNIZED_NAME_ALERT)).await;
@@ -124,6 +176,16 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
         HelloFault::Reset => return Err(HandshakeError::Injected),
     }
+    if pass_through {
+        return match start.io.into_replay() {
+            Ok(client) => Ok(Accepted::PassedThrough { client, hello }),
+            Err(overflow) => Err(HandshakeError::Failed {
+                error: io::Error::new(io::ErrorKind::InvalidData, overflow),
+                hello: Some(hello),
+                refused: None,
+            }),
+        };
+    }
     let finish = WithRefused::new(start.into_stream(Arc::clone(tls.config())));
     match timeout_at(deadline, finish).await {
         Err(_) => Err(HandshakeError::TimedOut { hello: Some(hello) }),
@@ -132,6 +194,6 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             hello: Some(hello),
             refused,
         }),
-        Ok((Ok(stream), _)) => Ok(stream),
+        Ok((Ok(stream), _)) => Ok(Accepted::Terminated(stream)),
     }
 }

@@ -31,7 +31,9 @@ use tokio::net::TcpStream;
 use crate::connection::actor::{log_conn, Connection};
 use crate::connection::client_stream::ClientStream;
 use crate::connection::env::{ConnectionEnv, Service};
-use crate::connection::handshake::{handshake, ClientSocket, ClientWatch, HandshakeError};
+use crate::connection::handshake::{
+    handshake, Accepted, ClientSocket, ClientWatch, HandshakeError,
+};
 use crate::connection::handshake_failure::{alert_name, classify, HelloSummary};
 use crate::connection::messages::{ReadOutcome, Side};
 use crate::connection::phase::{
@@ -188,25 +190,33 @@ impl Connection {
         // this is one relaxed load, and the handshake asks nothing.
         let rules = self.env.faults.has_rules().then(|| self.env.faults.clone());
         let peer = self.peer.ip();
+        let termination = self.env.service.termination();
         let running = async move {
             let mut picked = None;
-            let result = handshake(tls, tcp, limit, inject_failure, |watch, sni| {
-                let Some(rules) = rules else {
-                    return HelloFault::Proceed;
-                };
-                let listener = || watch.local_addr();
-                picked = rules.pick(&Candidate {
-                    peer,
-                    listener: &listener,
-                    sni,
-                });
-                let at_hello = picked.map_or(HelloFault::Proceed, |p| p.at_hello());
-                if at_hello == HelloFault::Reset {
-                    // The handshake's handles on the socket go as it returns: an RST then.
-                    let _ = watch.reset_on_close();
-                }
-                at_hello
-            })
+            let result = handshake(
+                tls,
+                tcp,
+                limit,
+                termination,
+                inject_failure,
+                |watch, sni| {
+                    let Some(rules) = rules else {
+                        return HelloFault::Proceed;
+                    };
+                    let listener = || watch.local_addr();
+                    picked = rules.pick(&Candidate {
+                        peer,
+                        listener: &listener,
+                        sni,
+                    });
+                    let at_hello = picked.map_or(HelloFault::Proceed, |p| p.at_hello());
+                    if at_hello == HelloFault::Reset {
+                        // The handshake's handles on the socket go as it returns: an RST then.
+                        let _ = watch.reset_on_close();
+                    }
+                    at_hello
+                },
+            )
             .await;
             (result, picked)
         };
@@ -214,7 +224,13 @@ impl Connection {
             running
                 .into_actor(self)
                 .map(move |(result, picked), act, ctx| {
-                    let result = result.map(ClientStream::Tls);
+                    let result = result.map(|accepted| match accepted {
+                        Accepted::Terminated(stream) => ClientStream::Tls(stream),
+                        Accepted::PassedThrough { client, hello } => ClientStream::PassedThrough {
+                            client,
+                            server_name: hello.sni.map(|name| name.to_ascii_lowercase()),
+                        },
+                    });
                     act.handshake_done(result, picked, local, verified_by, ctx)
                 }),
         );
@@ -312,7 +328,7 @@ impl Connection {
             return self.fault_ends(ending, ctx);
         }
         self.watch_credentials_expiry(ctx);
-        if matches!(self.env.service, Service::Proxy(_)) {
+        if self.env.service.upstreams().is_some() {
             self.connect_upstream(ctx);
         }
     }
@@ -400,8 +416,9 @@ impl Connection {
     ) -> Result<OpenService, (DisposeReason, ReaderState)> {
         let protocol = match &self.env.service {
             Service::Sessions(protocol) => Arc::clone(protocol),
-            // The client is read once the upstream is there to take its bytes.
-            Service::Proxy(_) => {
+            // The client is read once the upstream is there to take its bytes (passed through:
+            // its ClientHello first).
+            Service::Proxy(_) | Service::Passthrough(_) => {
                 return Ok(OpenService::Connecting {
                     client: read_half,
                     local: local.unwrap_or(self.peer),
@@ -431,15 +448,19 @@ impl Connection {
     /// and the PROXY header are the pool's), unless the client's socket fails first (nothing
     /// reads it meanwhile, and a black-holed connect takes the whole connect timeout).
     fn connect_upstream(&mut self, ctx: &mut Context<Self>) {
-        let (Service::Proxy(pool), Phase::Open(open)) = (&self.env.service, &self.phase) else {
+        let (Some(pool), Phase::Open(open)) = (self.env.service.upstreams(), &self.phase) else {
             return;
         };
         let OpenService::Connecting { local, watch, .. } = &open.service else {
             return;
         };
-        let tls = (*open.established.tls).clone();
-        let connecting =
-            Arc::clone(pool).connect(self.env.log.clone(), self.peer, *local, Some(tls));
+        // What the client negotiated goes into a PROXY v2 header's TLVs; passed through, we
+        // negotiated nothing, and the header carries the addresses only.
+        let tls = match &self.env.service {
+            Service::Passthrough(_) => None,
+            _ => Some((*open.established.tls).clone()),
+        };
+        let connecting = Arc::clone(pool).connect(self.env.log.clone(), self.peer, *local, tls);
         let client = watch.clone();
         let raced = async move {
             tokio::select! {

@@ -460,6 +460,7 @@ mod tests {
                 peer: ([127, 0, 0, 1], 1).into(),
                 worker: 0,
                 state: "open",
+                protocol: "echo",
                 age: std::time::Duration::ZERO,
                 bytes_in: 0,
                 bytes_out: 0,

@@ -234,6 +234,17 @@ impl ServerBuilder {
             Service::Proxy(pool) if pool.config().upstreams.is_empty() => {
                 Err(ServerError::Config("a proxy needs an upstream".into()))
             }
+            Service::Passthrough(pool) if pool.config().upstreams.is_empty() => Err(
+                ServerError::Config("a passthrough server needs an upstream".into()),
+            ),
+            // The client's TLS goes through as it is: wrapping it in our own TLS to the
+            // upstream would hand the upstream a record layer inside a record layer.
+            Service::Passthrough(pool) if pool.config().tls.is_some() => Err(ServerError::Config(
+                "a passthrough server forwards the client's own TLS: its upstreams are \
+                     plaintext TCP (no ProxyConfig::tls)"
+                    .into(),
+            )),
+            Service::Passthrough(pool) => Ok(Some(Arc::clone(pool))),
             Service::Proxy(pool) => {
                 // Each TLS upstream needs a name to verify its certificate under.
                 if let Some(tls) = &pool.config().tls {
@@ -294,10 +305,7 @@ fn start_acceptors(
 /// One line per listener: what it serves and under which limits (`listening`, and
 /// `listening plain` for a plaintext listener of client mode).
 fn log_listening(addrs: &[SocketAddr], plain: &[SocketAddr], workers: usize, env: &ConnectionEnv) {
-    let protocol = match &env.service {
-        Service::Sessions(protocol) => protocol.name(),
-        Service::Proxy(_) => "proxy",
-    };
+    let protocol = env.service.name();
     for addr in plain {
         info!(env.log, "listening plain"; "listen_plain" => addr.to_string(),
             "protocol" => protocol, "workers" => workers);
@@ -357,6 +365,21 @@ impl Server {
             config,
             tls,
             Service::Proxy(Arc::new(UpstreamPool::new(proxy))),
+        )
+    }
+
+    /// A builder for a server that does not terminate TLS (nginx's `ssl_preread`, haproxy's
+    /// `req.ssl_sni`): each client's ClientHello is read for its SNI, then every byte the
+    /// client sends, that hello first, goes untouched to an upstream of `proxy` (plaintext TCP
+    /// or unix: the upstream is the TLS server), and back. `tls` is never served to a client
+    /// (no handshake completes here); it is what the builder requires, and what a later
+    /// service terminating TLS would use. Starting it fails if `proxy` lists no upstream or
+    /// asks for TLS to them.
+    pub fn passthrough(config: ServerConfig, tls: LoadedTls, proxy: ProxyConfig) -> ServerBuilder {
+        Server::builder_for(
+            config,
+            tls,
+            Service::Passthrough(Arc::new(UpstreamPool::new(proxy))),
         )
     }
 
