@@ -31,6 +31,7 @@ mod interop_tls;
 mod interop_upstreams;
 mod limits;
 mod memory;
+mod passthrough;
 mod privileges;
 mod process;
 mod revalidate;
