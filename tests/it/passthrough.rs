@@ -325,3 +325,45 @@ fn check_refuses_what_a_passthrough_server_cannot_apply_and_needs_no_certificate
         "{said}"
     );
 }
+
+#[test]
+fn on_sigterm_a_passed_through_session_goes_on_until_it_ends_or_the_grace_does() {
+    let backend = Tlsvisor::serve(&[]);
+    let config = client_config(&crate::common::dev_ca()).unwrap();
+
+    // Ended by its own sides during the grace period: served to the end, then the process
+    // exits without waiting for the rest of the grace.
+    let mut server = front(backend.listen, &["--shutdown-grace", "60s"]);
+    let mut client = TlsClient::connect(server.listen, Arc::clone(&config)).unwrap();
+    assert_eq!(client.echo(b"before").unwrap(), b"before");
+    let asked = std::time::Instant::now();
+    server.signal(libc::SIGTERM);
+    server.logged("shutdown: stopped accepting, closing connections", 1);
+    assert_eq!(
+        client.echo(b"during the grace").unwrap(),
+        b"during the grace",
+        "no FIN in the middle of the client's TLS session"
+    );
+    let _ = client.close();
+    let status = server
+        .wait_exit(HANG)
+        .expect("exits once its connection ended");
+    assert!(status.success());
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(30),
+        "long before the grace's end"
+    );
+    assert_eq!(server.logged("disposed", 1)[0]["reason"], "peer_eof");
+
+    // Not ended: closed when the grace period is over, as shutdown.
+    let mut server = front(backend.listen, &["--shutdown-grace", "1s"]);
+    let mut client = TlsClient::connect(server.listen, config).unwrap();
+    assert_eq!(client.echo(b"before").unwrap(), b"before");
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(HANG)
+        .expect("exits after the grace period");
+    assert!(status.success());
+    assert_eq!(server.logged("disposed", 1)[0]["reason"], "shutdown");
+    drop(client);
+}

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::connection::access_log::DisposalFields;
 use crate::connection::env::ConnectionEnv;
+use crate::connection::handshake::Termination;
 use crate::connection::hit::Hit;
 use crate::connection::messages::{Close, CloseMode, Describe, Inbound, ReaderFinished, Side};
 use crate::connection::phase::{Accepted, Phase};
@@ -177,9 +179,31 @@ impl Handler<Close> for Connection {
 
     fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
         match msg.mode {
+            CloseMode::Graceful if self.outlasts_graceful_shutdown(msg.reason) => {
+                log_conn!(
+                    debug,
+                    self,
+                    "shutdown: passed-through TLS left to end on its own"
+                );
+            }
             CloseMode::Graceful => self.close(msg.reason, ctx),
             CloseMode::Force => self.stop(msg.reason, ctx),
         }
+    }
+}
+
+impl Connection {
+    /// Whether a graceful close for `reason` leaves this connection running: a passed-through
+    /// connection, open, during the server's shutdown. We cannot send the `close_notify` that
+    /// would end its TLS session (the session is the client's and the upstream's), and a FIN in
+    /// the middle of it is a truncation to the client; so it goes on until both sides end it,
+    /// and the forced close at the end of the grace period stops what is left. (An operator's
+    /// `/drain` is not the shutdown: it closes with a FIN both ways, as asked.)
+    fn outlasts_graceful_shutdown(&self, reason: DisposeReason) -> bool {
+        reason == DisposeReason::Shutdown
+            && self.env.service.termination() == Termination::PassThrough
+            && self.env.draining.load(Ordering::SeqCst)
+            && matches!(self.phase, Phase::Open(_))
     }
 }
 
