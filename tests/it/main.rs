@@ -26,6 +26,8 @@ mod hostile_upstreams;
 #[cfg(feature = "interop")]
 mod interop;
 #[cfg(feature = "interop")]
+mod interop_passthrough;
+#[cfg(feature = "interop")]
 mod interop_tls;
 #[cfg(feature = "interop")]
 mod interop_upstreams;
