@@ -486,6 +486,7 @@ fn describe(d: &ConnDescription) -> serde_json::Value {
         "peer": d.peer.to_string(),
         "worker": d.worker,
         "state": d.state,
+        "protocol": d.protocol,
         "age_ms": d.age.as_millis() as u64,
         "bytes_in": d.bytes_in,
         "bytes_out": d.bytes_out,

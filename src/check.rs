@@ -30,12 +30,16 @@ pub(crate) fn run(flags: ServeArgs) -> Result<(), BoxError> {
         return Err(format!("{} problem(s) found", problems.len()).into());
     }
     let certificates = match &settings.cert {
+        CertSource::BuiltIn if settings.values.protocol == ProtocolKind::Passthrough => {
+            "none (TLS passed through)".to_string()
+        }
         CertSource::BuiltIn => "the built-in development certificate".to_string(),
         CertSource::Files(pairs) => format!("{} certificate(s)", pairs.len()),
     };
     let protocol = match settings.values.protocol {
         ProtocolKind::Echo => "echo",
         ProtocolKind::Proxy => "proxy",
+        ProtocolKind::Passthrough => "passthrough",
     };
     let listen: Vec<String> = settings
         .values

@@ -262,7 +262,7 @@ serve_settings! {
     #[arg(long, value_enum)]
     protocol: Option<ProtocolKind> = ProtocolKind::Echo,
     /// Upstream for `--protocol proxy`: HOST:PORT or unix:/path (plaintext), tls://HOST:PORT
-    /// (TLS); repeatable (each client goes to the healthy one with the fewest connections).
+    /// (TLS); for `--protocol passthrough`: HOST:PORT or unix:/path (a TLS server); repeatable (each client goes to the healthy one with the fewest connections).
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
     upstream: Vec<String>,
@@ -480,6 +480,9 @@ pub(crate) enum ProtocolKind {
     Echo,
     /// Forward decrypted bytes to a plaintext TCP upstream.
     Proxy,
+    /// Do not terminate TLS: read the ClientHello for its SNI, then forward the client's bytes
+    /// untouched (that hello first) to the upstream, a TLS server (nginx `ssl_preread`).
+    Passthrough,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]

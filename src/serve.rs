@@ -17,7 +17,7 @@ use tlsvisor_actors::{
 };
 
 use crate::activation::{Inherited, InheritedSocket, Matched};
-use crate::cli::ServeArgs;
+use crate::cli::{ProtocolKind, ServeArgs};
 use crate::error::BoxError;
 use crate::http::HttpListener;
 use crate::logging;
@@ -91,7 +91,10 @@ fn run_inherited(settings: Settings, inherited: Inherited) -> Result<(), BoxErro
             Warning::Uncovered { .. } => warn!(log, "{}", warning),
         }
     }
-    if settings.cert == CertSource::BuiltIn {
+    // A passthrough server holds the built-in certificate only because the TLS configuration
+    // needs one: it never serves it.
+    if settings.cert == CertSource::BuiltIn && settings.values.protocol != ProtocolKind::Passthrough
+    {
         warn!(log, "USING THE BUILT-IN DEVELOPMENT CERTIFICATE: anyone can impersonate this \
                     server; pass --cert and --key for real use";
             "trust_for_testing" => "certs/ca.crt");
@@ -297,9 +300,10 @@ async fn start_server(
         let what = format!("the inherited socket {} (LISTEN_FDS)", socket.addr);
         settings.may_serve_on(&what, socket.addr)?;
     }
-    let builder = match proxy {
-        Some(proxy) => Server::proxy(config, tls, proxy),
-        None => Server::builder(config, tls, Echo),
+    let builder = match (proxy, settings.values.protocol) {
+        (Some(proxy), ProtocolKind::Passthrough) => Server::passthrough(config, tls, proxy),
+        (Some(proxy), _) => Server::proxy(config, tls, proxy),
+        (None, _) => Server::builder(config, tls, Echo),
     };
     let builder = builder.services(services);
     let builder = listen_on(builder, &settings.values.listen, inherited, log);

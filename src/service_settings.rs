@@ -97,17 +97,28 @@ fn one(
     values.upstream_sni = entry.upstream_sni;
     values.proxy_protocol = entry.proxy_protocol;
     values.listen_plain = Vec::new();
-    let certificates = crate::tls_settings::certificate_pairs(
-        &values.cert,
-        &values.key,
-        &values.ocsp_response,
-        &[],
-    )?
-    .ok_or("needs cert and key (a service has certificates of its own)")?;
+    let certificates = match values.protocol {
+        // Nothing is terminated: the upstream serves its own certificate and checks its own
+        // clients. A key given anyway would read as a check in force that is not.
+        ProtocolKind::Passthrough => {
+            passthrough_refuses(&values)?;
+            Vec::new()
+        }
+        _ => crate::tls_settings::certificate_pairs(
+            &values.cert,
+            &values.key,
+            &values.ocsp_response,
+            &[],
+        )?
+        .ok_or("needs cert and key (a service has certificates of its own)")?,
+    };
     let client_auth = crate::tls_settings::client_auth(&values)?;
     let (_, tls_upstreams) = crate::upstream_tls::upstreams(&values.upstream)?;
     crate::upstream_tls::check(&values, tls_upstreams)?;
     match (values.protocol, values.upstream.is_empty()) {
+        (ProtocolKind::Passthrough, true) => {
+            return Err("protocol passthrough needs upstream = HOST:PORT or unix:/path".into())
+        }
         (ProtocolKind::Proxy, true) => {
             return Err(
                 "protocol proxy needs upstream = HOST:PORT, unix:/path or tls://HOST:PORT \
@@ -139,6 +150,38 @@ fn one(
     })
 }
 
+/// The keys a passthrough service cannot apply, refused with the first one named: it ends no
+/// TLS session, so nothing about a session of its own can take effect, and the client's TLS
+/// goes to the upstream as it is (a `tls://` upstream would wrap it in a second TLS).
+fn passthrough_refuses(values: &Values) -> Result<(), BoxError> {
+    let given = [
+        ("cert", !values.cert.is_empty()),
+        ("key", !values.key.is_empty()),
+        ("ocsp-response", !values.ocsp_response.is_empty()),
+        ("client-ca", values.client_ca.is_some()),
+        ("allow-cn", !values.allow_cn.is_empty()),
+        ("allow-dns-san", !values.allow_dns_san.is_empty()),
+        ("allow-uri-san", !values.allow_uri_san.is_empty()),
+        ("alpn", !values.alpn.is_empty()),
+        ("upstream-ca", values.upstream_ca.is_some()),
+        ("upstream-cert", values.upstream_cert.is_some()),
+        ("upstream-key", values.upstream_key.is_some()),
+        ("upstream-sni", values.upstream_sni.is_some()),
+        (
+            "upstream = \"tls://…\"",
+            values.upstream.iter().any(|u| u.starts_with("tls://")),
+        ),
+    ];
+    match given.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err(format!(
+            "{key} cannot apply with protocol = \"passthrough\" (TLS is not terminated here: \
+             the upstream does the handshake and checks its clients)"
+        )
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// What a service takes of the top level's TLS policy: what it has no key for.
 fn top_policy(top: &Values) -> TlsPolicy {
     TlsPolicy {
@@ -156,7 +199,12 @@ impl ServiceSettings {
             certificates: self.certificates.clone(),
             sni_strict: false,
             policy: self.tls_policy.clone(),
-            built_in: None,
+            // A passthrough service has no certificate of its own and never completes a
+            // handshake; the built-in one only fills the place of the configuration it needs.
+            built_in: self
+                .certificates
+                .is_empty()
+                .then(crate::certs::built_in_pem),
             client_auth: self.client_auth.clone(),
             ticket_key_file: self.values.ticket_key_file.clone(),
         }
@@ -170,6 +218,9 @@ impl ServiceSettings {
         let tls: LoadedTls = self.tls_source().load().map_err(|e| named(&e))?;
         let service =
             match crate::upstream_tls::proxy_config(&self.values).map_err(|e| named(&e))? {
+                Some(proxy) if self.values.protocol == ProtocolKind::Passthrough => {
+                    Service::passthrough(&self.names, tls, proxy)
+                }
                 Some(proxy) => Service::proxy(&self.names, tls, proxy),
                 None => Service::sessions(&self.names, tls, Echo),
             };

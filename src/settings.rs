@@ -139,8 +139,13 @@ impl Settings {
             (ProtocolKind::Proxy, true) => Err(
                 "--protocol proxy needs --upstream HOST:PORT, unix:/path or tls://HOST:PORT".into(),
             ),
+            (ProtocolKind::Passthrough, true) => Err(
+                "--protocol passthrough needs --upstream HOST:PORT or unix:/path (the TLS server \
+                 the client's bytes go to)"
+                    .into(),
+            ),
             (ProtocolKind::Echo, false) => {
-                Err("--upstream is only used with --protocol proxy".into())
+                Err("--upstream is only used with --protocol proxy or passthrough".into())
             }
             _ => Ok(()),
         }
@@ -229,8 +234,11 @@ impl Settings {
     /// key is published with the source and anyone who reaches the port could impersonate the
     /// server. `check` applies it to the `--listen` addresses; `serve` to the addresses of the
     /// sockets it inherits, which are what it serves when one is mapped by order.
+    /// A passthrough server serves no certificate at all (no handshake completes there).
     pub(crate) fn may_serve_on(&self, what: &str, addr: SocketAddr) -> Result<(), BoxError> {
-        if self.cert != CertSource::BuiltIn || is_loopback(addr.ip()) {
+        let serves_built_in =
+            self.cert == CertSource::BuiltIn && self.values.protocol != ProtocolKind::Passthrough;
+        if !serves_built_in || is_loopback(addr.ip()) {
             return Ok(());
         }
         Err(format!(

@@ -156,7 +156,7 @@ fn system_bundle() -> Result<PathBuf, BoxError> {
 pub(crate) fn proxy_config(
     values: &crate::cli::Values,
 ) -> Result<Option<ProxyConfig>, crate::error::BoxError> {
-    if values.protocol != ProtocolKind::Proxy {
+    if values.protocol == ProtocolKind::Echo {
         return Ok(None);
     }
     let (upstreams, tls) = crate::upstream_tls::upstreams(&values.upstream)?;

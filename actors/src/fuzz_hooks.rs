@@ -50,7 +50,7 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     tls: Arc<LoadedTls>,
     io: S,
 ) -> io::Result<Option<String>> {
-    use crate::connection::handshake::{accept, HandshakeError};
+    use crate::connection::handshake::{accept, Accepted, HandshakeError};
     // The fuzz targets' streams end; a day is no limit for them.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
     // One default service serving `tls`: a table without names cannot be refused.
@@ -64,7 +64,10 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let mut chosen = None;
     let hello_done = |_: Option<&str>| HelloFault::Proceed;
     match accept(Arc::new(default), io, deadline, &mut chosen, hello_done).await {
-        Ok(stream) => Ok(stream.get_ref().1.server_name().map(str::to_string)),
+        Ok(Accepted::Terminated(stream)) => {
+            Ok(stream.get_ref().1.server_name().map(str::to_string))
+        }
+        Ok(Accepted::PassedThrough { hello, .. }) => Ok(hello.sni),
         Err(HandshakeError::Failed { error, .. }) => Err(error),
         Err(HandshakeError::TimedOut { .. }) => Err(io::ErrorKind::TimedOut.into()),
         Err(HandshakeError::Injected) => Err(io::ErrorKind::ConnectionReset.into()),

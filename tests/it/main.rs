@@ -26,11 +26,14 @@ mod hostile_upstreams;
 #[cfg(feature = "interop")]
 mod interop;
 #[cfg(feature = "interop")]
+mod interop_passthrough;
+#[cfg(feature = "interop")]
 mod interop_tls;
 #[cfg(feature = "interop")]
 mod interop_upstreams;
 mod limits;
 mod memory;
+mod passthrough;
 mod privileges;
 mod process;
 mod revalidate;

@@ -29,7 +29,10 @@ impl slog::KV for DisposalFields<'_> {
         }
         out.emit_u64("bytes_in", self.bytes_in)?;
         out.emit_u64("bytes_out", self.bytes_out)?;
-        if let Some(clean) = self.close_notify {
+        // Whether the client's end came with close_notify means something only for a TLS
+        // session we terminated (a plaintext or passed-through client ends with a FIN).
+        let terminated = self.tls.is_some_and(|tls| tls.version.is_some());
+        if let (Some(clean), true) = (self.close_notify, terminated) {
             out.emit_bool("close_notify", clean)?;
         }
         if let Some(ms) = self.handshake_ms {

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::connection::access_log::DisposalFields;
 use crate::connection::env::ConnectionEnv;
+use crate::upstream::pool::UpstreamPool;
 use crate::connection::hit::Hit;
 use crate::connection::messages::{Close, CloseMode, Describe, Inbound, ReaderFinished, Side};
 use crate::connection::phase::{Accepted, Phase};
@@ -110,6 +112,24 @@ impl Connection {
         self.service = Some(service);
     }
 
+    /// The upstream group its service forwards to, if it forwards (proxy or passthrough).
+    pub(super) fn upstreams(&self) -> Option<&Arc<UpstreamPool>> {
+        self.service.as_deref().and_then(|s| s.handler.upstreams())
+    }
+
+    /// Whether its service passes the client's TLS through rather than ending it here.
+    pub(super) fn passes_through(&self) -> bool {
+        self.service
+            .as_deref()
+            .is_some_and(|s| s.handler.passes_through())
+    }
+
+    /// Its service's protocol (`echo`, `proxy`, `passthrough`), or `unknown` while no
+    /// ClientHello has chosen a service yet.
+    pub(super) fn protocol_name(&self) -> &'static str {
+        self.service.as_deref().map_or("unknown", Service::protocol)
+    }
+
     /// Whether fault point `point` fires here (never without `fault-injection`).
     pub(super) fn fault(&self, point: FaultPoint) -> bool {
         self.env.faults.is_on(point)
@@ -154,6 +174,7 @@ impl Actor for Connection {
         };
         log_conn!(info, self, "disposed";
             "reason" => reason.as_str(),
+            "protocol" => self.protocol_name(),
             "lifetime_ms" => self.registered_at.elapsed().as_millis() as u64,
             fields);
         // A session dropped here may panic in its Drop: that must not cost the Dispose.
@@ -192,9 +213,31 @@ impl Handler<Close> for Connection {
 
     fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
         match msg.mode {
+            CloseMode::Graceful if self.outlasts_graceful_shutdown(msg.reason) => {
+                log_conn!(
+                    debug,
+                    self,
+                    "shutdown: passed-through TLS left to end on its own"
+                );
+            }
             CloseMode::Graceful => self.close(msg.reason, ctx),
             CloseMode::Force => self.stop(msg.reason, ctx),
         }
+    }
+}
+
+impl Connection {
+    /// Whether a graceful close for `reason` leaves this connection running: a passed-through
+    /// connection, open, during the server's shutdown. We cannot send the `close_notify` that
+    /// would end its TLS session (the session is the client's and the upstream's), and a FIN in
+    /// the middle of it is a truncation to the client; so it goes on until both sides end it,
+    /// and the forced close at the end of the grace period stops what is left. (An operator's
+    /// `/drain` is not the shutdown: it closes with a FIN both ways, as asked.)
+    fn outlasts_graceful_shutdown(&self, reason: DisposeReason) -> bool {
+        reason == DisposeReason::Shutdown
+            && self.passes_through()
+            && self.env.draining.load(Ordering::SeqCst)
+            && matches!(self.phase, Phase::Open(_))
     }
 }
 
@@ -217,6 +260,7 @@ impl Handler<Describe> for Connection {
             worker: 0,
             service: self.service.as_ref().map(|s| s.label().to_string()),
             state: self.phase.name(),
+            protocol: self.protocol_name(),
             age: self.registered_at.elapsed(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,

@@ -6,6 +6,11 @@
 //! Both are the same connection from there on: the same readers, writer, half-close rules and
 //! disposal; only what "the client finished cleanly" means differs (TLS: `close_notify`;
 //! plaintext: a FIN, the only end TCP has).
+//!
+//! A passed-through client (`--protocol passthrough`) is the plaintext case seen from here: its
+//! bytes are TLS records we do not decrypt, read first from the replay of what the ClientHello
+//! read took, and its ends are FINs (we never write a `close_notify`: the TLS session is the
+//! client's and the upstream's).
 
 use std::io;
 use std::pin::Pin;
@@ -15,6 +20,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connection::handshake::{ClientSocket, ClientWatch, TlsStream};
+use crate::edge::read_ahead::ReadAhead;
 use crate::tls::info::TlsInfo;
 
 /// The client's stream: after the TLS handshake, or the plaintext socket of client mode.
@@ -25,6 +31,12 @@ use crate::tls::info::TlsInfo;
 pub(crate) enum ClientStream {
     Tls(TlsStream),
     Plain(ClientSocket),
+    /// TLS passed through: the bytes the ClientHello read took come first, then the socket's.
+    PassedThrough {
+        client: ReadAhead<ClientSocket>,
+        /// The name its ClientHello asked for (SNI), lowercase.
+        server_name: Option<String>,
+    },
 }
 
 impl ClientStream {
@@ -33,14 +45,20 @@ impl ClientStream {
         match self {
             ClientStream::Tls(stream) => stream.get_ref().0.get_ref().watch(),
             ClientStream::Plain(socket) => socket.watch(),
+            ClientStream::PassedThrough { client, .. } => client.get_ref().watch(),
         }
     }
 
-    /// What the client's handshake negotiated: nothing, in plaintext.
+    /// What the client's handshake negotiated: nothing, in plaintext; passed through, only the
+    /// name the ClientHello asked for (the rest is negotiated with the upstream, out of sight).
     pub(crate) fn tls_info(&self) -> TlsInfo {
         match self {
             ClientStream::Tls(stream) => TlsInfo::of(stream.get_ref().1),
             ClientStream::Plain(_) => TlsInfo::default(),
+            ClientStream::PassedThrough { server_name, .. } => TlsInfo {
+                server_name: server_name.clone(),
+                ..TlsInfo::default()
+            },
         }
     }
 
@@ -48,7 +66,7 @@ impl ClientStream {
     pub(crate) fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         match self {
             ClientStream::Tls(stream) => stream.get_ref().1.peer_certificates(),
-            ClientStream::Plain(_) => None,
+            ClientStream::Plain(_) | ClientStream::PassedThrough { .. } => None,
         }
     }
 }
@@ -62,6 +80,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::PassedThrough { client, .. } => Pin::new(client).poll_read(cx, buf),
         }
     }
 }
@@ -75,6 +94,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::PassedThrough { client, .. } => Pin::new(client).poll_write(cx, buf),
         }
     }
 
@@ -86,6 +106,9 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::PassedThrough { client, .. } => {
+                Pin::new(client).poll_write_vectored(cx, bufs)
+            }
         }
     }
 
@@ -97,14 +120,16 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::PassedThrough { client, .. } => Pin::new(client).poll_flush(cx),
         }
     }
 
-    /// TLS: `close_notify`, then the FIN. Plaintext: the FIN.
+    /// TLS: `close_notify`, then the FIN. Plaintext and passed through: the FIN.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::PassedThrough { client, .. } => Pin::new(client).poll_shutdown(cx),
         }
     }
 }

@@ -1,4 +1,10 @@
-//! The server side of a TLS handshake: read the ClientHello, pick the configuration, finish.
+//! The server side of a TLS handshake: read the ClientHello, pick the configuration, finish;
+//! or, for a protocol that passes TLS through (`--protocol passthrough`), read the ClientHello
+//! for its SNI and hand back the client's stream with every byte read so far still to come.
+//!
+//! The decision "terminate or pass through" is taken here and only here, by the service the
+//! ClientHello chooses ([`choose_service`]), right after the ClientHello is parsed: it is the
+//! one place that knows the SNI before anything is sent to the client.
 
 use std::io;
 use std::sync::Arc;
@@ -27,6 +33,20 @@ pub(crate) type ClientWatch = SocketWatch<TcpStream>;
 /// The server side of a TLS stream over TCP (read ahead while the client streams).
 pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<ClientSocket>>;
 
+/// What the handshake produced.
+// Not boxed: it is moved once, into the connection's `ClientStream`, which is not boxed either.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Accepted<S> {
+    /// A TLS session with the client, terminated here.
+    Terminated(tokio_rustls::server::TlsStream<ReadAhead<S>>),
+    /// The client's stream, not terminated: reading it yields the ClientHello and whatever
+    /// followed it, as the client sent them, then the socket's bytes.
+    PassedThrough {
+        client: ReadAhead<S>,
+        hello: HelloSummary,
+    },
+}
+
 /// Why a handshake did not produce a stream, with what the client had offered if its
 /// ClientHello was read.
 pub(crate) enum HandshakeError {
@@ -54,7 +74,7 @@ pub(super) async fn handshake(
     limit: Duration,
     inject_failure: bool,
     at_hello: impl FnOnce(&ClientWatch, Option<&str>) -> HelloFault,
-) -> (Option<Arc<Service>>, Result<TlsStream, HandshakeError>) {
+) -> (Option<Arc<Service>>, Result<Accepted<ClientSocket>, HandshakeError>) {
     if inject_failure {
         let failed = HandshakeError::Failed {
             error: io::Error::other("injected handshake failure"),
@@ -95,15 +115,26 @@ const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 /// resolver cannot send (a resolver that finds nothing makes rustls send `access_denied`), so
 /// that a failure can say what the client offered, and so that a runtime fault rule can
 /// match the SNI (`at_hello`, asked once with it).
+///
+/// Where some service of the table passes TLS through, every byte read from `io` is recorded
+/// until the ClientHello parses (bounded: `RECORD_LIMIT`); a client that passes through gets no byte
+/// from us, and its stream replays the recording first. A client that is not TLS, or whose
+/// ClientHello does not parse, fails here as it would on a terminating server (the same
+/// classes, `not_tls` included): nothing is forwarded for it.
 pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     services: Arc<ServiceTable>,
     io: S,
     deadline: Instant,
     chosen: &mut Option<Arc<Service>>,
     at_hello: impl FnOnce(Option<&str>) -> HelloFault,
-) -> Result<tokio_rustls::server::TlsStream<ReadAhead<S>>, HandshakeError> {
-    let hello_read =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ReadAhead::new(io));
+) -> Result<Accepted<S>, HandshakeError> {
+    // Recorded only where some service passes TLS through: which one this client goes to is
+    // known once its ClientHello is parsed, and by then the hello must already be kept.
+    let transport = match services.passes_any_through() {
+        false => ReadAhead::new(io),
+        true => ReadAhead::recording(io),
+    };
+    let hello_read = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), transport);
     let mut start = match timeout_at(deadline, hello_read).await {
         Err(_) => return Err(HandshakeError::TimedOut { hello: None }),
         Ok(Err(error)) => {
@@ -118,8 +149,9 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let hello = HelloSummary::of(&start.client_hello());
     let service = choose_service(&services, &hello);
     *chosen = Some(Arc::clone(&service));
+    let pass_through = service.handler.passes_through();
     let tls = service.tls();
-    if tls.refuses(hello.sni.as_deref()) {
+    if !pass_through && tls.refuses(hello.sni.as_deref()) {
         // Best effort, within the handshake's own time limit: if it fails, the client sees
         // the connection close without the alert.
         let _ = timeout_at(deadline, start.io.write_all(&UNRECOGNIZED_NAME_ALERT)).await;
@@ -146,6 +178,18 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
         HelloFault::Reset => return Err(HandshakeError::Injected),
     }
+    if pass_through {
+        return match start.io.into_replay() {
+            Ok(client) => Ok(Accepted::PassedThrough { client, hello }),
+            Err(overflow) => Err(HandshakeError::Failed {
+                error: io::Error::new(io::ErrorKind::InvalidData, overflow),
+                hello: Some(hello),
+                refused: None,
+            }),
+        };
+    }
+    // Terminated here: what was recorded for a passthrough that is not this client's is let go.
+    start.io.stop_recording();
     let finish = WithRefused::new(start.into_stream(Arc::clone(tls.config())));
     match timeout_at(deadline, finish).await {
         Err(_) => Err(HandshakeError::TimedOut { hello: Some(hello) }),
@@ -154,6 +198,6 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             hello: Some(hello),
             refused,
         }),
-        Ok((Ok(stream), _)) => Ok(stream),
+        Ok((Ok(stream), _)) => Ok(Accepted::Terminated(stream)),
     }
 }

@@ -31,7 +31,9 @@ use tokio::net::TcpStream;
 use crate::connection::actor::{log_conn, Connection};
 use crate::connection::client_stream::ClientStream;
 use crate::connection::env::ConnectionEnv;
-use crate::connection::handshake::{handshake, ClientSocket, ClientWatch, HandshakeError};
+use crate::connection::handshake::{
+    handshake, Accepted, ClientSocket, ClientWatch, HandshakeError,
+};
 use crate::connection::handshake_failure::{alert_name, classify, HelloSummary};
 use crate::connection::messages::{ReadOutcome, Side};
 use crate::connection::phase::{
@@ -219,7 +221,13 @@ impl Connection {
                     if let Some(service) = chosen {
                         act.served_by(service);
                     }
-                    let result = result.map(ClientStream::Tls);
+                    let result = result.map(|accepted| match accepted {
+                        Accepted::Terminated(stream) => ClientStream::Tls(stream),
+                        Accepted::PassedThrough { client, hello } => ClientStream::PassedThrough {
+                            client,
+                            server_name: hello.sni.map(|name| name.to_ascii_lowercase()),
+                        },
+                    });
                     act.handshake_done(result, picked, local, ctx)
                 }),
         );
@@ -318,7 +326,7 @@ impl Connection {
             return self.fault_ends(ending, ctx);
         }
         self.watch_credentials_expiry(ctx);
-        if let Some(Handler::Proxy(_)) = self.service.as_deref().map(|s| &s.handler) {
+        if self.upstreams().is_some() {
             self.connect_upstream(ctx);
         }
     }
@@ -410,8 +418,9 @@ impl Connection {
         };
         let protocol = match &service.handler {
             Handler::Sessions(protocol) => Arc::clone(protocol),
-            // The client is read once the upstream is there to take its bytes.
-            Handler::Proxy(_) => {
+            // The client is read once the upstream is there to take its bytes (passed through:
+            // its ClientHello first).
+            Handler::Proxy(_) | Handler::Passthrough(_) => {
                 return Ok(OpenService::Connecting {
                     client: read_half,
                     local: local.unwrap_or(self.peer),
@@ -441,16 +450,19 @@ impl Connection {
     /// and the PROXY header are the pool's), unless the client's socket fails first (nothing
     /// reads it meanwhile, and a black-holed connect takes the whole connect timeout).
     fn connect_upstream(&mut self, ctx: &mut Context<Self>) {
-        let handler = self.service.as_deref().map(|s| &s.handler);
-        let (Some(Handler::Proxy(pool)), Phase::Open(open)) = (handler, &self.phase) else {
+        let (Some(pool), Phase::Open(open)) = (self.upstreams(), &self.phase) else {
             return;
         };
         let OpenService::Connecting { local, watch, .. } = &open.service else {
             return;
         };
-        let tls = (*open.established.tls).clone();
-        let connecting =
-            Arc::clone(pool).connect(self.env.log.clone(), self.peer, *local, Some(tls));
+        // What the client negotiated goes into a PROXY v2 header's TLVs; passed through, we
+        // negotiated nothing, and the header carries the addresses only.
+        let tls = match self.passes_through() {
+            true => None,
+            false => Some((*open.established.tls).clone()),
+        };
+        let connecting = Arc::clone(pool).connect(self.env.log.clone(), self.peer, *local, tls);
         let client = watch.clone();
         let raced = async move {
             tokio::select! {

@@ -10,6 +10,12 @@
 //! The buffer exists only while the client streams: it is freed as soon as the socket has
 //! nothing more to give, so an idle connection holds no read-ahead memory. TLS still sees every
 //! byte in order; only the number of system calls changes.
+//!
+//! Passthrough (`--protocol passthrough`) needs the ClientHello twice: parsed, to learn the SNI,
+//! and byte for byte, to forward. A read-ahead made [`ReadAhead::recording`] keeps a copy of
+//! every byte it takes from the socket (bounded by [`RECORD_LIMIT`]); once the hello is parsed,
+//! [`ReadAhead::into_replay`] turns it into a read-ahead that hands those bytes out again before
+//! reading the socket on, so the forwarding reads the client's stream from its first byte.
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +25,48 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest single read while the client streams: four full TLS records.
 pub(crate) const GULP: usize = 64 * 1024;
+
+/// The most a recording read-ahead keeps: a ClientHello is one handshake message of at most
+/// 64 KiB (rustls refuses a larger one) spread over records of at most 16 KiB + 5 bytes of
+/// header each, so 64 KiB + five headers, rounded up. A client that sends more before its
+/// hello parses is refused rather than held in memory without bound.
+pub(crate) const RECORD_LIMIT: usize = 64 * 1024 + 64;
+
+/// The client sent more than [`RECORD_LIMIT`] bytes before its ClientHello parsed: too much
+/// to keep for forwarding.
+#[derive(Debug)]
+pub(crate) struct RecordingOverflow;
+
+impl std::fmt::Display for RecordingOverflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "more than {RECORD_LIMIT} bytes before the ClientHello parsed: too large to pass \
+             through"
+        )
+    }
+}
+
+impl std::error::Error for RecordingOverflow {}
+
+/// A copy of what a recording read-ahead took from its socket.
+#[derive(Debug, Default)]
+struct Recording {
+    bytes: Vec<u8>,
+    /// More than [`RECORD_LIMIT`] came: `bytes` is incomplete and must not be forwarded.
+    overflowed: bool,
+}
+
+impl Recording {
+    fn keep(&mut self, bytes: &[u8]) {
+        if self.overflowed || self.bytes.len() + bytes.len() > RECORD_LIMIT {
+            self.overflowed = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+}
 
 /// A transport that reads ahead while its peer streams (see the module docs).
 #[derive(Debug)]
@@ -31,6 +79,8 @@ pub(crate) struct ReadAhead<S> {
     end: usize,
     /// The last read filled everything that was asked for: more is probably waiting.
     streaming: bool,
+    /// A copy of every byte taken from `io`, while recording (boxed: only passthrough records).
+    recording: Option<Box<Recording>>,
 }
 
 impl<S> ReadAhead<S> {
@@ -42,7 +92,40 @@ impl<S> ReadAhead<S> {
             start: 0,
             end: 0,
             streaming: false,
+            recording: None,
         }
+    }
+
+    /// Wraps `io`, keeping a copy of every byte read from it for [`ReadAhead::into_replay`].
+    pub(crate) fn recording(io: S) -> Self {
+        ReadAhead {
+            recording: Some(Box::default()),
+            ..ReadAhead::new(io)
+        }
+    }
+
+    /// Stops recording and lets go of what was recorded: the client turned out to be one whose
+    /// TLS ends here.
+    pub(crate) fn stop_recording(&mut self) {
+        self.recording = None;
+    }
+
+    /// A read-ahead on the same socket that hands out every byte this one recorded (what the
+    /// parser took, and what it had read ahead without taking) before reading the socket on.
+    /// A read-ahead that did not record replays nothing; one whose recording overflowed is
+    /// refused.
+    pub(crate) fn into_replay(self) -> Result<ReadAhead<S>, RecordingOverflow> {
+        let recorded = match self.recording {
+            Some(recording) if recording.overflowed => return Err(RecordingOverflow),
+            Some(recording) => recording.bytes,
+            None => Vec::new(),
+        };
+        Ok(ReadAhead {
+            start: 0,
+            end: recorded.len(),
+            buf: recorded,
+            ..ReadAhead::new(self.io)
+        })
     }
 
     /// The transport under the read-ahead (the client's socket: a connection keeps a watch on
@@ -99,6 +182,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             let before = out.filled().len();
             ready!(Pin::new(&mut this.io).poll_read(cx, out))?;
             let got = out.filled().len() - before;
+            if let Some(recording) = &mut this.recording {
+                recording.keep(&out.filled()[before..]);
+            }
             this.streaming = asked > 0 && got == asked;
             return Poll::Ready(Ok(()));
         }
@@ -120,6 +206,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             }
         }
         let got = ahead.filled().len();
+        if let Some(recording) = &mut this.recording {
+            recording.keep(ahead.filled());
+        }
         this.start = 0;
         this.end = got;
         // A short gulp means the client is not outrunning us any more; the next read after
@@ -242,5 +331,47 @@ mod tests {
             assert_eq!(reader.read(&mut chunk).await.unwrap(), 6);
             assert_eq!(reader.buf.capacity(), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_recording_replays_every_byte_it_took_then_reads_on() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(b"hello, then more").await.unwrap();
+        let mut reader = ReadAhead::recording(server);
+        let mut first = [0u8; 7];
+        assert_eq!(reader.read(&mut first).await.unwrap(), 7);
+        assert_eq!(&first, b"hello, ");
+        let mut replay = reader.into_replay().unwrap();
+        client.write_all(b" and the socket's").await.unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        replay.read_to_end(&mut all).await.unwrap();
+        assert_eq!(
+            &all[..],
+            b"hello, then more and the socket's",
+            "what the parser took, what it left, then the socket"
+        );
+        assert_eq!(
+            replay.buf.capacity(),
+            0,
+            "the replay's memory is given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_recording_past_its_limit_is_refused_not_kept() {
+        let (mut client, server) = tokio::io::duplex(4 * GULP);
+        let mut reader = ReadAhead::recording(server);
+        let writer = tokio::spawn(async move {
+            client
+                .write_all(&vec![1u8; RECORD_LIMIT + 1])
+                .await
+                .unwrap();
+            client
+        });
+        let _ = read_like_rustls(&mut reader, RECORD_LIMIT + 1).await;
+        let _client = writer.await.unwrap();
+        assert!(reader.recording.as_ref().unwrap().bytes.is_empty());
+        assert!(reader.into_replay().is_err());
     }
 }

@@ -78,6 +78,35 @@ impl Service {
         )
     }
 
+    /// A service answering to `names` that does not terminate TLS (nginx's `ssl_preread`,
+    /// haproxy's `req.ssl_sni`): its clients' bytes, the ClientHello first, go untouched to an
+    /// upstream of `proxy`, itself the TLS server. `tls` is never served to its clients.
+    /// Refused without an upstream, or with TLS to the upstreams (a record layer inside a
+    /// record layer).
+    pub fn passthrough(
+        names: &[String],
+        tls: LoadedTls,
+        proxy: ProxyConfig,
+    ) -> Result<Service, ServiceError> {
+        let label = label_of(names);
+        if proxy.upstreams.is_empty() {
+            return Err(ServiceError(format!(
+                "service {label}: passthrough needs an upstream"
+            )));
+        }
+        if proxy.tls.is_some() {
+            return Err(ServiceError(format!(
+                "service {label}: passthrough forwards the client's own TLS; its upstreams are \
+                 plaintext TCP (no tls://)"
+            )));
+        }
+        Service::new(
+            names,
+            tls,
+            Handler::Passthrough(Arc::new(UpstreamPool::new(proxy))),
+        )
+    }
+
     pub(crate) fn new(
         names: &[String],
         tls: LoadedTls,
@@ -141,6 +170,7 @@ impl Service {
             handler: match &self.handler {
                 Handler::Sessions(protocol) => Handler::Sessions(Arc::clone(protocol)),
                 Handler::Proxy(pool) => Handler::Proxy(Arc::clone(pool)),
+                Handler::Passthrough(pool) => Handler::Passthrough(Arc::clone(pool)),
             },
             count: Arc::clone(&self.count),
         }

@@ -101,6 +101,12 @@ impl ServiceTable {
         &self.services[index.unwrap_or(0)]
     }
 
+    /// Whether some service passes its clients' TLS through (then every ClientHello is kept
+    /// until its service is known).
+    pub(crate) fn passes_any_through(&self) -> bool {
+        self.services.iter().any(|s| s.handler.passes_through())
+    }
+
     /// The default service.
     pub fn default_service(&self) -> &Arc<Service> {
         &self.services[0]

@@ -22,6 +22,9 @@ pub struct ConnDescription {
     pub service: Option<String>,
     /// `registered`, `handshaking`, `open` or `closing`.
     pub state: &'static str,
+    /// What the server does with its bytes: the session protocol's name (`echo`), `proxy`, or
+    /// `passthrough` (TLS not terminated: `tls` then holds the ClientHello's SNI only).
+    pub protocol: &'static str,
     /// Time since it was accepted and registered.
     pub age: Duration,
     /// Decrypted bytes read from the client.

@@ -461,6 +461,7 @@ mod tests {
                 worker: 0,
                 service: None,
                 state: "open",
+                protocol: "echo",
                 age: std::time::Duration::ZERO,
                 bytes_in: 0,
                 bytes_out: 0,

@@ -250,6 +250,17 @@ impl ServerBuilder {
             Handler::Proxy(pool) if pool.config().upstreams.is_empty() => {
                 Err(ServerError::Config("a proxy needs an upstream".into()))
             }
+            Handler::Passthrough(pool) if pool.config().upstreams.is_empty() => Err(
+                ServerError::Config("a passthrough server needs an upstream".into()),
+            ),
+            // The client's TLS goes through as it is: wrapping it in our own TLS to the
+            // upstream would hand the upstream a record layer inside a record layer.
+            Handler::Passthrough(pool) if pool.config().tls.is_some() => Err(ServerError::Config(
+                "a passthrough server forwards the client's own TLS: its upstreams are \
+                     plaintext TCP (no ProxyConfig::tls)"
+                    .into(),
+            )),
+            Handler::Passthrough(pool) => Ok(Some(Arc::clone(pool))),
             Handler::Proxy(pool) => {
                 // Each TLS upstream needs a name to verify its certificate under.
                 if let Some(tls) = &pool.config().tls {
@@ -371,6 +382,21 @@ impl Server {
             config,
             tls,
             Handler::Proxy(Arc::new(UpstreamPool::new(proxy))),
+        )
+    }
+
+    /// A builder for a server that does not terminate TLS (nginx's `ssl_preread`, haproxy's
+    /// `req.ssl_sni`): each client's ClientHello is read for its SNI, then every byte the
+    /// client sends, that hello first, goes untouched to an upstream of `proxy` (plaintext TCP
+    /// or unix: the upstream is the TLS server), and back. `tls` is never served to a client
+    /// (no handshake completes here); it is what the builder requires, and what a later
+    /// service terminating TLS would use. Starting it fails if `proxy` lists no upstream or
+    /// asks for TLS to them.
+    pub fn passthrough(config: ServerConfig, tls: LoadedTls, proxy: ProxyConfig) -> ServerBuilder {
+        Server::builder_for(
+            config,
+            tls,
+            Handler::Passthrough(Arc::new(UpstreamPool::new(proxy))),
         )
     }
 

@@ -403,7 +403,6 @@ pub(crate) fn free_second_addr() -> SocketAddr {
 }
 
 /// A plain HTTP/1.0 GET (the metrics endpoint is the only HTTP the tests speak).
-#[cfg(feature = "interop")]
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
     try_http_get(addr, path).unwrap()
 }
