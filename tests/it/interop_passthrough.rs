@@ -244,3 +244,94 @@ fn openssl_clients_sigkilled_mid_stream_leave_nothing_registered_and_no_close_wa
         "CLOSE-WAIT left on the front's sockets"
     );
 }
+
+/// Shows `-servername sni` through `front` and returns the fingerprint of the certificate
+/// `openssl s_client` was served, with the line sent after the handshake answered as `expect`.
+fn served_fingerprint(front: &Tlsvisor, sni: &str, ca: &str, expect: &str) -> String {
+    let mut client = Lines::spawn(Command::new("openssl").args([
+        "s_client",
+        "-connect",
+        &front.listen.to_string(),
+        "-servername",
+        sni,
+        "-CAfile",
+        ca,
+        "-ign_eof",
+    ]));
+    let mut said = client.until("Verify return code");
+    client.send("by name\n");
+    said.extend(client.until(expect));
+    let text = said.join("\n");
+    let begin = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate shown");
+    let end = text.find("-----END CERTIFICATE-----").unwrap() + 25;
+    fingerprint(&text[begin..end])
+}
+
+#[test]
+fn two_names_on_one_port_pass_through_to_two_backends_and_other_names_end_here() {
+    let scratch = ScratchDir::new("interop-passthrough-by-name").unwrap();
+    let certs = DevCerts::generate().unwrap();
+    let ca = path_in(&scratch, "ca.crt");
+    ScratchDir::replace(ca.as_ref(), &certs.ca_cert_pem).unwrap();
+    let mut backends = Vec::new();
+    let mut table = String::new();
+    for name in ["a.test", "b.test"] {
+        let (cert, key, _) = issue_into(&scratch, &certs, name, &[name]);
+        let accept = format!("127.0.0.1:{}", free_port());
+        let backend = Lines::spawn(Command::new("openssl").args([
+            "s_server", "-accept", &accept, "-cert", &cert, "-key", &key, "-rev",
+        ]));
+        backend.until("ACCEPT");
+        table.push_str(&format!(
+            "[[service]]\nnames = [\"{name}\"]\nprotocol = \"passthrough\"\nupstream = \"{accept}\"\n\n"
+        ));
+        backends.push((backend, std::fs::read_to_string(&cert).unwrap()));
+    }
+    // The default service terminates, with the development certificate, and echoes.
+    let config = path_in(&scratch, "tlsvisor.toml");
+    ScratchDir::replace(config.as_ref(), &table).unwrap();
+    let front = Tlsvisor::serve(&["--config", &config, "--admin-listen", "127.0.0.1:0"]);
+
+    for (name, (_, pem)) in ["a.test", "b.test"].iter().zip(&backends) {
+        assert_eq!(
+            served_fingerprint(&front, name, &ca, "eman yb"),
+            fingerprint(pem),
+            "{name}: its own backend's certificate, answered by that backend"
+        );
+    }
+    let dev_ca = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.crt");
+    let dev_pem = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/certs/server.crt"))
+        .expect("the development certificate is checked in");
+    assert_eq!(
+        served_fingerprint(&front, "localhost", dev_ca, "by name"),
+        fingerprint(&dev_pem),
+        "another name: terminated here by the default service, and echoed"
+    );
+    let disposed = front.logged("disposed", 3);
+    let mut protocols: Vec<_> = disposed
+        .iter()
+        .map(|line| {
+            (
+                line["service"].as_str().unwrap_or("").to_string(),
+                line["protocol"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    protocols.sort();
+    assert_eq!(
+        protocols,
+        [
+            ("a.test".to_string(), "passthrough".to_string()),
+            ("b.test".to_string(), "passthrough".to_string()),
+            ("default".to_string(), "echo".to_string()),
+        ]
+    );
+    let m = front.scrape();
+    assert_eq!(m.get("tlsvisor_connections_accepted_total"), 3.0);
+    assert_eq!(m.sum("tlsvisor_connections_disposed_total"), 3.0);
+    assert_eq!(m.get("tlsvisor_dispose_duplicates_total"), 0.0);
+    assert_eq!(m.get("tlsvisor_dispose_lost_total"), 0.0);
+    drop(backends);
+}

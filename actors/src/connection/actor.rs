@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 
 use crate::connection::access_log::DisposalFields;
 use crate::connection::env::ConnectionEnv;
-use crate::upstream::pool::UpstreamPool;
 use crate::connection::hit::Hit;
 use crate::connection::messages::{Close, CloseMode, Describe, Inbound, ReaderFinished, Side};
 use crate::connection::phase::{Accepted, Phase};
@@ -27,6 +26,7 @@ use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::registration::Registration;
 use crate::supervision::revalidation::Revalidate;
+use crate::upstream::pool::UpstreamPool;
 
 /// Logs at `$level` on the server's logger with the connection's `conn_id` and `peer` inline.
 /// Nothing is built for a filtered-out record, and an idle connection keeps no logger of its

@@ -74,7 +74,10 @@ pub(super) async fn handshake(
     limit: Duration,
     inject_failure: bool,
     at_hello: impl FnOnce(&ClientWatch, Option<&str>) -> HelloFault,
-) -> (Option<Arc<Service>>, Result<Accepted<ClientSocket>, HandshakeError>) {
+) -> (
+    Option<Arc<Service>>,
+    Result<Accepted<ClientSocket>, HandshakeError>,
+) {
     if inject_failure {
         let failed = HandshakeError::Failed {
             error: io::Error::other("injected handshake failure"),
