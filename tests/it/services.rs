@@ -474,3 +474,100 @@ fn check_refuses_a_bad_service_table_naming_the_service_and_the_file() {
         "{said}"
     );
 }
+
+/// A client certificate of `certs`'s CA for `cn`, as a client configuration.
+fn identity(fixture: &Fixture, cn: &str) -> Arc<ClientConfig> {
+    let (cert, key) = fixture.certs.issue_client(cn, &[], &[]).unwrap();
+    let ca = fixture.certs.ca_cert_pem.as_bytes();
+    client_config_with_cert(ca, cert.as_bytes(), key.as_bytes()).unwrap()
+}
+
+#[test]
+fn a_reload_revalidates_only_the_services_whose_policy_changed_and_a_removed_group_drains() {
+    let fixture = Fixture::new("bin-services-revalidate");
+    let ca = path_in(&fixture.scratch, "ca.pem");
+    ScratchDir::replace(ca.as_ref(), &fixture.certs.ca_cert_pem).unwrap();
+    let upstream =
+        tlsvisor_actors::testing::TestUpstream::start(tlsvisor_actors::testing::upstream::echo);
+    let allowing = |names: &str| format!("client-ca = {ca:?}\nallow-cn = [{names}]");
+    let proxy = format!("upstream = \"{}\"", upstream.addr());
+    fixture.write(&[
+        fixture.service("a", &["a.test"], &allowing("\"alice\", \"bob\"")),
+        fixture.service("b", &["b.test"], &allowing("\"bob\"")),
+        fixture.service("p", &["p.test"], &proxy),
+    ]);
+    let server = fixture.serve(&[]);
+    let (alice, bob) = (identity(&fixture, "alice"), identity(&fixture, "bob"));
+    let open = |config: &Arc<ClientConfig>, sni: &str| -> Vec<TlsClient> {
+        (0..5)
+            .map(|_| echoing(&server, config, sni).unwrap())
+            .collect()
+    };
+    let mut alice_on_a = open(&alice, "a.test");
+    let bob_on_a = open(&bob, "a.test");
+    let mut bob_on_b = open(&bob, "b.test");
+    let mut proxied = open(&fixture.client(), "p.test");
+
+    // a.test drops bob; b.test keeps its policy (it still admits bob); p.test goes away.
+    fixture.write(&[
+        fixture.service("a", &["a.test"], &allowing("\"alice\"")),
+        fixture.service("b", &["b.test"], &allowing("\"bob\"")),
+    ]);
+    server.signal(libc::SIGHUP);
+    server.logged("TLS configuration reloaded", 1);
+    for (i, mut client) in bob_on_a.into_iter().enumerate() {
+        let seen = client.read_until_close();
+        assert!(
+            matches!(seen, CloseSeen::CloseNotifyThenEof),
+            "bob on a.test {i}: {seen:?}"
+        );
+    }
+    for client in alice_on_a
+        .iter_mut()
+        .chain(&mut bob_on_b)
+        .chain(&mut proxied)
+    {
+        assert_eq!(client.echo(b"kept").unwrap(), b"kept");
+    }
+    assert!(
+        eventually(HANG, || server.scrape().disposed("credentials_revoked")
+            == 5.0),
+        "the five connections of bob on a.test, and only those"
+    );
+    assert!(echoing(&server, &bob, "a.test").is_err());
+    echoing(&server, &bob, "b.test").unwrap();
+    // The removed upstream group serves its live connections to their normal end.
+    for client in proxied {
+        assert!(matches!(client.close(), CloseSeen::CloseNotifyThenEof));
+    }
+    for _ in 0..5 {
+        let echoed = upstream
+            .next_report(HANG)
+            .expect("the upstream saw each client end");
+        assert_eq!(echoed.unwrap(), 10, "the bytes of `p.test` and `kept`");
+    }
+    for client in alice_on_a.into_iter().chain(bob_on_b) {
+        assert!(matches!(client.close(), CloseSeen::CloseNotifyThenEof));
+    }
+    books_exact(&server);
+}
+
+#[test]
+fn watch_certs_reloads_when_a_services_certificate_changes() {
+    let fixture = Fixture::new("bin-services-watch");
+    fixture.write(&[fixture.service("b", &["b.test"], "")]);
+    let server = fixture.serve(&["--watch-certs"]);
+    let before = echoing(&server, &fixture.fresh_client(), "b.test").unwrap();
+    let serial = |client: &TlsClient| {
+        let der = client.server_certificate().unwrap();
+        tlsvisor_actors::testing::CertificateFacts::from_der(&der)
+            .unwrap()
+            .serial_hex
+    };
+    let first = serial(&before);
+    let (_, _, issued) = issue_into(&fixture.scratch, &fixture.certs, "b", &["b.test"]);
+    server.logged("TLS configuration reloaded", 1);
+    let after = echoing(&server, &fixture.fresh_client(), "b.test").unwrap();
+    assert_eq!(serial(&after), issued.serial_hex);
+    assert_ne!(serial(&after), first);
+}
