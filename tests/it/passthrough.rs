@@ -367,3 +367,30 @@ fn on_sigterm_a_passed_through_session_goes_on_until_it_ends_or_the_grace_does()
     assert_eq!(server.logged("disposed", 1)[0]["reason"], "shutdown");
     drop(client);
 }
+
+#[test]
+fn an_unreachable_upstream_and_an_idle_client_end_with_their_reasons_and_exact_books() {
+    // Nothing listens on the upstream's port: the client's hello has nowhere to go.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = front(gone, &[]);
+    let config = client_config(&crate::common::dev_ca()).unwrap();
+    assert!(
+        TlsClient::connect(server.listen, Arc::clone(&config)).is_err(),
+        "no backend, no handshake"
+    );
+    let disposed = server.logged("disposed", 1);
+    assert_eq!(disposed[0]["reason"], "upstream_connect_failed");
+    assert_books_exact(&server);
+
+    // Idle means no byte either way: a client that goes quiet is closed with a FIN.
+    let backend = Tlsvisor::serve(&[]);
+    let server = front(backend.listen, &["--idle-timeout", "1s"]);
+    let mut client = TlsClient::connect(server.listen, config).unwrap();
+    assert_eq!(client.echo(b"once").unwrap(), b"once");
+    let disposed = server.logged("disposed", 1);
+    assert_eq!(disposed[0]["reason"], "idle_timeout");
+    assert_books_exact(&server);
+}
