@@ -102,7 +102,11 @@ fn a_client_sees_the_backends_own_certificate_and_its_bytes_round_trip() {
     let line = &disposed[0];
     assert_eq!(line["protocol"], "passthrough");
     assert_eq!(line["sni"], "backend.test");
-    assert_eq!(line["reason"], "peer_eof", "{line}");
+    // Either side's end may arrive first (see the SIGTERM test): both are sides ending it.
+    assert!(
+        line["reason"] == "peer_eof" || line["reason"] == "upstream_eof",
+        "{line}"
+    );
     assert!(line.get("tls_version").is_none(), "{line}");
     assert!(
         line.get("close_notify").is_none(),
@@ -353,7 +357,10 @@ fn on_sigterm_a_passed_through_session_goes_on_until_it_ends_or_the_grace_does()
         asked.elapsed() < std::time::Duration::from_secs(30),
         "long before the grace's end"
     );
-    assert_eq!(server.logged("disposed", 1)[0]["reason"], "peer_eof");
+    // The client's close_notify and FIN leave together; the backend answers the close_notify
+    // with its own and a FIN, which may reach the front before the client's FIN does.
+    let reason = server.logged("disposed", 1)[0]["reason"].clone();
+    assert!(reason == "peer_eof" || reason == "upstream_eof", "{reason}");
 
     // Not ended: closed when the grace period is over, as shutdown.
     let mut server = front(backend.listen, &["--shutdown-grace", "1s"]);
