@@ -12,6 +12,7 @@ use std::fmt;
 use tlsvisor_actors::{LoadedTls, ProxyConfig, ProxyHeader, ServerConfig, TlsWarning};
 
 use crate::cli::{OnOff, ProtocolKind, ProxyProtocolVersion};
+use crate::descriptors::Budget;
 use crate::reload;
 use crate::settings::Settings;
 
@@ -25,9 +26,12 @@ pub(crate) struct Prepared {
     pub proxy: Option<ProxyConfig>,
     /// The admin API's token, read from `--admin-token-file`.
     pub admin_token: Option<String>,
-    /// What works but deserves an operator's attention (a certificate outside its dates, too
-    /// few descriptors for `--max-connections`): logged by `serve`, printed by `check`.
+    /// What works but deserves an operator's attention (a certificate outside its dates):
+    /// logged by `serve`, printed by `check`.
     pub warnings: Vec<Warning>,
+    /// What the open-files limit allows, which `--max-connections` was checked against (and,
+    /// when not given, taken from): `serve` says it in its start-up line.
+    pub descriptors: Budget,
 }
 
 /// Something `serve` goes on with but says loudly.
@@ -35,31 +39,12 @@ pub(crate) enum Warning {
     /// A served certificate outside its validity period (see `TlsWarning` for why it is
     /// served all the same).
     Certificate(TlsWarning),
-    /// The open-files limit is below what `--max-connections` needs: past it new clients are
-    /// shed as `fd_exhausted` rather than paused at `--max-connections`. Not refused: the
-    /// operator may know better (few proxied connections, say), and the shedding keeps the
-    /// server serving either way.
-    Descriptors {
-        nofile: u64,
-        max_connections: usize,
-        needed: u64,
-    },
 }
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Warning::Certificate(warning) => warning.fmt(f),
-            Warning::Descriptors {
-                nofile,
-                max_connections,
-                needed,
-            } => write!(
-                f,
-                "the open files limit ({nofile}) is below what --max-connections \
-                 {max_connections} needs ({needed}); past it new clients are shed as \
-                 fd_exhausted"
-            ),
         }
     }
 }
@@ -76,13 +61,15 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
-/// Descriptors the process holds besides its connections: stdio, the reactors, the
-/// listeners' copies, the HTTP listeners and their clients, the spare, with room to spare.
-const FIXED_DESCRIPTORS: u64 = 64;
-
 /// Builds and checks everything `serve` needs from `settings` (see the module docs).
 pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
     let mut problems = Vec::new();
+    let descriptors = Budget::current(settings.values.protocol);
+    // An explicit `--max-connections` the limit cannot hold: refused here, so `check` refuses
+    // it too (`server_config` falls back to the value as given).
+    if let Err(problem) = descriptors.max_connections(settings.values.max_connections) {
+        problems.push(problem);
+    }
     let config = server_config(settings);
     if let Err(e) = config.validate() {
         problems.push(in_flag_names(&e.to_string()));
@@ -112,19 +99,19 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
         .flatten();
     match (tls, problems.is_empty()) {
         (Some(tls), true) => {
-            let mut warnings: Vec<Warning> = tls
+            let warnings: Vec<Warning> = tls
                 .warnings()
                 .iter()
                 .cloned()
                 .map(Warning::Certificate)
                 .collect();
-            warnings.extend(descriptors_short(settings));
             Ok(Prepared {
                 config,
                 tls,
                 proxy,
                 admin_token,
                 warnings,
+                descriptors,
             })
         }
         _ => Err(Problems(problems)),
@@ -188,7 +175,15 @@ pub(crate) fn server_config(settings: &Settings) -> ServerConfig {
     let mut config = ServerConfig::default();
     config.workers = values.workers;
     config.accept_proxy = settings.accept_proxy.clone();
-    config.max_connections = values.max_connections;
+    // What the open-files limit allows (see `descriptors`); a value it refuses is `prepare`'s
+    // problem, and kept as given here.
+    config.max_connections = Budget::current(values.protocol)
+        .max_connections(values.max_connections)
+        .unwrap_or_else(|_| {
+            values
+                .max_connections
+                .unwrap_or(ServerConfig::DEFAULT_MAX_CONNECTIONS)
+        });
     config.max_handshakes = values.max_handshakes;
     config.max_connections_per_ip = values.max_connections_per_ip;
     config.max_handshakes_per_ip = values.max_handshakes_per_ip;
@@ -228,28 +223,6 @@ fn proxy_config(settings: &Settings) -> Result<Option<ProxyConfig>, crate::error
         ProxyProtocolVersion::V2 => ProxyHeader::V2,
     });
     Ok(Some(proxy))
-}
-
-/// The warning when the open-files limit `serve` will run under (it raises the soft limit to
-/// the hard one) cannot hold `--max-connections`: the sum is computed saturating, whatever the
-/// setting.
-fn descriptors_short(settings: &Settings) -> Option<Warning> {
-    use nix::sys::resource::{getrlimit, Resource};
-    let per_connection = match settings.values.protocol {
-        ProtocolKind::Proxy => 2,
-        ProtocolKind::Echo => 1,
-    };
-    let max_connections = settings.values.max_connections;
-    let needed = u64::try_from(max_connections)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(per_connection)
-        .saturating_add(FIXED_DESCRIPTORS);
-    let (_, nofile) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    (nofile < needed).then_some(Warning::Descriptors {
-        nofile,
-        max_connections,
-        needed,
-    })
 }
 
 #[cfg(test)]

@@ -359,7 +359,7 @@ mod tests {
         };
         let s = Settings::resolve(flags).unwrap();
         assert_eq!(s.values.workers, 3);
-        assert_eq!(s.values.max_connections, 9);
+        assert_eq!(s.values.max_connections, Some(9));
         assert_eq!(s.idle_timeout(), None);
         assert_eq!(s.values.listen, [crate::cli::DEFAULT_LISTEN]);
         std::fs::remove_dir_all(dir).unwrap();
