@@ -28,7 +28,7 @@ pids+=($!)
 sleep 0.5
 "$target/release/tlsvisor" serve --protocol proxy --upstream "127.0.0.1:$redis_port" \
   --listen "127.0.0.1:$port" --cert certs/server.crt --key certs/server.key \
-  --max-connections $((N + 1000)) --idle-timeout 0 --log-level warn >/dev/null 2>&1 &
+  --idle-timeout 0 --log-level warn >/dev/null 2>&1 &  # --max-connections: what the limit holds
 server=$!; pids+=($server)
 sleep 1
 "$peers" --crowd "127.0.0.1:$port" "$N" certs/ca.crt >"$work/crowd" &

@@ -332,9 +332,11 @@ serve_settings! {
     /// Worker threads connections are spread over [default: one per core].
     #[arg(long)]
     workers: Option<usize> = ServerConfig::default_workers(),
-    /// Live connections at which accepting pauses until one closes [default: 10000].
+    /// Live connections at which accepting pauses until one closes [default: what the open
+    /// files limit allows (one descriptor per echo connection, two per proxied one, 100
+    /// reserved), at most 10000]; a value the limit cannot hold is refused.
     #[arg(long)]
-    max_connections: Option<usize> = ServerConfig::DEFAULT_MAX_CONNECTIONS,
+    max_connections: Option<usize>,
     /// TLS handshakes in progress at which accepting pauses until one ends [default: 256 per
     /// worker].
     #[arg(long)]

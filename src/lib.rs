@@ -9,6 +9,7 @@ mod bounded_file;
 mod certs;
 mod check;
 mod cli;
+mod descriptors;
 mod error;
 mod exposition;
 mod fault_rules;

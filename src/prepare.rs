@@ -12,6 +12,7 @@ use std::fmt;
 use tlsvisor_actors::{LoadedTls, ProxyConfig, ServerConfig, Service, TlsWarning};
 
 use crate::cli::{OnOff, ProtocolKind};
+use crate::descriptors::Budget;
 use crate::reload;
 use crate::settings::Settings;
 
@@ -27,9 +28,12 @@ pub(crate) struct Prepared {
     pub services: Vec<Service>,
     /// The admin API's token, read from `--admin-token-file`.
     pub admin_token: Option<String>,
-    /// What works but deserves an operator's attention (a certificate outside its dates, too
-    /// few descriptors for `--max-connections`): logged by `serve`, printed by `check`.
+    /// What works but deserves an operator's attention (a certificate outside its dates):
+    /// logged by `serve`, printed by `check`.
     pub warnings: Vec<Warning>,
+    /// What the open-files limit allows, which `--max-connections` was checked against (and,
+    /// when not given, taken from): `serve` says it in its start-up line.
+    pub descriptors: Budget,
 }
 
 /// Something `serve` goes on with but says loudly.
@@ -37,15 +41,6 @@ pub(crate) enum Warning {
     /// A served certificate outside its validity period (see `TlsWarning` for why it is
     /// served all the same).
     Certificate(TlsWarning),
-    /// The open-files limit is below what `--max-connections` needs: past it new clients are
-    /// shed as `fd_exhausted` rather than paused at `--max-connections`. Not refused: the
-    /// operator may know better (few proxied connections, say), and the shedding keeps the
-    /// server serving either way.
-    Descriptors {
-        nofile: u64,
-        max_connections: usize,
-        needed: u64,
-    },
     /// Names of a service that no certificate of that service covers: a client asking for
     /// one would refuse the certificate.
     Uncovered { service: String, names: Vec<String> },
@@ -55,16 +50,6 @@ impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Warning::Certificate(warning) => warning.fmt(f),
-            Warning::Descriptors {
-                nofile,
-                max_connections,
-                needed,
-            } => write!(
-                f,
-                "the open files limit ({nofile}) is below what --max-connections \
-                 {max_connections} needs ({needed}); past it new clients are shed as \
-                 fd_exhausted"
-            ),
             Warning::Uncovered { service, names } => write!(
                 f,
                 "service {service}: no certificate of the service covers {}; clients asking \
@@ -87,13 +72,15 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
-/// Descriptors the process holds besides its connections: stdio, the reactors, the
-/// listeners' copies, the HTTP listeners and their clients, the spare, with room to spare.
-const FIXED_DESCRIPTORS: u64 = 64;
-
 /// Builds and checks everything `serve` needs from `settings` (see the module docs).
 pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
     let mut problems = Vec::new();
+    let descriptors = Budget::current(settings.busiest_protocol());
+    // An explicit `--max-connections` the limit cannot hold: refused here, so `check` refuses
+    // it too (`server_config` falls back to the value as given).
+    if let Err(problem) = descriptors.max_connections(settings.values.max_connections) {
+        problems.push(problem);
+    }
     let config = server_config(settings);
     if let Err(e) = config.validate() {
         problems.push(in_flag_names(&e.to_string()));
@@ -133,7 +120,6 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
                 .cloned()
                 .map(Warning::Certificate)
                 .collect();
-            warnings.extend(descriptors_short(settings));
             warnings.extend(service_warnings(&services));
             Ok(Prepared {
                 config,
@@ -142,6 +128,7 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
                 services,
                 admin_token,
                 warnings,
+                descriptors,
             })
         }
         _ => Err(Problems(problems)),
@@ -275,7 +262,15 @@ pub(crate) fn server_config(settings: &Settings) -> ServerConfig {
     let mut config = ServerConfig::default();
     config.workers = values.workers;
     config.accept_proxy = settings.accept_proxy.clone();
-    config.max_connections = values.max_connections;
+    // What the open-files limit allows (see `descriptors`); a value it refuses is `prepare`'s
+    // problem, and kept as given here.
+    config.max_connections = Budget::current(settings.busiest_protocol())
+        .max_connections(values.max_connections)
+        .unwrap_or_else(|_| {
+            values
+                .max_connections
+                .unwrap_or(ServerConfig::DEFAULT_MAX_CONNECTIONS)
+        });
     config.max_handshakes = values.max_handshakes;
     config.max_connections_per_ip = values.max_connections_per_ip;
     config.max_handshakes_per_ip = values.max_handshakes_per_ip;
@@ -301,28 +296,6 @@ fn off_if_zero(duration: std::time::Duration) -> Option<std::time::Duration> {
 /// not resolve now may by the first connect.)
 fn proxy_config(settings: &Settings) -> Result<Option<ProxyConfig>, crate::error::BoxError> {
     crate::upstream_tls::proxy_config(&settings.values)
-}
-
-/// The warning when the open-files limit `serve` will run under (it raises the soft limit to
-/// the hard one) cannot hold `--max-connections`: the sum is computed saturating, whatever the
-/// setting.
-fn descriptors_short(settings: &Settings) -> Option<Warning> {
-    use nix::sys::resource::{getrlimit, Resource};
-    let per_connection = match settings.values.protocol {
-        ProtocolKind::Proxy | ProtocolKind::Passthrough => 2,
-        ProtocolKind::Echo => 1,
-    };
-    let max_connections = settings.values.max_connections;
-    let needed = u64::try_from(max_connections)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(per_connection)
-        .saturating_add(FIXED_DESCRIPTORS);
-    let (_, nofile) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    (nofile < needed).then_some(Warning::Descriptors {
-        nofile,
-        max_connections,
-        needed,
-    })
 }
 
 #[cfg(test)]

@@ -77,17 +77,10 @@ fn run_inherited(settings: Settings, inherited: Inherited) -> Result<(), BoxErro
     let tls_files = reload::FilesSeen::of(&settings);
     // Everything built from the settings, checked as `tlsvisor check` checks it.
     let prepared = prepare::prepare(&settings)?;
-    raise_fd_limit(&log);
+    raise_fd_limit(&log, &prepared);
     for warning in &prepared.warnings {
         match warning {
             Warning::Certificate(warning) => reload::warn_about(warning, &log),
-            Warning::Descriptors {
-                nofile,
-                max_connections,
-                needed,
-            } => warn!(log, "the open files limit is below what --max-connections needs; past \
-                             it new clients are shed as fd_exhausted";
-                "nofile" => nofile, "max_connections" => max_connections, "needed" => needed),
             Warning::Uncovered { .. } => warn!(log, "{}", warning),
         }
     }
@@ -534,14 +527,21 @@ fn never_ready(log: &Logger) -> bool {
 }
 
 /// Raises the soft open-files limit to the hard limit: every connection is a descriptor, and the
-/// default soft limit (often 1024) is far below `--max-connections`. Returns the limit in force.
-fn raise_fd_limit(log: &Logger) -> Option<u64> {
+/// default soft limit (often 1024) is far below `--max-connections`. Says, in its start-up line,
+/// how many connections that limit holds and the `--max-connections` served with (checked
+/// against it by `prepare`; see `descriptors`). Returns the limit in force.
+fn raise_fd_limit(log: &Logger, prepared: &Prepared) -> Option<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let raised = getrlimit(Resource::RLIMIT_NOFILE)
         .and_then(|(_, hard)| setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map(|()| hard));
+    let budget = &prepared.descriptors;
     match raised {
         Ok(limit) => {
-            info!(log, "open files limit"; "nofile" => limit);
+            info!(log, "open files limit"; "nofile" => limit,
+                "descriptors_per_connection" => budget.per_connection,
+                "descriptors_reserved" => crate::descriptors::RESERVED,
+                "connections_allowed" => budget.allowed(),
+                "max_connections" => prepared.config.max_connections);
             Some(limit)
         }
         Err(e) => {

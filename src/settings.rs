@@ -40,6 +40,16 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// The protocol that costs a connection the most descriptors among the default service's
+    /// and every `[[service]]`'s: one that forwards (proxy or passthrough) holds two, an echo
+    /// one. What the open-files limit is divided by, since any connection may go to any service.
+    pub(crate) fn busiest_protocol(&self) -> ProtocolKind {
+        std::iter::once(self.values.protocol)
+            .chain(self.services.iter().map(|s| s.values.protocol))
+            .find(|protocol| *protocol != ProtocolKind::Echo)
+            .unwrap_or(ProtocolKind::Echo)
+    }
+
     /// Resolves the flags, reading `--config` if given.
     pub(crate) fn resolve(flags: ServeArgs) -> Result<Settings, BoxError> {
         let given = flags.clone();
@@ -305,7 +315,7 @@ mod tests {
         };
         let s = Settings::resolve(flags).unwrap();
         assert_eq!(s.values.workers, 3);
-        assert_eq!(s.values.max_connections, 9);
+        assert_eq!(s.values.max_connections, Some(9));
         assert_eq!(s.idle_timeout(), None);
         assert_eq!(s.values.listen, [crate::cli::DEFAULT_LISTEN]);
         std::fs::remove_dir_all(dir).unwrap();

@@ -55,7 +55,28 @@ async fn connect_and_ping(
     addr: SocketAddr,
     connector: &TlsConnector,
 ) -> std::io::Result<(TlsStream<TcpStream>, bool)> {
-    let tcp = TcpStream::connect(addr).await?;
+    connect_and_ping_from(addr, None, connector).await
+}
+
+/// [`connect_and_ping`] from the local address `source` (port chosen at connect): each source
+/// address of 127.0.0.0/8 has its own ephemeral ports, so a crowd bound to one never runs out
+/// because another holds thousands.
+async fn connect_and_ping_from(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    connector: &TlsConnector,
+) -> std::io::Result<(TlsStream<TcpStream>, bool)> {
+    let tcp = match source {
+        None => TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            // IP_BIND_ADDRESS_NO_PORT: the port is picked at connect, per 4-tuple, instead of
+            // reserved at bind for the address alone.
+            bind_address_no_port(&socket)?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
     tcp.set_nodelay(true)?;
     let mut tls = connector.connect(server_name(), tcp).await?;
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
@@ -68,6 +89,27 @@ async fn connect_and_ping(
         return Err(std::io::Error::other("unexpected reply to PING"));
     }
     Ok((tls, resumed))
+}
+
+/// Sets `IP_BIND_ADDRESS_NO_PORT` on `socket`.
+fn bind_address_no_port(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `on`, an int that outlives the call, on a socket we own.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::addr_of!(on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// What a run of handshakes did.
@@ -116,12 +158,23 @@ pub(crate) async fn open_idle(
     config: Arc<rustls::ClientConfig>,
     n: usize,
 ) -> Vec<TlsStream<TcpStream>> {
+    open_idle_from(addr, None, config, n).await
+}
+
+/// [`open_idle`] from the local address `source`, if given.
+pub(crate) async fn open_idle_from(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    config: Arc<rustls::ClientConfig>,
+    n: usize,
+) -> Vec<TlsStream<TcpStream>> {
     let connector = TlsConnector::from(config);
     futures::stream::iter(0..n)
         .map(|_| {
             let connector = connector.clone();
             async move {
-                match tokio::time::timeout(STEP, connect_and_ping(addr, &connector)).await {
+                let attempt = connect_and_ping_from(addr, source, &connector);
+                match tokio::time::timeout(STEP, attempt).await {
                     Ok(Ok((tls, _))) => Some(tls),
                     Ok(Err(e)) => {
                         eprintln!("idle connection failed: {e}");

@@ -14,6 +14,7 @@ mod load;
 mod procfs;
 mod report;
 mod roles;
+mod scale;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -160,14 +161,9 @@ fn start(env: &Env, name: &'static str, upstream_port: u16) -> Running {
                     "--key",
                     env.key.to_str().unwrap(),
                 ])
-                .args([
-                    "--max-connections",
-                    "50000",
-                    "--idle-timeout",
-                    "0",
-                    "--log-level",
-                    "warn",
-                ])
+                // No --max-connections: the default is what the open-files limit holds (9,950
+                // proxied connections under 20,000 descriptors), and more would be refused.
+                .args(["--idle-timeout", "0", "--log-level", "warn"])
                 // An A/B of one setting: extra flags for tlsvisor alone.
                 .args(
                     std::env::var("TLSVISOR_BENCH_TLSVISOR_ARGS")
@@ -686,6 +682,31 @@ fn main() {
             eprintln!("{row:?}");
             rows[i].merge(row);
         }
+    }
+    // The scale phase runs only when asked for by name (it takes minutes per size): its own
+    // servers, redis-servers and crowds, its own table.
+    if s.phases
+        .as_ref()
+        .is_some_and(|p| p.iter().any(|p| p == "scale"))
+    {
+        let quick = std::env::var("TLSVISOR_BENCH_QUICK").is_ok();
+        let sizes: Vec<usize> = list_from_env("TLSVISOR_BENCH_SCALE_SIZES")
+            .map(|l| l.iter().filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or(if quick {
+                vec![1000]
+            } else {
+                vec![9_900, 50_000, 100_000]
+            });
+        let endings = list_from_env("TLSVISOR_BENCH_SCALE_ENDINGS").unwrap_or(
+            ["sigkill", "drain", "idle", "sigterm"]
+                .map(str::to_string)
+                .to_vec(),
+        );
+        let table = scale::run(&env, &sizes, &endings, &servers);
+        let out = env.root.join("target/bench-partial");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("scale.md"), table.join("\n") + "\n").unwrap();
+        eprintln!("wrote {}", out.join("scale.md").display());
     }
     let _ = redis.kill();
     let _ = echo.kill();

@@ -18,7 +18,12 @@ pub(crate) fn run_if_asked(args: &[String]) -> bool {
     match role.as_str() {
         "--bare-proxy" => bare_proxy(&args[2], &args[3], &args[4], &args[5]),
         "--echo-upstream" => echo_upstream(&args[2]),
-        "--crowd" => crowd(&args[2], args[3].parse().unwrap(), &args[4]),
+        "--crowd" => crowd(
+            &args[2],
+            args[3].parse().unwrap(),
+            &args[4],
+            args.get(5).map(|ip| ip.parse().unwrap()),
+        ),
         _ => return false,
     }
     true
@@ -99,10 +104,10 @@ fn echo_upstream(listen: &str) {
     });
 }
 
-/// Opens `n` TLS connections (handshake and one PING round trip each), prints READY, then waits
-/// for the server to close each; prints how many saw close_notify. Killed by SIGKILL in the
-/// burst measurements.
-fn crowd(addr: &str, n: usize, ca: &str) {
+/// Opens `n` TLS connections (handshake and one PING round trip each), from `source` if given,
+/// prints READY, then waits for the server to close each; prints how many saw close_notify.
+/// Killed by SIGKILL in the burst measurements.
+fn crowd(addr: &str, n: usize, ca: &str, source: Option<std::net::IpAddr>) {
     let addr: SocketAddr = addr.parse().unwrap();
     let ca = std::fs::read(ca).unwrap();
     let config = load::client_config(&ca, true);
@@ -111,7 +116,7 @@ fn crowd(addr: &str, n: usize, ca: &str) {
         .build()
         .unwrap()
         .block_on(async move {
-            let conns = load::open_idle(addr, Arc::clone(&config), n).await;
+            let conns = load::open_idle_from(addr, source, Arc::clone(&config), n).await;
             println!("READY {}", conns.len());
             let mut clean = 0;
             let mut tasks = Vec::new();

@@ -20,6 +20,7 @@ mod admin;
 mod binary;
 mod certificates;
 mod check;
+mod descriptors;
 mod edge;
 mod handshake_failures;
 mod hostile_upstreams;

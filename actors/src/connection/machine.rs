@@ -883,8 +883,11 @@ impl Connection {
         // A proxy still connecting never started its client reader: it starts now, to drain
         // the client while it gets close_notify.
         let env = Arc::clone(&self.env);
+        // A bare FIN: the client was killed or cut (or half-closed without TLS's end, and
+        // then it still gets everything pending and close_notify).
+        let client_gone = self.clean_eof == Some(false);
         self.step(|phase| match phase {
-            Phase::Open(open) => Phase::Closing(closing_of(open, &env, ctx)),
+            Phase::Open(open) => Phase::Closing(closing_of(open, &env, client_gone, ctx)),
             other => other,
         });
         self.closing_started(ctx);
@@ -969,8 +972,17 @@ impl Connection {
 }
 
 /// `Open → Closing`: the session is dropped (what it had not written yet is kept), a proxy's
-/// upstream gets its FIN and is drained, a client not read yet starts being drained.
-fn closing_of(open: Open, env: &ConnectionEnv, ctx: &mut Context<Connection>) -> Closing {
+/// upstream gets its FIN and is drained, a client not read yet starts being drained. When the
+/// client is gone (`client_gone`: it ended with a bare FIN, so its reader has finished and the
+/// connection stops as soon as its close_notify is out), a plaintext upstream gets its FIN from
+/// the socket's close at that stop rather than from a `shutdown(2)` now (see
+/// `UpstreamWriteHalf::close_quietly`).
+fn closing_of(
+    open: Open,
+    env: &ConnectionEnv,
+    client_gone: bool,
+    ctx: &mut Context<Connection>,
+) -> Closing {
     let (linger, pending, upstream) = match open.service {
         OpenService::Session {
             session: SessionState { session, reply },
@@ -993,8 +1005,14 @@ fn closing_of(open: Open, env: &ConnectionEnv, ctx: &mut Context<Connection>) ->
             client: _,
         }) => {
             // The upstream gets its FIN now rather than when the actor stops; what it still
-            // sends is drained.
-            upstream_goodbye(link.shut_write(), env.config.close_timeout, ctx);
+            // sends is drained. Unless the client is gone: the stop comes at once, and its
+            // close is the FIN (a write in flight keeps its half, which goes as usual).
+            let half = if client_gone {
+                link.shut_write_closing_anyway()
+            } else {
+                link.shut_write()
+            };
+            upstream_goodbye(half, env.config.close_timeout, ctx);
             let (client, upstream) = match flow {
                 ProxyFlow::Both { client, upstream } => {
                     (ReaderState::Running(client), ReaderState::Running(upstream))

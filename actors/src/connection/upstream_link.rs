@@ -54,6 +54,20 @@ impl UpstreamLink {
         self.writer.shut().filter(UpstreamWriteHalf::is_tls)
     }
 
+    /// [`UpstreamLink::shut_write`] for a connection about to stop (its client is gone): a
+    /// free plaintext half goes without the `shutdown(2)` its drop would make, since the
+    /// socket's close at the stop sends the same FIN (`UpstreamWriteHalf::close_quietly`).
+    #[must_use = "a TLS half returned must be shut down (or dropped)"]
+    pub(super) fn shut_write_closing_anyway(&mut self) -> Option<UpstreamWriteHalf> {
+        match self.writer.shut() {
+            Some(half) if !half.is_tls() => {
+                half.close_quietly();
+                None
+            }
+            half => half,
+        }
+    }
+
     /// Counts bytes written onwards, server-wide and against this upstream.
     pub(super) fn count_proxied(&self, from: Side, bytes: usize) {
         self.stats.proxied(from, bytes);

@@ -87,6 +87,24 @@ fn bytes_sent_before_close_are_all_echoed() {
     assert_eq!(reasons(&server), vec![DisposeReason::PeerEof]);
 }
 
+/// A bare FIN (no `close_notify`) may be a client that died, or one that half-closed and still
+/// reads: the close must not skip what such a client can still read. Everything it sent before
+/// is echoed to it, then `close_notify` and a FIN.
+#[test]
+fn a_client_half_closed_with_a_bare_fin_still_gets_every_byte_and_close_notify() {
+    let server = TestServer::start(Echo);
+    let mut client = server.connect().unwrap();
+    let payload: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    client.send(&payload).unwrap();
+    client.tcp().shutdown(std::net::Shutdown::Write).unwrap();
+    let (echoed, close) = client.receive_until_close();
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "the echo differs from what was sent");
+    assert!(matches!(close, CloseSeen::CloseNotifyThenEof), "{close:?}");
+    server.wait_disposed(1, HANG);
+    assert_eq!(reasons(&server), vec![DisposeReason::PeerEof]);
+}
+
 #[test]
 fn garbage_instead_of_client_hello_is_handshake_failed() {
     let server = TestServer::start(Echo);

@@ -136,6 +136,21 @@ impl Tlsvisor {
         self.child.id()
     }
 
+    /// Lowers the running process's open-files limit (soft and hard) to `nofile`, as
+    /// `prlimit --pid` does: the server started under a limit that holds its
+    /// `--max-connections` (it refuses to start otherwise), and now finds its descriptors
+    /// short, as when something else in the process takes them.
+    pub(crate) fn lower_open_files_limit(&self, nofile: u64) {
+        let limit = libc::rlimit {
+            rlim_cur: nofile,
+            rlim_max: nofile,
+        };
+        let pid = libc::pid_t::try_from(self.pid()).unwrap();
+        // SAFETY: prlimit only reads `limit` and writes nothing (the old limit is not asked for).
+        let done = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+        assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
     /// Every log record so far.
     pub(crate) fn logs(&self) -> Vec<serde_json::Value> {
         self.logs.lock().unwrap().clone()
@@ -276,11 +291,9 @@ pub(crate) struct Limits {
     pub env: Vec<(&'static str, &'static str)>,
 }
 
-fn start_collecting_logs(
-    args: &[&str],
-    limits: &Limits,
-) -> (Child, Logs, std::thread::JoinHandle<()>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tlsvisor"));
+/// Makes `command` run under `limits` (its environment, and its open-files limit set in the
+/// child between fork and exec).
+pub(crate) fn under_limits(command: &mut Command, limits: &Limits) {
     command.envs(limits.env.iter().copied());
     if let Some(nofile) = limits.nofile {
         use std::os::unix::process::CommandExt;
@@ -300,6 +313,14 @@ fn start_collecting_logs(
             });
         }
     }
+}
+
+fn start_collecting_logs(
+    args: &[&str],
+    limits: &Limits,
+) -> (Child, Logs, std::thread::JoinHandle<()>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tlsvisor"));
+    under_limits(&mut command, limits);
     let mut child = command
         .args(args)
         .stdin(Stdio::null())
