@@ -9,7 +9,6 @@ use bytes::Bytes;
 use slog::{o, Logger};
 
 use crate::connection::actor::Connection;
-use crate::connection::handshake::TlsStream;
 use crate::connection::messages::{Inbound, Side};
 use crate::connection::reader::Reader;
 use crate::supervision::conn_id::ConnId;
@@ -17,7 +16,6 @@ use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::messages::LiveConnections;
 use crate::supervision::registration::Registration;
 use crate::supervision::registry::HandlerRegistry;
-use crate::upstream::stream::UpstreamReadHalf;
 
 /// `batch` connections registered and disposed as every connection is (a `Registration`
 /// each), `rounds` times, each round ending with a round trip so the registry applied them
@@ -89,13 +87,7 @@ pub async fn reader_hops(hops: u64) -> Duration {
 pub fn actor_state_bytes() -> [(&'static str, usize); 3] {
     [
         ("Connection", std::mem::size_of::<Connection>()),
-        (
-            "ClientReader",
-            std::mem::size_of::<Reader<tokio::io::ReadHalf<TlsStream>>>(),
-        ),
-        (
-            "UpstreamReader",
-            std::mem::size_of::<Reader<UpstreamReadHalf>>(),
-        ),
+        ("ClientReader", std::mem::size_of::<Reader>()),
+        ("UpstreamReader", std::mem::size_of::<Reader>()),
     ]
 }

@@ -1076,11 +1076,10 @@ pub(super) fn spawn_reader<R: AsyncRead + Unpin + 'static>(
     side: Side,
     ctx: &mut Context<Connection>,
 ) -> ReaderHandle {
-    let me = ctx.address();
     Reader::start_child(
         half,
         side,
-        (me.clone().recipient(), me.recipient()),
+        ctx.address(),
         env.config.read_buffer,
         env.faults.clone(),
     )

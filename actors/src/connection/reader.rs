@@ -27,16 +27,12 @@ use crate::fault::set::Faults;
 /// parent goes away (its stop hook, a panic, its arbiter torn down, a hook that never ran) the
 /// reader goes too, and a parked read cannot keep the socket open (Garnet's CLOSE-WAIT).
 /// Stopping drops the read half; a socket closes once the parent's write half is dropped too.
-pub(crate) struct Reader<R> {
-    half: Option<R>,
-    /// Resolves when the parent drops its [`ReaderHandle`].
-    parent_gone: Option<oneshot::Receiver<()>>,
+///
+/// What it reads with (the half, the parent's address, the parent's handle) lives in its read
+/// loop, spawned as it is created, not in the actor: an idle connection's readers each pay one
+/// copy of it, inside the loop's box, and the actor itself is one byte.
+pub(crate) struct Reader {
     side: Side,
-    /// Moved into the read loop when the reader starts (one handle fewer per reader).
-    inbound: Option<Recipient<Inbound>>,
-    finished: Recipient<ReaderFinished>,
-    buffer_size: usize,
-    faults: Faults,
 }
 
 /// The parent's hold on a reader: dropping it stops the reader.
@@ -44,27 +40,51 @@ pub(crate) struct ReaderHandle {
     _alive: oneshot::Sender<()>,
 }
 
-impl<R: AsyncRead + Unpin + 'static> Reader<R> {
+/// What a reader's parent is: an actor that takes its chunks and its end.
+pub(crate) trait ReaderParent:
+    Actor<Context = Context<Self>> + Handler<Inbound> + Handler<ReaderFinished>
+{
+}
+
+impl<P> ReaderParent for P where
+    P: Actor<Context = Context<P>> + Handler<Inbound> + Handler<ReaderFinished>
+{
+}
+
+impl Reader {
     /// Starts a reader of `half` on the current arbiter, reporting to `parent`; it lives until
     /// its side finishes or the returned handle is dropped.
-    pub(crate) fn start_child(
+    pub(crate) fn start_child<R: AsyncRead + Unpin + 'static, P: ReaderParent>(
         half: R,
         side: Side,
-        parent: (Recipient<Inbound>, Recipient<ReaderFinished>),
+        parent: Addr<P>,
         buffer_size: usize,
         faults: Faults,
     ) -> ReaderHandle {
         let (alive, parent_gone) = oneshot::channel();
-        Reader {
-            half: Some(half),
-            parent_gone: Some(parent_gone),
-            side,
-            inbound: Some(parent.0),
-            finished: parent.1,
-            buffer_size,
-            faults,
-        }
-        .start();
+        Reader::create(move |ctx| {
+            // Boxed and raced with a combinator rather than inside an `async` block with
+            // `select!`: the block would keep the read loop twice (as a captured value and as
+            // select!'s own copy), and every parked reader pays its future's size.
+            let reading = Box::pin(read_loop(half, side, parent, buffer_size, faults));
+            let work = future::select(reading, parent_gone).map(|first| match first {
+                Either::Left((outcome, _)) => outcome,
+                // The parent dropped its handle: it owns the disposal; drop the half now.
+                Either::Right(_) => None,
+            });
+            ctx.spawn(
+                fut::wrap_future::<_, Reader>(work).map(|outcome, act, ctx| {
+                    if let Some((outcome, parent)) = outcome {
+                        parent.do_send(ReaderFinished {
+                            side: act.side,
+                            outcome,
+                        });
+                    }
+                    ctx.stop();
+                }),
+            );
+            Reader { side }
+        });
         ReaderHandle { _alive: alive }
     }
 }
@@ -118,29 +138,33 @@ async fn read_chunk<R: AsyncRead + Unpin>(half: &mut R, want: usize) -> io::Resu
     .await
 }
 
-/// Reads until the stream ends or the parent is gone.
-async fn read_loop<R: AsyncRead + Unpin>(
+/// Reads until the stream ends (the outcome, with the parent's address back to report it) or
+/// the parent is gone.
+async fn read_loop<R: AsyncRead + Unpin, P: ReaderParent>(
     mut half: R,
     side: Side,
-    inbound: Recipient<Inbound>,
+    parent: Addr<P>,
     buffer_size: usize,
     faults: Faults,
-) -> Option<ReadOutcome> {
+) -> Option<(ReadOutcome, Addr<P>)> {
     let mut want = MIN_READ.min(buffer_size);
     loop {
         if side == Side::Client && faults.is_on(FaultPoint::ReaderError) {
-            return Some(ReadOutcome::Failed(io::Error::other(
-                "injected reader error",
-            )));
+            return Some((
+                ReadOutcome::Failed(io::Error::other("injected reader error")),
+                parent,
+            ));
         }
         match read_chunk(&mut half, want).await {
             // A zero-length read is a clean end: TLS close_notify, or a plain TCP FIN…
-            Ok(bytes) if bytes.is_empty() => return Some(ReadOutcome::PeerEof { clean: true }),
+            Ok(bytes) if bytes.is_empty() => {
+                return Some((ReadOutcome::PeerEof { clean: true }, parent))
+            }
             Ok(bytes) => {
                 want = next_read_size(want, bytes.len(), buffer_size);
                 // Boxed: the send future (actix's request, with its timer slot) is several
                 // hundred bytes, and inline it would size every parked read loop, idle or not.
-                if Box::pin(inbound.send(Inbound { side, bytes }))
+                if Box::pin(parent.send(Inbound { side, bytes }))
                     .await
                     .is_err()
                 {
@@ -150,50 +174,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             // …while rustls reports a TCP FIN without close_notify as UnexpectedEof.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Some(ReadOutcome::PeerEof { clean: false })
+                return Some((ReadOutcome::PeerEof { clean: false }, parent))
             }
-            Err(e) => return Some(ReadOutcome::Failed(e)),
+            Err(e) => return Some((ReadOutcome::Failed(e), parent)),
         }
     }
 }
 
-impl<R: AsyncRead + Unpin + 'static> Actor for Reader<R> {
+impl Actor for Reader {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let (Some(half), Some(inbound), Some(parent_gone)) = (
-            self.half.take(),
-            self.inbound.take(),
-            self.parent_gone.take(),
-        ) else {
-            ctx.stop();
-            return;
-        };
-        // Boxed and raced with a combinator rather than inside an `async` block with
-        // `select!`: the block would keep the read loop twice (as a captured value and as
-        // select!'s own copy), and every parked reader pays its future's size.
-        let reading = Box::pin(read_loop(
-            half,
-            self.side,
-            inbound,
-            self.buffer_size,
-            self.faults.clone(),
-        ));
-        let work = future::select(reading, parent_gone).map(|first| match first {
-            Either::Left((outcome, _)) => outcome,
-            // The parent dropped its handle: it owns the disposal; drop the half now.
-            Either::Right(_) => None,
-        });
-        ctx.spawn(work.into_actor(self).map(|outcome, act, ctx| {
-            if let Some(outcome) = outcome {
-                act.finished.do_send(ReaderFinished {
-                    side: act.side,
-                    outcome,
-                });
-            }
-            ctx.stop();
-        }));
-    }
 }
 
 #[cfg(test)]

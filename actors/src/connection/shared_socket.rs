@@ -31,6 +31,7 @@ use tokio::net::{TcpStream, UnixStream};
 pub(crate) trait Socket: AsFd {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
     fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>;
@@ -46,6 +47,13 @@ macro_rules! socket_of {
             }
             fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
                 <$stream>::try_read(self, buf)
+            }
+            fn try_io<R>(
+                &self,
+                interest: Interest,
+                f: impl FnOnce() -> io::Result<R>,
+            ) -> io::Result<R> {
+                <$stream>::try_io(self, interest, f)
             }
             fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 <$stream>::poll_write_ready(self, cx)
@@ -155,15 +163,34 @@ impl<S: Socket + Unpin> AsyncRead for SharedSocket<S> {
             ready!(self.0.poll_read_ready(cx))?;
             // Every caller here hands an initialized buffer (a slice of the reader's scratch,
             // rustls's), so this zeroes nothing.
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
+            let unfilled = buf.initialize_unfilled();
+            let asked = unfilled.len();
+            let mut got = None;
+            let read = self.0.try_io(Interest::READABLE, || {
+                let n = self.0.try_read(unfilled)?;
+                got = Some(n);
+                // A short read emptied the socket's receive queue: say so as tokio's own
+                // `TcpStream::poll_read` does, by clearing the readiness this read consumed
+                // (`try_io` clears it on `WouldBlock`, and only if no newer event came in
+                // meanwhile). Without it the next read finds the stale readiness and costs a
+                // `recvfrom` that returns `EAGAIN`: one more system call per request per side.
+                if 0 < n && n < asked {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            match (got, read) {
+                (Some(n), _) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                // The readiness was stale: try_read cleared it, so the next poll_read_ready
+                // The readiness was stale: try_io cleared it, so the next poll_read_ready
                 // registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (None, Err(e)) => return Poll::Ready(Err(e)),
+                // `got` is set whenever the closure returns Ok.
+                (None, Ok(_)) => continue,
             }
         }
     }
