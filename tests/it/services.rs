@@ -571,3 +571,23 @@ fn watch_certs_reloads_when_a_services_certificate_changes() {
     assert_eq!(serial(&after), issued.serial_hex);
     assert_ne!(serial(&after), first);
 }
+
+#[test]
+fn a_reload_says_when_the_files_listeners_differ_from_the_bound_ones() {
+    let fixture = Fixture::new("bin-services-listeners");
+    let listen = |addrs: &str| format!("listen = [{addrs}]\n");
+    let b = fixture.service("b", &["b.test"], "");
+    let write = |addrs: &str| {
+        let text = format!("{}{}\n{b}", listen(addrs), fixture.top);
+        ScratchDir::replace(fixture.config.as_ref(), &text).unwrap();
+    };
+    write("\"127.0.0.1:0\"");
+    let server = Tlsvisor::spawn(&["serve", "--config", &fixture.config, "--log-format", "json"]);
+    write("\"127.0.0.1:0\", \"127.0.0.2:0\"");
+    server.signal(libc::SIGHUP);
+    let reloaded = server.logged("TLS configuration reloaded", 1);
+    assert_eq!(reloaded[0]["listeners"], "listeners differ; needs SIGUSR2");
+    assert_eq!(reloaded[0]["services"], 1);
+    // The listeners bound at start still serve, with the reloaded table.
+    echoing(&server, &fixture.fresh_client(), "b.test").unwrap();
+}
