@@ -74,7 +74,12 @@ for prev, body in zip(blocks, blocks[1:]):
         continue  # not one per connection
     per = (float(size[:-1]) * units[size[-1]] if size[-1] in units else float(size.rstrip("B"))) / n
     frames = [l.strip() for l in body.splitlines()[1:] if l.startswith("  ") and not l.startswith("    ")]
-    frames = [re.sub(r"::h[0-9a-f]{16}$", "", f) for f in frames
+    def readable(f):
+        for a, b in (("$LT$", "<"), ("$GT$", ">"), ("$u20$", " "), ("$C$", ","), ("$u7b$", "{"),
+                     ("$u7d$", "}"), ("..", "::")):
+            f = f.replace(a, b)
+        return re.sub(r"::h[0-9a-f]{16}$", "", f)
+    frames = [readable(f) for f in frames
               if not re.match(r"(_RNv|_RIN|alloc::|core::|std::|__rust|_\$LT\$alloc|_\$LT\$core)", f)]
     total += per
     print(f"{per:6.0f}  " + "  <  ".join(frames[:3])[:200])
