@@ -54,14 +54,7 @@ fn assert_books_exact(server: &Tlsvisor) {
         "connections left: {}",
         http_get(admin, "/connections")
     );
-    let m = server.scrape();
-    assert_eq!(
-        m.get("tlsvisor_connections_accepted_total"),
-        m.sum("tlsvisor_connections_disposed_total")
-    );
-    assert_eq!(m.get("tlsvisor_dispose_duplicates_total"), 0.0);
-    assert_eq!(m.get("tlsvisor_dispose_fallback_total"), 0.0);
-    assert_eq!(m.get("tlsvisor_dispose_lost_total"), 0.0);
+    server.scrape().assert_books_exact();
 }
 
 #[test]

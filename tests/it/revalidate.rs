@@ -134,14 +134,7 @@ fn books_exact(server: &Tlsvisor) {
             == 0.0),
         "connections left"
     );
-    let metrics = server.scrape();
-    assert_eq!(
-        metrics.get("tlsvisor_connections_accepted_total"),
-        metrics.sum("tlsvisor_connections_disposed_total")
-    );
-    assert_eq!(metrics.get("tlsvisor_dispose_duplicates_total"), 0.0);
-    assert_eq!(metrics.get("tlsvisor_dispose_fallback_total"), 0.0);
-    assert_eq!(metrics.get("tlsvisor_dispose_lost_total"), 0.0);
+    server.scrape().assert_books_exact();
 }
 
 /// A server verifying clients of `certs`'s CA with the CRL at `crl`, an admin API asking for

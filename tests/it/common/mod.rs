@@ -451,6 +451,19 @@ pub(crate) fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<Stri
 pub(crate) struct Metrics(pub HashMap<String, f64>);
 
 impl Metrics {
+    /// Every connection accepted was disposed once, through its stop hook: the books balance
+    /// and no `Dispose` was a duplicate, a fallback or lost.
+    pub(crate) fn assert_books_exact(&self) {
+        assert_eq!(
+            self.get("tlsvisor_connections_accepted_total"),
+            self.sum("tlsvisor_connections_disposed_total"),
+            "accepted == disposed"
+        );
+        assert_eq!(self.get("tlsvisor_dispose_duplicates_total"), 0.0);
+        assert_eq!(self.get("tlsvisor_dispose_fallback_total"), 0.0);
+        assert_eq!(self.get("tlsvisor_dispose_lost_total"), 0.0);
+    }
+
     pub(crate) fn parse(text: &str) -> Metrics {
         let samples = text
             .lines()
