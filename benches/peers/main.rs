@@ -10,8 +10,11 @@
 // own descriptor limit through libc, each call with its SAFETY comment.
 #![allow(unsafe_code)]
 
+mod fronts;
 mod load;
+mod passthrough;
 mod procfs;
+mod reencrypt;
 mod report;
 mod roles;
 mod scale;
@@ -34,6 +37,9 @@ const SERVERS: [&str; 7] = [
     "nginx",
     "redis-tls",
 ];
+
+/// The phases measured on every server of [`SERVERS`], in rounds.
+const MAIN_PHASES: [&str; 6] = ["handshake", "requests", "idle", "burst", "bulk", "sigterm"];
 
 /// SIGKILL bursts per size; the report gives the median.
 const BURST_REPEATS: usize = 3;
@@ -149,40 +155,7 @@ fn start(env: &Env, name: &'static str, upstream_port: u16) -> Running {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let upstream = format!("127.0.0.1:{upstream_port}");
     match name {
-        "tlsvisor" => {
-            let metrics = free_port();
-            let child = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
-                .args(["serve", "--protocol", "proxy", "--upstream", &upstream])
-                .args(["--listen", &addr.to_string()])
-                .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-                .args([
-                    "--cert",
-                    env.cert.to_str().unwrap(),
-                    "--key",
-                    env.key.to_str().unwrap(),
-                ])
-                // No --max-connections: the default is what the open-files limit holds (9,950
-                // proxied connections under 20,000 descriptors), and more would be refused.
-                .args(["--idle-timeout", "0", "--log-level", "warn"])
-                // An A/B of one setting: extra flags for tlsvisor alone.
-                .args(
-                    std::env::var("TLSVISOR_BENCH_TLSVISOR_ARGS")
-                        .unwrap_or_default()
-                        .split_whitespace(),
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            wait_listening(port);
-            wait_listening(metrics);
-            Running {
-                pid: child.id(),
-                addr,
-                metrics: Some(([127, 0, 0, 1], metrics).into()),
-                child: Some(child),
-            }
-        }
+        "tlsvisor" => start_tlsvisor(env, &["--protocol", "proxy", "--upstream", &upstream], true),
         "bare-rustls" => {
             let mut child = Command::new(std::env::current_exe().unwrap())
                 .args(["--bare-proxy", &addr.to_string(), &upstream])
@@ -200,29 +173,79 @@ fn start(env: &Env, name: &'static str, upstream_port: u16) -> Running {
                 child: Some(child),
             }
         }
-        peer => {
-            let out = Command::new(peers_sh(env))
-                .args(["start", peer, &port.to_string(), &upstream_port.to_string()])
-                .args([env.cert.to_str().unwrap(), env.key.to_str().unwrap()])
-                .arg(env.work.join(peer))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{peer} did not start: {out:?}");
-            let pid = String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .lines()
-                .last()
-                .unwrap()
-                .parse()
-                .unwrap();
-            wait_listening(port);
-            Running {
-                pid,
-                addr,
-                metrics: None,
-                child: None,
-            }
-        }
+        peer => start_peer(env, peer, upstream_port),
+    }
+}
+
+/// The tlsvisor binary on a free port with `protocol` (its `--protocol` and `--upstream`
+/// flags), with the run's certificate if it terminates TLS (`tls_files`).
+fn start_tlsvisor(env: &Env, protocol: &[&str], tls_files: bool) -> Running {
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let metrics = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tlsvisor"));
+    command
+        .arg("serve")
+        .args(protocol)
+        .args(["--listen", &addr.to_string()])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+    if tls_files {
+        command.args([
+            "--cert",
+            env.cert.to_str().unwrap(),
+            "--key",
+            env.key.to_str().unwrap(),
+        ]);
+    }
+    let child = command
+        // No --max-connections: the default is what the open-files limit holds (9,950
+        // proxied connections under 20,000 descriptors), and more would be refused.
+        .args(["--idle-timeout", "0", "--log-level", "warn"])
+        // An A/B of one setting: extra flags for tlsvisor alone.
+        .args(
+            std::env::var("TLSVISOR_BENCH_TLSVISOR_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port);
+    wait_listening(metrics);
+    Running {
+        pid: child.id(),
+        addr,
+        metrics: Some(([127, 0, 0, 1], metrics).into()),
+        child: Some(child),
+    }
+}
+
+/// A peer started by peers.sh on a free port, in front of 127.0.0.1:`upstream_port` (the run's
+/// CA is passed for the peers that verify a TLS upstream).
+fn start_peer(env: &Env, peer: &str, upstream_port: u16) -> Running {
+    let port = free_port();
+    let out = Command::new(peers_sh(env))
+        .args(["start", peer, &port.to_string(), &upstream_port.to_string()])
+        .args([env.cert.to_str().unwrap(), env.key.to_str().unwrap()])
+        .arg(env.work.join(peer))
+        .arg(&env.ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{peer} did not start: {out:?}");
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    wait_listening(port);
+    Running {
+        pid,
+        addr: ([127, 0, 0, 1], port).into(),
+        metrics: None,
+        child: None,
     }
 }
 
@@ -640,7 +663,13 @@ fn main() {
     // The CPU figures are measured in every round, in alternating server order, and each keeps
     // its lowest value: interference from the rest of this VM only ever adds CPU, and a slow
     // spell then hits both ends of the order. Memory, bursts and SIGTERM run once.
-    for round in 0..s.rounds {
+    // A run of named phases that are none of these (scale, reencrypt, passthrough) skips them.
+    let main_rounds = if MAIN_PHASES.iter().any(|p| s.runs(p)) {
+        s.rounds
+    } else {
+        0
+    };
+    for round in 0..main_rounds {
         let mut order: Vec<usize> = (0..servers.len()).collect();
         if round % 2 == 1 {
             order.reverse();
@@ -707,6 +736,27 @@ fn main() {
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join("scale.md"), table.join("\n") + "\n").unwrap();
         eprintln!("wrote {}", out.join("scale.md").display());
+    }
+    // Re-encryption to a TLS upstream and passthrough by name (issue 18) run only when named,
+    // each with its own servers and its own table (target/bench-partial/NAME.md).
+    for (phase, run) in [
+        (
+            "reencrypt",
+            reencrypt::run as fn(&Env, &Settings, Option<&[String]>) -> Vec<String>,
+        ),
+        ("passthrough", passthrough::run),
+    ] {
+        if s.phases
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|p| p == phase))
+        {
+            let table = run(&env, &s, only.as_deref());
+            let out = env.root.join("target/bench-partial");
+            std::fs::create_dir_all(&out).unwrap();
+            let file = out.join(format!("{phase}.md"));
+            std::fs::write(&file, table.join("\n") + "\n").unwrap();
+            eprintln!("wrote {}", file.display());
+        }
     }
     let _ = redis.kill();
     let _ = echo.kill();

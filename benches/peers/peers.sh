@@ -10,6 +10,12 @@
 #       Configs, logs and pid files go under WORKDIR; nothing under /etc is read or written.
 #       NAME: stunnel | haproxy | hitch | nginx | redis-tls
 #       (redis-tls is redis-server speaking TLS itself; UPSTREAM_PORT is ignored.)
+#   peers.sh start NAME LISTEN_PORT UPSTREAM_PORT CERT KEY WORKDIR CA
+#       The same, for the fronts of issue 18's phases, whose upstream speaks TLS itself:
+#       stunnel-reencrypt | haproxy-reencrypt terminate the client's TLS and re-encrypt to
+#       the upstream, verifying its certificate against CA for the name "localhost";
+#       nginx-preread | haproxy-preread pass the client's TLS through untouched, routed by the
+#       SNI of its ClientHello ("localhost" to the upstream). CA is ignored by the others.
 #   peers.sh pids PID
 #       Prints PID and every descendant pid, one a line. nginx (master + 2 workers) and hitch
 #       (parent + 2 workers) do their work in child processes: the CPU time of a peer is the
@@ -34,7 +40,7 @@ readonly TARGET_CONNS=25000
 readonly WANT_NOFILE=262144
 
 usage() {
-  echo "usage: peers.sh install | start NAME LISTEN_PORT UPSTREAM_PORT CERT KEY WORKDIR | pids PID | stop PID" >&2
+  echo "usage: peers.sh install | start NAME LISTEN_PORT UPSTREAM_PORT CERT KEY WORKDIR [CA] | pids PID | stop PID" >&2
   exit 2
 }
 
@@ -145,9 +151,15 @@ wait_port() {
 }
 
 start() {
-  [ $# -eq 6 ] || usage
+  [ $# -eq 6 ] || [ $# -eq 7 ] || usage
   NAME=$1
-  local port=$2 up=$3 cert=$4 key=$5 dir=$6
+  local port=$2 up=$3 cert=$4 key=$5 dir=$6 ca=${7:-}
+  case "$NAME" in
+    *-reencrypt)
+      [ -r "$ca" ] || die "$NAME needs the upstream's CA (cannot read '$ca')"
+      ca=$(realpath "$ca")
+      ;;
+  esac
   [ -r "$cert" ] || die "cannot read certificate $cert"
   [ -r "$key" ] || die "cannot read key $key"
   ! port_open "$port" || die "127.0.0.1:$port is already in use"
@@ -260,6 +272,115 @@ CONF
       nginx -p "$dir/nginx/" -e "$log" -c "$dir/nginx.conf" >>"$log" 2>&1 &
       pid=$!
       ;;
+    stunnel-reencrypt)
+      # A service is TLS on one side only: the server service hands each client to a
+      # `client = yes` service over loopback in the same process, which opens the TLS to the
+      # upstream (its sessions to it cached and resumed, as stunnel ships).
+      local inner
+      inner=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+      cat >"$dir/stunnel.conf" <<CONF
+foreground = yes
+pid =
+debug = 3
+output = $log
+[front]
+accept = 127.0.0.1:$port
+connect = 127.0.0.1:$inner
+cert = $cert
+key = $key
+sslVersionMin = TLSv1.2
+[reencrypt]
+client = yes
+accept = 127.0.0.1:$inner
+connect = 127.0.0.1:$up
+CAfile = $ca
+verifyChain = yes
+checkHost = localhost
+sni = localhost
+CONF
+      stunnel4 "$dir/stunnel.conf" >>"$log" 2>&1 &
+      pid=$!
+      ;;
+    haproxy-reencrypt | haproxy-preread)
+      local maxconn
+      maxconn=$(min "$TARGET_CONNS" $(((nofile - 100) / 2)))
+      {
+        cat <<CONF
+global
+  nbthread 2
+  maxconn $maxconn
+  pidfile $dir/haproxy.pid
+defaults
+  mode tcp
+  maxconn $maxconn
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+CONF
+        if [ "$NAME" = haproxy-reencrypt ]; then
+          cat "$key" "$cert" >"$dir/haproxy.pem"
+          chmod 600 "$dir/haproxy.pem"
+          # The upstream's certificate verified against CA for "localhost"; haproxy keeps
+          # and resumes its session to each server by default.
+          cat <<CONF
+frontend tls
+  bind 127.0.0.1:$port ssl crt $dir/haproxy.pem ssl-min-ver TLSv1.2
+  default_backend upstream
+backend upstream
+  server up1 127.0.0.1:$up ssl verify required ca-file $ca sni str(localhost) verifyhost localhost
+CONF
+        else
+          # Wait for the ClientHello, route by its SNI; anything else goes nowhere.
+          cat <<CONF
+frontend passthrough
+  bind 127.0.0.1:$port
+  tcp-request inspect-delay 5s
+  tcp-request content accept if { req.ssl_hello_type 1 }
+  use_backend upstream if { req.ssl_sni -i localhost }
+  default_backend nowhere
+backend upstream
+  server up1 127.0.0.1:$up
+backend nowhere
+  tcp-request content reject
+CONF
+        fi
+      } >"$dir/haproxy.cfg"
+      haproxy -db -f "$dir/haproxy.cfg" >>"$log" 2>&1 &
+      pid=$!
+      ;;
+    nginx-preread)
+      # Master + 2 workers, as the terminating nginx; the upstream chosen by a map of the
+      # ClientHello's SNI (an unknown name goes nowhere).
+      local wconn
+      wconn=$(min $((TARGET_CONNS * 2)) $((nofile - 100)))
+      mkdir -p "$dir/nginx"
+      cat >"$dir/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process on;
+user nobody nogroup;
+worker_processes 2;
+worker_rlimit_nofile $nofile;
+pid $dir/nginx/nginx.pid;
+error_log $log warn;
+events {
+  worker_connections $wconn;
+}
+stream {
+  map \$ssl_preread_server_name \$backend {
+    localhost 127.0.0.1:$up;
+    default 127.0.0.1:1;
+  }
+  server {
+    listen 127.0.0.1:$port;
+    ssl_preread on;
+    proxy_pass \$backend;
+  }
+}
+CONF
+      nginx -p "$dir/nginx/" -e "$log" -c "$dir/nginx.conf" >>"$log" 2>&1 &
+      pid=$!
+      ;;
     redis-tls)
       # redis caps maxclients at (open-files limit - 32) itself.
       local maxclients
@@ -271,7 +392,7 @@ CONF
       pid=$!
       ;;
     *)
-      die "unknown peer '$NAME' (stunnel, haproxy, hitch, nginx or redis-tls)"
+      die "unknown peer '$NAME' (stunnel, haproxy, hitch, nginx, redis-tls, stunnel-reencrypt, haproxy-reencrypt, nginx-preread or haproxy-preread)"
       ;;
   esac
   wait_port "$port" "$pid" "$log"

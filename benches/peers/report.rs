@@ -260,8 +260,17 @@ impl Row {
         self.notes.push(note);
     }
 
-    fn get(&self, measure: Measure) -> Option<f64> {
+    pub(crate) fn get(&self, measure: Measure) -> Option<f64> {
         self.values.get(&measure).copied()
+    }
+
+    /// Each round's value of a CPU measure, when there was more than one round.
+    pub(crate) fn rounds_of(&self, measure: Measure) -> Option<&[f64]> {
+        self.cpu_rounds.get(&measure).map(Vec::as_slice)
+    }
+
+    pub(crate) fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// Takes in another round of the same server: rates and shares keep their highest value,
@@ -324,7 +333,7 @@ fn best_of(rows: &[Row], measure: Measure, among: &[&str]) -> Option<(&'static s
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
-fn fmt(v: f64) -> String {
+pub(crate) fn fmt(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
