@@ -9,7 +9,7 @@ use crate::service::error::ServiceError;
 use crate::service::handler::Handler;
 use crate::service::names::ServiceName;
 use crate::tls::source::LoadedTls;
-use crate::upstream::config::{server_name_for, ProxyConfig};
+use crate::upstream::config::ProxyConfig;
 use crate::upstream::pool::UpstreamPool;
 
 /// The label of the service without names: the one a ClientHello without SNI, or with a name
@@ -59,19 +59,7 @@ impl Service {
         tls: LoadedTls,
         proxy: ProxyConfig,
     ) -> Result<Service, ServiceError> {
-        let label = label_of(names);
-        if proxy.upstreams.is_empty() {
-            return Err(ServiceError(format!(
-                "service {label}: a proxy needs an upstream"
-            )));
-        }
-        if let Some(tls) = &proxy.tls {
-            for upstream in &proxy.upstreams {
-                server_name_for(tls, upstream)
-                    .map_err(|e| ServiceError(format!("service {label}: {e}")))?;
-            }
-        }
-        Service::new(
+        Service::forwarding(
             names,
             tls,
             Handler::Proxy(Arc::new(UpstreamPool::new(proxy))),
@@ -88,23 +76,20 @@ impl Service {
         tls: LoadedTls,
         proxy: ProxyConfig,
     ) -> Result<Service, ServiceError> {
-        let label = label_of(names);
-        if proxy.upstreams.is_empty() {
-            return Err(ServiceError(format!(
-                "service {label}: passthrough needs an upstream"
-            )));
-        }
-        if proxy.tls.is_some() {
-            return Err(ServiceError(format!(
-                "service {label}: passthrough forwards the client's own TLS; its upstreams are \
-                 plaintext TCP (no tls://)"
-            )));
-        }
-        Service::new(
-            names,
-            tls,
-            Handler::Passthrough(Arc::new(UpstreamPool::new(proxy))),
-        )
+        let handler = Handler::Passthrough(Arc::new(UpstreamPool::new(proxy)));
+        Service::forwarding(names, tls, handler)
+    }
+
+    /// A service forwarding through `handler`, once the handler's own check passes.
+    fn forwarding(
+        names: &[String],
+        tls: LoadedTls,
+        handler: Handler,
+    ) -> Result<Service, ServiceError> {
+        handler
+            .check()
+            .map_err(|e| ServiceError(format!("service {}: {e}", label_of(names))))?;
+        Service::new(names, tls, handler)
     }
 
     pub(crate) fn new(

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::protocol::Protocol;
+use crate::upstream::config::server_name_for;
 use crate::upstream::pool::UpstreamPool;
 
 /// What a service does with each connection's bytes.
@@ -35,6 +36,33 @@ impl Handler {
     /// Whether its clients' TLS goes through untouched rather than ending here.
     pub(crate) fn passes_through(&self) -> bool {
         matches!(self, Handler::Passthrough(_))
+    }
+
+    /// Whether it can serve: a forwarding handler needs an upstream; a proxy's TLS upstreams
+    /// each need a name to verify their certificates under; a passthrough forwards the client's
+    /// own TLS, so its upstreams are plaintext (our TLS around it would hand the upstream a
+    /// record layer inside a record layer). The one check of a handler, for the default
+    /// service's (`ServerBuilder`) and a named service's (`Service::proxy`, `::passthrough`).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let Some(pool) = self.upstreams() else {
+            return Ok(());
+        };
+        let config = pool.config();
+        if config.upstreams.is_empty() {
+            return Err(format!("{} needs an upstream", self.protocol_name()));
+        }
+        match (self, &config.tls) {
+            (Handler::Passthrough(_), Some(_)) => Err(
+                "passthrough forwards the client's own TLS: its upstreams are plaintext TCP \
+                 (no tls://, no ProxyConfig::tls)"
+                    .into(),
+            ),
+            (Handler::Proxy(_), Some(tls)) => config
+                .upstreams
+                .iter()
+                .try_for_each(|upstream| server_name_for(tls, upstream).map(|_| ())),
+            _ => Ok(()),
+        }
     }
 
     /// The protocol's name for logs (`proxy` for a proxy).

@@ -38,7 +38,7 @@ use crate::supervision::supervisor::ConnectionSupervisor;
 use crate::supervision::supervisor::{FORCE_WAIT, STOP_ACCEPTING_WAIT};
 use crate::tls::reload::TlsReloader;
 use crate::tls::source::LoadedTls;
-use crate::upstream::config::{server_name_for, ProxyConfig};
+use crate::upstream::config::ProxyConfig;
 use crate::upstream::pool::UpstreamPool;
 
 /// How long `Server::shutdown` waits for each worker thread to finish once it is told to stop.
@@ -246,32 +246,8 @@ impl ServerBuilder {
                     .into(),
             ));
         }
-        match &self.service {
-            Handler::Proxy(pool) if pool.config().upstreams.is_empty() => {
-                Err(ServerError::Config("a proxy needs an upstream".into()))
-            }
-            Handler::Passthrough(pool) if pool.config().upstreams.is_empty() => Err(
-                ServerError::Config("a passthrough server needs an upstream".into()),
-            ),
-            // The client's TLS goes through as it is: wrapping it in our own TLS to the
-            // upstream would hand the upstream a record layer inside a record layer.
-            Handler::Passthrough(pool) if pool.config().tls.is_some() => Err(ServerError::Config(
-                "a passthrough server forwards the client's own TLS: its upstreams are \
-                     plaintext TCP (no ProxyConfig::tls)"
-                    .into(),
-            )),
-            Handler::Passthrough(pool) => Ok(Some(Arc::clone(pool))),
-            Handler::Proxy(pool) => {
-                // Each TLS upstream needs a name to verify its certificate under.
-                if let Some(tls) = &pool.config().tls {
-                    for upstream in &pool.config().upstreams {
-                        server_name_for(tls, upstream).map_err(ServerError::Config)?;
-                    }
-                }
-                Ok(Some(Arc::clone(pool)))
-            }
-            Handler::Sessions(_) => Ok(None),
-        }
+        self.service.check().map_err(ServerError::Config)?;
+        Ok(self.service.upstreams().cloned())
     }
 }
 
