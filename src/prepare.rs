@@ -182,50 +182,22 @@ fn runtime_faults_refused(settings: &Settings) -> Option<String> {
     }
 }
 
-/// The options a passthrough server cannot apply, one problem each: it terminates no TLS, so
-/// nothing about a TLS session of its own (a certificate, a client-certificate policy, ALPN,
-/// a strict SNI refusal) can take effect, and the client's TLS goes to the upstream as it is
-/// (a `tls://` upstream would wrap it in a second TLS). Given anyway, an operator would
-/// believe a check in force that is not: refused. (`--tls-min-version`, `--cipher-suites`,
-/// `--kx-groups`, `--prefer-server-cipher-order` and `--ticket-key-file` are ignored: the
-/// upstream negotiates all of that with the client.)
+/// The options a passthrough server cannot apply, one problem each (the list and why:
+/// `service_settings::passthrough_conflicts`, shared with each `[[service]]`).
 fn passthrough_refused(settings: &Settings) -> Vec<String> {
     let values = &settings.values;
     if values.protocol != ProtocolKind::Passthrough {
         return Vec::new();
     }
-    let why = "with --protocol passthrough (TLS is not terminated here: the upstream \
-               does the handshake)";
-    let mut refused = Vec::new();
-    if !values.cert.is_empty() || !values.certificate.is_empty() {
-        refused.push(format!(
-            "--cert/--key cannot apply {why}; the upstream serves its own certificate"
-        ));
-    }
-    if values.client_ca.is_some() {
-        refused.push(format!(
-            "--client-ca cannot apply {why}; the upstream checks client certificates"
-        ));
-    }
-    if !values.alpn.is_empty() {
-        refused.push(format!(
-            "--alpn cannot apply {why}; the upstream chooses ALPN"
-        ));
-    }
-    if !values.ocsp_response.is_empty() {
-        refused.push(format!("--ocsp-response cannot apply {why}"));
-    }
-    if values.sni_strict {
-        refused.push(format!("--sni-strict cannot apply {why}"));
-    }
-    if values.upstream.iter().any(|u| u.starts_with("tls://")) {
-        refused.push(
-            "--upstream tls://… cannot apply with --protocol passthrough: the client's own \
-             TLS is forwarded as it is; give the upstream as HOST:PORT"
-                .to_string(),
-        );
-    }
-    refused
+    crate::service_settings::passthrough_conflicts(values)
+        .into_iter()
+        .map(|(key, why)| {
+            format!(
+                "--{key} cannot apply with --protocol passthrough (TLS is not terminated here: \
+                 the upstream does the handshake); {why}"
+            )
+        })
+        .collect()
 }
 
 /// The library's words for its settings (`ServerConfig`'s field names), and the flags that set

@@ -150,36 +150,61 @@ fn one(
     })
 }
 
-/// The keys a passthrough service cannot apply, refused with the first one named: it ends no
-/// TLS session, so nothing about a session of its own can take effect, and the client's TLS
-/// goes to the upstream as it is (a `tls://` upstream would wrap it in a second TLS).
+/// A passthrough service's keys that cannot apply, refused with the first one named.
 fn passthrough_refuses(values: &Values) -> Result<(), BoxError> {
-    let given = [
-        ("cert", !values.cert.is_empty()),
-        ("key", !values.key.is_empty()),
-        ("ocsp-response", !values.ocsp_response.is_empty()),
-        ("client-ca", values.client_ca.is_some()),
-        ("allow-cn", !values.allow_cn.is_empty()),
-        ("allow-dns-san", !values.allow_dns_san.is_empty()),
-        ("allow-uri-san", !values.allow_uri_san.is_empty()),
-        ("alpn", !values.alpn.is_empty()),
-        ("upstream-ca", values.upstream_ca.is_some()),
-        ("upstream-cert", values.upstream_cert.is_some()),
-        ("upstream-key", values.upstream_key.is_some()),
-        ("upstream-sni", values.upstream_sni.is_some()),
-        (
-            "upstream = \"tls://…\"",
-            values.upstream.iter().any(|u| u.starts_with("tls://")),
-        ),
-    ];
-    match given.iter().find(|(_, set)| *set) {
-        Some((key, _)) => Err(format!(
+    match passthrough_conflicts(values).first() {
+        Some((key, why)) => Err(format!(
             "{key} cannot apply with protocol = \"passthrough\" (TLS is not terminated here: \
-             the upstream does the handshake and checks its clients)"
+             the upstream does the handshake); {why}"
         )
         .into()),
         None => Ok(()),
     }
+}
+
+/// The keys set in `values` that cannot apply where TLS passes through, each with why: no TLS
+/// session ends here, so nothing about a session of our own (a certificate, a client policy,
+/// ALPN, a strict SNI refusal) can take effect, and the client's TLS goes to the upstream as it
+/// is (our TLS to the upstream would wrap it in a second one). Given anyway, an operator would
+/// believe a check in force that is not. The one list, for the top level (`prepare`) and each
+/// `[[service]]`. (`tls-min-version`, `cipher-suites`, `kx-groups`,
+/// `prefer-server-cipher-order` and `ticket-key-file` are ignored, not refused: the upstream
+/// negotiates all of that with the client.)
+pub(crate) fn passthrough_conflicts(values: &Values) -> Vec<(&'static str, &'static str)> {
+    const CERTIFICATE: &str = "the upstream serves its own certificate";
+    const CLIENTS: &str = "the upstream checks client certificates";
+    const UPSTREAM: &str =
+        "the client's own TLS is forwarded as it is; give the upstream as HOST:PORT";
+    let cert = !values.cert.is_empty() || !values.certificate.is_empty();
+    let tls_upstream = values.upstream.iter().any(|u| u.starts_with("tls://"));
+    [
+        ("cert", cert, CERTIFICATE),
+        ("key", !values.key.is_empty(), CERTIFICATE),
+        (
+            "ocsp-response",
+            !values.ocsp_response.is_empty(),
+            CERTIFICATE,
+        ),
+        ("client-ca", values.client_ca.is_some(), CLIENTS),
+        ("allow-cn", !values.allow_cn.is_empty(), CLIENTS),
+        ("allow-dns-san", !values.allow_dns_san.is_empty(), CLIENTS),
+        ("allow-uri-san", !values.allow_uri_san.is_empty(), CLIENTS),
+        ("alpn", !values.alpn.is_empty(), "the upstream chooses ALPN"),
+        (
+            "sni-strict",
+            values.sni_strict,
+            "the upstream answers for its names",
+        ),
+        ("upstream-ca", values.upstream_ca.is_some(), UPSTREAM),
+        ("upstream-cert", values.upstream_cert.is_some(), UPSTREAM),
+        ("upstream-key", values.upstream_key.is_some(), UPSTREAM),
+        ("upstream-sni", values.upstream_sni.is_some(), UPSTREAM),
+        ("upstream tls://…", tls_upstream, UPSTREAM),
+    ]
+    .into_iter()
+    .filter(|(_, given, _)| *given)
+    .map(|(key, _, why)| (key, why))
+    .collect()
 }
 
 /// What a service takes of the top level's TLS policy: what it has no key for.
