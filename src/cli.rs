@@ -280,6 +280,11 @@ serve_settings! {
     /// upstream's host].
     #[arg(long)]
     upstream_sni: Option<String>,
+    /// Key-exchange groups offered to tls:// upstreams, in preference order (the names of
+    /// --kx-groups) [default: the build's, X25519MLKEM768 first].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_list")]
+    upstream_kx_groups: Vec<String>,
     /// Accept plaintext TCP here and connect out over TLS to the tls:// upstreams (client
     /// mode, stunnel's `client = yes`); repeatable.
     #[arg(long)]
@@ -472,6 +477,8 @@ pub(crate) struct ServiceEntry {
     pub upstream_cert: Option<PathBuf>,
     pub upstream_key: Option<PathBuf>,
     pub upstream_sni: Option<String>,
+    #[serde(default, deserialize_with = "de_list")]
+    pub upstream_kx_groups: Vec<String>,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
 }
 

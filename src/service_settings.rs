@@ -95,6 +95,7 @@ fn one(
     values.upstream_cert = entry.upstream_cert;
     values.upstream_key = entry.upstream_key;
     values.upstream_sni = entry.upstream_sni;
+    values.upstream_kx_groups = entry.upstream_kx_groups;
     values.proxy_protocol = entry.proxy_protocol;
     values.listen_plain = Vec::new();
     let certificates = match values.protocol {
@@ -199,6 +200,11 @@ pub(crate) fn passthrough_conflicts(values: &Values) -> Vec<(&'static str, &'sta
         ("upstream-cert", values.upstream_cert.is_some(), UPSTREAM),
         ("upstream-key", values.upstream_key.is_some(), UPSTREAM),
         ("upstream-sni", values.upstream_sni.is_some(), UPSTREAM),
+        (
+            "upstream-kx-groups",
+            !values.upstream_kx_groups.is_empty(),
+            UPSTREAM,
+        ),
         ("upstream tls://…", tls_upstream, UPSTREAM),
     ]
     .into_iter()

@@ -1,5 +1,5 @@
 //! TLS to the upstreams (`--upstream tls://HOST:PORT`, `--upstream-ca`, `--upstream-cert`,
-//! `--upstream-key`, `--upstream-sni`): which upstreams are TLS, and the one rustls client
+//! `--upstream-key`, `--upstream-sni`, `--upstream-kx-groups`): which upstreams are TLS, and the one rustls client
 //! configuration of the group, built from files read as the binary reads its own
 //! (`bounded_file.rs`: regular files of at most 1 MiB).
 //!
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tlsvisor_actors::{crypto_provider, ProxyConfig, ProxyHeader, UpstreamTls};
+use tlsvisor_actors::{ProxyConfig, ProxyHeader, TlsPolicy, UpstreamTls};
 
 use crate::cli::{ProtocolKind, ProxyProtocolVersion, Values};
 use crate::error::BoxError;
@@ -53,6 +53,7 @@ pub(crate) fn options_given(values: &Values) -> bool {
         || values.upstream_cert.is_some()
         || values.upstream_key.is_some()
         || values.upstream_sni.is_some()
+        || !values.upstream_kx_groups.is_empty()
 }
 
 /// The checks that need no file: the options only with TLS upstreams (given without them, an
@@ -60,8 +61,8 @@ pub(crate) fn options_given(values: &Values) -> bool {
 pub(crate) fn check(values: &Values, tls_upstreams: bool) -> Result<(), BoxError> {
     if options_given(values) && !tls_upstreams {
         return Err(
-            "--upstream-ca, --upstream-cert, --upstream-key and --upstream-sni need \
-                    a TLS upstream (--upstream tls://HOST:PORT)"
+            "--upstream-ca, --upstream-cert, --upstream-key, --upstream-sni and \
+             --upstream-kx-groups need a TLS upstream (--upstream tls://HOST:PORT)"
                 .into(),
         );
     }
@@ -83,6 +84,22 @@ pub(crate) fn check(values: &Values, tls_upstreams: bool) -> Result<(), BoxError
     }
 }
 
+/// The build's provider with the groups of `--upstream-kx-groups`, if given. Separate from
+/// `--kx-groups` (haproxy too has `curves` on `bind` and on `server` lines): the two hops meet
+/// different peers, and the knob exists for an upstream (or a middlebox before it) that cannot
+/// take the large post-quantum key share of a default ClientHello, without taking
+/// post-quantum away from the clients.
+fn provider(values: &Values) -> Result<rustls::crypto::CryptoProvider, BoxError> {
+    let policy = TlsPolicy {
+        kx_groups: values.upstream_kx_groups.clone(),
+        ..TlsPolicy::default()
+    };
+    let (provider, _versions) = policy
+        .provider()
+        .map_err(|e| format!("--upstream-kx-groups: {e}"))?;
+    Ok(provider)
+}
+
 /// The group's TLS, every file read and checked (the error names the flag and the file).
 pub(crate) fn build(values: &Values) -> Result<UpstreamTls, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
@@ -95,7 +112,7 @@ pub(crate) fn build(values: &Values) -> Result<UpstreamTls, BoxError> {
     if added == 0 {
         return Err(format!("{flag} {}: no usable CA certificate", ca.display()).into());
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider(values)?))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("upstream TLS: {e}"))?
         .with_root_certificates(roots);

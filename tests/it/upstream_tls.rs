@@ -32,6 +32,8 @@ struct Seen {
     client_certificate: bool,
     /// Its client ended with `close_notify` (rather than a bare FIN).
     close_notify: bool,
+    /// The key-exchange group the handshake agreed.
+    kx_group: Option<rustls::NamedGroup>,
 }
 
 /// A TLS echo server on `config`: echoes until its client's `close_notify` (answered with its
@@ -45,6 +47,7 @@ fn tls_echo(config: Arc<ServerConfig>) -> TestUpstream<Seen> {
             handshake: None,
             client_certificate: false,
             close_notify: false,
+            kx_group: None,
         };
         while tls.conn.is_handshaking() {
             if tls.conn.complete_io(&mut tls.sock).is_err() {
@@ -53,6 +56,10 @@ fn tls_echo(config: Arc<ServerConfig>) -> TestUpstream<Seen> {
         }
         seen.handshake = tls.conn.handshake_kind();
         seen.client_certificate = tls.conn.peer_certificates().is_some();
+        seen.kx_group = tls
+            .conn
+            .negotiated_key_exchange_group()
+            .map(|group| group.name());
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match tls.read(&mut buf) {
@@ -396,6 +403,67 @@ fn upstream_tls_options_are_checked_before_serving() {
     ]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("--upstream-sni"), "{stderr}");
+    // An unknown group names the flag; groups need a TLS upstream to be offered to.
+    let (code, stderr) = check(&[
+        "--upstream",
+        "tls://127.0.0.1:1",
+        "--upstream-kx-groups",
+        "X25519,ffdhe2048",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("--upstream-kx-groups") && stderr.contains("ffdhe2048"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(&[
+        "--upstream",
+        "127.0.0.1:1",
+        "--upstream-kx-groups",
+        "X25519",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("need a TLS upstream"), "{stderr}");
+}
+
+/// The upstream hop offers the build's groups, post-quantum first, unless
+/// `--upstream-kx-groups` says otherwise; either way the client's hop keeps its own
+/// (`--kx-groups`, here the default).
+#[test]
+fn the_upstream_hop_offers_post_quantum_first_or_the_groups_of_upstream_kx_groups() {
+    let certs = UpstreamCerts::new("upstream-tls-groups");
+    let upstream = tls_echo(upstream_config(&certs.upstream, None));
+    let target = format!("tls://{}", upstream.addr());
+    let ca = certs.path("upstream-ca.crt");
+    for (groups, expected) in [
+        (None, rustls::NamedGroup::X25519MLKEM768),
+        (Some("X25519"), rustls::NamedGroup::X25519),
+        (Some("secp384r1,X25519"), rustls::NamedGroup::secp384r1),
+    ] {
+        let mut args = vec![
+            "--protocol",
+            "proxy",
+            "--upstream",
+            &target,
+            "--upstream-ca",
+            &ca,
+            "--upstream-sni",
+            "localhost",
+        ];
+        if let Some(groups) = groups {
+            args.extend(["--upstream-kx-groups", groups]);
+        }
+        let mut server = Tlsvisor::serve(&args);
+        let mut client = server.connect().unwrap();
+        client.send(b"ping").unwrap();
+        assert_eq!(client.receive(4).unwrap(), b"ping");
+        client.close();
+        let seen = upstream.next_report(HANG).expect("the upstream saw it");
+        assert_eq!(seen.kx_group, Some(expected), "{groups:?}: {seen:?}");
+        let line = &disposed(&server, 1)[0];
+        assert_eq!(line["kx_group"], "X25519MLKEM768", "{groups:?}: {line}");
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_exit(HANG).unwrap().success());
+    }
 }
 
 /// The plaintext listener's address (`--listen-plain`), from its log line.

@@ -107,8 +107,9 @@ fn select<T: Clone>(
 impl TlsPolicy {
     /// The build's provider narrowed to this policy's suites and groups, and the versions to
     /// enable. Checks every name, the ALPN names' lengths, and that some suite is left for the
-    /// versions allowed.
-    pub(crate) fn provider(
+    /// versions allowed. Public so that an embedder's own rustls configurations (a client to
+    /// its upstreams, say) take the same names as the server's.
+    pub fn provider(
         &self,
     ) -> Result<(CryptoProvider, &'static [&'static SupportedProtocolVersion]), TlsConfigError>
     {
