@@ -354,75 +354,82 @@ fn a_wrong_upstream_ca_is_upstream_tls_failed_and_takes_the_upstream_down() {
 #[test]
 fn upstream_tls_options_are_checked_before_serving() {
     let certs = UpstreamCerts::new("upstream-tls-check");
-    let (ca, cert) = (certs.path("upstream-ca.crt"), certs.path("client.crt"));
-    let check = |args: &[&str]| {
+    let (ca, cert, key) = (
+        certs.path("upstream-ca.crt"),
+        certs.path("client.crt"),
+        certs.path("client.key"),
+    );
+    let tls = "tls://127.0.0.1:1";
+    // (the arguments after `check --protocol proxy`, the exit code, what stderr must say)
+    let cases: [(&[&str], i32, &[&str]); 8] = [
+        (
+            &["--upstream", "127.0.0.1:1", "--upstream-ca", &ca],
+            1,
+            &["need a TLS upstream"],
+        ),
+        (
+            &["--upstream", tls, "--upstream-cert", &cert],
+            1,
+            &["--upstream-cert needs --upstream-key"],
+        ),
+        (
+            &["--upstream", tls, "--upstream", "127.0.0.1:2"],
+            1,
+            &["every upstream"],
+        ),
+        // A CA file that holds no certificate names the flag and the file.
+        (
+            &["--upstream", tls, "--upstream-ca", &key],
+            1,
+            &["--upstream-ca", "client.key"],
+        ),
+        (&["--upstream", tls, "--upstream-ca", &ca], 0, &[]),
+        // A unix upstream has no host name to verify: it needs --upstream-sni.
+        (
+            &[
+                "--upstream",
+                "tls://unix:/run/none.sock",
+                "--upstream-ca",
+                &ca,
+            ],
+            1,
+            &["--upstream-sni"],
+        ),
+        // An unknown group names the flag; groups need a TLS upstream to be offered to.
+        (
+            &[
+                "--upstream",
+                tls,
+                "--upstream-kx-groups",
+                "X25519,ffdhe2048",
+            ],
+            1,
+            &["--upstream-kx-groups", "ffdhe2048"],
+        ),
+        (
+            &[
+                "--upstream",
+                "127.0.0.1:1",
+                "--upstream-kx-groups",
+                "X25519",
+            ],
+            1,
+            &["need a TLS upstream"],
+        ),
+    ];
+    for (args, code, says) in cases {
         let output = Command::new(env!("CARGO_BIN_EXE_tlsvisor"))
             .arg("check")
             .args(["--protocol", "proxy"])
             .args(args)
             .output()
             .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
-    let (code, stderr) = check(&["--upstream", "127.0.0.1:1", "--upstream-ca", &ca]);
-    assert_eq!(code, Some(1));
-    assert!(stderr.contains("need a TLS upstream"), "{stderr}");
-    let (code, stderr) = check(&["--upstream", "tls://127.0.0.1:1", "--upstream-cert", &cert]);
-    assert_eq!(code, Some(1));
-    assert!(
-        stderr.contains("--upstream-cert needs --upstream-key"),
-        "{stderr}"
-    );
-    let (code, stderr) = check(&[
-        "--upstream",
-        "tls://127.0.0.1:1",
-        "--upstream",
-        "127.0.0.1:2",
-    ]);
-    assert_eq!(code, Some(1));
-    assert!(stderr.contains("every upstream"), "{stderr}");
-    // A CA file that holds no certificate names the flag and the file.
-    let key = certs.path("client.key");
-    let (code, stderr) = check(&["--upstream", "tls://127.0.0.1:1", "--upstream-ca", &key]);
-    assert_eq!(code, Some(1));
-    assert!(
-        stderr.contains("--upstream-ca") && stderr.contains("client.key"),
-        "{stderr}"
-    );
-    let (code, stderr) = check(&["--upstream", "tls://127.0.0.1:1", "--upstream-ca", &ca]);
-    assert_eq!(code, Some(0), "{stderr}");
-    // A unix upstream has no host name to verify: it needs --upstream-sni.
-    let (code, stderr) = check(&[
-        "--upstream",
-        "tls://unix:/run/none.sock",
-        "--upstream-ca",
-        &ca,
-    ]);
-    assert_eq!(code, Some(1));
-    assert!(stderr.contains("--upstream-sni"), "{stderr}");
-    // An unknown group names the flag; groups need a TLS upstream to be offered to.
-    let (code, stderr) = check(&[
-        "--upstream",
-        "tls://127.0.0.1:1",
-        "--upstream-kx-groups",
-        "X25519,ffdhe2048",
-    ]);
-    assert_eq!(code, Some(1));
-    assert!(
-        stderr.contains("--upstream-kx-groups") && stderr.contains("ffdhe2048"),
-        "{stderr}"
-    );
-    let (code, stderr) = check(&[
-        "--upstream",
-        "127.0.0.1:1",
-        "--upstream-kx-groups",
-        "X25519",
-    ]);
-    assert_eq!(code, Some(1));
-    assert!(stderr.contains("need a TLS upstream"), "{stderr}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        for said in says {
+            assert!(stderr.contains(said), "{args:?}: {stderr}");
+        }
+    }
 }
 
 /// The upstream hop offers the build's groups, post-quantum first, unless
