@@ -37,7 +37,7 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// rustls's defaults with one certificate (the ring provider, as tlsvisor's build uses): what a
+/// rustls's defaults with one certificate (the crypto provider tlsvisor's build uses): what a
 /// tokio-rustls proxy written from its README would serve.
 fn bare_config(cert: &str, key: &str) -> std::sync::Arc<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
