@@ -53,13 +53,24 @@ pub(crate) fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
 }
 
 /// Every file the TLS configurations of `settings` are read from: the default service's and
-/// every `[[service]]`'s (what `--watch-certs` polls).
+/// every `[[service]]`'s, each with the files of its TLS to the upstreams (`upstream-ca`,
+/// `upstream-cert`, `upstream-key`): what `--watch-certs` polls.
 pub(crate) fn tls_files(settings: &Settings) -> Vec<PathBuf> {
     let mut files = tls_source(settings).files();
+    files.extend(upstream_files(&settings.values));
     for service in &settings.services {
         files.extend(service.tls_source().files());
+        files.extend(upstream_files(&service.values));
     }
     files
+}
+
+/// The files of a service's TLS to its upstreams.
+fn upstream_files(values: &Values) -> impl Iterator<Item = PathBuf> + '_ {
+    [&values.upstream_ca, &values.upstream_cert, &values.upstream_key]
+        .into_iter()
+        .flatten()
+        .cloned()
 }
 
 /// What a reload installs: the default service and every `[[service]]`, built.
