@@ -67,10 +67,14 @@ pub(crate) fn tls_files(settings: &Settings) -> Vec<PathBuf> {
 
 /// The files of a service's TLS to its upstreams.
 fn upstream_files(values: &Values) -> impl Iterator<Item = PathBuf> + '_ {
-    [&values.upstream_ca, &values.upstream_cert, &values.upstream_key]
-        .into_iter()
-        .flatten()
-        .cloned()
+    [
+        &values.upstream_ca,
+        &values.upstream_cert,
+        &values.upstream_key,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
 }
 
 /// What a reload installs: the default service and every `[[service]]`, built.

@@ -19,7 +19,6 @@ use crate::common::{Limits, Tlsvisor, HANG};
 /// A scratch folder with a CA, a certificate for `localhost` (the default service) and one for
 /// the named services, and the config file the tests rewrite.
 struct Fixture {
-    #[cfg_attr(not(feature = "interop"), allow(dead_code))]
     scratch: ScratchDir,
     certs: DevCerts,
     config: String,
@@ -60,7 +59,6 @@ impl Fixture {
         ScratchDir::replace(self.config.as_ref(), &text).unwrap();
     }
 
-    #[cfg_attr(not(feature = "interop"), allow(dead_code))]
     fn serve(&self, extra: &[&str]) -> Tlsvisor {
         let mut args = vec!["--config", &self.config, "--admin-listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
@@ -159,6 +157,56 @@ fn a_reload_that_turns_an_echo_server_into_a_proxy_must_fit_the_descriptors() {
         .next_report(HANG)
         .expect("the upstream saw the client end");
     assert_eq!(echoed.unwrap(), 7, "`through`, through the proxy");
+}
+
+/// The default service's keys for a proxy to a `tls://` upstream verified against the CA file
+/// `ca` (nothing needs to listen there: these tests only read files).
+fn tls_proxy(ca: &str) -> String {
+    format!("protocol = \"proxy\"\nupstream = \"tls://localhost:9\"\nupstream-ca = {ca:?}\n")
+}
+
+#[test]
+fn with_plaintext_listeners_bound_the_default_stays_a_proxy_to_tls_upstreams() {
+    let fixture = Fixture::new("bin-default-reload-client-mode");
+    let ca = path_in(&fixture.scratch, "upstream-ca.pem");
+    ScratchDir::replace(ca.as_ref(), &fixture.certs.ca_cert_pem).unwrap();
+    let client_mode = format!("listen-plain = [\"127.0.0.1:0\"]\n{}", tls_proxy(&ca));
+    fixture.write(&client_mode, &[]);
+    let server = fixture.serve(&[]);
+    // The file drops its plaintext listener and the default becomes an echo server: the
+    // listener is still bound (only SIGUSR2 or a restart unbinds it), so this is refused.
+    fixture.write("", &[]);
+    let (status, body) = post_reload(server.admin_listen());
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("plaintext listeners (client mode) need the default service to proxy"),
+        "{body}"
+    );
+    // The same file with its default still a TLS proxy is taken, and says what it left.
+    fixture.write(&tls_proxy(&ca), &[]);
+    let (status, body) = post_reload(server.admin_listen());
+    assert_eq!(status, 200, "{body}");
+    let reloaded = server.logged("TLS configuration reloaded", 1);
+    assert_eq!(reloaded[0]["needs_sigusr2"], "listen-plain");
+    assert_eq!(reloaded[0]["listeners"], "listeners differ; needs SIGUSR2");
+}
+
+#[test]
+fn watch_certs_reloads_when_the_default_upstream_ca_changes() {
+    let fixture = Fixture::new("bin-default-reload-watch-upstream-ca");
+    let ca = path_in(&fixture.scratch, "upstream-ca.pem");
+    ScratchDir::replace(ca.as_ref(), &fixture.certs.ca_cert_pem).unwrap();
+    fixture.write(&tls_proxy(&ca), &[]);
+    let server = fixture.serve(&["--watch-certs"]);
+    let another = DevCerts::generate().unwrap();
+    ScratchDir::replace(ca.as_ref(), &another.ca_cert_pem).unwrap();
+    let reloaded = server.logged("TLS configuration reloaded", 1);
+    assert_eq!(reloaded[0]["protocol"], "proxy");
+    // A CA file that no longer parses is refused, naming it; the configuration stays.
+    ScratchDir::replace(ca.as_ref(), "not a certificate\n").unwrap();
+    let failed = server.logged("TLS reload failed; keeping the previous configuration", 1);
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(error.contains("upstream-ca.pem"), "{error}");
 }
 
 /// Real `redis-server` upstreams.
