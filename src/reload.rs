@@ -153,13 +153,15 @@ fn not_applied(running: &Values, fresh: &Values) -> Vec<&'static str> {
 /// middle of accepting instead of pausing at `--max-connections`.
 fn fits_the_descriptors(running: &Settings, fresh: &Settings) -> Result<(), String> {
     let in_force = running.max_connections();
-    match Budget::current(fresh.busiest_protocol()).max_connections(Some(in_force)) {
+    let budget = Budget::current(fresh.busiest_protocol());
+    match budget.max_connections(Some(in_force)) {
         Ok(_) => Ok(()),
         Err(why) => Err(format!(
-            "refused: the new configuration forwards connections (2 open files each, where \
-             the one served takes {was}) and the --max-connections in force, fixed at start, \
-             does not fit: {why}. Apply it with a restart or SIGUSR2 (which settle \
+            "refused: a connection of the new configuration's services takes {new} open \
+             files (those served now take {was}), and the --max-connections in force, fixed \
+             at start, does not fit: {why}. Apply it with a restart or SIGUSR2 (which settle \
              --max-connections again)",
+            new = budget.per_connection,
             was = Budget::current(running.busiest_protocol()).per_connection,
         )),
     }
