@@ -45,13 +45,14 @@ impl Groups {
         current.chain(retired)
     }
 
-    /// The counters of `upstream` (as shown) in a group of `of` still alive, if any.
-    fn counters(&self, of: &GroupOf, upstream: &str) -> Option<Arc<UpstreamCounters>> {
+    /// The counters of the `nth` `upstream` (as shown) in a group of `of` still alive, if any.
+    fn counters(&self, of: &GroupOf, upstream: &str, nth: usize) -> Option<Arc<UpstreamCounters>> {
         self.alive()
             .filter(|(group, _)| group == of)
             .find_map(|(_, pool)| {
                 (0..pool.len())
-                    .find(|&index| pool.shown(index) == upstream)
+                    .filter(|&index| pool.shown(index) == upstream)
+                    .nth(nth)
                     .map(|index| Arc::clone(pool.counters_of(index)))
             })
     }
@@ -82,7 +83,10 @@ impl UpstreamBooks {
                 continue;
             };
             for at in 0..pool.len() {
-                if let Some(counters) = groups.counters(&of, &pool.shown(at)) {
+                let shown = pool.shown(at);
+                // An upstream written twice in a group is two entries with their own counters.
+                let nth = (0..at).filter(|&i| pool.shown(i) == shown).count();
+                if let Some(counters) = groups.counters(&of, &shown, nth) {
                     pool.share_counters(at, counters);
                 }
             }
@@ -120,12 +124,14 @@ impl UpstreamBooks {
     pub(crate) fn snapshot(&self) -> Vec<UpstreamSnapshot> {
         let mut groups = self.groups();
         groups.retired.retain(|(_, pool)| pool.strong_count() > 0);
+        let mut shown_counters: Vec<*const UpstreamCounters> = Vec::new();
         let mut shown: Vec<UpstreamSnapshot> = Vec::new();
         for (of, pool) in groups.alive() {
-            for upstream in pool.snapshot(of.as_deref()) {
-                let seen = (shown.iter())
-                    .any(|s| s.service == upstream.service && s.upstream == upstream.upstream);
-                if !seen {
+            // Counters shared with a group shown already (carried over) are shown once.
+            for (at, upstream) in pool.snapshot(of.as_deref()).into_iter().enumerate() {
+                let counters = Arc::as_ptr(pool.counters_of(at));
+                if !shown_counters.contains(&counters) {
+                    shown_counters.push(counters);
                     shown.push(upstream);
                 }
             }
@@ -241,5 +247,21 @@ mod tests {
         drop(kept);
         assert_eq!(opened(&books), Vec::new());
         assert_eq!(echoing.services().len(), 1);
+    }
+
+    #[test]
+    fn an_upstream_written_twice_in_a_group_keeps_two_sets_of_counters() {
+        let books = UpstreamBooks::default();
+        let twice = || proxy(&[], &["127.0.0.1:1", "127.0.0.1:1"]);
+        let first = serve(&books, twice(), Vec::new());
+        let pool = first.default_service().handler.upstreams().unwrap();
+        pool.counters_of(1).opened.fetch_add(5, Ordering::Relaxed);
+        let second = serve(&books, twice(), Vec::new());
+        drop(first);
+        assert_eq!(
+            opened(&books),
+            vec![one(None, "127.0.0.1:1", 0), one(None, "127.0.0.1:1", 5)]
+        );
+        assert_eq!(second.services().len(), 1);
     }
 }
