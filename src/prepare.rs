@@ -11,7 +11,7 @@ use std::fmt;
 
 use tlsvisor_actors::{LoadedTls, ProxyConfig, ServerConfig, Service, TlsWarning};
 
-use crate::cli::{OnOff, ProtocolKind};
+use crate::cli::OnOff;
 use crate::descriptors::Budget;
 use crate::reload;
 use crate::settings::Settings;
@@ -98,7 +98,9 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Prepared, Problems> {
     if let Some(problem) = runtime_faults_refused(settings) {
         problems.push(problem);
     }
-    problems.extend(passthrough_refused(settings));
+    problems.extend(crate::service_settings::passthrough_refused(
+        &settings.values,
+    ));
     if let Err(e) = crate::privileges::check(
         settings.values.user.as_deref(),
         settings.values.group.as_deref(),
@@ -182,24 +184,6 @@ fn runtime_faults_refused(settings: &Settings) -> Option<String> {
     }
 }
 
-/// The options a passthrough server cannot apply, one problem each (the list and why:
-/// `service_settings::passthrough_conflicts`, shared with each `[[service]]`).
-fn passthrough_refused(settings: &Settings) -> Vec<String> {
-    let values = &settings.values;
-    if values.protocol != ProtocolKind::Passthrough {
-        return Vec::new();
-    }
-    crate::service_settings::passthrough_conflicts(values)
-        .into_iter()
-        .map(|(key, why)| {
-            format!(
-                "--{key} cannot apply with --protocol passthrough (TLS is not terminated here: \
-                 the upstream does the handshake); {why}"
-            )
-        })
-        .collect()
-}
-
 /// The library's words for its settings (`ServerConfig`'s field names), and the flags that set
 /// them: its error is shown in the flags' names, which is what an operator typed.
 const FLAG_NAMES: [(&str, &str); 11] = [
@@ -234,15 +218,7 @@ pub(crate) fn server_config(settings: &Settings) -> ServerConfig {
     let mut config = ServerConfig::default();
     config.workers = values.workers;
     config.accept_proxy = settings.accept_proxy.clone();
-    // What the open-files limit allows (see `descriptors`); a value it refuses is `prepare`'s
-    // problem, and kept as given here.
-    config.max_connections = Budget::current(settings.busiest_protocol())
-        .max_connections(values.max_connections)
-        .unwrap_or_else(|_| {
-            values
-                .max_connections
-                .unwrap_or(ServerConfig::DEFAULT_MAX_CONNECTIONS)
-        });
+    config.max_connections = settings.max_connections();
     config.max_handshakes = values.max_handshakes;
     config.max_connections_per_ip = values.max_connections_per_ip;
     config.max_handshakes_per_ip = values.max_handshakes_per_ip;

@@ -18,9 +18,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use slog::{error, info, warn, Logger};
-use tlsvisor_actors::{LoadedTls, Service, TlsReloader, TlsSource, TlsWarning};
+use tlsvisor_actors::{Echo, LoadedTls, Service, TlsReloader, TlsSource, TlsWarning};
 
 use crate::certs;
+use crate::cli::{ProtocolKind, Values};
+use crate::descriptors::Budget;
 use crate::error::BoxError;
 use crate::settings::{CertSource, Settings};
 
@@ -51,43 +53,143 @@ pub(crate) fn build_tls(settings: &Settings) -> Result<LoadedTls, BoxError> {
 }
 
 /// Every file the TLS configurations of `settings` are read from: the default service's and
-/// every `[[service]]`'s (what `--watch-certs` polls).
+/// every `[[service]]`'s, each with the files of its TLS to the upstreams (`upstream-ca`,
+/// `upstream-cert`, `upstream-key`): what `--watch-certs` polls.
 pub(crate) fn tls_files(settings: &Settings) -> Vec<PathBuf> {
     let mut files = tls_source(settings).files();
+    files.extend(upstream_files(&settings.values));
     for service in &settings.services {
         files.extend(service.tls_source().files());
+        files.extend(upstream_files(&service.values));
     }
     files
 }
 
-/// What a reload installs: the default service's TLS and every `[[service]]`, built.
+/// The files of a service's TLS to its upstreams.
+fn upstream_files(values: &Values) -> impl Iterator<Item = PathBuf> + '_ {
+    [
+        &values.upstream_ca,
+        &values.upstream_cert,
+        &values.upstream_key,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+}
+
+/// What a reload installs: the default service and every `[[service]]`, built.
 pub(crate) struct Rebuilt {
-    tls: LoadedTls,
+    default: Service,
     services: Vec<Service>,
     /// The listeners the file names now are not those bound at start (only SIGUSR2 or a
     /// restart binds others).
     listeners_differ: bool,
+    /// The keys whose new value this reload does not apply (see [`NOT_RELOADED`]).
+    not_applied: Vec<&'static str>,
+}
+
+/// The default service as the top-level keys of `settings` describe it, over `tls`: its
+/// protocol and its upstream group (TLS to the upstreams, health, retry, PROXY header, connect
+/// timeout). What every reload rebuilds; an error says it is the default service's.
+pub(crate) fn default_service(settings: &Settings, tls: LoadedTls) -> Result<Service, String> {
+    let named = |e: &dyn std::fmt::Display| format!("default service: {e}");
+    let refused = crate::service_settings::passthrough_refused(&settings.values);
+    if let Some(first) = refused.first() {
+        return Err(named(first));
+    }
+    let proxy = crate::upstream_tls::proxy_config(&settings.values).map_err(|e| named(&e))?;
+    let service = match (proxy, settings.values.protocol) {
+        (Some(proxy), ProtocolKind::Passthrough) => Service::passthrough(&[], tls, proxy),
+        (Some(proxy), _) => Service::proxy(&[], tls, proxy),
+        (None, _) => Service::sessions(&[], tls, Echo),
+    };
+    service.map_err(|e| named(&e))
+}
+
+/// A key of the settings, and its value in a form to compare.
+type Key = (&'static str, fn(&Values) -> String);
+
+/// The keys a reload does not apply: the listeners and what is fixed when the server starts
+/// (workers, limits and timeouts, the descriptor budget, the PROXY header read from clients,
+/// the HTTP listeners, privileges, logging). They take effect on SIGUSR2 (a binary upgrade,
+/// which reads the file again) or a restart.
+const NOT_RELOADED: [Key; 29] = {
+    macro_rules! keys {
+        ($($key:literal $field:ident),* $(,)?) => {
+            [$(($key, |v: &Values| format!("{:?}", v.$field))),*]
+        };
+    }
+    keys![
+        "listen" listen, "listen-plain" listen_plain, "workers" workers,
+        "max-connections" max_connections, "max-handshakes" max_handshakes,
+        "max-connections-per-ip" max_connections_per_ip,
+        "max-handshakes-per-ip" max_handshakes_per_ip,
+        "max-handshake-rate" max_handshake_rate,
+        "max-handshake-rate-per-ip" max_handshake_rate_per_ip,
+        "handshake-timeout" handshake_timeout, "idle-timeout" idle_timeout,
+        "max-lifetime" max_lifetime, "half-close-timeout" half_close_timeout,
+        "close-timeout" close_timeout, "shutdown-grace" shutdown_grace,
+        "accept-proxy" accept_proxy, "accept-proxy-from" accept_proxy_from,
+        "accept-proxy-timeout" accept_proxy_timeout, "reuse-port" reuse_port,
+        "revalidate-live" revalidate_live, "watch-certs" watch_certs,
+        "metrics-listen" metrics_listen, "admin-listen" admin_listen,
+        "admin-token-file" admin_token_file, "runtime-faults" runtime_faults,
+        "user" user, "group" group, "log-format" log_format, "log-level" log_level,
+    ]
+};
+
+/// The keys of [`NOT_RELOADED`] whose value differs between `running` and `fresh`.
+fn not_applied(running: &Values, fresh: &Values) -> Vec<&'static str> {
+    NOT_RELOADED
+        .iter()
+        .filter(|(_, value)| value(running) != value(fresh))
+        .map(|(key, _)| *key)
+        .collect()
+}
+
+/// Refuses a table whose connections need more descriptors than the open-files limit holds
+/// for the `--max-connections` in force (fixed at start): an echo server turned into a proxy
+/// by a reload holds two descriptors per connection instead of one, and would run out in the
+/// middle of accepting instead of pausing at `--max-connections`.
+fn fits_the_descriptors(running: &Settings, fresh: &Settings) -> Result<(), String> {
+    let in_force = running.max_connections();
+    let budget = Budget::current(fresh.busiest_protocol());
+    match budget.max_connections(Some(in_force)) {
+        Ok(_) => Ok(()),
+        Err(why) => Err(format!(
+            "refused: a connection of the new configuration's services takes {new} open \
+             files (those served now take {was}), and the --max-connections in force, fixed \
+             at start, does not fit: {why}. Apply it with a restart or SIGUSR2 (which settle \
+             --max-connections again)",
+            new = budget.per_connection,
+            was = Budget::current(running.busiest_protocol()).per_connection,
+        )),
+    }
 }
 
 /// What a reload installs: the settings read again (the flags over the config file as it is
-/// now, checked as at start-up) and the service table built from them, every file read and
-/// validated. So a SIGHUP after an edit of the config file applies its TLS keys (certificates,
-/// the client-certificate policy (CA, CRLs, allow-lists: live connections are then checked
-/// against it), versions, ALPN, tickets) and its whole `[[service]]` list: names, their
-/// certificates and policies, protocols and upstream groups. Its other keys (listeners,
-/// limits, the default service's protocol and upstreams) take effect on SIGUSR2 or a restart.
-/// Any problem refuses the whole reload, naming it (the service and the file); the table in
-/// use is kept.
+/// now, checked as at start-up) and the whole service table built from them, every file read
+/// and validated. So a SIGHUP after an edit of the config file applies its TLS keys
+/// (certificates, the client-certificate policy (CA, CRLs, allow-lists: live connections are
+/// then checked against it), versions, ALPN, tickets), the default service's protocol and
+/// upstream group (`protocol`, `upstream`, `upstream-ca`/`-cert`/`-key`/`-sni`,
+/// `proxy-protocol`, `upstream-connect-timeout`) and its whole `[[service]]` list: names, their
+/// certificates and policies, protocols and upstream groups. The keys of [`NOT_RELOADED`]
+/// take effect on SIGUSR2 or a restart. Any problem refuses the whole reload, naming it (the
+/// service and the file); the table in use is kept.
 fn reread_and_build(settings: &Settings) -> Result<Rebuilt, String> {
     let fresh = settings.reread().map_err(|e| e.to_string())?;
+    fits_the_descriptors(settings, &fresh)?;
     let tls = build_tls(&fresh).map_err(|e| e.to_string())?;
+    let default = default_service(&fresh, tls)?;
     let services = crate::service_settings::build_all(&fresh.services)?;
     let listeners_differ = fresh.values.listen != settings.values.listen
         || fresh.values.listen_plain != settings.values.listen_plain;
     Ok(Rebuilt {
-        tls,
+        default,
         services,
         listeners_differ,
+        not_applied: not_applied(&settings.values, &fresh.values),
     })
 }
 
@@ -102,18 +204,25 @@ fn install(rebuilt: Rebuilt, reloader: &TlsReloader, log: &Logger) -> Result<(),
     let service_warnings: Vec<TlsWarning> = (rebuilt.services.iter())
         .flat_map(|s| s.tls().warnings().to_vec())
         .collect();
+    let protocol = rebuilt.default.protocol();
     reloader
-        .reload_services(rebuilt.tls, rebuilt.services)
+        .reload_table(rebuilt.default, rebuilt.services)
         .map_err(|e| e.to_string())?;
     let current = reloader.current();
     let listeners = match rebuilt.listeners_differ {
         true => "listeners differ; needs SIGUSR2",
         false => "unchanged",
     };
+    let not_applied = match rebuilt.not_applied.is_empty() {
+        true => "none".to_string(),
+        false => rebuilt.not_applied.join(", "),
+    };
     info!(log, "TLS configuration reloaded";
         "certificates" => current.certificates().len(),
+        "protocol" => protocol,
         "services" => services,
-        "listeners" => listeners);
+        "listeners" => listeners,
+        "needs_sigusr2" => not_applied);
     for warning in current.warnings() {
         warn_about(warning, log);
     }
@@ -197,7 +306,8 @@ pub(crate) struct Reloads {
     log: Logger,
 }
 
-/// Clears the running flag when the reading thread ends, however it ends.
+/// Clears the running flag when dropped: by the reading thread, however it ends, or by the
+/// reload it sent its result to, once that result is installed or refused.
 struct Running(Arc<AtomicBool>);
 
 impl Drop for Running {
@@ -234,20 +344,25 @@ impl Reloads {
         let spawned = std::thread::Builder::new()
             .name("tlsvisor-reload".into())
             .spawn(move || {
-                let _running = running;
                 #[cfg(feature = "fault-injection")]
                 hang_if_asked();
-                // The receiver may have given up (deadline): then this result is dropped.
-                let _ = done.send(reread_and_build(&settings));
+                // The flag goes with the result, so that the next reload starts only once this
+                // one is installed (or refused). The receiver may have given up (deadline):
+                // then both are dropped here, and the flag cleared.
+                let _ = done.send((reread_and_build(&settings), running));
             });
+        // Held until this reload is installed or refused (see above).
+        let mut _running = None;
         let outcome = match spawned {
             Err(e) => Err(ReloadError::Refused(format!("cannot start a thread: {e}"))),
             Ok(_) => match tokio::time::timeout(RELOAD_DEADLINE, result).await {
                 Err(_) => Err(ReloadError::TimedOut),
                 // The thread always sends unless it panicked; say so rather than hang.
                 Ok(Err(_)) => Err(ReloadError::Refused("the reload thread failed".into())),
-                Ok(Ok(Err(why))) => Err(ReloadError::Refused(why)),
-                Ok(Ok(Ok(rebuilt))) => Ok(rebuilt),
+                Ok(Ok((built, running))) => {
+                    _running = Some(running);
+                    built.map_err(ReloadError::Refused)
+                }
             },
         };
         let installed = match outcome {

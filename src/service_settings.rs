@@ -151,6 +151,24 @@ fn one(
     })
 }
 
+/// The top-level keys a passthrough default service cannot apply, one problem each (the list
+/// and why: [`passthrough_conflicts`], shared with each `[[service]]`): what `check`, `serve`
+/// and every reload refuse.
+pub(crate) fn passthrough_refused(values: &Values) -> Vec<String> {
+    if values.protocol != ProtocolKind::Passthrough {
+        return Vec::new();
+    }
+    passthrough_conflicts(values)
+        .into_iter()
+        .map(|(key, why)| {
+            format!(
+                "--{key} cannot apply with --protocol passthrough (TLS is not terminated here: \
+                 the upstream does the handshake); {why}"
+            )
+        })
+        .collect()
+}
+
 /// A passthrough service's keys that cannot apply, refused with the first one named.
 fn passthrough_refuses(values: &Values) -> Result<(), BoxError> {
     match passthrough_conflicts(values).first() {

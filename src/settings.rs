@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::cli::{AcceptProxyVersion, ProtocolKind, ServeArgs, TlsMinVersion, Values};
-use tlsvisor_actors::{CertificateFiles, ClientAuth, TlsPolicy, TlsVersion};
+use tlsvisor_actors::{CertificateFiles, ClientAuth, ServerConfig, TlsPolicy, TlsVersion};
 
 use crate::error::BoxError;
 use crate::tls_settings::{certificate_pairs, client_auth};
@@ -48,6 +48,16 @@ impl Settings {
             .chain(self.services.iter().map(|s| s.values.protocol))
             .find(|protocol| *protocol != ProtocolKind::Echo)
             .unwrap_or(ProtocolKind::Echo)
+    }
+
+    /// The `--max-connections` served with: as given if the open-files limit holds it (else
+    /// `prepare` refuses it, and it is kept as given here), or what the limit allows (see
+    /// `descriptors`). Fixed when the server starts: a reload does not change it.
+    pub(crate) fn max_connections(&self) -> usize {
+        let given = self.values.max_connections;
+        crate::descriptors::Budget::current(self.busiest_protocol())
+            .max_connections(given)
+            .unwrap_or_else(|_| given.unwrap_or(ServerConfig::DEFAULT_MAX_CONNECTIONS))
     }
 
     /// Resolves the flags, reading `--config` if given.

@@ -1,5 +1,10 @@
-//! The per-upstream families of `/metrics`: health, connections and bytes of each proxy
-//! upstream, labelled `upstream` as it was configured (`HOST:PORT` or `unix:/path`).
+//! The per-upstream families of `/metrics`: health, connections and bytes of each upstream of
+//! every service's group, labelled `upstream` as it was configured (`HOST:PORT`, `unix:/path`
+//! or `tls://HOST:PORT`). The default service's upstreams carry `upstream` alone (the label set
+//! these families had before there were services, which outside checks match); a named
+//! service's carry `service` (its first name) too, so one address in two groups is two series.
+//! A reload keeps the counters of an upstream it keeps (see the library's `UpstreamBooks`); a
+//! group it removed is shown until its last connection ended.
 
 use std::sync::Arc;
 
@@ -9,7 +14,8 @@ use tlsvisor_actors::{Stats, UpstreamSnapshot};
 
 use crate::exposition::{family as named_family, set_value};
 
-/// (name, help, type) of each family; all are labelled `upstream`, the bytes also `direction`.
+/// (name, help, type) of each family; all are labelled `upstream` (and `service` for a named
+/// service's), the bytes also `direction`.
 const UP: (&str, &str, MetricType) = (
     "tlsvisor_upstream_up",
     "1 while the upstream takes clients, 0 while passive health checks hold it down.",
@@ -36,7 +42,8 @@ const BYTES: (&str, &str, MetricType) = (
     MetricType::COUNTER,
 );
 
-/// Exposes each upstream of a proxying server's [`Stats`] (nothing for `echo`).
+/// Exposes each upstream of every forwarding service of a server's [`Stats`] (nothing when no
+/// service forwards).
 pub(crate) struct UpstreamCollector {
     stats: Arc<Stats>,
     descs: Vec<Desc>,
@@ -88,6 +95,15 @@ fn family((name, help, kind): (&str, &str, MetricType), metrics: Vec<Metric>) ->
     named_family(name, help, kind, metrics)
 }
 
+/// The labels naming `upstream`: `service` for a named service's, then `upstream`.
+fn naming(upstream: &UpstreamSnapshot) -> Vec<(&str, &str)> {
+    let service = (upstream.service.as_deref()).map(|service| ("service", service));
+    service
+        .into_iter()
+        .chain([("upstream", upstream.upstream.as_str())])
+        .collect()
+}
+
 /// One sample per upstream of `value`.
 fn per_upstream(
     spec: (&str, &str, MetricType),
@@ -96,7 +112,7 @@ fn per_upstream(
 ) -> MetricFamily {
     let metrics = upstreams
         .iter()
-        .map(|u| sample(spec.2, &[("upstream", &u.upstream)], value(u) as f64))
+        .map(|u| sample(spec.2, &naming(u), value(u) as f64))
         .collect();
     family(spec, metrics)
 }
@@ -116,7 +132,8 @@ impl Collector for UpstreamCollector {
                     ("upstream_to_client", u.bytes_upstream_to_client),
                 ]
                 .map(|(direction, n)| {
-                    let labels = [("upstream", u.upstream.as_str()), ("direction", direction)];
+                    let mut labels = naming(u);
+                    labels.push(("direction", direction));
                     sample(BYTES.2, &labels, n as f64)
                 })
             })

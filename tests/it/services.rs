@@ -2,9 +2,10 @@
 //! service (exact name, then `*.` wildcard, then the default; `unrecognized_name` under
 //! `--sni-strict`), each with its own certificate and client CA; `/connections`, the
 //! `disposed` line and `tlsvisor_service_connections_*{service}` say which service served a
-//! connection; SIGHUP reloads the whole table (services added, changed, removed) while live
-//! connections keep theirs, and a broken table changes nothing. `interop` routes real
-//! `redis-cli --tls --sni` clients to two `redis-server`s through one port.
+//! connection; SIGHUP reloads the whole table (services added, changed, removed; the default's
+//! protocol and upstream group too) while live connections keep theirs, and a broken table
+//! changes nothing. `interop` routes real `redis-cli --tls --sni` clients to two
+//! `redis-server`s through one port.
 
 use std::sync::Arc;
 
@@ -59,7 +60,13 @@ impl Fixture {
 
     /// Writes the config file: the default's keys, then `services`.
     fn write(&self, services: &[String]) {
-        let text = format!("{}\n{}", self.top, services.join("\n"));
+        self.write_with_default("", services);
+    }
+
+    /// Writes the config file: the default's certificate and its `default` keys, then
+    /// `services`.
+    fn write_with_default(&self, default: &str, services: &[String]) {
+        let text = format!("{}{default}\n{}", self.top, services.join("\n"));
         ScratchDir::replace(self.config.as_ref(), &text).unwrap();
     }
 
@@ -240,24 +247,47 @@ fn table_of_round(fixture: &Fixture, round: usize) -> Vec<String> {
     services
 }
 
+/// The default service of round `round`: a proxy to `upstream` every third round from the
+/// first, an echo server otherwise (so its protocol and its group change under its live
+/// connections).
+fn default_of_round(round: usize, upstream: std::net::SocketAddr) -> (String, &'static str) {
+    match round % 3 {
+        1 => (
+            format!("protocol = \"proxy\"\nupstream = \"{upstream}\"\n"),
+            "proxy",
+        ),
+        _ => (String::new(), "echo"),
+    }
+}
+
 #[test]
 fn live_connections_keep_their_services_through_twenty_reloads_of_the_table() {
     raise_open_files_limit();
     let fixture = Fixture::new("bin-services-reload");
+    let upstream =
+        tlsvisor_actors::testing::TestUpstream::start(tlsvisor_actors::testing::upstream::echo);
     fixture.write(&table_of_round(&fixture, 0));
-    let server = fixture.serve(&[]);
+    // A --max-connections that fits the descriptors whether the default forwards or not (a
+    // reload that makes it forward is refused otherwise).
+    let server = fixture.serve(&["--max-connections", "2000"]);
     let shared = fixture.client();
-    let mut live: Vec<TlsClient> = ["a.test", "b.test", "x.c.test"]
+    let mut live: Vec<TlsClient> = ["a.test", "b.test", "x.c.test", "localhost"]
         .iter()
         .flat_map(|sni| (0..PER_SERVICE).map(|_| echoing(&server, &shared, sni).unwrap()))
         .collect();
     let client = fixture.fresh_client();
 
     for round in 1..=RELOADS {
-        fixture.write(&table_of_round(&fixture, round));
+        let (default, protocol) = default_of_round(round, upstream.addr());
+        fixture.write_with_default(&default, &table_of_round(&fixture, round));
         server.signal(libc::SIGHUP);
         let reloaded = server.logged("TLS configuration reloaded", round);
         assert_eq!(reloaded[round - 1]["listeners"], "unchanged");
+        assert_eq!(reloaded[round - 1]["protocol"], protocol, "round {round}");
+        if round == 1 {
+            // Connections of the proxying default, kept through the rounds that follow.
+            live.extend((0..PER_SERVICE).map(|_| echoing(&server, &shared, "localhost").unwrap()));
+        }
         for (i, connection) in live.iter_mut().enumerate() {
             let echoed = connection.echo(b"still here");
             assert_eq!(
@@ -317,10 +347,15 @@ fn live_connections_keep_their_services_through_twenty_reloads_of_the_table() {
 
     // The live connections still say the service they started with.
     let services = live_services(&server);
-    for label in ["a.test", "b.test", "*.c.test"] {
+    for (label, n) in [
+        ("a.test", PER_SERVICE),
+        ("b.test", PER_SERVICE),
+        ("*.c.test", PER_SERVICE),
+        ("default", 2 * PER_SERVICE),
+    ] {
         assert_eq!(
             services.iter().filter(|s| *s == label).count(),
-            PER_SERVICE,
+            n,
             "{label}: {services:?}"
         );
         assert!(service_total(&server, label) >= PER_SERVICE as f64);
@@ -334,6 +369,13 @@ fn live_connections_keep_their_services_through_twenty_reloads_of_the_table() {
             matches!(seen, CloseSeen::CloseNotifyThenEof),
             "connection {i}: {seen:?}"
         );
+    }
+    // The default's connections of round 1 went through the upstream to the end, whatever the
+    // default became after them.
+    for n in 0..PER_SERVICE {
+        let report = upstream.next_report(HANG);
+        let echoed = report.unwrap_or_else(|| panic!("the upstream saw only {n} clients end"));
+        assert!(echoed.unwrap() > 0);
     }
     books_exact(&server);
 }

@@ -206,7 +206,7 @@ mod tests {
 
     /// Limits of 8 connections, and 2 connections and 2 handshakes per client.
     fn limits() -> Arc<Limits> {
-        let stats = Arc::new(Stats::for_workers(1, None));
+        let stats = Arc::new(Stats::for_workers(1, Default::default()));
         Arc::new(Limits {
             connections: Arc::new(Semaphore::new(8)),
             handshakes: Arc::new(Semaphore::new(8)),

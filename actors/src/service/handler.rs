@@ -33,6 +33,19 @@ impl Handler {
         }
     }
 
+    /// The upstream group, to give it counters before it serves.
+    pub(crate) fn upstreams_mut(&mut self) -> Option<&mut Arc<UpstreamPool>> {
+        match self {
+            Handler::Sessions(_) => None,
+            Handler::Proxy(pool) | Handler::Passthrough(pool) => Some(pool),
+        }
+    }
+
+    /// Whether it proxies to TLS upstreams (what plaintext listeners need of the default).
+    pub(crate) fn proxies_to_tls(&self) -> bool {
+        matches!(self, Handler::Proxy(pool) if pool.config().tls.is_some())
+    }
+
     /// Whether its clients' TLS goes through untouched rather than ending here.
     pub(crate) fn passes_through(&self) -> bool {
         matches!(self, Handler::Passthrough(_))

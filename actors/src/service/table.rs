@@ -117,6 +117,11 @@ impl ServiceTable {
         &self.services
     }
 
+    /// Every service, to set what a table not served yet carries over.
+    pub(crate) fn services_mut(&mut self) -> &mut [Arc<Service>] {
+        &mut self.services
+    }
+
     /// The service called `label` now, if there is one.
     pub(crate) fn by_label(&self, label: &str) -> Option<&Arc<Service>> {
         self.services.iter().find(|s| s.label() == label)

@@ -141,13 +141,16 @@ impl ServerBuilder {
     /// Binds, starts the worker arbiters (each with its acceptor and its registry) and the
     /// supervisor. Must run inside an actix system; the supervisor lives on the calling arbiter.
     pub fn start(self) -> Result<Server, ServerError> {
-        let pool = self.check()?;
+        self.check()?;
         // The services are checked whole before anything starts.
         let tls = TlsReloader::new(self.tls, self.service, self.services)
             .map_err(|e| ServerError::Config(e.to_string()))?;
         let listeners = Arc::new(Listeners::open(&self.config, self.listeners)?);
         // Together never empty: checked above.
         let (local_addrs, plain_addrs) = (listeners.addrs(), listeners.plain_addrs());
+        if !plain_addrs.is_empty() {
+            tls.has_plain_listeners();
+        }
         let first_addr = match local_addrs.first().or(plain_addrs.first()) {
             Some(addr) => *addr,
             None => return Err(ServerError::Config("nothing to listen on".into())),
@@ -158,7 +161,10 @@ impl ServerBuilder {
         if let Err(e) = spare_fd::reserve() {
             slog::warn!(log, "cannot reserve a spare descriptor"; "error" => %e);
         }
-        let stats = Arc::new(Stats::for_workers(self.config.workers, pool));
+        let stats = Arc::new(Stats::for_workers(
+            self.config.workers,
+            tls.upstream_books(),
+        ));
         let limits = Limits::new(&self.config, Arc::clone(&stats));
         // Each worker accepts on its own descriptor (a dup) of every listening socket. The
         // copies are made before any thread starts: a failure leaves nothing running.
@@ -221,8 +227,8 @@ impl ServerBuilder {
     }
 
     /// What must hold before anything starts: a valid configuration, an actix system to run
-    /// in, something to listen on, and an upstream for a proxy (the pool, returned).
-    fn check(&self) -> Result<Option<Arc<UpstreamPool>>, ServerError> {
+    /// in, something to listen on, and an upstream for a proxy.
+    fn check(&self) -> Result<(), ServerError> {
         self.config.validate()?;
         if actix_rt::System::try_current().is_none() {
             return Err(ServerError::NoSystem);
@@ -238,16 +244,14 @@ impl ServerBuilder {
             .listeners
             .iter()
             .any(|l| matches!(l, ListenOn::BindPlain(_)));
-        let tls_upstreams = matches!(&self.service, Handler::Proxy(p) if p.config().tls.is_some());
-        if plain && !tls_upstreams {
+        if plain && !self.service.proxies_to_tls() {
             return Err(ServerError::Config(
                 "a plaintext listener (client mode) needs a proxy to TLS upstreams \
                  (ProxyConfig::tls)"
                     .into(),
             ));
         }
-        self.service.check().map_err(ServerError::Config)?;
-        Ok(self.service.upstreams().cloned())
+        self.service.check().map_err(ServerError::Config)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::supervision::handshake_failures::{
     HandshakeFailure, HandshakeFailureClass, HandshakeFailures,
 };
 use crate::supervision::labels::labels;
-use crate::upstream::pool::UpstreamPool;
+use crate::upstream::books::UpstreamBooks;
 use crate::upstream::pool::UpstreamSnapshot;
 
 labels! {
@@ -105,7 +105,7 @@ pub struct ProxySnapshot {
     pub upstreams_open: i64,
     /// Upstream connect latencies (successful connects).
     pub connect_latency: LatencySnapshot,
-    /// Each upstream's counters and health, in configuration order.
+    /// Each upstream's counters and health, by service (see [`Stats::upstreams`]).
     pub upstreams: Vec<UpstreamSnapshot>,
 }
 
@@ -184,16 +184,16 @@ pub struct Stats {
     bytes_upstream_to_client: AtomicU64,
     upstreams_open: AtomicI64,
     connect_latency: LatencyHistogram,
-    /// The proxy's upstreams (their own counters), when proxying.
-    upstream_pool: Option<Arc<UpstreamPool>>,
+    /// Every upstream group (each service's), across reloads.
+    upstream_books: Arc<UpstreamBooks>,
 }
 
 impl Stats {
     /// Counters for a server with `workers` worker arbiters.
-    pub(crate) fn for_workers(workers: usize, upstream_pool: Option<Arc<UpstreamPool>>) -> Stats {
+    pub(crate) fn for_workers(workers: usize, upstream_books: Arc<UpstreamBooks>) -> Stats {
         Stats {
             worker_accepted: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-            upstream_pool,
+            upstream_books,
             ..Stats::default()
         }
     }
@@ -253,13 +253,13 @@ impl Stats {
         }
     }
 
-    /// Each proxy upstream's counters and health, in configuration order (empty when not
-    /// proxying): [`ProxySnapshot::upstreams`] without the rest of a snapshot.
+    /// Each upstream's counters and health, of every service's group (the default's first,
+    /// then the named services' in their order, each group in configuration order; then the
+    /// groups a reload removed, while connections still hold them; empty when nothing
+    /// forwards): [`ProxySnapshot::upstreams`] without the rest of a snapshot. An upstream a
+    /// reload kept in its service's group keeps its counters.
     pub fn upstreams(&self) -> Vec<UpstreamSnapshot> {
-        self.upstream_pool
-            .as_ref()
-            .map(|pool| pool.snapshot())
-            .unwrap_or_default()
+        self.upstream_books.snapshot()
     }
 
     pub(crate) fn proxied(&self, from: crate::connection::messages::Side, bytes: usize) {

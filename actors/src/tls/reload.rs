@@ -12,6 +12,7 @@ use crate::service::error::ServiceError;
 use crate::service::handler::Handler;
 use crate::service::table::ServiceTable;
 use crate::tls::source::{LoadedTls, TlsSource};
+use crate::upstream::books::UpstreamBooks;
 
 /// What a server does when a reload changes the client-certificate policy of some services
 /// (their labels): check their live connections against the table just swapped in (set once,
@@ -36,6 +37,11 @@ struct Shared {
     current: RwLock<Arc<ServiceTable>>,
     /// Connections per service label, carried over reloads.
     counts: ServiceCounts,
+    /// Every upstream group's figures, carried over reloads (shared with the server's `Stats`).
+    books: Arc<UpstreamBooks>,
+    /// The server has plaintext listeners (client mode): the default service must stay a
+    /// proxy to TLS upstreams.
+    plain_listeners: std::sync::atomic::AtomicBool,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// Called after a reload whose client-certificate policy differs from the one before.
@@ -68,9 +74,13 @@ impl TlsReloader {
         let table = Service::new(&[], initial, handler)
             .and_then(|default| ServiceTable::new(default, named))?
             .counted_by(&counts);
+        let books = Arc::new(UpstreamBooks::default());
+        books.serve(&table);
         Ok(TlsReloader(Arc::new(Shared {
             current: RwLock::new(Arc::new(table)),
             counts,
+            books,
+            plain_listeners: std::sync::atomic::AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             on_policy_change: OnceLock::new(),
@@ -101,18 +111,48 @@ impl TlsReloader {
     }
 
     /// Replaces the whole table: the default service's TLS with `default_tls` (its protocol
-    /// and upstream group are the server's own, kept) and every named service with `named`.
-    /// Checked whole first (see [`ServiceTable::new`]); refused, nothing changes and the
-    /// failure is counted. Live connections keep the services they started with (an upstream
-    /// group no service has any more serves them to their end); those of a service whose
-    /// client-certificate policy changed are checked against it, as [`TlsReloader::reload`]
-    /// says.
+    /// and upstream group are kept) and every named service with `named`. Checked whole first
+    /// (see [`ServiceTable::new`]); refused, nothing changes and the failure is counted. Live
+    /// connections keep the services they started with (an upstream group no service has any
+    /// more serves them to their end); those of a service whose client-certificate policy
+    /// changed are checked against it, as [`TlsReloader::reload`] says.
     pub fn reload_services(
         &self,
         default_tls: LoadedTls,
         named: Vec<Service>,
     ) -> Result<(), ServiceError> {
         let default = self.services().default_service().with_tls(default_tls);
+        self.replace(default, named)
+    }
+
+    /// Replaces the whole table, the default service too: `default` (built without names:
+    /// its TLS, protocol and upstream group, with its health, retry, PROXY and TLS settings)
+    /// and every named service with `named`. Checked whole first (see [`ServiceTable::new`]; a
+    /// server with plaintext listeners also needs `default` to proxy to TLS upstreams);
+    /// refused, nothing changes and the failure is counted. Live connections keep the service
+    /// they started with, its upstream group included, and drain normally; an upstream kept
+    /// by a group keeps its figures ([`Stats::upstreams`](crate::Stats::upstreams)).
+    pub fn reload_table(&self, default: Service, named: Vec<Service>) -> Result<(), ServiceError> {
+        if !default.parsed_names().is_empty() {
+            self.reload_failed();
+            return Err(ServiceError(
+                "the default service is built without names (it takes every other name)".into(),
+            ));
+        }
+        let plain = self.0.plain_listeners.load(Ordering::Relaxed);
+        if plain && !default.handler.proxies_to_tls() {
+            self.reload_failed();
+            return Err(ServiceError(format!(
+                "the plaintext listeners (client mode) need the default service to proxy to TLS \
+                 upstreams, and the new one is {} without TLS to its upstreams; change the \
+                 listeners with a restart or a binary upgrade",
+                default.protocol()
+            )));
+        }
+        self.replace(default, named)
+    }
+
+    fn replace(&self, default: Service, named: Vec<Service>) -> Result<(), ServiceError> {
         match ServiceTable::new(default, named) {
             Ok(table) => {
                 self.install(table.counted_by(&self.0.counts));
@@ -125,12 +165,24 @@ impl TlsReloader {
         }
     }
 
-    fn install(&self, new: ServiceTable) {
+    /// Notes that the server has plaintext listeners (see [`TlsReloader::reload_table`]).
+    pub(crate) fn has_plain_listeners(&self) {
+        self.0.plain_listeners.store(true, Ordering::Relaxed);
+    }
+
+    /// Every upstream group's figures, across reloads.
+    pub(crate) fn upstream_books(&self) -> Arc<UpstreamBooks> {
+        Arc::clone(&self.0.books)
+    }
+
+    fn install(&self, mut new: ServiceTable) {
+        // Under the table's lock, so that two installs cannot interleave their carry-overs.
+        let mut current = self.0.current.write().unwrap_or_else(|p| p.into_inner());
+        self.0.books.carry_over(&mut new);
         let new = Arc::new(new);
-        let old = std::mem::replace(
-            &mut *self.0.current.write().unwrap_or_else(|p| p.into_inner()),
-            Arc::clone(&new),
-        );
+        let old = std::mem::replace(&mut *current, Arc::clone(&new));
+        self.0.books.serve(&new);
+        drop(current);
         self.0.reloads_ok.fetch_add(1, Ordering::Relaxed);
         let changed = new.policies_changed_since(&old);
         if let (false, Some(hook)) = (changed.is_empty(), self.0.on_policy_change.get()) {

@@ -3,6 +3,7 @@
 //! picks an upstream and keeps its passive health, the TCP or unix stream itself, and TLS on
 //! the hop to the upstream ([`tls::UpstreamTls`]).
 
+pub(crate) mod books;
 pub(crate) mod config;
 pub(crate) mod pool;
 pub(crate) mod stream;

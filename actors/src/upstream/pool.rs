@@ -36,18 +36,19 @@ use crate::upstream::tls::{is_tls_failure, UpstreamTlsFailed};
 #[derive(Debug)]
 pub(crate) struct UpstreamPool {
     config: ProxyConfig,
-    /// Indexed like `config.upstreams`.
-    counters: Box<[UpstreamCounters]>,
+    /// Indexed like `config.upstreams`. Shared with the pools that served the same upstream
+    /// of the same service before a reload (see `books`), so its figures carry over.
+    counters: Box<[Arc<UpstreamCounters>]>,
     choice: Mutex<Choice>,
 }
 
 /// One upstream's counters (lock-free; the choice reads `active` under its lock).
 #[derive(Debug, Default)]
-struct UpstreamCounters {
+pub(crate) struct UpstreamCounters {
     /// Leases held: connects in flight and open connections.
     active: AtomicU64,
     /// Successful connects.
-    opened: AtomicU64,
+    pub(super) opened: AtomicU64,
     connect_failures: AtomicU64,
     bytes_client_to_upstream: AtomicU64,
     bytes_upstream_to_client: AtomicU64,
@@ -57,6 +58,10 @@ struct UpstreamCounters {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UpstreamSnapshot {
+    /// The service whose upstream group it is in: `None` for the default service's, else the
+    /// named service's label (its first name). Two groups naming one address are two pools,
+    /// with their own health and figures.
+    pub service: Option<String>,
     /// The upstream as configured (`HOST:PORT`, `unix:/path`, `tls://HOST:PORT`).
     pub upstream: String,
     /// Not marked down by the passive health checks.
@@ -86,7 +91,7 @@ impl UpstreamPool {
     pub(crate) fn new(config: ProxyConfig) -> UpstreamPool {
         let count = config.upstreams.len();
         UpstreamPool {
-            counters: (0..count).map(|_| UpstreamCounters::default()).collect(),
+            counters: (0..count).map(|_| Arc::default()).collect(),
             choice: Mutex::new(Choice::new(count, config.health)),
             config,
         }
@@ -199,20 +204,40 @@ impl UpstreamPool {
         self.choice.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every upstream's counters and health, in configuration order.
-    pub(crate) fn snapshot(&self) -> Vec<UpstreamSnapshot> {
+    /// The upstream at `index` as configured: a TLS group's upstreams are `tls://HOST:PORT`.
+    pub(crate) fn shown(&self, index: usize) -> String {
+        let upstream = &self.config.upstreams[index];
+        match self.config.tls {
+            Some(_) => format!("tls://{upstream}"),
+            None => upstream.to_string(),
+        }
+    }
+
+    /// The counters of the upstream at `index` (to share with the pool that replaces this one).
+    pub(crate) fn counters_of(&self, index: usize) -> &Arc<UpstreamCounters> {
+        &self.counters[index]
+    }
+
+    /// Takes `counters` as the counters of the upstream at `index` (a pool not serving yet).
+    pub(crate) fn share_counters(&mut self, index: usize, counters: Arc<UpstreamCounters>) {
+        self.counters[index] = counters;
+    }
+
+    /// How many upstreams the group has.
+    pub(crate) fn len(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// Every upstream's counters and health, in configuration order, as upstreams of the
+    /// service `service` (`None`: the default).
+    pub(crate) fn snapshot(&self, service: Option<&str>) -> Vec<UpstreamSnapshot> {
         let choice = self.choice();
-        self.config
-            .upstreams
+        self.counters
             .iter()
-            .zip(self.counters.iter())
             .enumerate()
-            .map(|(index, (upstream, c))| UpstreamSnapshot {
-                // As configured: a TLS group's upstreams are `tls://HOST:PORT`.
-                upstream: match self.config.tls {
-                    Some(_) => format!("tls://{upstream}"),
-                    None => upstream.to_string(),
-                },
+            .map(|(index, c)| UpstreamSnapshot {
+                service: service.map(str::to_string),
+                upstream: self.shown(index),
                 up: choice.is_up(index),
                 connections_opened: c.opened.load(Ordering::Relaxed),
                 connections_active: c.active.load(Ordering::Relaxed),
