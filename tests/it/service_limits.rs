@@ -2,7 +2,8 @@
 //! `max-connections` refuses its next client with a fatal `internal_error` alert and the reason
 //! `service_limit` while another service on the same port still accepts, frees a seat when a
 //! client ends, and a reload that lowers it closes no live connection; a service's own
-//! `idle-timeout` ends its idle clients and not the default service's; `tlsvisor check`
+//! `idle-timeout` ends its idle clients and not the default service's (and its own
+//! `max-lifetime` ends its clients where the server has none); `tlsvisor check`
 //! refuses a value out of bounds naming the file and the service. Real TLS clients over real
 //! sockets; every test ends with the books exact.
 
@@ -189,7 +190,7 @@ fn a_full_service_refuses_with_an_alert_while_another_on_the_port_accepts() {
 }
 
 #[test]
-fn a_services_own_idle_timeout_ends_its_clients_and_not_the_defaults() {
+fn a_services_own_timeouts_end_its_clients_and_not_the_defaults() {
     let fixture = Fixture::new("bin-service-idle-timeout");
     // The server's idle timeout is long; the service's own is short; a second service turns
     // it off for itself.
@@ -198,6 +199,7 @@ fn a_services_own_idle_timeout_ends_its_clients_and_not_the_defaults() {
         &[
             ("quick.test", "idle-timeout = \"1s\""),
             ("forever.test", "idle-timeout = \"0\""),
+            ("brief.test", "max-lifetime = \"1s\""),
         ],
     );
     let server = fixture.serve();
@@ -219,6 +221,22 @@ fn a_services_own_idle_timeout_ends_its_clients_and_not_the_defaults() {
     );
     let lines = disposed(&server, "idle_timeout", 1);
     assert_eq!(lines[0]["service"], "quick.test");
+    // A service's own lifetime (the server has none) ends its client however busy.
+    let mut brief = echoing(&server, &config, "brief.test").unwrap();
+    let born = Instant::now();
+    let ended = loop {
+        match brief.echo(b"busy") {
+            Ok(_) if born.elapsed() < HANG => std::thread::sleep(Duration::from_millis(100)),
+            _ => break born.elapsed(),
+        }
+    };
+    assert!(
+        ended >= Duration::from_millis(800) && ended < HANG,
+        "ended after {ended:?}"
+    );
+    let lines = disposed(&server, "max_lifetime", 1);
+    assert_eq!(lines[0]["service"], "brief.test");
+    drop(brief);
     // Idle as long as it and more, the others are still served.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(on_default.echo(b"still").unwrap(), b"still");
