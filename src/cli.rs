@@ -484,6 +484,9 @@ pub(crate) struct ServiceEntry {
     pub max_lifetime: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     pub half_close_timeout: Option<Duration>,
+    /// Its own `upstream-connect-timeout` [default: the top-level value].
+    #[serde(default, deserialize_with = "de_duration")]
+    pub upstream_connect_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]

@@ -7,12 +7,13 @@
 //! client policy, ALPN, minimum version, protocol, upstreams) a key it does not give is not
 //! inherited from the top level (another service's client CA or upstream would be a surprise),
 //! except the settings no service has a key for: cipher suites, key-exchange groups, the
-//! server's cipher order, the ticket keys and the upstream connect timeout.
+//! server's cipher order and the ticket keys.
 //!
 //! Its limits are the other way round: the top-level limits are the server's, and every
 //! connection was always under them, so a limit a service does not set is the server's
-//! (`idle-timeout`, `max-lifetime`, `half-close-timeout`: the top-level value; `0` in the
-//! service turns it off for that service alone). `max-connections` is the exception in kind,
+//! (`idle-timeout`, `max-lifetime`, `half-close-timeout`, `upstream-connect-timeout`: the
+//! top-level value; `0` in the service turns the first three off for that service alone, and
+//! is refused for the connect timeout, as at the top level). `max-connections` is the exception in kind,
 //! not in rule: the top-level one caps the whole server, and still does, so a service without
 //! its own has no cap of its own, not a copy of the server's. Only the limits that act once the
 //! ClientHello has named the service can be a service's (docs/services.md says which and why).
@@ -109,6 +110,12 @@ fn one(
     values.upstream_key = entry.upstream_key;
     values.upstream_sni = entry.upstream_sni;
     values.proxy_protocol = entry.proxy_protocol;
+    if let Some(timeout) = entry.upstream_connect_timeout {
+        if timeout.is_zero() || timeout > tlsvisor_actors::ServerConfig::MAX_TIMEOUT {
+            return Err("upstream-connect-timeout must be above zero and at most 24h".into());
+        }
+        values.upstream_connect_timeout = timeout;
+    }
     values.listen_plain = Vec::new();
     let certificates = match values.protocol {
         // Nothing is terminated: the upstream serves its own certificate and checks its own

@@ -264,7 +264,8 @@ fn check(config: &str) -> (bool, String) {
 fn check_refuses_a_service_limit_out_of_bounds_naming_the_file_and_the_service() {
     let fixture = Fixture::new("bin-service-limits-check");
     let good = "max-connections = 10\nidle-timeout = \"30s\"\nmax-lifetime = \"0\"\n\
-                half-close-timeout = \"5s\"";
+                half-close-timeout = \"5s\"\nupstream = \"127.0.0.1:1\"\n\
+                upstream-connect-timeout = \"1s\"";
     fixture.write("", &[("b.test", good)]);
     let (ok, said) = check(&fixture.config);
     assert!(ok, "{said}");
@@ -281,6 +282,10 @@ fn check_refuses_a_service_limit_out_of_bounds_naming_the_file_and_the_service()
             "max-lifetime must be at most 24h",
         ),
         ("half-close-timeout = \"soon\"", "durations read like"),
+        (
+            "upstream = \"127.0.0.1:1\"\nupstream-connect-timeout = \"0\"",
+            "upstream-connect-timeout must be above zero",
+        ),
     ];
     for (keys, problem) in cases {
         fixture.write("", &[("b.test", keys)]);
