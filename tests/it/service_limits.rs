@@ -3,15 +3,20 @@
 //! `service_limit` while another service on the same port still accepts, frees a seat when a
 //! client ends, and a reload that lowers it closes no live connection; a service's own
 //! `idle-timeout` ends its idle clients and not the default service's (and its own
-//! `max-lifetime` ends its clients where the server has none); `tlsvisor check`
+//! `max-lifetime` and a proxy service's own `half-close-timeout` end its clients where the
+//! server has none); `tlsvisor check`
 //! refuses a value out of bounds naming the file and the service. Real TLS clients over real
 //! sockets; every test ends with the books exact.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
-use tlsvisor_actors::testing::{client_config, eventually, CloseSeen, ScratchDir, TlsClient};
+use tlsvisor_actors::testing::{
+    client_config, eventually, CloseSeen, ScratchDir, TestUpstream, TlsClient,
+};
 use tlsvisor_actors::DevCerts;
 
 use crate::common::certs::{issue_into, path_in};
@@ -245,6 +250,42 @@ fn a_services_own_timeouts_end_its_clients_and_not_the_defaults() {
     for client in [on_default, forever] {
         assert!(matches!(client.close(), CloseSeen::CloseNotifyThenEof));
     }
+    books_exact(&server);
+}
+
+/// A proxy service's own `half-close-timeout = "1s"` where the server has none: the client
+/// finishes first, the upstream trickles and never finishes, and the connection is closed
+/// about a second later as `half_close_timeout`.
+#[test]
+fn a_services_own_half_close_timeout_bounds_its_half_closed_connections() {
+    let upstream = TestUpstream::start(|mut stream: TcpStream| {
+        let mut buf = [0u8; 1024];
+        while let Ok(1..) = stream.read(&mut buf) {}
+        while stream.write_all(b".").is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let fixture = Fixture::new("bin-service-half-close");
+    let keys = format!(
+        "upstream = \"{}\"\nhalf-close-timeout = \"1s\"",
+        upstream.addr()
+    );
+    fixture.write("", &[("tunnel.test", &keys)]);
+    let server = fixture.serve();
+    let mut client = TlsClient::connect_as(server.listen, fixture.client(), "tunnel.test").unwrap();
+    client.send(b"request").unwrap();
+    client.finish_sending().unwrap();
+    let finished = Instant::now();
+    let (trickled, seen) = client.receive_until_close();
+    let took = finished.elapsed();
+    assert!(matches!(seen, CloseSeen::CloseNotifyThenEof), "{seen:?}");
+    assert!(!trickled.is_empty(), "upstream → client flowed meanwhile");
+    assert!(
+        took >= Duration::from_millis(900) && took < HANG,
+        "closed {took:?} after the client finished"
+    );
+    let lines = disposed(&server, "half_close_timeout", 1);
+    assert_eq!(lines[0]["service"], "tunnel.test");
     books_exact(&server);
 }
 
