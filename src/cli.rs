@@ -480,6 +480,20 @@ pub(crate) struct ServiceEntry {
     #[serde(default, deserialize_with = "de_list")]
     pub upstream_kx_groups: Vec<String>,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// Live connections of this service at which a new client of it is refused [default: no
+    /// cap of its own; the server-wide `max-connections` still applies].
+    pub max_connections: Option<usize>,
+    /// Its own `idle-timeout`, `max-lifetime`, `half-close-timeout` (`0` = none for this
+    /// service) [default: the top-level value].
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_lifetime: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub half_close_timeout: Option<Duration>,
+    /// Its own `upstream-connect-timeout` [default: the top-level value].
+    #[serde(default, deserialize_with = "de_duration")]
+    pub upstream_connect_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]

@@ -3,16 +3,27 @@
 //! both), checked, and built into a library `Service`. Every error names the service (its first
 //! name) and the file.
 //!
-//! A service's own keys are exactly those of `ServiceEntry`; a key it does not give is not
+//! A service's own keys are exactly those of `ServiceEntry`. Of what it serves (certificates,
+//! client policy, ALPN, minimum version, protocol, upstreams) a key it does not give is not
 //! inherited from the top level (another service's client CA or upstream would be a surprise),
 //! except the settings no service has a key for: cipher suites, key-exchange groups, the
-//! server's cipher order, the ticket keys and the upstream connect timeout.
+//! server's cipher order and the ticket keys.
+//!
+//! Its limits are the other way round: the top-level limits are the server's, and every
+//! connection was always under them, so a limit a service does not set is the server's
+//! (`idle-timeout`, `max-lifetime`, `half-close-timeout`, `upstream-connect-timeout`: the
+//! top-level value; `0` in the service turns the first three off for that service alone, and
+//! is refused for the connect timeout, as at the top level). `max-connections` is the exception in kind,
+//! not in rule: the top-level one caps the whole server, and still does, so a service without
+//! its own has no cap of its own, not a copy of the server's. Only the limits that act once the
+//! ClientHello has named the service can be a service's (docs/services.md says which and why).
 
 use std::path::Path;
 
 use serde::Deserialize;
 use tlsvisor_actors::{
-    CertificateFiles, ClientAuth, Echo, LoadedTls, Service, TlsPolicy, TlsSource, TlsVersion,
+    CertificateFiles, ClientAuth, Echo, LoadedTls, Service, ServiceLimits, ServiceTimeout,
+    TlsPolicy, TlsSource, TlsVersion,
 };
 
 use crate::cli::{ProtocolKind, ServiceEntry, TlsMinVersion, Values};
@@ -29,6 +40,8 @@ pub(crate) struct ServiceSettings {
     pub certificates: Vec<CertificateFiles>,
     pub tls_policy: TlsPolicy,
     pub client_auth: Option<ClientAuth>,
+    /// Its own limits (checked); each not given is the server's.
+    pub limits: ServiceLimits,
     /// Where it was written, for errors.
     pub file: String,
 }
@@ -71,6 +84,7 @@ fn one(
     if entry.names.is_empty() {
         return Err("names = [...] is missing: a service is chosen by its names".into());
     }
+    let limits = limits(&entry)?;
     let mut values = top.clone();
     values.cert = entry.cert;
     values.key = entry.key;
@@ -97,6 +111,12 @@ fn one(
     values.upstream_sni = entry.upstream_sni;
     values.upstream_kx_groups = entry.upstream_kx_groups;
     values.proxy_protocol = entry.proxy_protocol;
+    if let Some(timeout) = entry.upstream_connect_timeout {
+        if timeout.is_zero() || timeout > tlsvisor_actors::ServerConfig::MAX_TIMEOUT {
+            return Err("upstream-connect-timeout must be above zero and at most 24h".into());
+        }
+        values.upstream_connect_timeout = timeout;
+    }
     values.listen_plain = Vec::new();
     let certificates = match values.protocol {
         // Nothing is terminated: the upstream serves its own certificate and checks its own
@@ -147,6 +167,7 @@ fn one(
         certificates,
         tls_policy,
         client_auth,
+        limits,
         file,
     })
 }
@@ -167,6 +188,37 @@ pub(crate) fn passthrough_refused(values: &Values) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The service's own limits as its keys give them, checked by the library's bounds (the one
+/// check, which [`Service::with_limits`] applies again), the error in the keys' names.
+fn limits(entry: &ServiceEntry) -> Result<ServiceLimits, BoxError> {
+    let own = |given: Option<std::time::Duration>| match given {
+        None => ServiceTimeout::Server,
+        Some(zero) if zero.is_zero() => ServiceTimeout::Off,
+        Some(after) => ServiceTimeout::After(after),
+    };
+    let mut limits = ServiceLimits::default();
+    limits.max_connections = entry.max_connections;
+    limits.idle_timeout = own(entry.idle_timeout);
+    limits.max_lifetime = own(entry.max_lifetime);
+    limits.half_close_timeout = own(entry.half_close_timeout);
+    limits.check().map_err(|e| in_key_names(&e))?;
+    Ok(limits)
+}
+
+/// `message` of `ServiceLimits::check`, each field named by its key in a `[[service]]` table.
+fn in_key_names(message: &str) -> String {
+    [
+        ("max_connections", "max-connections"),
+        ("idle_timeout", "idle-timeout"),
+        ("max_lifetime", "max-lifetime"),
+        ("half_close_timeout", "half-close-timeout"),
+    ]
+    .iter()
+    .fold(message.to_string(), |message, (field, key)| {
+        message.replace(field, key)
+    })
 }
 
 /// A passthrough service's keys that cannot apply, refused with the first one named.
@@ -274,7 +326,9 @@ impl ServiceSettings {
                 None => Service::sessions(&self.names, tls, Echo),
             };
         // The library's error already names the service.
-        service.map_err(|e| format!("{}: {e}", self.file))
+        service
+            .and_then(|service| service.with_limits(self.limits))
+            .map_err(|e| format!("{}: {}", self.file, in_key_names(&e.to_string())))
     }
 }
 

@@ -13,10 +13,13 @@ const RELOADS_HELP: &str = "TLS configuration reloads (SIGHUP, --watch-certs), b
 const EXPIRY_HELP: &str = "notAfter of each certificate served, in Unix seconds.";
 const SERVICE_ACTIVE: &str = "tlsvisor_service_connections_active";
 const SERVICE_TOTAL: &str = "tlsvisor_service_connections_total";
+const SERVICE_REFUSED: &str = "tlsvisor_service_connections_refused_total";
 const SERVICE_ACTIVE_HELP: &str =
     "Connections whose ClientHello chose the service (its first name, or default), not ended yet.";
 const SERVICE_TOTAL_HELP: &str =
-    "Connections whose ClientHello chose the service (its first name, or default).";
+    "Connections whose ClientHello chose the service (its first name, or default), admitted.";
+const SERVICE_REFUSED_HELP: &str =
+    "Clients refused because their service was at its max-connections (reason service_limit).";
 
 /// Exposes a server's reload counts and the expiry of every certificate it serves now.
 pub(crate) struct TlsCollector {
@@ -42,6 +45,7 @@ impl TlsCollector {
                 desc(EXPIRY, EXPIRY_HELP, "name")?,
                 desc(SERVICE_ACTIVE, SERVICE_ACTIVE_HELP, "service")?,
                 desc(SERVICE_TOTAL, SERVICE_TOTAL_HELP, "service")?,
+                desc(SERVICE_REFUSED, SERVICE_REFUSED_HELP, "service")?,
             ],
         })
     }
@@ -95,16 +99,20 @@ impl Collector for TlsCollector {
                 metric
             })
             .collect();
-        let total = services
-            .iter()
-            .map(|s| {
-                let mut metric = labelled("service", &s.service);
-                let mut counter = Counter::default();
-                counter.set_value(s.total as f64);
-                metric.set_counter(counter);
-                metric
-            })
-            .collect();
+        let counters = |of: fn(&tlsvisor_actors::ServiceConnections) -> u64| {
+            services
+                .iter()
+                .map(|s| {
+                    let mut metric = labelled("service", &s.service);
+                    let mut counter = Counter::default();
+                    counter.set_value(of(s) as f64);
+                    metric.set_counter(counter);
+                    metric
+                })
+                .collect()
+        };
+        let total = counters(|s| s.total);
+        let refused = counters(|s| s.refused);
         vec![
             family(RELOADS, RELOADS_HELP, MetricType::COUNTER, reloads),
             family(EXPIRY, EXPIRY_HELP, MetricType::GAUGE, expiry),
@@ -119,6 +127,12 @@ impl Collector for TlsCollector {
                 SERVICE_TOTAL_HELP,
                 MetricType::COUNTER,
                 total,
+            ),
+            family(
+                SERVICE_REFUSED,
+                SERVICE_REFUSED_HELP,
+                MetricType::COUNTER,
+                refused,
             ),
         ]
     }

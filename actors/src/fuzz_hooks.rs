@@ -71,6 +71,8 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         Err(HandshakeError::Failed { error, .. }) => Err(error),
         Err(HandshakeError::TimedOut { .. }) => Err(io::ErrorKind::TimedOut.into()),
         Err(HandshakeError::Injected) => Err(io::ErrorKind::ConnectionReset.into()),
+        // A default service has no cap of its own: never here.
+        Err(HandshakeError::ServiceFull { .. }) => Err(io::ErrorKind::ConnectionRefused.into()),
     }
 }
 

@@ -127,6 +127,7 @@ pub use tls::reload::{TlsReloader, TlsSnapshot};
 pub use service::counts::ServiceConnections;
 pub use service::definition::{Service, DEFAULT_SERVICE};
 pub use service::error::ServiceError;
+pub use service::limits::{ServiceLimits, ServiceTimeout};
 pub use service::table::ServiceTable;
 pub use tls::source::{CertificateFiles, LoadedTls, PemCertificate, TlsSource};
 pub use tls::tickets::{TicketKeys, TICKET_LIFETIME_SECS};

@@ -40,5 +40,6 @@ mod privileges;
 mod process;
 mod revalidate;
 mod runtime_faults;
+mod service_limits;
 mod services;
 mod upstream_tls;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::net::TcpStream;
@@ -21,6 +21,7 @@ use crate::edge::admission::HandshakeSlot;
 use crate::fault::point::FaultPoint;
 use crate::service::counts::ServiceSeat;
 use crate::service::definition::Service;
+use crate::service::limits::{ServiceLimits, ServiceTimeout};
 use crate::supervision::conn_description::ConnDescription;
 use crate::supervision::conn_id::ConnId;
 use crate::supervision::dispose_reason::DisposeReason;
@@ -73,6 +74,9 @@ pub(crate) struct Connection {
     pub(super) service: Option<Arc<Service>>,
     /// Its place in its service's connection figures, given up as it goes.
     pub(super) seat: Option<ServiceSeat>,
+    /// The `max_lifetime` timer, once armed: re-armed when the service turns out to have a
+    /// lifetime of its own.
+    pub(super) lifetime_timer: Option<SpawnHandle>,
 }
 
 impl Connection {
@@ -103,13 +107,53 @@ impl Connection {
             registration,
             service: None,
             seat: None,
+            lifetime_timer: None,
         }
     }
 
-    /// The connection is now `service`'s: kept for its life, counted in its figures.
-    pub(super) fn served_by(&mut self, service: Arc<Service>) {
-        self.seat = Some(service.count.seat());
+    /// The connection is now `service`'s, kept for its life, with its `seat` among the
+    /// service's live connections (none: the service was full, and this connection is being
+    /// refused). From here on the service's own timeouts are the ones in force.
+    pub(super) fn served_by(
+        &mut self,
+        service: Arc<Service>,
+        seat: Option<ServiceSeat>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.seat = seat;
+        let own_lifetime = service.limits().max_lifetime != ServiceTimeout::Server;
         self.service = Some(service);
+        if own_lifetime {
+            self.arm_max_lifetime(ctx);
+        }
+    }
+
+    /// The idle timeout in force: its service's own, else the server's.
+    pub(super) fn idle_timeout(&self) -> Option<Duration> {
+        self.own_or_server(|l| l.idle_timeout, self.env.config.idle_timeout)
+    }
+
+    /// The lifetime limit in force: its service's own, else the server's.
+    pub(super) fn max_lifetime(&self) -> Option<Duration> {
+        self.own_or_server(|l| l.max_lifetime, self.env.config.max_lifetime)
+    }
+
+    /// The half-close timeout in force: its service's own, else the server's.
+    pub(super) fn half_close_timeout(&self) -> Option<Duration> {
+        self.own_or_server(|l| l.half_close_timeout, self.env.config.half_close_timeout)
+    }
+
+    /// The timeout `of` its service's limits says, over `server` (the server's until a
+    /// ClientHello has chosen a service).
+    fn own_or_server(
+        &self,
+        of: impl Fn(&ServiceLimits) -> ServiceTimeout,
+        server: Option<Duration>,
+    ) -> Option<Duration> {
+        match self.service.as_deref() {
+            Some(service) => of(service.limits()).over(server),
+            None => server,
+        }
     }
 
     /// The upstream group its service forwards to, if it forwards (proxy or passthrough).
@@ -179,6 +223,9 @@ impl Actor for Connection {
             fields);
         // A session dropped here may panic in its Drop: that must not cost the Dispose.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(last)));
+        // Its seat in its service goes with its Dispose, not later with the actor: a client
+        // that saw this one end finds the seat free. (Taken once: the hook runs once.)
+        self.seat = None;
         self.registration.dispose(reason);
     }
 }

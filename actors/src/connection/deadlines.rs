@@ -20,16 +20,22 @@ use crate::supervision::dispose_reason::DisposeReason;
 const SPREAD_PERCENT: u64 = 10;
 
 impl Connection {
-    /// Arms the lifetime limit, if any, counted from the accept (registration). When it fires,
-    /// the connection closes gracefully as for any other reason: `close_notify` and a FIN once
-    /// open, at once during the handshake (there is no TLS session yet to close).
+    /// Arms the lifetime limit in force, if any, counted from the accept (registration): the
+    /// server's at the start, then again the service's own once its ClientHello chose one
+    /// with a lifetime of its own (the timer armed before is cancelled: one timer at a time).
+    /// When it fires, the connection closes gracefully as for any other reason:
+    /// `close_notify` and a FIN once open, at once during the handshake (there is no TLS
+    /// session yet to close).
     pub(super) fn arm_max_lifetime(&mut self, ctx: &mut Context<Self>) {
-        let Some(lifetime) = self.env.config.max_lifetime else {
+        if let Some(earlier) = self.lifetime_timer.take() {
+            ctx.cancel_future(earlier);
+        }
+        let Some(lifetime) = self.max_lifetime() else {
             return;
         };
         let lifetime = spread(lifetime, self.id, &self.env.lifetime_spread);
         let left = (self.registered_at + lifetime).saturating_duration_since(Instant::now());
-        ctx.run_later(left, move |act, ctx| {
+        let timer = ctx.run_later(left, move |act, ctx| {
             if matches!(act.phase, Phase::Closing(_) | Phase::Disposed) {
                 return;
             }
@@ -37,12 +43,13 @@ impl Connection {
                 "lifetime_ms" => lifetime.as_millis() as u64);
             act.close(DisposeReason::MaxLifetime, ctx);
         });
+        self.lifetime_timer = Some(timer);
     }
 
     /// One side of a proxied connection has just finished: the other gets
     /// `half_close_timeout` to finish too, or the connection closes.
     pub(super) fn arm_half_close_deadline(&mut self, ctx: &mut Context<Self>) {
-        let Some(limit) = self.env.config.half_close_timeout else {
+        let Some(limit) = self.half_close_timeout() else {
             return;
         };
         ctx.run_later(limit, |act, ctx| {

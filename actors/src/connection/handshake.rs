@@ -19,6 +19,7 @@ use crate::connection::handshake_failure::{HelloSummary, UnrecognizedName};
 use crate::connection::shared_socket::{SharedSocket, SocketWatch};
 use crate::edge::read_ahead::ReadAhead;
 use crate::fault::injected::HelloFault;
+use crate::service::counts::ServiceSeat;
 use crate::service::definition::Service;
 use crate::service::table::ServiceTable;
 use crate::tls::refused_certificate::{RefusedCertificate, WithRefused};
@@ -61,6 +62,16 @@ pub(crate) enum HandshakeError {
     },
     /// A fault rule reset it once the ClientHello was read (the socket resets on close).
     Injected,
+    /// The service its ClientHello chose was at its `max_connections`: refused with a fatal
+    /// `internal_error` alert before anything else was answered.
+    ServiceFull { hello: HelloSummary },
+}
+
+/// The service a ClientHello chose, with the connection's seat among its live connections
+/// (`None` when it was full, and the connection is refused).
+pub(crate) struct Chosen {
+    pub(crate) service: Arc<Service>,
+    pub(crate) seat: Option<ServiceSeat>,
 }
 
 /// Runs the handshake on `tcp` with the service its ClientHello chooses in `services`, bounded
@@ -75,7 +86,7 @@ pub(super) async fn handshake(
     inject_failure: bool,
     at_hello: impl FnOnce(&ClientWatch, Option<&str>) -> HelloFault,
 ) -> (
-    Option<Arc<Service>>,
+    Option<Chosen>,
     Result<Accepted<ClientSocket>, HandshakeError>,
 ) {
     if inject_failure {
@@ -111,6 +122,14 @@ pub(crate) fn choose_service(services: &ServiceTable, hello: &HelloSummary) -> A
 /// ServerHello nothing is encrypted, so these seven bytes are the whole answer.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
+/// A fatal `internal_error` alert, plaintext as above: what a client of a service at its
+/// `max_connections` is told. TLS has no "busy" alert; of those it has, `internal_error` is the
+/// one whose meaning is true here ("an internal error unrelated to the peer or the correctness
+/// of this protocol … makes it impossible to continue", RFC 8446 6.2), where
+/// `handshake_failure` or `access_denied` would send the client's operator after its cipher
+/// suites or its certificate. The server's books say which limit (`service_limit`).
+const INTERNAL_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
 /// Runs the handshake on `io` (a client's socket; an in-memory stream in the fuzz targets)
 /// with the TLS of the service its ClientHello chooses in `services` (left in `chosen`),
 /// finished by `deadline`. The ClientHello is read first so that it can choose the service,
@@ -128,7 +147,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     services: Arc<ServiceTable>,
     io: S,
     deadline: Instant,
-    chosen: &mut Option<Arc<Service>>,
+    chosen: &mut Option<Chosen>,
     at_hello: impl FnOnce(Option<&str>) -> HelloFault,
 ) -> Result<Accepted<S>, HandshakeError> {
     // Recorded only where some service passes TLS through: which one this client goes to is
@@ -151,7 +170,10 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let hello = HelloSummary::of(&start.client_hello());
     let service = choose_service(&services, &hello);
-    *chosen = Some(Arc::clone(&service));
+    let choice = chosen.insert(Chosen {
+        service: Arc::clone(&service),
+        seat: None,
+    });
     let pass_through = service.handler.passes_through();
     let tls = service.tls();
     if !pass_through && tls.refuses(hello.sni.as_deref()) {
@@ -164,6 +186,13 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             hello: Some(hello),
             refused: None,
         });
+    }
+    // Its seat is taken here, before anything is answered, so that a full service can still
+    // say so with an alert; it stays with the connection (in `chosen`) whatever follows.
+    choice.seat = service.admit();
+    if choice.seat.is_none() {
+        let _ = timeout_at(deadline, start.io.write_all(&INTERNAL_ERROR_ALERT)).await;
+        return Err(HandshakeError::ServiceFull { hello });
     }
     match at_hello(hello.sni.as_deref()) {
         HelloFault::Proceed => {}

@@ -32,7 +32,7 @@ use crate::connection::actor::{log_conn, Connection};
 use crate::connection::client_stream::ClientStream;
 use crate::connection::env::ConnectionEnv;
 use crate::connection::handshake::{
-    handshake, Accepted, ClientSocket, ClientWatch, HandshakeError,
+    handshake, Accepted, Chosen, ClientSocket, ClientWatch, HandshakeError,
 };
 use crate::connection::handshake_failure::{alert_name, classify, HelloSummary};
 use crate::connection::messages::{ReadOutcome, Side};
@@ -50,6 +50,7 @@ use crate::fault::point::FaultPoint;
 use crate::fault::rule::Candidate;
 use crate::fault::set::Picked;
 use crate::protocol::{ConnInfo, Flow};
+use crate::service::definition::Service;
 use crate::service::handler::Handler;
 use crate::supervision::dispose_reason::DisposeReason;
 use crate::supervision::handshake_failures::{
@@ -180,8 +181,15 @@ impl Connection {
             false => None,
         };
         if self.plain {
-            // A plaintext client sends no ClientHello: it is the default service's.
-            self.served_by(Arc::clone(services.default_service()));
+            // A plaintext client sends no ClientHello: it is the default service's (which
+            // has no cap of its own: the server-wide limits are its limits).
+            let default = services.default_service();
+            let seat = default.admit();
+            let full = seat.is_none();
+            self.served_by(Arc::clone(default), seat, ctx);
+            if full {
+                return self.refused_by_service(None, ctx);
+            }
             let socket: ClientSocket = SharedSocket::new(tcp);
             let stream = Ok(ClientStream::Plain(socket));
             return self.handshake_done(stream, None, local, ctx);
@@ -218,8 +226,8 @@ impl Connection {
             running
                 .into_actor(self)
                 .map(move |(chosen, result, picked), act, ctx| {
-                    if let Some(service) = chosen {
-                        act.served_by(service);
+                    if let Some(Chosen { service, seat }) = chosen {
+                        act.served_by(service, seat, ctx);
                     }
                     let result = result.map(|accepted| match accepted {
                         Accepted::Terminated(stream) => ClientStream::Tls(stream),
@@ -256,6 +264,10 @@ impl Connection {
         let stream = match result {
             Ok(stream) => stream,
             Err(HandshakeError::Injected) => return self.stop(DisposeReason::FaultInjected, ctx),
+            // Not a failure of the client's: its own reason, not a handshake-failure class.
+            Err(HandshakeError::ServiceFull { hello }) => {
+                return self.refused_by_service(hello.sni.as_deref(), ctx)
+            }
             Err(HandshakeError::TimedOut { hello }) => {
                 let class = HandshakeFailureClass::Timeout;
                 self.handshake_failed(class, None, hello, None, "timed out");
@@ -319,7 +331,7 @@ impl Connection {
                 idle_timer: None,
             })
         });
-        if let Some(limit) = self.env.config.idle_timeout {
+        if let Some(limit) = self.idle_timeout() {
             self.arm_idle_timer(limit, ctx);
         }
         if let Some(ending) = self.fault_at_once() {
@@ -353,6 +365,24 @@ impl Connection {
             })
         });
         self.closing_started(ctx)
+    }
+
+    /// The service the client chose was at its `max_connections`: the client was told so (a
+    /// TLS client with a fatal `internal_error` alert) and the connection ends as
+    /// `service_limit` (counted in the service's `refused` figure when the seat was refused).
+    /// Logged at most once a second, saying which service is full and the name asked for.
+    fn refused_by_service(&mut self, sni: Option<&str>, ctx: &mut Context<Self>) {
+        if let Some(suppressed) = self.env.throttles.service_limit.admit() {
+            let service = self.service.as_deref();
+            log_conn!(info, self, "refused: service at its max-connections";
+                "service" => service.map_or("", Service::label),
+                "sni" => sni.unwrap_or(""),
+                "max_connections" => service
+                    .and_then(|s| s.limits().max_connections)
+                    .unwrap_or(0),
+                "suppressed" => suppressed);
+        }
+        self.stop(DisposeReason::ServiceLimit, ctx)
     }
 
     /// Books a failed handshake (its class counted, the failure kept for
@@ -573,7 +603,7 @@ impl Connection {
     /// the upstream sends (a pub/sub subscriber) is not idle.
     pub(super) fn arm_idle_timer(&mut self, after: Duration, ctx: &mut Context<Self>) {
         let timer = ctx.run_later(after, |act, ctx| {
-            let (Some(limit), Phase::Open(open)) = (act.env.config.idle_timeout, &act.phase) else {
+            let (Some(limit), Phase::Open(open)) = (act.idle_timeout(), &act.phase) else {
                 return;
             };
             // A write in flight is the client not reading, not the client idle: the write's own

@@ -46,7 +46,7 @@ impl Connection {
             return Box::pin(fut::ready(()));
         };
         let client = proxying.client.clone();
-        let stall_limit = self.env.config.idle_timeout;
+        let stall_limit = self.idle_timeout();
         let write = async move {
             if let Some(pause) = pause {
                 tokio::time::sleep(pause).await;

@@ -193,7 +193,7 @@ impl Connection {
         let Some(mut half) = open.writer.take() else {
             return Box::pin(fut::ready(()));
         };
-        let stall_limit = self.env.config.idle_timeout;
+        let stall_limit = self.idle_timeout();
         // A runtime fault rule may slow this write, or cut it short and end the connection.
         let len = data.as_ref().len();
         let pause = self.fault_pause(len, true);

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use crate::protocol::Protocol;
-use crate::service::counts::ServiceCount;
+use crate::service::counts::{ServiceCount, ServiceSeat};
 use crate::service::error::ServiceError;
 use crate::service::handler::Handler;
+use crate::service::limits::ServiceLimits;
 use crate::service::names::ServiceName;
 use crate::tls::source::LoadedTls;
 use crate::upstream::config::ProxyConfig;
@@ -26,6 +27,8 @@ pub struct Service {
     names: Vec<ServiceName>,
     tls: Arc<LoadedTls>,
     pub(crate) handler: Handler,
+    /// Its own limits over the server's (see [`ServiceLimits`]).
+    limits: ServiceLimits,
     /// Its connection figures; set to the server's figures of its label when a table is
     /// installed (a placeholder until then).
     pub(crate) count: Arc<ServiceCount>,
@@ -107,8 +110,29 @@ impl Service {
             names,
             tls: Arc::new(tls),
             handler,
+            limits: ServiceLimits::default(),
             count: Arc::default(),
         })
+    }
+
+    /// The same service with limits of its own (see [`ServiceLimits`]); refused out of
+    /// their bounds ([`ServiceLimits::check`]), the service named.
+    pub fn with_limits(self, limits: ServiceLimits) -> Result<Service, ServiceError> {
+        limits
+            .check()
+            .map_err(|e| ServiceError(format!("service {}: {e}", self.label)))?;
+        Ok(Service { limits, ..self })
+    }
+
+    /// Its own limits (each left at its default is the server's).
+    pub fn limits(&self) -> &ServiceLimits {
+        &self.limits
+    }
+
+    /// A seat among its live connections for one more client, or `None` when it has
+    /// `max_connections` live already (the refusal counted).
+    pub(crate) fn admit(&self) -> Option<ServiceSeat> {
+        self.count.seat_within(self.limits.max_connections)
     }
 
     /// Its first name as written, or `default` for the default service.
@@ -157,6 +181,7 @@ impl Service {
                 Handler::Proxy(pool) => Handler::Proxy(Arc::clone(pool)),
                 Handler::Passthrough(pool) => Handler::Passthrough(Arc::clone(pool)),
             },
+            limits: self.limits,
             count: Arc::clone(&self.count),
         }
     }

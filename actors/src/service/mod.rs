@@ -8,5 +8,6 @@ pub(crate) mod counts;
 pub(crate) mod definition;
 pub(crate) mod error;
 pub(crate) mod handler;
+pub(crate) mod limits;
 pub(crate) mod names;
 pub(crate) mod table;

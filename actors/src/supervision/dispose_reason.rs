@@ -73,6 +73,11 @@ labels! {
         /// speak TLS) or did not finish within the connect timeout; counted against the
         /// upstream's passive health like a failed connect.
         UpstreamTlsFailed => "upstream_tls_failed",
+        /// The service its ClientHello chose (a `[[service]]`'s `max-connections`) had that many
+        /// live connections already: refused with a fatal `internal_error` alert before the
+        /// handshake went on. (Named for the limit that refused it, as `per_ip_limit` is; the
+        /// server-wide `max_connections` refuses no one: it pauses accepting.)
+        ServiceLimit => "service_limit",
     }
 }
 
@@ -110,13 +115,14 @@ mod tests {
                 DisposeReason::CredentialsRevoked => "credentials_revoked",
                 DisposeReason::ClientCertificateExpired => "client_certificate_expired",
                 DisposeReason::UpstreamTlsFailed => "upstream_tls_failed",
+                DisposeReason::ServiceLimit => "service_limit",
             }
         }
         for (i, reason) in DisposeReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
             assert_eq!(reason.as_str(), contract_name(*reason));
         }
-        assert_eq!(DisposeReason::COUNT, 24);
+        assert_eq!(DisposeReason::COUNT, 25);
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub(crate) struct Throttles {
     pub(crate) upstream_connect_failed: LogThrottle,
     /// The protocol refused a client's input (a client can send bad input in a loop).
     pub(crate) session_refused_input: LogThrottle,
+    /// A client was refused because its service was full (a busy service refuses many).
+    pub(crate) service_limit: LogThrottle,
 }
 
 #[cfg(test)]
