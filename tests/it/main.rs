@@ -20,6 +20,7 @@ mod admin;
 mod binary;
 mod certificates;
 mod check;
+mod client_mode;
 mod descriptors;
 mod edge;
 mod handshake_failures;

@@ -25,18 +25,18 @@ use crate::common::{dev_ca, Tlsvisor, HANG};
 
 /// What the test's TLS upstream saw of one connection.
 #[derive(Debug)]
-struct Seen {
+pub(crate) struct Seen {
     /// `None`: the handshake failed.
-    handshake: Option<HandshakeKind>,
+    pub(crate) handshake: Option<HandshakeKind>,
     /// The client presented a certificate (which the upstream verified, if it asks for one).
-    client_certificate: bool,
+    pub(crate) client_certificate: bool,
     /// Its client ended with `close_notify` (rather than a bare FIN).
-    close_notify: bool,
+    pub(crate) close_notify: bool,
 }
 
 /// A TLS echo server on `config`: echoes until its client's `close_notify` (answered with its
 /// own), and reports the handshake.
-fn tls_echo(config: Arc<ServerConfig>) -> TestUpstream<Seen> {
+pub(crate) fn tls_echo(config: Arc<ServerConfig>) -> TestUpstream<Seen> {
     TestUpstream::start(move |tcp: TcpStream| {
         tcp.set_read_timeout(Some(HANG)).unwrap();
         let conn = ServerConnection::new(Arc::clone(&config)).unwrap();
@@ -77,7 +77,7 @@ fn tls_echo(config: Arc<ServerConfig>) -> TestUpstream<Seen> {
 
 /// A rustls server configuration for `localhost` from `certs`, requiring a client certificate
 /// of `client_ca` if given.
-fn upstream_config(certs: &DevCerts, client_ca: Option<&str>) -> Arc<ServerConfig> {
+pub(crate) fn upstream_config(certs: &DevCerts, client_ca: Option<&str>) -> Arc<ServerConfig> {
     let provider = Arc::new(tlsvisor_actors::crypto_provider());
     let chain = CertificateDer::pem_slice_iter(certs.server_cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -199,14 +199,14 @@ fn kx_groups_names_x25519mlkem768_or_says_which_build_has_it() {
 
 /// Certificates for one TLS upstream test: the upstream's (a CA of its own), and tlsvisor's
 /// client certificate (another CA), as files.
-struct UpstreamCerts {
-    scratch: ScratchDir,
-    upstream: DevCerts,
-    clients: DevCerts,
+pub(crate) struct UpstreamCerts {
+    pub(crate) scratch: ScratchDir,
+    pub(crate) upstream: DevCerts,
+    pub(crate) clients: DevCerts,
 }
 
 impl UpstreamCerts {
-    fn new(name: &str) -> UpstreamCerts {
+    pub(crate) fn new(name: &str) -> UpstreamCerts {
         let scratch = ScratchDir::new(name).unwrap();
         let upstream = DevCerts::generate().unwrap();
         let clients = DevCerts::generate().unwrap();
@@ -226,7 +226,7 @@ impl UpstreamCerts {
         }
     }
 
-    fn path(&self, file: &str) -> String {
+    pub(crate) fn path(&self, file: &str) -> String {
         path_in(&self.scratch, file)
     }
 }

@@ -33,6 +33,12 @@ impl Handler {
         }
     }
 
+    /// Whether it proxies to TLS upstreams: what a plaintext listener's service must do
+    /// (client mode: the hop to the upstream is the one to encrypt).
+    pub(crate) fn connects_over_tls(&self) -> bool {
+        matches!(self, Handler::Proxy(pool) if pool.config().tls.is_some())
+    }
+
     /// Whether its clients' TLS goes through untouched rather than ending here.
     pub(crate) fn passes_through(&self) -> bool {
         matches!(self, Handler::Passthrough(_))
