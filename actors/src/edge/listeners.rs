@@ -118,8 +118,13 @@ struct Listening {
     socket: ListenSocket,
     addr: ListenAddr,
     /// Set while another process serves from this socket too: shutdown then leaves it
-    /// listening (and a unix socket's file in place).
+    /// listening.
     shared: AtomicBool,
+    /// Set while this server hands the socket over to another process (a binary upgrade):
+    /// a unix socket's file is then left in place at exit, for the process that goes on
+    /// serving it. A socket handed over *to* this server is shared at first but its file is
+    /// this server's to remove at a clean exit: the process that gave it is gone by then.
+    handing_over: AtomicBool,
     clients: Clients,
 }
 
@@ -226,10 +231,11 @@ impl Listeners {
             .collect()
     }
 
-    /// Marks every socket as shared with another process (or not).
+    /// Marks every socket as shared with another process (or not): handed over to it.
     pub(crate) fn set_shared(&self, shared: bool) {
         for listening in &self.0 {
             listening.shared.store(shared, Ordering::SeqCst);
+            listening.handing_over.store(shared, Ordering::SeqCst);
         }
     }
 
@@ -242,31 +248,33 @@ impl Listeners {
     pub(crate) fn shut_down(&self, log: &Logger) {
         for listening in &self.0 {
             let listen = listening.addr.to_string();
-            if listening.shared.load(Ordering::SeqCst) {
-                info!(log, "shutdown: the listening socket is shared; leaving it listening";
-                    "listen" => listen);
-                continue;
-            }
-            if let Err(e) =
-                socket2::SockRef::from(&listening.socket.as_fd()).shutdown(std::net::Shutdown::Read)
-            {
-                // A unix listening socket says ENOTCONN: it is closed with its descriptors,
-                // and its file removed below is what new clients would have found.
-                if !matches!(listening.socket, ListenSocket::Unix(_)) {
-                    warn!(log, "shutdown: cannot shut the listening socket";
+            if let (ListenAddr::Unix(path), false) = (
+                &listening.addr,
+                listening.handing_over.load(Ordering::SeqCst),
+            ) {
+                if let Err(e) = std::fs::remove_file(path) {
+                    warn!(log, "shutdown: cannot remove the unix socket's file";
                         "listen" => &listen, "error" => %e);
                 }
             }
-            if let ListenAddr::Unix(path) = &listening.addr {
-                if let Err(e) = std::fs::remove_file(path) {
-                    warn!(log, "shutdown: cannot remove the unix socket's file";
+            if listening.shared.load(Ordering::SeqCst) {
+                info!(log, "shutdown: the listening socket is shared; leaving it listening";
+                    "listen" => listen);
+            } else if let Err(e) =
+                socket2::SockRef::from(&listening.socket.as_fd()).shutdown(std::net::Shutdown::Read)
+            {
+                // A unix listening socket may say ENOTCONN: it is closed with its descriptors,
+                // and its file, removed above, is what new clients would have found.
+                if !matches!(listening.socket, ListenSocket::Unix(_)) {
+                    warn!(log, "shutdown: cannot shut the listening socket";
                         "listen" => listen, "error" => %e);
                 }
             }
         }
     }
 
-    /// Removes the files of the unix sockets bound here (a start that failed half-way).
+    /// Removes the files of the unix sockets bound here (a start that failed half-way; one
+    /// handed over is left to the process that gave it, which still serves it).
     fn remove_files(&self) {
         for listening in &self.0 {
             if let (ListenAddr::Unix(path), false) =
@@ -328,6 +336,7 @@ fn open_one(
         socket,
         addr,
         shared: AtomicBool::new(shared),
+        handing_over: AtomicBool::new(false),
         clients,
     })
 }

@@ -10,8 +10,8 @@
 //! path that is not a socket (a regular file, a directory) is never removed. Its mode is the
 //! umask's, as nginx leaves it: who may connect is best said by the folder's permissions (Linux
 //! checks the socket's write bit, some systems do not). On a clean exit the file is removed
-//! (`Listeners::shut_down`), except when the socket is shared with the process of a binary
-//! upgrade, which goes on serving it.
+//! (`Listeners::shut_down`), except when this process hands the socket over to the process of
+//! a binary upgrade, which goes on serving it (and removes the file at its own clean exit).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -74,7 +74,9 @@ impl PlainListener {
     }
 
     /// A unix socket already bound and listening (handed over by a binary upgrade): shared,
-    /// as [`PlainListener::tcp_socket`] is; its file is left in place at exit.
+    /// as [`PlainListener::tcp_socket`] is, but its file is this server's to remove at a clean
+    /// exit (the process that handed it over is gone by then), unless this server hands it
+    /// over in turn.
     pub fn unix_socket(listener: UnixListener) -> Self {
         PlainListener {
             on: PlainOn::UnixSocket(listener),
