@@ -895,7 +895,6 @@ fn plain_loop(
     target: PlainTarget,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<(usize, usize, Vec<String>)> {
-    use std::io::{Read, Write};
     std::thread::spawn(move || {
         let (mut ok, mut refused, mut other) = (0, 0, Vec::new());
         while !stop.load(Ordering::SeqCst) {
