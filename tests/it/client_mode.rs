@@ -464,3 +464,43 @@ fn a_reload_counts_the_services_plain_listeners() {
     assert_eq!(reloaded[1]["listeners"], "listeners differ; needs SIGUSR2");
     assert!(!moved.exists(), "a reload binds nothing");
 }
+
+#[test]
+fn a_plain_listeners_service_removed_by_a_reload_refuses_its_clients_until_sigusr2() {
+    let fixture = Fixture::new("client-mode-service-removed");
+    let upstream = fixture.upstream();
+    let sock = fixture.socket("gone.sock");
+    let listen = format!("listen-plain = \"unix:{}\"", sock.display());
+    fixture.write(&fixture.service("gone.test", &upstream, &listen));
+    let server = fixture.serve();
+    plain_listener_of(&server, "gone.test");
+    let mut client = UnixStream::connect(&sock).unwrap();
+    client.set_read_timeout(Some(HANG)).unwrap();
+    echo_then_finish(&mut client, b"while it is there", |c| {
+        c.shutdown(std::net::Shutdown::Write).unwrap()
+    });
+    // The service goes; its listener stays bound (only SIGUSR2 binds or unbinds).
+    fixture.write(&fixture.service("other.test", &upstream, ""));
+    server.signal(libc::SIGHUP);
+    let reloaded = server.logged("TLS configuration reloaded", 1);
+    assert_eq!(reloaded[0]["listeners"], "listeners differ; needs SIGUSR2");
+    // Its next client is refused, never served by another service.
+    let mut client = UnixStream::connect(&sock).unwrap();
+    client.set_read_timeout(Some(HANG)).unwrap();
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    let lines = server.logged("disposed", 2);
+    assert_eq!(lines[1]["reason"], "start_failed", "{lines:?}");
+    assert_eq!(lines[1]["peer"], "unix");
+    assert_eq!(server.logs_with("a plaintext listener's service is gone or no longer proxies to TLS upstreams (a reload changed it; the listener needs SIGUSR2): refusing its client").len(), 1);
+    books_settle_exact(&server, 2.0);
+    assert!(
+        upstream.next_report(HANG).is_some(),
+        "the first client reached it"
+    );
+    assert!(
+        upstream.next_report(Duration::from_millis(200)).is_none(),
+        "the second did not"
+    );
+}
