@@ -21,11 +21,13 @@
 //! socket unit and `--listen` that disagree would otherwise serve nothing where systemd listens.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::PathBuf;
 
 use listenfd::ListenFd;
 
 use crate::error::BoxError;
+use crate::plain_addr::PlainAddr;
 
 /// `FileDescriptorName` of the socket a binary upgrade passes for the new process to say it is
 /// ready on (a datagram socket, the `sd_notify` message format).
@@ -36,6 +38,11 @@ pub(crate) const METRICS_NAME: &str = "tlsvisor-metrics";
 
 /// `FileDescriptorName` of the `--admin-listen` socket a binary upgrade hands over.
 pub(crate) const ADMIN_NAME: &str = "tlsvisor-admin";
+
+/// `FileDescriptorName` of each plaintext listener's socket (client mode: `--listen-plain` and
+/// the services' own, TCP or unix) a binary upgrade hands over; each serves the entry whose
+/// address (or path) it is bound to (port 0 taking any port), and is closed if none is left.
+pub(crate) const PLAIN_NAME: &str = "tlsvisor-plain";
 
 /// What the process inherited.
 #[derive(Default)]
@@ -48,6 +55,44 @@ pub(crate) struct Inherited {
     pub metrics: Option<TcpListener>,
     /// The admin listener's socket, handed over by the process this one upgrades.
     pub admin: Option<TcpListener>,
+    /// The plaintext listeners' sockets, handed over by the process this one upgrades.
+    pub plain: Vec<InheritedPlain>,
+}
+
+/// A plaintext listener's socket handed over by a binary upgrade, with what it is bound to.
+pub(crate) enum InheritedPlain {
+    Tcp(TcpListener, SocketAddr),
+    Unix(UnixListener, PathBuf),
+}
+
+impl InheritedPlain {
+    /// Whether it serves the entry `wanted` (the same address, port 0 any port; the same path).
+    fn serves(&self, wanted: &PlainAddr) -> bool {
+        match (self, wanted) {
+            (InheritedPlain::Tcp(_, bound), PlainAddr::Tcp(wanted)) => {
+                crate::listen::serves(*wanted, *bound)
+            }
+            (InheritedPlain::Unix(_, bound), PlainAddr::Unix(wanted)) => bound == wanted,
+            _ => false,
+        }
+    }
+
+    /// What it is bound to, as `--listen-plain` writes it.
+    pub(crate) fn addr(&self) -> String {
+        match self {
+            InheritedPlain::Tcp(_, addr) => addr.to_string(),
+            InheritedPlain::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+
+    /// Takes the inherited socket that serves `wanted`, if one does.
+    pub(crate) fn take_for(
+        sockets: &mut Vec<InheritedPlain>,
+        wanted: &PlainAddr,
+    ) -> Option<InheritedPlain> {
+        let index = sockets.iter().position(|s| s.serves(wanted))?;
+        Some(sockets.remove(index))
+    }
 }
 
 /// One inherited listening socket.
@@ -98,6 +143,10 @@ impl Inherited {
                 .get(index)
                 .cloned()
                 .unwrap_or_else(|| "unknown".to_string());
+            if name == PLAIN_NAME {
+                inherited.plain.push(take_plain(&mut fds, index)?);
+                continue;
+            }
             if name == READY_NAME {
                 inherited.upgrade_ready = fds
                     .take_unix_datagram(index)
@@ -158,6 +207,28 @@ impl Inherited {
             })
             .collect())
     }
+}
+
+/// The plaintext listener's socket at `index`: TCP, or else a unix stream socket.
+fn take_plain(fds: &mut ListenFd, index: usize) -> Result<InheritedPlain, BoxError> {
+    let missing = || format!("LISTEN_FDS: socket {index} ({PLAIN_NAME}) is missing");
+    if let Ok(tcp) = fds.take_tcp_listener(index) {
+        let tcp = tcp.ok_or_else(missing)?;
+        let addr = tcp.local_addr()?;
+        return Ok(InheritedPlain::Tcp(tcp, addr));
+    }
+    let unix = fds
+        .take_unix_listener(index)
+        .map_err(|e| format!("LISTEN_FDS: socket {index} ({PLAIN_NAME}) is not a listening TCP or unix socket: {e}"))?
+        .ok_or_else(missing)?;
+    let path = unix
+        .local_addr()?
+        .as_pathname()
+        .map(|p| p.to_path_buf())
+        .ok_or_else(|| {
+            format!("LISTEN_FDS: socket {index} ({PLAIN_NAME}) is an unnamed unix socket")
+        })?;
+    Ok(InheritedPlain::Unix(unix, path))
 }
 
 /// For each entry, the index of the socket (bound to `sockets[index]`) that serves it, and how

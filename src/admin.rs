@@ -483,7 +483,8 @@ async fn revalidate(admin: web::Data<Admin>) -> HttpResponse {
 fn describe(d: &ConnDescription) -> serde_json::Value {
     let mut out = json!({
         "id": d.id.0,
-        "peer": d.peer.to_string(),
+        // A client of a unix listener has no address: it shows as `unix`.
+        "peer": if d.unix { "unix".to_string() } else { d.peer.to_string() },
         "worker": d.worker,
         "state": d.state,
         "protocol": d.protocol,

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tlsvisor_actors::ServerConfig;
 
+use crate::plain_addr::PlainAddr;
+
 /// A TLS connection supervisor: terminates TLS, serves `echo` or proxies to a plaintext
 /// upstream, and disposes every connection exactly once.
 ///
@@ -35,7 +37,8 @@ pub(crate) enum Command {
     },
 }
 
-/// The address `serve` listens on when neither the flags nor the file say.
+/// The address `serve` listens on when neither the flags nor the file name any listener (a
+/// plaintext one of client mode included: see `Settings::resolve`).
 pub(crate) const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
 
@@ -160,10 +163,11 @@ serve_settings! {
     #[serde(skip)]
     config: Option<PathBuf>,
     /// Address to listen on; repeat for several (an IPv4 and an IPv6 one, say), all serving
-    /// the same protocol with the same workers and limits [default: 127.0.0.1:8443].
+    /// the same protocol with the same workers and limits [default: 127.0.0.1:8443 when no
+    /// listener at all is given, --listen-plain and a service's listen-plain included].
     #[arg(long)]
     #[serde(default, deserialize_with = "de_one_or_many")]
-    listen: Vec<SocketAddr> = vec![DEFAULT_LISTEN],
+    listen: Vec<SocketAddr>,
     /// PEM certificate chain; repeat for several names, chosen by SNI, the first the default
     /// [default: the built-in development certificate].
     #[arg(long)]
@@ -285,11 +289,11 @@ serve_settings! {
     #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "de_list")]
     upstream_kx_groups: Vec<String>,
-    /// Accept plaintext TCP here and connect out over TLS to the tls:// upstreams (client
-    /// mode, stunnel's `client = yes`); repeatable.
+    /// Accept plaintext here (HOST:PORT, or unix:/path for a unix socket) and connect out
+    /// over TLS to the tls:// upstreams (client mode, stunnel's `client = yes`); repeatable.
     #[arg(long)]
-    #[serde(default, deserialize_with = "de_one_or_many")]
-    listen_plain: Vec<SocketAddr>,
+    #[serde(default, deserialize_with = "de_plain_addrs")]
+    listen_plain: Vec<PlainAddr>,
     /// Time to connect to the upstream (proxy) [default: 5s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -494,6 +498,16 @@ pub(crate) struct ServiceEntry {
     /// Its own `upstream-connect-timeout` [default: the top-level value].
     #[serde(default, deserialize_with = "de_duration")]
     pub upstream_connect_timeout: Option<Duration>,
+    /// The service's own plaintext listeners (client mode): its clients from their accept.
+    #[serde(default, deserialize_with = "de_plain_addrs")]
+    pub listen_plain: Vec<PlainAddr>,
+    /// The same, spelt as a listener with `plain = true` (refused without it: services share
+    /// the TLS `--listen` ports, chosen by SNI).
+    #[serde(default, deserialize_with = "de_plain_addrs")]
+    pub listen: Vec<PlainAddr>,
+    /// `listen` is plaintext (client mode).
+    #[serde(default)]
+    pub plain: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -561,6 +575,16 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
     parse_duration(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+/// A plaintext listener key (`listen-plain`): one address or a list, each read as
+/// `--listen-plain` reads it, so that a bad one is named with why (an untagged list would only
+/// say that nothing matched).
+fn de_plain_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PlainAddr>, D::Error> {
+    de_one_or_many::<D, String>(d)?
+        .iter()
+        .map(|text| text.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// A config-file key that takes one value or a list (`cert = "a.pem"` or `cert = ["a", "b"]`).

@@ -19,6 +19,7 @@ mod log_bridge;
 mod logging;
 mod metrics;
 mod notify;
+mod plain_addr;
 mod prepare;
 mod privileges;
 mod reload;

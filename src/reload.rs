@@ -183,8 +183,10 @@ fn reread_and_build(settings: &Settings) -> Result<Rebuilt, String> {
     let tls = build_tls(&fresh).map_err(|e| e.to_string())?;
     let default = default_service(&fresh, tls)?;
     let services = crate::service_settings::build_all(&fresh.services)?;
+    // Every listener counts: the TLS ones, `--listen-plain`, and each service's own plaintext
+    // ones (a service's listener moved, added or given to another service).
     let listeners_differ = fresh.values.listen != settings.values.listen
-        || fresh.values.listen_plain != settings.values.listen_plain;
+        || fresh.plain_listeners() != settings.plain_listeners();
     Ok(Rebuilt {
         default,
         services,

@@ -12,16 +12,17 @@ use slog::{error, info, o, warn, Logger};
 use std::net::{SocketAddr, TcpListener};
 
 use tlsvisor_actors::{
-    CloseMode, Echo, LoadedTls, ProxyConfig, Server, ServerBuilder, ServerConfig, ServerHandle,
-    Service, Stats,
+    CloseMode, Echo, LoadedTls, PlainListener, ProxyConfig, Server, ServerBuilder, ServerConfig,
+    ServerHandle, Service, Stats,
 };
 
-use crate::activation::{Inherited, InheritedSocket, Matched};
+use crate::activation::{Inherited, InheritedPlain, InheritedSocket, Matched, PLAIN_NAME};
 use crate::cli::{ProtocolKind, ServeArgs};
 use crate::error::BoxError;
 use crate::http::HttpListener;
 use crate::logging;
 use crate::notify::{self, Notifier};
+use crate::plain_addr::PlainAddr;
 use crate::prepare::{self, Prepared, Warning};
 use crate::reload::{self, CertWatcher};
 use crate::settings::{CertSource, Settings};
@@ -301,11 +302,7 @@ async fn start_server(
     let builder = builder.services(services);
     let builder = listen_on(builder, &settings.values.listen, inherited, log);
     // Client mode: plaintext clients, proxied over TLS (checked: a proxy to tls:// upstreams).
-    let builder = settings
-        .values
-        .listen_plain
-        .iter()
-        .fold(builder, |builder, addr| builder.listen_plain(*addr));
+    let builder = listen_plain_on(builder, settings, &mut process.inherited.plain, log);
     #[cfg(feature = "fault-injection")]
     let builder = builder.faults(faults_from_env(log)?);
     #[cfg(feature = "fault-injection")]
@@ -455,6 +452,42 @@ fn listen_on(
             }
             None => builder.listen(*entry),
         };
+    }
+    builder
+}
+
+/// Gives the builder every plaintext listener (`--listen-plain`, then each service's own), in
+/// order, each for its service: the socket a binary upgrade handed over for its address or
+/// path, or its address to bind. A handed-over socket no entry is left for (the file no longer
+/// names it) is closed, and said.
+fn listen_plain_on(
+    mut builder: ServerBuilder,
+    settings: &Settings,
+    inherited: &mut Vec<InheritedPlain>,
+    log: &Logger,
+) -> ServerBuilder {
+    for (service, addr) in settings.plain_listeners() {
+        let listener = match (InheritedPlain::take_for(inherited, addr), addr) {
+            (Some(socket), _) => {
+                info!(log, "serving an inherited plaintext socket (LISTEN_FDS)";
+                    "listen_plain" => socket.addr(), "name" => PLAIN_NAME);
+                match socket {
+                    InheritedPlain::Tcp(socket, _) => PlainListener::tcp_socket(socket),
+                    InheritedPlain::Unix(socket, _) => PlainListener::unix_socket(socket),
+                }
+            }
+            (None, PlainAddr::Tcp(addr)) => PlainListener::tcp(*addr),
+            (None, PlainAddr::Unix(path)) => PlainListener::unix(path),
+        };
+        builder = builder.plain_listener(match service {
+            Some(label) => listener.service(label),
+            None => listener,
+        });
+    }
+    for left in inherited.drain(..) {
+        warn!(log, "an inherited plaintext socket serves no listener of the settings now; \
+                    closing it (a unix socket's file is left in place)";
+            "listen_plain" => left.addr());
     }
     builder
 }

@@ -28,6 +28,7 @@ use tlsvisor_actors::{
 
 use crate::cli::{ProtocolKind, ServiceEntry, TlsMinVersion, Values};
 use crate::error::BoxError;
+use crate::plain_addr::PlainAddr;
 
 /// One `[[service]]` table, resolved and checked (its files not read yet).
 #[derive(Clone, Debug)]
@@ -117,7 +118,8 @@ fn one(
         }
         values.upstream_connect_timeout = timeout;
     }
-    values.listen_plain = Vec::new();
+    values.listen = Vec::new();
+    values.listen_plain = own_plain_listeners(entry.listen_plain, entry.listen, entry.plain)?;
     let certificates = match values.protocol {
         // Nothing is terminated: the upstream serves its own certificate and checks its own
         // clients. A key given anyway would read as a check in force that is not.
@@ -136,6 +138,15 @@ fn one(
     let client_auth = crate::tls_settings::client_auth(&values)?;
     let (_, tls_upstreams) = crate::upstream_tls::upstreams(&values.upstream)?;
     crate::upstream_tls::check(&values, tls_upstreams)?;
+    if !values.listen_plain.is_empty() && (values.protocol != ProtocolKind::Proxy || !tls_upstreams)
+    {
+        return Err(
+            "listen-plain (client mode) needs protocol = \"proxy\" and TLS upstreams \
+             (upstream = \"tls://HOST:PORT\"): its clients are plaintext, so the hop to the \
+             upstream is the one to encrypt"
+                .into(),
+        );
+    }
     match (values.protocol, values.upstream.is_empty()) {
         (ProtocolKind::Passthrough, true) => {
             return Err("protocol passthrough needs upstream = HOST:PORT or unix:/path".into())
@@ -219,6 +230,27 @@ fn in_key_names(message: &str) -> String {
     .fold(message.to_string(), |message, (field, key)| {
         message.replace(field, key)
     })
+}
+
+/// A service's own plaintext listeners: `listen-plain`, and `listen` with `plain = true` (the
+/// same thing, spelt as a listener of the service). `listen` without `plain = true` is
+/// refused: a service has no TLS listener of its own (every service shares the `--listen`
+/// ports, chosen by the SNI of each ClientHello).
+fn own_plain_listeners(
+    listen_plain: Vec<PlainAddr>,
+    listen: Vec<PlainAddr>,
+    plain: bool,
+) -> Result<Vec<PlainAddr>, BoxError> {
+    match (listen.is_empty(), plain) {
+        (false, false) => Err(
+            "listen needs plain = true: a service's own listeners are plaintext ones (client \
+             mode); its TLS clients come through the shared --listen ports, chosen by SNI \
+             (write listen-plain = [...], or listen = [...] with plain = true)"
+                .into(),
+        ),
+        (true, true) => Err("plain = true needs listen = [...] (its plaintext listeners)".into()),
+        _ => Ok(listen_plain.into_iter().chain(listen).collect()),
+    }
 }
 
 /// A passthrough service's keys that cannot apply, refused with the first one named.

@@ -7,6 +7,7 @@ use crate::cli::{AcceptProxyVersion, ProtocolKind, ServeArgs, TlsMinVersion, Val
 use tlsvisor_actors::{CertificateFiles, ClientAuth, ServerConfig, TlsPolicy, TlsVersion};
 
 use crate::error::BoxError;
+use crate::plain_addr::PlainAddr;
 use crate::tls_settings::{certificate_pairs, client_auth};
 
 /// Where the server's certificate comes from.
@@ -22,8 +23,9 @@ pub(crate) enum CertSource {
 /// defined together in `cli.rs`), and what is built from several of them.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    /// Every setting: the flags over the config file over the defaults. `listen` is never
-    /// empty; its first address is the one `Server::local_addr` reports.
+    /// Every setting: the flags over the config file over the defaults. `listen` is empty only
+    /// when plaintext listeners are given (client mode); its first address is the one
+    /// `Server::local_addr` reports.
     pub values: Values,
     /// `cert`, `key`, `ocsp-response` and the `[[certificate]]` tables, paired.
     pub cert: CertSource,
@@ -94,6 +96,14 @@ impl Settings {
         let accept_proxy = accept_proxy(&values)?;
         let services =
             crate::service_settings::resolve(&values.service, &values, given.config.as_deref())?;
+        // The default TLS listener only when no listener at all is named: a client-mode
+        // configuration (plaintext listeners only) opens no TLS port it did not ask for.
+        let mut values = values;
+        let plain_listeners = !values.listen_plain.is_empty()
+            || services.iter().any(|s| !s.values.listen_plain.is_empty());
+        if values.listen.is_empty() && !plain_listeners {
+            values.listen = vec![crate::cli::DEFAULT_LISTEN];
+        }
         let settings = Settings {
             services,
             tls_policy: TlsPolicy {
@@ -121,6 +131,17 @@ impl Settings {
     /// allow-lists, versions, ALPN, tickets).
     pub(crate) fn reread(&self) -> Result<Settings, BoxError> {
         Settings::resolve(self.flags.clone())
+    }
+
+    /// Every plaintext listener (client mode), with the label of the service its clients are
+    /// (`None`: the default service's): `--listen-plain` first, then each `[[service]]`'s own,
+    /// in order.
+    pub(crate) fn plain_listeners(&self) -> Vec<(Option<&str>, &PlainAddr)> {
+        let flat = self.values.listen_plain.iter().map(|addr| (None, addr));
+        let named = self.services.iter().flat_map(|service| {
+            (service.values.listen_plain.iter()).map(|addr| (Some(service.label.as_str()), addr))
+        });
+        flat.chain(named).collect()
     }
 
     /// The idle timeout; zero means "never" (an operator switching it off).
@@ -184,20 +205,35 @@ impl Settings {
             ("--metrics-listen", values.metrics_listen),
             ("--admin-listen", values.admin_listen),
         ];
-        let taken: Vec<(&str, SocketAddr)> = values
+        let plain = self.plain_listeners();
+        let plain_tcp = plain.iter().filter_map(|(service, addr)| match addr {
+            PlainAddr::Tcp(addr) => Some((plain_key(*service), *addr)),
+            PlainAddr::Unix(_) => None,
+        });
+        for (n, (service, addr)) in plain.iter().enumerate() {
+            let twice = plain[..n].iter().find(|(_, seen)| match (seen, addr) {
+                (PlainAddr::Unix(a), PlainAddr::Unix(b)) => a == b,
+                (PlainAddr::Tcp(a), PlainAddr::Tcp(b)) => a.port() != 0 && a == b,
+                _ => false,
+            });
+            if let Some((other, _)) = twice {
+                return Err(format!(
+                    "{} and {} are the same plaintext listener ({addr}): give each its own",
+                    plain_key(*other),
+                    plain_key(*service)
+                )
+                .into());
+            }
+        }
+        let taken: Vec<(String, SocketAddr)> = values
             .listen
             .iter()
-            .map(|addr| ("--listen", *addr))
-            .chain(
-                values
-                    .listen_plain
-                    .iter()
-                    .map(|addr| ("--listen-plain", *addr)),
-            )
+            .map(|addr| ("--listen".to_string(), *addr))
+            .chain(plain_tcp)
             .chain(
                 named
                     .iter()
-                    .filter_map(|(flag, addr)| Some((*flag, (*addr)?))),
+                    .filter_map(|(flag, addr)| Some((flag.to_string(), (*addr)?))),
             )
             .collect();
         // Port 0 is a fresh port for each; the same IP and port for two sockets is not.
@@ -301,6 +337,14 @@ fn accept_proxy(given: &Values) -> Result<Option<tlsvisor_actors::AcceptProxy>, 
         from,
         timeout: given.accept_proxy_timeout,
     }))
+}
+
+/// How an error names a plaintext listener's setting: the flag, or a service's key.
+fn plain_key(service: Option<&str>) -> String {
+    match service {
+        None => "--listen-plain".to_string(),
+        Some(label) => format!("service {label}'s listen-plain"),
+    }
 }
 
 #[cfg(test)]
@@ -443,7 +487,36 @@ mod tests {
             Duration::from_secs(10),
             "the default"
         );
-        assert_eq!(values.listen, [crate::cli::DEFAULT_LISTEN]);
+        assert!(
+            values.listen.is_empty(),
+            "no default here: Settings::resolve opens the default listener when none at all is given"
+        );
+    }
+
+    #[test]
+    fn the_default_listen_opens_only_when_no_listener_at_all_is_given() {
+        let client_mode = |listen: Vec<SocketAddr>| ServeArgs {
+            protocol: Some(ProtocolKind::Proxy),
+            upstream: vec!["tls://127.0.0.1:6380".into()],
+            upstream_sni: Some("localhost".into()),
+            listen_plain: vec!["unix:/run/redis-plain.sock".parse().unwrap()],
+            listen,
+            ..ServeArgs::default()
+        };
+        let plain_only = Settings::resolve(client_mode(Vec::new())).unwrap();
+        assert!(
+            plain_only.values.listen.is_empty(),
+            "no TLS port it did not ask for"
+        );
+        let explicit: SocketAddr = "127.0.0.1:9443".parse().unwrap();
+        let both = Settings::resolve(client_mode(vec![explicit])).unwrap();
+        assert_eq!(
+            both.values.listen,
+            [explicit],
+            "an explicit --listen still opens"
+        );
+        let nothing = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(nothing.values.listen, [crate::cli::DEFAULT_LISTEN]);
     }
 
     #[test]

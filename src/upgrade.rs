@@ -4,7 +4,9 @@
 //! The sockets go over with the `LISTEN_FDS` convention (fds 3, 4, ..., one per `--listen`
 //! address, in order, each named `listen`), so the new process takes them the way it takes
 //! sockets from systemd (`activation.rs`: mapped back to its `--listen` entries by the address
-//! each is bound to). After them go the metrics and admin listeners' sockets, named
+//! each is bound to). After them go the plaintext listeners' sockets (client mode, TCP or
+//! unix), each named `tlsvisor-plain` and mapped back by its address or path, then the
+//! metrics and admin listeners' sockets, named
 //! `tlsvisor-metrics` and `tlsvisor-admin` (they cannot be bound twice: `listen.rs`), and,
 //! named [`READY_NAME`], one end of a datagram socket pair: the new process sends `READY=1`
 //! there once it accepts. Nothing is ever closed in between:
@@ -22,7 +24,7 @@ use std::time::Duration;
 use command_fds::{CommandFdExt, FdMapping};
 use tlsvisor_actors::Server;
 
-use crate::activation::READY_NAME;
+use crate::activation::{PLAIN_NAME, READY_NAME};
 
 /// How long the new process gets to report ready before it is killed and the upgrade given up.
 /// Start-up reads a few files and binds nothing (the sockets are inherited): well under a second
@@ -100,14 +102,19 @@ impl Upgrade {
         http: std::io::Result<Vec<(&'static str, TcpListener)>>,
     ) -> Result<u32, UpgradeError> {
         let listeners = server.listening_sockets().map_err(UpgradeError::Setup)?;
+        let plain = server
+            .plain_listening_sockets()
+            .map_err(UpgradeError::Setup)?;
         let http = http.map_err(UpgradeError::Setup)?;
         let (ours, theirs) = UnixDatagram::pair().map_err(UpgradeError::Setup)?;
         let mut names = vec!["listen"; listeners.len()];
+        names.extend(std::iter::repeat(PLAIN_NAME).take(plain.len()));
         names.extend(http.iter().map(|(name, _)| *name));
         names.push(READY_NAME);
         let descriptors = listeners
             .into_iter()
             .map(OwnedFd::from)
+            .chain(plain)
             .chain(http.into_iter().map(|(_, socket)| OwnedFd::from(socket)))
             .chain(std::iter::once(OwnedFd::from(theirs)));
         let mappings: Vec<FdMapping> = descriptors

@@ -15,6 +15,14 @@ pub enum ServerError {
         /// What the OS said.
         source: io::Error,
     },
+    /// The unix socket path of a plaintext listener could not be bound (or a live process
+    /// listens there, or the path is not a socket).
+    BindUnix {
+        /// The path asked for.
+        path: PathBuf,
+        /// What the OS said, or why the path was not taken.
+        source: io::Error,
+    },
     /// A listening socket handed to the builder cannot be used (its address cannot be read).
     Listener {
         /// Its place among the builder's listeners, from 0.
@@ -34,6 +42,9 @@ impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::BindUnix { path, source } => {
+                write!(f, "cannot listen on unix:{}: {source}", path.display())
+            }
             ServerError::Listener { position, source } => {
                 write!(f, "cannot use listening socket {position}: {source}")
             }
@@ -49,7 +60,9 @@ impl fmt::Display for ServerError {
 impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ServerError::Bind { source, .. } | ServerError::Listener { source, .. } => Some(source),
+            ServerError::Bind { source, .. }
+            | ServerError::BindUnix { source, .. }
+            | ServerError::Listener { source, .. } => Some(source),
             _ => None,
         }
     }

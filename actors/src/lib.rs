@@ -110,6 +110,7 @@ pub use supervision::config::ServerConfig;
 pub use supervision::server::{Server, ServerBuilder, ServerHandle, SHUTDOWN_OVERHEAD};
 // At the edge: a balancer's PROXY header.
 pub use edge::accept_proxy::{AcceptProxy, Cidr, ProxyVersions};
+pub use edge::plain_listener::PlainListener;
 // The proxy's upstreams.
 pub use upstream::config::{ProxyConfig, ProxyHeader, UpstreamAddr, UpstreamHealth};
 pub use upstream::pool::UpstreamSnapshot;

@@ -20,6 +20,7 @@ mod admin;
 mod binary;
 mod certificates;
 mod check;
+mod client_mode;
 mod default_reload;
 mod descriptors;
 mod edge;

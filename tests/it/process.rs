@@ -888,3 +888,170 @@ fn a_config_file_broken_before_an_upgrade_is_named_in_the_old_process_log() {
     let raw = upgrade_fails_and_old_keeps_serving(old, break_config, &why);
     assert!(raw.is_empty(), "every line is one JSON record: {raw:?}");
 }
+
+/// One plaintext client loop (client mode) for the upgrade below: connect, send, read the echo
+/// (through tlsvisor and a TLS upstream), end with a FIN; counted by outcome.
+fn plain_loop(
+    target: PlainTarget,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut refused, mut other) = (0, 0, Vec::new());
+        while !stop.load(Ordering::SeqCst) {
+            let round = |stream: &mut dyn ReadWrite| -> std::io::Result<()> {
+                stream.write_all(b"ping")?;
+                let mut back = [0; 4];
+                stream.read_exact(&mut back)?;
+                if &back != b"ping" {
+                    return Err(std::io::Error::other(format!("echoed {back:?}")));
+                }
+                stream.finish()?;
+                let mut rest = Vec::new();
+                stream.read_to_end(&mut rest)?;
+                Ok(())
+            };
+            let result = match &target {
+                PlainTarget::Tcp(addr) => TcpStream::connect(addr).and_then(|mut s| {
+                    s.set_read_timeout(Some(HANG))?;
+                    round(&mut s)
+                }),
+                PlainTarget::Unix(path) => {
+                    std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
+                        s.set_read_timeout(Some(HANG))?;
+                        round(&mut s)
+                    })
+                }
+            };
+            match result {
+                Ok(()) => ok += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+                // A unix socket whose file is gone says NotFound: as refused, for a client.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => refused += 1,
+                Err(e) => other.push(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        (ok, refused, other)
+    })
+}
+
+/// Where [`plain_loop`] connects.
+#[derive(Clone)]
+enum PlainTarget {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+/// A client socket [`plain_loop`] reads, writes and ends with a FIN.
+trait ReadWrite: std::io::Read + std::io::Write {
+    fn finish(&self) -> std::io::Result<()>;
+}
+
+impl ReadWrite for TcpStream {
+    fn finish(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl ReadWrite for std::os::unix::net::UnixStream {
+    fn finish(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// SIGUSR2 with plaintext listeners (client mode), a TCP one and a unix one: both sockets go
+/// over to the new process (mapped back by address and path) and a client loop on each sees
+/// no connection refused; the old process leaves the unix socket's file to the new one, which
+/// removes it when it exits.
+#[test]
+fn sigusr2_hands_plain_listeners_over_tcp_and_unix_without_refusing_a_client() {
+    become_subreaper();
+    let certs = crate::upstream_tls::UpstreamCerts::new("upgrade-plain-listeners");
+    let upstream =
+        crate::upstream_tls::tls_echo(crate::upstream_tls::upstream_config(&certs.upstream, None));
+    let target = format!("tls://{}", upstream.addr());
+    let (ca, sock) = (certs.path("upstream-ca.crt"), certs.path("plain.sock"));
+    let unix = format!("unix:{sock}");
+    let mut old = Tlsvisor::serve(&[
+        "--protocol",
+        "proxy",
+        "--upstream",
+        &target,
+        "--upstream-ca",
+        &ca,
+        "--upstream-sni",
+        "localhost",
+        "--listen-plain",
+        "127.0.0.1:0",
+        "--listen-plain",
+        &unix,
+        "--workers",
+        "2",
+        "--shutdown-grace",
+        "3s",
+    ]);
+    let plain = old.logged("listening plain", 2);
+    let tcp: SocketAddr = plain[0]["listen_plain"].as_str().unwrap().parse().unwrap();
+    assert_eq!(plain[1]["listen_plain"], unix.as_str());
+    let stop = Arc::new(AtomicBool::new(false));
+    let targets = [
+        PlainTarget::Tcp(tcp),
+        PlainTarget::Tcp(tcp),
+        PlainTarget::Unix(sock.clone().into()),
+        PlainTarget::Unix(sock.clone().into()),
+    ];
+    let loops: Vec<_> = targets
+        .iter()
+        .map(|t| plain_loop(t.clone(), Arc::clone(&stop)))
+        .collect();
+    let served = |n: f64| {
+        eventually(HANG, || {
+            old.scrape_when_possible()
+                .get("tlsvisor_connections_accepted_total")
+                >= n
+        })
+    };
+    assert!(served(20.0), "the loops are served");
+
+    old.signal(libc::SIGUSR2);
+    let (new_pid, new_metrics) = new_process(&old);
+    old_exits_0(&mut old);
+    // The old process left the unix socket's file to the new one.
+    assert!(std::path::Path::new(&sock).exists());
+    let before = scrape(new_metrics).get("tlsvisor_connections_accepted_total");
+    assert!(
+        eventually(HANG, || scrape(new_metrics)
+            .get("tlsvisor_connections_accepted_total")
+            >= before + 20.0),
+        "the new process serves the loops"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for (target, handle) in targets.iter().zip(loops) {
+        let (ok, refused, other) = handle.join().unwrap();
+        let name = match target {
+            PlainTarget::Tcp(addr) => addr.to_string(),
+            PlainTarget::Unix(path) => path.display().to_string(),
+        };
+        println!("plain upgrade loop on {name}: ok {ok} refused {refused} other {other:?}");
+        assert_eq!(refused, 0, "{name}: no connection refused");
+        assert!(other.is_empty(), "{name}: {other:?}");
+        assert!(ok > 10, "{name}: {ok}");
+    }
+    let inherited = old.logged("serving an inherited plaintext socket (LISTEN_FDS)", 2);
+    let mapped: Vec<&str> = inherited
+        .iter()
+        .map(|l| l["listen_plain"].as_str().unwrap())
+        .collect();
+    assert_eq!(mapped, [tcp.to_string().as_str(), unix.as_str()]);
+    assert!(eventually(HANG, || scrape(new_metrics)
+        .get("tlsvisor_connections_active")
+        == 0.0));
+    scrape(new_metrics).assert_books_exact();
+    // SAFETY: kill(2) on the process our child started (reparented to us).
+    assert_eq!(unsafe { libc::kill(new_pid as i32, libc::SIGTERM) }, 0);
+    assert_eq!(wait_pid(new_pid, HANG), Some(0), "the new process exits 0");
+    assert!(
+        !std::path::Path::new(&sock).exists(),
+        "the new process removed the file at its clean exit"
+    );
+}

@@ -25,20 +25,20 @@ use crate::common::{dev_ca, Tlsvisor, HANG};
 
 /// What the test's TLS upstream saw of one connection.
 #[derive(Debug)]
-struct Seen {
+pub(crate) struct Seen {
     /// `None`: the handshake failed.
-    handshake: Option<HandshakeKind>,
+    pub(crate) handshake: Option<HandshakeKind>,
     /// The client presented a certificate (which the upstream verified, if it asks for one).
-    client_certificate: bool,
+    pub(crate) client_certificate: bool,
     /// Its client ended with `close_notify` (rather than a bare FIN).
-    close_notify: bool,
+    pub(crate) close_notify: bool,
     /// The key-exchange group the handshake agreed.
-    kx_group: Option<rustls::NamedGroup>,
+    pub(crate) kx_group: Option<rustls::NamedGroup>,
 }
 
 /// A TLS echo server on `config`: echoes until its client's `close_notify` (answered with its
 /// own), and reports the handshake.
-fn tls_echo(config: Arc<ServerConfig>) -> TestUpstream<Seen> {
+pub(crate) fn tls_echo(config: Arc<ServerConfig>) -> TestUpstream<Seen> {
     TestUpstream::start(move |tcp: TcpStream| {
         tcp.set_read_timeout(Some(HANG)).unwrap();
         let conn = ServerConnection::new(Arc::clone(&config)).unwrap();
@@ -84,7 +84,7 @@ fn tls_echo(config: Arc<ServerConfig>) -> TestUpstream<Seen> {
 
 /// A rustls server configuration for `localhost` from `certs`, requiring a client certificate
 /// of `client_ca` if given.
-fn upstream_config(certs: &DevCerts, client_ca: Option<&str>) -> Arc<ServerConfig> {
+pub(crate) fn upstream_config(certs: &DevCerts, client_ca: Option<&str>) -> Arc<ServerConfig> {
     let provider = Arc::new(tlsvisor_actors::crypto_provider());
     let chain = CertificateDer::pem_slice_iter(certs.server_cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -206,14 +206,14 @@ fn kx_groups_names_x25519mlkem768_or_says_which_build_has_it() {
 
 /// Certificates for one TLS upstream test: the upstream's (a CA of its own), and tlsvisor's
 /// client certificate (another CA), as files.
-struct UpstreamCerts {
-    scratch: ScratchDir,
-    upstream: DevCerts,
-    clients: DevCerts,
+pub(crate) struct UpstreamCerts {
+    pub(crate) scratch: ScratchDir,
+    pub(crate) upstream: DevCerts,
+    pub(crate) clients: DevCerts,
 }
 
 impl UpstreamCerts {
-    fn new(name: &str) -> UpstreamCerts {
+    pub(crate) fn new(name: &str) -> UpstreamCerts {
         let scratch = ScratchDir::new(name).unwrap();
         let upstream = DevCerts::generate().unwrap();
         let clients = DevCerts::generate().unwrap();
@@ -233,7 +233,7 @@ impl UpstreamCerts {
         }
     }
 
-    fn path(&self, file: &str) -> String {
+    pub(crate) fn path(&self, file: &str) -> String {
         path_in(&self.scratch, file)
     }
 }
@@ -786,5 +786,151 @@ mod interop {
         );
         server.signal(libc::SIGTERM);
         assert!(server.wait_exit(HANG).unwrap().success());
+    }
+
+    /// A `[[service]]` for `name` proxying to `redis` over TLS with the client certificate,
+    /// with `extra` keys (its plaintext listeners).
+    fn redis_service(certs: &UpstreamCerts, name: &str, redis: &TlsRedis, extra: &str) -> String {
+        let (cert, key, _) = crate::common::certs::issue_into(
+            &certs.scratch,
+            &certs.upstream,
+            &format!("svc-{name}"),
+            &[name],
+        );
+        format!(
+            "[[service]]\nnames = [{name:?}]\ncert = {cert:?}\nkey = {key:?}\n\
+             upstream = \"tls://{}\"\nupstream-ca = {:?}\nupstream-cert = {:?}\n\
+             upstream-key = {:?}\nupstream-sni = \"localhost\"\n{extra}\n",
+            redis.addr,
+            certs.path("upstream-ca.crt"),
+            certs.path("client.crt"),
+            certs.path("client.key"),
+        )
+    }
+
+    #[test]
+    fn redis_cli_over_a_services_unix_socket_and_another_services_tcp_reach_their_own_tls_redis() {
+        let certs = UpstreamCerts::new("interop-client-mode-services");
+        let (redis_a, redis_b) = (TlsRedis::start(&certs), TlsRedis::start(&certs));
+        let sock = certs.path("redis-a.sock");
+        let a = redis_service(
+            &certs,
+            "a.test",
+            &redis_a,
+            &format!("listen-plain = \"unix:{sock}\""),
+        );
+        let b = redis_service(
+            &certs,
+            "b.test",
+            &redis_b,
+            "listen = [\"127.0.0.1:0\"]\nplain = true",
+        );
+        let config = certs.path("tlsvisor.toml");
+        tlsvisor_actors::testing::ScratchDir::replace(config.as_ref(), &format!("{a}\n{b}"))
+            .unwrap();
+        let mut server = Tlsvisor::spawn(&[
+            "serve",
+            "--config",
+            &config,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]);
+        let plain = server.logged("listening plain", 2);
+        let b_port = plain
+            .iter()
+            .find(|l| l["service"] == "b.test")
+            .map(|l| {
+                l["listen_plain"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<SocketAddr>()
+                    .unwrap()
+                    .port()
+            })
+            .unwrap()
+            .to_string();
+        let over_unix = || {
+            let mut c = Command::new("redis-cli");
+            c.args(["-s", &sock]);
+            c
+        };
+        let over_tcp = || {
+            let mut c = Command::new("redis-cli");
+            c.args(["-h", "127.0.0.1", "-p", &b_port]);
+            c
+        };
+        let out = |mut c: Command, args: &[&str]| {
+            String::from_utf8_lossy(&c.args(args).output().unwrap().stdout)
+                .trim()
+                .to_string()
+        };
+        assert_eq!(out(over_unix(), &["PING"]), "PONG");
+        assert_eq!(out(over_unix(), &["SET", "who", "a"]), "OK");
+        assert_eq!(out(over_tcp(), &["SET", "who", "b"]), "OK");
+        // Each reached its own service's redis, seen straight from each over TLS.
+        assert_eq!(redis_a.cli(&certs, &["GET", "who"]), "a");
+        assert_eq!(redis_b.cli(&certs, &["GET", "who"]), "b");
+
+        // A redis-cli blocked in SUBSCRIBE over the unix socket: a.test's, peer `unix`.
+        let mut subscriber = over_unix()
+            .args(["SUBSCRIBE", "news"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 9];
+        subscriber
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap();
+        let body = crate::common::try_http_get(server.admin_listen(), "/connections").unwrap();
+        let live: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let live = live
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| live["connections"].as_array().cloned().unwrap());
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert_eq!(
+            (live[0]["service"].as_str(), live[0]["peer"].as_str()),
+            (Some("a.test"), Some("unix"))
+        );
+        // SIGKILL of the client: its connection is disposed, the books exact.
+        subscriber.kill().unwrap();
+        subscriber.wait().unwrap();
+        assert_books_exact(&server, 4.0);
+        let lines = disposed(&server, 4);
+        let services: Vec<&str> = lines
+            .iter()
+            .map(|l| l["service"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            services,
+            ["a.test", "a.test", "b.test", "a.test"],
+            "{lines:?}"
+        );
+        assert!(lines
+            .iter()
+            .filter(|l| l["service"] == "a.test")
+            .all(|l| l["peer"] == "unix"));
+        let m = server.scrape();
+        assert_eq!(
+            m.get("tlsvisor_service_connections_total{service=\"a.test\"}"),
+            3.0
+        );
+        assert_eq!(
+            m.get("tlsvisor_service_connections_total{service=\"b.test\"}"),
+            1.0
+        );
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_exit(HANG).unwrap().success());
+        assert!(
+            !std::path::Path::new(&sock).exists(),
+            "the socket's file is removed at exit"
+        );
     }
 }

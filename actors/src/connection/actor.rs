@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::net::TcpStream;
 
 use crate::connection::access_log::DisposalFields;
 use crate::connection::env::ConnectionEnv;
 use crate::connection::hit::Hit;
 use crate::connection::messages::{Close, CloseMode, Describe, Inbound, ReaderFinished, Side};
 use crate::connection::phase::{Accepted, Phase};
+use crate::edge::accepted_socket::AcceptedSocket;
 use crate::edge::admission::HandshakeSlot;
+use crate::edge::listeners::Clients;
 use crate::fault::point::FaultPoint;
 use crate::service::counts::ServiceSeat;
 use crate::service::definition::Service;
@@ -35,7 +36,7 @@ use crate::upstream::pool::UpstreamPool;
 macro_rules! log_conn {
     ($level:ident, $conn:expr, $msg:expr $(; $($kv:tt)*)?) => {
         slog::$level!($conn.env.log, $msg;
-            "conn_id" => $conn.id.0, "peer" => %$conn.peer $(, $($kv)*)?)
+            "conn_id" => $conn.id.0, "peer" => %$crate::connection::actor::ShownPeer::of($conn.peer, $conn.unix) $(, $($kv)*)?)
     };
 }
 pub(super) use log_conn;
@@ -67,9 +68,12 @@ pub(crate) struct Connection {
     /// The runtime fault rule acting on this connection, if one hit it (boxed: rare).
     pub(super) hit: Option<Box<Hit>>,
     pub(super) registration: Registration<Connection>,
-    /// Its client speaks plaintext (accepted on a plaintext listener: client mode).
-    pub(super) plain: bool,
-    /// The service its ClientHello chose (the default for a plaintext client), kept for its
+    /// Whose client it is: TLS (its ClientHello chooses the service), or plaintext of the
+    /// service its listener names (client mode).
+    pub(super) clients: Clients,
+    /// Its client came over a unix socket: `peer` is a stand-in then, shown as `unix`.
+    pub(super) unix: bool,
+    /// The service its ClientHello chose (its listener's, for a plaintext client), kept for its
     /// whole life whatever a reload does: its protocol, upstream group and client policy.
     pub(super) service: Option<Arc<Service>>,
     /// Its place in its service's connection figures, given up as it goes.
@@ -85,18 +89,19 @@ impl Connection {
     pub(crate) fn new(
         id: ConnId,
         peer: SocketAddr,
-        socket: TcpStream,
+        socket: AcceptedSocket,
         env: Arc<ConnectionEnv>,
         registration: Registration<Connection>,
         slot: HandshakeSlot,
-        plain: bool,
+        clients: Clients,
     ) -> Self {
         Connection {
             id,
             peer,
             env,
+            unix: matches!(socket, AcceptedSocket::Unix(_)),
             phase: Phase::Accepted(Accepted { socket, slot }),
-            plain,
+            clients,
             reason: None,
             clean_eof: None,
             in_handler: false,
@@ -303,6 +308,7 @@ impl Handler<Describe> for Connection {
         MessageResult(ConnDescription {
             id: self.id,
             peer: self.peer,
+            unix: self.unix,
             // Only the registries know which worker they are on; they fill this in.
             worker: 0,
             service: self.service.as_ref().map(|s| s.label().to_string()),
@@ -314,5 +320,25 @@ impl Handler<Describe> for Connection {
             tls: self.phase.established().map(|e| (*e.tls).clone()),
             upstream_tls: self.phase.upstream_tls().cloned(),
         })
+    }
+}
+
+/// A client's address as logs write it: `IP:PORT`, or `unix` (a client of a unix listener has
+/// no address of its own worth naming: its socket is unnamed).
+pub(crate) struct ShownPeer(Option<SocketAddr>);
+
+impl ShownPeer {
+    /// `peer`, or `unix` when `unix` (its address is a stand-in then).
+    pub(crate) fn of(peer: SocketAddr, unix: bool) -> ShownPeer {
+        ShownPeer((!unix).then_some(peer))
+    }
+}
+
+impl std::fmt::Display for ShownPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("unix"),
+        }
     }
 }

@@ -18,8 +18,10 @@ use std::task::{Context, Poll};
 
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
 
 use crate::connection::handshake::{ClientSocket, ClientWatch, TlsStream};
+use crate::connection::shared_socket::SharedSocket;
 use crate::edge::read_ahead::ReadAhead;
 use crate::tls::info::TlsInfo;
 
@@ -31,6 +33,8 @@ use crate::tls::info::TlsInfo;
 pub(crate) enum ClientStream {
     Tls(TlsStream),
     Plain(ClientSocket),
+    /// A plaintext client of a unix listener.
+    PlainUnix(SharedSocket<UnixStream>),
     /// TLS passed through: the bytes the ClientHello read took come first, then the socket's.
     PassedThrough {
         client: ReadAhead<ClientSocket>,
@@ -43,9 +47,12 @@ impl ClientStream {
     /// A watch on the client's socket (see `SocketWatch::failed`).
     pub(crate) fn watch(&self) -> ClientWatch {
         match self {
-            ClientStream::Tls(stream) => stream.get_ref().0.get_ref().watch(),
-            ClientStream::Plain(socket) => socket.watch(),
-            ClientStream::PassedThrough { client, .. } => client.get_ref().watch(),
+            ClientStream::Tls(stream) => ClientWatch::Tcp(stream.get_ref().0.get_ref().watch()),
+            ClientStream::Plain(socket) => ClientWatch::Tcp(socket.watch()),
+            ClientStream::PlainUnix(socket) => ClientWatch::Unix(socket.watch()),
+            ClientStream::PassedThrough { client, .. } => {
+                ClientWatch::Tcp(client.get_ref().watch())
+            }
         }
     }
 
@@ -54,7 +61,7 @@ impl ClientStream {
     pub(crate) fn tls_info(&self) -> TlsInfo {
         match self {
             ClientStream::Tls(stream) => TlsInfo::of(stream.get_ref().1),
-            ClientStream::Plain(_) => TlsInfo::default(),
+            ClientStream::Plain(_) | ClientStream::PlainUnix(_) => TlsInfo::default(),
             ClientStream::PassedThrough { server_name, .. } => TlsInfo {
                 server_name: server_name.clone(),
                 ..TlsInfo::default()
@@ -66,7 +73,9 @@ impl ClientStream {
     pub(crate) fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         match self {
             ClientStream::Tls(stream) => stream.get_ref().1.peer_certificates(),
-            ClientStream::Plain(_) | ClientStream::PassedThrough { .. } => None,
+            ClientStream::Plain(_)
+            | ClientStream::PlainUnix(_)
+            | ClientStream::PassedThrough { .. } => None,
         }
     }
 }
@@ -80,6 +89,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::PlainUnix(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::PassedThrough { client, .. } => Pin::new(client).poll_read(cx, buf),
         }
     }
@@ -94,6 +104,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::PlainUnix(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::PassedThrough { client, .. } => Pin::new(client).poll_write(cx, buf),
         }
     }
@@ -106,6 +117,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::PlainUnix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::PassedThrough { client, .. } => {
                 Pin::new(client).poll_write_vectored(cx, bufs)
             }
@@ -120,6 +132,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::PlainUnix(s) => Pin::new(s).poll_flush(cx),
             ClientStream::PassedThrough { client, .. } => Pin::new(client).poll_flush(cx),
         }
     }
@@ -129,6 +142,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::PlainUnix(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::PassedThrough { client, .. } => Pin::new(client).poll_shutdown(cx),
         }
     }

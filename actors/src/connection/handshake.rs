@@ -28,8 +28,39 @@ use crate::tls::refused_certificate::{RefusedCertificate, WithRefused};
 /// to the upstream holds its reader back.
 pub(crate) type ClientSocket = SharedSocket<TcpStream>;
 
-/// A watch on the client's socket (see [`SocketWatch::failed`]).
-pub(crate) type ClientWatch = SocketWatch<TcpStream>;
+/// A watch on the client's socket (see [`SocketWatch::failed`]): TCP, or unix for a plaintext
+/// client of a unix listener.
+#[derive(Clone)]
+pub(crate) enum ClientWatch {
+    Tcp(SocketWatch<TcpStream>),
+    Unix(SocketWatch<tokio::net::UnixStream>),
+}
+
+impl ClientWatch {
+    /// See [`SocketWatch::failed`].
+    pub(crate) async fn failed(&self) -> io::Error {
+        match self {
+            ClientWatch::Tcp(w) => w.failed().await,
+            ClientWatch::Unix(w) => w.failed().await,
+        }
+    }
+
+    /// See [`SocketWatch::reset_on_close`] (a unix socket has no reset: its close is all).
+    pub(crate) fn reset_on_close(&self) -> io::Result<()> {
+        match self {
+            ClientWatch::Tcp(w) => w.reset_on_close(),
+            ClientWatch::Unix(_) => Ok(()),
+        }
+    }
+
+    /// See [`SocketWatch::shutdown_write`].
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            ClientWatch::Tcp(w) => w.shutdown_write(),
+            ClientWatch::Unix(w) => w.shutdown_write(),
+        }
+    }
+}
 
 /// The server side of a TLS stream over TCP (read ahead while the client streams).
 pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ReadAhead<ClientSocket>>;
@@ -84,7 +115,7 @@ pub(super) async fn handshake(
     tcp: TcpStream,
     limit: Duration,
     inject_failure: bool,
-    at_hello: impl FnOnce(&ClientWatch, Option<&str>) -> HelloFault,
+    at_hello: impl FnOnce(&SocketWatch<TcpStream>, Option<&str>) -> HelloFault,
 ) -> (
     Option<Chosen>,
     Result<Accepted<ClientSocket>, HandshakeError>,

@@ -28,12 +28,13 @@ use rustls::AlertDescription;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::edge::accepted_socket::{AcceptedSocket, UNIX_LOCAL};
+use crate::edge::listeners::Clients;
+
 use crate::connection::actor::{log_conn, Connection};
 use crate::connection::client_stream::ClientStream;
 use crate::connection::env::ConnectionEnv;
-use crate::connection::handshake::{
-    handshake, Accepted, Chosen, ClientSocket, ClientWatch, HandshakeError,
-};
+use crate::connection::handshake::{handshake, Accepted, Chosen, ClientWatch, HandshakeError};
 use crate::connection::handshake_failure::{alert_name, classify, HelloSummary};
 use crate::connection::messages::{ReadOutcome, Side};
 use crate::connection::phase::{
@@ -101,8 +102,13 @@ impl Connection {
             other => other,
         });
         // Nothing but `Accepted` can be there before the start.
-        let Some(tcp) = socket else {
-            return self.stop(DisposeReason::StartFailed, ctx);
+        let tcp = match socket {
+            Some(AcceptedSocket::Tcp(tcp)) => tcp,
+            // A plaintext client of a unix listener: no PROXY header, no handshake.
+            Some(AcceptedSocket::Unix(unix)) => {
+                return self.begin_plain(PlainSocket::Unix(unix), ctx)
+            }
+            None => return self.stop(DisposeReason::StartFailed, ctx),
         };
         let expected = match &self.env.config.accept_proxy {
             Some(accept) if accept.expects_header_from(self.peer.ip()) => {
@@ -180,19 +186,8 @@ impl Connection {
             true => tcp.local_addr().ok(),
             false => None,
         };
-        if self.plain {
-            // A plaintext client sends no ClientHello: it is the default service's (which
-            // has no cap of its own: the server-wide limits are its limits).
-            let default = services.default_service();
-            let seat = default.admit();
-            let full = seat.is_none();
-            self.served_by(Arc::clone(default), seat, ctx);
-            if full {
-                return self.refused_by_service(None, ctx);
-            }
-            let socket: ClientSocket = SharedSocket::new(tcp);
-            let stream = Ok(ClientStream::Plain(socket));
-            return self.handshake_done(stream, None, local, ctx);
+        if self.clients.is_plain() {
+            return self.begin_plain(PlainSocket::Tcp(tcp, local), ctx);
         }
         let limit = self.env.config.handshake_timeout;
         let inject_failure = self.fault(FaultPoint::DuringHandshake);
@@ -239,6 +234,44 @@ impl Connection {
                     act.handshake_done(result, picked, local, ctx)
                 }),
         );
+    }
+
+    /// A plaintext client (client mode) is open at once: it sends no ClientHello, and its
+    /// listener says which service it is. Should that service be gone from the table (a reload
+    /// removed it: the listener stays bound until SIGUSR2), or no longer proxy to TLS
+    /// upstreams, the client is refused (`start_failed`), never served by another service.
+    fn begin_plain(&mut self, socket: PlainSocket, ctx: &mut Context<Self>) {
+        let services = self.env.tls.services();
+        let Clients::Plain(label) = &self.clients else {
+            return self.stop(DisposeReason::StartFailed, ctx);
+        };
+        let service = match label {
+            None => Some(services.default_service()),
+            Some(label) => services.by_label(label),
+        };
+        let Some(service) = service.filter(|s| s.handler.connects_over_tls()) else {
+            log_conn!(warn, self,
+                "a plaintext listener's service is gone or no longer proxies to TLS upstreams \
+                 (a reload changed it; the listener needs SIGUSR2): refusing its client";
+                "service" => label.as_deref().unwrap_or(crate::service::definition::DEFAULT_SERVICE));
+            return self.stop(DisposeReason::StartFailed, ctx);
+        };
+        // A plaintext client sends no ClientHello: its listener's service takes it, under
+        // that service's own cap as a TLS client of it would be.
+        let seat = service.admit();
+        let full = seat.is_none();
+        self.served_by(Arc::clone(service), seat, ctx);
+        if full {
+            return self.refused_by_service(None, ctx);
+        }
+        let (stream, local) = match socket {
+            PlainSocket::Tcp(tcp, local) => (ClientStream::Plain(SharedSocket::new(tcp)), local),
+            PlainSocket::Unix(unix) => (
+                ClientStream::PlainUnix(SharedSocket::new(unix)),
+                Some(UNIX_LOCAL),
+            ),
+        };
+        self.handshake_done(Ok(stream), None, local, ctx)
     }
 
     // --- 2. open --------------------------------------------------------------------------
@@ -1123,4 +1156,11 @@ fn is_reset(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
     )
+}
+
+/// A plaintext client's socket, as `begin_plain` takes it: TCP with our own address (for a
+/// PROXY header to the upstream, when one is sent), or unix.
+enum PlainSocket {
+    Tcp(TcpStream, Option<SocketAddr>),
+    Unix(tokio::net::UnixStream),
 }

@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use actix::SpawnHandle;
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 
 use crate::connection::client_stream::ClientStream;
 use crate::connection::handshake::ClientWatch;
@@ -22,6 +21,7 @@ use crate::connection::messages::Side;
 use crate::connection::reader::ReaderHandle;
 use crate::connection::upstream_link::UpstreamLink;
 use crate::connection::writer::Writer;
+use crate::edge::accepted_socket::AcceptedSocket;
 use crate::edge::admission::HandshakeSlot;
 use crate::protocol::Session;
 use crate::tls::client_policy::PeerChain;
@@ -45,7 +45,7 @@ pub(super) enum Phase {
 
 /// An accepted socket waiting for its actor to start.
 pub(super) struct Accepted {
-    pub(super) socket: TcpStream,
+    pub(super) socket: AcceptedSocket,
     /// Held from accept until the handshake ends (the handshake limits and gauge).
     pub(super) slot: HandshakeSlot,
 }

@@ -1,19 +1,20 @@
 //! `Acceptor`: accepts connections on one worker arbiter and starts them there.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures::FutureExt;
 use slog::{debug, info, warn};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::connection::actor::Connection;
 use crate::connection::env::ConnectionEnv;
+use crate::edge::accepted_socket::{AcceptedSocket, UNIX_PEER};
 use crate::edge::admission::Reserved;
-use crate::edge::listeners::AcceptOn;
+use crate::edge::listeners::{AcceptOn, Clients, ListenAddr, ListenSocket};
 use crate::edge::spare_fd;
 use crate::fault::point::FaultPoint;
 use crate::supervision::conn_id::ConnId;
@@ -118,11 +119,19 @@ struct AcceptLoop {
 
 /// A listener registered with this worker's reactor.
 struct Registered {
-    socket: TcpListener,
-    addr: SocketAddr,
-    /// Its clients speak plaintext (client mode).
-    plain: bool,
+    socket: RegisteredSocket,
+    addr: ListenAddr,
+    clients: Clients,
 }
+
+/// A listening socket registered with this worker's reactor.
+enum RegisteredSocket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A client just accepted, with its address (or [`UNIX_PEER`]) and whose client it is.
+type Arrival = (AcceptedSocket, std::net::SocketAddr, Clients);
 
 /// Client failures in a row after which the acceptor pauses as for any other failure.
 const CLIENT_FAILURES_BEFORE_PAUSE: u32 = 64;
@@ -138,14 +147,14 @@ impl AcceptLoop {
         for AcceptOn {
             socket,
             addr,
-            plain,
+            clients,
         } in listeners
         {
-            let socket = self.register(socket, addr).await;
+            let socket = self.register(socket, &addr).await;
             registered.push(Registered {
                 socket,
                 addr,
-                plain,
+                clients,
             });
         }
         loop {
@@ -168,19 +177,29 @@ impl AcceptLoop {
                     self.next_socket(&mut registered).await
                 } => next,
             };
-            let Some((socket, peer, plain)) = next else {
+            let Some((socket, peer, clients)) = next else {
                 return;
             };
-            self.admit(socket, peer, plain, reserved);
+            self.admit(socket, peer, clients, reserved);
         }
     }
 
     /// Registers the listener with this worker's reactor, retrying (never giving up) if the
     /// kernel is short of memory or descriptors for it. Each attempt registers a `dup` of it:
     /// tokio closes what it failed to register, and the original must survive to try again.
-    async fn register(&mut self, listener: std::net::TcpListener, addr: SocketAddr) -> TcpListener {
+    async fn register(&mut self, listener: ListenSocket, addr: &ListenAddr) -> RegisteredSocket {
         loop {
-            match listener.try_clone().and_then(TcpListener::from_std) {
+            let registered = match &listener {
+                ListenSocket::Tcp(s) => s
+                    .try_clone()
+                    .and_then(TcpListener::from_std)
+                    .map(RegisteredSocket::Tcp),
+                ListenSocket::Unix(s) => s
+                    .try_clone()
+                    .and_then(UnixListener::from_std)
+                    .map(RegisteredSocket::Unix),
+            };
+            match registered {
                 Ok(registered) => return registered,
                 Err(e) => self.back_off(e, 0, addr).await,
             }
@@ -190,16 +209,14 @@ impl AcceptLoop {
     /// The next socket accepted on any of `listeners`. On a failure it backs off and tries
     /// again; a listener that was shut down (the shutdown protocol's first step) is dropped
     /// from `listeners`, and `None` comes once none is left.
-    async fn next_socket(
-        &mut self,
-        listeners: &mut Vec<Registered>,
-    ) -> Option<(TcpStream, SocketAddr, bool)> {
+    async fn next_socket(&mut self, listeners: &mut Vec<Registered>) -> Option<Arrival> {
         loop {
             if listeners.is_empty() {
                 return None;
             }
             let (result, index) = accept_any(listeners, &self.env, self.turn).await;
-            let (listen, plain) = (listeners[index].addr, listeners[index].plain);
+            let (listen, clients) = (&listeners[index].addr, &listeners[index].clients);
+            let (listen, clients) = (listen.clone(), clients.clone());
             // Next time the listener after the one just polled goes first, whatever came of
             // it: one whose accepts keep failing (EPERM from a security policy leaves the
             // client queued and the listener readable) must not be first every time, or the
@@ -208,7 +225,7 @@ impl AcceptLoop {
             match result {
                 Ok((socket, peer)) => {
                     self.resumed();
-                    return Some((socket, peer, plain));
+                    return Some((socket, peer, clients));
                 }
                 // accept(2) on a socket that is no longer listening.
                 Err(Failure { error, .. }) if error.raw_os_error() == Some(libc::EINVAL) => {
@@ -222,12 +239,12 @@ impl AcceptLoop {
                 {
                     self.client_failures += 1;
                     self.env.stats.accept_error();
-                    self.warn("accept failed; accepting the next", &error, listen);
+                    self.warn("accept failed; accepting the next", &error, &listen);
                 }
                 Err(Failure { error, shed }) => {
                     self.env.stats.accept_error();
                     self.env.stats.rejected(RejectReason::FdExhausted, shed);
-                    self.back_off(error, shed, listen).await;
+                    self.back_off(error, shed, &listen).await;
                 }
             }
         }
@@ -235,7 +252,7 @@ impl AcceptLoop {
 
     /// Pauses after a failure (on the listener at `listen`) that retrying at once would
     /// repeat; a disposal (a descriptor freed) ends the pause early.
-    async fn back_off(&mut self, e: io::Error, shed: u64, listen: SocketAddr) {
+    async fn back_off(&mut self, e: io::Error, shed: u64, listen: &ListenAddr) {
         let delay = self.pause.next(shed);
         if let Some(suppressed) = self.warnings.admit() {
             warn!(self.env.log, "cannot accept: pausing this worker's acceptor";
@@ -265,7 +282,7 @@ impl AcceptLoop {
         }
     }
 
-    fn warn(&mut self, what: &str, e: &io::Error, listen: SocketAddr) {
+    fn warn(&mut self, what: &str, e: &io::Error, listen: &ListenAddr) {
         if let Some(suppressed) = self.warnings.admit() {
             warn!(self.env.log, "{}", what;
                 "error" => %e, "worker" => self.worker, "listen" => %listen,
@@ -273,12 +290,21 @@ impl AcceptLoop {
         }
     }
 
-    fn admit(&self, tcp: TcpStream, peer: SocketAddr, plain: bool, reserved: Reserved) {
+    fn admit(
+        &self,
+        socket: AcceptedSocket,
+        peer: std::net::SocketAddr,
+        clients: Clients,
+        reserved: Reserved,
+    ) {
         let env = &self.env;
         // A balancer's socket: the client it carries is known once its PROXY header is read,
-        // and claims its per-IP slots then (connection/accept_header.rs).
-        let client = match &env.config.accept_proxy {
-            Some(accept) if accept.expects_header_from(peer.ip()) => None,
+        // and claims its per-IP slots then (connection/accept_header.rs). A unix client has
+        // no IP address: per-IP limits do not apply to it (and no PROXY header is read from
+        // it).
+        let client = match (&socket, &env.config.accept_proxy) {
+            (AcceptedSocket::Unix(_), _) => None,
+            (_, Some(accept)) if accept.expects_header_from(peer.ip()) => None,
             _ => Some(peer.ip()),
         };
         let Some(slots) = env.limits.admit(reserved, client) else {
@@ -303,7 +329,7 @@ impl AcceptLoop {
                 env.log.clone(),
             )
             .holding(connection_slot);
-            Connection::new(id, peer, tcp, env, registration, handshake_slot, plain)
+            Connection::new(id, peer, socket, env, registration, handshake_slot, clients)
         });
     }
 }
@@ -320,7 +346,10 @@ async fn accept_any(
     listeners: &[Registered],
     env: &ConnectionEnv,
     turn: usize,
-) -> (Result<(TcpStream, SocketAddr), Failure>, usize) {
+) -> (
+    Result<(AcceptedSocket, std::net::SocketAddr), Failure>,
+    usize,
+) {
     if let [only] = listeners {
         return (accept(&only.socket, env).await, 0);
     }
@@ -335,33 +364,47 @@ async fn accept_any(
 
 /// One `accept4(2)` once the listener is readable (tokio's, which registers the socket with
 /// this worker's reactor). Out of descriptors, it sheds the waiting clients before it returns
-/// the error. Cancel-safe: a socket accepted is returned in the same poll.
+/// the error. Cancel-safe: a socket accepted is returned in the same poll. A unix client's
+/// address is [`UNIX_PEER`].
 ///
 /// The `accept_error` fault point fires when a client is at the door, as a real `EMFILE`
 /// does: that client is shed with the others waiting (closed at once, counted
 /// `fd_exhausted`) and the error is `EMFILE`, so everything after it runs as for the real one.
 async fn accept(
-    listener: &TcpListener,
+    listener: &RegisteredSocket,
     env: &ConnectionEnv,
-) -> Result<(TcpStream, SocketAddr), Failure> {
+) -> Result<(AcceptedSocket, std::net::SocketAddr), Failure> {
     let result = std::future::poll_fn(|cx| {
         // Before any descriptor is taken, the spare is taken back if a shedding lost it.
         spare_fd::retake_if_lost();
-        listener.poll_accept(cx)
+        match listener {
+            RegisteredSocket::Tcp(l) => l
+                .poll_accept(cx)
+                .map_ok(|(s, peer)| (AcceptedSocket::Tcp(s), peer)),
+            RegisteredSocket::Unix(l) => l
+                .poll_accept(cx)
+                .map_ok(|(s, _)| (AcceptedSocket::Unix(s), UNIX_PEER)),
+        }
     })
     .await;
     let injected = result.is_ok() && env.faults.is_on(FaultPoint::AcceptError);
+    let shed_all = || {
+        spare_fd::shed_waiting_clients(|| match listener {
+            RegisteredSocket::Tcp(l) => l.accept().now_or_never().map(|r| r.map(drop)),
+            RegisteredSocket::Unix(l) => l.accept().now_or_never().map(|r| r.map(drop)),
+        })
+    };
     match result {
         Ok(accepted) if injected => {
             drop(accepted);
-            let shed = spare_fd::shed_waiting_clients(listener);
+            let shed = shed_all();
             Err(Failure {
                 error: io::Error::from_raw_os_error(libc::EMFILE),
                 shed: shed + 1,
             })
         }
         Err(error) if is_out_of_descriptors(&error) => {
-            let shed = spare_fd::shed_waiting_clients(listener);
+            let shed = shed_all();
             Err(Failure { error, shed })
         }
         result => result.map_err(|error| Failure { error, shed: 0 }),

@@ -7,11 +7,16 @@
 //! process holds it too, so this server never shuts it down.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use slog::{info, warn, Logger};
 use tokio::net::TcpSocket;
 
+use crate::edge::plain_listener::{bind_unix, PlainListener, PlainOn};
 use crate::supervision::config::ServerConfig;
 
 use crate::error::ServerError;
@@ -22,36 +27,112 @@ pub(crate) enum ListenOn {
     Bind(SocketAddr),
     /// Serve this socket, already bound and listening; it is shared with whoever gave it.
     Socket(TcpListener),
-    /// Bind this address for plaintext clients (client mode: TLS to the upstream only).
-    BindPlain(SocketAddr),
+    /// A listener for plaintext clients (client mode: TLS to the upstream only).
+    Plain(PlainListener),
 }
 
 impl ListenOn {
     fn is_ipv4(&self) -> bool {
         match self {
-            ListenOn::Bind(addr) | ListenOn::BindPlain(addr) => addr.is_ipv4(),
-            ListenOn::Socket(socket) => socket.local_addr().is_ok_and(|a| a.is_ipv4()),
+            ListenOn::Bind(addr)
+            | ListenOn::Plain(PlainListener {
+                on: PlainOn::Bind(addr),
+                ..
+            }) => addr.is_ipv4(),
+            ListenOn::Socket(socket)
+            | ListenOn::Plain(PlainListener {
+                on: PlainOn::Socket(socket),
+                ..
+            }) => socket.local_addr().is_ok_and(|a| a.is_ipv4()),
+            ListenOn::Plain(_) => false,
         }
+    }
+
+    /// A plaintext listener, and the service it names (`None`: the default one).
+    pub(crate) fn plain_service(&self) -> Option<Option<&str>> {
+        match self {
+            ListenOn::Plain(plain) => Some(plain.service.as_deref()),
+            _ => None,
+        }
+    }
+}
+
+/// A listening socket: TCP, or a unix socket (plaintext clients only).
+pub(crate) enum ListenSocket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl ListenSocket {
+    fn try_clone(&self) -> std::io::Result<ListenSocket> {
+        Ok(match self {
+            ListenSocket::Tcp(s) => ListenSocket::Tcp(s.try_clone()?),
+            ListenSocket::Unix(s) => ListenSocket::Unix(s.try_clone()?),
+        })
+    }
+}
+
+impl AsFd for ListenSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ListenSocket::Tcp(s) => s.as_fd(),
+            ListenSocket::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// The address of a listening socket, as logs say it: `IP:PORT`, or `unix:/path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Whose clients a listener takes.
+#[derive(Clone, Debug)]
+pub(crate) enum Clients {
+    /// TLS clients: each ClientHello chooses its service.
+    Tls,
+    /// Plaintext clients (client mode) of one service: the default one (`None`) or the one
+    /// with this label, chosen by the listener.
+    Plain(Option<Arc<str>>),
+}
+
+impl Clients {
+    pub(crate) fn is_plain(&self) -> bool {
+        matches!(self, Clients::Plain(_))
     }
 }
 
 /// One listening socket, with this server's own descriptor of it.
 struct Listening {
-    socket: TcpListener,
-    addr: SocketAddr,
+    socket: ListenSocket,
+    addr: ListenAddr,
     /// Set while another process serves from this socket too: shutdown then leaves it
     /// listening.
     shared: AtomicBool,
-    /// Its clients speak plaintext (client mode).
-    plain: bool,
+    /// Set while this server hands the socket over to another process (a binary upgrade):
+    /// a unix socket's file is then left in place at exit, for the process that goes on
+    /// serving it. A socket handed over *to* this server is shared at first but its file is
+    /// this server's to remove at a clean exit: the process that gave it is gone by then.
+    handing_over: AtomicBool,
+    clients: Clients,
 }
 
 /// One worker's descriptor of a listening socket, for its acceptor.
 pub(crate) struct AcceptOn {
-    pub(crate) socket: TcpListener,
-    pub(crate) addr: SocketAddr,
-    /// Its clients speak plaintext (client mode).
-    pub(crate) plain: bool,
+    pub(crate) socket: ListenSocket,
+    pub(crate) addr: ListenAddr,
+    pub(crate) clients: Clients,
 }
 
 /// The listening sockets of one server, the first first (`Server::local_addr`).
@@ -59,7 +140,8 @@ pub(crate) struct Listeners(Vec<Listening>);
 
 impl Listeners {
     /// Binds or takes each socket, in order. A failure names the address that failed, and
-    /// closes the sockets opened before it (nothing is left listening).
+    /// closes the sockets opened before it (nothing is left listening; a unix socket's file
+    /// bound here is removed).
     pub(crate) fn open(
         config: &ServerConfig,
         sources: Vec<ListenOn>,
@@ -67,103 +149,196 @@ impl Listeners {
         // Beside an IPv4 address, an IPv6 one serves IPv6 only: a dual-stack `[::]` would
         // take IPv4 clients too, and collide with `0.0.0.0` on the same port.
         let v6_only = sources.iter().any(ListenOn::is_ipv4);
-        let mut listening = Vec::with_capacity(sources.len());
+        let mut listening = Listeners(Vec::with_capacity(sources.len()));
         for source in sources {
-            let (socket, shared, asked, plain) = match source {
-                ListenOn::Bind(addr) => {
-                    let socket = bind(addr, config, v6_only).map_err(|e| bind_error(addr, e))?;
-                    (socket, false, addr, false)
+            let position = listening.0.len();
+            let opened = open_one(config, source, v6_only, position);
+            match opened {
+                Ok(one) => listening.0.push(one),
+                Err(e) => {
+                    listening.remove_files();
+                    return Err(e);
                 }
-                ListenOn::BindPlain(addr) => {
-                    let socket = bind(addr, config, v6_only).map_err(|e| bind_error(addr, e))?;
-                    (socket, false, addr, true)
-                }
-                ListenOn::Socket(socket) => {
-                    let addr = socket
-                        .local_addr()
-                        .map_err(|source| ServerError::Listener {
-                            position: listening.len(),
-                            source,
-                        })?;
-                    // Tokio's reactor needs it non-blocking; the giver may have left it blocking.
-                    socket
-                        .set_nonblocking(true)
-                        .map_err(|e| bind_error(addr, e))?;
-                    (socket, true, addr, false)
-                }
-            };
-            let addr = socket.local_addr().map_err(|e| bind_error(asked, e))?;
-            listening.push(Listening {
-                socket,
-                addr,
-                shared: AtomicBool::new(shared),
-                plain,
-            });
+            }
         }
-        Ok(Listeners(listening))
+        Ok(listening)
     }
 
     /// The addresses actually bound for TLS clients, in order.
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
-        self.0.iter().filter(|l| !l.plain).map(|l| l.addr).collect()
-    }
-
-    /// The addresses actually bound for plaintext clients (client mode), in order.
-    pub(crate) fn plain_addrs(&self) -> Vec<SocketAddr> {
-        self.0.iter().filter(|l| l.plain).map(|l| l.addr).collect()
-    }
-
-    /// A new descriptor (a `dup`) of every TLS socket, in order: to hand to another process
-    /// (the plaintext ones are not handed over: see ARCHITECTURE.md).
-    pub(crate) fn copies(&self) -> std::io::Result<Vec<TcpListener>> {
         self.0
             .iter()
-            .filter(|l| !l.plain)
-            .map(|l| l.socket.try_clone())
+            .filter(|l| !l.clients.is_plain())
+            .filter_map(|l| match l.addr {
+                ListenAddr::Tcp(addr) => Some(addr),
+                ListenAddr::Unix(_) => None,
+            })
             .collect()
     }
 
-    /// A new descriptor of every socket, in order, with its address and whether its clients
-    /// speak plaintext: one set per worker's acceptor.
+    /// The TCP addresses actually bound for plaintext clients (client mode), in order.
+    pub(crate) fn plain_addrs(&self) -> Vec<SocketAddr> {
+        self.plain()
+            .filter_map(|(addr, _)| match addr {
+                ListenAddr::Tcp(addr) => Some(*addr),
+                ListenAddr::Unix(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every plaintext listener's address with the label of its service (`None`: the default).
+    pub(crate) fn plain(&self) -> impl Iterator<Item = (&ListenAddr, Option<&str>)> {
+        self.0.iter().filter_map(|l| match &l.clients {
+            Clients::Plain(service) => Some((&l.addr, service.as_deref())),
+            Clients::Tls => None,
+        })
+    }
+
+    /// A new descriptor (a `dup`) of every TLS socket, in order: to hand to another process.
+    pub(crate) fn copies(&self) -> std::io::Result<Vec<TcpListener>> {
+        self.0
+            .iter()
+            .filter(|l| !l.clients.is_plain())
+            .filter_map(|l| match &l.socket {
+                ListenSocket::Tcp(s) => Some(s.try_clone()),
+                ListenSocket::Unix(_) => None,
+            })
+            .collect()
+    }
+
+    /// A new descriptor of every plaintext socket (TCP or unix), in order: to hand to another
+    /// process, which tells them apart by their own addresses.
+    pub(crate) fn plain_copies(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.0
+            .iter()
+            .filter(|l| l.clients.is_plain())
+            .map(|l| l.socket.as_fd().try_clone_to_owned())
+            .collect()
+    }
+
+    /// A new descriptor of every socket, in order, with its address and whose clients it
+    /// takes: one set per worker's acceptor.
     pub(crate) fn accepting_copies(&self) -> std::io::Result<Vec<AcceptOn>> {
         self.0
             .iter()
             .map(|l| {
                 Ok(AcceptOn {
                     socket: l.socket.try_clone()?,
-                    addr: l.addr,
-                    plain: l.plain,
+                    addr: l.addr.clone(),
+                    clients: l.clients.clone(),
                 })
             })
             .collect()
     }
 
-    /// Marks every socket as shared with another process (or not).
+    /// Marks every socket as shared with another process (or not): handed over to it.
     pub(crate) fn set_shared(&self, shared: bool) {
         for listening in &self.0 {
             listening.shared.store(shared, Ordering::SeqCst);
+            listening.handing_over.store(shared, Ordering::SeqCst);
         }
     }
 
     /// The first step of the shutdown protocol: `shutdown(SHUT_RD)` of every socket this
     /// server alone serves takes it out of `LISTEN` for every descriptor of it, so no worker
     /// accepts from it again (even one too stuck to hear `StopAccepting`) and the clients in
-    /// its backlog are reset. A shared socket must stay listening for the other process: it
-    /// is only closed, as the descriptors go.
+    /// its backlog are reset; a unix socket's file goes too, so no new client finds it. A
+    /// shared socket must stay listening for the other process: it is only closed, as the
+    /// descriptors go.
     pub(crate) fn shut_down(&self, log: &Logger) {
         for listening in &self.0 {
             let listen = listening.addr.to_string();
+            if let (ListenAddr::Unix(path), false) = (
+                &listening.addr,
+                listening.handing_over.load(Ordering::SeqCst),
+            ) {
+                if let Err(e) = std::fs::remove_file(path) {
+                    warn!(log, "shutdown: cannot remove the unix socket's file";
+                        "listen" => &listen, "error" => %e);
+                }
+            }
             if listening.shared.load(Ordering::SeqCst) {
                 info!(log, "shutdown: the listening socket is shared; leaving it listening";
                     "listen" => listen);
             } else if let Err(e) =
-                socket2::SockRef::from(&listening.socket).shutdown(std::net::Shutdown::Read)
+                socket2::SockRef::from(&listening.socket.as_fd()).shutdown(std::net::Shutdown::Read)
             {
-                warn!(log, "shutdown: cannot shut the listening socket";
-                    "listen" => listen, "error" => %e);
+                // A unix listening socket may say ENOTCONN: it is closed with its descriptors,
+                // and its file, removed above, is what new clients would have found.
+                if !matches!(listening.socket, ListenSocket::Unix(_)) {
+                    warn!(log, "shutdown: cannot shut the listening socket";
+                        "listen" => listen, "error" => %e);
+                }
             }
         }
     }
+
+    /// Removes the files of the unix sockets bound here (a start that failed half-way; one
+    /// handed over is left to the process that gave it, which still serves it).
+    fn remove_files(&self) {
+        for listening in &self.0 {
+            if let (ListenAddr::Unix(path), false) =
+                (&listening.addr, listening.shared.load(Ordering::SeqCst))
+            {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Binds or takes one socket (the `position`-th given).
+fn open_one(
+    config: &ServerConfig,
+    source: ListenOn,
+    v6_only: bool,
+    position: usize,
+) -> Result<Listening, ServerError> {
+    let (socket, shared, clients) = match source {
+        ListenOn::Bind(addr) => {
+            let socket = bind(addr, config, v6_only).map_err(|e| bind_error(addr, e))?;
+            (ListenSocket::Tcp(socket), false, Clients::Tls)
+        }
+        ListenOn::Socket(socket) => (ListenSocket::Tcp(socket), true, Clients::Tls),
+        ListenOn::Plain(PlainListener { on, service }) => {
+            let clients = Clients::Plain(service.map(Arc::from));
+            match on {
+                PlainOn::Bind(addr) => {
+                    let socket = bind(addr, config, v6_only).map_err(|e| bind_error(addr, e))?;
+                    (ListenSocket::Tcp(socket), false, clients)
+                }
+                PlainOn::BindUnix(path) => {
+                    let socket = bind_unix(&path, config.backlog)
+                        .map_err(|source| ServerError::BindUnix { path, source })?;
+                    (ListenSocket::Unix(socket), false, clients)
+                }
+                PlainOn::Socket(socket) => (ListenSocket::Tcp(socket), true, clients),
+                PlainOn::UnixSocket(socket) => (ListenSocket::Unix(socket), true, clients),
+            }
+        }
+    };
+    let listener_error = |source| ServerError::Listener { position, source };
+    // Tokio's reactor needs it non-blocking; the giver may have left it blocking.
+    let addr = match &socket {
+        ListenSocket::Tcp(s) => {
+            s.set_nonblocking(true).map_err(listener_error)?;
+            ListenAddr::Tcp(s.local_addr().map_err(listener_error)?)
+        }
+        ListenSocket::Unix(s) => {
+            s.set_nonblocking(true).map_err(listener_error)?;
+            let bound = s.local_addr().map_err(listener_error)?;
+            let path = bound
+                .as_pathname()
+                .ok_or_else(|| listener_error(std::io::Error::other("an unnamed unix socket")))?;
+            ListenAddr::Unix(path.to_path_buf())
+        }
+    };
+    Ok(Listening {
+        socket,
+        addr,
+        shared: AtomicBool::new(shared),
+        handing_over: AtomicBool::new(false),
+        clients,
+    })
 }
 
 fn bind_error(addr: SocketAddr, source: std::io::Error) -> ServerError {

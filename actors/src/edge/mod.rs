@@ -5,10 +5,12 @@
 //! read-ahead under the TLS handshake.
 
 pub(crate) mod accept_proxy;
+pub(crate) mod accepted_socket;
 pub(crate) mod acceptor;
 pub(crate) mod admission;
 pub(crate) mod listeners;
 pub(crate) mod per_ip;
+pub(crate) mod plain_listener;
 pub(crate) mod rate;
 pub(crate) mod read_ahead;
 pub(crate) mod spare_fd;

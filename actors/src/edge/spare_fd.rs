@@ -11,9 +11,6 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use futures::FutureExt;
-use tokio::net::TcpListener;
-
 /// The reserve; `None` while in use, or while reopening it fails.
 static SPARE: Mutex<Option<File>> = Mutex::new(None);
 
@@ -51,10 +48,11 @@ pub(crate) fn retake_if_lost() {
     }
 }
 
-/// Gives the reserve up, accepts and closes the clients waiting on `listener` (up to a batch),
+/// Gives the reserve up, accepts and closes the clients waiting on a listener (up to a batch:
+/// `accept_now` accepts one without waiting and drops it, `None` once none waits),
 /// and takes the reserve back; how many were shed. Without a reserve (reopening it failed
 /// last time) it still tries: a descriptor may have been freed since.
-pub(crate) fn shed_waiting_clients(listener: &TcpListener) -> u64 {
+pub(crate) fn shed_waiting_clients(mut accept_now: impl FnMut() -> Option<io::Result<()>>) -> u64 {
     let mut spare = lock();
     // Marked lost for the whole shedding: another thread about to take a descriptor first
     // waits on the lock for the reserve to be back, instead of taking the one freed here.
@@ -63,13 +61,10 @@ pub(crate) fn shed_waiting_clients(listener: &TcpListener) -> u64 {
     let mut shed = 0;
     while shed < SHED_BATCH as u64 {
         // One accept without waiting: `None` once the backlog is empty (tokio then clears the
-        // listener's readiness, so the acceptor waits for the next client, not this one).
-        match listener.accept().now_or_never() {
-            // Dropped at once: the client sees the connection closed.
-            Some(Ok((socket, _))) => {
-                drop(socket);
-                shed += 1;
-            }
+        // listener's readiness, so the acceptor waits for the next client, not this one). The
+        // socket accepted is dropped at once: the client sees the connection closed.
+        match accept_now() {
+            Some(Ok(())) => shed += 1,
             Some(Err(_)) | None => break,
         }
     }

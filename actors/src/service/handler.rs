@@ -41,8 +41,9 @@ impl Handler {
         }
     }
 
-    /// Whether it proxies to TLS upstreams (what plaintext listeners need of the default).
-    pub(crate) fn proxies_to_tls(&self) -> bool {
+    /// Whether it proxies to TLS upstreams: what a plaintext listener's service must do
+    /// (client mode: the hop to the upstream is the one to encrypt).
+    pub(crate) fn connects_over_tls(&self) -> bool {
         matches!(self, Handler::Proxy(pool) if pool.config().tls.is_some())
     }
 

@@ -14,8 +14,12 @@ use crate::tls::info::TlsInfo;
 pub struct ConnDescription {
     /// Its id.
     pub id: ConnId,
-    /// The client's address.
+    /// The client's address (`0.0.0.0:0`, meaningless, for a client of a unix listener: see
+    /// `unix`).
     pub peer: SocketAddr,
+    /// Its client came over a unix socket (a plaintext listener at a path): it has no address,
+    /// and shows as `unix`.
+    pub unix: bool,
     /// The worker (0-based) whose thread it lives on.
     pub worker: usize,
     /// The service its ClientHello chose (its first name, or `default`), once chosen.

@@ -458,6 +458,7 @@ mod tests {
             MessageResult(ConnDescription {
                 id: ConnId(0),
                 peer: ([127, 0, 0, 1], 1).into(),
+                unix: false,
                 worker: 0,
                 service: None,
                 state: "open",

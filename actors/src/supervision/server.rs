@@ -15,7 +15,8 @@ use crate::connection::messages::Close;
 use crate::connection::messages::CloseMode;
 use crate::edge::acceptor::Acceptor;
 use crate::edge::admission::Limits;
-use crate::edge::listeners::{AcceptOn, ListenOn, Listeners};
+use crate::edge::listeners::{AcceptOn, ListenAddr, ListenOn, Listeners};
+use crate::edge::plain_listener::PlainListener;
 use crate::edge::spare_fd;
 use crate::error::ServerError;
 use crate::fault::set::Faults;
@@ -89,10 +90,21 @@ impl ServerBuilder {
     /// is proxied to the upstreams over TLS, as the same supervised connection as a TLS
     /// client's (readers, registry, limits, `Dispose`); a client's FIN is its clean end,
     /// passed on as the upstream's `close_notify`. Needs [`Server::proxy`] with
-    /// [`ProxyConfig::tls`](crate::ProxyConfig::tls). These sockets are not handed over by
-    /// [`Server::listening_sockets`].
-    pub fn listen_plain(mut self, addr: SocketAddr) -> Self {
-        self.listeners.push(ListenOn::BindPlain(addr));
+    /// [`ProxyConfig::tls`](crate::ProxyConfig::tls). Its clients are the default
+    /// service's; [`ServerBuilder::plain_listener`] gives a listener to a named service, or
+    /// listens on a unix socket. These sockets are handed over by
+    /// [`Server::plain_listening_sockets`], not [`Server::listening_sockets`].
+    pub fn listen_plain(self, addr: SocketAddr) -> Self {
+        self.plain_listener(PlainListener::tcp(addr))
+    }
+
+    /// A listener for plaintext clients (client mode), on TCP or a unix socket, whose clients
+    /// are the service it names (or the default one): each is that service's connection from
+    /// its accept (its upstream group, its figures, its `service` label), proxied over TLS to
+    /// its upstreams. Starting refuses a listener whose service is unknown or is not a proxy
+    /// to TLS upstreams.
+    pub fn plain_listener(mut self, listener: PlainListener) -> Self {
+        self.listeners.push(ListenOn::Plain(listener));
         self
     }
 
@@ -145,15 +157,21 @@ impl ServerBuilder {
         // The services are checked whole before anything starts.
         let tls = TlsReloader::new(self.tls, self.service, self.services)
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        // The default service's own plaintext listeners (`--listen-plain`): while they are
+        // bound, a reload must keep the default a proxy to TLS upstreams.
+        let default_has_plain = (self.listeners.iter())
+            .filter_map(ListenOn::plain_service)
+            .any(|service| service.is_none());
+        if default_has_plain {
+            tls.has_plain_listeners();
+        }
         let listeners = Arc::new(Listeners::open(&self.config, self.listeners)?);
         // Together never empty: checked above.
         let (local_addrs, plain_addrs) = (listeners.addrs(), listeners.plain_addrs());
-        if !plain_addrs.is_empty() {
-            tls.has_plain_listeners();
-        }
+        // Only unix listeners: no address to report (the unspecified one stands in).
         let first_addr = match local_addrs.first().or(plain_addrs.first()) {
             Some(addr) => *addr,
-            None => return Err(ServerError::Config("nothing to listen on".into())),
+            None => crate::edge::accepted_socket::UNIX_PEER,
         };
         let log = self.log;
         // The reserve that lets an acceptor shed clients once descriptors run out; a process
@@ -205,7 +223,7 @@ impl ServerBuilder {
             lifetime_spread: std::collections::hash_map::RandomState::new(),
         });
         let acceptors = start_acceptors(&workers, &registries, copies, &env);
-        log_listening(&local_addrs, &plain_addrs, workers.len(), &env);
+        log_listening(&listeners, workers.len(), &env);
         let supervisor =
             ConnectionSupervisor::new(acceptors, Arc::clone(&listeners), registries.clone(), env)
                 .start();
@@ -240,16 +258,27 @@ impl ServerBuilder {
                     .into(),
             ));
         }
-        let plain = self
-            .listeners
-            .iter()
-            .any(|l| matches!(l, ListenOn::BindPlain(_)));
-        if plain && !self.service.proxies_to_tls() {
-            return Err(ServerError::Config(
-                "a plaintext listener (client mode) needs a proxy to TLS upstreams \
-                 (ProxyConfig::tls)"
-                    .into(),
-            ));
+        for service in self.listeners.iter().filter_map(ListenOn::plain_service) {
+            let connects_over_tls = match service {
+                None => self.service.connects_over_tls(),
+                Some(label) => {
+                    let named = self.services.iter().find(|s| s.label() == label);
+                    let Some(named) = named else {
+                        return Err(ServerError::Config(format!(
+                            "a plaintext listener names service {label}, which is not one of \
+                             the services"
+                        )));
+                    };
+                    named.handler.connects_over_tls()
+                }
+            };
+            if !connects_over_tls {
+                return Err(ServerError::Config(format!(
+                    "a plaintext listener (client mode) needs a proxy to TLS upstreams \
+                     (ProxyConfig::tls); service {} is not one",
+                    service.unwrap_or(crate::service::definition::DEFAULT_SERVICE)
+                )));
+            }
         }
         self.service.check().map_err(ServerError::Config)
     }
@@ -299,15 +328,18 @@ fn start_acceptors(
 }
 
 /// One line per listener: what it serves and under which limits (`listening`, and
-/// `listening plain` for a plaintext listener of client mode).
-fn log_listening(addrs: &[SocketAddr], plain: &[SocketAddr], workers: usize, env: &ConnectionEnv) {
+/// `listening plain` for a plaintext listener of client mode, with its service).
+fn log_listening(listeners: &Listeners, workers: usize, env: &ConnectionEnv) {
     let services = env.tls.services();
     let protocol = services.default_service().protocol();
-    for addr in plain {
+    for (addr, service) in listeners.plain() {
+        let unix = matches!(addr, ListenAddr::Unix(_));
         info!(env.log, "listening plain"; "listen_plain" => addr.to_string(),
-            "protocol" => protocol, "workers" => workers);
+            "service" => service.unwrap_or(crate::service::definition::DEFAULT_SERVICE),
+            "protocol" => "proxy", "workers" => workers,
+            "per_ip_limits" => !unix);
     }
-    for addr in addrs {
+    for addr in listeners.addrs() {
         info!(env.log, "listening"; "listen" => addr.to_string(), "protocol" => protocol,
             "workers" => workers,
             "max_connections" => env.config.max_connections,
@@ -395,7 +427,7 @@ impl Server {
     }
 
     /// The address actually bound for the first TLS listener (useful with port 0), or for the
-    /// first plaintext one if there is no TLS listener.
+    /// first plaintext one if there is no TLS listener (`0.0.0.0:0` with unix listeners only).
     pub fn local_addr(&self) -> SocketAddr {
         self.first_addr
     }
@@ -405,7 +437,8 @@ impl Server {
         &self.local_addrs
     }
 
-    /// The addresses actually bound, one per plaintext listener ([`ServerBuilder::listen_plain`]).
+    /// The TCP addresses actually bound, one per plaintext TCP listener
+    /// ([`ServerBuilder::listen_plain`]); unix ones have none.
     pub fn plain_addrs(&self) -> &[SocketAddr] {
         &self.plain_addrs
     }
@@ -425,6 +458,14 @@ impl Server {
     /// to hand to another process (a binary upgrade); see [`Server::listening_socket`].
     pub fn listening_sockets(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
         self.listeners.copies()
+    }
+
+    /// A new descriptor of every plaintext listener's socket (TCP or unix), in the order
+    /// given, to hand to another process (a binary upgrade), which tells them apart by the
+    /// address or path each is bound to. [`Server::set_listener_shared`] covers them too: a
+    /// shared unix socket's file is left in place at exit.
+    pub fn plain_listening_sockets(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+        self.listeners.plain_copies()
     }
 
     /// Says whether another process serves from these listening sockets too (all of them).

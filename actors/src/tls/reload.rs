@@ -140,7 +140,7 @@ impl TlsReloader {
             ));
         }
         let plain = self.0.plain_listeners.load(Ordering::Relaxed);
-        if plain && !default.handler.proxies_to_tls() {
+        if plain && !default.handler.connects_over_tls() {
             self.reload_failed();
             return Err(ServiceError(format!(
                 "the plaintext listeners (client mode) need the default service to proxy to TLS \

@@ -88,11 +88,17 @@ impl Tlsvisor {
             collector: Some(collector),
         };
         let wants_metrics = args.contains(&"--metrics-listen");
+        // Without `--listen`, a client-mode server may have plaintext listeners only: its
+        // `listening plain` line says it is up (`listen` stays unspecified then).
+        let may_be_plain_only = !args.contains(&"--listen");
         let found = eventually(HANG, || {
             let listen = server.log_field("listening", "listen");
+            let plain = server.log_field("listening plain", "listen_plain");
             let metrics = server.log_field("metrics listening", "metrics_listen");
-            if let Some(listen) = listen {
-                server.listen = listen.parse().unwrap();
+            if listen.is_some() || (may_be_plain_only && plain.is_some()) {
+                if let Some(listen) = listen {
+                    server.listen = listen.parse().unwrap();
+                }
                 server.metrics = metrics.map(|m| m.parse().unwrap());
                 return !wants_metrics || server.metrics.is_some();
             }
