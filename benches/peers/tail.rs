@@ -36,6 +36,10 @@ const SERVERS: [&str; 7] = [
 /// (bare-rustls is ours, the floor of any rustls proxy, and redis-tls is no proxy).
 const PROXY_PEERS: [&str; 4] = ["stunnel", "haproxy", "hitch", "nginx"];
 
+/// A row whose client sent this share of its p99 late or more (the client thread was not
+/// scheduled in time: a loaded machine) has the client's own lag in its tail figures.
+const CLIENT_LAG_SHARE: f64 = 0.25;
+
 /// A row short of the asked rate by more than this share measured a client that fell behind.
 const RATE_SHORTFALL: f64 = 0.01;
 
@@ -242,7 +246,9 @@ fn table(
          terminate TLS to its plaintext port, redis-tls is its own `--tls-port` (no hop, the \
          floor). \"added\" is the front's figure minus redis-tls's; \"server CPU\" is the \
          front's own (redis-tls: redis's, TLS and commands); the client is one thread, its \
-         CPU a share of one core, its send lag how late the pacer sent (its own timing error)."
+         CPU a share of one core, its send lag how late the pacer sent (its own timing error: a row \
+         whose send lag p99 is a quarter of its p99 or more is flagged \"client late\", its tail \
+         is partly the client's)."
             .to_string(),
         String::new(),
         "| server | p50 µs | p99 µs | p99.9 µs | max µs | added p50 µs | added p99 µs | added \
@@ -266,6 +272,10 @@ fn table(
                 "**short of the asked rate by {:.1} %**",
                 (1.0 - o.achieved_rate / plan.rate as f64) * 100.0
             ));
+        }
+        let lag = o.send_lag.value_at_quantile(0.99) as f64 / 1e3;
+        if m.p(0.99).is_some_and(|p99| lag > p99 * CLIENT_LAG_SHARE) {
+            flags.push("client late: its send lag is in this p99".to_string());
         }
         if o.lost > 0 {
             flags.push(format!("{} requests without a reply", o.lost));
@@ -292,7 +302,7 @@ fn table(
             fmt(o.achieved_rate),
             plan.rate,
             o.client_cpu_share * 100.0,
-            fmt(o.send_lag.value_at_quantile(0.99) as f64 / 1e3),
+            fmt(lag),
             fmt(o.server_cpu.as_secs_f64() * 1e6 / measured_requests),
             flags.join("; "),
         ));
