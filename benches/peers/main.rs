@@ -12,12 +12,14 @@
 
 mod fronts;
 mod load;
+mod open_loop;
 mod passthrough;
 mod procfs;
 mod reencrypt;
 mod report;
 mod roles;
 mod scale;
+mod tail;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -663,7 +665,8 @@ fn main() {
     // The CPU figures are measured in every round, in alternating server order, and each keeps
     // its lowest value: interference from the rest of this VM only ever adds CPU, and a slow
     // spell then hits both ends of the order. Memory, bursts and SIGTERM run once.
-    // A run of named phases that are none of these (scale, reencrypt, passthrough) skips them.
+    // A run of named phases that are none of these (scale, reencrypt, passthrough, tail) skips
+    // them.
     let main_rounds = if MAIN_PHASES.iter().any(|p| s.runs(p)) {
         s.rounds
     } else {
@@ -737,14 +740,16 @@ fn main() {
         std::fs::write(out.join("scale.md"), table.join("\n") + "\n").unwrap();
         eprintln!("wrote {}", out.join("scale.md").display());
     }
-    // Re-encryption to a TLS upstream and passthrough by name (issue 18) run only when named,
-    // each with its own servers and its own table (target/bench-partial/NAME.md).
+    // Re-encryption to a TLS upstream and passthrough by name (issue 18), and the tail latency
+    // each front adds (issue 19), run only when named, each with its own servers and its own
+    // table (target/bench-partial/NAME.md).
     for (phase, run) in [
         (
             "reencrypt",
             reencrypt::run as fn(&Env, &Settings, Option<&[String]>) -> Vec<String>,
         ),
         ("passthrough", passthrough::run),
+        ("tail", tail::run),
     ] {
         if s.phases
             .as_ref()
