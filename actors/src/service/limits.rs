@@ -11,7 +11,7 @@ use crate::supervision::config::ServerConfig;
 /// One of a service's timeouts: the server's, none at all, or its own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ServiceTimeout {
-    /// The server's ([`ServerConfig`]'s), whatever it is [default].
+    /// The server's ([`ServerConfig`]'s), whatever it is (the default).
     #[default]
     Server,
     /// None for this service, even where the server has one (a service of long sessions).
