@@ -175,12 +175,17 @@ fn curl_speaking_http_to_a_passthrough_port_is_refused_as_not_tls() {
         .output()
         .expect("curl is installed");
     assert!(!out.status.success(), "curl got no HTTP answer");
-    let m = server.scrape();
-    assert_eq!(
-        m.get("tlsvisor_handshake_failures_total{class=\"not_tls\"}"),
-        1.0
+    // The client sees the close before the connection's stop hook has counted it: wait for
+    // the books, which are written once the registry has applied the `Dispose`.
+    let counted = || {
+        let m = server.scrape();
+        m.get("tlsvisor_handshake_failures_total{class=\"not_tls\"}") == 1.0
+            && m.disposed("handshake_failed") == 1.0
+    };
+    assert!(
+        eventually(HANG, counted),
+        "one not_tls failure, disposed handshake_failed"
     );
-    assert_eq!(m.disposed("handshake_failed"), 1.0);
     assert!(upstream.accept().is_err(), "nothing was forwarded");
 }
 

@@ -233,12 +233,17 @@ fn a_client_that_is_not_tls_is_refused_as_not_tls_and_nothing_reaches_the_upstre
     let _ = client.read_to_end(&mut answer);
     // An alert at most (rustls's, as a terminating server sends): never an HTTP answer.
     assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
-    let m = server.scrape();
-    assert_eq!(
-        m.get("tlsvisor_handshake_failures_total{class=\"not_tls\"}"),
-        1.0
+    // The client sees the close before the connection's stop hook has counted it: wait for
+    // the books, which are written once the registry has applied the `Dispose`.
+    let counted = || {
+        let m = server.scrape();
+        m.get("tlsvisor_handshake_failures_total{class=\"not_tls\"}") == 1.0
+            && m.disposed("handshake_failed") == 1.0
+    };
+    assert!(
+        eventually(HANG, counted),
+        "one not_tls failure, disposed handshake_failed"
     );
-    assert_eq!(m.disposed("handshake_failed"), 1.0);
     assert!(
         listener.accept().is_err(),
         "the upstream was never connected for it"
