@@ -446,7 +446,7 @@ impl CertWatcher {
         interval: Duration,
         loaded: FilesSeen,
     ) -> std::io::Result<CertWatcher> {
-        let files = tls_files(&settings);
+        let mut files = tls_files(&settings);
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("tlsvisor-watch-certs".into())
@@ -457,6 +457,20 @@ impl CertWatcher {
                 let mut last = loaded.clone();
                 // Only the sender's drop ends the wait early: that is the stop.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    // The configuration file names the files: a service a reload added (or a
+                    // file it moved to) is watched from the next poll on, taken as loaded
+                    // then. The file is only read here; an edit without a reload is applied
+                    // by the next reload, whatever starts it.
+                    if let Some(listed) = (settings.reread().ok()).map(|fresh| tls_files(&fresh)) {
+                        if listed != files {
+                            files = listed;
+                            loaded = FilesSeen::of_files(&files);
+                            last = loaded.clone();
+                            info!(log, "watching certificate files"; "files" => files.len(),
+                                "interval_ms" => interval.as_millis() as u64);
+                            continue;
+                        }
+                    }
                     let now = FilesSeen::of_files(&files);
                     if now != loaded && now == last {
                         reload(&settings, &reloader, &log);

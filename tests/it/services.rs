@@ -608,6 +608,32 @@ fn watch_certs_reloads_when_a_services_certificate_changes() {
 }
 
 #[test]
+fn watch_certs_watches_the_files_of_a_service_a_reload_added() {
+    let fixture = Fixture::new("bin-services-watch-added");
+    let b = fixture.service("b", &["b.test"], "");
+    fixture.write(std::slice::from_ref(&b));
+    let server = fixture.serve(&["--watch-certs"]);
+    server.logged("watching certificate files", 1);
+    // c.test comes with a reload; the watcher takes its files from the file it names them in.
+    fixture.write(&[b, fixture.service("c", &["c.test"], "")]);
+    server.signal(libc::SIGHUP);
+    server.logged("TLS configuration reloaded", 1);
+    let watching = server.logged("watching certificate files", 2);
+    assert_eq!(
+        watching[1]["files"],
+        watching[0]["files"].as_u64().unwrap() + 2
+    );
+    echoing(&server, &fixture.fresh_client(), "c.test").unwrap();
+    // A renewal of c.test's certificate is now reloaded without a signal.
+    let (_, _, renewed) = issue_into(&fixture.scratch, &fixture.certs, "c", &["c.test"]);
+    server.logged("TLS configuration reloaded", 2);
+    let after = echoing(&server, &fixture.fresh_client(), "c.test").unwrap();
+    let der = after.server_certificate().unwrap();
+    let served = tlsvisor_actors::testing::CertificateFacts::from_der(&der).unwrap();
+    assert_eq!(served.serial_hex, renewed.serial_hex);
+}
+
+#[test]
 fn a_reload_says_when_the_files_listeners_differ_from_the_bound_ones() {
     let fixture = Fixture::new("bin-services-listeners");
     let listen = |addrs: &str| format!("listen = [{addrs}]\n");
