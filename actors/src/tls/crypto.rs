@@ -23,9 +23,6 @@ pub(crate) use aws_lc_rs as primitives;
 #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
 pub(crate) use ring as primitives;
 
-/// rustls's ticketer of the chosen provider.
-pub(crate) use chosen::Ticketer;
-
 /// The name of the provider this build uses (`aws-lc-rs` or `ring`), for logs and errors.
 pub const CRYPTO_PROVIDER_NAME: &str = if cfg!(feature = "aws-lc-rs") {
     "aws-lc-rs"
