@@ -4,7 +4,8 @@
 //! client ends, and a reload that lowers it closes no live connection; a service's own
 //! `idle-timeout` ends its idle clients and not the default service's (and its own
 //! `max-lifetime` and a proxy service's own `half-close-timeout` end its clients where the
-//! server has none); `tlsvisor check`
+//! server has none, and its own `upstream-connect-timeout` gives up on an upstream that never
+//! answers before the server's would); `tlsvisor check`
 //! refuses a value out of bounds naming the file and the service. Real TLS clients over real
 //! sockets; every test ends with the books exact.
 
@@ -286,6 +287,52 @@ fn a_services_own_half_close_timeout_bounds_its_half_closed_connections() {
     );
     let lines = disposed(&server, "half_close_timeout", 1);
     assert_eq!(lines[0]["service"], "tunnel.test");
+    books_exact(&server);
+}
+
+/// A loopback address whose connects go unanswered: a listener with a backlog of none whose one
+/// queue place is taken and that never accepts, so the kernel drops every further SYN (no RST:
+/// the connect waits, as to a host behind a firewall). Returned with the filler that holds the
+/// place and the listener, both to be kept.
+fn unanswered_upstream() -> (std::net::SocketAddr, std::net::TcpListener, TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A backlog of 0 (std listens with 128): the accept queue is full after one connection.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    // SAFETY: `fd` is the listener's own open socket, listening already; this only resizes
+    // its queue.
+    assert_eq!(unsafe { libc::listen(fd, 0) }, 0);
+    let addr = listener.local_addr().unwrap();
+    let filler = TcpStream::connect(addr).unwrap();
+    let tried = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    assert!(tried.is_err(), "a second connect must go unanswered");
+    (addr, listener, filler)
+}
+
+#[test]
+fn a_services_own_upstream_connect_timeout_gives_up_before_the_servers() {
+    let (addr, _listener, _filler) = unanswered_upstream();
+    let fixture = Fixture::new("bin-service-connect-timeout");
+    let keys = format!("upstream = \"{addr}\"\nupstream-connect-timeout = \"300ms\"");
+    // The server's own is far longer: a client that waited for it would be past the ceiling.
+    fixture.write(
+        "upstream-connect-timeout = \"60s\"",
+        &[("quick.test", &keys)],
+    );
+    let server = fixture.serve();
+    let started = Instant::now();
+    let mut client = TlsClient::connect_as(server.listen, fixture.client(), "quick.test").unwrap();
+    client.send(b"PING\r\n").unwrap();
+    client.tcp().set_read_timeout(Some(HANG)).unwrap();
+    let (answer, _) = client.receive_until_close();
+    let took = started.elapsed();
+    assert!(answer.is_empty(), "no byte from an upstream never reached");
+    assert!(took < Duration::from_secs(30), "closed after {took:?}");
+    let lines = disposed(&server, "upstream_connect_failed", 1);
+    assert_eq!(lines[0]["service"], "quick.test");
+    // The attempt gave up at the service's timeout, not the server's (the error says which).
+    let failed = server.logged("upstream connect failed", 1);
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(error.ends_with("no connection within 300ms"), "{error}");
     books_exact(&server);
 }
 
