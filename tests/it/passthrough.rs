@@ -2,6 +2,7 @@
 //! `tlsvisor` (echo, with a certificate of its own CA) or a plain TCP listener of the test
 //! behind it, rustls clients over real sockets. The front never terminates TLS: the client sees
 //! the backend's certificate, and the bytes the backend gets are the client's, byte for byte.
+//! A full passthrough service refuses with the same `internal_error` alert a terminating one sends.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -397,5 +398,53 @@ fn an_unreachable_upstream_and_an_idle_client_end_with_their_reasons_and_exact_b
     assert_eq!(client.echo(b"once").unwrap(), b"once");
     let disposed = server.logged("disposed", 1);
     assert_eq!(disposed[0]["reason"], "idle_timeout");
+    assert_books_exact(&server);
+}
+
+/// A passthrough service at its own `max-connections` refuses the next client with the same
+/// fatal `internal_error` alert as a terminating one: the front writes it itself, in the clear,
+/// before any byte of the backend's has reached the client.
+#[test]
+fn a_full_passthrough_service_refuses_with_an_internal_error_alert() {
+    let scratch = ScratchDir::new("passthrough-service-limit").unwrap();
+    let (backend, _) = own_backend(&scratch);
+    let config = path_in(&scratch, "tlsvisor.toml");
+    let service = format!(
+        "[[service]]\nnames = [\"backend.test\"]\nprotocol = \"passthrough\"\n\
+         upstream = \"{}\"\nmax-connections = 1\n",
+        backend.listen
+    );
+    ScratchDir::replace(config.as_ref(), &service).unwrap();
+    let server = Tlsvisor::serve(&["--config", &config, "--admin-listen", "127.0.0.1:0"]);
+    let ca = std::fs::read(path_in(&scratch, "ca.crt")).unwrap();
+    let trusting_the_backend = client_config(&ca).unwrap();
+    let mut seated = TlsClient::connect_as(
+        server.listen,
+        Arc::clone(&trusting_the_backend),
+        "backend.test",
+    )
+    .unwrap();
+    assert_eq!(seated.echo(b"seated").unwrap(), b"seated");
+
+    let refusal = match TlsClient::connect_as(server.listen, trusting_the_backend, "backend.test") {
+        Ok(mut client) => client.echo(b"x").expect_err("a second client was served"),
+        Err(e) => e,
+    };
+    assert!(
+        refusal.to_string().contains("InternalError"),
+        "the alert: {refusal}"
+    );
+    let refused = "tlsvisor_service_connections_refused_total{service=\"backend.test\"}";
+    assert!(
+        eventually(HANG, || server.scrape().get(refused) == 1.0),
+        "one refusal counted"
+    );
+    // The seat is the first client's still: it is served on.
+    assert_eq!(seated.echo(b"still").unwrap(), b"still");
+    let _ = seated.close();
+    assert!(
+        eventually(HANG, || server.scrape().disposed("service_limit") == 1.0),
+        "the refused client is disposed as service_limit"
+    );
     assert_books_exact(&server);
 }
