@@ -76,6 +76,60 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// How [`accept_by_name`] ended a client.
+#[derive(Debug)]
+pub enum ByName {
+    /// Terminated by the default service; the SNI it negotiated.
+    Terminated(Option<String>),
+    /// Passed through by the passthrough service: its SNI, and every byte a forwarder reads
+    /// from the client (the replayed ClientHello, then the socket's bytes to its end).
+    PassedThrough(Option<String>, Vec<u8>),
+}
+
+/// A handshake on `io` as a port serving two services runs it: `pass.test` and `*.pass.test`
+/// passed through (never connected here), anything else terminated by the default service with
+/// `tls`. The bytes of a passed-through client are read to the end, as its forwarder would.
+pub async fn accept_by_name<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: Arc<LoadedTls>,
+    io: S,
+) -> io::Result<ByName> {
+    use crate::connection::handshake::{accept, Accepted, HandshakeError};
+    use crate::service::definition::Service;
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
+    let names = ["pass.test".to_string(), "*.pass.test".to_string()];
+    let table = Service::new(
+        &[],
+        (*tls).clone(),
+        crate::service::handler::Handler::Sessions(Arc::new(crate::protocol::Echo)),
+    )
+    .and_then(|default| {
+        let pass = Service::passthrough(
+            &names,
+            (*tls).clone(),
+            crate::ProxyConfig::new("127.0.0.1:9"),
+        )?;
+        crate::service::table::ServiceTable::new(default, vec![pass])
+    })
+    .map_err(io::Error::other)?;
+    let mut chosen = None;
+    let hello_done = |_: Option<&str>| HelloFault::Proceed;
+    match accept(Arc::new(table), io, deadline, &mut chosen, hello_done).await {
+        Ok(Accepted::Terminated(stream)) => Ok(ByName::Terminated(
+            stream.get_ref().1.server_name().map(str::to_string),
+        )),
+        Ok(Accepted::PassedThrough { mut client, hello }) => {
+            let mut forwarded = Vec::new();
+            client.read_to_end(&mut forwarded).await?;
+            Ok(ByName::PassedThrough(hello.sni, forwarded))
+        }
+        Err(HandshakeError::Failed { error, .. }) => Err(error),
+        Err(HandshakeError::TimedOut { .. }) => Err(io::ErrorKind::TimedOut.into()),
+        Err(HandshakeError::Injected) => Err(io::ErrorKind::ConnectionReset.into()),
+        Err(HandshakeError::ServiceFull { .. }) => Err(io::ErrorKind::ConnectionRefused.into()),
+    }
+}
+
 /// The read-ahead transport a client socket is wrapped in under rustls (the crate's
 /// `ReadAhead`), with what it holds in view.
 #[derive(Debug)]

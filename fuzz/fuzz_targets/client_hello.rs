@@ -9,6 +9,11 @@
 //! Checked: no panic and no hang (the socket ends, so the handshake must end); and the
 //! read-ahead transport, on the same plan, hands out exactly the bytes the socket gave, in
 //! order, and holds no memory while the socket has nothing to give.
+//!
+//! Then the same bytes on a port of two services, `pass.test` (and `*.pass.test`) passed
+//! through and the rest terminated: a client passed through is one whose SNI is that service's,
+//! and what its forwarder reads is every byte the client sent, the recorded ClientHello
+//! included, byte for byte.
 #![no_main]
 
 use std::io;
@@ -18,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use tlsvisor_actors::fuzz_hooks::{accept_handshake, ReadAhead};
+use tlsvisor_actors::fuzz_hooks::{accept_by_name, accept_handshake, ByName, ReadAhead};
 use tlsvisor_actors::{CertificateFiles, LoadedTls, TlsSource};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -169,6 +174,28 @@ fuzz_target!(|data: &[u8]| {
         waited: false,
     };
     // Nothing but this socket can wake the handshake: it ends when the socket does.
-    let _ = runtime().block_on(accept_handshake(tls, socket));
+    let _ = runtime().block_on(accept_handshake(tls.clone(), socket));
     read_ahead_hands_out_what_it_read(plan, client);
+    passed_through_byte_for_byte(tls, plan, client);
 });
+
+/// A port of two services: a client passed through by name is forwarded everything it sent.
+fn passed_through_byte_for_byte(tls: Arc<LoadedTls>, plan: u8, data: &[u8]) {
+    let socket = Client {
+        data,
+        plan,
+        step: 0,
+        given: 0,
+        waited: false,
+    };
+    if let Ok(ByName::PassedThrough(sni, forwarded)) =
+        runtime().block_on(accept_by_name(tls, socket))
+    {
+        let sni = sni.expect("only a named client is passed through").to_ascii_lowercase();
+        assert!(
+            sni == "pass.test" || sni.ends_with(".pass.test"),
+            "passed through for {sni:?}"
+        );
+        assert!(forwarded == data, "the forwarded bytes are not the client's");
+    }
+}
