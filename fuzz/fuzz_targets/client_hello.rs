@@ -191,11 +191,16 @@ fn passed_through_byte_for_byte(tls: Arc<LoadedTls>, plan: u8, data: &[u8]) {
     if let Ok(ByName::PassedThrough(sni, forwarded)) =
         runtime().block_on(accept_by_name(tls, socket))
     {
-        let sni = sni.expect("only a named client is passed through").to_ascii_lowercase();
+        let sni = sni
+            .expect("only a named client is passed through")
+            .to_ascii_lowercase();
         assert!(
             sni == "pass.test" || sni.ends_with(".pass.test"),
             "passed through for {sni:?}"
         );
-        assert!(forwarded == data, "the forwarded bytes are not the client's");
+        assert!(
+            forwarded == data,
+            "the forwarded bytes are not the client's"
+        );
     }
 }
