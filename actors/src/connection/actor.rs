@@ -229,7 +229,9 @@ impl Actor for Connection {
         // A session dropped here may panic in its Drop: that must not cost the Dispose.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(last)));
         // Its seat in its service goes with its Dispose, not later with the actor: a client
-        // that saw this one end finds the seat free. (Taken once: the hook runs once.)
+        // that saw this one end finds the seat free. (Taken once: the hook runs once.) A seat
+        // taken by a handshake cut short (a forced close, a shutdown) is still in that
+        // handshake's future, which actix drops just after this hook: freed a moment later.
         self.seat = None;
         self.registration.dispose(reason);
     }

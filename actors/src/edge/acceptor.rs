@@ -215,8 +215,6 @@ impl AcceptLoop {
                 return None;
             }
             let (result, index) = accept_any(listeners, &self.env, self.turn).await;
-            let (listen, clients) = (&listeners[index].addr, &listeners[index].clients);
-            let (listen, clients) = (listen.clone(), clients.clone());
             // Next time the listener after the one just polled goes first, whatever came of
             // it: one whose accepts keep failing (EPERM from a security policy leaves the
             // client queued and the listener readable) must not be first every time, or the
@@ -225,12 +223,12 @@ impl AcceptLoop {
             match result {
                 Ok((socket, peer)) => {
                     self.resumed();
-                    return Some((socket, peer, clients));
+                    return Some((socket, peer, listeners[index].clients.clone()));
                 }
                 // accept(2) on a socket that is no longer listening.
                 Err(Failure { error, .. }) if error.raw_os_error() == Some(libc::EINVAL) => {
                     debug!(self.env.log, "listener shut down";
-                        "worker" => self.worker, "listen" => %listen);
+                        "worker" => self.worker, "listen" => %listeners[index].addr);
                     listeners.remove(index);
                 }
                 Err(Failure { error, .. })
@@ -239,12 +237,16 @@ impl AcceptLoop {
                 {
                     self.client_failures += 1;
                     self.env.stats.accept_error();
-                    self.warn("accept failed; accepting the next", &error, &listen);
+                    self.warn(
+                        "accept failed; accepting the next",
+                        &error,
+                        &listeners[index].addr,
+                    );
                 }
                 Err(Failure { error, shed }) => {
                     self.env.stats.accept_error();
                     self.env.stats.rejected(RejectReason::FdExhausted, shed);
-                    self.back_off(error, shed, &listen).await;
+                    self.back_off(error, shed, &listeners[index].addr).await;
                 }
             }
         }

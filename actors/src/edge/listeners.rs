@@ -239,12 +239,13 @@ impl Listeners {
         }
     }
 
-    /// The first step of the shutdown protocol: `shutdown(SHUT_RD)` of every socket this
+    /// The first step of the shutdown protocol: `shutdown(SHUT_RD)` of every TCP socket this
     /// server alone serves takes it out of `LISTEN` for every descriptor of it, so no worker
     /// accepts from it again (even one too stuck to hear `StopAccepting`) and the clients in
-    /// its backlog are reset; a unix socket's file goes too, so no new client finds it. A
-    /// shared socket must stay listening for the other process: it is only closed, as the
-    /// descriptors go.
+    /// its backlog are reset. A unix listening socket has no such step (Linux's accept on it
+    /// does not look at a shutdown): its file goes, so no new client finds it, and the workers
+    /// stop accepting from it on `StopAccepting`. A shared socket must stay listening for the
+    /// other process: it is only closed, as the descriptors go.
     pub(crate) fn shut_down(&self, log: &Logger) {
         for listening in &self.0 {
             let listen = listening.addr.to_string();
@@ -260,12 +261,8 @@ impl Listeners {
             if listening.shared.load(Ordering::SeqCst) {
                 info!(log, "shutdown: the listening socket is shared; leaving it listening";
                     "listen" => listen);
-            } else if let Err(e) =
-                socket2::SockRef::from(&listening.socket.as_fd()).shutdown(std::net::Shutdown::Read)
-            {
-                // A unix listening socket may say ENOTCONN: it is closed with its descriptors,
-                // and its file, removed above, is what new clients would have found.
-                if !matches!(listening.socket, ListenSocket::Unix(_)) {
+            } else if let ListenSocket::Tcp(socket) = &listening.socket {
+                if let Err(e) = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read) {
                     warn!(log, "shutdown: cannot shut the listening socket";
                         "listen" => listen, "error" => %e);
                 }

@@ -94,17 +94,16 @@ impl PlainListener {
 }
 
 /// Binds a unix stream socket at `path`, replacing a leftover socket file nothing listens on
-/// (see the module docs). Non-blocking, for tokio's reactor.
+/// (see the module docs). Blocking, as bound: the listeners are all made non-blocking once
+/// they are opened, taken ones included.
 pub(crate) fn bind_unix(path: &Path, backlog: u32) -> io::Result<UnixListener> {
-    let listener = match bind_unix_once(path, backlog) {
+    match bind_unix_once(path, backlog) {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
             remove_if_stale(path)?;
-            bind_unix_once(path, backlog)?
+            bind_unix_once(path, backlog)
         }
-        other => other?,
-    };
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+        other => other,
+    }
 }
 
 /// `socket`, `bind`, `listen(backlog)` (std's `UnixListener::bind` listens with 128).
