@@ -412,6 +412,22 @@ impl FilesSeen {
         FilesSeen::of_files(&tls_files(settings))
     }
 
+    /// What was seen of `files`: this one's entry for a file it has, the file as it is now
+    /// for one it has not (newly watched: taken as loaded).
+    fn carried_to(&self, files: &[PathBuf]) -> FilesSeen {
+        let now = FilesSeen::of_files(files);
+        FilesSeen(
+            (now.0.into_iter())
+                .map(
+                    |(path, seen)| match self.0.iter().find(|(had, _)| *had == path) {
+                        Some(kept) => kept.clone(),
+                        None => (path, seen),
+                    },
+                )
+                .collect(),
+        )
+    }
+
     fn of_files(files: &[PathBuf]) -> FilesSeen {
         FilesSeen(
             files
@@ -459,16 +475,17 @@ impl CertWatcher {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     // The configuration file names the files: a service a reload added (or a
                     // file it moved to) is watched from the next poll on, taken as loaded
-                    // then. The file is only read here; an edit without a reload is applied
-                    // by the next reload, whatever starts it.
+                    // then; the files watched already keep what was seen of them, so a
+                    // renewal of one in the same poll is still reloaded. The file is only read
+                    // here; an edit without a reload is applied by the next reload, whatever
+                    // starts it.
                     if let Some(listed) = (settings.reread().ok()).map(|fresh| tls_files(&fresh)) {
                         if listed != files {
                             files = listed;
-                            loaded = FilesSeen::of_files(&files);
-                            last = loaded.clone();
+                            loaded = loaded.carried_to(&files);
+                            last = last.carried_to(&files);
                             info!(log, "watching certificate files"; "files" => files.len(),
                                 "interval_ms" => interval.as_millis() as u64);
-                            continue;
                         }
                     }
                     let now = FilesSeen::of_files(&files);
